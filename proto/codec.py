@@ -1,0 +1,138 @@
+"""Codecs, built once: msgpack for raw topics, JSON for the session topic and for JSON Lines.
+
+Every decode failure is a :class:`EventDecodeError` with an ``error_class`` from
+:data:`proto.deadletter.ERROR_CLASSES` and a message that names what is wrong (never a field's value), so a
+consumer can dead-letter the record and go on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+import msgspec
+
+from proto.events import EVENT_TYPES, Envelope, RawEvent
+from proto.sessions import Session, SessionMessage, SessionRetraction
+
+
+class EventDecodeError(ValueError):
+    """A record that cannot be turned into a valid event or session message."""
+
+    def __init__(self, message: str, error_class: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+_msgpack_encoder: Final = msgspec.msgpack.Encoder()
+_msgpack_decoder: Final = msgspec.msgpack.Decoder(RawEvent)
+_json_encoder: Final = msgspec.json.Encoder()
+_json_event_decoder: Final = msgspec.json.Decoder(RawEvent)
+_TYPE_ERROR = re.compile(r"Invalid value '([^']*)' - at `\$\.type`")
+
+
+class _SessionWire(msgspec.Struct, kw_only=True, gc=False):
+    session_id: str
+    retracted: bool = False
+    user_key: str | None = None
+    kind: str | None = None
+
+
+_session_wire_decoder: Final = msgspec.json.Decoder(_SessionWire)
+_session_decoder: Final = msgspec.json.Decoder(Session)
+_retraction_decoder: Final = msgspec.json.Decoder(SessionRetraction)
+
+
+def _classify(exc: msgspec.DecodeError | msgspec.ValidationError | ValueError, what: str) -> EventDecodeError:
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        m = _TYPE_ERROR.search(text)
+        if m:
+            return EventDecodeError(
+                f"unknown event type {m.group(1)!r}: this consumer knows {len(EVENT_TYPES)} types; "
+                "upgrade it to read newer producers' events",
+                "unknown_type",
+            )
+        return EventDecodeError(f"invalid {what}: {text}", "invalid")
+    if isinstance(exc, msgspec.DecodeError):
+        return EventDecodeError(f"undecodable {what}: {text}", "undecodable")
+    return EventDecodeError(f"invalid {what}: {text}", "invalid")
+
+
+# ---- raw events (msgpack) -------------------------------------------------------------------------------
+
+
+def encode_event(event: Envelope) -> bytes:
+    """The msgpack bytes of a raw event, as agents publish them."""
+    return _msgpack_encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Envelope:
+    """Decode one msgpack raw event; raises :class:`EventDecodeError`."""
+    try:
+        return _msgpack_decoder.decode(data)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise _classify(exc, "raw event") from None
+
+
+def decode_events(batch: Iterable[bytes]) -> Iterator[Envelope | EventDecodeError]:
+    """Decode a batch with the shared decoder; a bad record yields its error in place, so the good ones
+    around it are kept in order."""
+    dec = _msgpack_decoder.decode
+    for data in batch:
+        try:
+            yield dec(data)
+        except (msgspec.DecodeError, ValueError) as exc:
+            yield _classify(exc, "raw event")
+
+
+# ---- JSON Lines ------------------------------------------------------------------------------------------
+
+
+def event_to_json(event: Envelope) -> bytes:
+    """One event as a JSON object (RFC 3339 times), without a newline."""
+    return _json_encoder.encode(event)
+
+
+def event_from_json(line: bytes | str) -> Envelope:
+    """One JSON Lines event; only the fields ``events.md`` names are required."""
+    try:
+        return _json_event_decoder.decode(line)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise _classify(exc, "JSON event") from None
+
+
+def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, Envelope | EventDecodeError]]:
+    """``(line_number, event or error)`` for every non-blank line, numbered from 1."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, _json_event_decoder.decode(line)
+        except (msgspec.DecodeError, ValueError) as exc:
+            yield n, _classify(exc, "JSON event")
+
+
+# ---- sessions (JSON) -------------------------------------------------------------------------------------
+
+
+def encode_session(message: SessionMessage) -> bytes:
+    """JSON bytes of a session record or a retraction, as published on the session topic."""
+    return _json_encoder.encode(message)
+
+
+def decode_session_message(data: bytes) -> SessionMessage:
+    """Decode a session-topic value into a :class:`Session` or a :class:`SessionRetraction`."""
+    try:
+        wire = _session_wire_decoder.decode(data)
+        if wire.retracted:
+            return _retraction_decoder.decode(data)  # type: ignore[no-any-return]
+        return _session_decoder.decode(data)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise _classify(exc, "session record") from None
+
+
+def to_builtins(obj: Any) -> Any:
+    """Plain Python values (dicts, lists, RFC 3339 strings) for logging-free inspection and jsonb."""
+    return msgspec.to_builtins(obj)
