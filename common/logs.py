@@ -23,7 +23,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
@@ -41,7 +42,9 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     """Configure the root logger for ``service``; call once at start-up."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "text":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(kv)s", defaults={"kv": ""}))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(kv)s", defaults={"kv": ""})
+        )
     else:
         handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

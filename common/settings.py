@@ -61,7 +61,9 @@ HELP: dict[str, str] = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[msgspec.Struct], help_: Mapping[str, str] = HELP) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type[msgspec.Struct], help_: Mapping[str, str] = HELP
+) -> None:
     """Add one ``--flag`` per field of ``cls`` (default ``None``: unset flags do not override)."""
     existing = {a.dest for a in parser._actions}
     if "config" not in existing:
@@ -78,11 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[msgspec.Struct], he
         text += f" (env {ENV_PREFIX}{name.upper()}; default {shown!r})"
         if kind is bool:
             parser.add_argument(
-                f"--{name.replace('_', '-')}", dest=name, default=None,
-                action=argparse.BooleanOptionalAction, help=text,
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=text,
             )
         else:
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE", help=text)
+            parser.add_argument(
+                f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE", help=text
+            )
 
 
 def _field_type(cls: type[msgspec.Struct], name: str) -> Any:
@@ -107,7 +114,9 @@ def load(
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise SettingsError(f"settings file {path} does not exist (from --config / DESKTRACE_CONFIG)") from None
+            raise SettingsError(
+                f"settings file {path} does not exist (from --config / DESKTRACE_CONFIG)"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
         values.update({k: v for k, v in data.items() if not isinstance(v, dict)})

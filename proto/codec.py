@@ -71,7 +71,7 @@ def encode_event(event: Envelope) -> bytes:
 def decode_event(data: bytes) -> Envelope:
     """Decode one msgpack raw event; raises :class:`EventDecodeError`."""
     try:
-        return _msgpack_decoder.decode(data)  # type: ignore[no-any-return]
+        return _msgpack_decoder.decode(data)
     except (msgspec.DecodeError, ValueError) as exc:
         raise _classify(exc, "raw event") from None
 
@@ -98,7 +98,7 @@ def event_to_json(event: Envelope) -> bytes:
 def event_from_json(line: bytes | str) -> Envelope:
     """One JSON Lines event; only the fields ``events.md`` names are required."""
     try:
-        return _json_event_decoder.decode(line)  # type: ignore[no-any-return]
+        return _json_event_decoder.decode(line)
     except (msgspec.DecodeError, ValueError) as exc:
         raise _classify(exc, "JSON event") from None
 
@@ -127,8 +127,8 @@ def decode_session_message(data: bytes) -> SessionMessage:
     try:
         wire = _session_wire_decoder.decode(data)
         if wire.retracted:
-            return _retraction_decoder.decode(data)  # type: ignore[no-any-return]
-        return _session_decoder.decode(data)  # type: ignore[no-any-return]
+            return _retraction_decoder.decode(data)
+        return _session_decoder.decode(data)
     except (msgspec.DecodeError, ValueError) as exc:
         raise _classify(exc, "session record") from None
 

@@ -238,14 +238,32 @@ PresenceEventT = (
 RawEvent = UiEventT | HidEventT | PresenceEventT
 
 UI_TYPES: Final[tuple[type[UiEvent], ...]] = (
-    WindowOpen, DocumentOpen, DocumentSave, SheetOpen, WindowSwitch, WindowUpdate,
+    WindowOpen,
+    DocumentOpen,
+    DocumentSave,
+    SheetOpen,
+    WindowSwitch,
+    WindowUpdate,
 )
 HID_TYPES: Final[tuple[type[HidEvent], ...]] = (
-    HardwareMouseClick, InjectedMouseClick, HardwareMouseScroll,
-    InjectedMouseScroll, HardwareKeyboardEvent, InjectedKeyboardEvent,
+    HardwareMouseClick,
+    InjectedMouseClick,
+    HardwareMouseScroll,
+    InjectedMouseScroll,
+    HardwareKeyboardEvent,
+    InjectedKeyboardEvent,
 )
 PRESENCE_TYPES: Final[tuple[type[PresenceEvent], ...]] = (
-    AgentStart, AgentStop, Logon, Logoff, Lock, Unlock, Suspend, Resume, Heartbeat, StateChange,
+    AgentStart,
+    AgentStop,
+    Logon,
+    Logoff,
+    Lock,
+    Unlock,
+    Suspend,
+    Resume,
+    Heartbeat,
+    StateChange,
 )
 #: Every event class by its type name.
 EVENT_TYPES: Final[dict[str, type[Envelope]]] = {

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what desktrace's demo and tests need on a fresh machine: a Python venv at .venv with the project
+# (all extras), and the system tools the tests drive (Xvfb, openbox, xdotool, promtool, Chromium) when apt-get
+# can be used. Java 17 and Maven are needed for the local Kafka (its jars come from Maven Central).
+# Idempotent and quick when everything is there already.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+  say "Python 3.11 or newer is required (found: $("$PY" --version 2>&1 || echo none)); set PYTHON=/path/to/python3.11"
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.desktrace-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing desktrace and its dependencies into .venv (a few minutes the first time)"
+  .venv/bin/pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/pip install --quiet -e '.[dev]'
+  touch "$stamp"
+fi
+
+# System tools used by the tests (agent under Xvfb, promtool rule tests, browser tests).
+need=()
+command -v Xvfb >/dev/null || need+=(xvfb)
+command -v openbox >/dev/null || need+=(openbox)
+command -v xdotool >/dev/null || need+=(xdotool)
+command -v xprop >/dev/null || need+=(x11-utils)
+command -v wmctrl >/dev/null || need+=(wmctrl)
+command -v xterm >/dev/null || need+=(xterm)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing system packages: ${need[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    say "missing system packages: ${need[*]} (install them, e.g. sudo apt-get install ${need[*]})"
+  fi
+fi
