@@ -34,6 +34,7 @@ class CommonSettings(msgspec.Struct, kw_only=True):
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     pg_dsn: str = ""
+    pg_dsn_file: str = ""
     topic_prefix: str = ""
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
@@ -48,6 +49,7 @@ class CommonSettings(msgspec.Struct, kw_only=True):
 HELP: dict[str, str] = {
     "kafka_bootstrap": "Kafka bootstrap servers, host:port[,host:port]",
     "pg_dsn": "PostgreSQL DSN (postgresql://user:pass@host:port/db)",
+    "pg_dsn_file": "file holding the PostgreSQL DSN (keeps its password out of the environment)",
     "topic_prefix": "prefix of every topic name (empty in production; isolates test pipelines)",
     "kafka_security_protocol": "PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL",
     "kafka_sasl_mechanism": "SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN",

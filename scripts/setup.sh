@@ -26,6 +26,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# kustomize (builds deploy/k8s in the tests) comes from the Go module proxy when Go is there.
+if ! command -v kustomize >/dev/null && [ ! -x "$HOME/go/bin/kustomize" ]; then
+  if command -v go >/dev/null; then
+    say "installing kustomize with go install (about 30 s)"
+    GOFLAGS=-mod=mod go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 >/dev/null 2>&1 \
+      || say "could not install kustomize; the Kubernetes manifest tests will fail"
+  else
+    say "kustomize is missing (and Go to install it): the Kubernetes manifest tests will fail"
+  fi
+fi
+
 # System tools used by the tests (agent under Xvfb, promtool rule tests, browser tests).
 need=()
 command -v Xvfb >/dev/null || need+=(xvfb)

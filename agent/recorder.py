@@ -1,0 +1,340 @@
+"""Observations in, raw events out: the agent's pure core (no clock, no I/O).
+
+The recorder decides which UI events a window snapshot means, runs every input through the HID throttle,
+turns session/power notifications into presence events and produces heartbeats. Every event gets the
+identity envelope and the next ``seq``. Times come only from the observations and from the ``now`` values
+passed in.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from agent.identity import Identity
+from agent.observations import InputObservation, Observation, PresenceObservation, WindowSnapshot
+from agent.throttle import HID_TYPE_FOR, HidThrottle, HidWrite
+from proto.events import (
+    EVENT_TYPES,
+    AgentStart,
+    AgentStop,
+    DocumentOpen,
+    DocumentSave,
+    Envelope,
+    Heartbeat,
+    InputClass,
+    SheetOpen,
+    UiEvent,
+    WindowOpen,
+    WindowSwitch,
+    WindowUpdate,
+    to_utc_ms,
+)
+
+#: Context fields a UI event carries and HID events inherit.
+CONTEXT_FIELDS: Final = (
+    "app", "app_version", "exe_path", "pid", "title", "tab", "url",
+    "file_path", "sheet", "hierarchy", "fields",
+)
+#: Fields whose change in the foreground window is a WindowUpdate.
+UPDATE_FIELDS: Final = ("title", "tab", "url", "file_path")
+#: How many windows the recorder remembers (to tell a new window from a known one).
+MAX_WINDOWS: Final = 2048
+
+
+class SnapshotFilter(Protocol):
+    """What the recorder needs of :class:`agent.privacy.PrivacyFilter`."""
+
+    def apply(self, snapshot: WindowSnapshot) -> WindowSnapshot | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolState:
+    """The spool figures a heartbeat reports; ``dropped`` = drops not reported in an earlier heartbeat."""
+
+    events: int = 0
+    bytes: int = 0
+    dropped: int = 0
+
+
+def as_utc(ts: datetime) -> datetime:
+    """UTC with millisecond precision; a naive time (Windows, pynput) is taken as the machine's local time."""
+    if ts.tzinfo is None:
+        ts = ts.astimezone()  # naive = local wall time of this machine
+    return to_utc_ms(ts)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A click's HID event held for ``fold_window``: if the click switches windows it is written as that
+    UI event instead."""
+
+    write: HidWrite
+    context: dict[str, Any]
+
+
+class Recorder:
+    """Turns observations into raw events.
+
+    Guarantees:
+
+    - UI events only for real changes: ``WindowOpen`` for a window not seen before (or flagged new),
+      ``WindowSwitch`` when the foreground window changes, ``WindowUpdate`` when the foreground window's
+      title, tab, URL or document changes, ``SheetOpen`` when its sheet changes, ``DocumentOpen`` /
+      ``DocumentSave`` from the source's document events; nothing for a snapshot that changes nothing;
+    - privacy first: every snapshot goes through ``privacy.apply`` before anything else; an excluded window
+      yields no UI event, and HID events in it carry an empty window context;
+    - a click (hardware or injected) that switches or opens a window within ``fold_window`` is written as
+      that UI event with the click's input class, not as an HID event, and the throttle is told
+      (hid-throttle.md example 2);
+    - HID events pass through :class:`agent.throttle.HidThrottle` and carry the context of the latest UI
+      event;
+    - ``seq`` increases by one for every event returned, starting at ``next_seq``;
+    - a ``Heartbeat`` at the latest ``heartbeat_interval`` after the previous one (checked on :meth:`tick`),
+      with ``last_input_ts`` = the latest hardware input seen since start (throttled or not), ``None``
+      before the first.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        next_seq: int = 0,
+        hid_interval: timedelta = timedelta(seconds=60),
+        heartbeat_interval: timedelta = timedelta(seconds=60),
+        privacy: SnapshotFilter | None = None,
+        extended_mode: bool = False,
+        fold_window: timedelta = timedelta(seconds=1),
+    ) -> None:
+        self.identity = identity
+        self.seq = next_seq
+        self.throttle = HidThrottle(hid_interval)
+        self.heartbeat_interval = heartbeat_interval
+        self.privacy = privacy
+        self.extended_mode = extended_mode
+        self.fold_window = fold_window
+        try:
+            self._zone: ZoneInfo | None = ZoneInfo(identity.tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            self._zone = None
+        self._windows: OrderedDict[str, WindowSnapshot] = OrderedDict()
+        self._foreground: str | None = None  # window id; "" = an excluded window
+        self._context: dict[str, Any] = {}
+        self._pending: _Pending | None = None
+        self._last_click: tuple[datetime, InputClass] | None = None  # (ts, input class) of the latest click
+        self._awaiting_cause: tuple[datetime, InputClass] | None = None  # UI event written for an input not seen yet
+        self._last_hw_input: datetime | None = None
+        self._next_heartbeat: datetime | None = None
+        self.counts: dict[str, int] = {}
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self, now: datetime) -> list[Envelope]:
+        """``AgentStart``; heartbeats are due from ``now + heartbeat_interval``."""
+        now = as_utc(now)
+        self._next_heartbeat = now + self.heartbeat_interval
+        return [self._event(AgentStart, now, "none")]
+
+    def stop(self, now: datetime) -> list[Envelope]:
+        """Flush a held click, then ``AgentStop``."""
+        now = as_utc(now)
+        out = self._flush_pending()
+        out.append(self._event(AgentStop, now, "none"))
+        return out
+
+    def tick(self, now: datetime, idle_ms: int = 0, spool: SpoolState | None = None) -> list[Envelope]:
+        """Call about once a second: releases a held click after ``fold_window`` and writes a heartbeat
+        when one is due."""
+        now = as_utc(now)
+        out: list[Envelope] = []
+        if self._pending is not None and now - self._pending.write.ts > self.fold_window:
+            out += self._flush_pending()
+        if self._next_heartbeat is None:
+            self._next_heartbeat = now + self.heartbeat_interval
+        elif now >= self._next_heartbeat:
+            out.append(self.heartbeat(now, idle_ms, spool))
+        return out
+
+    def heartbeat(self, now: datetime, idle_ms: int = 0, spool: SpoolState | None = None) -> Heartbeat:
+        """A heartbeat now (and the next one a full interval later)."""
+        now = as_utc(now)
+        spool = spool or SpoolState()
+        self._next_heartbeat = now + self.heartbeat_interval
+        hb = self._event(
+            Heartbeat, now, "none",
+            last_input_ts=self._last_hw_input, idle_ms=max(0, int(idle_ms)),
+            spool_events=spool.events, spool_bytes=spool.bytes, spool_dropped=spool.dropped,
+        )
+        assert isinstance(hb, Heartbeat)
+        return hb
+
+    @property
+    def last_hardware_input(self) -> datetime | None:
+        return self._last_hw_input
+
+    # ---- observations ---------------------------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> list[Envelope]:
+        """The events one observation means, in the order to write them."""
+        if isinstance(obs, InputObservation):
+            return self._on_input(obs)
+        if isinstance(obs, WindowSnapshot):
+            return self._on_snapshot(obs)
+        if isinstance(obs, PresenceObservation):
+            out = self._flush_pending()
+            out.append(self._event(EVENT_TYPES[obs.kind], as_utc(obs.ts), obs.input))
+            if obs.kind in ("Lock", "Logoff", "Suspend"):
+                self._awaiting_cause = None
+            return out
+        raise TypeError(f"not an observation: {type(obs).__name__}")
+
+    def _on_input(self, obs: InputObservation) -> list[Envelope]:
+        ts = as_utc(obs.ts)
+        cls: InputClass = "injected" if obs.injected else "hardware"
+        hid_type = HID_TYPE_FOR[(cls, obs.kind)]
+        out = self._flush_pending()
+        if cls == "hardware" and (self._last_hw_input is None or ts > self._last_hw_input):
+            self._last_hw_input = ts
+        awaiting = self._awaiting_cause
+        if (
+            obs.kind == "click"
+            and awaiting is not None
+            and awaiting[1] == cls
+            and abs(ts - awaiting[0]) <= self.fold_window
+        ):
+            # the UI event this click caused was written already and went through the throttle
+            self._awaiting_cause = None
+            return out
+        writes = self.throttle.on_input(ts, hid_type)
+        if obs.kind == "click" and writes and writes[-1].ts == ts:
+            # hold the click's own HID event: if it switches windows it is written as that UI event
+            *earlier, last = writes
+            writes = earlier
+            self._pending = _Pending(last, dict(self._context))
+        if obs.kind == "click":
+            self._last_click = (ts, cls)
+        out += [self._hid(w, self._context) for w in writes]
+        return out
+
+    def _on_snapshot(self, raw: WindowSnapshot) -> list[Envelope]:
+        snap = self.privacy.apply(raw) if self.privacy is not None else raw
+        if snap is None:
+            # an excluded window: no UI event; HID events carry an empty context
+            out = self._flush_pending()
+            self._foreground = ""
+            self._context = {}
+            return out
+        ts = as_utc(snap.ts)
+        if not self.extended_mode and snap.fields is not None:
+            snap = _replace(snap, fields=None)
+        wid = snap.window_id
+        prev = self._windows.get(wid)
+        kinds: list[type[UiEvent]] = []
+        if prev is None or snap.new_window:
+            kinds.append(WindowOpen)
+        elif wid != self._foreground:
+            kinds.append(WindowSwitch)
+        else:
+            if any(getattr(snap, f) != getattr(prev, f) for f in UPDATE_FIELDS):
+                kinds.append(WindowUpdate)
+            if snap.sheet and snap.sheet != prev.sheet:
+                kinds.append(SheetOpen)
+        if snap.document_event == "open":
+            kinds.append(DocumentOpen)
+        elif snap.document_event == "save":
+            kinds.append(DocumentSave)
+        self._windows[wid] = snap
+        self._windows.move_to_end(wid)
+        while len(self._windows) > MAX_WINDOWS:
+            self._windows.popitem(last=False)
+        self._foreground = wid
+        if not kinds:
+            return []
+        # which input caused it: the source's word, or a click just before a window switch/open
+        input_cls: InputClass = snap.input
+        switches = kinds[0] in (WindowOpen, WindowSwitch)
+        click = self._last_click
+        recent_click = (
+            click is not None
+            and timedelta(0) <= ts - click[0] <= self.fold_window
+            and (input_cls in ("none", click[1]))
+        )
+        if switches and recent_click and click is not None:
+            input_cls = click[1]
+        events: list[Envelope] = []
+        pending, self._pending = self._pending, None
+        if pending is not None and not (
+            switches and pending.write.input == input_cls and ts - pending.write.ts <= self.fold_window
+        ):
+            events.append(self._hid(pending.write, pending.context))
+            pending = None
+        # pending is now None, or the held click this UI event stands for
+        if switches and input_cls != "none" and not recent_click:
+            # the source says an input caused this switch and we have not seen it yet: run it through the
+            # throttle now, so that what it writes for the gap before it comes first, in time order
+            hid_type = HID_TYPE_FOR[(input_cls, "click")]
+            if input_cls == "hardware" and (self._last_hw_input is None or ts > self._last_hw_input):
+                self._last_hw_input = ts
+            for w in self.throttle.on_input(ts, hid_type):
+                if w.ts != ts:
+                    events.append(self._hid(w, self._context))
+            self._awaiting_cause = (ts, input_cls)
+        self._context = {f: getattr(snap, f) for f in CONTEXT_FIELDS}
+        for kind in kinds:
+            events.append(self._event(kind, ts, input_cls, **self._context))
+        if input_cls != "none":
+            if switches and recent_click and click is not None:
+                self.throttle.on_written(click[0], input_cls)  # the click is written (as this event)
+            self.throttle.on_written(ts, input_cls)
+        return events
+
+    # ---- building events ------------------------------------------------------------------------------
+
+    def _flush_pending(self) -> list[Envelope]:
+        p, self._pending = self._pending, None
+        return [self._hid(p.write, p.context)] if p is not None else []
+
+    def _hid(self, w: HidWrite, context: dict[str, Any]) -> Envelope:
+        return self._event(EVENT_TYPES[w.type], w.ts, w.input, **context)
+
+    def _event(
+        self, cls: type[Envelope] | Callable[..., Envelope], ts: datetime, input: InputClass, **kw: Any
+    ) -> Envelope:
+        ident = self.identity
+        ev = cls(
+            agent_id=ident.agent_id,
+            seq=self.seq,
+            ts=ts,
+            input=input,
+            user=ident.user,
+            domain=ident.domain,
+            host=ident.host,
+            host_domain=ident.host_domain,
+            tz=ident.tz,
+            utc_offset_min=self._offset(ts),
+            agent_version=ident.agent_version,
+            **kw,
+        )
+        self.seq += 1
+        name = type(ev).__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return ev
+
+    def _offset(self, ts: datetime) -> int:
+        if self._zone is None:
+            return 0
+        off = ts.astimezone(self._zone).utcoffset()
+        return int(off.total_seconds() // 60) if off is not None else 0
+
+
+def _replace(snap: WindowSnapshot, **changes: Any) -> WindowSnapshot:
+    return msgspec.structs.replace(snap, **changes)
+
+
+__all__ = ["Recorder", "SnapshotFilter", "SpoolState", "as_utc"]

@@ -1,0 +1,93 @@
+"""The agent's settings: flag ``--spool-max-bytes`` = ``DESKTRACE_SPOOL_MAX_BYTES`` = TOML ``spool_max_bytes``
+(top level or in an ``[agent]`` table), through :mod:`common.settings`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from common.settings import HELP, CommonSettings, add_arguments, load
+
+SECTION = "agent"
+
+
+class AgentSettings(CommonSettings, kw_only=True):
+    """Everything ``desktrace-agent`` reads. Lists may be given as TOML arrays or comma-separated text."""
+
+    state_dir: str = ""
+    spool_max_bytes: int = 64 * 1024 * 1024
+    heartbeat_s: float = 60.0
+    hid_interval_s: float = 60.0
+    extended_mode: bool = False
+    exclude_apps: str | list[str] = ""
+    exclude_domains: str | list[str] = ""
+    compression_type: str = "gzip"
+    batch_size: int = 500
+    source: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.spool_max_bytes < 64 * 1024:
+            raise ValueError("spool_max_bytes must be at least 65536")
+        if self.heartbeat_s <= 0 or self.hid_interval_s <= 0:
+            raise ValueError("heartbeat_s and hid_interval_s must be positive")
+        if self.compression_type not in ("gzip", "none", "lz4", "zstd", "snappy"):
+            raise ValueError("compression_type must be gzip, none, lz4, zstd or snappy")
+        if not 1 <= self.batch_size <= 10_000:
+            raise ValueError("batch_size must be between 1 and 10000")
+
+    @property
+    def excluded_apps(self) -> list[str]:
+        return _as_list(self.exclude_apps)
+
+    @property
+    def excluded_domains(self) -> list[str]:
+        return _as_list(self.exclude_domains)
+
+    @property
+    def state_path(self) -> Path:
+        """``state_dir``, or the platform default: ``%LOCALAPPDATA%\\desktrace`` on Windows,
+        ``$XDG_STATE_HOME/desktrace`` (``~/.local/state/desktrace``) elsewhere."""
+        return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    return [s.strip() for s in items if s.strip()]
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if sys.platform == "win32":
+        base = env.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "desktrace"
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "desktrace"
+
+
+AGENT_HELP: dict[str, str] = {
+    **HELP,
+    "state_dir": "directory for the agent id and the spool database (default: per-user state dir)",
+    "spool_max_bytes": "bound of the on-disk spool in bytes; when full the oldest HID events are dropped first",
+    "heartbeat_s": "seconds between Heartbeat events",
+    "hid_interval_s": "HID throttling interval M in seconds (hid-throttle.md)",
+    "extended_mode": "also record editable field values (never passwords)",
+    "exclude_apps": "comma-separated program names whose windows are never recorded",
+    "exclude_domains": "comma-separated web domains whose pages are never recorded",
+    "compression_type": "Kafka producer compression: gzip (default, no extra dependency), none, lz4, zstd, snappy",
+    "batch_size": "most spooled events sent in one batch",
+    "source": "observation source: auto (by platform), or a name agent.sources knows",
+}
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, AgentSettings, AGENT_HELP)
+
+
+def load_agent_settings(
+    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> AgentSettings:
+    """Defaults < TOML (top level, then ``[agent]``) < ``DESKTRACE_*`` < flags."""
+    return load(AgentSettings, args, section=SECTION, env=env)

@@ -1,0 +1,198 @@
+"""Spool -> Kafka: at-least-once delivery of every spooled event, in spool order per key.
+
+The shipper reads the oldest batch from the spool, sends it with an idempotent aiokafka producer
+(``acks='all'``), waits until every send future resolved, and only then deletes the batch from the spool.
+While the broker is unreachable it retries with exponential backoff and full jitter, creating a new producer
+for each attempt. An event can be sent twice only when a batch was written but its acknowledgement was lost
+(broker failover, the agent killed between send and delete); consumers dedup by ``(agent_id, seq)``.
+
+Logs carry counts only, never event contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from agent.spool import Spool, Spooled
+
+log = logging.getLogger("desktrace.agent.shipper")
+
+
+@dataclass
+class ShipperStats:
+    """Counters for logs and the heartbeat: sent events and bytes, failed attempts."""
+
+    sent_events: int = 0
+    sent_bytes: int = 0
+    failed_attempts: int = 0
+    batches: int = 0
+    connected: bool = False
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Backoff:
+    """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**n))``; ``reset`` after success."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+        self.rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = self.rng.uniform(self.base / 2, min(self.cap, self.base * 2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+ProducerFactory = Callable[[], AIOKafkaProducer]
+
+
+def producer_factory(client_options: dict[str, Any], compression_type: str = "gzip") -> ProducerFactory:
+    """A factory of idempotent producers (``acks='all'``) with the given compression."""
+
+    def make() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **client_options,
+            enable_idempotence=True,
+            acks="all",
+            compression_type=None if compression_type == "none" else compression_type,
+            linger_ms=50,
+            request_timeout_ms=15_000,
+            retry_backoff_ms=200,
+            client_id="desktrace-agent",
+        )
+
+    return make
+
+
+class Shipper:
+    """Moves events from the spool to Kafka (see the module docstring for the delivery guarantee).
+
+    ``wake()`` tells it new events were spooled; otherwise it polls the spool every ``poll_s``."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        make_producer: ProducerFactory,
+        *,
+        batch_size: int = 500,
+        poll_s: float = 1.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.spool = spool
+        self.make_producer = make_producer
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self.backoff = backoff or Backoff()
+        self.stats = ShipperStats()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._producer: AIOKafkaProducer | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the batch in flight, then return from :meth:`run`."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Ship until :meth:`stop`; never raises for broker trouble (it waits and retries)."""
+        try:
+            while not self._stopping:
+                batch = self.spool.peek(self.batch_size)
+                if not batch:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    except TimeoutError:
+                        pass
+                    continue
+                if await self._send(batch):
+                    self.spool.ack([b.id for b in batch])
+                    self.backoff.reset()
+                else:
+                    delay = self.backoff.next()
+                    log.warning(
+                        "kafka unavailable, retrying",
+                        extra={"kv": {"pending_events": len(self.spool), "retry_in_s": round(delay, 2)}},
+                    )
+                    await self._sleep(delay)
+        finally:
+            await self._close_producer()
+
+    async def drain(self, timeout: float) -> bool:
+        """Ship until the spool is empty or ``timeout`` passed (used at shutdown); True if empty."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while len(self.spool) and loop.time() < end:
+            batch = self.spool.peek(self.batch_size)
+            if await self._send(batch):
+                self.spool.ack([b.id for b in batch])
+            else:
+                await asyncio.sleep(min(self.backoff.next(), max(0.0, end - loop.time())))
+        return len(self.spool) == 0
+
+    async def _send(self, batch: list[Spooled]) -> bool:
+        try:
+            producer = await self._ensure_producer()
+            futures = [await producer.send(b.topic, b.value, key=b.key) for b in batch]
+            await asyncio.gather(*futures)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self.stats.failed_attempts += 1
+            log.info("send failed", extra={"kv": {"error_class": type(exc).__name__, "events": len(batch)}})
+            await self._close_producer()
+            return False
+        self.stats.sent_events += len(batch)
+        self.stats.sent_bytes += sum(len(b.value) + len(b.key) for b in batch)
+        self.stats.batches += 1
+        return True
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = self.make_producer()
+            try:
+                await producer.start()
+            except BaseException:
+                await _quiet_stop(producer)
+                raise
+            self._producer = producer
+            self.stats.connected = True
+            log.info("connected to kafka", extra={"kv": {"pending_events": len(self.spool)}})
+        return self._producer
+
+    async def _close_producer(self) -> None:
+        p, self._producer = self._producer, None
+        self.stats.connected = False
+        if p is not None:
+            await _quiet_stop(p)
+
+    async def _sleep(self, delay: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._stop_requested(), delay)
+        except TimeoutError:
+            pass
+
+    async def _stop_requested(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+
+
+async def _quiet_stop(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), 10)
+    except (KafkaError, OSError, TimeoutError):
+        pass

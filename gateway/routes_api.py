@@ -1,0 +1,117 @@
+"""``/api/v1/reports/*``: the reports as JSON, for Bearer tokens (``api_tokens``) or a logged-in browser."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+import msgspec
+from litestar import Request, Router, get
+from litestar.connection import ASGIConnection
+from litestar.exceptions import ClientException, NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
+
+from gateway.auth import COOKIE_NAME, bearer, check_token
+from gateway.state import Gateway
+from reports.model import AppUsage, DayRow, PeriodRow, TimelineItem
+
+
+def gw(connection: ASGIConnection) -> Gateway:
+    return connection.app.state.gateway  # type: ignore[no-any-return]
+
+
+def session_user(connection: ASGIConnection) -> str | None:
+    """The user of a valid session cookie, else None."""
+    g = gw(connection)
+    user = g.signer.check(connection.cookies.get(COOKIE_NAME), g.epoch_s())
+    return user if user is not None and user in g.users else None
+
+
+def api_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    g = gw(connection)
+    if check_token(bearer(connection.headers.get("authorization")), g.api_tokens):
+        return
+    if session_user(connection) is not None:
+        return
+    raise NotAuthorizedException(
+        detail="a Bearer token (api_tokens) or a web login is required",
+        headers={"WWW-Authenticate": 'Bearer realm="reports"'},
+    )
+
+
+class UserDay(msgspec.Struct, kw_only=True):
+    """One user's local day: the figures (None when the day has no data) and the timeline."""
+
+    user_key: str
+    date: date
+    day: DayRow | None
+    timeline: list[TimelineItem]
+
+
+DateParam = Annotated[
+    date | None, Parameter(query="date", description="a day in the period (YYYY-MM-DD); default today")
+]
+UserParam = Annotated[
+    str | None, Parameter(query="user", description="a user key (domain\\login); default every user")
+]
+
+
+def _day(g: Gateway, d: date | None) -> date:
+    return d or g.today()
+
+
+@get("/day", summary="Working time per user on one local day")
+async def api_day(request: Request, d: DateParam = None, user: UserParam = None) -> list[DayRow]:
+    g = gw(request)
+    return await (await g.reports()).day(_day(g, d), user)
+
+
+@get("/week", summary="Working time per user over the ISO week containing the date")
+async def api_week(request: Request, d: DateParam = None, user: UserParam = None) -> list[PeriodRow]:
+    g = gw(request)
+    return await (await g.reports()).week(_day(g, d), user)
+
+
+@get("/month", summary="Working time per user over the month containing the date")
+async def api_month(request: Request, d: DateParam = None, user: UserParam = None) -> list[PeriodRow]:
+    g = gw(request)
+    return await (await g.reports()).month(_day(g, d), user)
+
+
+@get("/user", summary="One user's day: figures and timeline")
+async def api_user(
+    request: Request,
+    user: Annotated[str, Parameter(query="user", description="the user key (domain\\login)", min_length=1)],
+    d: DateParam = None,
+) -> UserDay:
+    g = gw(request)
+    reports = await g.reports()
+    day = _day(g, d)
+    rows = await reports.day(day, user)
+    timeline = await reports.timeline(user, day)
+    return UserDay(user_key=user, date=day, day=rows[0] if rows else None, timeline=timeline)
+
+
+@get("/apps", summary="Focus time per application and domain (full URLs only when the server allows)")
+async def api_apps(
+    request: Request,
+    start: Annotated[date | None, Parameter(query="start", description="first local date; default today")] = None,
+    end: Annotated[date | None, Parameter(query="end", description="last local date; default start")] = None,
+    user: UserParam = None,
+) -> list[AppUsage]:
+    g = gw(request)
+    first = start or g.today()
+    last = end or first
+    if last < first:
+        raise ClientException(detail="end is before start")
+    return await (await g.reports()).apps(first, last, user, show_urls=g.settings.reports_show_urls)
+
+
+api_router = Router(
+    path="/api/v1/reports",
+    route_handlers=[api_day, api_week, api_month, api_user, api_apps],
+    guards=[api_guard],
+    security=[{"BearerToken": []}],
+    tags=["reports"],
+)

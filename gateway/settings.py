@@ -1,0 +1,99 @@
+"""The gateway's settings: ``common.settings`` names (flag ``--legacy-tz`` = ``DESKTRACE_LEGACY_TZ`` = TOML key
+``legacy_tz``, optionally inside a ``[gateway]`` table)."""
+
+from __future__ import annotations
+
+import ipaddress
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from common.settings import HELP, CommonSettings, SettingsError, spellings
+
+SECTION = "gateway"
+
+
+class GatewaySettings(CommonSettings, kw_only=True):
+    """Everything ``desktrace-gateway`` reads. Secrets (``*_token*``, ``*password*``, ``web_users``,
+    ``session_secret``) are never logged."""
+
+    http_addr: str = "127.0.0.1:8080"
+    legacy_domain: str = "legacy"
+    legacy_tz: str = "UTC"
+    legacy_token: str = ""
+    legacy_token_file: str = ""
+    legacy_networks: str = ""
+    legacy_send_timeout_s: float = 10.0
+    legacy_dedup_window_s: float = 30.0
+    web_users: str = ""
+    web_users_file: str = ""
+    web_password: str = ""
+    web_password_file: str = ""
+    web_session_secret: str = ""
+    web_session_secret_file: str = ""
+    web_session_hours: float = 12.0
+    web_cookie_secure: bool = False
+    api_tokens: str = ""
+    api_tokens_file: str = ""
+    reports_show_urls: bool = False
+    pg_pool_max: int = 4
+
+
+GATEWAY_HELP: dict[str, str] = {
+    **HELP,
+    "http_addr": "host:port the HTTP server listens on",
+    "legacy_domain": "domain of legacy POST /api/report users given without DOMAIN\\",
+    "legacy_tz": "IANA time zone of legacy reports: a ts without offset is read in it, and events carry it",
+    "legacy_token": "when set, POST /api/report needs 'Authorization: Bearer <token>' or X-Desktrace-Token",
+    "legacy_token_file": "file holding legacy_token",
+    "legacy_networks": "comma-separated CIDRs allowed to POST /api/report (empty: any address)",
+    "legacy_send_timeout_s": "how long a legacy report waits for Kafka before answering 503",
+    "legacy_dedup_window_s": "a report without ts repeating the same user and state within this is a retry",
+    "web_users": "web login users: 'name:hash,...' (hash from `desktrace-gateway --hash-password`)",
+    "web_users_file": "file holding web_users",
+    "web_password": "password (or hash) of the single web user 'admin', when web_users is empty",
+    "web_password_file": "file holding web_password",
+    "web_session_secret": "key signing session cookies (empty: random per process, logins end on restart)",
+    "web_session_secret_file": "file holding web_session_secret",
+    "web_session_hours": "how long a web login lasts",
+    "web_cookie_secure": "mark the session cookie Secure (serve over HTTPS)",
+    "api_tokens": "comma-separated Bearer tokens for /api/v1/reports/*",
+    "api_tokens_file": "file holding api_tokens",
+    "reports_show_urls": "show full URLs on the apps page and API (else domains only)",
+    "pg_pool_max": "largest PostgreSQL connection pool",
+}
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as a tuple; raises :class:`SettingsError`."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"http_addr must be host:port, got {addr!r} ({spellings('http_addr')})")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The CIDR list of ``legacy_networks``; raises :class:`SettingsError` naming the bad entry."""
+    out = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"legacy_networks: {part!r} is not a CIDR network ({spellings('legacy_networks')})"
+            ) from None
+    return tuple(out)
+
+
+def check_zone(name: str) -> ZoneInfo:
+    """The zone ``legacy_tz`` names; raises :class:`SettingsError`."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"legacy_tz: unknown IANA time zone {name!r} ({spellings('legacy_tz')})") from None
+
+
+def split_list(text: str) -> list[str]:
+    """A comma-separated setting as a list of non-empty, stripped items."""
+    return [p.strip() for p in text.split(",") if p.strip()]

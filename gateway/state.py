@@ -1,0 +1,123 @@
+"""What the request handlers share: settings, metrics, credentials, the Kafka publisher, the reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+import asyncpg
+
+from gateway.auth import SessionSigner, parse_users
+from gateway.legacy import RetryMemory
+from gateway.metrics import GatewayMetrics
+from gateway.publisher import Publisher
+from gateway.settings import GatewaySettings, check_zone, parse_networks, split_list
+from reports.model import AppUsage, DayRow, PeriodRow, TimelineItem
+
+log = logging.getLogger(__name__)
+
+
+class Reports(Protocol):
+    """What the pages need from :class:`reports.service.ReportService`."""
+
+    async def days(self, start: date, end: date, user: str | None = None) -> list[DayRow]: ...
+    async def day(self, d: date, user: str | None = None) -> list[DayRow]: ...
+    async def week(self, d: date, user: str | None = None) -> list[PeriodRow]: ...
+    async def month(self, d: date, user: str | None = None) -> list[PeriodRow]: ...
+    async def timeline(self, user: str, d: date) -> list[TimelineItem]: ...
+    async def apps(
+        self, start: date, end: date, user: str | None = None, show_urls: bool = False, per_user: bool = False
+    ) -> list[AppUsage]: ...
+    async def users(self) -> list[str]: ...
+
+
+class ReportsUnavailable(RuntimeError):
+    """PostgreSQL cannot be reached (or is not configured); pages and the API answer 503."""
+
+
+class Gateway:
+    """The gateway's shared state. Settings are validated here, so a bad one fails at start-up with a
+    message naming it (never its value when it is a secret)."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics | None = None,
+        reports: Reports | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or GatewayMetrics()
+        self.zone = check_zone(settings.legacy_tz)
+        self.networks = parse_networks(settings.legacy_networks)
+        self.users = parse_users(settings.web_users, settings.web_password)
+        self.api_tokens = split_list(settings.api_tokens)
+        key = settings.web_session_secret.encode() or secrets.token_bytes(32)
+        self.signer = SessionSigner(key)
+        self.retry = RetryMemory(timedelta(seconds=settings.legacy_dedup_window_s))
+        self.publisher = Publisher(settings, self.metrics, timeout_s=settings.legacy_send_timeout_s)
+        self._reports = reports
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    # ---- clock (the only one) ----
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    @staticmethod
+    def epoch_s() -> float:
+        return time.time()
+
+    def today(self) -> date:
+        """Today in the gateway's zone (``legacy_tz``), the default date of every page."""
+        return self.now().astimezone(self.zone).date()
+
+    # ---- reports ----
+    async def reports(self) -> Reports:
+        """The report service; connects to PostgreSQL on first use. Raises :class:`ReportsUnavailable`."""
+        if self._reports is not None:
+            return self._reports
+        if not self.settings.pg_dsn:
+            raise ReportsUnavailable("no PostgreSQL configured (pg_dsn / DESKTRACE_PG_DSN)")
+        async with self._pool_lock:
+            if self._reports is None:
+                from reports.service import ReportService
+
+                try:
+                    self._pool = await asyncio.wait_for(
+                        asyncpg.create_pool(self.settings.pg_dsn, min_size=0, max_size=self.settings.pg_pool_max),
+                        10,
+                    )
+                except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                    log.warning("postgresql not reachable", extra={"kv": {"error_class": type(exc).__name__}})
+                    raise ReportsUnavailable(f"PostgreSQL not reachable: {type(exc).__name__}") from None
+                self._reports = ReportService(self._pool)
+        assert self._reports is not None
+        return self._reports
+
+    async def postgres_ready(self) -> bool:
+        try:
+            await self.reports()
+        except ReportsUnavailable:
+            return False
+        if self._pool is None:
+            return True
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                await conn.fetchval("SELECT 1")
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            return False
+        return True
+
+    async def start(self) -> None:
+        await self.publisher.start()
+
+    async def close(self) -> None:
+        await self.publisher.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()

@@ -1,0 +1,145 @@
+"""Pure helpers the pages use: durations, date navigation, the timeline chart's geometry, app totals."""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable
+from datetime import date, datetime, time, timedelta
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from reports.model import AppUsage, TimelineItem
+
+VIEWS = ("day", "week", "month")
+CHART_WIDTH = 960
+ROW_HEIGHT = 22
+
+
+def hms(seconds: float | None) -> str:
+    """``H:MM:SS`` (hours may exceed 24); ``-`` for None."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    sign = "-" if s < 0 else ""
+    s = abs(s)
+    return f"{sign}{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def clock(ts: datetime | None) -> str:
+    """``HH:MM:SS`` of an aware time in its own zone; ``-`` for None."""
+    return "-" if ts is None else ts.strftime("%H:%M:%S")
+
+
+def user_path(user_key: str) -> str:
+    """The path segment of a user key (backslashes and every other reserved character escaped)."""
+    return quote(user_key, safe="")
+
+
+def add_months(d: date, n: int) -> date:
+    """The same day ``n`` months later (clamped to the month's length)."""
+    m = d.month - 1 + n
+    y, m = d.year + m // 12, m % 12 + 1
+    return date(y, m, min(d.day, calendar.monthrange(y, m)[1]))
+
+
+def step(d: date, view: str, n: int) -> date:
+    """``d`` moved by ``n`` days, weeks or months."""
+    if view == "week":
+        return d + timedelta(weeks=n)
+    if view == "month":
+        return add_months(d, n)
+    return d + timedelta(days=n)
+
+
+def period_label(d: date, view: str) -> str:
+    """How the page titles the period of ``d``."""
+    if view == "week":
+        iso = d.isocalendar()
+        monday = d - timedelta(days=d.weekday())
+        return f"Week {iso.year}-W{iso.week:02d} ({monday:%a %d %b} - {monday + timedelta(days=6):%a %d %b %Y})"
+    if view == "month":
+        return f"{d:%B %Y}"
+    return f"{d:%A %d %B %Y}"
+
+
+def nav_query(**params: object) -> str:
+    """A query string of the non-empty ``params``."""
+    return urlencode({k: str(v) for k, v in params.items() if v not in (None, "")})
+
+
+class Bar(msgspec.Struct, frozen=True):
+    """One rectangle of the timeline chart (pixels) and its tooltip."""
+
+    x: float
+    width: float
+    y: int
+    css: str
+    label: str
+
+
+class Tick(msgspec.Struct, frozen=True):
+    x: float
+    text: str
+
+
+ROWS = {"active": 0, "idle": 1, "locked": 2}
+
+
+def zone_of(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def timeline_bars(items: Iterable[TimelineItem], d: date, tz: str, width: int = CHART_WIDTH) -> list[Bar]:
+    """Bars of ``items`` on a local-day axis of ``width`` pixels: one row each for active, idle and locked.
+
+    The axis runs from local midnight of ``d`` to the next one in ``tz`` (23 or 25 hours on DST days); a bar
+    is at least 1 pixel wide so that a zero-length active session stays visible."""
+    zone = zone_of(tz)
+    lo = datetime.combine(d, time(), zone)
+    hi = datetime.combine(d + timedelta(days=1), time(), zone)
+    span = (hi - lo).total_seconds()
+    bars = []
+    for it in items:
+        row = "active" if it.kind == "active" else (it.reason or "idle")
+        if row not in ROWS:
+            row = "idle"
+        a = max(0.0, (it.start - lo).total_seconds())
+        b = min(span, (it.end - lo).total_seconds())
+        if b < a:
+            continue
+        x = a / span * width
+        w = max(1.0, (b - a) / span * width)
+        label = f"{row} {clock(it.start.astimezone(zone))}-{clock(it.end.astimezone(zone))} ({hms(it.duration_s)})"
+        bars.append(Bar(x=round(x, 2), width=round(w, 2), y=ROWS[row] * ROW_HEIGHT, css=row, label=label))
+    return bars
+
+
+def hour_ticks(width: int = CHART_WIDTH, every: int = 3) -> list[Tick]:
+    """Axis labels every ``every`` hours of a 24-hour axis."""
+    return [Tick(x=round(h / 24 * width, 2), text=f"{h:02d}:00") for h in range(0, 25, every)]
+
+
+class AppTotal(msgspec.Struct):
+    name: str
+    focus_s: float
+    share: float
+
+
+def totals(rows: Iterable[AppUsage], by: str) -> list[AppTotal]:
+    """Focus time summed per ``app``, ``domain`` or ``url`` (empty names dropped), largest first, with each
+    one's share of the total of the listed rows."""
+    sums: dict[str, float] = {}
+    for r in rows:
+        name = getattr(r, by) or ""
+        if name:
+            sums[name] = sums.get(name, 0.0) + r.focus_s
+    whole = sum(sums.values()) or 1.0
+    return [
+        AppTotal(name=k, focus_s=v, share=v / whole)
+        for k, v in sorted(sums.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]

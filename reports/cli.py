@@ -1,0 +1,163 @@
+"""``desktrace-report``: working-time reports on the command line.
+
+    desktrace-report day   [--date D] [--end D] [--user U] [--format table|csv|json]
+    desktrace-report week  [--date D] [--user U] [--format ...]      ISO week (Monday first) containing D
+    desktrace-report month [--date D] [--user U] [--format ...]      calendar month containing D
+    desktrace-report user  --user U [--date D] [--format ...]        one user's day: timeline and totals
+    desktrace-report apps  [--date D] [--end D] [--user U] [--show-urls] [--per-user] [--format ...]
+    desktrace-report users                                           every user key with sessions
+
+Dates are the users' own local dates. ``--date`` defaults to today in the time zone of the machine running
+the command (``TZ``); it also accepts ``today`` and ``yesterday``. The database is ``--pg-dsn`` /
+``DESKTRACE_PG_DSN`` / ``pg_dsn`` in the TOML file. Exit status 2 on a configuration or database error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+
+import asyncpg
+import msgspec
+
+from common.logs import setup_logging
+from common.settings import HELP, SettingsError, add_arguments, load, spellings
+from reports import render
+from reports.service import ReportService
+
+log = logging.getLogger("reports.cli")
+
+
+class ReportSettings(msgspec.Struct, kw_only=True):
+    """Settings of ``desktrace-report`` (flags = ``DESKTRACE_*`` = TOML keys, ``[report]`` table)."""
+
+    pg_dsn: str = ""
+    log_level: str = "WARNING"
+    log_format: str = "json"
+
+
+class ReportError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+def parse_date(text: str) -> date:
+    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (in the local zone of this machine)."""
+    today = datetime.now().astimezone().date()
+    if text == "today":
+        return today
+    if text == "yesterday":
+        return today - timedelta(days=1)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD, today or yesterday): {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    add_arguments(common, ReportSettings, HELP)
+    common.add_argument(
+        "--date",
+        type=parse_date,
+        default=None,
+        help="local date YYYY-MM-DD, 'today' or 'yesterday' (default: today in this machine's time zone)",
+    )
+    common.add_argument("--user", default=None, metavar="KEY", help="one user key, e.g. 'corp\\alice'")
+    common.add_argument("--format", choices=render.FORMATS, default="table", help="output format")
+    parser = argparse.ArgumentParser(
+        prog="desktrace-report",
+        description="Working-time reports (active, idle, locked, presence per user and local day) "
+        "from the desktrace PostgreSQL tables.",
+        epilog="Dates are the users' own local dates; durations in the table format are hours:minutes.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    day = sub.add_parser("day", parents=[common], help="one row per user and day")
+    day.add_argument("--end", type=parse_date, default=None, help="last date of a range (inclusive)")
+    sub.add_parser("week", parents=[common], help="ISO week (Monday first) containing --date")
+    sub.add_parser("month", parents=[common], help="calendar month containing --date")
+    sub.add_parser("user", parents=[common], help="one user's day: timeline and totals (needs --user)")
+    apps = sub.add_parser("apps", parents=[common], help="focus time per application and URL domain")
+    apps.add_argument("--end", type=parse_date, default=None, help="last date of a range (inclusive)")
+    apps.add_argument("--show-urls", action="store_true", help="also show full URLs (default: domains only)")
+    apps.add_argument("--per-user", action="store_true", help="one row per user (default: everyone added up)")
+    sub.add_parser("users", parents=[common], help="list the user keys that have sessions")
+    return parser
+
+
+async def _report(args: argparse.Namespace, dsn: str) -> str:
+    d: date = args.date or datetime.now().astimezone().date()
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, timeout=15, command_timeout=120)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        raise ReportError(f"cannot connect to PostgreSQL ({type(exc).__name__}: {exc})") from None
+    try:
+        svc = ReportService(pool)
+        fmt = args.format
+        if args.command == "day":
+            end = args.end or d
+            if end < d:
+                raise ReportError("--end is before --date")
+            return render.days(await svc.days(d, end, args.user), fmt)
+        if args.command == "week":
+            return render.periods(await svc.week(d, args.user), fmt)
+        if args.command == "month":
+            return render.periods(await svc.month(d, args.user), fmt)
+        if args.command == "user":
+            if not args.user:
+                raise ReportError("'user' needs --user KEY (see: desktrace-report users)")
+            totals = await svc.day(d, args.user)
+            items = await svc.timeline(args.user, d)
+            return render.user_day(args.user, d.isoformat(), totals[0] if totals else None, items, fmt)
+        if args.command == "apps":
+            end = args.end or d
+            if end < d:
+                raise ReportError("--end is before --date")
+            rows = await svc.apps(d, end, args.user, show_urls=args.show_urls, per_user=args.per_user)
+            return render.apps(rows, fmt)
+        users = await svc.users()
+        if fmt == "json":
+            return render.to_json(users)
+        if fmt == "csv":
+            return render.to_csv(("user_key",), [(u,) for u in users])
+        return "\n".join(users) if users else "no users"
+    except asyncpg.UndefinedTableError as exc:
+        raise ReportError(
+            f"the report tables do not exist in this database ({exc}): run `desktrace-sink migrate` first"
+        ) from None
+    except asyncpg.PostgresError as exc:
+        raise ReportError(f"query failed ({type(exc).__name__}: {exc})") from None
+    finally:
+        await pool.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load(ReportSettings, args, section="report")
+    except SettingsError as exc:
+        print(f"desktrace-report: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("report", settings.log_level, settings.log_format)
+    if not settings.pg_dsn:
+        print(
+            f"desktrace-report: no PostgreSQL DSN: set {spellings('pg_dsn')} "
+            "(e.g. postgresql://user:pass@host:5432/desktrace)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        text = asyncio.run(_report(args, settings.pg_dsn))
+    except ReportError as exc:
+        print(f"desktrace-report: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    log.info("report printed", extra={"kv": {"command": args.command, "format": args.format}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

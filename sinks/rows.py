@@ -1,0 +1,149 @@
+"""Pure conversions from decoded records to table rows. No I/O, no clock.
+
+- :func:`raw_row`: one raw event -> one ``raw_events`` row (:data:`RAW_COLUMNS` order): the envelope as
+  columns, a few UI columns (``app``, ``url_domain``), the type-specific rest as a JSON text for ``details``.
+- :func:`reduce_sessions`: session-topic messages in topic order -> the final upserts and deletes, last
+  write per ``session_id`` winning (a retraction after an upsert deletes; an upsert after a retraction
+  re-creates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+
+from proto.events import Envelope, Heartbeat
+from proto.keys import user_key
+from proto.sessions import Session, SessionMessage
+
+RAW_COLUMNS: Final = (
+    "agent_id",
+    "seq",
+    "ts",
+    "type",
+    "category",
+    "input",
+    "user_key",
+    "user",
+    "domain",
+    "host",
+    "host_domain",
+    "tz",
+    "utc_offset_min",
+    "agent_version",
+    "app",
+    "url_domain",
+    "last_input_ts",
+    "details",
+)
+
+#: Fields stored as columns, hence left out of ``details``.
+_COLUMN_FIELDS: Final = frozenset(
+    {
+        "type",
+        "agent_id",
+        "seq",
+        "ts",
+        "input",
+        "user",
+        "domain",
+        "host",
+        "host_domain",
+        "tz",
+        "utc_offset_min",
+        "agent_version",
+        "app",
+        "last_input_ts",
+    }
+)
+
+_json = msgspec.json.Encoder()
+
+RawRow = tuple[Any, ...]
+
+
+def url_domain(url: str) -> str | None:
+    """The lower-cased host name of ``url``, or None when there is none (empty, relative, malformed)."""
+    if not url:
+        return None
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:
+        return None
+    return host or None
+
+
+def raw_row(event: Envelope) -> RawRow:
+    """The ``raw_events`` row of ``event`` in :data:`RAW_COLUMNS` order."""
+    fields = msgspec.to_builtins(event)
+    details = {k: v for k, v in fields.items() if k not in _COLUMN_FIELDS}
+    app = getattr(event, "app", "") or None
+    url = getattr(event, "url", "")
+    last_input = event.last_input_ts if isinstance(event, Heartbeat) else None
+    return (
+        event.agent_id,
+        event.seq,
+        event.ts,
+        event.type,
+        type(event).category,
+        event.input,
+        user_key(event.domain, event.user),
+        event.user,
+        event.domain,
+        event.host,
+        event.host_domain,
+        event.tz,
+        event.utc_offset_min,
+        event.agent_version,
+        app,
+        url_domain(url),
+        last_input,
+        _json.encode(details).decode("utf-8"),
+    )
+
+
+def row_day(row: RawRow) -> date:
+    """The UTC day (partition) of a raw row."""
+    ts: datetime = row[2]
+    return ts.date()
+
+
+def days_of(rows: Iterable[RawRow]) -> set[date]:
+    """The distinct UTC days (partitions) a batch of raw rows needs."""
+    return {row[2].date() for row in rows}
+
+
+SESSION_COLUMNS: Final = (
+    "session_id",
+    "user_key",
+    "kind",
+    "reason",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "hosts",
+    "tz",
+)
+
+SessionRow = tuple[Any, ...]
+
+
+def session_row(s: Session) -> SessionRow:
+    """The ``sessions`` row of a session record in :data:`SESSION_COLUMNS` order."""
+    return (s.session_id, s.user_key, s.kind, s.reason, s.start, s.end, s.duration_s, list(s.hosts), s.tz)
+
+
+def reduce_sessions(messages: Iterable[SessionMessage]) -> tuple[list[Session], list[str]]:
+    """``(upserts, deletes)`` equivalent to applying ``messages`` one by one in order: the last message
+    of each ``session_id`` decides whether it ends present (its record) or absent (deleted)."""
+    last: dict[str, SessionMessage] = {}
+    for msg in messages:
+        last.pop(msg.session_id, None)  # keep dict order = order of each id's last write
+        last[msg.session_id] = msg
+    upserts = [m for m in last.values() if isinstance(m, Session)]
+    deletes = [sid for sid, m in last.items() if not isinstance(m, Session)]
+    return upserts, deletes

@@ -1,0 +1,47 @@
+"""Settings of ``desktrace-sink`` (flag ``--batch-size`` = ``DESKTRACE_BATCH_SIZE`` = TOML ``batch_size``,
+also inside a ``[sink]`` table)."""
+
+from __future__ import annotations
+
+from common.settings import HELP, CommonSettings
+
+SECTION = "sink"
+
+#: Default metrics/health address of each sink, so both can run on one host.
+DEFAULT_METRICS_ADDR = {"raw": "127.0.0.1:9464", "sessions": "127.0.0.1:9465"}
+
+
+class SinkSettings(CommonSettings, kw_only=True):
+    """Settings of both sinks and of the maintenance commands."""
+
+    metrics_addr: str = ""
+    group_id: str = ""
+    batch_size: int = 2000
+    batch_wait_ms: int = 500
+    raw_retention_days: int = 400
+    partitions_behind_days: int = 7
+    partitions_ahead_days: int = 7
+    maintenance_interval_s: float = 3600.0
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    pg_command_timeout_s: float = 60.0
+    kafka_session_timeout_ms: int = 10000
+
+
+SINK_HELP: dict[str, str] = {
+    **HELP,
+    "metrics_addr": "host:port of /metrics, /healthz, /readyz ('' = 127.0.0.1:9464 for raw, :9465 for "
+    "sessions; 'off' disables)",
+    "group_id": "Kafka consumer group ('' = <topic prefix>desktrace-sink-raw / -sessions)",
+    "batch_size": "most records written in one database transaction",
+    "batch_wait_ms": "longest wait to fill a batch once its first record arrived",
+    "raw_retention_days": "raw_events partitions older than this many days are dropped, and older events "
+    "are dead-lettered as late (0 = keep forever)",
+    "partitions_behind_days": "raw_events partitions kept created for the past days",
+    "partitions_ahead_days": "raw_events partitions created ahead for the coming days",
+    "maintenance_interval_s": "how often the raw sink creates partitions ahead and drops old ones",
+    "retry_initial_s": "first retry delay after a database or Kafka connection error (doubles each time)",
+    "retry_max_s": "longest retry delay",
+    "pg_command_timeout_s": "timeout of one database statement (a timeout is retried)",
+    "kafka_session_timeout_ms": "Kafka consumer group session timeout",
+}

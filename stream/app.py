@@ -1,0 +1,277 @@
+"""The Faust wiring of the sessions worker: raw topics in, state table, sessions and dead letters out.
+
+- One agent consumes the three raw topics (same key, same partition count, so they are co-partitioned with
+  the state table) as raw bytes, in batches (``take_events``); :class:`stream.processor.Processor` does the
+  rest. Every user's state is updated once per batch.
+- State: a Faust ``Table`` on the in-memory store (RocksDB is not installed) backed by its compacted
+  changelog topic ``<app id>-user-state-changelog``; a restarted or rebalanced worker rebuilds the table
+  from the changelog before it processes events. Values are :class:`stream.state.UserRecord` bytes.
+- Offsets: ``take_events`` acks a batch only after the agent's body returned, and the body returns only
+  after the batch's session records and dead letters are acknowledged by the brokers; Faust flushes the
+  producer (changelog writes included) before every offset commit. So a commit never gets ahead of the
+  state and the output: at-least-once, and a re-processed batch is harmless (the core deduplicates events,
+  session ids are deterministic). If output cannot be produced the process exits without committing.
+- A timer scans the locally owned users for ``close_timeout`` of wall-clock silence and publishes their
+  open sessions (the silence close).
+- Faust's own web server (and its ``/table`` views, which would expose user data) is disabled;
+  :class:`stream.web.HttpEndpoints` serves ``/metrics``, ``/healthz`` and ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.types import EventT, StreamT
+from prometheus_client import CollectorRegistry
+
+from common.kafka import client_options
+from proto.topics import Topics
+from stream.core import Sessionizer, SessionizerConfig
+from stream.metrics import StreamMetrics
+from stream.processor import Incoming, Outgoing, Processor, Result
+from stream.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "user-state"
+#: Exit status when output cannot be produced: the batch is not committed and will be re-processed.
+EX_OUTPUT_FAILED = 75
+
+
+class ClusterInfo:
+    """What the worker must know about the cluster before Faust starts: the raw topics' common partition
+    count (the state table must match it) and the changelog replication factor to use."""
+
+    def __init__(self, partitions: int, replication: int) -> None:
+        self.partitions = partitions
+        self.replication = replication
+
+
+class ClusterError(RuntimeError):
+    """The raw topics are missing or not co-partitioned."""
+
+
+async def inspect_cluster(settings: StreamSettings, topics: Topics) -> ClusterInfo:
+    """Read the raw topics' partition counts and the broker count; raises :class:`ClusterError`."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=15000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics.raw))
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    counts: dict[str, int] = {}
+    for t in described:
+        if t.get("error_code", 0) == 0 and t.get("partitions"):
+            counts[t["topic"]] = len(t["partitions"])
+    missing = [name for name in topics.raw if name not in counts]
+    if missing:
+        raise ClusterError(f"raw topic(s) {', '.join(missing)} do not exist; create the topics first")
+    if len(set(counts.values())) != 1:
+        raise ClusterError(f"raw topics must have the same partition count (co-partitioned), got {counts}")
+    brokers = len(cluster.get("brokers", ())) or 1
+    replication = settings.replication_factor or min(3, brokers)
+    return ClusterInfo(next(iter(counts.values())), replication)
+
+
+def broker_credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | None:
+    """Faust credentials for the TLS/SASL settings of :class:`common.settings.CommonSettings`."""
+    opts = client_options(settings)
+    protocol = opts.get("security_protocol", "PLAINTEXT")
+    if protocol == "SSL":
+        return faust.SSLCredentials(opts["ssl_context"])
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=opts["sasl_plain_username"],
+            password=opts["sasl_plain_password"],
+            mechanism=opts["sasl_mechanism"],
+            ssl_context=opts.get("ssl_context"),
+        )
+    return None
+
+
+class StreamApp:
+    """The Faust app of one worker and its processing logic.
+
+    Guarantees: per batch, every user's state is written once, together with what the change published;
+    offsets are committed only after both are durable (at-least-once); a worker that takes over partitions
+    continues from the changelog exactly where the previous owner's last committed batch left off.
+    """
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        cluster: ClusterInfo,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.metrics = StreamMetrics(registry)
+        config = SessionizerConfig(
+            gap_s=settings.gap, presence_timeout_s=settings.presence_timeout, retention_s=settings.retention
+        )
+        self.processor = Processor(
+            self.topics,
+            Sessionizer(config),
+            self.metrics,
+            retention_s=settings.retention,
+            close_timeout_s=settings.close_timeout,
+            versions_max=settings.agent_versions_max,
+        )
+        heartbeat = max(0.5, min(3.0, settings.session_timeout / 3))
+        self.app = faust.App(
+            settings.stream_app_id,
+            broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",") if h.strip()],
+            broker_credentials=broker_credentials(settings),
+            store="memory://",
+            datadir=settings.stream_data_dir,
+            autodiscover=False,
+            web_enabled=False,
+            topic_partitions=cluster.partitions,
+            topic_replication_factor=cluster.replication,
+            topic_disable_leader=True,
+            table_standby_replicas=0,
+            processing_guarantee="at_least_once",
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=settings.session_timeout,
+            broker_heartbeat_interval=heartbeat,
+            broker_commit_interval=1.0,
+            stream_wait_empty=False,
+            stream_buffer_maxsize=max(4096, 2 * settings.batch_size),
+            producer_acks=-1,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self.app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "desktrace_stream_faust"))
+        self.raw_topic = self.app.topic(
+            *self.topics.raw, key_serializer="raw", value_serializer="raw", partitions=cluster.partitions
+        )
+        self.table = self.app.Table(
+            TABLE_NAME,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=cluster.partitions,
+            help="desktrace per-user sessionizer state (stream.state.UserRecord)",
+        )
+        self._lock: asyncio.Lock | None = None
+        self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)
+        self.app.timer(settings.effective_scan_interval, name="silence-scan")(self._scan)
+
+    # ---- readiness -------------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Partitions assigned and their state recovered (the worker processes events)."""
+        app = self.app
+        try:
+            recovery = app.tables.recovery
+            return bool(
+                app.started and not app.rebalancing and recovery.completed.is_set() and not recovery.in_recovery
+            )
+        except Exception:
+            return False
+
+    def alive(self) -> bool:
+        """The app has not crashed."""
+        return not self.app.crashed
+
+    # ---- processing ------------------------------------------------------------------------------------
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        # Created lazily, inside the running loop: orders state read-modify-write and output enqueueing
+        # between the agent and the silence scan.
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _agent(self, stream: StreamT) -> None:
+        s = self.settings
+        async for events in stream.take_events(s.batch_size, within=s.batch_within):
+            await self.handle_events(events)
+
+    async def handle_events(self, events: Sequence[EventT]) -> None:
+        started = time.perf_counter()
+        batch = [
+            Incoming(
+                e.message.topic, e.message.partition, e.message.offset,
+                _as_bytes(e.message.key), _as_bytes(e.message.value) or b"",
+            )
+            for e in events
+        ]
+        async with self.lock:
+            result = self.processor.handle_batch(batch, self.table.data.get, time.time())
+            pending = await self._write(result)
+        await self._await_output(pending)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _scan(self) -> None:
+        if not self.ready():
+            return
+        started = time.perf_counter()
+        try:
+            partitions = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in self.topics.raw}
+            async with self.lock:
+                result = self.processor.scan(list(self.table.data.items()), partitions, time.time())
+                pending = await self._write(result)
+        except Exception:
+            log.exception("silence scan failed")
+            return
+        await self._await_output(pending)
+        self.metrics.scan_seconds.observe(time.perf_counter() - started)
+
+    async def _write(self, result: Result) -> list[Any]:
+        """Write the state changes (changelog first, then the local store) and enqueue the output."""
+        table = self.table
+        for w in result.writes:
+            table.send_changelog(w.partition, w.key, w.value)
+            table.data[w.key] = w.value
+        producer = self.app.producer
+        pending: list[Any] = []
+        try:
+            for msg in result.messages:
+                pending.append(await self._send(producer, msg))
+        except Exception as exc:
+            self._die(exc)
+        return pending
+
+    @staticmethod
+    async def _send(producer: Any, msg: Outgoing) -> Any:
+        return await producer.send(msg.topic, msg.key, msg.value, None, None, msg.headers)
+
+    async def _await_output(self, pending: list[Any]) -> None:
+        if not pending:
+            return
+        try:
+            await asyncio.gather(*pending)
+        except Exception as exc:
+            self._die(exc)
+
+    def _die(self, exc: BaseException) -> None:
+        # Returning would let take_events ack the batch; exiting leaves its offsets uncommitted, so the
+        # next owner re-processes it (at-least-once; duplicates are harmless).
+        log.critical(
+            "cannot produce output; exiting without committing the batch",
+            extra={"kv": {"exception": type(exc).__name__}},
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(EX_OUTPUT_FAILED)
+
+
+def _as_bytes(value: object) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode()

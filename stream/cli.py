@@ -1,0 +1,66 @@
+"""``desktrace-stream``: run one sessions stream worker (see ``stream/README.md``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from common.logs import setup_logging
+from common.settings import SettingsError
+from proto.topics import Topics
+from stream.settings import StreamSettings, load_settings, metrics_host_port
+
+log = logging.getLogger("stream")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings, _ = load_settings(argv)
+    except SettingsError as exc:
+        print(f"desktrace-stream: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("stream", settings.log_level, settings.log_format)
+    return run(settings)
+
+
+def run(settings: StreamSettings) -> int:
+    """Inspect the cluster, then run the Faust worker until it is stopped (SIGTERM/SIGINT)."""
+    # Imported here so that ``--help`` and settings errors do not pay for importing Faust.
+    import faust
+    from prometheus_client import REGISTRY
+
+    from stream.app import ClusterError, StreamApp, inspect_cluster
+    from stream.web import HttpEndpoints
+
+    topics = Topics(settings.topic_prefix)
+    try:
+        cluster = asyncio.run(inspect_cluster(settings, topics))
+    except ClusterError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except Exception as exc:
+        log.error("cannot reach Kafka", extra={"kv": {"exception": type(exc).__name__,
+                                                      "bootstrap": settings.kafka_bootstrap}})
+        return 1
+    log.info("starting", extra={"kv": {
+        "app_id": settings.stream_app_id, "partitions": cluster.partitions, "replication": cluster.replication,
+        "gap": settings.gap, "presence_timeout": settings.presence_timeout,
+        "close_timeout": settings.close_timeout, "retention": settings.retention}})
+    stream_app = StreamApp(settings, cluster, REGISTRY)
+    host, port = metrics_host_port(settings.metrics_addr)
+    http = HttpEndpoints(host, port, REGISTRY, ready=stream_app.ready, alive=stream_app.alive)
+    worker = faust.Worker(
+        stream_app.app,
+        http,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
+    worker.execute_from_commandline()  # exits the process
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Fleet health derived from the events themselves: which agents are heard from, which went silent, how
+many events they dropped from full spools, which versions run. Pure bookkeeping (the caller passes the
+clock); the numbers become bounded-label gauges in :mod:`stream.metrics`.
+
+Per agent the worker keeps a small :class:`AgentSeen` inside the user's state record, so the view survives
+restarts and rebalances with the rest of the state. "Heard from" uses event time (capped at the wall clock,
+so a skewed agent clock cannot look alive in the future); a backlog consumed late therefore does not make
+long-dead agents look alive.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import msgspec
+
+RECENT_MS: Final = 5 * 60 * 1000
+SILENT_MS: Final = 60 * 60 * 1000
+KEEP_MS: Final = 24 * 60 * 60 * 1000
+VERSION_MAX_LEN: Final = 40
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+
+
+def epoch_ms(ts: datetime) -> int:
+    """Milliseconds since the Unix epoch of an aware datetime."""
+    return (ts - _EPOCH) // _MS
+
+
+class AgentSeen(msgspec.Struct, array_like=True, gc=False):
+    """What the fleet view remembers about one agent: its latest event time, the version it reported then,
+    and its latest heartbeat's time and cumulative ``spool_dropped`` (-1 before the first heartbeat)."""
+
+    last_ms: int
+    version: str = ""
+    hb_ms: int = -1
+    spool_dropped: int = -1
+
+
+def observe(agents: MutableMapping[str, AgentSeen], events: Iterable[object], now_ms: int) -> int:
+    """Fold ``events`` (raw events of one user) into ``agents``; return the spool drops newly reported.
+
+    ``spool_dropped`` is read as a per-agent cumulative count that restarts at 0 when the agent restarts:
+    the delta is ``new - old``, or ``new`` after a decrease (a restart), or ``new`` for an agent's first
+    heartbeat. Only heartbeats newer than the last one counted are used, so duplicates and reordering never
+    count twice.
+    """
+    dropped = 0
+    for ev in events:
+        agent_id: str = ev.agent_id  # type: ignore[attr-defined]
+        ts_ms = min(epoch_ms(ev.ts), now_ms)  # type: ignore[attr-defined]
+        seen = agents.get(agent_id)
+        if seen is None:
+            seen = agents[agent_id] = AgentSeen(last_ms=ts_ms, version=_version(ev))
+        elif ts_ms >= seen.last_ms:
+            seen.last_ms = ts_ms
+            seen.version = _version(ev)
+        if type(ev).__name__ == "Heartbeat" and ts_ms > seen.hb_ms:
+            new = max(0, int(ev.spool_dropped))  # type: ignore[attr-defined]
+            old = seen.spool_dropped
+            dropped += new - old if 0 <= old <= new else new
+            seen.hb_ms = ts_ms
+            seen.spool_dropped = new
+    return dropped
+
+
+def prune(agents: MutableMapping[str, AgentSeen], now_ms: int) -> None:
+    """Forget agents not heard from for 24 hours (they count in no gauge any more)."""
+    for agent_id in [a for a, s in agents.items() if now_ms - s.last_ms > KEEP_MS]:
+        del agents[agent_id]
+
+
+def _version(ev: object) -> str:
+    return (getattr(ev, "agent_version", "") or "unknown")[:VERSION_MAX_LEN]
+
+
+class FleetSummary:
+    """Counts over every agent of the users a worker owns, computed at one instant ``now_ms``."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+        self.recent = 0
+        self.silent = 0
+        self.versions: Counter[str] = Counter()
+
+    def add(self, agents: Mapping[str, AgentSeen]) -> None:
+        for seen in agents.values():
+            age = self.now_ms - seen.last_ms
+            if age > KEEP_MS:
+                continue
+            self.versions[seen.version] += 1
+            if age <= RECENT_MS:
+                self.recent += 1
+            elif age > SILENT_MS:
+                self.silent += 1
+
+    def capped_versions(self, max_values: int) -> dict[str, int]:
+        """The ``max_values`` most used versions, every other one summed under ``"other"``."""
+        top = self.versions.most_common()
+        out = dict(top[:max_values])
+        rest = sum(n for _, n in top[max_values:])
+        if rest:
+            out["other"] = out.get("other", 0) + rest
+        return out

@@ -1,0 +1,92 @@
+"""The stream worker's Prometheus metrics (``desktrace_stream_*``). Labels are bounded: topic names, event
+type names, error classes, session kinds and (capped) agent versions; never a user, host, title or URL."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_CLOSE_LAG_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+_BATCH_SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class StreamMetrics:
+    """Every metric of one worker, registered in ``registry`` (a private registry in tests)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        p = "desktrace_stream"
+        self.events = Counter(
+            f"{p}_events_total", "Raw events consumed and decoded, by topic and event type",
+            ["topic", "type"], registry=registry,
+        )
+        self.deadlettered = Counter(
+            f"{p}_deadlettered_total", "Records sent to the dead-letter topic, by error class",
+            ["error_class"], registry=registry,
+        )
+        self.duplicates = Counter(
+            f"{p}_duplicate_events_total", "Events dropped as duplicates of an (agent_id, seq) already seen",
+            registry=registry,
+        )
+        self.late = Counter(
+            f"{p}_late_events_total", "Events older than the retention horizon (dead-lettered as late)",
+            registry=registry,
+        )
+        self.sessions_published = Counter(
+            f"{p}_sessions_published_total", "Session records published (first publications and corrections)",
+            ["kind"], registry=registry,
+        )
+        self.corrections = Counter(
+            f"{p}_corrections_total", "Session records re-published under an id published before",
+            ["kind"], registry=registry,
+        )
+        self.retractions = Counter(
+            f"{p}_retractions_total", "Retractions published (sessions that no longer exist)", registry=registry,
+        )
+        self.silence_closes = Counter(
+            f"{p}_silence_closes_total", "Users whose open sessions were closed after close_timeout of silence",
+            registry=registry,
+        )
+        self.open_sessions = Gauge(
+            f"{p}_open_sessions", "Sessions not yet closed, over the users of this worker's partitions",
+            registry=registry,
+        )
+        self.users = Gauge(
+            f"{p}_users", "Users with state on this worker's partitions", registry=registry,
+        )
+        self.close_lag = Histogram(
+            f"{p}_close_lag_seconds", "Wall clock of publication minus the session's end",
+            buckets=_CLOSE_LAG_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            f"{p}_batch_size", "Records per handled batch", buckets=_BATCH_SIZE_BUCKETS, registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            f"{p}_batch_processing_seconds", "Time to handle one batch, output sends included",
+            buckets=_SECONDS_BUCKETS, registry=registry,
+        )
+        self.scan_seconds = Histogram(
+            f"{p}_scan_seconds", "Time of one scan for silent users", buckets=_SECONDS_BUCKETS, registry=registry,
+        )
+        self.user_errors = Counter(
+            f"{p}_sessionizer_errors_total",
+            "Users whose batch the sessionizer failed on (their events were dead-lettered as 'other')",
+            registry=registry,
+        )
+        # fleet health, derived from events (stream/fleet.py)
+        self.agents_recent = Gauge(
+            f"{p}_fleet_agents_heard_5m", "Agents with an event in the last 5 minutes (event time)",
+            registry=registry,
+        )
+        self.agents_silent = Gauge(
+            f"{p}_fleet_agents_silent_1h",
+            "Agents heard from in the last 24 hours but silent for more than 1 hour", registry=registry,
+        )
+        self.spool_dropped = Counter(
+            f"{p}_fleet_spool_dropped_total", "Events agents dropped from their full spools (heartbeat deltas)",
+            registry=registry,
+        )
+        self.agent_versions = Gauge(
+            f"{p}_fleet_agent_versions", "Agents heard from in the last 24 hours, by agent_version (capped)",
+            ["agent_version"], registry=registry,
+        )

@@ -1,0 +1,265 @@
+"""The worker's batch logic without Kafka: records in, state writes and output messages out.
+
+:class:`Processor` turns one consumed batch (bytes as received) into per-user state updates (one per user
+per batch), session upserts/retractions and dead letters, and scans the stored states for users silent for
+``close_timeout`` of wall-clock time. The Faust wiring (``stream.app``) feeds it and writes what it returns;
+the clock is passed in, so everything here is testable without a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Container, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import msgspec
+
+from proto.codec import EventDecodeError, decode_events, encode_session
+from proto.deadletter import deadletter_headers
+from proto.events import Envelope
+from proto.keys import event_user_key
+from proto.topics import Topics
+from stream import fleet
+from stream.core import Sessionizer, Update, decode_state, encode_state
+from stream.metrics import StreamMetrics
+from stream.state import UserRecord, decode_record, encode_record
+
+SERVICE = "stream"
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+class Incoming(NamedTuple):
+    """One consumed raw record, as received."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class Outgoing(NamedTuple):
+    """One record to produce (a session message or a dead letter)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers | None = None
+
+
+class StateWrite(NamedTuple):
+    """A new table value for ``key``, to be written to changelog ``partition``."""
+
+    key: bytes
+    partition: int
+    value: bytes
+
+
+@dataclass
+class Result:
+    """What one batch or one scan produced, in the order it must be written."""
+
+    writes: list[StateWrite] = field(default_factory=list)
+    messages: list[Outgoing] = field(default_factory=list)
+
+
+_PUBLISHED_MARGIN_MS = 86_400_000
+
+
+class Processor:
+    """Applies batches to per-user state through the pure sessionizer and says what to publish.
+
+    Guarantees: every record of a batch is either folded into its user's state or dead-lettered with its
+    bytes as received (undecodable, invalid, unknown type, late, or a sessionizer failure for that user);
+    one bad record or one failing user never stops the others. The output of a state change is returned
+    together with the state write, so the caller can make both durable before committing offsets.
+    """
+
+    def __init__(
+        self,
+        topics: Topics,
+        sessionizer: Sessionizer,
+        metrics: StreamMetrics,
+        *,
+        retention_s: float,
+        close_timeout_s: float,
+        versions_max: int = 20,
+    ) -> None:
+        self.topics = topics
+        self.sessionizer = sessionizer
+        self.metrics = metrics
+        self.retention_ms = int(retention_s * 1000)
+        self.close_timeout_s = close_timeout_s
+        self.versions_max = versions_max
+
+    # ---- batches ---------------------------------------------------------------------------------------
+
+    def handle_batch(
+        self, batch: Sequence[Incoming], lookup: Callable[[bytes], bytes | None], now: float
+    ) -> Result:
+        """Handle ``batch``; ``lookup(user_key_bytes)`` returns the stored table value or ``None``."""
+        m = self.metrics
+        m.batch_size.observe(len(batch))
+        out = Result()
+        groups: dict[str, list[tuple[Incoming, Envelope]]] = defaultdict(list)
+        counts: Counter[tuple[str, str]] = Counter()
+        for rec, ev in zip(batch, decode_events([r.value for r in batch]), strict=True):
+            if isinstance(ev, EventDecodeError):
+                self._deadletter(out, rec, str(ev), ev.error_class)
+                continue
+            counts[(rec.topic, type(ev).__name__)] += 1
+            groups[event_user_key(ev)].append((rec, ev))
+        for (topic, type_), n in counts.items():
+            m.events.labels(topic, type_).inc(n)
+        now_ms = int(now * 1000)
+        for ukey, items in groups.items():
+            self._handle_user(out, ukey, items, lookup, now, now_ms)
+        return out
+
+    def _handle_user(
+        self,
+        out: Result,
+        ukey: str,
+        items: list[tuple[Incoming, Envelope]],
+        lookup: Callable[[bytes], bytes | None],
+        now: float,
+        now_ms: int,
+    ) -> None:
+        key = ukey.encode()
+        record = self._load(key, lookup(key))
+        events = [ev for _, ev in items]
+        try:
+            core_state = decode_state(record.core) if record is not None else None
+            new_state, update = self.sessionizer.apply(ukey, core_state, events)
+            core_bytes = encode_state(new_state)
+            open_sessions = self.sessionizer.open_sessions(new_state)
+            latest = self.sessionizer.latest_event_ts(new_state)
+        except Exception as exc:
+            # A sessionizer bug must not stop the other users: keep this user's events for a replay.
+            log.exception("sessionizer failed for one user; events dead-lettered", extra={"kv": {
+                "error_class": "other", "events": len(items), "exception": type(exc).__name__}})
+            self.metrics.user_errors.inc()
+            for rec, _ in items:
+                self._deadletter(out, rec, f"sessionizer failed: {type(exc).__name__}", "other")
+            return
+        if record is None:
+            record = UserRecord(core=core_bytes, partition=items[-1][0].partition, last_seen=now)
+        record.core = core_bytes
+        record.partition = items[-1][0].partition
+        record.last_seen = now
+        record.closed = False
+        record.open_sessions = open_sessions
+        dropped = fleet.observe(record.agents, events, now_ms)
+        if dropped:
+            self.metrics.spool_dropped.inc(dropped)
+        fleet.prune(record.agents, now_ms)
+        self._emit(out, key, update, record, now)
+        if update.late:
+            self._deadletter_late(out, items, update.late)
+        if update.duplicates:
+            self.metrics.duplicates.inc(update.duplicates)
+        if latest is not None:
+            horizon = fleet.epoch_ms(latest) - self.retention_ms - _PUBLISHED_MARGIN_MS
+            for sid in [s for s, start in record.published.items() if start < horizon]:
+                del record.published[sid]
+        out.writes.append(StateWrite(key, record.partition, encode_record(record)))
+
+    def _load(self, key: bytes, raw: bytes | None) -> UserRecord | None:
+        if raw is None:
+            return None
+        try:
+            return decode_record(raw)
+        except (msgspec.DecodeError, ValueError):
+            # Not ours (e.g. an older, incompatible format): start the user afresh rather than stall.
+            log.error("unreadable state record replaced", extra={"kv": {"bytes": len(raw)}})
+            return None
+
+    def _emit(self, out: Result, key: bytes, update: Update, record: UserRecord, now: float) -> None:
+        m = self.metrics
+        topic = self.topics.sessions
+        upserted = {s.session_id for s in update.upserts}
+        for r in update.retractions:
+            if r.session_id in upserted:
+                continue
+            out.messages.append(Outgoing(topic, key, encode_session(r)))
+            record.published.pop(r.session_id, None)
+            m.retractions.inc()
+        for s in update.upserts:
+            out.messages.append(Outgoing(topic, key, encode_session(s)))
+            m.sessions_published.labels(s.kind).inc()
+            if s.session_id in record.published:
+                m.corrections.labels(s.kind).inc()
+            record.published[s.session_id] = fleet.epoch_ms(s.start)
+            m.close_lag.observe(max(0.0, now - s.end.timestamp()))
+
+    def _deadletter_late(
+        self, out: Result, items: list[tuple[Incoming, Envelope]], late: Iterable[Envelope]
+    ) -> None:
+        by_id: dict[tuple[str, int], list[Incoming]] = defaultdict(list)
+        for rec, ev in items:
+            by_id[(ev.agent_id, ev.seq)].append(rec)
+        for ev in late:
+            self.metrics.late.inc()
+            recs = by_id.get((ev.agent_id, ev.seq))
+            if recs:
+                self._deadletter(
+                    out, recs.pop(0),
+                    "event older than the user's retention horizon (retention setting): not sessionized",
+                    "late",
+                )
+
+    def _deadletter(self, out: Result, rec: Incoming, error: str, error_class: str) -> None:
+        headers = deadletter_headers(error, error_class, SERVICE, rec.topic, rec.partition, rec.offset)
+        out.messages.append(Outgoing(self.topics.deadletter, rec.key, rec.value, headers))
+        self.metrics.deadlettered.labels(error_class).inc()
+
+    # ---- silence scan ----------------------------------------------------------------------------------
+
+    def scan(self, items: Iterable[tuple[bytes, bytes]], partitions: Container[int], now: float) -> Result:
+        """Close users silent for ``close_timeout`` (wall clock) among the records of ``partitions``, and
+        refresh the gauges (open sessions, users, fleet) from those records."""
+        m = self.metrics
+        out = Result()
+        now_ms = int(now * 1000)
+        summary = fleet.FleetSummary(now_ms)
+        users = open_total = 0
+        for key, raw in items:
+            record = self._load(key, raw)
+            if record is None or record.partition not in partitions:
+                continue
+            users += 1
+            summary.add(record.agents)
+            if not record.closed and now - record.last_seen >= self.close_timeout_s:
+                self._close(out, key, record, now)
+            open_total += record.open_sessions
+        m.users.set(users)
+        m.open_sessions.set(open_total)
+        m.agents_recent.set(summary.recent)
+        m.agents_silent.set(summary.silent)
+        m.agent_versions.clear()
+        for version, n in summary.capped_versions(self.versions_max).items():
+            m.agent_versions.labels(version).set(n)
+        return out
+
+    def _close(self, out: Result, key: bytes, record: UserRecord, now: float) -> None:
+        ukey = key.decode("utf-8", "replace")
+        try:
+            new_state, update = self.sessionizer.close(ukey, decode_state(record.core))
+            record.core = encode_state(new_state)
+            record.open_sessions = self.sessionizer.open_sessions(new_state)
+        except Exception as exc:
+            log.exception("sessionizer close failed for one user", extra={"kv": {
+                "exception": type(exc).__name__}})
+            self.metrics.user_errors.inc()
+            record.closed = True  # do not retry every scan; the next event retries through apply
+            out.writes.append(StateWrite(key, record.partition, encode_record(record)))
+            return
+        record.closed = True
+        self.metrics.silence_closes.inc()
+        self._emit(out, key, update, record, now)
+        out.writes.append(StateWrite(key, record.partition, encode_record(record)))
+

@@ -1,0 +1,99 @@
+"""The stream worker's settings: flag ``--close-timeout`` = ``DESKTRACE_CLOSE_TIMEOUT`` = TOML key
+``close_timeout`` (top level or in a ``[stream]`` table), through :mod:`common.settings`.
+
+Durations are seconds (floats allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+from common.settings import HELP, CommonSettings, add_arguments, load
+
+SECTION = "stream"
+
+
+class StreamSettings(CommonSettings, kw_only=True):
+    """Everything ``desktrace-stream`` reads; validated when built (a bad value is a clear error)."""
+
+    gap: float = 300.0
+    presence_timeout: float = 180.0
+    close_timeout: float = 600.0
+    retention: float = 3 * 86400.0
+    stream_app_id: str = "desktrace-stream"
+    stream_data_dir: str = "./desktrace-stream-data"
+    metrics_addr: str = "0.0.0.0:6066"
+    batch_size: int = 1000
+    batch_within: float = 0.5
+    scan_interval: float = 0.0
+    session_timeout: float = 30.0
+    replication_factor: int = 0
+    agent_versions_max: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("gap", "presence_timeout", "close_timeout", "retention", "batch_within", "session_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 1 <= self.batch_size <= 100_000:
+            raise ValueError("batch_size must be between 1 and 100000")
+        if self.scan_interval < 0 or self.replication_factor < 0 or self.agent_versions_max < 1:
+            raise ValueError("scan_interval and replication_factor must be >= 0, agent_versions_max >= 1")
+        if not self.stream_app_id:
+            raise ValueError("stream_app_id must not be empty")
+        metrics_host_port(self.metrics_addr)
+
+    @property
+    def effective_scan_interval(self) -> float:
+        """How often silent users are looked for: ``scan_interval``, or a third of the close timeout
+        (between 0.5 and 30 s) when it is 0."""
+        if self.scan_interval > 0:
+            return self.scan_interval
+        return min(30.0, max(0.5, self.close_timeout / 3))
+
+
+STREAM_HELP: dict[str, str] = {
+    **HELP,
+    "gap": "G, the idle gap in seconds that splits active sessions",
+    "presence_timeout": "P, seconds without any event after which a presence period ends",
+    "close_timeout": "seconds of wall-clock silence of a user after which their open sessions are published",
+    "retention": "seconds of event time kept in a user's state; older events are dead-lettered as late",
+    "stream_app_id": "Faust app id: the consumer group and the prefix of the internal changelog topics",
+    "stream_data_dir": "directory for Faust's local files",
+    "metrics_addr": "host:port of the /metrics, /healthz and /readyz HTTP endpoint (port 0: any free port)",
+    "batch_size": "maximum events handled as one batch (one state update per user per batch)",
+    "batch_within": "seconds to wait for a batch to fill before handling what has arrived",
+    "scan_interval": "seconds between scans for silent users (0: a third of close_timeout, 0.5..30 s)",
+    "session_timeout": "Kafka consumer group session timeout in seconds (how soon a dead worker's partitions move)",
+    "replication_factor": "replication factor of the internal changelog topics (0: min(3, brokers))",
+    "agent_versions_max": "distinct agent_version label values on the fleet gauge before 'other'",
+}
+
+
+def metrics_host_port(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` allowed) as a tuple; raises ``ValueError``."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"metrics_addr must be host:port, not {addr!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="desktrace-stream",
+        description=(
+            "Sessions stream worker: consumes the raw event topics, keeps each user's sessionizer state in a "
+            "changelog-backed Faust table and publishes activity/inactivity sessions (and retractions) to the "
+            "sessions topic. Every flag is also a DESKTRACE_* variable and a TOML key (see --config)."
+        ),
+    )
+    add_arguments(parser, StreamSettings, STREAM_HELP)
+    return parser
+
+
+def load_settings(
+    argv: list[str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[StreamSettings, argparse.Namespace]:
+    """Parse ``argv`` and build the settings (defaults < TOML < env < flags); raises ``SettingsError``."""
+    args = build_parser().parse_args(argv)
+    return load(StreamSettings, args, section=SECTION, env=env), args
