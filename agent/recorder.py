@@ -127,7 +127,7 @@ class Recorder:
         self._foreground: str | None = None  # window id; "" = an excluded window
         self._context: dict[str, Any] = {}
         self._pending: _Pending | None = None
-        self._last_click: tuple[datetime, InputClass] | None = None  # (ts, input class) of the latest click
+        self._last_input: tuple[datetime, InputClass, str] | None = None  # (ts, class, kind) of the latest
         self._awaiting_cause: tuple[datetime, InputClass] | None = None  # UI event written for an input not seen yet
         self._last_hw_input: datetime | None = None
         self._next_heartbeat: datetime | None = None
@@ -174,6 +174,14 @@ class Recorder:
         assert isinstance(hb, Heartbeat)
         return hb
 
+    def next_due(self) -> datetime | None:
+        """When :meth:`tick` next has something to do (a held click to release, a heartbeat), if ever."""
+        due = self._next_heartbeat
+        if self._pending is not None:
+            release = self._pending.write.ts + self.fold_window + timedelta(milliseconds=1)
+            due = release if due is None or release < due else due
+        return due
+
     @property
     def last_hardware_input(self) -> datetime | None:
         return self._last_hw_input
@@ -217,8 +225,7 @@ class Recorder:
             *earlier, last = writes
             writes = earlier
             self._pending = _Pending(last, dict(self._context))
-        if obs.kind == "click":
-            self._last_click = (ts, cls)
+        self._last_input = (ts, cls, obs.kind)
         out += [self._hid(w, self._context) for w in writes]
         return out
 
@@ -256,32 +263,31 @@ class Recorder:
         self._foreground = wid
         if not kinds:
             return []
-        # which input caused it: the source's word, or a click just before a window switch/open
+        # which input caused it: the source's word (it attributes a change to the input just before it),
+        # or, when it does not say, a click just before a window switch/open
         input_cls: InputClass = snap.input
         switches = kinds[0] in (WindowOpen, WindowSwitch)
-        click = self._last_click
-        recent_click = (
-            click is not None
-            and timedelta(0) <= ts - click[0] <= self.fold_window
-            and (input_cls in ("none", click[1]))
-        )
-        if switches and recent_click and click is not None:
-            input_cls = click[1]
+        last = self._last_input
+        cause: tuple[datetime, InputClass, str] | None = None
+        if (
+            switches
+            and last is not None
+            and timedelta(0) <= ts - last[0] <= self.fold_window
+            and (input_cls == last[1] or (input_cls == "none" and last[2] == "click"))
+        ):
+            cause = last
+            input_cls = last[1]
         events: list[Envelope] = []
         pending, self._pending = self._pending, None
-        if pending is not None and not (
-            switches and pending.write.input == input_cls and ts - pending.write.ts <= self.fold_window
-        ):
+        if pending is not None and not (cause is not None and pending.write.ts == cause[0]):
             events.append(self._hid(pending.write, pending.context))
-            pending = None
-        # pending is now None, or the held click this UI event stands for
-        if switches and input_cls != "none" and not recent_click:
+        # else: the held click is written as this UI event
+        if switches and input_cls != "none" and cause is None:
             # the source says an input caused this switch and we have not seen it yet: run it through the
             # throttle now, so that what it writes for the gap before it comes first, in time order
-            hid_type = HID_TYPE_FOR[(input_cls, "click")]
             if input_cls == "hardware" and (self._last_hw_input is None or ts > self._last_hw_input):
                 self._last_hw_input = ts
-            for w in self.throttle.on_input(ts, hid_type):
+            for w in self.throttle.on_input(ts, HID_TYPE_FOR[(input_cls, "click")]):
                 if w.ts != ts:
                     events.append(self._hid(w, self._context))
             self._awaiting_cause = (ts, input_cls)
@@ -289,8 +295,8 @@ class Recorder:
         for kind in kinds:
             events.append(self._event(kind, ts, input_cls, **self._context))
         if input_cls != "none":
-            if switches and recent_click and click is not None:
-                self.throttle.on_written(click[0], input_cls)  # the click is written (as this event)
+            if cause is not None:
+                self.throttle.on_written(cause[0], input_cls)  # that input is written (as this event)
             self.throttle.on_written(ts, input_cls)
         return events
 

@@ -24,6 +24,12 @@ class AgentSettings(CommonSettings, kw_only=True):
     extended_mode: bool = False
     exclude_apps: str | list[str] = ""
     exclude_domains: str | list[str] = ""
+    privacy_include_apps: str | list[str] = ""
+    privacy_exclude_apps: str | list[str] = ""
+    privacy_include_domains: str | list[str] = ""
+    privacy_exclude_domains: str | list[str] = ""
+    privacy_redact: str | list[str] = ""
+    privacy_keep_query: bool = False
     compression_type: str = "gzip"
     batch_size: int = 500
     source: str = "auto"
@@ -70,13 +76,19 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
 AGENT_HELP: dict[str, str] = {
     **HELP,
     "state_dir": "directory for the agent id and the spool database (default: per-user state dir)",
-    "spool_max_bytes": "bound of the on-disk spool in bytes; when full the oldest HID events are dropped first",
+    "spool_max_bytes": "bound of the on-disk spool in bytes; when full, the oldest HID events go first",
     "heartbeat_s": "seconds between Heartbeat events",
     "hid_interval_s": "HID throttling interval M in seconds (hid-throttle.md)",
     "extended_mode": "also record editable field values (never passwords)",
     "exclude_apps": "comma-separated program names whose windows are never recorded",
     "exclude_domains": "comma-separated web domains whose pages are never recorded",
-    "compression_type": "Kafka producer compression: gzip (default, no extra dependency), none, lz4, zstd, snappy",
+    "privacy_include_apps": "if set, only these programs are recorded (comma-separated)",
+    "privacy_exclude_apps": "programs never recorded (comma-separated; adds to exclude_apps)",
+    "privacy_include_domains": "if set, only pages of these web domains are recorded (comma-separated)",
+    "privacy_exclude_domains": "web domains never recorded (comma-separated; adds to exclude_domains)",
+    "privacy_redact": "regular expressions replaced in titles and URLs (TOML array, JSON array or one per line)",
+    "privacy_keep_query": "keep URL query strings (dropped by default)",
+    "compression_type": "Kafka producer compression: gzip (default; no extra dependency), none, lz4, zstd",
     "batch_size": "most spooled events sent in one batch",
     "source": "observation source: auto (by platform), or a name agent.sources knows",
 }

@@ -97,20 +97,29 @@ class Shipper:
         self.stats = ShipperStats()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._drain_deadline = 0.0
         self._producer: AIOKafkaProducer | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self) -> None:
-        """Finish the batch in flight, then return from :meth:`run`."""
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Return from :meth:`run` once the spool is empty or ``drain_s`` seconds passed (the batch in
+        flight is always finished)."""
+        loop = asyncio.get_running_loop()
+        self._drain_deadline = loop.time() + drain_s
         self._stopping = True
         self._wake.set()
+
+    def _done(self) -> bool:
+        if not self._stopping:
+            return False
+        return len(self.spool) == 0 or asyncio.get_running_loop().time() >= self._drain_deadline
 
     async def run(self) -> None:
         """Ship until :meth:`stop`; never raises for broker trouble (it waits and retries)."""
         try:
-            while not self._stopping:
+            while not self._done():
                 batch = self.spool.peek(self.batch_size)
                 if not batch:
                     self._wake.clear()
@@ -119,8 +128,7 @@ class Shipper:
                     except TimeoutError:
                         pass
                     continue
-                if await self._send(batch):
-                    self.spool.ack([b.id for b in batch])
+                if await self.ship(batch):
                     self.backoff.reset()
                 else:
                     delay = self.backoff.next()
@@ -132,32 +140,32 @@ class Shipper:
         finally:
             await self._close_producer()
 
-    async def drain(self, timeout: float) -> bool:
-        """Ship until the spool is empty or ``timeout`` passed (used at shutdown); True if empty."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while len(self.spool) and loop.time() < end:
-            batch = self.spool.peek(self.batch_size)
-            if await self._send(batch):
-                self.spool.ack([b.id for b in batch])
-            else:
-                await asyncio.sleep(min(self.backoff.next(), max(0.0, end - loop.time())))
-        return len(self.spool) == 0
-
-    async def _send(self, batch: list[Spooled]) -> bool:
+    async def ship(self, batch: list[Spooled]) -> bool:
+        """Send ``batch``; delete from the spool every event Kafka acknowledged. True if all were."""
         try:
             producer = await self._ensure_producer()
             futures = [await producer.send(b.topic, b.value, key=b.key) for b in batch]
-            await asyncio.gather(*futures)
         except (KafkaError, OSError, TimeoutError) as exc:
-            self.stats.failed_attempts += 1
-            log.info("send failed", extra={"kv": {"error_class": type(exc).__name__, "events": len(batch)}})
-            await self._close_producer()
-            return False
-        self.stats.sent_events += len(batch)
-        self.stats.sent_bytes += sum(len(b.value) + len(b.key) for b in batch)
-        self.stats.batches += 1
+            return await self._failed(exc, len(batch))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        ok = [b for b, r in zip(batch, results, strict=True) if not isinstance(r, BaseException)]
+        if ok:
+            self.spool.ack([b.id for b in ok])
+            self.stats.sent_events += len(ok)
+            self.stats.sent_bytes += sum(len(b.value) + len(b.key) for b in ok)
+            self.stats.batches += 1
+        if len(ok) < len(batch):
+            err = next(r for r in results if isinstance(r, BaseException))
+            return await self._failed(err, len(batch) - len(ok))
         return True
+
+    async def _failed(self, exc: BaseException, events: int) -> bool:
+        if not isinstance(exc, KafkaError | OSError | TimeoutError):
+            raise exc
+        self.stats.failed_attempts += 1
+        log.info("send failed", extra={"kv": {"error_class": type(exc).__name__, "events": events}})
+        await self._close_producer()
+        return False
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -179,6 +187,8 @@ class Shipper:
             await _quiet_stop(p)
 
     async def _sleep(self, delay: float) -> None:
+        if self._stopping:
+            delay = min(delay, max(0.0, self._drain_deadline - asyncio.get_running_loop().time()))
         self._wake.clear()
         try:
             await asyncio.wait_for(self._stop_requested(), delay)
@@ -186,7 +196,7 @@ class Shipper:
             pass
 
     async def _stop_requested(self) -> None:
-        while not self._stopping:
+        while not self._done():
             await self._wake.wait()
             self._wake.clear()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from common.kafka import client_options
+from common.logs import setup_logging
 from common.settings import CommonSettings, SettingsError, add_arguments, load
 from proto.codec import EventDecodeError, encode_event, read_jsonl
 from proto.keys import event_user_key
@@ -136,6 +138,19 @@ async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
         print(f"desktrace-replay: error: cannot reach Kafka at {settings.kafka_bootstrap}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 30)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await producer.stop()
+        print(f"desktrace-replay: error: no metadata from Kafka: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    missing = [t for t in topics.raw if t not in metadata.topics()]
+    if missing:
+        await producer.stop()
+        print(f"desktrace-replay: error: topic(s) {', '.join(missing)} do not exist on "
+              f"{settings.kafka_bootstrap}: create them (desktrace-local up, with the same "
+              "DESKTRACE_TOPIC_PREFIX)", file=sys.stderr)
+        return EXIT_ERROR
     progress = Progress(sys.stderr, sys.stderr.isatty())
     t0 = time.monotonic()
     try:
@@ -162,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"desktrace-replay: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    setup_logging("replay", settings.log_level, settings.log_format)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its errors are reported as ours, once
     missing = [f for f in args.files if f != "-" and not Path(f).is_file()]
     if missing:
         print(f"desktrace-replay: error: no such file: {', '.join(missing)}", file=sys.stderr)

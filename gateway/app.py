@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
@@ -59,7 +59,7 @@ async def readyz(request: Request) -> Response[Health]:
 
 
 @get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
-async def metrics(request: Request) -> Response[bytes]:
+async def metrics_endpoint(request: Request) -> Response[bytes]:
     return Response(generate_latest(gw(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -98,7 +98,9 @@ def on_reports_unavailable(request: Request, exc: ReportsUnavailable) -> Respons
     message = f"reports are unavailable: {exc}"
     if _wants_html(request):
         return Template(
-            template_name="error.html", context={"status": 503, "message": message, "user": None}, status_code=503
+            template_name="error.html",
+            context={"status": 503, "message": message, "user": None},
+            status_code=503,
         )
     return Response({"status_code": 503, "detail": message}, status_code=503, headers={"Retry-After": "10"})
 
@@ -119,8 +121,11 @@ def on_http_error(request: Request, exc: HTTPException) -> Response[Any]:
 
 def on_unexpected(request: Request, exc: Exception) -> Response[Any]:
     """Never leak a traceback; log the error class only."""
-    log.error("unhandled error", extra={"kv": {"error_class": type(exc).__name__, "route": request.url.path}},
-              exc_info=log.isEnabledFor(logging.DEBUG))
+    log.error(
+        "unhandled error",
+        extra={"kv": {"error_class": type(exc).__name__, "route": request.url.path}},
+        exc_info=log.isEnabledFor(logging.DEBUG),
+    )
     return Response({"status_code": 500, "detail": "internal error"}, status_code=500)
 
 
@@ -161,9 +166,11 @@ def create_app(
             api_router,
             healthz,
             readyz,
-            metrics,
+            metrics_endpoint,
             *web_handlers,
-            create_static_files_router(path="/static", directories=[HERE / "static"], include_in_schema=False),
+            create_static_files_router(
+                path="/static", directories=[HERE / "static"], include_in_schema=False
+            ),
         ],
         template_config=engine_config,
         middleware=[metrics_middleware],
@@ -179,7 +186,9 @@ def create_app(
             description="Legacy client API (POST /api/report) and working-time reports (JSON).",
             components=Components(
                 security_schemes={
-                    "BearerToken": SecurityScheme(type="http", scheme="bearer", description="one of api_tokens")
+                    "BearerToken": SecurityScheme(
+                        type="http", scheme="bearer", description="one of api_tokens"
+                    )
                 }
             ),
             path="/schema",

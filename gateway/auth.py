@@ -46,14 +46,20 @@ def verify_password(password: str, stored: str) -> bool:
         if stored.startswith("scrypt$"):
             _, n, r, p, salt, want = stored.split("$")
             got = hashlib.scrypt(
-                password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p),
-                dklen=len(_unb64(want)), maxmem=256 * 1024 * 1024,
+                password.encode(),
+                salt=_unb64(salt),
+                n=int(n),
+                r=int(r),
+                p=int(p),
+                dklen=len(_unb64(want)),
+                maxmem=256 * 1024 * 1024,
             )
             return hmac.compare_digest(got, _unb64(want))
         if stored.startswith("pbkdf2_sha256$"):
             _, iterations, salt, want = stored.split("$")
-            got = hashlib.pbkdf2_hmac("sha256", password.encode(), _unb64(salt), int(iterations),
-                                      dklen=len(_unb64(want)))
+            got = hashlib.pbkdf2_hmac(
+                "sha256", password.encode(), _unb64(salt), int(iterations), dklen=len(_unb64(want))
+            )
             return hmac.compare_digest(got, _unb64(want))
     except (ValueError, TypeError):
         return False

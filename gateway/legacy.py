@@ -169,15 +169,33 @@ def to_event(
 
 
 class RetryMemory:
-    """Remembers recently accepted reports that came *without* ``ts``, so a client retrying one (same user
-    key and state within ``window``) is answered with the event already published instead of a new one.
+    """Recognises retries, so that they are acknowledged without publishing the event again.
 
-    Bounded (``max_entries``, oldest dropped first), per process; clock-free (callers pass ``now``)."""
+    A report *with* ``ts`` has a deterministic ``(agent_id, seq)``: the ids this process published are
+    remembered. A report *without* ``ts`` gets the server time, so it is recognised by user key and state:
+    the same again within ``window`` is the same report. Both memories are bounded (``max_entries``, least
+    recently used dropped first) and per process; across processes and restarts, consumers still
+    deduplicate by ``(agent_id, seq)``. Clock-free (callers pass ``now``)."""
 
     def __init__(self, window: timedelta, max_entries: int = 100_000) -> None:
         self.window = window
         self.max_entries = max_entries
         self._seen: OrderedDict[str, tuple[datetime, StateChange]] = OrderedDict()
+        self._ids: OrderedDict[tuple[str, int], None] = OrderedDict()
+
+    def published(self, event: StateChange) -> bool:
+        """Whether this process already published an event with ``event``'s ``(agent_id, seq)``: a retry
+        of a report with the same ``ts``, answered without publishing it again."""
+        key = (event.agent_id, event.seq)
+        if key in self._ids:
+            self._ids.move_to_end(key)
+            return True
+        return False
+
+    def mark_published(self, event: StateChange) -> None:
+        self._ids[(event.agent_id, event.seq)] = None
+        while len(self._ids) > self.max_entries:
+            self._ids.popitem(last=False)
 
     def recall(self, key: str, state: str, now: datetime) -> StateChange | None:
         """The event accepted for ``key`` within the window if it had the same ``state``."""

@@ -70,8 +70,10 @@ class Publisher:
         try:
             await self._ensure()
         except KafkaUnavailable as exc:
-            log.warning("kafka not reachable at start-up; will retry on first report", extra={"kv": {
-                "error": str(exc)}})
+            log.warning(
+                "kafka not reachable at start-up; will retry on first report",
+                extra={"kv": {"error": str(exc)}},
+            )
 
     async def send(self, event: StateChange) -> None:
         """Publish ``event`` and wait for Kafka's acknowledgement; raises :class:`KafkaUnavailable`."""
@@ -86,8 +88,9 @@ class Publisher:
             )
         except (TimeoutError, KafkaError, OSError) as exc:
             self.metrics.kafka_errors.inc()
-            log.warning("kafka did not acknowledge a legacy event", extra={"kv": {
-                "error_class": type(exc).__name__}})
+            log.warning(
+                "kafka did not acknowledge a legacy event", extra={"kv": {"error_class": type(exc).__name__}}
+            )
             raise KafkaUnavailable(f"Kafka did not acknowledge the report: {type(exc).__name__}") from None
         self.metrics.kafka_send_seconds.observe(time.perf_counter() - t0)
 
@@ -101,5 +104,5 @@ class Publisher:
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     try:
         await asyncio.wait_for(producer.stop(), 10)
-    except Exception:  # noqa: BLE001 - shutting down; nothing to save
+    except Exception:
         log.debug("producer stop failed", exc_info=True)

@@ -18,7 +18,7 @@ from reports.model import AppUsage, DayRow, PeriodRow, TimelineItem
 
 
 def gw(connection: ASGIConnection) -> Gateway:
-    return connection.app.state.gateway  # type: ignore[no-any-return]
+    return connection.app.state.gateway
 
 
 def session_user(connection: ASGIConnection) -> str | None:
@@ -96,7 +96,9 @@ async def api_user(
 @get("/apps", summary="Focus time per application and domain (full URLs only when the server allows)")
 async def api_apps(
     request: Request,
-    start: Annotated[date | None, Parameter(query="start", description="first local date; default today")] = None,
+    start: Annotated[
+        date | None, Parameter(query="start", description="first local date; default today")
+    ] = None,
     end: Annotated[date | None, Parameter(query="end", description="last local date; default start")] = None,
     user: UserParam = None,
 ) -> list[AppUsage]:

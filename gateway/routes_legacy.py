@@ -28,7 +28,7 @@ class LegacyRefused(Exception):
 
 
 def gw(connection: ASGIConnection) -> Gateway:
-    return connection.app.state.gateway  # type: ignore[no-any-return]
+    return connection.app.state.gateway
 
 
 def client_host(connection: ASGIConnection) -> str:
@@ -61,7 +61,9 @@ def legacy_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 def _refuse(request: Request, status: int, message: str, reason: str) -> Response[LegacyError]:
     gw(request).metrics.rejected.labels(reason).inc()
     headers = {"WWW-Authenticate": 'Bearer realm="legacy"'} if status == 401 else None
-    return Response(LegacyError(success=False, error=message, reason=reason), status_code=status, headers=headers)
+    return Response(
+        LegacyError(success=False, error=message, reason=reason), status_code=status, headers=headers
+    )
 
 
 def on_refused(request: Request, exc: LegacyRefused) -> Response[LegacyError]:
@@ -73,7 +75,7 @@ def on_invalid(request: Request, exc: ValidationException) -> Response[LegacyErr
     details = exc.extra if isinstance(exc.extra, list) else []
     messages = [str(d.get("message", "")) for d in details if isinstance(d, dict)]
     text = "; ".join(m for m in messages if m) or str(exc.detail)
-    if any("malformed" in m.lower() or "json" in m.lower() and "decode" in m.lower() for m in messages):
+    if any("malformed" in m.lower() or ("json" in m.lower() and "decode" in m.lower()) for m in messages):
         return _refuse(request, 400, f"the body is not valid JSON: {text}", "malformed_json")
     return _refuse(
         request,
@@ -90,7 +92,7 @@ def on_invalid(request: Request, exc: ValidationException) -> Response[LegacyErr
     exception_handlers={LegacyRefused: on_refused, ValidationException: on_invalid},
     summary="Report a legacy client's state change",
     description=(
-        "The seed's client API: one working/stopped change of one user. Answers {\"success\": true} once "
+        'The seed\'s client API: one working/stopped change of one user. Answers {"success": true} once '
         "Kafka acknowledged the event; 400/422 for an invalid body, 401 without the token (when one is "
         "configured), 403 from a network not listed in legacy_networks, 503 while Kafka is unavailable "
         "(retry: a report with the same ts is never counted twice)."
@@ -108,19 +110,21 @@ async def legacy_report(request: Request, data: LegacyReport) -> Response[Legacy
     except ReportRejected as exc:
         return _refuse(request, 422, str(exc), exc.reason)
     key = f"{event.domain}\\{event.user}".lower()
-    if data.ts is None:
-        previous = g.retry.recall(key, event.state, now)
-        if previous is not None:
-            g.metrics.retries.inc()
-            return Response(LegacyAck())
+    retry = g.retry.recall(key, event.state, now) if data.ts is None else None
+    if retry is not None or g.retry.published(event):
+        g.metrics.retries.inc()
+        return Response(LegacyAck())
     try:
         await g.publisher.send(event)
     except KafkaUnavailable as exc:
         return Response(
-            LegacyError(success=False, error=f"{exc}; the report was not stored, retry later", reason="kafka"),
+            LegacyError(
+                success=False, error=f"{exc}; the report was not stored, retry later", reason="kafka"
+            ),
             status_code=503,
             headers={"Retry-After": "5"},
         )
+    g.retry.mark_published(event)
     if data.ts is None:
         g.retry.remember(key, event, now)
     else:

@@ -40,7 +40,11 @@ def safe_next(target: str | None) -> str:
 
 
 def login_page(request: Request, status: int = 401, error: str = "", next_: str | None = None) -> Template:
-    target = next_ if next_ is not None else request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = (
+        next_
+        if next_ is not None
+        else request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    )
     return Template(
         template_name="login.html",
         context={"error": error, "next": safe_next(target), "user": None},
@@ -66,7 +70,9 @@ def base_context(request: Request, **extra: Any) -> dict[str, Any]:
 
 
 @get("/login", include_in_schema=False)
-async def login_form(request: Request, next_: Annotated[str | None, Parameter(query="next")] = None) -> Response[Any]:
+async def login_form(
+    request: Request, next_: Annotated[str | None, Parameter(query="next")] = None
+) -> Response[Any]:
     if session_user(request) is not None:
         return Redirect(safe_next(next_))
     return login_page(request, status=200, next_=next_ or "/")

@@ -1,5 +1,5 @@
-"""The gateway's settings: ``common.settings`` names (flag ``--legacy-tz`` = ``DESKTRACE_LEGACY_TZ`` = TOML key
-``legacy_tz``, optionally inside a ``[gateway]`` table)."""
+"""The gateway's settings, named the ``common.settings`` way: flag ``--legacy-tz`` = ``DESKTRACE_LEGACY_TZ``
+= TOML key ``legacy_tz`` (optionally inside a ``[gateway]`` table)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,9 @@ def check_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SettingsError(f"legacy_tz: unknown IANA time zone {name!r} ({spellings('legacy_tz')})") from None
+        raise SettingsError(
+            f"legacy_tz: unknown IANA time zone {name!r} ({spellings('legacy_tz')})"
+        ) from None
 
 
 def split_list(text: str) -> list[str]:

@@ -89,7 +89,9 @@ class Gateway:
 
                 try:
                     self._pool = await asyncio.wait_for(
-                        asyncpg.create_pool(self.settings.pg_dsn, min_size=0, max_size=self.settings.pg_pool_max),
+                        asyncpg.create_pool(
+                            self.settings.pg_dsn, min_size=0, max_size=self.settings.pg_pool_max
+                        ),
                         10,
                     )
                 except (TimeoutError, OSError, asyncpg.PostgresError) as exc:

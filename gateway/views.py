@@ -58,7 +58,9 @@ def period_label(d: date, view: str) -> str:
     if view == "week":
         iso = d.isocalendar()
         monday = d - timedelta(days=d.weekday())
-        return f"Week {iso.year}-W{iso.week:02d} ({monday:%a %d %b} - {monday + timedelta(days=6):%a %d %b %Y})"
+        return (
+            f"Week {iso.year}-W{iso.week:02d} ({monday:%a %d %b} - {monday + timedelta(days=6):%a %d %b %Y})"
+        )
     if view == "month":
         return f"{d:%B %Y}"
     return f"{d:%A %d %B %Y}"
@@ -114,7 +116,8 @@ def timeline_bars(items: Iterable[TimelineItem], d: date, tz: str, width: int = 
             continue
         x = a / span * width
         w = max(1.0, (b - a) / span * width)
-        label = f"{row} {clock(it.start.astimezone(zone))}-{clock(it.end.astimezone(zone))} ({hms(it.duration_s)})"
+        a_txt, b_txt = clock(it.start.astimezone(zone)), clock(it.end.astimezone(zone))
+        label = f"{row} {a_txt}-{b_txt} ({hms(it.duration_s)})"
         bars.append(Bar(x=round(x, 2), width=round(w, 2), y=ROWS[row] * ROW_HEIGHT, css=row, label=label))
     return bars
 

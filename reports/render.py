@@ -26,6 +26,13 @@ def clock(ts: datetime | None) -> str:
     return "-" if ts is None else ts.strftime("%H:%M")
 
 
+def clock_end(ts: datetime | None, day: str) -> str:
+    """Like :func:`clock`, but an end at the following midnight reads ``24:00``."""
+    if ts is not None and ts.date().isoformat() > day and ts.hour == ts.minute == 0:
+        return "24:00"
+    return clock(ts)
+
+
 def rfc3339(ts: datetime | None) -> str:
     return "" if ts is None else ts.isoformat()
 
@@ -118,7 +125,7 @@ def days(rows: Sequence[DayRow], fmt: str) -> str:
             hm(r.presence_s),
             clock(r.first_logon),
             clock(r.first_activity),
-            clock(r.last_activity),
+            clock_end(r.last_activity, r.date),
         )
         for r in rows
     ]
@@ -180,7 +187,7 @@ def user_day(user: str, date: str, totals: DayRow | None, items: Sequence[Timeli
                 for i in items
             ],
         )
-    body = [(clock(i.start), clock(i.end), i.kind, i.reason or "", hm(i.duration_s)) for i in items]
+    body = [(clock(i.start), clock_end(i.end, date), i.kind, i.reason or "", hm(i.duration_s)) for i in items]
     out = [f"{user}  {date}" + (f"  ({totals.tz})" if totals else "")]
     out.append(
         table(("start", "end", "kind", "reason", "duration"), body, (False, False, False, False, True))

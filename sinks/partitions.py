@@ -23,7 +23,7 @@ _PART_NAME = re.compile(r"^raw_events_p(\d{8})$")
 
 def partition_name(day: date) -> str:
     """The name of the partition holding ``day`` (UTC)."""
-    return f"{PARTITION_PREFIX}{day:%Y%m%d}" if day.year >= 1000 else f"{PARTITION_PREFIX}{day.year:04d}{day:%m%d}"
+    return f"{PARTITION_PREFIX}{day.year:04d}{day.month:02d}{day.day:02d}"
 
 
 def partition_day(name: str) -> date | None:

@@ -158,8 +158,8 @@ class StreamApp:
         )
         self.table = self.app.Table(
             TABLE_NAME,
-            key_serializer="raw",
-            value_serializer="raw",
+            key_type=bytes,
+            value_type=bytes,
             partitions=cluster.partitions,
             help="desktrace per-user sessionizer state (stream.state.UserRecord)",
         )

@@ -163,7 +163,8 @@ def test_redaction_applies_to_titles_tabs_urls_paths_and_hierarchy() -> None:
 def test_redaction_applies_to_field_values_in_extended_mode() -> None:
     f = PrivacyFilter.create(extended_mode=True, redact=[r"\d{16}"])
     out = f.apply(snap(fields=[FieldValue(name="Card", control_type="Edit", value="4111111111111111")]))
-    assert out is not None and out.fields == [FieldValue(name="Card", control_type="Edit", value="[redacted]")]
+    assert out is not None
+    assert out.fields == [FieldValue(name="Card", control_type="Edit", value="[redacted]")]
 
 
 def test_bad_redaction_pattern_is_a_clear_error() -> None:

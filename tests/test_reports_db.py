@@ -56,11 +56,13 @@ def ev(
     domain, login = user.split("\\")
     url_domain = url.split("/")[2] if url else None
     details = json.dumps({"title": f"{app} window", "url": url} if url else {"title": f"{app} window"})
+    category = "presence" if type_ == "Logon" else "hid" if type_.startswith("Hardware") else "ui"
     return (
         f"agent-{login}",
         seq,
         ts,
         type_,
+        category,
         "hardware",
         user,
         login,
@@ -102,7 +104,7 @@ async def load_fixture(dsn: str) -> None:
     await apply_migrations(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        for day in sorted({e[2].date() for e in EVENTS}):
+        for day in sorted({ts.date() for e in EVENTS if isinstance(ts := e[2], datetime)}):
             await conn.execute("SELECT raw_events_ensure_partition($1::date)", day)
         await conn.executemany(
             "INSERT INTO sessions (session_id, user_key, kind, reason, started_at, ended_at, duration_s,"
@@ -113,8 +115,8 @@ async def load_fixture(dsn: str) -> None:
             ],
         )
         await conn.executemany(
-            'INSERT INTO raw_events (agent_id, seq, ts, type, category, input, user_key, "user", domain, host,'
-            " host_domain, tz, utc_offset_min, agent_version, app, url_domain, details) VALUES"
+            'INSERT INTO raw_events (agent_id, seq, ts, type, category, input, user_key, "user", domain,'
+            " host, host_domain, tz, utc_offset_min, agent_version, app, url_domain, details) VALUES"
             " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb)",
             EVENTS,
         )

@@ -35,7 +35,7 @@ def _need_tools() -> None:
         if not missing:
             return
         if time.monotonic() > deadline:
-            message = f"X11 test tools missing: {', '.join(missing)} (apt-get install xvfb openbox xdotool xterm)"
+            message = f"X11 test tools missing: {', '.join(missing)} (Debian: xvfb openbox xdotool xterm)"
             if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
                 pytest.fail(message)
             pytest.skip(message)
@@ -96,8 +96,8 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-async def _await(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def _await(pred: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
     while not pred():
         if time.monotonic() > deadline:
             raise AssertionError(what)
@@ -120,9 +120,9 @@ async def test_window_switch_open_update_and_injected_input(xserver: str) -> Non
     source = X11Source(xserver)
     seen: list[Observation] = []
     task = asyncio.create_task(source.run(seen.append))
-    terms: list[subprocess.Popen[bytes]] = []
+    terms: list[asyncio.subprocess.Process] = []
     env = {**os.environ, "DISPLAY": xserver}
-    xterm_exe = str(Path(shutil.which("xterm") or "xterm").resolve())
+    xterm_exe = _real_exe("xterm")
 
     def snapshots() -> list[WindowSnapshot]:
         return [o for o in seen if isinstance(o, WindowSnapshot)]
@@ -135,11 +135,11 @@ async def test_window_switch_open_update_and_injected_input(xserver: str) -> Non
         await _await(source.ready.is_set, 10, "the X11 source did not start")
         # Two real windows; `sleep` instead of a shell so no prompt rewrites the titles.
         for title in ("first", "second"):
-            terms.append(subprocess.Popen(
-                ["xterm", "-T", title, "-e", "sleep", "60"], env=env,
+            terms.append(await asyncio.create_subprocess_exec(
+                "xterm", "-T", title, "-e", "sleep", "60", env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
-            await _await(lambda t=title: last_title() == t, 10, f"no snapshot of the new window {title!r}")
+            await _await(_equals(last_title, title), 10, f"no snapshot of the new window {title!r}")
         first_id = await _xdotool(xserver, "search", "--sync", "--name", "^first$")
         second_id = await _xdotool(xserver, "search", "--sync", "--name", "^second$")
 
@@ -189,7 +189,9 @@ async def test_window_switch_open_update_and_injected_input(xserver: str) -> Non
 
         # Through the HID throttle those are written as Injected* events.
         throttle = HidThrottle(timedelta(seconds=60))
-        written = [w.type for o in inputs for w in throttle.on_input(o.ts, HID_TYPE_FOR[("injected", o.kind)])]
+        written = [
+            w.type for o in inputs for w in throttle.on_input(o.ts, HID_TYPE_FOR[("injected", o.kind)])
+        ]
         assert written == ["InjectedKeyboardEvent"]
         later = inputs[-1].ts + timedelta(seconds=61)
         assert [w.type for w in throttle.on_input(later, HID_TYPE_FOR[("injected", "click")])] == [
@@ -197,10 +199,10 @@ async def test_window_switch_open_update_and_injected_input(xserver: str) -> Non
         ]
 
         # And through the agent's recorder (with the privacy filter) the whole run becomes these events.
-        rec = Recorder(Identity(agent_id="x11-test", user="u", domain="d", host="h"), privacy=PrivacyFilter.create())
+        ident = Identity(agent_id="x11-test", user="u", domain="d", host="h")
+        rec = Recorder(ident, privacy=PrivacyFilter.create())
         events = [e for o in seen for e in rec.observe(o)]
         events += rec.stop(inputs[-1].ts + timedelta(seconds=2))
-        print([(e.type, getattr(e, "title", None)) for e in events])
         assert [(e.type, e.input, getattr(e, "title", None)) for e in events] == [
             ("WindowOpen", "none", "first"),
             ("WindowOpen", "none", "second"),
@@ -215,7 +217,21 @@ async def test_window_switch_open_update_and_injected_input(xserver: str) -> Non
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
         for t in terms:
-            _stop(t)
+            if t.returncode is None:
+                t.terminate()
+                try:
+                    await asyncio.wait_for(t.wait(), 5)
+                except TimeoutError:
+                    t.kill()
+                    await t.wait()
+
+
+def _equals(get: Callable[[], str], expected: str) -> Callable[[], bool]:
+    return lambda: get() == expected
+
+
+def _real_exe(name: str) -> str:
+    return str(Path(shutil.which(name) or name).resolve())
 
 
 def test_xtest_devices_are_recognised_on_a_real_server(xserver: str) -> None:

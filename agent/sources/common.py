@@ -87,3 +87,41 @@ class ForegroundTracker:
             return None
         self._last = snapshot
         return snapshot
+
+
+class Debouncer:
+    """Coalesces bursts of change notifications (a title set through two properties, a page loading)
+    into one read.
+
+    Guarantee: after :meth:`poke` at ``t``, :meth:`fire` returns True exactly once, at the first call
+    with ``now >= t0 + delay`` where ``t0`` is the first poke since the last firing; pokes in between do
+    not postpone it (a title that changes continuously is still read every ``delay``). Times are plain
+    monotonic seconds supplied by the caller.
+    """
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._due: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._due is not None
+
+    def poke(self, now: float) -> None:
+        if self._due is None:
+            self._due = now + self.delay
+
+    def cancel(self) -> None:
+        self._due = None
+
+    def timeout(self, now: float, default: float) -> float:
+        """How long the caller may sleep: ``default``, or less when a firing is due sooner."""
+        if self._due is None:
+            return default
+        return max(0.0, min(default, self._due - now))
+
+    def fire(self, now: float) -> bool:
+        if self._due is not None and now >= self._due:
+            self._due = None
+            return True
+        return False

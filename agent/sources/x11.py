@@ -35,7 +35,7 @@ from Xlib.ext import xinput
 from Xlib.ext.ge import GenericEventCode
 
 from agent.observations import InputObservation, Observation, ObservationSink, WindowSnapshot
-from agent.sources.common import ForegroundTracker, InputAttributor
+from agent.sources.common import Debouncer, ForegroundTracker, InputAttributor
 from agent.sources.x11logic import (
     XI_HIERARCHY_CHANGED,
     browser_tab,
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 _XI_ALL_MASTER_DEVICES = 1
 _XI_ALL_DEVICES = 0
 _POLL_SECONDS = 0.5
+#: Title changes are read this long after the first notification: programs set ``WM_NAME`` and
+#: ``_NET_WM_NAME`` one after the other, and reading in between would report a half-updated title.
+TITLE_DEBOUNCE_SECONDS = 0.1
 
 
 class X11Unavailable(RuntimeError):
@@ -153,7 +156,11 @@ class X11Source:
             while not self._stop.is_set():
                 while d.pending_events():
                     watcher.handle(d.next_event())
-                readable, _, _ = select.select([d.fileno(), self._wake_r], [], [], _POLL_SECONDS)
+                if watcher.title_debounce.fire(time.monotonic()):
+                    watcher.emit_active()
+                    continue
+                timeout = watcher.title_debounce.timeout(time.monotonic(), _POLL_SECONDS)
+                readable, _, _ = select.select([d.fileno(), self._wake_r], [], [], timeout)
                 if self._wake_r in readable:
                     break
         finally:
@@ -182,6 +189,7 @@ class _Watcher:
         self.UTF8_STRING = atom("UTF8_STRING")
         self.WM_CLIENT_MACHINE = atom("WM_CLIENT_MACHINE")
         self.active: int = 0
+        self.title_debounce = Debouncer(TITLE_DEBOUNCE_SECONDS)
         self.root.change_attributes(event_mask=X.PropertyChangeMask)
         self.clients: set[int] = set(self._client_list())
         self.tracker = ForegroundTracker(str(w) for w in self.clients)
@@ -239,6 +247,11 @@ class _Watcher:
                 self.tracker.forget(str(w) for w in gone)
                 self.clients = now
         elif wid == self.active and ev.atom in (self.NET_WM_NAME, Xatom.WM_NAME, Xatom.WM_CLASS):
+            self.title_debounce.poke(time.monotonic())
+
+    def emit_active(self) -> None:
+        """Read the active window again (a debounced title change) and emit it if it changed."""
+        if self.active:
             self._emit_snapshot(self.active)
 
     def _on_xi(self, ev: Any) -> None:
@@ -277,6 +290,7 @@ class _Watcher:
     def _refresh_active(self) -> None:
         prop = self._get(self.root, self.NET_ACTIVE_WINDOW, Xatom.WINDOW)
         wid = int(prop.value[0]) if prop is not None and len(prop.value) else 0
+        self.title_debounce.cancel()  # the read below sees the latest title anyway
         if wid != self.active:
             if self.active:
                 self._watch(self.active, 0)

@@ -1,0 +1,412 @@
+"""The consume -> write -> commit loop shared by both sinks (one consumer group per table, like a Kafka
+Connect worker).
+
+Guarantees of :class:`SinkRunner`:
+
+- **at least once into an idempotent table**: Kafka offsets are committed only after the database
+  transaction holding their rows committed and their dead letters were acknowledged, so a crash at any
+  point redelivers, and the writers make redelivery harmless;
+- **backpressure**: on a connection/timeout error the runner pauses its partitions (no fetching), keeps
+  its group membership alive, and retries the same batch with exponential backoff until it succeeds;
+- **poison isolation**: a record that can never be written (undecodable, schema-invalid, refused by a
+  constraint) is dead-lettered with the reason in headers and counted; the rest of its batch is written
+  (a failing batch is bisected down to the offending record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from common.kafka import client_options
+from proto.codec import EventDecodeError
+from proto.deadletter import deadletter_headers
+from proto.topics import Topics
+from sinks.errors import ErrorKind, Reject, classify, reason_of
+from sinks.metrics import SinkMetrics
+from sinks.settings import SinkSettings
+from sinks.writers import Writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One record that goes to the dead-letter topic, and why."""
+
+    record: ConsumerRecord[bytes, bytes]
+    error_class: str
+    reason: str
+
+
+class _Stopped(Exception):  # noqa: N818
+    """Raised inside the loop when a stop was requested while waiting to retry."""
+
+
+class Backoff:
+    """Exponential backoff delays: ``initial``, doubling, capped at ``maximum``; :meth:`reset` on success."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = max(initial, 0.01)
+        self.maximum = max(maximum, self.initial)
+        self._next = self.initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+def group_id_for(settings: SinkSettings, writer_name: str) -> str:
+    """The consumer group: ``group_id`` when set, else ``<topic prefix>desktrace-sink-<name>`` (the
+    prefix isolates groups exactly as it isolates topics)."""
+    return settings.group_id or f"{settings.topic_prefix}desktrace-sink-{writer_name}"
+
+
+class SinkRunner:
+    """Runs one writer: consumes its topics, writes batches, dead-letters poison, commits offsets."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        settings: SinkSettings,
+        metrics: SinkMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.writer = writer
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.metrics = metrics or SinkMetrics(writer.table)
+        self.clock = clock
+        self.group_id = group_id_for(settings, writer.name)
+        self._conn: asyncpg.Connection | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+        self.batches_written = 0
+        self._failing = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and return."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def start(self) -> None:
+        opts = client_options(self.settings)
+        self._consumer = AIOKafkaConsumer(
+            *self.writer.topics(self.topics),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            session_timeout_ms=self.settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(self.settings.kafka_session_timeout_ms // 4, 500),
+            max_poll_records=self.settings.batch_size,
+            **opts,
+        )
+        self._producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, **opts)
+        await self._retry_kafka(self._consumer.start, "consumer start")
+        await self._retry_kafka(self._producer.start, "producer start")
+        log.info(
+            "sink started",
+            extra={"kv": {"table": self.writer.table, "group": self.group_id,
+                          "topics": self.writer.topics(self.topics)}},
+        )
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+        await self._close_conn()
+
+    async def run(self) -> None:
+        """Start, loop until :meth:`stop`, close."""
+        try:
+            await self.start()
+            while not self.stopping:
+                await self.step()
+        except _Stopped:
+            log.info("stopped while retrying; uncommitted records will be redelivered")
+        finally:
+            await self.close()
+
+    async def _retry_kafka(self, fn: Callable[[], Any], what: str) -> None:
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        while True:
+            try:
+                await fn()
+                return
+            except (KafkaError, OSError) as exc:
+                self.metrics.retries.labels(self.writer.table, "kafka").inc()
+                delay = backoff.next()
+                log.warning(f"kafka {what} failed; retrying",
+                            extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}})
+                await asyncio.sleep(delay)
+
+    # ---- readiness -----------------------------------------------------------------------------------
+    async def check_kafka(self) -> bool:
+        """Readiness: the cluster answers a metadata request."""
+        if self._consumer is None:
+            return False
+        await self._consumer.topics()
+        return True
+
+    async def check_postgres(self) -> bool:
+        """Readiness: a fresh connection answers ``SELECT 1``."""
+        conn = await asyncpg.connect(self.settings.pg_dsn, timeout=3)
+        try:
+            return bool(await conn.fetchval("SELECT 1") == 1)
+        finally:
+            await conn.close()
+
+    # ---- one batch -----------------------------------------------------------------------------------
+    async def step(self) -> int:
+        """Collect one batch (bounded by size and time), write it, dead-letter its poison, commit its
+        offsets; returns the number of records handled (0 when idle)."""
+        records = await self._collect()
+        await self._update_lag()
+        if not records:
+            return 0
+        self.metrics.records.labels(self.writer.table).inc(len(records))
+        self.writer.refresh(datetime.fromtimestamp(self.clock(), UTC))
+        items: list[tuple[ConsumerRecord[bytes, bytes], Any]] = []
+        rejected: list[Rejected] = []
+        for rec in records:
+            try:
+                items.append((rec, self.writer.decode(rec.value)))
+            except (EventDecodeError, Reject) as exc:
+                rejected.append(Rejected(rec, exc.error_class, str(exc)))
+        if items:
+            rejected.extend(await self._write_with_retry(items))
+        if rejected:
+            await self._dead_letter(rejected)
+        await self._commit(records)
+        self.batches_written += 1
+        return len(records)
+
+    async def _collect(self) -> list[ConsumerRecord[bytes, bytes]]:
+        assert self._consumer is not None
+        size, wait = self.settings.batch_size, self.settings.batch_wait_ms / 1000
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while len(out) < size and not self.stopping:
+            remaining = wait if deadline is None else deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                got = await self._consumer.getmany(timeout_ms=int(remaining * 1000), max_records=size - len(out))
+            except KafkaError as exc:
+                self.metrics.retries.labels(self.writer.table, "kafka").inc()
+                log.warning("kafka fetch failed", extra={"kv": {"error": type(exc).__name__}})
+                await asyncio.sleep(self._backoff.next())
+                break
+            for recs in got.values():
+                out.extend(recs)
+            if not out:
+                break  # idle: let the caller refresh lag and check for stop
+            if deadline is None:
+                deadline = loop.time() + wait
+        return out
+
+    async def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = await asyncio.wait_for(self._consumer.position(tp), 1.0)
+            except (KafkaError, TimeoutError, IllegalStateError):
+                continue
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - pos, 0))
+
+    # ---- database ------------------------------------------------------------------------------------
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
+                self.settings.pg_dsn, timeout=10, command_timeout=self.settings.pg_command_timeout_s
+            )
+            await self.writer.prepare(self._conn)
+        return self._conn
+
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 2.0)
+            except Exception:
+                conn.terminate()
+
+    async def _write_once(self, items: Sequence[Any]) -> None:
+        """One attempt: ensure DDL, then the writer's statements in one transaction."""
+        conn = await self._connection()
+        await self.writer.before_write(conn, items)
+        started = time.perf_counter()
+        async with conn.transaction():
+            changed, duplicates = await self.writer.write(conn, items)
+        table = self.writer.table
+        self.metrics.write_seconds.labels(table).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(table).observe(len(items))
+        self.metrics.rows_written.labels(table).inc(changed)
+        if duplicates:
+            self.metrics.rows_duplicate.labels(table).inc(duplicates)
+        self.metrics.last_write.labels(table).set(self.clock())
+        self.metrics.db_up.labels(table).set(1)
+
+    async def _write_isolating(
+        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]
+    ) -> list[Rejected]:
+        """Write ``items``; on a data error bisect until the poison records are found. Connection errors
+        propagate (the caller retries everything: the writes are idempotent)."""
+        try:
+            await self._write_once([item for _, item in items])
+            return []
+        except Exception as exc:
+            kind = classify(exc)
+            if kind is ErrorKind.PARTITION:
+                self.writer.on_partition_missing()
+                raise
+            if kind is not ErrorKind.DATA:
+                raise
+            if self._conn is not None and not self._conn.is_closed() and self._conn.is_in_transaction():
+                await self._close_conn()  # a client-side failure mid-COPY may leave the session unusable
+            if len(items) == 1:
+                rec = items[0][0]
+                return [Rejected(rec, "constraint", reason_of(exc))]
+        mid = len(items) // 2
+        first = await self._write_isolating(items[:mid])
+        return first + await self._write_isolating(items[mid:])
+
+    async def _write_with_retry(self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]) -> list[Rejected]:
+        partition_retries = 0
+        while True:
+            try:
+                rejected = await self._write_isolating(items)
+                if self._failing:
+                    log.info("database writes recovered", extra={"kv": {"table": self.writer.table}})
+                    self._failing = False
+                self._backoff.reset()
+                self._resume()
+                return rejected
+            except Exception as exc:
+                kind = classify(exc)
+                await self._close_conn()
+                self._failing = True
+                self.metrics.db_up.labels(self.writer.table).set(0)
+                if kind is ErrorKind.PARTITION and partition_retries < 3:
+                    partition_retries += 1
+                    continue
+                self.metrics.retries.labels(self.writer.table, "postgres").inc()
+                delay = self._backoff.next()
+                level = logging.WARNING if kind is not ErrorKind.RETRY or _expected(exc) else logging.ERROR
+                log.log(level, "database write failed; pausing consumption and retrying",
+                        extra={"kv": {"table": self.writer.table, "error": type(exc).__name__,
+                                      "retry_in_s": delay, "rows": len(items)}})
+                await self._paused_wait(delay)
+                if self.stopping:
+                    raise _Stopped from exc
+
+    # ---- backpressure --------------------------------------------------------------------------------
+    async def _paused_wait(self, delay: float) -> None:
+        """Wait ``delay`` seconds with every partition paused, polling so the group keeps us; anything
+        fetched anyway (partitions newly assigned by a rebalance) is rewound, not processed."""
+        assert self._consumer is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + delay
+        while not self.stopping:
+            self._consumer.pause(*self._consumer.assignment())
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                got = await self._consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+            except KafkaError:
+                await asyncio.sleep(min(remaining, 1.0))
+                continue
+            for tp, recs in got.items():
+                if recs:
+                    self._consumer.seek(tp, recs[0].offset)
+
+    def _resume(self) -> None:
+        assert self._consumer is not None
+        paused = self._consumer.paused()
+        if paused:
+            self._consumer.resume(*paused)
+
+    # ---- dead letters and offsets --------------------------------------------------------------------
+    async def _dead_letter(self, rejected: list[Rejected]) -> None:
+        assert self._producer is not None
+        table = self.writer.table
+        for rej in rejected:
+            rec = rej.record
+            headers = deadletter_headers(
+                rej.reason, rej.error_class, self.writer.service, rec.topic, rec.partition, rec.offset
+            )
+            backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+            while True:
+                try:
+                    await self._producer.send_and_wait(
+                        self.topics.deadletter, value=rec.value, key=rec.key, headers=headers
+                    )
+                    break
+                except KafkaError as exc:
+                    self.metrics.retries.labels(table, "kafka").inc()
+                    delay = backoff.next()
+                    log.warning("dead-letter publish failed; retrying",
+                                extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}})
+                    await asyncio.sleep(delay)
+            self.metrics.rows_rejected.labels(table, rej.error_class).inc()
+            self.metrics.dead_letters.labels(table).inc()
+        log.warning(
+            "records dead-lettered",
+            extra={"kv": {"table": table, "count": len(rejected),
+                          "classes": sorted({r.error_class for r in rejected})}},
+        )
+
+    async def _commit(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        assert self._consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
+        assigned = self._consumer.assignment()
+        owned = {tp: off for tp, off in offsets.items() if tp in assigned}
+        if not owned:
+            return
+        try:
+            await self._consumer.commit(owned)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # Rebalanced away (or broker trouble): the new owner re-reads from the last commit; the
+            # writes are idempotent, so nothing is lost or doubled.
+            log.warning("offset commit failed; records will be redelivered",
+                        extra={"kv": {"error": type(exc).__name__}})
+
+
+def _expected(exc: BaseException) -> bool:
+    """Connection-type failures are expected operations events (WARNING); anything else is an ERROR."""
+    return classify(exc) is ErrorKind.RETRY and isinstance(
+        exc, OSError | TimeoutError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError
+        | asyncpg.exceptions.CannotConnectNowError | asyncpg.exceptions.OperatorInterventionError
+    )

@@ -1,0 +1,177 @@
+"""The two table writers: how a Kafka record becomes an item, and how a list of items is written.
+
+A writer's :meth:`write` runs inside a transaction the caller opened and is idempotent: writing the same
+items again (a redelivery after a crash) leaves the table as writing them once.
+
+- :class:`RawWriter`: COPY into a temporary staging table, then ``INSERT INTO raw_events SELECT ... ON
+  CONFLICT (agent_id, seq, ts) DO NOTHING``; partitions of the batch's days are ensured first.
+- :class:`SessionWriter`: reduces the batch to the last write per ``session_id`` (topic order), then one
+  ``DELETE`` for the retracted ids and ``INSERT ... ON CONFLICT (session_id) DO UPDATE`` (via COPY into a
+  staging table) for the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+import asyncpg
+
+from proto.codec import decode_event, decode_session_message
+from proto.sessions import SessionMessage
+from proto.topics import Topics
+from sinks.errors import Reject
+from sinks.partitions import PartitionCache
+from sinks.rows import RAW_COLUMNS, SESSION_COLUMNS, RawRow, days_of, raw_row, reduce_sessions, session_row
+
+
+class Writer(Protocol):
+    """What the sink runner needs from a table writer."""
+
+    name: str  # "raw" | "sessions"
+    table: str
+    service: str  # dead-letter service name
+
+    def topics(self, topics: Topics) -> list[str]: ...
+
+    def decode(self, value: bytes | None) -> Any:
+        """The item of one record value; raises :class:`Reject` or ``proto.EventDecodeError``."""
+        ...
+
+    def refresh(self, now: datetime) -> None:
+        """Called once per batch with the wall clock (the writers themselves read no clock)."""
+        ...
+
+    async def prepare(self, conn: asyncpg.Connection) -> None:
+        """Per-connection set-up (temporary tables)."""
+        ...
+
+    async def before_write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> None:
+        """Outside the transaction, before :meth:`write` (DDL such as partitions)."""
+        ...
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        """Write ``items`` inside the caller's transaction; returns ``(rows changed, duplicates skipped)``."""
+        ...
+
+    def on_partition_missing(self) -> None: ...
+
+
+_RAW_COLS_SQL = ", ".join(f'"{c}"' for c in RAW_COLUMNS)
+_RAW_STAGE = "desktrace_raw_stage"
+
+
+class RawWriter:
+    """Writes raw events to ``raw_events``; duplicates of ``(agent_id, seq, ts)`` are skipped.
+
+    Events older than ``retention_days`` (when > 0) are rejected as ``late``: their partition would be
+    dropped by the next retention run anyway, and creating it would only churn DDL.
+    """
+
+    name = "raw"
+    table = "raw_events"
+    service = "sink-raw"
+
+    def __init__(self, retention_days: int = 400) -> None:
+        self.retention_days = retention_days
+        self.partitions = PartitionCache()
+        self._oldest_day: date | None = None
+
+    def topics(self, topics: Topics) -> list[str]:
+        return list(topics.raw)
+
+    def refresh(self, now: datetime) -> None:
+        if self.retention_days > 0:
+            self._oldest_day = (now.astimezone(UTC) - timedelta(days=self.retention_days)).date()
+        else:
+            self._oldest_day = None
+
+    def decode(self, value: bytes | None) -> RawRow:
+        if value is None:
+            raise Reject("record has no value (tombstone)", "invalid")
+        row = raw_row(decode_event(value))
+        if self._oldest_day is not None and row[2].date() < self._oldest_day:
+            raise Reject(
+                f"event older than the raw retention of {self.retention_days} days", "late"
+            )
+        return row
+
+    async def prepare(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_RAW_STAGE} "
+            f"AS SELECT {_RAW_COLS_SQL} FROM raw_events WITH NO DATA"
+        )
+        await conn.execute(f"TRUNCATE {_RAW_STAGE}")
+
+    async def before_write(self, conn: asyncpg.Connection, items: Sequence[RawRow]) -> None:
+        await self.partitions.ensure(conn, days_of(items))
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[RawRow]) -> tuple[int, int]:
+        await conn.copy_records_to_table(_RAW_STAGE, records=items, columns=RAW_COLUMNS)
+        status = await conn.execute(
+            f"INSERT INTO raw_events ({_RAW_COLS_SQL}) SELECT {_RAW_COLS_SQL} FROM {_RAW_STAGE} "
+            "ON CONFLICT (agent_id, seq, ts) DO NOTHING"
+        )
+        await conn.execute(f"TRUNCATE {_RAW_STAGE}")
+        inserted = int(status.rsplit(" ", 1)[-1])
+        return inserted, len(items) - inserted
+
+    def on_partition_missing(self) -> None:
+        self.partitions.forget()
+
+
+_SES_COLS_SQL = ", ".join(SESSION_COLUMNS)
+_SES_STAGE = "desktrace_sessions_stage"
+_SES_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS if c != "session_id")
+
+
+class SessionWriter:
+    """Applies session upserts and retractions to ``sessions`` so that the table ends as if every
+    message had been applied one by one in topic order."""
+
+    name = "sessions"
+    table = "sessions"
+    service = "sink-sessions"
+
+    def topics(self, topics: Topics) -> list[str]:
+        return [topics.sessions]
+
+    def refresh(self, now: datetime) -> None:
+        pass
+
+    def decode(self, value: bytes | None) -> SessionMessage:
+        if value is None:
+            raise Reject("record has no value (tombstone)", "invalid")
+        return decode_session_message(value)
+
+    async def prepare(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_SES_STAGE} AS SELECT {_SES_COLS_SQL} FROM sessions WITH NO DATA"
+        )
+        await conn.execute(f"TRUNCATE {_SES_STAGE}")
+
+    async def before_write(self, conn: asyncpg.Connection, items: Sequence[SessionMessage]) -> None:
+        pass
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[SessionMessage]) -> tuple[int, int]:
+        upserts, deletes = reduce_sessions(items)
+        changed = 0
+        if deletes:
+            status = await conn.execute("DELETE FROM sessions WHERE session_id = ANY($1::text[])", deletes)
+            changed += int(status.rsplit(" ", 1)[-1])
+        if upserts:
+            await conn.copy_records_to_table(
+                _SES_STAGE, records=[session_row(s) for s in upserts], columns=SESSION_COLUMNS
+            )
+            status = await conn.execute(
+                f"INSERT INTO sessions ({_SES_COLS_SQL}, updated_at) "
+                f"SELECT {_SES_COLS_SQL}, now() FROM {_SES_STAGE} "
+                f"ON CONFLICT (session_id) DO UPDATE SET {_SES_UPDATE}, updated_at = EXCLUDED.updated_at"
+            )
+            await conn.execute(f"TRUNCATE {_SES_STAGE}")
+            changed += int(status.rsplit(" ", 1)[-1])
+        return changed, 0
+
+    def on_partition_missing(self) -> None:
+        pass
