@@ -139,7 +139,7 @@ def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     t.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return box["value"]
 
 
 class Ticker:

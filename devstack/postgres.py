@@ -54,8 +54,10 @@ def find_pg_bin() -> Path:
     which = shutil.which("pg_ctl")
     if which and (Path(which).parent / "initdb").exists():
         return Path(which).parent
+
     def version_key(p: Path) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", p.parent.name)) or (0,)
+
     system = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version_key)
     for bin_dir in reversed(system):
         if (bin_dir / "initdb").exists() and (bin_dir / "pg_ctl").exists():
@@ -89,9 +91,20 @@ def service_account(progress: Progress = stderr_progress) -> RunAs:
     except KeyError:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
         proc = subprocess.run(
-            [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", SERVICE_USER],
-            capture_output=True, text=True, check=False,
+            [
+                useradd,
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_USER,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode == 0 or "already exists" in proc.stderr:
             progress(f"running as root: created system user {SERVICE_USER!r} to run PostgreSQL")
@@ -231,9 +244,19 @@ class PostgresInstance:
             self._write_config()
             self.progress(f"starting PostgreSQL on {self.host}:{self.port} (data {self.pgdata})")
             proc = self._run(
-                [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log_file), "-w",
-                 "-t", str(int(timeout)), "start"],
-                timeout=timeout + 10, new_session=True,
+                [
+                    str(self.bin_dir / "pg_ctl"),
+                    "-D",
+                    str(self.pgdata),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+                timeout=timeout + 10,
+                new_session=True,
             )
             if proc.returncode != 0:
                 raise DevstackError(
@@ -250,8 +273,17 @@ class PostgresInstance:
             return False
         self.progress(f"stopping PostgreSQL (pid {pid})")
         proc = self._run(
-            [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", str(int(timeout)),
-             "stop"],
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "stop",
+            ],
             timeout=timeout + 10,
         )
         if proc.returncode != 0 or pid_alive(pid):
@@ -267,16 +299,28 @@ class PostgresInstance:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # ---- helpers -------------------------------------------------------------------------------------
-    def _run(self, cmd: list[str], timeout: float, new_session: bool = False) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, cmd: list[str], timeout: float, new_session: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         try:
             return subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env,
-                stdin=subprocess.DEVNULL, start_new_session=new_session, cwd="/", **self.run_as.kwargs(),
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=new_session,
+                cwd="/",
+                **self.run_as.kwargs(),
             )
-        except subprocess.TimeoutExpired as exc:
-            raise DevstackError(f"{Path(cmd[0]).name} timed out after {timeout:.0f}s\n{tail(self.log_file)}") from None
+        except subprocess.TimeoutExpired:
+            raise DevstackError(
+                f"{Path(cmd[0]).name} timed out after {timeout:.0f}s\n{tail(self.log_file)}"
+            ) from None
         except OSError as exc:
             raise DevstackError(f"cannot run {cmd[0]}: {exc}") from None
 
@@ -290,8 +334,10 @@ class PostgresInstance:
             link = self.data_dir / "pgdata"
             if not link.is_symlink():
                 link.symlink_to(cluster / "pgdata", target_is_directory=True)
-            self.progress(f"running as root: the cluster lives in {cluster} (the server's user cannot "
-                          f"reach {self.data_dir})")
+            self.progress(
+                f"running as root: the cluster lives in {cluster} (the server's user cannot "
+                f"reach {self.data_dir})"
+            )
         if self.run_as.uid is not None:
             os.chown(cluster, self.run_as.uid, self.run_as.gid or 0)
             cluster.chmod(0o700)
@@ -308,8 +354,19 @@ class PostgresInstance:
         self.progress(f"initialising PostgreSQL cluster in {self.pgdata}")
         try:
             proc = self._run(
-                [str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", self.user, f"--pwfile={pw_file}",
-                 "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-instructions", "--no-sync"],
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    self.user,
+                    f"--pwfile={pw_file}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-instructions",
+                    "--no-sync",
+                ],
                 timeout=120,
             )
         finally:

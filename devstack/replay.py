@@ -93,8 +93,9 @@ async def replay(
                 err.write(f"{name}:{lineno}: rejected ({item.error_class}): {item}\n")
                 continue
             topic = topics.for_event(item)
-            pending.append(await producer.send(topic, encode_event(item),
-                                               key=event_user_key(item).encode("utf-8")))
+            pending.append(
+                await producer.send(topic, encode_event(item), key=event_user_key(item).encode("utf-8"))
+            )
             stats.per_topic[topic] = stats.per_topic.get(topic, 0) + 1
             if len(pending) >= 1000:
                 await asyncio.gather(*pending)
@@ -128,28 +129,39 @@ async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
 
     topics = Topics(settings.topic_prefix)
     producer = AIOKafkaProducer(
-        **client_options(settings), acks="all", enable_idempotence=True, linger_ms=args.linger_ms,
+        **client_options(settings),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=args.linger_ms,
         request_timeout_ms=30000,
     )
     try:
         await asyncio.wait_for(producer.start(), 30)
     except (KafkaError, OSError, TimeoutError) as exc:
         await producer.stop()
-        print(f"desktrace-replay: error: cannot reach Kafka at {settings.kafka_bootstrap}: "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"desktrace-replay: error: cannot reach Kafka at {settings.kafka_bootstrap}: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     try:
         metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 30)
     except (KafkaError, OSError, TimeoutError) as exc:
         await producer.stop()
-        print(f"desktrace-replay: error: no metadata from Kafka: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"desktrace-replay: error: no metadata from Kafka: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
         return EXIT_ERROR
     missing = [t for t in topics.raw if t not in metadata.topics()]
     if missing:
         await producer.stop()
-        print(f"desktrace-replay: error: topic(s) {', '.join(missing)} do not exist on "
-              f"{settings.kafka_bootstrap}: create them (desktrace-local up, with the same "
-              "DESKTRACE_TOPIC_PREFIX)", file=sys.stderr)
+        print(
+            f"desktrace-replay: error: topic(s) {', '.join(missing)} do not exist on "
+            f"{settings.kafka_bootstrap}: create them (desktrace-local up, with the same "
+            "DESKTRACE_TOPIC_PREFIX)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     progress = Progress(sys.stderr, sys.stderr.isatty())
     t0 = time.monotonic()

@@ -13,8 +13,9 @@ from proto.events import EVENT_TYPES, HID_INPUT_CLASS, Envelope
 BASE_TS = datetime(2024, 3, 4, 9, 15, 30, 123456, tzinfo=timezone(timedelta(hours=1)))
 
 
-def sample_fields(type_name: str, seq: int = 0, user: str = "Alice", domain: str = "CORP",
-                  ts: datetime = BASE_TS) -> dict[str, Any]:
+def sample_fields(
+    type_name: str, seq: int = 0, user: str = "Alice", domain: str = "CORP", ts: datetime = BASE_TS
+) -> dict[str, Any]:
     """JSON-ready fields of a valid event of ``type_name`` (every type-specific required field set)."""
     fields: dict[str, Any] = {
         "type": type_name,
@@ -31,8 +32,14 @@ def sample_fields(type_name: str, seq: int = 0, user: str = "Alice", domain: str
     }
     cls = EVENT_TYPES[type_name]
     if cls.category in ("ui", "hid"):
-        fields.update({"app": "notepad.exe", "title": "notes.txt - Editor", "pid": 4242,
-                       "hierarchy": [{"name": "Editor", "control_type": "Window"}]})
+        fields.update(
+            {
+                "app": "notepad.exe",
+                "title": "notes.txt - Editor",
+                "pid": 4242,
+                "hierarchy": [{"name": "Editor", "control_type": "Window"}],
+            }
+        )
     if type_name == "Heartbeat":
         fields.update({"last_input_ts": (ts + timedelta(seconds=seq - 5)).isoformat(), "idle_ms": 5000})
     if type_name == "StateChange":
@@ -42,8 +49,7 @@ def sample_fields(type_name: str, seq: int = 0, user: str = "Alice", domain: str
 
 def sample_event(type_name: str, seq: int = 0, user: str = "Alice", domain: str = "CORP") -> Envelope:
     """A valid event of ``type_name``."""
-    return msgspec.convert(sample_fields(type_name, seq, user, domain), EVENT_TYPES[type_name],
-                           strict=False)
+    return msgspec.convert(sample_fields(type_name, seq, user, domain), EVENT_TYPES[type_name], strict=False)
 
 
 def every_event_type(user: str = "Alice", domain: str = "CORP") -> list[Envelope]:

@@ -87,8 +87,13 @@ class LocalStack:
         if self.config.secure:
             raise DevstackError("--secure (TLS + SASL/SCRAM) is not implemented yet")
         state = self.config.state_dir
-        self.kafka = KafkaInstance(state / "kafka", self.config.kafka_port, self.config.controller_port,
-                                   partitions=self.config.partitions, progress=progress)
+        self.kafka = KafkaInstance(
+            state / "kafka",
+            self.config.kafka_port,
+            self.config.controller_port,
+            partitions=self.config.partitions,
+            progress=progress,
+        )
         self.postgres = PostgresInstance(state / "postgres", self.config.pg_port, progress=progress)
 
     # ---- which services are ours ---------------------------------------------------------------------
@@ -154,8 +159,11 @@ class LocalStack:
         created: list[str] = []
         if self.config.create_topics and bootstrap:
             topics = Topics(self.config.topic_prefix)
-            created = run_sync(lambda: ensure_topics(bootstrap, topics, self.config.partitions,
-                                                     **self.config.kafka_client_options))
+            created = run_sync(
+                lambda: ensure_topics(
+                    bootstrap, topics, self.config.partitions, **self.config.kafka_client_options
+                )
+            )
             if created:
                 self.progress(f"created {len(created)} topics: {', '.join(created)}")
             else:
@@ -177,23 +185,50 @@ class LocalStack:
         out: list[dict[str, Any]] = []
         if self.kafka_external:
             host, _, port = self.config.kafka_bootstrap.split(",")[0].rpartition(":")
-            out.append({"service": "kafka", "mode": "external", "address": self.config.kafka_bootstrap,
-                        "running": port.isdigit() and port_open(host, int(port))})
+            out.append(
+                {
+                    "service": "kafka",
+                    "mode": "external",
+                    "address": self.config.kafka_bootstrap,
+                    "running": port.isdigit() and port_open(host, int(port)),
+                }
+            )
         else:
             pid = self.kafka.pid
-            out.append({"service": "kafka", "mode": "local", "address": self.kafka.bootstrap, "pid": pid,
-                        "running": pid is not None and port_open(self.kafka.host, self.kafka.port),
-                        "controller_port": self.kafka.controller_port, "data_dir": str(self.kafka.data_dir),
-                        "log": str(self.kafka.log_file)})
+            out.append(
+                {
+                    "service": "kafka",
+                    "mode": "local",
+                    "address": self.kafka.bootstrap,
+                    "pid": pid,
+                    "running": pid is not None and port_open(self.kafka.host, self.kafka.port),
+                    "controller_port": self.kafka.controller_port,
+                    "data_dir": str(self.kafka.data_dir),
+                    "log": str(self.kafka.log_file),
+                }
+            )
         if self.pg_external:
             parts = urlsplit(self.config.pg_dsn)
             running = bool(parts.hostname) and port_open(parts.hostname or "", parts.port or 5432)
-            out.append({"service": "postgres", "mode": "external",
-                        "address": f"{parts.hostname}:{parts.port or 5432}", "running": running})
+            out.append(
+                {
+                    "service": "postgres",
+                    "mode": "external",
+                    "address": f"{parts.hostname}:{parts.port or 5432}",
+                    "running": running,
+                }
+            )
         else:
             pid = self.postgres.pid
-            out.append({"service": "postgres", "mode": "local",
-                        "address": f"{self.postgres.host}:{self.postgres.port}", "pid": pid,
-                        "running": pid is not None and port_open(self.postgres.host, self.postgres.port),
-                        "data_dir": str(self.postgres.pgdata), "log": str(self.postgres.log_file)})
+            out.append(
+                {
+                    "service": "postgres",
+                    "mode": "local",
+                    "address": f"{self.postgres.host}:{self.postgres.port}",
+                    "pid": pid,
+                    "running": pid is not None and port_open(self.postgres.host, self.postgres.port),
+                    "data_dir": str(self.postgres.pgdata),
+                    "log": str(self.postgres.log_file),
+                }
+            )
         return out

@@ -46,9 +46,14 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         configs = topic_configs(topics)
         new = [
-            NewTopic(name=name, num_partitions=partitions, replication_factor=replication_factor,
-                     topic_configs=configs[name])
-            for name in topics.all if name not in existing
+            NewTopic(
+                name=name,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                topic_configs=configs[name],
+            )
+            for name in topics.all
+            if name not in existing
         ]
         if not new:
             return []

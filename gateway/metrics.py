@@ -40,7 +40,7 @@ class GatewayMetrics:
         )
         self.retries = Counter(
             "desktrace_gateway_legacy_retries_total",
-            "ts-less legacy reports recognised as retries of one already published",
+            "legacy reports recognised as retries of one already published (acknowledged, not sent again)",
             registry=r,
         )
         self.kafka_send_seconds = Histogram(

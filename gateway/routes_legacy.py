@@ -7,7 +7,7 @@ import logging
 
 from litestar import Request, Response, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import ValidationException
+from litestar.exceptions import ClientException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 
 from gateway.auth import bearer, check_token
@@ -70,13 +70,15 @@ def on_refused(request: Request, exc: LegacyRefused) -> Response[LegacyError]:
     return _refuse(request, exc.status, str(exc), exc.reason)
 
 
-def on_invalid(request: Request, exc: ValidationException) -> Response[LegacyError]:
+def on_invalid(request: Request, exc: ClientException) -> Response[LegacyError]:
     """A body that is not JSON (400) or does not match the schema (422), with msgspec's explanation."""
+    if request.headers.get("content-length") == "0":
+        return _refuse(request, 400, "the body is empty: send a JSON object", "malformed_json")
+    if not isinstance(exc, ValidationException):
+        return _refuse(request, 400, f"the body is not valid JSON: {exc.detail}", "malformed_json")
     details = exc.extra if isinstance(exc.extra, list) else []
     messages = [str(d.get("message", "")) for d in details if isinstance(d, dict)]
     text = "; ".join(m for m in messages if m) or str(exc.detail)
-    if any("malformed" in m.lower() or ("json" in m.lower() and "decode" in m.lower()) for m in messages):
-        return _refuse(request, 400, f"the body is not valid JSON: {text}", "malformed_json")
     return _refuse(
         request,
         422,
@@ -89,7 +91,7 @@ def on_invalid(request: Request, exc: ValidationException) -> Response[LegacyErr
     "/api/report",
     status_code=200,
     guards=[legacy_guard],
-    exception_handlers={LegacyRefused: on_refused, ValidationException: on_invalid},
+    exception_handlers={LegacyRefused: on_refused, ClientException: on_invalid},
     summary="Report a legacy client's state change",
     description=(
         'The seed\'s client API: one working/stopped change of one user. Answers {"success": true} once '

@@ -37,6 +37,7 @@ def zone(name: str | None) -> ZoneInfo:
         return _UTC_ZONE
 
 
+@lru_cache(maxsize=65536)
 def day_start(d: date, z: ZoneInfo) -> datetime:
     """The UTC instant local date ``d`` begins in zone ``z``."""
     # fold=0 on a skipped 00:00 uses the offset before the change, which lands just after the gap.

@@ -16,7 +16,7 @@ class ErrorKind(enum.Enum):
     PARTITION = "partition"  # a partition disappeared (retention ran elsewhere): re-create, retry
 
 
-class Reject(Exception):  # noqa: N818 - a value, not an error of the sink
+class Reject(Exception):
     """A record that cannot be written; ``error_class`` is one of ``proto.deadletter.ERROR_CLASSES``."""
 
     def __init__(self, message: str, error_class: str) -> None:

@@ -39,7 +39,9 @@ class SinkMetrics:
             registry=r,
         )
         self.dead_letters = Counter(
-            "desktrace_sink_dead_letters_total", "records published to the dead-letter topic", ["table"],
+            "desktrace_sink_dead_letters_total",
+            "records published to the dead-letter topic",
+            ["table"],
             registry=r,
         )
         self.retries = Counter(
@@ -49,7 +51,10 @@ class SinkMetrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "desktrace_sink_batch_size", "records per written batch", ["table"], buckets=_BATCH_BUCKETS,
+            "desktrace_sink_batch_size",
+            "records per written batch",
+            ["table"],
+            buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.write_seconds = Histogram(
@@ -72,7 +77,9 @@ class SinkMetrics:
             registry=r,
         )
         self.db_up = Gauge(
-            "desktrace_sink_postgres_up", "1 while the last database operation succeeded", ["table"],
+            "desktrace_sink_postgres_up",
+            "1 while the last database operation succeeded",
+            ["table"],
             registry=r,
         )
         # Pre-create the unlabelled-by-reason series so dashboards see zeros, not gaps.

@@ -34,6 +34,7 @@ from proto.deadletter import deadletter_headers
 from proto.topics import Topics
 from sinks.errors import ErrorKind, Reject, classify, reason_of
 from sinks.metrics import SinkMetrics
+from sinks.migrations import MigrationError, apply_migrations
 from sinks.settings import SinkSettings
 from sinks.writers import Writer
 
@@ -49,7 +50,7 @@ class Rejected:
     reason: str
 
 
-class _Stopped(Exception):  # noqa: N818
+class Stopped(Exception):
     """Raised inside the loop when a stop was requested while waiting to retry."""
 
 
@@ -109,7 +110,30 @@ class SinkRunner:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, retrying while the database is unreachable."""
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        while True:
+            try:
+                return await apply_migrations(self.settings.pg_dsn)
+            except Exception as exc:
+                if classify(exc) is not ErrorKind.RETRY or isinstance(exc, MigrationError):
+                    raise
+                self.metrics.retries.labels(self.writer.table, "postgres").inc()
+                delay = backoff.next()
+                log.warning(
+                    "database unreachable at start-up; retrying",
+                    extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}},
+                )
+                await asyncio.sleep(delay)
+                if self.stopping:
+                    raise Stopped from exc
+
     async def start(self) -> None:
+        """Apply migrations, then start the consumer and the dead-letter producer."""
+        applied = await self.migrate()
+        if applied:
+            log.info("migrations applied", extra={"kv": {"versions": applied}})
         opts = client_options(self.settings)
         self._consumer = AIOKafkaConsumer(
             *self.writer.topics(self.topics),
@@ -127,8 +151,13 @@ class SinkRunner:
         await self._retry_kafka(self._producer.start, "producer start")
         log.info(
             "sink started",
-            extra={"kv": {"table": self.writer.table, "group": self.group_id,
-                          "topics": self.writer.topics(self.topics)}},
+            extra={
+                "kv": {
+                    "table": self.writer.table,
+                    "group": self.group_id,
+                    "topics": self.writer.topics(self.topics),
+                }
+            },
         )
 
     async def close(self) -> None:
@@ -146,7 +175,7 @@ class SinkRunner:
             await self.start()
             while not self.stopping:
                 await self.step()
-        except _Stopped:
+        except Stopped:
             log.info("stopped while retrying; uncommitted records will be redelivered")
         finally:
             await self.close()
@@ -160,8 +189,10 @@ class SinkRunner:
             except (KafkaError, OSError) as exc:
                 self.metrics.retries.labels(self.writer.table, "kafka").inc()
                 delay = backoff.next()
-                log.warning(f"kafka {what} failed; retrying",
-                            extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}})
+                log.warning(
+                    f"kafka {what} failed; retrying",
+                    extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}},
+                )
                 await asyncio.sleep(delay)
 
     # ---- readiness -----------------------------------------------------------------------------------
@@ -216,7 +247,9 @@ class SinkRunner:
             if remaining <= 0:
                 break
             try:
-                got = await self._consumer.getmany(timeout_ms=int(remaining * 1000), max_records=size - len(out))
+                got = await self._consumer.getmany(
+                    timeout_ms=int(remaining * 1000), max_records=size - len(out)
+                )
             except KafkaError as exc:
                 self.metrics.retries.labels(self.writer.table, "kafka").inc()
                 log.warning("kafka fetch failed", extra={"kv": {"error": type(exc).__name__}})
@@ -275,9 +308,7 @@ class SinkRunner:
         self.metrics.last_write.labels(table).set(self.clock())
         self.metrics.db_up.labels(table).set(1)
 
-    async def _write_isolating(
-        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]
-    ) -> list[Rejected]:
+    async def _write_isolating(self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]) -> list[Rejected]:
         """Write ``items``; on a data error bisect until the poison records are found. Connection errors
         propagate (the caller retries everything: the writes are idempotent)."""
         try:
@@ -299,7 +330,9 @@ class SinkRunner:
         first = await self._write_isolating(items[:mid])
         return first + await self._write_isolating(items[mid:])
 
-    async def _write_with_retry(self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]) -> list[Rejected]:
+    async def _write_with_retry(
+        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]
+    ) -> list[Rejected]:
         partition_retries = 0
         while True:
             try:
@@ -321,12 +354,21 @@ class SinkRunner:
                 self.metrics.retries.labels(self.writer.table, "postgres").inc()
                 delay = self._backoff.next()
                 level = logging.WARNING if kind is not ErrorKind.RETRY or _expected(exc) else logging.ERROR
-                log.log(level, "database write failed; pausing consumption and retrying",
-                        extra={"kv": {"table": self.writer.table, "error": type(exc).__name__,
-                                      "retry_in_s": delay, "rows": len(items)}})
+                log.log(
+                    level,
+                    "database write failed; pausing consumption and retrying",
+                    extra={
+                        "kv": {
+                            "table": self.writer.table,
+                            "error": type(exc).__name__,
+                            "retry_in_s": delay,
+                            "rows": len(items),
+                        }
+                    },
+                )
                 await self._paused_wait(delay)
                 if self.stopping:
-                    raise _Stopped from exc
+                    raise Stopped from exc
 
     # ---- backpressure --------------------------------------------------------------------------------
     async def _paused_wait(self, delay: float) -> None:
@@ -374,15 +416,22 @@ class SinkRunner:
                 except KafkaError as exc:
                     self.metrics.retries.labels(table, "kafka").inc()
                     delay = backoff.next()
-                    log.warning("dead-letter publish failed; retrying",
-                                extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}})
+                    log.warning(
+                        "dead-letter publish failed; retrying",
+                        extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}},
+                    )
                     await asyncio.sleep(delay)
             self.metrics.rows_rejected.labels(table, rej.error_class).inc()
             self.metrics.dead_letters.labels(table).inc()
         log.warning(
             "records dead-lettered",
-            extra={"kv": {"table": table, "count": len(rejected),
-                          "classes": sorted({r.error_class for r in rejected})}},
+            extra={
+                "kv": {
+                    "table": table,
+                    "count": len(rejected),
+                    "classes": sorted({r.error_class for r in rejected}),
+                }
+            },
         )
 
     async def _commit(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
@@ -400,13 +449,20 @@ class SinkRunner:
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # Rebalanced away (or broker trouble): the new owner re-reads from the last commit; the
             # writes are idempotent, so nothing is lost or doubled.
-            log.warning("offset commit failed; records will be redelivered",
-                        extra={"kv": {"error": type(exc).__name__}})
+            log.warning(
+                "offset commit failed; records will be redelivered",
+                extra={"kv": {"error": type(exc).__name__}},
+            )
 
 
 def _expected(exc: BaseException) -> bool:
     """Connection-type failures are expected operations events (WARNING); anything else is an ERROR."""
     return classify(exc) is ErrorKind.RETRY and isinstance(
-        exc, OSError | TimeoutError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError
-        | asyncpg.exceptions.CannotConnectNowError | asyncpg.exceptions.OperatorInterventionError
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.OperatorInterventionError,
     )

@@ -92,9 +92,7 @@ class RawWriter:
             raise Reject("record has no value (tombstone)", "invalid")
         row = raw_row(decode_event(value))
         if self._oldest_day is not None and row[2].date() < self._oldest_day:
-            raise Reject(
-                f"event older than the raw retention of {self.retention_days} days", "late"
-            )
+            raise Reject(f"event older than the raw retention of {self.retention_days} days", "late")
         return row
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
@@ -147,7 +145,8 @@ class SessionWriter:
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_SES_STAGE} AS SELECT {_SES_COLS_SQL} FROM sessions WITH NO DATA"
+            f"CREATE TEMP TABLE IF NOT EXISTS {_SES_STAGE} "
+            f"AS SELECT {_SES_COLS_SQL} FROM sessions WITH NO DATA"
         )
         await conn.execute(f"TRUNCATE {_SES_STAGE}")
 

@@ -173,10 +173,9 @@ class StreamApp:
         """Partitions assigned and their state recovered (the worker processes events)."""
         app = self.app
         try:
-            recovery = app.tables.recovery
-            return bool(
-                app.started and not app.rebalancing and recovery.completed.is_set() and not recovery.in_recovery
-            )
+            recovery = app.tables.recovery  # type: ignore[attr-defined]
+            recovered = recovery.completed.is_set() and not recovery.in_recovery
+            return bool(app.started and not app.rebalancing and recovered)
         except Exception:
             return False
 
@@ -196,7 +195,10 @@ class StreamApp:
 
     async def _agent(self, stream: StreamT) -> None:
         s = self.settings
-        async for events in stream.take_events(s.batch_size, within=s.batch_within):
+        # take_events (not take): the records' topic, partition, offset and key are needed.
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            s.batch_size, within=s.batch_within
+        ):
             await self.handle_events(events)
 
     async def handle_events(self, events: Sequence[EventT]) -> None:
@@ -219,7 +221,8 @@ class StreamApp:
             return
         started = time.perf_counter()
         try:
-            partitions = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in self.topics.raw}
+            raw = self.topics.raw
+            partitions = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in raw}
             async with self.lock:
                 result = self.processor.scan(list(self.table.data.items()), partitions, time.time())
                 pending = await self._write(result)

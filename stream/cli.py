@@ -44,7 +44,8 @@ def run(settings: StreamSettings) -> int:
                                                       "bootstrap": settings.kafka_bootstrap}})
         return 1
     log.info("starting", extra={"kv": {
-        "app_id": settings.stream_app_id, "partitions": cluster.partitions, "replication": cluster.replication,
+        "app_id": settings.stream_app_id, "partitions": cluster.partitions,
+        "replication": cluster.replication,
         "gap": settings.gap, "presence_timeout": settings.presence_timeout,
         "close_timeout": settings.close_timeout, "retention": settings.retention}})
     stream_app = StreamApp(settings, cluster, REGISTRY)

@@ -41,10 +41,12 @@ class StreamMetrics:
             ["kind"], registry=registry,
         )
         self.retractions = Counter(
-            f"{p}_retractions_total", "Retractions published (sessions that no longer exist)", registry=registry,
+            f"{p}_retractions_total", "Retractions published (sessions that no longer exist)",
+            registry=registry,
         )
         self.silence_closes = Counter(
-            f"{p}_silence_closes_total", "Users whose open sessions were closed after close_timeout of silence",
+            f"{p}_silence_closes_total",
+            "Users whose open sessions were published after close_timeout of silence",
             registry=registry,
         )
         self.open_sessions = Gauge(
@@ -66,7 +68,8 @@ class StreamMetrics:
             buckets=_SECONDS_BUCKETS, registry=registry,
         )
         self.scan_seconds = Histogram(
-            f"{p}_scan_seconds", "Time of one scan for silent users", buckets=_SECONDS_BUCKETS, registry=registry,
+            f"{p}_scan_seconds", "Time of one scan for silent users", buckets=_SECONDS_BUCKETS,
+            registry=registry,
         )
         self.user_errors = Counter(
             f"{p}_sessionizer_errors_total",
@@ -83,7 +86,8 @@ class StreamMetrics:
             "Agents heard from in the last 24 hours but silent for more than 1 hour", registry=registry,
         )
         self.spool_dropped = Counter(
-            f"{p}_fleet_spool_dropped_total", "Events agents dropped from their full spools (heartbeat deltas)",
+            f"{p}_fleet_spool_dropped_total",
+            "Events agents dropped from their full spools (heartbeat deltas)",
             registry=registry,
         )
         self.agent_versions = Gauge(

@@ -32,9 +32,11 @@ class StreamSettings(CommonSettings, kw_only=True):
     agent_versions_max: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("gap", "presence_timeout", "close_timeout", "retention", "batch_within", "session_timeout"):
+        for name in ("gap", "presence_timeout", "close_timeout", "retention", "batch_within"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.session_timeout <= 0:
+            raise ValueError("session_timeout must be positive")
         if not 1 <= self.batch_size <= 100_000:
             raise ValueError("batch_size must be between 1 and 100000")
         if self.scan_interval < 0 or self.replication_factor < 0 or self.agent_versions_max < 1:
@@ -64,7 +66,7 @@ STREAM_HELP: dict[str, str] = {
     "batch_size": "maximum events handled as one batch (one state update per user per batch)",
     "batch_within": "seconds to wait for a batch to fill before handling what has arrived",
     "scan_interval": "seconds between scans for silent users (0: a third of close_timeout, 0.5..30 s)",
-    "session_timeout": "Kafka consumer group session timeout in seconds (how soon a dead worker's partitions move)",
+    "session_timeout": "consumer group session timeout in seconds (how soon a dead worker's partitions move)",
     "replication_factor": "replication factor of the internal changelog topics (0: min(3, brokers))",
     "agent_versions_max": "distinct agent_version label values on the fleet gauge before 'other'",
 }
@@ -82,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="desktrace-stream",
         description=(
-            "Sessions stream worker: consumes the raw event topics, keeps each user's sessionizer state in a "
-            "changelog-backed Faust table and publishes activity/inactivity sessions (and retractions) to the "
-            "sessions topic. Every flag is also a DESKTRACE_* variable and a TOML key (see --config)."
+            "Sessions stream worker: consumes the raw event topics, keeps each user's sessionizer state "
+            "in a changelog-backed Faust table and publishes activity/inactivity sessions (and "
+            "retractions) to the sessions topic. Every flag is also a DESKTRACE_* variable and a TOML "
+            "key (see --config)."
         ),
     )
     add_arguments(parser, StreamSettings, STREAM_HELP)

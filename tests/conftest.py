@@ -29,7 +29,7 @@ _IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def _unavailable(what: str, why: str) -> None:
     hint = (
-        f"no {what} for the tests: {why}. Run `eval \"$(.venv/bin/desktrace-local up)\"` (needs java 17+ and "
+        f'no {what} for the tests: {why}. Run `eval "$(.venv/bin/desktrace-local up)"` (needs java 17+ and '
         "mvn for Kafka) or set DESKTRACE_KAFKA_BOOTSTRAP / DESKTRACE_PG_DSN, or start a Docker engine"
     )
     if _IN_CI:

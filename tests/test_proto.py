@@ -53,7 +53,9 @@ def test_times_normalise_to_utc_milliseconds() -> None:
 
 def test_naive_times_are_rejected() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        Logon(agent_id="a", seq=1, ts=datetime(2024, 3, 4, 9, 0), input="none", user="u", domain="d", host="h")
+        Logon(
+            agent_id="a", seq=1, ts=datetime(2024, 3, 4, 9, 0), input="none", user="u", domain="d", host="h"
+        )
     fields = sample_fields("Logon", 1)
     fields["ts"] = "2024-03-04T09:00:00"
     with pytest.raises(EventDecodeError) as err:
@@ -78,8 +80,10 @@ def test_undecodable_payload_is_a_clear_error() -> None:
 def test_unknown_event_type_is_a_clear_error() -> None:
     fields = sample_fields("Logon", 1)
     fields["type"] = "TeleportEvent"
-    for decode, data in ((proto.decode_event, msgspec.msgpack.encode(fields)),
-                         (proto.event_from_json, msgspec.json.encode(fields))):
+    for decode, data in (
+        (proto.decode_event, msgspec.msgpack.encode(fields)),
+        (proto.event_from_json, msgspec.json.encode(fields)),
+    ):
         with pytest.raises(EventDecodeError) as err:
             decode(data)
         assert err.value.error_class == "unknown_type"
@@ -105,8 +109,15 @@ def test_decode_events_keeps_good_records_around_bad_ones() -> None:
 
 def test_session_record_and_retraction_round_trip() -> None:
     start = datetime(2024, 3, 4, 8, 0, 0, 123456, tzinfo=UTC)
-    session = proto.make_session("corp\\alice", "inactive", start, start + timedelta(minutes=12),
-                                 hosts=["ws-2", "ws-1", "ws-2"], reason="locked", tz="Europe/Berlin")
+    session = proto.make_session(
+        "corp\\alice",
+        "inactive",
+        start,
+        start + timedelta(minutes=12),
+        hosts=["ws-2", "ws-1", "ws-2"],
+        reason="locked",
+        tz="Europe/Berlin",
+    )
     assert session.hosts == ["ws-1", "ws-2"] and session.duration_s == 720.0
     assert session.start.microsecond == 123000
     back = proto.decode_session_message(proto.encode_session(session))

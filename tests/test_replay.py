@@ -22,18 +22,33 @@ pytestmark = pytest.mark.kafka
 SECRET = "Quarterly-Salaries-Secret.xlsx"
 
 
-def run_replay(args: list[str], bootstrap: str, prefix: str, stdin: bytes | None = None,
-               ) -> subprocess.CompletedProcess[str]:
+def run_replay(
+    args: list[str],
+    bootstrap: str,
+    prefix: str,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DESKTRACE_KAFKA_BOOTSTRAP": bootstrap, "DESKTRACE_TOPIC_PREFIX": prefix}
-    return subprocess.run([sys.executable, "-m", "devstack.replay", *args], env=env, capture_output=True,
-                          input=stdin.decode() if stdin is not None else None, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "devstack.replay", *args],
+        env=env,
+        capture_output=True,
+        input=stdin.decode() if stdin is not None else None,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def consume_all(bootstrap: str, topics: Topics, count: int) -> dict[str, list[tuple[bytes, bytes]]]:
     async def go() -> dict[str, list[tuple[bytes, bytes]]]:
-        consumer = AIOKafkaConsumer(*topics.raw, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(
+            *topics.raw,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
         await consumer.start()
         out: dict[str, list[tuple[bytes, bytes]]] = {}
         n = 0
@@ -65,15 +80,15 @@ def test_replay_publishes_valid_lines_and_reports_invalid_ones(
     future = sample_fields("Logon", 7)
     future["type"] = "TeleportEvent"
     lines = [
-        json.dumps(sample_fields("WindowSwitch", 1)),          # 1 ui
+        json.dumps(sample_fields("WindowSwitch", 1)),  # 1 ui
         json.dumps(sample_fields("HardwareKeyboardEvent", 2)),  # 2 hid
-        "",                                                     # 3 blank: ignored, not an error
-        json.dumps(heartbeat),                                  # 4 presence, other user
+        "",  # 3 blank: ignored, not an error
+        json.dumps(heartbeat),  # 4 presence, other user
         '{"type": "WindowSwitch", "title": "' + SECRET + '", ',  # 5 truncated JSON
-        json.dumps(missing_user),                               # 6 missing field
-        json.dumps(naive),                                      # 7 naive time
-        json.dumps(future),                                     # 8 unknown type
-        json.dumps(sample_fields("Lock", 9)),                   # 9 presence
+        json.dumps(missing_user),  # 6 missing field
+        json.dumps(naive),  # 7 naive time
+        json.dumps(future),  # 8 unknown type
+        json.dumps(sample_fields("Lock", 9)),  # 9 presence
     ]
     src = tmp_path / "events.jsonl"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -285,3 +285,43 @@ def test_property_rows_add_up(sessions: list[SessionSpan], d: date) -> None:
         # nothing is lost or counted twice: each day is the exact sum rounded (within 0.5 s)
         exact_ms = sum(piece.ms for s in sessions for piece in split_session(s, first, last))
         assert abs(sum(r.presence_s for r in days) * 1000 - exact_ms) <= 500 * max(1, len(days))
+
+
+@st.composite
+def ui_events(draw: st.DrawFn) -> list[UiFocusEvent]:
+    out = []
+    for _ in range(draw(st.integers(0, 30))):
+        ts = BASE + timedelta(milliseconds=draw(st.integers(0, 10 * 86_400_000)))
+        app = draw(st.sampled_from(["code", "firefox", "mail"]))
+        out.append(
+            UiFocusEvent(
+                user_key=draw(st.sampled_from([ALICE, BOB])),
+                ts=ts,
+                app=app,
+                domain="example.org" if app == "firefox" else "",
+                url="https://example.org/secret" if app == "firefox" else None,
+            )
+        )
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(session_lists(), ui_events(), st.dates(date(2026, 2, 28), date(2026, 3, 12)), st.integers(0, 6))
+def test_property_focus_within_active_time(
+    sessions: list[SessionSpan], events: list[UiFocusEvent], first: date, extra_days: int
+) -> None:
+    last = first + timedelta(days=extra_days)
+    rows = focus_usage(events, sessions, first, last)
+    assert all(r.url is None and r.focus_s > 0 for r in rows)
+    for user in (ALICE, BOB):
+        active_ms = sum(
+            p.ms
+            for s in sessions
+            if s.user_key == user and s.kind == "active"
+            for p in split_session(s, first, last)
+        )
+        # focus intervals are disjoint and each lies inside an active session: never more than active time
+        assert sum(r.focus_s for r in rows if r.user_key == user) * 1000 <= active_ms + 1e-3
+    everyone = focus_usage(events, sessions, first, last, show_urls=True, per_user=False)
+    assert abs(sum(r.focus_s for r in everyone) - sum(r.focus_s for r in rows)) < 1e-3
+    assert all(r.user_key is None for r in everyone)

@@ -17,15 +17,21 @@ from proto import EventDecodeError, Topics
 pytestmark = pytest.mark.kafka
 
 
-async def consume(bootstrap: str, topic_names: tuple[str, ...], count: int,
-                  timeout: float = 20.0) -> list[ConsumerRecord[bytes, bytes]]:
-    consumer = AIOKafkaConsumer(*topic_names, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+async def consume(
+    bootstrap: str, topic_names: tuple[str, ...], count: int, wait_s: float = 20.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    consumer = AIOKafkaConsumer(
+        *topic_names,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_s
         while len(records) < count and loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for recs in batch.values():
@@ -42,8 +48,9 @@ async def test_every_event_type_round_trips_through_kafka(kafka_bootstrap: str, 
     await producer.start()
     try:
         for event in events:
-            await producer.send(topics.for_event(event), proto.encode_event(event),
-                                key=proto.event_user_key(event).encode())
+            await producer.send(
+                topics.for_event(event), proto.encode_event(event), key=proto.event_user_key(event).encode()
+            )
         await producer.flush()
     finally:
         await producer.stop()
@@ -58,8 +65,10 @@ async def test_every_event_type_round_trips_through_kafka(kafka_bootstrap: str, 
         received[event.seq] = event
     assert [received[e.seq] for e in events] == events
     # the times arrive normalised to UTC milliseconds
-    assert all(e.ts.utcoffset().total_seconds() == 0 and e.ts.microsecond % 1000 == 0  # type: ignore[union-attr]
-               for e in received.values())
+    assert all(
+        e.ts.utcoffset().total_seconds() == 0 and e.ts.microsecond % 1000 == 0  # type: ignore[union-attr]
+        for e in received.values()
+    )
 
 
 async def test_bad_records_are_rejected_and_good_ones_around_them_decode(

@@ -26,7 +26,9 @@ from stream.state import UserRecord, decode_record, encode_record
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
-def ev(cls: type[E.Envelope], seq: int, at: timedelta, user: str = "ann", agent: str = "a1", **kw: object) -> E.Envelope:
+def ev(
+    cls: type[E.Envelope], seq: int, at: timedelta, user: str = "ann", agent: str = "a1", **kw: object
+) -> E.Envelope:
     input_ = kw.pop("input", "hardware" if cls.__name__.startswith("Hardware") else "none")
     return cls(
         agent_id=agent, seq=seq, ts=T0 + at, input=input_, user=user, domain="corp", host="pc1", **kw,
@@ -73,9 +75,9 @@ def test_help_works_without_a_broker() -> None:
 
 
 def test_bad_setting_is_a_clear_error_exit_2() -> None:
-    from stream.cli import main
-
     import os
+
+    from stream.cli import main
 
     old = os.environ.get("DESKTRACE_GAP")
     os.environ["DESKTRACE_GAP"] = "soon"
@@ -113,7 +115,7 @@ def test_fleet_summary_counts_recent_silent_and_caps_versions() -> None:
     fleet.observe(agents, [hb(1, 24 * 60 - 1, 0, agent="recent", version="2.0")], now)
     fleet.observe(agents, [hb(1, 24 * 60 - 30, 0, agent="quiet30m", version="2.0")], now)
     fleet.observe(agents, [hb(1, 24 * 60 - 120, 0, agent="silent2h", version="1.9")], now)
-    fleet.observe(agents, [hb(1, 0, 0, agent="gone", version="0.1")], now - 2)  # 24 h + 2 ms ago
+    fleet.observe(agents, [hb(1, -1, 0, agent="gone", version="0.1")], now)  # 24 h + 1 min ago
     fleet.observe(agents, [hb(1, 24 * 60 + 60, 0, agent="skewed", version="x" * 100)], now)  # future clock
     summary = fleet.FleetSummary(now)
     summary.add(agents)
@@ -139,7 +141,8 @@ def test_broker_credentials_mapping(tmp_path: Path) -> None:
     plain, _ = load_settings([], env={})
     assert broker_credentials(plain) is None
     sasl, _ = load_settings([], env={
-        "DESKTRACE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "DESKTRACE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "DESKTRACE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "DESKTRACE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "DESKTRACE_KAFKA_USERNAME": "u", "DESKTRACE_KAFKA_PASSWORD": "p"})
     creds = broker_credentials(sasl)
     assert isinstance(creds, faust.SASLCredentials)
@@ -155,6 +158,7 @@ def test_broker_credentials_mapping(tmp_path: Path) -> None:
 @pytest.fixture
 def proc_env() -> tuple[object, CollectorRegistry, Topics]:
     from stream.core import Sessionizer, SessionizerConfig
+
     from stream.processor import Processor
 
     registry = CollectorRegistry()
@@ -192,7 +196,8 @@ def test_batch_dead_letters_bad_records_and_keeps_the_good_ones(proc_env: tuple)
     assert headers["desktrace-service"] == "stream"
     assert [w.key for w in result.writes] == [b"corp\\ann"]  # one state write for the user
     assert metric(registry, "desktrace_stream_deadlettered_total", error_class="undecodable") == 1
-    assert metric(registry, "desktrace_stream_events_total", topic=topics.hid, type="HardwareKeyboardEvent") == 3
+    hid = metric(registry, "desktrace_stream_events_total", topic=topics.hid, type="HardwareKeyboardEvent")
+    assert hid == 3
 
 
 def test_silence_close_publishes_once_and_only_for_owned_partitions(proc_env: tuple) -> None:
@@ -231,8 +236,8 @@ def test_late_correction_counts_retractions_and_corrections(proc_env: tuple) -> 
         return [decode_session_message(m.value) for m in result.messages + closed.messages]
 
     # sessions.md example 3: inputs at 0, 6 min (two sessions), then the 2 min input arrives late
-    first = feed([ev(E.HardwareKeyboardEvent, 0, timedelta(0)), ev(E.HardwareKeyboardEvent, 2, timedelta(minutes=6))],
-                 now=1000.0)
+    key = E.HardwareKeyboardEvent
+    first = feed([ev(key, 0, timedelta(0)), ev(key, 2, timedelta(minutes=6))], now=1000.0)
     actives = {s.session_id for s in first if isinstance(s, Session) and s.kind == "active"}
     assert len(actives) == 2
     second = feed([ev(E.HardwareKeyboardEvent, 1, timedelta(minutes=2))], now=5000.0)

@@ -128,4 +128,11 @@ async def apply_migrations(dsn: str) -> list[str]:
         await conn.close()
 
 
-__all__ = ["MIGRATION_LOCK_KEY", "Migration", "MigrationError", "apply_migrations", "apply_pending", "discover"]
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "Migration",
+    "MigrationError",
+    "apply_migrations",
+    "apply_pending",
+    "discover",
+]

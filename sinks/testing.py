@@ -1,0 +1,167 @@
+"""Helpers for the sink tests and benchmark: a realistic event mix, publishing, bounded waiting.
+
+Not used by the services; kept in the package so tests and ``bench/`` share one definition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from proto.codec import encode_event, encode_session
+from proto.events import (
+    DocumentSave,
+    Envelope,
+    HardwareKeyboardEvent,
+    HardwareMouseClick,
+    Heartbeat,
+    Lock,
+    UiNode,
+    Unlock,
+    WindowSwitch,
+    WindowUpdate,
+)
+from proto.keys import event_user_key
+from proto.sessions import SessionMessage
+from proto.topics import Topics
+
+_APPS = [
+    ("chrome.exe", "https://intranet.example.com/wiki/page", "Wiki - Chrome"),
+    ("EXCEL.EXE", "", "budget.xlsx - Excel"),
+    ("WINWORD.EXE", "", "report.docx - Word"),
+    ("outlook.exe", "", "Inbox - Outlook"),
+    ("firefox.exe", "https://mail.example.org/inbox?x=1", "Mail - Firefox"),
+]
+
+
+def event_mix(
+    n: int,
+    agents: int = 4,
+    start: datetime | None = None,
+    seed: int = 7,
+    step_ms: int = 700,
+) -> list[Envelope]:
+    """``n`` events from ``agents`` agents (one user each), in the proportions a desktop produces: mostly
+    throttled HID events, window switches/updates, a heartbeat a minute, a few locks and saves."""
+    rnd = random.Random(seed)
+    start = start or datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
+    seqs = [0] * agents
+    out: list[Envelope] = []
+    for i in range(n):
+        a = i % agents
+        seqs[a] += 1
+        ts = start + timedelta(milliseconds=step_ms * (i // agents) + a)
+        app, url, title = _APPS[rnd.randrange(len(_APPS))]
+        env = {
+            "agent_id": f"00000000-0000-4000-8000-{a:012d}",
+            "seq": seqs[a],
+            "ts": ts,
+            "user": f"user{a}",
+            "domain": "CORP",
+            "host": f"PC-{a:03d}",
+            "host_domain": "corp.example.com",
+            "tz": "Europe/Berlin",
+            "utc_offset_min": 60,
+            "agent_version": "1.0.0",
+        }
+        ctx = {
+            "app": app,
+            "title": title,
+            "url": url,
+            "pid": 1000 + a,
+            "exe_path": f"C:\\Program Files\\{app}",
+            "hierarchy": [UiNode(name=title, control_type="Window"), UiNode(name="Body", control_type="Pane")],
+        }
+        r = rnd.random()
+        ev: Envelope
+        if r < 0.45:
+            ev = HardwareKeyboardEvent(input="hardware", **env, **ctx)
+        elif r < 0.70:
+            ev = HardwareMouseClick(input="hardware", **env, **ctx)
+        elif r < 0.82:
+            ev = WindowSwitch(input="hardware", **env, **ctx)
+        elif r < 0.90:
+            ev = WindowUpdate(input="none", **env, **ctx)
+        elif r < 0.97:
+            ev = Heartbeat(input="none", last_input_ts=ts - timedelta(seconds=3), idle_ms=3000, **env)
+        elif r < 0.98:
+            ev = DocumentSave(input="hardware", file_path="C:\\docs\\report.docx", **env, **ctx)
+        elif r < 0.99:
+            ev = Lock(input="none", **env)
+        else:
+            ev = Unlock(input="hardware", **env)
+        out.append(ev)
+    return out
+
+
+async def publish(
+    bootstrap: str,
+    records: Iterable[tuple[str, bytes | None, bytes | None]],
+    **options: object,
+) -> int:
+    """Publish ``(topic, key, value)`` records in order (acks=all); returns how many."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, **options)  # type: ignore[arg-type]
+    await producer.start()
+    n = 0
+    try:
+        futures = []
+        for topic, key, value in records:
+            futures.append(await producer.send(topic, value=value, key=key))
+            n += 1
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return n
+
+
+def event_records(topics: Topics, events: Sequence[Envelope]) -> list[tuple[str, bytes | None, bytes | None]]:
+    """Each event as ``(its raw topic, user key, msgpack bytes)``."""
+    return [(topics.for_event(e), event_user_key(e).encode(), encode_event(e)) for e in events]
+
+
+def session_records(
+    topics: Topics, messages: Sequence[SessionMessage]
+) -> list[tuple[str, bytes | None, bytes | None]]:
+    """Each session message as ``(session topic, user key, JSON bytes)``."""
+    return [
+        (topics.sessions, (m.user_key or "").encode(), encode_session(m)) for m in messages
+    ]
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.25
+) -> bool:
+    """Poll ``probe`` until it returns True or ``timeout`` seconds pass; returns its last answer."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        try:
+            if await probe():
+                return True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass
+        if loop.time() >= end:
+            return False
+        await asyncio.sleep(interval)
+
+
+async def fetchval(dsn: str, sql: str, *args: object) -> object:
+    """One value from a short-lived connection."""
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,33 @@
+"""The sessionizer's tunables (``shared/spec/sessions.md``: G, P and the retention horizon)."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class SessionizerConfig(msgspec.Struct, frozen=True):
+    """G, P and the retention horizon, in seconds.
+
+    ``retention_s`` is measured back from the user's latest event time (never the wall clock): events older
+    than that are late (returned, not applied) and state older than that is pruned.
+    """
+
+    gap_s: float = 300.0
+    presence_timeout_s: float = 180.0
+    retention_s: float = 3 * 86400.0
+
+    def __post_init__(self) -> None:
+        if self.gap_s <= 0 or self.presence_timeout_s <= 0 or self.retention_s <= 0:
+            raise ValueError("gap_s, presence_timeout_s and retention_s must be positive")
+
+    @property
+    def gap_ms(self) -> int:
+        return round(self.gap_s * 1000)
+
+    @property
+    def presence_ms(self) -> int:
+        return round(self.presence_timeout_s * 1000)
+
+    @property
+    def retention_ms(self) -> int:
+        return round(self.retention_s * 1000)

@@ -1,0 +1,160 @@
+"""A legacy client's day, posted over HTTP to a real running ``desktrace-gateway``, becomes the right
+StateChange events on the presence topic of a real Kafka: no duplicates, nothing invalid."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from gateway.legacy import legacy_agent_id
+from gateway.testing import running_gateway
+from proto.codec import decode_event
+from proto.events import StateChange
+from proto.topics import Topics
+
+pytestmark = [pytest.mark.kafka]
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def gateway_url(kafka_bootstrap: str, topics: Topics) -> Iterator[str]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = {
+        "DESKTRACE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "DESKTRACE_TOPIC_PREFIX": topics.prefix,
+        "DESKTRACE_LEGACY_DOMAIN": "CORP",
+        "DESKTRACE_LEGACY_TZ": "Europe/Berlin",
+        "DESKTRACE_PG_DSN": "",
+    }
+    with running_gateway(env, log_path=ARTIFACTS / "gateway-legacy.log") as url:
+        yield url
+
+
+async def read_topic(bootstrap: str, topic: str, expect: int, quiet_s: float = 1.5) -> list[StateChange]:
+    """Every record of ``topic``: read until ``expect`` arrived and then ``quiet_s`` passed without more."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    out: list[StateChange] = []
+    try:
+        deadline = time.monotonic() + 30
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            records = [r for rs in batch.values() for r in rs]
+            for r in records:
+                ev = decode_event(r.value)
+                assert isinstance(ev, StateChange)
+                assert r.key == f"{ev.domain}\\{ev.user}".lower().encode()
+                out.append(ev)
+            if records:
+                quiet_since = time.monotonic()
+            elif len(out) >= expect and time.monotonic() - quiet_since > quiet_s:
+                break
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_legacy_day_becomes_state_changes(gateway_url: str, kafka_bootstrap: str, topics: Topics) -> None:
+    day = [
+        # (body, times it is sent: a client retrying after a lost answer)
+        ({"user": "jdoe", "state": "working", "ts": "2025-03-10T07:58:12Z"}, 3),
+        ({"user": "jdoe", "state": "stopped", "ts": "2025-03-10T12:01:00"}, 2),  # no offset: Europe/Berlin
+        ({"user": "jdoe", "state": "working", "ts": "2025-03-10T12:47:30.250+01:00"}, 1),
+        ({"user": "OTHER\\Bob", "state": "working", "ts": "2025-03-10T09:00:00Z"}, 2),
+        ({"user": "jdoe", "state": "stopped", "ts": "2025-03-10 17:30:00+01:00"}, 1),
+        ({"user": "OTHER\\Bob", "state": "stopped", "ts": "2025-03-10T16:00:00Z"}, 1),
+    ]
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=20) as c:
+        for body, times in day:
+            for _ in range(times):
+                r = await c.post("/api/report", json=body)
+                assert r.status_code == 200, r.text
+                assert r.json() == {"success": True}
+        # a report without ts gets the server time; its retry within the window is the same report
+        before = datetime.now(UTC)
+        for _ in range(2):
+            r = await c.post("/api/report", json={"user": "carol", "state": "working"})
+            assert r.status_code == 200 and r.json() == {"success": True}
+        after = datetime.now(UTC)
+        # invalid reports are refused with a reason and never reach Kafka
+        bad = [
+            (b'{"user": "jdoe", "state": "sleeping"}', 422),
+            (b'{"state": "working"}', 422),
+            (b'{"user": "jdoe", "state": "working", "ts": "yesterday"}', 422),
+            (b'{"user": "jdoe", "state": "working", "ts": "2999-01-01T00:00:00Z"}', 422),
+            (b'{"user": "a\\\\b\\\\c", "state": "working"}', 422),
+            (b'{"user": "jdoe", "state": "work', 400),
+            (b"[]", 422),
+        ]
+        for raw, status in bad:
+            r = await c.post("/api/report", content=raw, headers={"Content-Type": "application/json"})
+            assert r.status_code == status, (raw, r.text)
+            assert r.json()["success"] is False and r.json()["error"]
+        metrics = (await c.get("/metrics")).text
+
+    events = await read_topic(kafka_bootstrap, topics.presence, expect=7)
+    ids = [(e.agent_id, e.seq) for e in events]
+    assert len(ids) == len(set(ids)) == 7, ids
+
+    got = sorted(((e.domain, e.user, e.state, e.ts) for e in events if e.user != "carol"), key=str)
+    want = sorted(
+        [
+            ("CORP", "jdoe", "working", datetime(2025, 3, 10, 7, 58, 12, tzinfo=UTC)),
+            ("CORP", "jdoe", "stopped", datetime(2025, 3, 10, 11, 1, tzinfo=UTC)),
+            ("CORP", "jdoe", "working", datetime(2025, 3, 10, 11, 47, 30, 250000, tzinfo=UTC)),
+            ("CORP", "jdoe", "stopped", datetime(2025, 3, 10, 16, 30, tzinfo=UTC)),
+            ("OTHER", "Bob", "working", datetime(2025, 3, 10, 9, 0, tzinfo=UTC)),
+            ("OTHER", "Bob", "stopped", datetime(2025, 3, 10, 16, 0, tzinfo=UTC)),
+        ],
+        key=str,
+    )
+    assert got == want
+    for e in events:
+        key = f"{e.domain}\\{e.user}".lower()
+        assert e.agent_id == legacy_agent_id(key) == str(uuid.UUID(e.agent_id))
+        assert e.seq == int(e.ts.timestamp() * 1000)
+        assert e.input == "none" and e.tz == "Europe/Berlin" and e.host == "127.0.0.1"
+        assert e.utc_offset_min == 60  # CET on 10 March
+    (carol,) = [e for e in events if e.user == "carol"]
+    assert carol.domain == "CORP" and before - timedelta(seconds=1) <= carol.ts <= after
+
+    assert 'desktrace_gateway_rejected_total{reason="invalid_body"} 3.0' in metrics
+    assert 'desktrace_gateway_rejected_total{reason="malformed_json"} 1.0' in metrics
+    assert 'desktrace_gateway_rejected_total{reason="invalid_ts"} 1.0' in metrics
+    assert 'desktrace_gateway_rejected_total{reason="ts_out_of_range"} 1.0' in metrics
+    assert 'desktrace_gateway_rejected_total{reason="invalid_user"} 1.0' in metrics
+    assert "desktrace_gateway_legacy_accepted_total 7.0" in metrics
+    assert "desktrace_gateway_legacy_retries_total 5.0" in metrics
+    assert "desktrace_gateway_kafka_send_seconds_count 7.0" in metrics
+
+
+async def test_kafka_down_answers_503_then_recovers(tmp_path: Path) -> None:
+    """With no broker, a report is answered 503 with a clear message (never a crash or a false success)."""
+    from gateway.testing import free_port
+
+    env = {
+        "DESKTRACE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "DESKTRACE_LEGACY_SEND_TIMEOUT_S": "2",
+        "DESKTRACE_PG_DSN": "",
+    }
+    with running_gateway(env, log_path=tmp_path / "gw.log") as url:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as c:
+            r = await c.post("/api/report", json={"user": "jdoe", "state": "working"})
+            assert r.status_code == 503, r.text
+            assert r.json()["success"] is False and "Kafka" in r.json()["error"]
+            assert (await c.get("/healthz")).status_code == 200
+            ready = await c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["kafka"] is False
+            await asyncio.sleep(0)
