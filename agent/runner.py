@@ -21,7 +21,7 @@ from agent.identity import Identity, detect_identity, load_or_create_agent_id, w
 from agent.observations import Observation, Source
 from agent.recorder import Recorder, SnapshotFilter, SpoolState
 from agent.settings import AgentSettings
-from agent.shipper import ProducerFactory, Shipper, producer_factory
+from agent.shipper import Backoff, ProducerFactory, Shipper, producer_factory
 from agent.spool import Spool, SpoolRecord
 from common.kafka import client_options
 from proto.codec import encode_event
@@ -147,6 +147,7 @@ class AgentRuntime:
             self.spool,
             make_producer or producer_factory(client_options(settings), settings.compression_type),
             batch_size=settings.batch_size,
+            backoff=Backoff(cap=settings.retry_max_s),
         )
         self.writer = SpoolWriter(self.spool, Topics(settings.topic_prefix), on_spooled=self.shipper.wake)
         self.recorder = make_recorder(settings, self.identity, self.spool.next_seq, load_privacy(settings))

@@ -32,13 +32,16 @@ class AgentSettings(CommonSettings, kw_only=True):
     privacy_keep_query: bool = False
     compression_type: str = "gzip"
     batch_size: int = 500
+    retry_max_s: float = 30.0
     source: str = "auto"
+    sim_speed: float = 10.0
+    sim_seed: int = 1
 
     def __post_init__(self) -> None:
         if self.spool_max_bytes < 64 * 1024:
             raise ValueError("spool_max_bytes must be at least 65536")
-        if self.heartbeat_s <= 0 or self.hid_interval_s <= 0:
-            raise ValueError("heartbeat_s and hid_interval_s must be positive")
+        if self.heartbeat_s <= 0 or self.hid_interval_s <= 0 or self.retry_max_s <= 0:
+            raise ValueError("heartbeat_s, hid_interval_s and retry_max_s must be positive")
         if self.compression_type not in ("gzip", "none", "lz4", "zstd", "snappy"):
             raise ValueError("compression_type must be gzip, none, lz4, zstd or snappy")
         if not 1 <= self.batch_size <= 10_000:
@@ -90,7 +93,10 @@ AGENT_HELP: dict[str, str] = {
     "privacy_keep_query": "keep URL query strings (dropped by default)",
     "compression_type": "Kafka producer compression: gzip (default; no extra dependency), none, lz4, zstd",
     "batch_size": "most spooled events sent in one batch",
-    "source": "observation source: auto (by platform), or a name agent.sources knows",
+    "retry_max_s": "longest wait between attempts to reach Kafka (exponential backoff with jitter)",
+    "source": "observation source: auto (by platform), windows, x11, or simulated (a synthetic user)",
+    "sim_speed": "with --source simulated: how much faster than real time the synthetic user acts",
+    "sim_seed": "with --source simulated: the synthetic user's random seed",
 }
 
 

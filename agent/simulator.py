@@ -458,3 +458,51 @@ async def run_kafka(fleet: Fleet, settings: AgentSettings, speed: float, state_d
         spool.close()
     return {"produced": produced, "sent": shipper.stats.sent_events, "left_in_spool": left,
             "observations": fleet.observations}
+
+
+class SimulatedSource:
+    """A :class:`agent.observations.Source` that plays one synthetic user live: the observations of
+    :meth:`SimUser.work` (typing, clicks, scrolls, switches between browser, Excel, Word and mail), with
+    the pauses between them divided by ``speed`` and stamped with the real time they are emitted at.
+    ``desktrace-agent run --source simulated`` uses it to run the real agent pipeline without a desktop."""
+
+    def __init__(self, seed: int = 1, speed: float = 10.0) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.user = make_users(1, seed)[0]
+        self.speed = speed
+        self._stop = asyncio.Event()
+        self._last_input = time.monotonic()
+
+    async def run(self, emit: Any) -> None:
+        t = datetime(2024, 1, 1, tzinfo=UTC)
+        steps = self.user.work(t, datetime(9999, 1, 1, tzinfo=UTC))
+        prev = t
+        for step in steps:
+            if isinstance(step, AgentStartMark | AgentStopMark):
+                continue
+            gap = (step.ts - prev).total_seconds() / self.speed
+            prev = step.ts
+            if gap > 0:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), gap)
+                    return
+                except TimeoutError:
+                    pass
+            if self._stop.is_set():
+                return
+            if isinstance(step, InputObservation):
+                self._last_input = time.monotonic()
+            emit(msgspec_replace(step, ts=datetime.now(UTC)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def idle_ms(self) -> int:
+        return int((time.monotonic() - self._last_input) * 1000)
+
+
+def msgspec_replace(obs: Observation, **changes: Any) -> Observation:
+    import msgspec
+
+    return msgspec.structs.replace(obs, **changes)

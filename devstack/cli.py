@@ -16,7 +16,6 @@ from common.kafka import client_options
 from common.settings import HELP, CommonSettings, SettingsError, add_arguments, load
 from devstack._proc import DevstackError, stderr_progress
 from devstack.stack import (
-    DEFAULT_CONTROLLER_PORT,
     DEFAULT_KAFKA_PORT,
     DEFAULT_PG_PORT,
     LocalStack,
@@ -31,7 +30,7 @@ class LocalSettings(CommonSettings, kw_only=True):
     kafka_bootstrap: str = ""
     local_dir: str = ""
     local_kafka_port: int = DEFAULT_KAFKA_PORT
-    local_kafka_controller_port: int = DEFAULT_CONTROLLER_PORT
+    local_kafka_controller_port: int = 0
     local_pg_port: int = DEFAULT_PG_PORT
     partitions: int = 6
 
@@ -42,7 +41,7 @@ LOCAL_HELP = {
     "pg_dsn": "use this PostgreSQL instead of starting one (empty: run the local one)",
     "local_dir": "state directory of the local services (default ~/.local/state/desktrace/local)",
     "local_kafka_port": "port of the local Kafka broker (127.0.0.1)",
-    "local_kafka_controller_port": "port of the local Kafka controller (127.0.0.1)",
+    "local_kafka_controller_port": "port of the local Kafka controller (127.0.0.1; 0: Kafka's port + 1)",
     "local_pg_port": "port of the local PostgreSQL (127.0.0.1)",
     "partitions": "partitions of each topic `up` creates",
 }
@@ -93,7 +92,7 @@ def make_stack(settings: LocalSettings) -> LocalStack:
     config = StackConfig(
         state_dir=Path(settings.local_dir).expanduser() if settings.local_dir else default_state_dir(),
         kafka_port=settings.local_kafka_port,
-        controller_port=settings.local_kafka_controller_port,
+        controller_port=settings.local_kafka_controller_port or settings.local_kafka_port + 1,
         pg_port=settings.local_pg_port,
         kafka_bootstrap=settings.kafka_bootstrap,
         pg_dsn=settings.pg_dsn,
@@ -129,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             for e in entries:
                 state = "running" if e["running"] else "stopped"
                 line = f"{e['service']:<9} {e['mode']:<8} {state:<8} {e['address']}"
+                if "controller_port" in e:
+                    line += f" (controller {e['controller_port']})"
                 if e["mode"] == "local":
                     line += f"  pid {e.get('pid') or '-'}  data {e['data_dir']}  log {e['log']}"
                 print(line)

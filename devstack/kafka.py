@@ -219,15 +219,16 @@ class KafkaInstance:
         if self.is_running():
             self._wait_ready(timeout, None)
             return
+        busy = [p for p in (self.port, self.controller_port) if port_open(self.host, p)]
+        if busy:
+            raise DevstackError(
+                f"cannot start Kafka in {self.data_dir}: {self.host}:{busy[0]} is already in use by another "
+                "process; choose other ports (DESKTRACE_LOCAL_KAFKA_PORT, ..._CONTROLLER_PORT)"
+            )
         java = find_java()
         lib = kafka_lib_dir(self.version, self.cache_dir, self.progress)
         self._write_config()
         self._format(java, lib)
-        if port_open(self.host, self.port) or port_open(self.host, self.controller_port):
-            raise DevstackError(
-                f"cannot start Kafka in {self.data_dir}: port {self.port} or {self.controller_port} on "
-                f"{self.host} is already in use by another process; choose other ports"
-            )
         self.console_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             java,

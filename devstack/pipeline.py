@@ -46,10 +46,14 @@ class ServiceProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by the child's exit
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.argv, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            self.argv,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
 
@@ -71,7 +75,9 @@ class ServiceProcess:
             except OSError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"{self.name} did not answer {self.health_url} within {timeout:.0f} s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"{self.name} did not answer {self.health_url} within {timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 20.0) -> None:
         if not self.proc or self.proc.poll() is not None:
@@ -120,25 +126,45 @@ class LocalPipeline:
         stream_port, raw_port, sessions_port = free_port(), free_port(), free_port()
         app_id = f"desktrace-stream{('-' + self.topic_prefix.strip('.')) if self.topic_prefix else ''}"
         specs = {
-            "stream": ([_script("desktrace-stream")], {
-                "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{stream_port}",
-                "DESKTRACE_CLOSE_TIMEOUT": str(self.close_timeout_s),
-                "DESKTRACE_STREAM_APP_ID": app_id,
-                "DESKTRACE_STREAM_DATA_DIR": str(self.log_dir / "stream-data"),
-            }, f"http://127.0.0.1:{stream_port}"),
-            "sink-raw": ([_script("desktrace-sink"), "raw"], {
-                "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{raw_port}",
-            }, f"http://127.0.0.1:{raw_port}"),
-            "sink-sessions": ([_script("desktrace-sink"), "sessions"], {
-                "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{sessions_port}",
-            }, f"http://127.0.0.1:{sessions_port}"),
-            "gateway": ([_script("desktrace-gateway")], {
-                "DESKTRACE_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
-            }, f"http://127.0.0.1:{self.http_port}"),
+            "stream": (
+                [_script("desktrace-stream")],
+                {
+                    "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{stream_port}",
+                    "DESKTRACE_CLOSE_TIMEOUT": str(self.close_timeout_s),
+                    "DESKTRACE_STREAM_APP_ID": app_id,
+                    "DESKTRACE_STREAM_DATA_DIR": str(self.log_dir / "stream-data"),
+                },
+                f"http://127.0.0.1:{stream_port}",
+            ),
+            "sink-raw": (
+                [_script("desktrace-sink"), "raw"],
+                {
+                    "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{raw_port}",
+                },
+                f"http://127.0.0.1:{raw_port}",
+            ),
+            "sink-sessions": (
+                [_script("desktrace-sink"), "sessions"],
+                {
+                    "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{sessions_port}",
+                },
+                f"http://127.0.0.1:{sessions_port}",
+            ),
+            "gateway": (
+                [_script("desktrace-gateway")],
+                {
+                    "DESKTRACE_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
+                },
+                f"http://127.0.0.1:{self.http_port}",
+            ),
         }
         for name, (argv, env, base) in specs.items():
             self.services[name] = ServiceProcess(
-                name, argv, {**common, **env}, self.log_dir / f"{name}.log", health_url=f"{base}/healthz",
+                name,
+                argv,
+                {**common, **env},
+                self.log_dir / f"{name}.log",
+                health_url=f"{base}/healthz",
             )
 
     @property
@@ -171,6 +197,9 @@ class LocalPipeline:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

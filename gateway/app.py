@@ -14,6 +14,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Template
 from litestar.static_files import create_static_files_router
@@ -47,7 +48,12 @@ async def healthz() -> Health:
     return Health(ok=True)
 
 
-@get("/readyz", summary="Readiness: Kafka and PostgreSQL reachable (503 otherwise)", tags=["ops"])
+@get(
+    "/readyz",
+    summary="Readiness: Kafka and PostgreSQL reachable (503 otherwise)",
+    tags=["ops"],
+    responses={503: ResponseSpec(Health, generate_examples=False, description="a dependency is unreachable")},
+)
 async def readyz(request: Request) -> Response[Health]:
     g = gw(request)
     if not g.publisher.ready:

@@ -10,6 +10,7 @@ from litestar import Request, Router, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from gateway.auth import COOKIE_NAME, bearer, check_token
@@ -40,6 +41,13 @@ def api_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     )
 
 
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """An error: the HTTP status and what went wrong."""
+
+    status_code: int
+    detail: str
+
+
 class UserDay(msgspec.Struct, kw_only=True):
     """One user's local day: the figures (None when the day has no data) and the timeline."""
 
@@ -49,6 +57,12 @@ class UserDay(msgspec.Struct, kw_only=True):
     timeline: list[TimelineItem]
 
 
+API_RESPONSES = {
+    401: ResponseSpec(
+        ErrorBody, generate_examples=False, description="no valid Bearer token (api_tokens) nor web login"
+    ),
+    503: ResponseSpec(ErrorBody, generate_examples=False, description="PostgreSQL is not reachable"),
+}
 DateParam = Annotated[
     date | None, Parameter(query="date", description="a day in the period (YYYY-MM-DD); default today")
 ]
@@ -61,25 +75,25 @@ def _day(g: Gateway, d: date | None) -> date:
     return d or g.today()
 
 
-@get("/day", summary="Working time per user on one local day")
+@get("/day", responses=API_RESPONSES, summary="Working time per user on one local day")
 async def api_day(request: Request, d: DateParam = None, user: UserParam = None) -> list[DayRow]:
     g = gw(request)
     return await (await g.reports()).day(_day(g, d), user)
 
 
-@get("/week", summary="Working time per user over the ISO week containing the date")
+@get("/week", responses=API_RESPONSES, summary="Working time per user over the ISO week containing the date")
 async def api_week(request: Request, d: DateParam = None, user: UserParam = None) -> list[PeriodRow]:
     g = gw(request)
     return await (await g.reports()).week(_day(g, d), user)
 
 
-@get("/month", summary="Working time per user over the month containing the date")
+@get("/month", responses=API_RESPONSES, summary="Working time per user over the month containing the date")
 async def api_month(request: Request, d: DateParam = None, user: UserParam = None) -> list[PeriodRow]:
     g = gw(request)
     return await (await g.reports()).month(_day(g, d), user)
 
 
-@get("/user", summary="One user's day: figures and timeline")
+@get("/user", responses=API_RESPONSES, summary="One user's day: figures and timeline")
 async def api_user(
     request: Request,
     user: Annotated[str, Parameter(query="user", description="the user key (domain\\login)", min_length=1)],
@@ -93,7 +107,11 @@ async def api_user(
     return UserDay(user_key=user, date=day, day=rows[0] if rows else None, timeline=timeline)
 
 
-@get("/apps", summary="Focus time per application and domain (full URLs only when the server allows)")
+@get(
+    "/apps",
+    responses=API_RESPONSES,
+    summary="Focus time per application and domain (full URLs only when the server allows)",
+)
 async def api_apps(
     request: Request,
     start: Annotated[

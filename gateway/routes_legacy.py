@@ -9,6 +9,7 @@ from litestar import Request, Response, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import ClientException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 
 from gateway.auth import bearer, check_token
 from gateway.legacy import LegacyAck, LegacyError, LegacyReport, ReportRejected, to_event
@@ -100,7 +101,23 @@ def on_invalid(request: Request, exc: ClientException) -> Response[LegacyError]:
         "(retry: a report with the same ts is never counted twice)."
     ),
     tags=["legacy"],
-    responses={},
+    responses={
+        400: ResponseSpec(LegacyError, generate_examples=False, description="the body is not JSON"),
+        401: ResponseSpec(
+            LegacyError, generate_examples=False, description="legacy_token is set and was not presented"
+        ),
+        403: ResponseSpec(
+            LegacyError, generate_examples=False, description="the client's address is not in legacy_networks"
+        ),
+        422: ResponseSpec(
+            LegacyError, generate_examples=False, description="the body does not describe a valid report"
+        ),
+        503: ResponseSpec(
+            LegacyError,
+            generate_examples=False,
+            description="Kafka did not acknowledge the report: retry later",
+        ),
+    },
 )
 async def legacy_report(request: Request, data: LegacyReport) -> Response[LegacyAck] | Response[LegacyError]:
     g = gw(request)

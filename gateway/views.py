@@ -97,25 +97,30 @@ def zone_of(name: str) -> ZoneInfo:
 
 
 def timeline_bars(items: Iterable[TimelineItem], d: date, tz: str, width: int = CHART_WIDTH) -> list[Bar]:
-    """Bars of ``items`` on a local-day axis of ``width`` pixels: one row each for active, idle and locked.
+    """Bars of ``items`` on a 24-hour wall-clock axis of local date ``d`` in ``tz`` (``width`` pixels): one
+    row each for active, idle and locked.
 
-    The axis runs from local midnight of ``d`` to the next one in ``tz`` (23 or 25 hours on DST days); a bar
-    is at least 1 pixel wide so that a zero-length active session stays visible."""
+    Positions are local clock times, so bars line up with the hour labels; on a DST day the skipped hour
+    stays empty and the repeated hour is drawn once (its two halves overlap). A bar is at least 1 pixel
+    wide so that a zero-length active session stays visible."""
     zone = zone_of(tz)
-    lo = datetime.combine(d, time(), zone)
-    hi = datetime.combine(d + timedelta(days=1), time(), zone)
-    span = (hi - lo).total_seconds()
+    midnight = datetime.combine(d, time())
+    day_s = 86400.0
+
+    def pos(ts: datetime) -> float:
+        local = ts.astimezone(zone).replace(tzinfo=None)
+        return min(day_s, max(0.0, (local - midnight).total_seconds()))
+
     bars = []
     for it in items:
         row = "active" if it.kind == "active" else (it.reason or "idle")
         if row not in ROWS:
             row = "idle"
-        a = max(0.0, (it.start - lo).total_seconds())
-        b = min(span, (it.end - lo).total_seconds())
+        a, b = pos(it.start), pos(it.end)
         if b < a:
-            continue
-        x = a / span * width
-        w = max(1.0, (b - a) / span * width)
+            b = a
+        x = a / day_s * width
+        w = max(1.0, (b - a) / day_s * width)
         a_txt, b_txt = clock(it.start.astimezone(zone)), clock(it.end.astimezone(zone))
         label = f"{row} {a_txt}-{b_txt} ({hms(it.duration_s)})"
         bars.append(Bar(x=round(x, 2), width=round(w, 2), y=ROWS[row] * ROW_HEIGHT, css=row, label=label))

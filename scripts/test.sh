@@ -13,7 +13,7 @@ say "mypy"
 
 started=0
 if [ -z "${DESKTRACE_KAFKA_BOOTSTRAP:-}" ] || [ -z "${DESKTRACE_PG_DSN:-}" ]; then
-  if ! .venv/bin/desktrace-local status --quiet >/dev/null 2>&1; then started=1; fi
+  if ! .venv/bin/desktrace-local status >/dev/null 2>&1; then started=1; fi
   say "starting the local stack (Kafka KRaft + PostgreSQL)"
   exports=$(.venv/bin/desktrace-local up)
   eval "$exports"

@@ -50,7 +50,8 @@ def event_mix(
     """``n`` events from ``agents`` agents (one user each), in the proportions a desktop produces: mostly
     throttled HID events, window switches/updates, a heartbeat a minute, a few locks and saves."""
     rnd = random.Random(seed)
-    start = start or datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
+    if start is None:  # yesterday 08:00 UTC: inside any retention, spanning one or two partitions
+        start = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0) - timedelta(days=1)
     seqs = [0] * agents
     out: list[Envelope] = []
     for i in range(n):
@@ -76,7 +77,10 @@ def event_mix(
             "url": url,
             "pid": 1000 + a,
             "exe_path": f"C:\\Program Files\\{app}",
-            "hierarchy": [UiNode(name=title, control_type="Window"), UiNode(name="Body", control_type="Pane")],
+            "hierarchy": [
+                UiNode(name=title, control_type="Window"),
+                UiNode(name="Body", control_type="Pane"),
+            ],
         }
         r = rnd.random()
         ev: Envelope
@@ -129,17 +133,13 @@ def session_records(
     topics: Topics, messages: Sequence[SessionMessage]
 ) -> list[tuple[str, bytes | None, bytes | None]]:
     """Each session message as ``(session topic, user key, JSON bytes)``."""
-    return [
-        (topics.sessions, (m.user_key or "").encode(), encode_session(m)) for m in messages
-    ]
+    return [(topics.sessions, (m.user_key or "").encode(), encode_session(m)) for m in messages]
 
 
-async def wait_until(
-    probe: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.25
-) -> bool:
-    """Poll ``probe`` until it returns True or ``timeout`` seconds pass; returns its last answer."""
+async def wait_until(probe: Callable[[], Awaitable[bool]], within: float, interval: float = 0.25) -> bool:
+    """Poll ``probe`` until it returns True or ``within`` seconds pass; returns its last answer."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + within
     while True:
         try:
             if await probe():
@@ -165,3 +165,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def sink_env(bootstrap: str, dsn: str, topics: Topics, metrics_port: int, **extra: object) -> dict[str, str]:
+    """Environment for a ``desktrace-sink`` subprocess (inherits PATH etc., overrides DESKTRACE_*)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESKTRACE_")}
+    env.update(
+        DESKTRACE_KAFKA_BOOTSTRAP=bootstrap,
+        DESKTRACE_PG_DSN=dsn,
+        DESKTRACE_TOPIC_PREFIX=topics.prefix,
+        DESKTRACE_METRICS_ADDR=f"127.0.0.1:{metrics_port}",
+        DESKTRACE_KAFKA_SESSION_TIMEOUT_MS="6000",
+        DESKTRACE_RETRY_INITIAL_S="0.2",
+        DESKTRACE_RETRY_MAX_S="2",
+        DESKTRACE_BATCH_WAIT_MS="200",
+    )
+    env.update({f"DESKTRACE_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    """``(status, body)`` of a GET on the sink's health server (status 0 when it does not answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus text exposition, or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None

@@ -87,6 +87,8 @@ def test_down_on_an_empty_state_dir_stops_nothing(tmp_path: Path) -> None:
         "DESKTRACE_LOCAL_DIR": str(tmp_path / "state"),
         "DESKTRACE_LOCAL_KAFKA_PORT": str(free_port()),
         "DESKTRACE_LOCAL_PG_PORT": str(free_port()),
+        "DESKTRACE_KAFKA_BOOTSTRAP": "",  # empty = run our own: status must not report the shared stack
+        "DESKTRACE_PG_DSN": "",
     }
     proc = cli("down", env=env)
     assert proc.returncode == 0 and proc.stdout == ""

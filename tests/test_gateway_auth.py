@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -24,7 +25,13 @@ DAY = "2025-03-10"
 PASSWORD = "correct horse battery staple"
 TOKEN = "test-token-0123456789"
 
-PAGES = ["/", f"/?date={DAY}&view=week", f"/?date={DAY}&view=month", f"/user/corp%5Calice?date={DAY}", "/apps"]
+PAGES = [
+    "/",
+    f"/?date={DAY}&view=week",
+    f"/?date={DAY}&view=month",
+    f"/user/corp%5Calice?date={DAY}",
+    "/apps",
+]
 ENDPOINTS = [
     f"/api/v1/reports/day?date={DAY}",
     f"/api/v1/reports/week?date={DAY}",
@@ -69,7 +76,7 @@ async def app(dsn: str) -> AsyncIterator[Litestar]:
 
 
 def client(app: Litestar, host: str = "127.0.0.1") -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=(host, 40000))
+    transport = httpx.ASGITransport(app=cast(Any, app), client=(host, 40000))
     return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
 
 

@@ -42,7 +42,11 @@ def gateway_url(kafka_bootstrap: str, topics: Topics) -> Iterator[str]:
 async def read_topic(bootstrap: str, topic: str, expect: int, quiet_s: float = 1.5) -> list[StateChange]:
     """Every record of ``topic``: read until ``expect`` arrived and then ``quiet_s`` passed without more."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
     )
     await consumer.start()
     out: list[StateChange] = []
@@ -66,7 +70,9 @@ async def read_topic(bootstrap: str, topic: str, expect: int, quiet_s: float = 1
     return out
 
 
-async def test_legacy_day_becomes_state_changes(gateway_url: str, kafka_bootstrap: str, topics: Topics) -> None:
+async def test_legacy_day_becomes_state_changes(
+    gateway_url: str, kafka_bootstrap: str, topics: Topics
+) -> None:
     day = [
         # (body, times it is sent: a client retrying after a lost answer)
         ({"user": "jdoe", "state": "working", "ts": "2025-03-10T07:58:12Z"}, 3),

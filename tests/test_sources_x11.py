@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -28,18 +29,24 @@ TOOLS = ("Xvfb", "openbox", "xdotool", "xterm")
 TOOL_WAIT_S = 180.0  # the lead may still be apt-installing them
 
 
-def _need_tools() -> None:
+@functools.cache
+def _missing_tools() -> tuple[str, ...]:
     deadline = time.monotonic() + TOOL_WAIT_S
     while True:
-        missing = [t for t in TOOLS if shutil.which(t) is None]
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            message = f"X11 test tools missing: {', '.join(missing)} (Debian: xvfb openbox xdotool xterm)"
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-                pytest.fail(message)
-            pytest.skip(message)
+        missing = tuple(t for t in TOOLS if shutil.which(t) is None)
+        if not missing or time.monotonic() > deadline:
+            return missing
         time.sleep(2)
+
+
+def _need_tools() -> None:
+    """Fail (CI) or skip (a developer's machine) when the X11 tools are not installed."""
+    missing = _missing_tools()
+    if missing:
+        message = f"X11 test tools missing: {', '.join(missing)} (Debian: xvfb openbox xdotool xterm)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -56,18 +63,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def xserver() -> Iterator[str]:
     """A private Xvfb (display number chosen by the server: -displayfd) with openbox running on it."""
     _need_tools()
-    read_fd, write_fd = os.pipe()
-    xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
+    xvfb, name = _start_xvfb()
     procs: list[subprocess.Popen[bytes]] = [xvfb]
     try:
-        with os.fdopen(read_fd, "rb") as f:
-            number = f.readline().strip().decode()
-        assert number.isdigit(), f"Xvfb did not report a display number (exit {xvfb.poll()})"
-        name = f":{number}"
         env = {**os.environ, "DISPLAY": name}
         wm = subprocess.Popen(
             ["openbox", "--sm-disable"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -78,6 +76,22 @@ def xserver() -> Iterator[str]:
     finally:
         for p in reversed(procs):
             _stop(p)
+
+
+def _start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
+    """Xvfb on a display number it picks itself (-displayfd): no clash with other test runs."""
+    read_fd, write_fd = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        number = f.readline().strip().decode()
+    if not number.isdigit():
+        _stop(xvfb)
+        raise AssertionError(f"Xvfb did not report a display number (exit {xvfb.poll()})")
+    return xvfb, f":{number}"
 
 
 def _wm_running(name: str) -> bool:
@@ -253,3 +267,19 @@ async def test_missing_display_is_a_clear_error() -> None:
     source = X11Source(":4999")
     with pytest.raises(X11Unavailable, match="cannot open X display ':4999'"):
         await asyncio.wait_for(source.run(lambda o: None), 10)
+
+
+async def test_losing_the_x_server_ends_run_with_a_clear_error() -> None:
+    from agent.sources.x11 import X11Source, X11Unavailable
+
+    _need_tools()
+    xvfb, name = await asyncio.to_thread(_start_xvfb)
+    try:
+        source = X11Source(name)
+        task = asyncio.create_task(source.run(lambda o: None))
+        await _await(source.ready.is_set, 10, "the X11 source did not start")
+        xvfb.kill()
+        with pytest.raises(X11Unavailable, match="lost the connection"):
+            await asyncio.wait_for(task, 10)
+    finally:
+        await asyncio.to_thread(_stop, xvfb)

@@ -46,7 +46,7 @@ from agent.sources.x11logic import (
     xtest_device_ids,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("desktrace.agent.sources.x11")
 
 _XI_ALL_MASTER_DEVICES = 1
 _XI_ALL_DEVICES = 0
@@ -78,8 +78,7 @@ class X11Source:
         self._display_name = display_name if display_name is not None else os.environ.get("DISPLAY", "")
         self.ready = threading.Event()
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        self._wake_r = self._wake_w = -1  # a pipe while run() is active: stop() writes to it
         self._thread: threading.Thread | None = None
         self._last_input_monotonic = time.monotonic()
         self._idle_lock = threading.Lock()
@@ -116,17 +115,28 @@ class X11Source:
             else:
                 done(None)
 
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        if self._stop.is_set():
+            self._stop.clear()
         self._thread = threading.Thread(target=main, name="desktrace-x11-source", daemon=True)
         self._thread.start()
         try:
             await finished
         finally:
             self.stop()
+            thread, self._thread = self._thread, None
+            await asyncio.to_thread(thread.join, 5)
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     def stop(self) -> None:
         self._stop.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
 
     def idle_ms(self) -> int:
         with self._idle_lock:
@@ -154,7 +164,7 @@ class X11Source:
             watcher = _Watcher(d, deliver, self)
             self.ready.set()
             while not self._stop.is_set():
-                while d.pending_events():
+                while self._pending(d):
                     watcher.handle(d.next_event())
                 if watcher.title_debounce.fire(time.monotonic()):
                     watcher.emit_active()
@@ -166,6 +176,13 @@ class X11Source:
         finally:
             with contextlib.suppress(Exception):
                 d.close()
+
+    @staticmethod
+    def _pending(d: display.Display) -> int:
+        try:
+            return int(d.pending_events())
+        except (error.ConnectionClosedError, OSError) as exc:
+            raise X11Unavailable(f"lost the connection to the X server: {exc}") from exc
 
     def _saw_input(self) -> None:
         self._last_input_monotonic = time.monotonic()
@@ -223,7 +240,7 @@ class _Watcher:
             return frozenset()
         devices = self.d.xinput_query_device(_XI_ALL_DEVICES).devices
         ids = xtest_device_ids(devices)
-        log.info("x11 input devices", extra={"devices": len(devices), "xtest_devices": sorted(ids)})
+        log.info("x11 input devices", extra={"kv": {"devices": len(devices), "xtest_devices": sorted(ids)}})
         return ids
 
     # -- events --

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import NamedTuple
 
-from stream.core.state import BRK, HOST_MASK, HOST_SHIFT, HW, LOCK, PEND, SCS, SCW, TZ_SHIFT, UserState
+from stream.core.state import BRK, HOST_MASK, HOST_SHIFT, HW, LOCK, PEND, TZ_SHIFT, UserState
 
 ACTIVE = 0
 INACTIVE = 1

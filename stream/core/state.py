@@ -9,7 +9,7 @@ every 60 s costs three bytes.
 
 from __future__ import annotations
 
-from itertools import accumulate
+from itertools import accumulate, pairwise
 
 import msgspec
 
@@ -81,7 +81,7 @@ _decoder = msgspec.msgpack.Decoder(_Wire)
 def _delta(xs: list[int]) -> list[int]:
     if not xs:
         return []
-    return [xs[0], *(b - a for a, b in zip(xs, xs[1:], strict=False))]
+    return [xs[0], *(b - a for a, b in pairwise(xs))]
 
 
 def _undelta(xs: list[int]) -> list[int]:

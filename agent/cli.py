@@ -1,0 +1,256 @@
+"""``desktrace-agent``: run the agent, install/uninstall its autostart, or simulate a fleet of users.
+
+Settings for every command: flags, ``DESKTRACE_*`` variables and a TOML file (``--config``), see
+:mod:`agent.settings`. Exit codes: 0 ok, 2 bad settings or arguments, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.settings import AgentSettings, add_agent_arguments, load_agent_settings
+from common.logs import setup_logging
+from common.settings import SettingsError
+
+log = logging.getLogger("desktrace.agent")
+
+TASK_NAME = "desktrace-agent"
+DESKTOP_FILE = "desktrace-agent.desktop"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="desktrace-agent",
+        description="desktrace desktop agent: records window and input activity, spools it on disk and "
+        "ships it to Kafka.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent in this desktop session (foreground)",
+                         description="Watch this desktop session and ship its activity to Kafka until "
+                         "SIGTERM/SIGINT.")
+    add_agent_arguments(run)
+
+    inst = sub.add_parser("install", help="start the agent at every logon of this user",
+                          description="Linux: an XDG autostart entry in ~/.config/autostart; Windows: a "
+                          "Task Scheduler task run at logon. Settings flags given here are passed on.")
+    inst.add_argument("--dry-run", action="store_true", help="print what would be installed, change nothing")
+    add_agent_arguments(inst)
+
+    uninst = sub.add_parser("uninstall", help="remove the autostart entry or scheduled task (keeps data)",
+                            description="Remove what 'install' created (the spool and agent id stay).")
+    uninst.add_argument("--dry-run", action="store_true", help="print what would be removed, change nothing")
+
+    sim = sub.add_parser(
+        "simulate", help="a fleet of synthetic users, to Kafka (through spool and shipper) or JSON Lines",
+        description="Synthetic users with realistic working days run through the agent's recorder and "
+        "throttle. Without --jsonl the events go to Kafka through the agent's spool and shipper.",
+    )
+    sim.add_argument("--users", type=int, default=10, help="number of users (default 10)")
+    sim.add_argument("--speed", type=float, default=60.0,
+                     help="simulated seconds per real second; 0 = as fast as possible (default 60)")
+    sim.add_argument("--duration", default="1d", help="simulated time span: 90s, 30m, 8h, 2d, 1w (default 1d)")
+    sim.add_argument("--start", default=None,
+                     help="simulated start, ISO date or date-time, UTC unless an offset is given "
+                     "(default: today 00:00 UTC)")
+    sim.add_argument("--seed", type=int, default=1, help="random seed: same seed, same events (default 1)")
+    sim.add_argument("--jsonl", metavar="PATH", default=None,
+                     help="write JSON Lines to PATH ('-' = stdout) instead of producing to Kafka")
+    add_agent_arguments(sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_agent_settings(args) if args.command != "uninstall" else AgentSettings()
+    except SettingsError as exc:
+        print(f"desktrace-agent: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("agent", settings.log_level, settings.log_format)
+    try:
+        if args.command == "run":
+            return cmd_run(settings)
+        if args.command == "install":
+            return cmd_install(args, settings)
+        if args.command == "uninstall":
+            return cmd_uninstall(args)
+        return cmd_simulate(args, settings)
+    except ValueError as exc:
+        print(f"desktrace-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+# ---- run ------------------------------------------------------------------------------------------------
+
+
+def cmd_run(settings: AgentSettings) -> int:
+    from agent.observations import Source
+    from agent.runner import AgentRuntime
+
+    source: Source
+    if settings.source == "simulated":
+        from agent.simulator import SimulatedSource
+
+        source = SimulatedSource(seed=settings.sim_seed, speed=settings.sim_speed)
+    else:
+        from agent.sources import SourceUnavailable, select_source
+
+        try:
+            source = select_source(settings)
+        except SourceUnavailable as exc:
+            print(f"desktrace-agent: {exc}", file=sys.stderr)
+            return 1
+    runtime = AgentRuntime(settings, source)
+    asyncio.run(runtime.run())
+    return 0
+
+
+# ---- install / uninstall --------------------------------------------------------------------------------
+
+
+def _settings_flags(args: argparse.Namespace) -> list[str]:
+    """The settings flags given on the command line, to be passed on to ``run``."""
+    flags: list[str] = []
+    if getattr(args, "config", None):
+        flags += ["--config", str(Path(args.config).resolve())]
+    for name in AgentSettings.__struct_fields__:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def run_command(args: argparse.Namespace) -> list[str]:
+    """How the installed entry starts the agent: this interpreter running ``agent.cli run``."""
+    return [sys.executable, "-m", "agent.cli", "run", *_settings_flags(args)]
+
+
+def autostart_path(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    return base / "autostart" / DESKTOP_FILE
+
+
+def desktop_entry(cmd: list[str]) -> str:
+    exec_line = " ".join(_desktop_quote(c) for c in cmd)
+    return (
+        "[Desktop Entry]\n"
+        "Type=Application\n"
+        "Name=desktrace agent\n"
+        "Comment=Records workstation activity for working-time reports\n"
+        f"Exec={exec_line}\n"
+        "Terminal=false\n"
+        "NoDisplay=true\n"
+        "X-GNOME-Autostart-enabled=true\n"
+    )
+
+
+def _desktop_quote(arg: str) -> str:
+    # Desktop Entry spec: quote args with reserved characters; escape " ` $ \ inside quotes
+    if arg and all(c.isalnum() or c in "-_./=:,@+" for c in arg):
+        return arg
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def schtasks_create(cmd: list[str]) -> list[str]:
+    return ["schtasks", "/Create", "/TN", TASK_NAME, "/TR", subprocess.list2cmdline(cmd),
+            "/SC", "ONLOGON", "/RL", "LIMITED", "/F"]
+
+
+def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
+    cmd = run_command(args)
+    if sys.platform == "win32":
+        create = schtasks_create(cmd)
+        if args.dry_run:
+            print(subprocess.list2cmdline(create))
+            return 0
+        done = subprocess.run(create, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"desktrace-agent: schtasks failed: {done.stderr.strip()}", file=sys.stderr)
+            return 1
+        print(f"installed scheduled task {TASK_NAME} (runs at logon)")
+        return 0
+    path = autostart_path()
+    text = desktop_entry(cmd)
+    if args.dry_run:
+        print(f"# {path}\n{text}", end="")
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    settings.state_path.mkdir(parents=True, exist_ok=True)
+    print(f"installed {path} (the agent starts at your next logon; state in {settings.state_path})")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":
+        delete = ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]
+        if args.dry_run:
+            print(subprocess.list2cmdline(delete))
+            return 0
+        done = subprocess.run(delete, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"desktrace-agent: schtasks failed: {done.stderr.strip()}", file=sys.stderr)
+            return 1
+        print(f"removed scheduled task {TASK_NAME}")
+        return 0
+    path = autostart_path()
+    if args.dry_run:
+        print(f"rm {shlex.quote(str(path))}")
+        return 0
+    if path.exists():
+        path.unlink()
+        print(f"removed {path}")
+    else:
+        print(f"nothing to remove ({path} does not exist)")
+    return 0
+
+
+# ---- simulate -------------------------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace, settings: AgentSettings) -> int:
+    from agent.simulator import Fleet, make_users, parse_duration, parse_start, run_kafka, write_jsonl
+
+    if args.users < 1:
+        raise ValueError("--users must be at least 1")
+    if args.speed < 0:
+        raise ValueError("--speed must be 0 (as fast as possible) or positive")
+    fleet = Fleet(make_users(args.users, args.seed), parse_start(args.start), parse_duration(args.duration),
+                  settings)
+    if args.jsonl:
+        if args.jsonl == "-":
+            n = write_jsonl(fleet, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            with open(args.jsonl, "wb") as f:
+                n = write_jsonl(fleet, f)
+        log.info("simulation written", extra={"kv": {"events": n, "users": args.users}})
+        return 0
+    state = settings.state_path / "simulator"
+    state.mkdir(parents=True, exist_ok=True)
+    counts = asyncio.run(run_kafka(fleet, settings, args.speed, state))
+    log.info("simulation produced", extra={"kv": {**counts, "users": args.users}})
+    return 0 if counts["left_in_spool"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""The incremental sessionizer: events in any order, batching and duplication -> closed sessions,
+corrections and retractions (``shared/spec/sessions.md``, "Streaming closure"). Pure: no clock, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from proto.events import Envelope
+from proto.sessions import Session, SessionRetraction, make_session
+from stream.core.compute import ACTIVE, Computed, compute
+from stream.core.config import SessionizerConfig
+from stream.core.state import (
+    BRK,
+    FLAG_MASK,
+    HOST_MASK,
+    HOST_SHIFT,
+    HW,
+    LOCK,
+    NO_TIME,
+    PEND,
+    SCS,
+    SCW,
+    TZ_SHIFT,
+    UserState,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FLAGS: dict[str, int] = {
+    "Lock": BRK | LOCK,
+    "Logoff": BRK | PEND,
+    "Suspend": BRK | PEND,
+    "AgentStop": BRK | PEND,
+}
+
+
+class Update(msgspec.Struct):
+    """What one call produced: sessions to publish (closed, new or corrected, in start order), ids to
+    retract (published earlier, no longer existing), late events (older than the horizon: not applied;
+    the caller dead-letters and counts them) and how many events were duplicates of ones already seen."""
+
+    upserts: list[Session]
+    retractions: list[SessionRetraction]
+    late: list[Envelope]
+    duplicates: int
+
+
+def ms_of(ts: datetime) -> int:
+    """Milliseconds since the epoch of an aware, millisecond-precise datetime."""
+    return round(ts.timestamp() * 1000)
+
+
+def dt_of(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _fingerprint(c: Computed) -> int:
+    text = f"{c.locked}|{','.join(c.hosts)}|{c.tz}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "big")
+
+
+def _intern(table: list[str], value: str) -> int:
+    try:
+        return table.index(value)
+    except ValueError:
+        table.append(value)
+        return len(table) - 1
+
+
+def _mark_seen(ranges: list[int], seq: int, t: int) -> bool:
+    """Record ``seq`` in the flat ``[lo, hi, max_ts, ...]`` ranges; False if it was already there."""
+    n = len(ranges) // 3
+    # Find the last range with lo <= seq (ranges sorted by lo; in-order input hits the last one).
+    i = n - 1
+    while i >= 0 and ranges[3 * i] > seq:
+        i -= 1
+    if i >= 0:
+        _lo, hi = ranges[3 * i], ranges[3 * i + 1]
+        if seq <= hi:
+            return False
+        if seq == hi + 1:
+            ranges[3 * i + 1] = seq
+            if t > ranges[3 * i + 2]:
+                ranges[3 * i + 2] = t
+            if i + 1 < n and ranges[3 * i + 3] == seq + 1:  # merge with the next range
+                ranges[3 * i + 1] = ranges[3 * i + 4]
+                ranges[3 * i + 2] = max(ranges[3 * i + 2], ranges[3 * i + 5])
+                del ranges[3 * i + 3 : 3 * i + 6]
+            return True
+    if i + 1 < n and ranges[3 * i + 3] == seq + 1:
+        ranges[3 * i + 3] = seq
+        if t > ranges[3 * i + 5]:
+            ranges[3 * i + 5] = t
+        return True
+    ranges[3 * i + 3 : 3 * i + 3] = [seq, seq, t]
+    return True
+
+
+def _is_seen(ranges: list[int], seq: int) -> bool:
+    for i in range(len(ranges) - 3, -1, -3):
+        if ranges[i] <= seq:
+            return seq <= ranges[i + 1]
+    return False
+
+
+class Sessionizer:
+    """Turns one user's raw events into published session records.
+
+    Guarantees: whatever the order, batching and duplication of the events, after the last event and a
+    final :meth:`close`, the published sessions (upserts applied, retractions removed) are exactly those of
+    rules 1 to 5 over the events within the retention horizon. Only closed sessions are published (see
+    ``docs/sessions.md`` for when a session closes). Pure: no clock, no I/O; state is a :class:`UserState`.
+    """
+
+    def __init__(self, config: SessionizerConfig = SessionizerConfig()) -> None:
+        self.config = config
+        self._gap = config.gap_ms
+        self._presence = config.presence_ms
+        self._margin = max(self._gap, self._presence)
+        self._retention = config.retention_ms
+
+    # ---- public API ---------------------------------------------------------------------------------------
+
+    def apply(
+        self, user_key: str, state: UserState | None, events: Sequence[Envelope]
+    ) -> tuple[UserState, Update]:
+        """Apply a batch of one user's events (any order, duplicates allowed); ``state`` None = new user."""
+        st = state if state is not None else UserState()
+        stamped = [(ms_of(e.ts), e) for e in events]
+        if not stamped:
+            return st, Update([], [], [], 0)
+        latest = max(st.latest, max(t for t, _ in stamped))
+        cutoff = latest - self._retention
+        late: list[Envelope] = []
+        dups = 0
+        t_aff: int | None = None
+        for t, e in stamped:
+            ranges = st.seen.get(e.agent_id)
+            if ranges is not None and _is_seen(ranges, e.seq):
+                dups += 1
+                continue
+            if t < cutoff or t < st.floor:
+                late.append(e)
+                continue
+            if ranges is None:
+                ranges = st.seen[e.agent_id] = []
+            _mark_seen(ranges, e.seq, t)
+            aff = self._add_fact(st, t, e)
+            if t_aff is None or aff < t_aff:
+                t_aff = aff
+        st.latest = latest
+        if t_aff is None:
+            return st, Update([], [], late, dups)
+        upserts, retractions = self._recompute(user_key, st, t_aff - self._margin, False)
+        self._prune(st, cutoff)
+        return st, Update(upserts, retractions, late, dups)
+
+    def close(self, user_key: str, state: UserState) -> tuple[UserState, Update]:
+        """The user has been silent for the close timeout (decided by the caller): publish every session
+        still open."""
+        if state.open_from is None:
+            return state, Update([], [], [], 0)
+        upserts, retractions = self._recompute(user_key, state, state.open_from, True)
+        return state, Update(upserts, retractions, [], 0)
+
+    def open_sessions(self, state: UserState) -> int:
+        """Computed sessions not yet published as they now are."""
+        return state.n_open
+
+    def latest_event_ts(self, state: UserState) -> datetime | None:
+        """The time of the user's latest event, or None before the first."""
+        return None if state.latest == NO_TIME else dt_of(state.latest)
+
+    # ---- internals ----------------------------------------------------------------------------------------
+
+    def _add_fact(self, st: UserState, t: int, e: Envelope) -> int:
+        """Insert the fact(s) of ``e``; return the earliest time whose computation they can change."""
+        name = type(e).__name__
+        flags = _FLAGS.get(name, 0)
+        if e.input == "hardware":
+            flags |= HW
+        aff = t
+        if name == "StateChange":
+            working = e.state == "working"  # type: ignore[attr-defined]
+            flags |= SCW if working else SCS
+            sc = st.sc
+            k = bisect_left(sc, 2 * t)
+            if k > 0:  # the previous report's interval now ends here
+                prev = sc[k - 1] >> 1
+                if prev < aff:
+                    aff = prev
+            key = 2 * t + (1 if working else 0)
+            k2 = bisect_left(sc, key)
+            if k2 == len(sc) or sc[k2] != key:
+                sc.insert(k2, key)
+        elif name == "Heartbeat":
+            lit = e.last_input_ts  # type: ignore[attr-defined]
+            if lit is not None:
+                p = ms_of(lit)
+                if p >= st.floor:
+                    pts = st.pts
+                    k = bisect_left(pts, p)
+                    if k == len(pts) or pts[k] != p:
+                        pts.insert(k, p)
+                    if p < aff:
+                        aff = p
+                    if p > st.latest_eb:
+                        st.latest_eb = p
+        if flags & (HW | BRK) and t > st.latest_eb:
+            st.latest_eb = t
+        if flags & SCW and t > st.latest_eb:
+            st.latest_eb = t
+        code = flags | (_intern(st.hosts, e.host) << HOST_SHIFT) | (_intern(st.tzs, e.tz) << TZ_SHIFT)
+        ts = st.ts
+        i = bisect_left(ts, t)
+        j = bisect_right(ts, t, i)
+        if code not in st.code[i:j]:
+            ts.insert(j, t)
+            st.code.insert(j, code)
+        return aff
+
+    def _cut(self, st: UserState, t: int) -> int:
+        """The latest hard cut at or before ``t``: a period start that every earlier period ends before."""
+        comps = st.comps
+        k = len(comps) - 2
+        while k >= 0:
+            start = comps[k]
+            if start <= t and (k == 0 or comps[k - 1] < start):
+                return start
+            k -= 2
+        return NO_TIME
+
+    def _recompute(
+        self, user_key: str, st: UserState, t: int, all_closed: bool
+    ) -> tuple[list[Session], list[SessionRetraction]]:
+        if st.open_from is not None and st.open_from < t:
+            t = st.open_from
+        c = self._cut(st, t)
+        res = compute(st, c, self._gap, self._presence, all_closed)
+        # Replace the periods from c on.
+        k = bisect_left(st.comps[0::2], c) * 2
+        st.comps[k:] = res.comps
+        upserts: list[Session] = []
+        retractions: list[SessionRetraction] = []
+        pub = st.pub
+        keys = {s.key for s in res.sessions}
+        for key in [k_ for k_ in pub if k_ >= 2 * c and k_ not in keys]:
+            del pub[key]
+            retractions.append(SessionRetraction(session_id=self._sid(user_key, key), user_key=user_key))
+        open_from: int | None = None
+        n_open = 0
+        for s in res.sessions:
+            fp = _fingerprint(s)
+            old = pub.get(s.key)
+            if old is not None and old[0] == s.end and old[1] == fp:
+                continue
+            if s.closed:
+                pub[s.key] = [s.end, fp]
+                upserts.append(self._session(user_key, s))
+            else:
+                n_open += 1
+                if open_from is None:
+                    open_from = s.start
+        st.open_from = open_from
+        st.n_open = n_open
+        return upserts, retractions
+
+    @staticmethod
+    def _sid(user_key: str, key: int) -> str:
+        from proto.sessions import session_id
+
+        return session_id(user_key, "active" if key % 2 == ACTIVE else "inactive", dt_of(key >> 1))
+
+    @staticmethod
+    def _session(user_key: str, c: Computed) -> Session:
+        if c.kind == ACTIVE:
+            return make_session(user_key, "active", dt_of(c.start), dt_of(c.end), list(c.hosts), None, c.tz)
+        return make_session(
+            user_key,
+            "inactive",
+            dt_of(c.start),
+            dt_of(c.end),
+            list(c.hosts),
+            "locked" if c.locked else "idle",
+            c.tz,
+        )
+
+    def _prune(self, st: UserState, cutoff: int) -> None:
+        """Forget whole periods that ended more than max(G, P) before the horizon, and old seq ranges."""
+        comps = st.comps
+        limit = cutoff
+        if st.open_from is not None and st.open_from < limit:
+            limit = st.open_from
+        q = None
+        for k in range(len(comps) - 2, 0, -2):
+            start = comps[k]
+            if (
+                start <= limit
+                and comps[k - 1] < start - self._margin
+                and comps[k - 1] < cutoff - self._margin
+            ):
+                q = start
+                break
+        if q is None:
+            # Everything is older than the horizon and there is nothing open: drop it all.
+            if comps and comps[-1] < cutoff - self._margin and st.open_from is None:
+                q = cutoff
+            else:
+                return
+        if q <= st.floor:
+            return
+        i = bisect_left(st.ts, q)
+        del st.ts[:i]
+        del st.code[:i]
+        del st.pts[: bisect_left(st.pts, q)]
+        del st.sc[: bisect_left(st.sc, 2 * q)]
+        del st.comps[: bisect_left(st.comps[0::2], q) * 2]
+        for key in [k for k in st.pub if k < 2 * q]:
+            del st.pub[key]
+        st.floor = q
+        for agent in list(st.seen):
+            r = st.seen[agent]
+            keep = [x for i3 in range(0, len(r), 3) if r[i3 + 2] >= cutoff for x in r[i3 : i3 + 3]]
+            if keep:
+                st.seen[agent] = keep
+            else:
+                del st.seen[agent]
+        self._reintern(st)
+
+    @staticmethod
+    def _reintern(st: UserState) -> None:
+        used_h = sorted({(c >> HOST_SHIFT) & HOST_MASK for c in st.code})
+        used_t = sorted({c >> TZ_SHIFT for c in st.code})
+        if len(used_h) == len(st.hosts) and len(used_t) == len(st.tzs):
+            return
+        hmap = {old: new for new, old in enumerate(used_h)}
+        tmap = {old: new for new, old in enumerate(used_t)}
+        st.code = [
+            (c & FLAG_MASK)
+            | (hmap[(c >> HOST_SHIFT) & HOST_MASK] << HOST_SHIFT)
+            | (tmap[c >> TZ_SHIFT] << TZ_SHIFT)
+            for c in st.code
+        ]
+        st.hosts = [st.hosts[h] for h in used_h]
+        st.tzs = [st.tzs[t] for t in used_t]

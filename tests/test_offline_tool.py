@@ -1,0 +1,93 @@
+"""``desktrace-sessionize`` end to end: the console script on JSON Lines files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from proto.codec import decode_session_message, event_to_json
+from proto.sessions import Session
+from tests.sessionizer_helpers import Builder, at, brief
+from tests.test_sessionizer_examples import EXAMPLE1, example1
+
+SCRIPT = Path(sys.executable).parent / "desktrace-sessionize"
+
+
+def run(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DESKTRACE_")}
+    full_env.update(env or {})
+    return subprocess.run([str(SCRIPT), *args], input=stdin, capture_output=True, timeout=60, env=full_env)
+
+
+def sessions_of(out: bytes) -> list[Session]:
+    records = [decode_session_message(line) for line in out.splitlines()]
+    assert all(isinstance(r, Session) for r in records)
+    return records  # type: ignore[return-value]
+
+
+def write_example1(path: Path, bad_line_at: int | None = None) -> int:
+    b = Builder()
+    example1(b)
+    # A second user on another machine, to check the output order (user_key, then start).
+    b2 = Builder()
+    b2.add("HardwareMouseClick", at(8, 0), input_="hardware", host="pc9")
+    lines = [event_to_json(e).replace(b'"user":"bob"', b'"user":"ann"') for e in b2.events]
+    lines += [event_to_json(e) for e in reversed(b.events)]  # any order
+    if bad_line_at is not None:
+        lines.insert(bad_line_at - 1, b'{"type":"Heartbeat","seq":"secret-title"}')
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return len(lines)
+
+
+def test_example_1_from_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "events.jsonl"
+    write_example1(f)
+    proc = run(str(f))
+    assert proc.returncode == 0, proc.stderr
+    got = sessions_of(proc.stdout)
+    assert [s.user_key for s in got] == ["corp\\ann"] + ["corp\\bob"] * 3
+    assert brief(got[1:]) == EXAMPLE1
+    assert brief(got[:1]) == [("active", None, "08:00:00", "08:00:00")]
+    assert got[0].hosts == ["pc9"]
+    # stdin gives the same output
+    assert run("-", stdin=f.read_bytes()).stdout == proc.stdout
+
+
+def test_a_bad_line_is_reported_and_the_rest_processed(tmp_path: Path) -> None:
+    f = tmp_path / "events.jsonl"
+    write_example1(f, bad_line_at=5)
+    proc = run(str(f))
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert f"{f}:5: rejected (invalid)" in err
+    assert "secret-title" not in err
+    assert "1 rejected" in err
+    assert brief(sessions_of(proc.stdout)[1:]) == EXAMPLE1
+
+
+def test_gap_from_the_environment_and_flag(tmp_path: Path) -> None:
+    f = tmp_path / "events.jsonl"
+    write_example1(f)
+    # With G = 3 min, 09:02 and 09:06 are 4 minutes apart: two active sessions.
+    env_proc = run(str(f), env={"DESKTRACE_GAP": "180"})
+    flag_proc = run("--gap", "180", str(f))
+    assert env_proc.returncode == flag_proc.returncode == 0
+    assert env_proc.stdout == flag_proc.stdout
+    assert brief(sessions_of(flag_proc.stdout)[1:]) == [
+        ("inactive", "idle", "08:59:00", "09:00:00"),
+        ("active", None, "09:00:00", "09:02:00"),
+        ("inactive", "idle", "09:02:00", "09:06:00"),
+        ("active", None, "09:06:00", "09:06:00"),
+        ("inactive", "idle", "09:06:00", "09:20:00"),
+    ]
+
+
+def test_help_and_bad_settings() -> None:
+    assert run("--help").returncode == 0
+    proc = run("--gap", "-5")
+    assert proc.returncode == 2
+    assert b"gap" in proc.stderr

@@ -1,0 +1,139 @@
+"""The incremental core, fed in any order, batching and duplication and then closed, publishes exactly the
+sessions of the straightforward reference implementation (tests/reference_sessions.py)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proto.events import Envelope
+from stream.core import Sessionizer, SessionizerConfig, decode_state, encode_state
+from tests.reference_sessions import reference_sessions
+from tests.sessionizer_helpers import USER, Builder, Consumer, at
+
+T0 = at(9, 0)
+
+# (type, input strategy) with weights by repetition: heartbeats and input dominate, like real streams.
+TYPES = (
+    ["Heartbeat"] * 6
+    + ["HardwareMouseClick", "HardwareKeyboardEvent", "WindowSwitch"] * 2
+    + [
+        "InjectedMouseClick",
+        "WindowUpdate",
+        "Lock",
+        "Unlock",
+        "Logoff",
+        "Logon",
+        "Suspend",
+        "Resume",
+        "AgentStop",
+        "AgentStart",
+        "StateChange",
+        "StateChange",
+    ]
+)
+
+# Times: a coarse grid (so equal timestamps are common) plus an occasional millisecond offset.
+offsets = st.tuples(st.integers(0, 160), st.sampled_from([0, 0, 0, 1, 999]))
+
+
+@st.composite
+def event_specs(draw: Any) -> list[dict[str, Any]]:
+    n = draw(st.integers(0, 45))
+    step = draw(st.sampled_from([20, 45, 60]))
+    specs = []
+    for _ in range(n):
+        type_ = draw(st.sampled_from(TYPES))
+        k, ms = draw(offsets)
+        spec: dict[str, Any] = {"type": type_, "ts": T0 + timedelta(seconds=k * step, milliseconds=ms)}
+        host = draw(st.sampled_from(["pc1", "pc1", "pc2"]))
+        spec["host"] = host
+        spec["agent"] = "gateway" if type_ == "StateChange" else f"agent-{host}"
+        spec["tz"] = draw(st.sampled_from(["Europe/Paris", "Europe/Paris", "America/New_York"]))
+        if type_.startswith("Hardware"):
+            spec["input_"] = "hardware"
+        elif type_.startswith("Injected"):
+            spec["input_"] = "injected"
+        else:
+            spec["input_"] = draw(st.sampled_from(["none", "none", "hardware", "injected"]))
+        if type_ == "Heartbeat":
+            lit = draw(st.one_of(st.none(), st.integers(0, 600)))
+            spec["last_input_ts"] = None if lit is None else spec["ts"] - timedelta(seconds=lit)
+        if type_ == "StateChange":
+            spec["state"] = draw(st.sampled_from(["working", "stopped"]))
+        specs.append(spec)
+    return specs
+
+
+def build(specs: list[dict[str, Any]]) -> list[Envelope]:
+    b = Builder()
+    for s in specs:
+        s = dict(s)
+        b.add(s.pop("type"), s.pop("ts"), **s)
+    return b.events
+
+
+def feed(
+    core: Sessionizer,
+    events: list[Envelope],
+    order: list[int],
+    cuts: list[int],
+    dups: list[int],
+    roundtrip: bool,
+) -> Consumer:
+    stream = [events[i] for i in order] + [events[i % len(events)] for i in dups if events]
+    consumer = Consumer()
+    state = None
+    start = 0
+    for cut in [*sorted(set(cuts)), len(stream)]:
+        batch = stream[start:cut]
+        start = max(start, cut)
+        if not batch:
+            continue
+        state, update = core.apply(USER, state, batch)
+        assert not update.late
+        consumer.apply(update.upserts, update.retractions)
+        if roundtrip:
+            state = decode_state(encode_state(state))
+    if state is not None:
+        state, update = core.close(USER, state)
+        consumer.apply(update.upserts, update.retractions)
+        assert core.open_sessions(state) == 0
+    return consumer
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=event_specs(),
+    data=st.data(),
+    gp=st.sampled_from([(300.0, 180.0), (120.0, 180.0), (60.0, 60.0)]),
+    roundtrip=st.booleans(),
+)
+def test_incremental_core_equals_reference(
+    specs: list[dict[str, Any]], data: Any, gp: tuple[float, float], roundtrip: bool
+) -> None:
+    events = build(specs)
+    n = len(events)
+    order = data.draw(st.permutations(range(n)))
+    dups = data.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=6)) if n else []
+    cuts = data.draw(st.lists(st.integers(0, n + len(dups)), max_size=8))
+    core = Sessionizer(SessionizerConfig(gap_s=gp[0], presence_timeout_s=gp[1]))
+    consumer = feed(core, events, order, cuts, dups, roundtrip)
+    got = consumer.final()
+    want = reference_sessions(USER, events, gp[0], gp[1])
+    assert len({s.session_id for s in want}) == len(want)
+    assert len({s.session_id for s in got}) == len(got)
+    assert got == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs=event_specs(), data=st.data())
+def test_in_order_one_by_one_equals_reference(specs: list[dict[str, Any]], data: Any) -> None:
+    """The common streaming case: events arrive in time order, one per batch."""
+    events = build(specs)
+    order = sorted(range(len(events)), key=lambda i: events[i].ts)
+    consumer = feed(Sessionizer(), events, order, list(range(len(events))), [], False)
+    assert consumer.final() == reference_sessions(USER, events)

@@ -1,0 +1,265 @@
+"""The sinks end to end on the real Kafka and PostgreSQL, run as in-process tasks: exact row counts with
+duplicates, sessions with retractions, poison records dead-lettered beside written neighbours, metrics and
+health endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from common.health import HealthServer
+from proto.codec import encode_event, encode_session
+from proto.deadletter import HEADER_ERROR, HEADER_ERROR_CLASS, HEADER_SERVICE, header_map
+from proto.events import HardwareKeyboardEvent, Heartbeat
+from proto.sessions import SessionRetraction, make_session
+from proto.topics import Topics
+from sinks.metrics import SinkMetrics
+from sinks.runner import SinkRunner
+from sinks.settings import SinkSettings
+from sinks.testing import event_mix, event_records, fetchval, publish, session_records, wait_until
+from sinks.writers import RawWriter, SessionWriter, Writer
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+
+def settings_for(bootstrap: str, dsn: str, topics: Topics, **kw: object) -> SinkSettings:
+    return msgspec.structs.replace(
+        SinkSettings(),
+        kafka_bootstrap=bootstrap,
+        pg_dsn=dsn,
+        topic_prefix=topics.prefix,
+        batch_wait_ms=200,
+        retry_initial_s=0.2,
+        retry_max_s=2.0,
+        kafka_session_timeout_ms=6000,
+        **kw,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(writer: Writer, settings: SinkSettings) -> AsyncIterator[SinkRunner]:
+    runner = SinkRunner(writer, settings, SinkMetrics(writer.table))
+    task = asyncio.create_task(runner.run())
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        try:
+            await asyncio.wait_for(task, 20)
+        except TimeoutError:
+            task.cancel()
+
+
+async def dead_letters(bootstrap: str, topics: Topics, expected: int, within: float = 15.0) -> list[object]:
+    consumer = AIOKafkaConsumer(
+        topics.deadletter, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[object] = []
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        while len(out) < expected and loop.time() < end:
+            got = await consumer.getmany(timeout_ms=500)
+            for recs in got.values():
+                out.extend(recs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def metric(runner: SinkRunner, name: str, labels: dict[str, str]) -> float:
+    value = runner.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+async def test_raw_events_with_duplicates_and_poison_end_as_exact_rows(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    events = event_mix(600, agents=3)
+    records = event_records(topics, events)
+    # Every 5th event again (an agent re-sending after a lost ack), and the first 50 a third time.
+    records += records[::5] + records[:50]
+    nul = HardwareKeyboardEvent(
+        agent_id="poison-agent",
+        seq=1,
+        ts=events[10].ts,
+        input="hardware",
+        user="u",
+        domain="d",
+        host="h",
+        title="bad\x00title",
+    )
+    huge_seq = Heartbeat(
+        agent_id="poison-agent",
+        seq=2**63,
+        ts=events[11].ts,
+        input="none",
+        user="u",
+        domain="d",
+        host="h",
+        last_input_ts=None,
+    )
+    poison = [
+        (topics.hid, b"d\\u", b"\xc1 not msgpack"),
+        (topics.hid, b"d\\u", encode_event(nul)),
+        (topics.presence, b"d\\u", encode_event(huge_seq)),
+        (topics.ui, b"d\\u", msgspec.msgpack.encode({"type": "FutureEvent", "agent_id": "x"})),
+    ]
+    mid = len(records) // 2
+    await publish(kafka_bootstrap, records[:mid] + poison + records[mid:])
+
+    settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=256)
+    async with running(RawWriter(), settings) as runner:
+
+        async def all_rows() -> bool:
+            return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+        assert await wait_until(all_rows, 60), "raw sink did not write every event"
+        dls = await dead_letters(kafka_bootstrap, topics, len(poison))
+        # settle: no late extra rows
+        await asyncio.sleep(1.0)
+        assert await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+        assert metric(runner, "desktrace_sink_rows_written_total", {"table": "raw_events"}) == len(events)
+        assert metric(runner, "desktrace_sink_dead_letters_total", {"table": "raw_events"}) == len(poison)
+        assert metric(runner, "desktrace_sink_rows_duplicate_total", {"table": "raw_events"}) == (
+            len(records) - len(events)
+        )
+
+    conn = await asyncpg.connect(fresh_pg_dsn)
+    try:
+        distinct = await conn.fetchval("SELECT count(DISTINCT (agent_id, seq)) FROM raw_events")
+        assert distinct == len(events)
+        assert await conn.fetchval("SELECT count(*) FROM raw_events WHERE agent_id = 'poison-agent'") == 0
+        row = await conn.fetchrow(
+            "SELECT * FROM raw_events WHERE agent_id = $1 AND seq = $2", events[0].agent_id, events[0].seq
+        )
+        assert row is not None
+        assert row["ts"] == events[0].ts
+        assert row["user_key"] == "corp\\user0"
+        assert row["type"] == events[0].type
+        details = json.loads(row["details"])
+        assert "agent_id" not in details and "ts" not in details
+    finally:
+        await conn.close()
+
+    by_class = {}
+    for rec in dls:
+        h = header_map(rec.headers)  # type: ignore[attr-defined]
+        assert h[HEADER_SERVICE] == "sink-raw"
+        assert h[HEADER_ERROR]
+        by_class[rec.value] = h[HEADER_ERROR_CLASS]  # type: ignore[attr-defined]
+    assert by_class[b"\xc1 not msgpack"] == "undecodable"
+    assert by_class[encode_event(nul)] == "constraint"
+    assert by_class[encode_event(huge_seq)] == "constraint"
+    assert by_class[msgspec.msgpack.encode({"type": "FutureEvent", "agent_id": "x"})] == "unknown_type"
+
+
+async def test_sessions_upserts_and_retractions_leave_the_unretracted(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    t0 = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
+    users = [f"corp\\user{i}" for i in range(4)]
+    msgs: list[object] = []
+    expected: dict[str, tuple[float, list[str]]] = {}
+    for u in users:
+        for k in range(10):
+            start = t0 + timedelta(minutes=30 * k)
+            s = make_session(u, "active", start, start + timedelta(minutes=5), ["PC-1"])
+            msgs.append(s)
+            expected[s.session_id] = (s.duration_s, s.hosts)
+        # a corrected session (longer, two hosts) replaces the first one: same id, last write wins
+        first = make_session(u, "active", t0, t0 + timedelta(minutes=9), ["PC-1", "PC-2"])
+        msgs.append(first)
+        expected[first.session_id] = (first.duration_s, first.hosts)
+        # retract the 3rd; retract and re-publish the 4th; publish then retract a new inactive one
+        third = make_session(u, "active", t0 + timedelta(minutes=60), t0 + timedelta(minutes=65))
+        msgs.append(SessionRetraction(session_id=third.session_id, user_key=u))
+        del expected[third.session_id]
+        fourth = make_session(u, "active", t0 + timedelta(minutes=90), t0 + timedelta(minutes=95), ["PC-1"])
+        msgs.append(SessionRetraction(session_id=fourth.session_id, user_key=u))
+        msgs.append(fourth)
+        idle = make_session(
+            u, "inactive", t0 + timedelta(minutes=5), t0 + timedelta(minutes=30), reason="idle"
+        )
+        msgs.append(idle)
+        msgs.append(SessionRetraction(session_id=idle.session_id, user_key=u))
+        # a retraction of a session never seen is harmless
+        msgs.append(SessionRetraction(session_id="never-published", user_key=u))
+    bad = make_session(users[0], "active", t0 + timedelta(minutes=7), t0 + timedelta(minutes=8))
+    bad_json = encode_session(bad).replace(b'"reason":null', b'"reason":"idle"', 1)
+    assert bad_json != encode_session(bad)  # an active session with a reason: the table's CHECK refuses it
+    records = session_records(topics, msgs)  # type: ignore[arg-type]
+    records.insert(7, (topics.sessions, users[0].encode(), b"{not json"))
+    records.insert(9, (topics.sessions, users[0].encode(), bad_json))
+    await publish(kafka_bootstrap, records)
+
+    settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=16)
+    async with running(SessionWriter(), settings) as runner:
+
+        async def done() -> bool:
+            consumed = metric(runner, "desktrace_sink_records_total", {"table": "sessions"})
+            return consumed >= len(records)
+
+        assert await wait_until(done, 60), "sessions sink did not consume every record"
+        await asyncio.sleep(0.5)
+    conn = await asyncpg.connect(fresh_pg_dsn)
+    try:
+        rows = await conn.fetch("SELECT session_id, duration_s, hosts, tz, updated_at FROM sessions")
+    finally:
+        await conn.close()
+    got = {r["session_id"]: (r["duration_s"], list(r["hosts"])) for r in rows}
+    assert got == expected
+    dls = await dead_letters(kafka_bootstrap, topics, 2)
+    classes = sorted(header_map(r.headers)[HEADER_ERROR_CLASS] for r in dls)  # type: ignore[attr-defined]
+    assert classes == ["constraint", "undecodable"]
+
+
+async def test_health_server_metrics_and_readiness(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics)
+    async with running(SessionWriter(), settings) as runner:
+        server = HealthServer(
+            "127.0.0.1:0",
+            runner.metrics.registry,
+            {"kafka": runner.check_kafka, "postgres": runner.check_postgres},
+        )
+        async with server:
+
+            def get(path: str) -> tuple[int, bytes]:
+                try:
+                    with urllib.request.urlopen(server.url + path, timeout=5) as resp:
+                        return resp.status, resp.read()
+                except urllib.error.HTTPError as exc:
+                    return exc.code, exc.read()
+
+            async def ready() -> bool:
+                return (await asyncio.to_thread(get, "/readyz"))[0] == 200
+
+            assert await wait_until(ready, 20)
+            status, body = await asyncio.to_thread(get, "/metrics")
+            assert status == 200
+            assert b"desktrace_sink_rows_written_total" in body
+            assert b"desktrace_sink_retries_total" in body
+            assert (await asyncio.to_thread(get, "/healthz"))[0] == 200
+            assert (await asyncio.to_thread(get, "/nope"))[0] == 404
+        broken = HealthServer("127.0.0.1:0", readiness={"postgres": _failing})
+        async with broken:
+            with pytest.raises(urllib.error.HTTPError) as info:
+                await asyncio.to_thread(urllib.request.urlopen, broken.url + "/readyz", None, 5)
+            assert info.value.code == 503
+            assert json.loads(info.value.read())["checks"] == {"postgres": "ConnectionRefusedError"}
+
+
+async def _failing() -> bool:
+    raise ConnectionRefusedError("no")

@@ -1,0 +1,143 @@
+"""Bad input on every raw topic ends in the dead-letter topic, bytes as received and the error in headers,
+while the good events around it are still sessionized; late events too. Also: the worker's HTTP endpoint
+serves /metrics, /healthz and /readyz and no Faust /table view (which would expose user data)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from proto import events as E
+from proto.codec import encode_event
+from proto.deadletter import header_map
+from proto.topics import Topics
+from stream.testing import (
+    SessionView,
+    WorkerProcess,
+    app_id_for,
+    delete_internal_topics,
+    describe_difference,
+    generate_events,
+    offline_sessions,
+    publish,
+    worker_env,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(worker_env(kafka_bootstrap, topics, tmp_path / "data"), tmp_path / "worker.log")
+    w.start()
+    yield w
+    w.stop()
+    try:
+        asyncio.run(asyncio.wait_for(delete_internal_topics(kafka_bootstrap, app_id_for(topics)), 10))
+    except Exception:  # best effort
+        pass
+
+
+def bad_records(topics: Topics, template: E.Envelope) -> list[tuple[str, bytes | None, bytes, str]]:
+    """(topic, key, value, expected error class): three kinds of bad record on each raw topic."""
+    good = msgspec.to_builtins(template)
+    unknown = {**good, "type": "TeleportEvent"}
+    invalid = {k: v for k, v in good.items() if k != "user"}  # a required field missing
+    out: list[tuple[str, bytes | None, bytes, str]] = []
+    for i, topic in enumerate(topics.raw):
+        key = b"corp\\user0" if i else None  # as received, even without a key
+        out += [
+            (topic, key, b"\xc1\xc1 not msgpack " + bytes([i]), "undecodable"),
+            (topic, key, msgspec.msgpack.encode({**unknown, "seq": 10_000 + i}), "unknown_type"),
+            (topic, key, msgspec.msgpack.encode({**invalid, "seq": 20_000 + i}), "invalid"),
+        ]
+    return out
+
+
+async def read_deadletters(bootstrap: str, topics: Topics, want: int, within_s: float) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topics.deadletter, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + within_s
+        while len(records) < want and time.monotonic() < deadline:
+            got = await consumer.getmany(timeout_ms=500)
+            for batch in got.values():
+                records.extend(batch)
+        got = await consumer.getmany(timeout_ms=300)  # nothing more than expected
+        for batch in got.values():
+            records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_bad_records_on_every_raw_topic_are_dead_lettered_and_good_ones_processed(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, worker: WorkerProcess
+) -> None:
+    events = generate_events(seed=21, users=2, hours=2)
+    expected = offline_sessions(events, tmp_path)
+    bad = bad_records(topics, events[0])
+    rng = random.Random(4)
+    records: list[Any] = list(events)
+    rng.shuffle(records)
+    for rec in bad:  # bad records in between the good ones
+        records.insert(rng.randrange(len(records)), rec[:3])
+    await publish(kafka_bootstrap, topics, records)
+
+    async with SessionView(kafka_bootstrap, topics) as view:
+        ok = await view.wait_equal(expected, 45)
+        assert ok, describe_difference(view.sessions, expected) + "\n" + worker.tail()
+
+    # a late event (older than the retention horizon) once the user's state is ahead of it
+    latest = max(e.ts for e in events if e.user == "user0")
+    late = msgspec.structs.replace(
+        next(e for e in events if e.user == "user0" and isinstance(e, E.Heartbeat)),
+        seq=99_999, ts=latest - timedelta(days=4),
+    )
+    await publish(kafka_bootstrap, topics, [late])
+    wanted = [*bad, (topics.presence, b"corp\\user0", encode_event(late), "late")]
+
+    dead = await read_deadletters(kafka_bootstrap, topics, len(wanted), 30)
+    got = sorted((r.topic, r.key or b"<none>", r.value) for r in dead)
+    assert got == sorted((topics.deadletter, k or b"<none>", v) for _, k, v, _ in wanted)
+    by_value = {v: (t, cls) for t, _, v, cls in wanted}
+    for r in dead:
+        headers = header_map(r.headers)
+        source_topic, error_class = by_value[r.value]
+        assert headers["desktrace-error-class"] == error_class
+        assert headers["desktrace-source-topic"] == source_topic
+        assert headers["desktrace-service"] == "stream"
+        assert int(headers["desktrace-source-offset"]) >= 0 and int(headers["desktrace-source-partition"]) >= 0
+        assert headers["desktrace-error"]
+    assert worker.metric("desktrace_stream_deadlettered_total", error_class="undecodable") == 3
+    assert worker.metric("desktrace_stream_deadlettered_total", error_class="unknown_type") == 3
+    assert worker.metric("desktrace_stream_deadlettered_total", error_class="invalid") == 3
+    assert worker.metric("desktrace_stream_deadlettered_total", error_class="late") == 1
+    assert worker.metric("desktrace_stream_late_events_total") == 1
+    # the late event changed nothing
+    async with SessionView(kafka_bootstrap, topics) as view:
+        assert await view.wait_equal(expected, 5)
+
+
+
+def test_http_endpoint_serves_metrics_and_health_but_no_table_views(worker: WorkerProcess) -> None:
+    assert worker.get("/healthz")[0] == 200
+    assert worker.get("/readyz")[0] == 200
+    status, text = worker.get("/metrics")
+    assert status == 200
+    assert "desktrace_stream_events_total" in text and "desktrace_stream_close_lag_seconds" in text
+    assert "desktrace_stream_faust_messages_received_total" in text  # Faust's own Prometheus sensors
+    for path in ("/table", "/table/user-state", "/table/user-state/corp%5Cuser0", "/graph", "/router", "/"):
+        assert worker.get(path)[0] == 404, path
