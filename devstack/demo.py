@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     with pipeline:
         today = datetime.now(UTC).replace(hour=7, minute=0, second=0, microsecond=0)
         say(
-            f"simulating {args.users} users from {today:%Y-%m-%d %H:%M} UTC for {args.hours:g} h at x{args.speed:g}"
+            f"simulating {args.users} users from {today:%Y-%m-%d %H:%M} UTC, "
+            f"{args.hours:g} h at x{args.speed:g}"
         )
         sim = subprocess.run(
             [

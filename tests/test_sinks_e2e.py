@@ -31,52 +31,6 @@ from sinks.writers import RawWriter, SessionWriter, Writer
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 
-def settings_for(bootstrap: str, dsn: str, topics: Topics, **kw: object) -> SinkSettings:
-    return msgspec.structs.replace(
-        SinkSettings(),
-        kafka_bootstrap=bootstrap,
-        pg_dsn=dsn,
-        topic_prefix=topics.prefix,
-        batch_wait_ms=200,
-        retry_initial_s=0.2,
-        retry_max_s=2.0,
-        kafka_session_timeout_ms=6000,
-        **kw,
-    )
-
-
-@contextlib.asynccontextmanager
-async def running(writer: Writer, settings: SinkSettings) -> AsyncIterator[SinkRunner]:
-    runner = SinkRunner(writer, settings, SinkMetrics(writer.table))
-    task = asyncio.create_task(runner.run())
-    try:
-        yield runner
-    finally:
-        runner.stop()
-        try:
-            await asyncio.wait_for(task, 20)
-        except TimeoutError:
-            task.cancel()
-
-
-async def dead_letters(bootstrap: str, topics: Topics, expected: int, within: float = 15.0) -> list[object]:
-    consumer = AIOKafkaConsumer(
-        topics.deadletter, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    out: list[object] = []
-    try:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + within
-        while len(out) < expected and loop.time() < end:
-            got = await consumer.getmany(timeout_ms=500)
-            for recs in got.values():
-                out.extend(recs)
-    finally:
-        await consumer.stop()
-    return out
-
-
 def metric(runner: SinkRunner, name: str, labels: dict[str, str]) -> float:
     value = runner.metrics.registry.get_sample_value(name, labels)
     return value or 0.0
