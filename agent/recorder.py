@@ -130,6 +130,8 @@ class Recorder:
         self._last_input: tuple[datetime, InputClass, str] | None = None  # (ts, class, kind) of the latest
         self._awaiting_cause: tuple[datetime, InputClass] | None = None  # UI event written for an input not seen yet
         self._last_hw_input: datetime | None = None
+        # per input class: the latest input's time and the window context it happened in
+        self._input_context: dict[str, tuple[datetime, dict[str, Any]]] = {}
         self._next_heartbeat: datetime | None = None
         self.counts: dict[str, int] = {}
 
@@ -226,7 +228,8 @@ class Recorder:
             writes = earlier
             self._pending = _Pending(last, dict(self._context))
         self._last_input = (ts, cls, obs.kind)
-        out += [self._hid(w, self._context) for w in writes]
+        out += [self._hid(w, self._context_at(w)) for w in writes]
+        self._input_context[cls] = (ts, self._context)  # the context this input happened in
         return out
 
     def _on_snapshot(self, raw: WindowSnapshot) -> list[Envelope]:
@@ -289,7 +292,8 @@ class Recorder:
                 self._last_hw_input = ts
             for w in self.throttle.on_input(ts, HID_TYPE_FOR[(input_cls, "click")]):
                 if w.ts != ts:
-                    events.append(self._hid(w, self._context))
+                    events.append(self._hid(w, self._context_at(w)))
+            self._input_context[input_cls] = (ts, self._context)
             self._awaiting_cause = (ts, input_cls)
         self._context = {f: getattr(snap, f) for f in CONTEXT_FIELDS}
         for kind in kinds:
@@ -301,6 +305,12 @@ class Recorder:
         return events
 
     # ---- building events ------------------------------------------------------------------------------
+
+    def _context_at(self, w: HidWrite) -> dict[str, Any]:
+        """The window context an input written now happened in (an earlier input written late keeps the
+        context of its own time)."""
+        seen = self._input_context.get(w.input)
+        return seen[1] if seen is not None and seen[0] == w.ts else self._context
 
     def _flush_pending(self) -> list[Envelope]:
         p, self._pending = self._pending, None

@@ -282,7 +282,8 @@ class SimUser:
 
 
 def make_users(n: int, seed: int) -> list[SimUser]:
-    """``n`` users with distinct identities, spread over time zones; about one in eight runs a robot."""
+    """``n`` users with distinct identities, spread over time zones; one in eight (the 4th, 12th, ...)
+    runs an RPA robot."""
     rng = random.Random(seed)
     users = []
     for i in range(n):
@@ -296,7 +297,7 @@ def make_users(n: int, seed: int) -> list[SimUser]:
             host_domain="acme.example" if domain == "ACME" else "WORKGROUP",
             tz=tz, agent_version=AGENT_VERSION,
         )
-        users.append(SimUser(identity=ident, rng=random.Random(rng.getrandbits(64)), robot=rng.random() < 0.125))
+        users.append(SimUser(identity=ident, rng=random.Random(rng.getrandbits(64)), robot=i % 8 == 3))
     return users
 
 

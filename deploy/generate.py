@@ -35,8 +35,8 @@ PIPELINE: list[list[Panel]] = [
     ],
     [
         ("Consumer lag by group and partition", "short", [
-            ("sum by (group, topic, partition) (desktrace_sink_consumer_lag)", "{{group}} {{topic}}/{{partition}}"),
-            ("sum by (group, topic, partition) (desktrace_stream_consumer_lag)", "{{group}} {{topic}}/{{partition}}"),
+            ("sum by (job, topic, partition) (desktrace_sink_consumer_lag)", "{{job}} {{topic}}/{{partition}}"),
+            ("sum by (topic, partition) (desktrace_stream_consumer_lag)", "stream {{topic}}/{{partition}}"),
         ]),
         ("Sink write latency p95", "s", [(
             "histogram_quantile(0.95, sum by (le, table) (rate(desktrace_sink_write_seconds_bucket[5m])))", "{{table}}",
@@ -48,10 +48,10 @@ PIPELINE: list[list[Panel]] = [
     [
         ("Dead letters /min", "short", [
             ("sum by (error_class) (rate(desktrace_stream_deadlettered_total[5m])) * 60", "stream {{error_class}}"),
-            ("sum by (table, reason) (rate(desktrace_sink_deadletters_total[5m])) * 60", "sink {{table}} {{reason}}"),
+            ("sum by (table, reason) (rate(desktrace_sink_rows_rejected_total[5m])) * 60", "sink {{table}} {{reason}}"),
         ]),
         ("Sink retries /min", "short", [("sum by (table) (rate(desktrace_sink_retries_total[5m])) * 60", "{{table}}")]),
-        ("Seconds since last sink write", "s", [("time() - max by (table) (desktrace_sink_last_write_timestamp_seconds)", "{{table}}")]),
+        ("Seconds since last sink write", "s", [("time() - max by (job) (desktrace_sink_last_successful_write_timestamp_seconds)", "{{job}}")]),
     ],
     [
         ("Services up", "short", [("up{job=~\"desktrace.*\"}", "{{job}} {{instance}}")]),

@@ -6,13 +6,16 @@ Not used by the services; kept in the package so tests and ``bench/`` share one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from proto.codec import encode_event, encode_session
 from proto.events import (
@@ -30,6 +33,10 @@ from proto.events import (
 from proto.keys import event_user_key
 from proto.sessions import SessionMessage
 from proto.topics import Topics
+from sinks.metrics import SinkMetrics
+from sinks.runner import SinkRunner
+from sinks.settings import SinkSettings
+from sinks.writers import Writer
 
 _APPS = [
     ("chrome.exe", "https://intranet.example.com/wiki/page", "Wiki - Chrome"),
@@ -59,7 +66,7 @@ def event_mix(
         seqs[a] += 1
         ts = start + timedelta(milliseconds=step_ms * (i // agents) + a)
         app, url, title = _APPS[rnd.randrange(len(_APPS))]
-        env = {
+        env: dict[str, Any] = {
             "agent_id": f"00000000-0000-4000-8000-{a:012d}",
             "seq": seqs[a],
             "ts": ts,
@@ -71,7 +78,7 @@ def event_mix(
             "utc_offset_min": 60,
             "agent_version": "1.0.0",
         }
-        ctx = {
+        ctx: dict[str, Any] = {
             "app": app,
             "title": title,
             "url": url,
@@ -110,7 +117,7 @@ async def publish(
     **options: object,
 ) -> int:
     """Publish ``(topic, key, value)`` records in order (acks=all); returns how many."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, **options)  # type: ignore[arg-type]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, **options)
     await producer.start()
     n = 0
     try:

@@ -148,20 +148,25 @@ def write_jsonl(events: Iterable[E.Envelope], path: Path) -> None:
 # ---- the offline oracle ---------------------------------------------------------------------------------
 
 
-def offline_sessions(
-    events: Iterable[E.Envelope], workdir: Path, env: Mapping[str, str] | None = None, timeout: float = 120
-) -> dict[str, Session]:
+#: The sessionizer settings both the test workers and the offline oracle run with.
+SESSIONIZER_ENV: Mapping[str, str] = {
+    "DESKTRACE_GAP": "300", "DESKTRACE_PRESENCE_TIMEOUT": "180", "DESKTRACE_RETENTION": "259200",
+}
+
+
+def offline_sessions(events: Iterable[E.Envelope], workdir: Path, timeout: float = 120) -> dict[str, Session]:
     """Run ``desktrace-sessionize`` (same core, batch mode) on ``events``; its sessions by id."""
-    src, dst = workdir / "offline-in.jsonl", workdir / "offline-out.jsonl"
+    src = workdir / "offline-in.jsonl"
     write_jsonl(events, src)
-    cmd = [str(BIN / "desktrace-sessionize"), "--input", str(src), "--output", str(dst)]
     proc = subprocess.run(
-        cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, check=False
+        [str(BIN / "desktrace-sessionize"), str(src)], env={**os.environ, **SESSIONIZER_ENV},
+        capture_output=True, timeout=timeout, check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"desktrace-sessionize failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        err = proc.stderr.decode(errors="replace")[-2000:]
+        raise RuntimeError(f"desktrace-sessionize failed ({proc.returncode}): {err}")
     out: dict[str, Session] = {}
-    for line in dst.read_bytes().splitlines():
+    for line in proc.stdout.splitlines():
         if line.strip():
             msg = decode_session_message(line)
             if isinstance(msg, Session):
@@ -365,6 +370,7 @@ def worker_env(bootstrap: str, topics: Topics, data_dir: Path, **extra: str) -> 
         "DESKTRACE_SCAN_INTERVAL": "0.5",
         "DESKTRACE_SESSION_TIMEOUT": "6",
         "DESKTRACE_LOG_LEVEL": "INFO",
+        **SESSIONIZER_ENV,
     }
     env.update(extra)
     return env

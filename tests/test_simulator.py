@@ -78,7 +78,7 @@ def test_realistic_days_for_a_fleet() -> None:
 def test_hid_events_follow_the_throttle() -> None:
     """In the written log, per input class: an HID event less than M after the previous write of its class
     (HID, or UI with that input) is only ever the last input before a pause of at least M (rule 1 writes
-    it late): the next write of the class comes M or more after it. Everything else is >= M apart."""
+    it late): the next HID write of the class comes M or more after it."""
     evs = events_of(run(6, 3))
     m = timedelta(seconds=60)
     by_agent: dict[str, list[Envelope]] = defaultdict(list)
@@ -99,8 +99,9 @@ def test_hid_events_follow_the_throttle() -> None:
                 hid_total += 1
                 if i and ts - writes[i - 1][0] < m:
                     close_ones += 1
-                    if i + 1 < len(writes):
-                        assert writes[i + 1][0] - ts >= m, (cls, ts)
+                    later = [w for w, h in writes[i + 1:] if h]
+                    if later:
+                        assert later[0] - ts >= m, (cls, ts)
     assert hid_total > 50
     assert 0 < close_ones < hid_total  # both kinds occur in a realistic day
 

@@ -5,16 +5,13 @@ health endpoints."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import urllib.request
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from common.health import HealthServer
 from proto.codec import encode_event, encode_session
@@ -22,11 +19,19 @@ from proto.deadletter import HEADER_ERROR, HEADER_ERROR_CLASS, HEADER_SERVICE, h
 from proto.events import HardwareKeyboardEvent, Heartbeat
 from proto.sessions import SessionRetraction, make_session
 from proto.topics import Topics
-from sinks.metrics import SinkMetrics
 from sinks.runner import SinkRunner
-from sinks.settings import SinkSettings
-from sinks.testing import event_mix, event_records, fetchval, publish, session_records, wait_until
-from sinks.writers import RawWriter, SessionWriter, Writer
+from sinks.testing import (
+    dead_letters,
+    event_mix,
+    event_records,
+    fetchval,
+    publish,
+    running,
+    session_records,
+    settings_for,
+    wait_until,
+)
+from sinks.writers import RawWriter, SessionWriter
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 

@@ -39,12 +39,22 @@ async def test_migrations_twice_are_a_noop_and_concurrent_runs_apply_once(fresh_
                 "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'sessions'"
             )
         }
-        for name in ("session_id", "user_key", "kind", "reason", "started_at", "ended_at", "duration_s",
-                     "hosts", "tz", "updated_at"):
+        for name in (
+            "session_id",
+            "user_key",
+            "kind",
+            "reason",
+            "started_at",
+            "ended_at",
+            "duration_s",
+            "hosts",
+            "tz",
+            "updated_at",
+        ):
             assert name in cols
         assert cols["hosts"] == "ARRAY" and cols["started_at"] == "timestamp with time zone"
         strategy = await conn.fetchval(
-            "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'raw_events'::regclass"
+            "SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = 'raw_events'::regclass"
         )
         assert strategy == "r"
         has_default = await conn.fetchval(
@@ -60,7 +70,10 @@ async def test_migrate_command_via_cli(fresh_pg_dsn: str) -> None:
     def run() -> list[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "sinks.cli", "migrate", "--pg-dsn", fresh_pg_dsn],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         return json.loads(proc.stdout)["applied"]
 
@@ -71,7 +84,9 @@ async def test_migrate_command_via_cli(fresh_pg_dsn: str) -> None:
 async def test_partitions_on_demand_for_far_days_and_retention(fresh_pg_dsn: str) -> None:
     await apply_migrations(fresh_pg_dsn)
     today = datetime.now(UTC).date()
-    past = datetime.combine(today - timedelta(days=350), datetime.min.time(), UTC) + timedelta(hours=23, minutes=59)
+    past = datetime.combine(today - timedelta(days=350), datetime.min.time(), UTC) + timedelta(
+        hours=23, minutes=59
+    )
     future = datetime(today.year + 5, 2, 28, 0, 0, tzinfo=UTC)
     writer = RawWriter(retention_days=400)
     writer.refresh(datetime.now(UTC))
@@ -105,9 +120,24 @@ async def test_partitions_on_demand_for_far_days_and_retention(fresh_pg_dsn: str
 
     def partitions_cmd() -> dict[str, object]:
         proc = subprocess.run(
-            [sys.executable, "-m", "sinks.cli", "partitions", "--pg-dsn", fresh_pg_dsn,
-             "--raw-retention-days", "400", "--partitions-ahead-days", "3", "--partitions-behind-days", "1"],
-            capture_output=True, text=True, timeout=60, check=True,
+            [
+                sys.executable,
+                "-m",
+                "sinks.cli",
+                "partitions",
+                "--pg-dsn",
+                fresh_pg_dsn,
+                "--raw-retention-days",
+                "400",
+                "--partitions-ahead-days",
+                "3",
+                "--partitions-behind-days",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         return json.loads(proc.stdout)
 
@@ -137,6 +167,7 @@ async def test_event_older_than_retention_is_dead_lettered_late(
     await publish(kafka_bootstrap, [(topics.ui, b"d\\u", encode_event(e)) for e in (old, ancient, fresh)])
     settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, raw_retention_days=60)
     async with running(RawWriter(settings.raw_retention_days), settings):
+
         async def two() -> bool:
             return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == 2
 

@@ -8,11 +8,13 @@ import contextlib
 import functools
 import os
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,10 +22,17 @@ from agent.identity import Identity
 from agent.observations import InputObservation, Observation, WindowSnapshot
 from agent.privacy import PrivacyFilter
 from agent.recorder import Recorder
-from agent.sources.x11logic import xtest_device_ids
+from agent.sources.x11logic import (
+    XI_RAW_BUTTON_PRESS,
+    XI_RAW_KEY_PRESS,
+    browser_tab,
+    decode_text,
+    input_kind,
+    parse_raw_event,
+    wm_class_app,
+    xtest_device_ids,
+)
 from agent.throttle import HID_TYPE_FOR, HidThrottle
-
-pytestmark = pytest.mark.x11
 
 TOOLS = ("Xvfb", "openbox", "xdotool", "xterm")
 TOOL_WAIT_S = 180.0  # the lead may still be apt-installing them
@@ -128,6 +137,7 @@ async def _xdotool(display: str, *args: str) -> str:
     return out.decode().strip()
 
 
+@pytest.mark.x11
 async def test_window_switch_open_update_and_injected_input(xserver: str) -> None:
     from agent.sources.x11 import X11Source
 
@@ -248,6 +258,7 @@ def _real_exe(name: str) -> str:
     return str(Path(shutil.which(name) or name).resolve())
 
 
+@pytest.mark.x11
 def test_xtest_devices_are_recognised_on_a_real_server(xserver: str) -> None:
     from Xlib import display
 
@@ -269,6 +280,7 @@ async def test_missing_display_is_a_clear_error() -> None:
         await asyncio.wait_for(source.run(lambda o: None), 10)
 
 
+@pytest.mark.x11
 async def test_losing_the_x_server_ends_run_with_a_clear_error() -> None:
     from agent.sources.x11 import X11Source, X11Unavailable
 
@@ -283,3 +295,51 @@ async def test_losing_the_x_server_ends_run_with_a_clear_error() -> None:
             await asyncio.wait_for(task, 10)
     finally:
         await asyncio.to_thread(_stop, xvfb)
+
+
+# ---- the platform-free part (no X server needed) ----------------------------------------------------------
+
+
+def test_parse_raw_event_body() -> None:
+    # deviceid, time, detail, sourceid, valuators_len, flags, pad; then a valuator mask
+    body = struct.pack("=HIIHHII", 3, 123456, 38, 5, 1, 0, 0) + b"\0" * 4
+    raw = parse_raw_event(body)
+    assert (raw.deviceid, raw.sourceid, raw.detail, raw.time) == (3, 5, 38, 123456)
+    with pytest.raises(ValueError, match="too short"):
+        parse_raw_event(body[:10])
+
+
+@pytest.mark.parametrize(
+    ("evtype", "detail", "kind"),
+    [
+        (XI_RAW_KEY_PRESS, 38, "key"), (XI_RAW_BUTTON_PRESS, 1, "click"), (XI_RAW_BUTTON_PRESS, 3, "click"),
+        (XI_RAW_BUTTON_PRESS, 4, "scroll"), (XI_RAW_BUTTON_PRESS, 7, "scroll"),
+        (XI_RAW_BUTTON_PRESS, 8, "click"),
+        (14, 38, None),  # RawKeyRelease is not counted
+    ],
+)
+def test_input_kind(evtype: int, detail: int, kind: str | None) -> None:
+    assert input_kind(evtype, detail) == kind
+
+
+def test_only_xtest_devices_are_injected() -> None:
+    devices = [
+        SimpleNamespace(deviceid=2, name="Virtual core pointer"),
+        SimpleNamespace(deviceid=4, name="Virtual core XTEST pointer"),
+        SimpleNamespace(deviceid=5, name=b"Virtual core XTEST keyboard"),
+        SimpleNamespace(deviceid=9, name="Logitech USB Receiver"),
+        SimpleNamespace(deviceid=10, name="XTESTER gamepad"),
+    ]
+    assert xtest_device_ids(devices) == {4, 5}
+
+
+def test_property_decoding_and_program_names() -> None:
+    assert decode_text("caf\u00e9 \u2713".encode(), utf8=True) == "caf\u00e9 \u2713"
+    assert decode_text(b"caf\xe9\0", utf8=False) == "caf\u00e9"
+    assert decode_text(None, utf8=True) == ""
+    assert wm_class_app(("xterm", "XTerm")) == "XTerm"
+    assert wm_class_app(("navigator", "")) == "navigator"
+    assert wm_class_app(None) == ""
+    assert browser_tab("firefox", "Docs \u2014 Mozilla Firefox") == "Docs"
+    assert browser_tab("Google-chrome", "Inbox - Google Chrome") == "Inbox"
+    assert browser_tab("XTerm", "Inbox - Google Chrome") == ""

@@ -119,7 +119,8 @@ async def test_bad_records_on_every_raw_topic_are_dead_lettered_and_good_ones_pr
         assert headers["desktrace-error-class"] == error_class
         assert headers["desktrace-source-topic"] == source_topic
         assert headers["desktrace-service"] == "stream"
-        assert int(headers["desktrace-source-offset"]) >= 0 and int(headers["desktrace-source-partition"]) >= 0
+        assert int(headers["desktrace-source-offset"]) >= 0
+        assert int(headers["desktrace-source-partition"]) >= 0
         assert headers["desktrace-error"]
     assert worker.metric("desktrace_stream_deadlettered_total", error_class="undecodable") == 3
     assert worker.metric("desktrace_stream_deadlettered_total", error_class="unknown_type") == 3

@@ -45,7 +45,8 @@ def workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[li
 
 def new_worker(workers: list[WorkerProcess], kafka_bootstrap: str, topics: Topics, tmp_path: Path,
                **extra: str) -> WorkerProcess:
-    w = WorkerProcess(worker_env(kafka_bootstrap, topics, tmp_path / "data", **extra), tmp_path / "worker.log")
+    env = worker_env(kafka_bootstrap, topics, tmp_path / "data", **extra)
+    w = WorkerProcess(env, tmp_path / "worker.log")
     workers.append(w)
     return w.start()
 

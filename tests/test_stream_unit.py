@@ -158,7 +158,6 @@ def test_broker_credentials_mapping(tmp_path: Path) -> None:
 @pytest.fixture
 def proc_env() -> tuple[object, CollectorRegistry, Topics]:
     from stream.core import Sessionizer, SessionizerConfig
-
     from stream.processor import Processor
 
     registry = CollectorRegistry()

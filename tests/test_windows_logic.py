@@ -129,6 +129,30 @@ def test_fallback_address_bar_is_the_first_edit_in_the_browsers_toolbar() -> Non
     assert bar is not None and bar.Name == "Address and search bar"
 
 
+def test_address_bar_is_searched_once_per_window() -> None:
+    win = chrome_window()
+    walks = 0
+    original = win.GetChildren
+
+    def counting() -> list[Fake]:
+        nonlocal walks
+        walks += 1
+        return original()
+
+    win.GetChildren = counting  # type: ignore[method-assign]
+    bars = wl.AddressBars()
+    assert bars.url("0x1", win, "chromium") == "https://mail.example.com/inbox?x=1"
+    omnibox = wl.find_address_bar(win, "chromium")
+    assert omnibox is not None
+    walks = 0
+    omnibox._value = "https://mail.example.com/sent"
+    assert bars.url("0x1", win, "chromium") == "https://mail.example.com/sent"
+    assert walks == 0
+    omnibox._value = None  # the element stopped answering: searched again
+    assert bars.url("0x1", win, "chromium") == ""
+    assert walks == 1
+
+
 @pytest.mark.parametrize(
     ("text", "url"),
     [

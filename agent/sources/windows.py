@@ -255,6 +255,7 @@ class WindowsSource:
             tracker = ForegroundTracker(str(h) for h in top_level_windows())
             docs = wl.DocumentTracker()
             fields = wl.FieldTracker() if self.extended_mode else None
+            bars = wl.AddressBars()
             last: tuple[int, str] = (0, "")
             last_read = 0.0
             while not self._stop.wait(self.poll_s):
@@ -273,7 +274,7 @@ class WindowsSource:
                     continue
                 last, last_read = (hwnd, title), now
                 try:
-                    snap = self._read(hwnd, title, pid, exe, docs, fields)
+                    snap = self._read(hwnd, title, pid, exe, docs, fields, bars)
                 except Exception:
                     log.warning("reading the foreground window failed", exc_info=True)
                     continue
@@ -283,7 +284,7 @@ class WindowsSource:
 
     def _read(
         self, hwnd: int, title: str, pid: int, exe: str,
-        docs: wl.DocumentTracker, fields: wl.FieldTracker | None,
+        docs: wl.DocumentTracker, fields: wl.FieldTracker | None, bars: wl.AddressBars,
     ) -> Any:
         control = auto.ControlFromHandle(hwnd)
         try:
@@ -299,7 +300,7 @@ class WindowsSource:
         snap = wl.describe_window(
             ts=ts, window_id=str(hwnd), window=control, title=title,
             process=wl.ProcessInfo(pid=pid, exe_path=exe, version=self._versions.get(exe, "")),
-            focused=focused, fields=fields, input=self._attributor.cause(ts),
+            focused=focused, fields=fields, address_bars=bars, input=self._attributor.cause(ts),
         )
         is_dialog = getattr(control, "ClassName", "") == "#32770"
         event = docs.observe(str(hwnd), wl.app_name(exe), title, is_dialog=is_dialog)

@@ -204,6 +204,38 @@ def browser_url(window: Any, browser: Browser) -> str:
     return normalise_url(read_value(bar) or "")
 
 
+class AddressBars:
+    """Remembers each browser window's address bar element, so a window's tree is searched once, not at
+    every read (UI Automation calls cross processes: a tree walk costs milliseconds per element).
+
+    Guarantee: :meth:`url` returns what :func:`browser_url` would; a remembered element that no longer
+    answers is searched for again. At most ``max_windows`` windows are remembered (oldest dropped first).
+    """
+
+    def __init__(self, max_windows: int = 256) -> None:
+        self.max_windows = max_windows
+        self._bars: dict[str, Any] = {}
+
+    def url(self, window_id: str, window: Any, browser: Browser) -> str:
+        bar = self._bars.get(window_id)
+        if bar is not None:
+            value = read_value(bar)
+            if value is not None:
+                return normalise_url(value)
+        bar = find_address_bar(window, browser)
+        if bar is None or is_password(bar):
+            self._bars.pop(window_id, None)
+            return ""
+        self._bars.pop(window_id, None)
+        self._bars[window_id] = bar
+        while len(self._bars) > self.max_windows:
+            self._bars.pop(next(iter(self._bars)))
+        return normalise_url(read_value(bar) or "")
+
+    def forget(self, window_id: str) -> None:
+        self._bars.pop(window_id, None)
+
+
 # ---- Excel -------------------------------------------------------------------------------------------
 
 _EXCEL_SUFFIX = re.compile(r"\s+[-\u2013\u2014]\s+(Microsoft\s+)?Excel(\s+\(.*\))?$")
@@ -542,17 +574,19 @@ def describe_window(
     process: ProcessInfo,
     focused: Any | None = None,
     fields: FieldTracker | None = None,
+    address_bars: AddressBars | None = None,
     input: InputClass = "none",
 ) -> WindowSnapshot:
     """The snapshot of a foreground window. ``fields`` is given only in extended mode; without it no field
-    is visited at all."""
+    is visited at all. ``address_bars`` remembers browsers' address bars between calls."""
     exe = process.exe_path
     app = app_name(exe)
     tab = url = sheet = file_path = ""
     browser = browser_of(app)
     if browser is not None:
         tab = tab_title(title)
-        url = browser_url(window, browser)
+        url = (address_bars.url(window_id, window, browser) if address_bars is not None
+               else browser_url(window, browser))
     elif is_excel(app):
         file_path = excel_workbook(title)
         sheet = excel_sheet(window)
