@@ -15,6 +15,7 @@ from pathlib import Path
 from common.kafka import client_options
 from common.settings import HELP, CommonSettings, SettingsError, add_arguments, load
 from devstack._proc import DevstackError, stderr_progress
+from devstack.secure import DEFAULT_SECURE_PORT
 from devstack.stack import (
     DEFAULT_KAFKA_PORT,
     DEFAULT_PG_PORT,
@@ -33,6 +34,8 @@ class LocalSettings(CommonSettings, kw_only=True):
     local_kafka_controller_port: int = 0
     local_pg_port: int = DEFAULT_PG_PORT
     partitions: int = 6
+    secure: bool = False
+    local_secure_kafka_port: int = DEFAULT_SECURE_PORT
 
 
 LOCAL_HELP = {
@@ -44,6 +47,9 @@ LOCAL_HELP = {
     "local_kafka_controller_port": "port of the local Kafka controller (127.0.0.1; 0: Kafka's port + 1)",
     "local_pg_port": "port of the local PostgreSQL (127.0.0.1)",
     "partitions": "partitions of each topic `up` creates",
+    "secure": "the TLS + SASL/SCRAM Kafka with per-service users and ACLs (docs/security.md) instead of "
+    "the plaintext one; `down --secure` stops only it (PostgreSQL is shared)",
+    "local_secure_kafka_port": "port of the secure local Kafka (127.0.0.1; its controller: this + 1)",
 }
 
 
@@ -89,16 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
 def make_stack(settings: LocalSettings) -> LocalStack:
     opts = client_options(settings)
     opts.pop("bootstrap_servers", None)
+    kafka_port = settings.local_secure_kafka_port if settings.secure else settings.local_kafka_port
+    controller_port = (0 if settings.secure else settings.local_kafka_controller_port) or kafka_port + 1
     config = StackConfig(
         state_dir=Path(settings.local_dir).expanduser() if settings.local_dir else default_state_dir(),
-        kafka_port=settings.local_kafka_port,
-        controller_port=settings.local_kafka_controller_port or settings.local_kafka_port + 1,
+        kafka_port=kafka_port,
+        controller_port=controller_port,
         pg_port=settings.local_pg_port,
-        kafka_bootstrap=settings.kafka_bootstrap,
+        # --secure always runs its own broker (the shell may still hold the plaintext stack's exports).
+        kafka_bootstrap="" if settings.secure else settings.kafka_bootstrap,
         pg_dsn=settings.pg_dsn,
         topic_prefix=settings.topic_prefix,
         partitions=settings.partitions,
         kafka_client_options=opts,
+        secure=settings.secure,
     )
     return LocalStack(config, progress=stderr_progress)
 
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             stderr_progress(f"up: started {what}")
             return 0
         if args.command == "down":
-            stopped = stack.down()
+            stopped = stack.down(only={"kafka"} if settings.secure else None)
             stderr_progress(f"down: stopped {', '.join(stopped) or 'nothing (not running)'}")
             return 0
         entries = stack.status()

@@ -155,7 +155,7 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 def new_password() -> str:
-    """48 hex digits (192 random bits): safe inside StorageTool's ``[name=..,password=..]`` and JAAS quotes."""
+    """48 hex digits (192 random bits): safe in StorageTool's ``[name=..,password=..]`` and JAAS quotes."""
     return secrets.token_hex(24)
 
 
@@ -275,7 +275,7 @@ def secure_properties(
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users": f"User:{ADMIN}",
         "allow.everyone.if.no.acl.found": "false",
-        # A failed login is answered after this delay: a client with a wrong password cannot hammer the broker.
+        # A failed login is answered after this delay: a wrong password cannot hammer the broker.
         "connection.failed.authentication.delay.ms": "500",
     }
 
@@ -449,32 +449,37 @@ class SecureKafka:
     def apply_acls(self, topics: Topics, timeout: float = 30.0) -> int:
         """Create :func:`acl_bindings` for ``topics`` (idempotent); returns how many were requested."""
         bindings = acl_bindings(topics)
-        run_sync(lambda: create_acls(self.bootstrap, bindings, timeout, **self.client_options(ADMIN)))
+        opts = self.client_options(ADMIN)
+        run_sync(lambda: asyncio.wait_for(create_acls(self.bootstrap, bindings, **opts), timeout))
         return len(bindings)
 
 
-async def create_acls(
-    bootstrap: str, bindings: Sequence[AclBinding], timeout: float = 30.0, **client_options: Any
-) -> None:
-    """Send CreateAcls requests (one per binding, as aiokafka's request class carries one) as a super user;
-    raises :class:`DevstackError` naming the first refused binding. Creating an existing ACL is a no-op."""
+async def create_acls(bootstrap: str, bindings: Sequence[AclBinding], **client_options: Any) -> None:
+    """Send CreateAcls requests (one per binding, as aiokafka's request class carries one; pipelined on one
+    connection) as a super user; raises :class:`DevstackError` naming the refused bindings. Creating an
+    existing ACL is a no-op. Bound it with ``asyncio.wait_for``."""
     from aiokafka.client import AIOKafkaClient
     from aiokafka.protocol.admin import CreateAclsRequest
 
-    client = AIOKafkaClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **client_options
-    )
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **client_options)
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout)
+        await client.bootstrap()
         node = client.get_random_node()
-        for b in bindings:
-            req = CreateAclsRequest(
+        requests = [
+            CreateAclsRequest(
                 int(b.resource_type), b.name, int(b.pattern), b.principal_name, ANY_HOST,
                 int(b.operation), ALLOW,
             )
-            resp = await asyncio.wait_for(client.send(node, req), timeout)
-            for code, message in resp.creation_responses:
-                if code != 0:
-                    raise DevstackError(f"could not create ACL {b.describe()}: error {code} {message or ''}")
+            for b in bindings
+        ]
+        responses = await asyncio.gather(*(client.send(node, r) for r in requests))
+        refused = [
+            f"{b.describe()}: error {code} {message or ''}".rstrip()
+            for b, resp in zip(bindings, responses, strict=True)
+            for code, message in resp.creation_responses
+            if code != 0
+        ]
+        if refused:
+            raise DevstackError("could not create ACLs: " + "; ".join(refused))
     finally:
         await client.close()

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from devstack._proc import DevstackError, Progress, run_sync, stderr_progress
+from devstack._proc import Progress, run_sync, stderr_progress
 from devstack.kafka import KafkaInstance, port_open
 from devstack.postgres import PostgresInstance
+from devstack.secure import SecureKafka
 from devstack.topics import ensure_topics
 from proto.topics import Topics
 
@@ -41,9 +42,8 @@ def default_state_dir() -> Path:
 
 @dataclass
 class StackConfig:
-    """What ``up`` should provide. ``secure`` is reserved for TLS + SASL/SCRAM (not implemented yet: the
-    Kafka instance would get TLS listeners via ``extra_properties`` and SCRAM users via ``format_args``,
-    and ``exports`` would add the client settings)."""
+    """What ``up`` should provide. ``secure``: run the TLS + SASL/SCRAM Kafka of ``devstack.secure``
+    (its own data dir ``state_dir/kafka-secure``, on ``kafka_port``) with per-service users and ACLs."""
 
     state_dir: Path = field(default_factory=default_state_dir)
     kafka_port: int = DEFAULT_KAFKA_PORT
@@ -66,11 +66,13 @@ class UpResult:
     pg_dsn: str
     started: list[str]
     topics_created: list[str]
+    extra_exports: list[str] = field(default_factory=list)  # the secure stack's client settings
 
     def exports(self) -> list[str]:
         return [
             f"export DESKTRACE_KAFKA_BOOTSTRAP={shlex.quote(self.kafka_bootstrap)}",
             f"export DESKTRACE_PG_DSN={shlex.quote(self.pg_dsn)}",
+            *self.extra_exports,
         ]
 
 
@@ -84,16 +86,26 @@ class LocalStack:
     def __init__(self, config: StackConfig | None = None, progress: Progress = stderr_progress) -> None:
         self.config = config or StackConfig()
         self.progress = progress
-        if self.config.secure:
-            raise DevstackError("--secure (TLS + SASL/SCRAM) is not implemented yet")
         state = self.config.state_dir
-        self.kafka = KafkaInstance(
-            state / "kafka",
-            self.config.kafka_port,
-            self.config.controller_port,
-            partitions=self.config.partitions,
-            progress=progress,
-        )
+        self.secure_kafka: SecureKafka | None = None
+        self.kafka: KafkaInstance
+        if self.config.secure:
+            self.secure_kafka = SecureKafka(
+                state / "kafka-secure",
+                self.config.kafka_port,
+                self.config.controller_port,
+                partitions=self.config.partitions,
+                progress=progress,
+            )
+            self.kafka = self.secure_kafka.instance
+        else:
+            self.kafka = KafkaInstance(
+                state / "kafka",
+                self.config.kafka_port,
+                self.config.controller_port,
+                partitions=self.config.partitions,
+                progress=progress,
+            )
         self.postgres = PostgresInstance(state / "postgres", self.config.pg_port, progress=progress)
 
     # ---- which services are ours ---------------------------------------------------------------------
@@ -141,6 +153,8 @@ class LocalStack:
                 self.progress(f"using Kafka at {bootstrap} (DESKTRACE_KAFKA_BOOTSTRAP): starting none")
             else:
                 was = self.kafka.is_running()
+                if self.secure_kafka is not None:
+                    self.secure_kafka.prepare()
                 self.kafka.start(timeout=timeout)
                 if not was:
                     started.append("kafka")
@@ -157,18 +171,24 @@ class LocalStack:
                     started.append("postgres")
                 dsn = self.postgres.dsn
         created: list[str] = []
+        extra: list[str] = []
+        kafka_opts = self.config.kafka_client_options
+        if self.secure_kafka is not None and bootstrap and not self.kafka_external:
+            kafka_opts = self.secure_kafka.client_options("admin")
+            extra = self.secure_kafka.exports()
         if self.config.create_topics and bootstrap:
             topics = Topics(self.config.topic_prefix)
             created = run_sync(
-                lambda: ensure_topics(
-                    bootstrap, topics, self.config.partitions, **self.config.kafka_client_options
-                )
+                lambda: ensure_topics(bootstrap, topics, self.config.partitions, **kafka_opts)
             )
             if created:
                 self.progress(f"created {len(created)} topics: {', '.join(created)}")
             else:
                 self.progress(f"topics with prefix {self.config.topic_prefix!r} exist")
-        return UpResult(bootstrap, dsn, started, created)
+        if extra and self.secure_kafka is not None:
+            n = self.secure_kafka.apply_acls(Topics(self.config.topic_prefix))
+            self.progress(f"ACLs in place ({n} rules) for topic prefix {self.config.topic_prefix!r}")
+        return UpResult(bootstrap, dsn, started, created, extra)
 
     def down(self, only: set[str] | None = None) -> list[str]:
         """Stop the local services of this state dir (never external ones); returns the ones stopped."""

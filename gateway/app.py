@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.contrib.jinja import JinjaTemplateEngine
@@ -100,8 +101,13 @@ def _wants_html(request: Request[Any, Any, Any]) -> bool:
     return not request.url.path.startswith(("/api/", "/schema", "/healthz", "/readyz", "/metrics"))
 
 
-def on_reports_unavailable(request: Request, exc: ReportsUnavailable) -> Response[Any]:
-    message = f"reports are unavailable: {exc}"
+def on_reports_unavailable(request: Request, exc: Exception) -> Response[Any]:
+    """PostgreSQL missing or failing mid-request: 503 (a page or JSON), never a 500."""
+    if isinstance(exc, ReportsUnavailable):
+        message = f"reports are unavailable: {exc}"
+    else:
+        log.warning("report query failed", extra={"kv": {"error_class": type(exc).__name__}})
+        message = f"reports are unavailable: the database query failed ({type(exc).__name__})"
     if _wants_html(request):
         return Template(
             template_name="error.html",
@@ -183,6 +189,10 @@ def create_app(
         exception_handlers={
             LoginRequired: on_login_required,
             ReportsUnavailable: on_reports_unavailable,
+            asyncpg.PostgresError: on_reports_unavailable,
+            asyncpg.InterfaceError: on_reports_unavailable,
+            OSError: on_reports_unavailable,
+            TimeoutError: on_reports_unavailable,
             HTTPException: on_http_error,
             Exception: on_unexpected,
         },

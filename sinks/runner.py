@@ -390,6 +390,7 @@ class SinkRunner:
             for tp, recs in got.items():
                 if recs:
                     self._consumer.seek(tp, recs[0].offset)
+            await self._update_lag()  # lag keeps growing while paused: show it
 
     def _resume(self) -> None:
         assert self._consumer is not None

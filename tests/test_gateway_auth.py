@@ -14,7 +14,7 @@ from litestar import Litestar
 from gateway.app import create_app
 from gateway.auth import hash_password
 from gateway.settings import GatewaySettings
-from gateway.testing import seed_sessions
+from gateway.testing import seed_sessions, seed_ui_event
 from proto.sessions import make_session
 from sinks.migrations import apply_migrations
 
@@ -54,6 +54,9 @@ async def dsn(fresh_pg_dsn: str) -> str:
             make_session(USER, "active", t(9, 0), t(10, 30), ["pc1"]),
             make_session(USER, "inactive", t(10, 30), t(10, 45), ["pc1"], reason="idle"),
         ],
+    )
+    await seed_ui_event(
+        fresh_pg_dsn, USER, t(9, 5), "chrome.exe", "example.org", url="https://example.org/a?q=1"
     )
     return fresh_pg_dsn
 
@@ -177,3 +180,21 @@ async def test_legacy_token(dsn: str) -> None:
             assert r.status_code == 422
     finally:
         await app.state.gateway.close()
+
+
+async def test_full_urls_only_when_allowed(dsn: str) -> None:
+    for show, want in ((False, None), (True, "https://example.org/a?q=1")):
+        app = make_app(dsn, reports_show_urls=show)
+        try:
+            async with client(app) as c:
+                r = await c.get(ENDPOINTS[-1], headers={"Authorization": f"Bearer {TOKEN}"})
+                assert r.status_code == 200
+                assert [(a["app"], a["domain"], a["url"]) for a in r.json()] == [
+                    ("chrome.exe", "example.org", want)
+                ]
+                await c.post("/login", data={"username": "alice", "password": PASSWORD, "next": "/"})
+                page = (await c.get(f"/apps?start={DAY}")).text
+                assert "example.org" in page
+                assert ("https://example.org/a?q=1" in page) is show
+        finally:
+            await app.state.gateway.close()

@@ -161,3 +161,32 @@ def test_timeline_geometry_and_navigation() -> None:
     assert views.step(date(2025, 1, 31), "month", 1) == date(2025, 2, 28)
     assert views.step(date(2025, 3, 10), "week", -1) == date(2025, 3, 3)
     assert views.user_path("corp\\alice") == "corp%5Calice"
+
+
+async def test_unreachable_services_give_503_not_500() -> None:
+    from typing import Any, cast
+
+    import httpx
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(
+        pg_dsn="postgresql://u:p@127.0.0.1:1/db",
+        api_tokens="t",
+        kafka_bootstrap="127.0.0.1:1",
+        legacy_send_timeout_s=2,
+    )
+    app = create_app(settings, start_kafka=False)
+    transport = httpx.ASGITransport(app=cast(Any, app))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            r = await c.get("/api/v1/reports/day", headers={"Authorization": "Bearer t"})
+            assert r.status_code == 503 and "reports are unavailable" in r.json()["detail"]
+            r = await c.post("/api/report", json={"user": "jdoe", "state": "working"})
+            assert r.status_code == 503 and r.json()["reason"] == "kafka"
+            r = await c.get("/readyz")
+            assert r.status_code == 503 and r.json() == {"ok": False, "kafka": False, "postgres": False}
+            assert (await c.get("/healthz")).status_code == 200
+    finally:
+        await app.state.gateway.close()

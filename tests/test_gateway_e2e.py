@@ -95,7 +95,8 @@ def report_day(dsn: str) -> list[dict[str, Any]]:
         timeout=60,
         check=True,
     )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
 
 
 def test_legacy_day_ends_as_working_time(pipeline: str) -> None:

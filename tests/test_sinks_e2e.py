@@ -93,6 +93,26 @@ async def test_raw_events_with_duplicates_and_poison_end_as_exact_rows(
         assert metric(runner, "desktrace_sink_rows_duplicate_total", {"table": "raw_events"}) == (
             len(records) - len(events)
         )
+        assert metric(
+            runner, "desktrace_sink_last_successful_write_timestamp_seconds", {"table": "raw_events"}
+        )
+
+        async def caught_up() -> bool:
+            lags = [
+                metric(runner, "desktrace_sink_consumer_lag", {"topic": t, "partition": str(p)})
+                for t in topics.raw
+                for p in range(3)
+            ]
+            seen = [
+                runner.metrics.registry.get_sample_value(
+                    "desktrace_sink_consumer_lag", {"topic": t, "partition": str(p)}
+                )
+                for t in topics.raw
+                for p in range(3)
+            ]
+            return all(v is not None for v in seen) and sum(lags) == 0
+
+        assert await wait_until(caught_up, 10), "consumer lag gauges missing or not at 0"
 
     conn = await asyncpg.connect(fresh_pg_dsn)
     try:

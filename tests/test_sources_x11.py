@@ -163,7 +163,14 @@ async def test_window_switch_open_update_and_injected_input(xserver: str) -> Non
                 "xterm", "-T", title, "-e", "sleep", "60", env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
-            await _await(_equals(last_title, title), 10, f"no snapshot of the new window {title!r}")
+            try:
+                await _await(_equals(last_title, title), 10, "")
+            except AssertionError:
+                active = await _xdotool(xserver, "getactivewindow", "getwindowname")
+                raise AssertionError(
+                    f"no snapshot of the new window {title!r}; seen {[s.title for s in snapshots()]}, "
+                    f"active now {active!r}"
+                ) from None
         first_id = await _xdotool(xserver, "search", "--sync", "--name", "^first$")
         second_id = await _xdotool(xserver, "search", "--sync", "--name", "^second$")
 

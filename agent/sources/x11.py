@@ -117,8 +117,6 @@ class X11Source:
 
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        if self._stop.is_set():
-            self._stop.clear()
         self._thread = threading.Thread(target=main, name="desktrace-x11-source", daemon=True)
         self._thread.start()
         try:
@@ -208,6 +206,8 @@ class _Watcher:
         self.active: int = 0
         self.title_debounce = Debouncer(TITLE_DEBOUNCE_SECONDS)
         self.root.change_attributes(event_mask=X.PropertyChangeMask)
+        if self._get(self.root, atom("_NET_SUPPORTING_WM_CHECK"), Xatom.WINDOW) is None:
+            log.warning("no EWMH window manager yet: the active window is tracked once one sets it")
         self.clients: set[int] = set(self._client_list())
         self.tracker = ForegroundTracker(str(w) for w in self.clients)
         self.xi_opcode = self._setup_xinput()

@@ -1,0 +1,203 @@
+"""Sink write paths on a real PostgreSQL (run by hand):
+
+    eval "$(.venv/bin/desktrace-local up)"
+    .venv/bin/python bench/bench_sinks.py [--events 60000] [--batch 2000] [--sessions 20000]
+
+Creates a throw-away database next to DESKTRACE_PG_DSN's, applies the migrations, and measures in the same
+run, on the same rows (a realistic event mix over ~2 days, i.e. three partitions):
+
+- baseline: bare ``COPY`` of the rows straight into ``raw_events`` (not idempotent);
+- the sink's path: ``COPY`` into a temp staging table + ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``;
+- the alternative: ``INSERT ... SELECT FROM unnest($1::text[], ...) ON CONFLICT DO NOTHING``;
+- the sink's path on a full redelivery (every row a duplicate);
+- session upserts/s (insert, then update of the same ids), with a share of retractions.
+
+Prints rows/s and each path's ratio to the baseline. Decoding + row building (CPU only) is measured too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proto.codec import encode_event
+from proto.sessions import Session, SessionRetraction, make_session
+from sinks.migrations import apply_migrations
+from sinks.rows import RAW_COLUMNS, RawRow, days_of
+from sinks.testing import event_mix
+from sinks.writers import RawWriter, SessionWriter
+
+_UNNEST_TYPES = {
+    "seq": "bigint",
+    "ts": "timestamptz",
+    "utc_offset_min": "integer",
+    "last_input_ts": "timestamptz",
+    "details": "text",  # cast to jsonb in the SELECT
+}
+_COLS = ", ".join(f'"{c}"' for c in RAW_COLUMNS)
+_ARGS = ", ".join(f"${i + 1}::{_UNNEST_TYPES.get(c, 'text')}[]" for i, c in enumerate(RAW_COLUMNS))
+_ALIASES = [f"c{i}" for i in range(len(RAW_COLUMNS))]
+_UNNEST_SQL = (
+    f"INSERT INTO raw_events ({_COLS}) "
+    f"SELECT {', '.join(_ALIASES[:-1])}, {_ALIASES[-1]}::jsonb "
+    f"FROM unnest({_ARGS}) AS u({', '.join(_ALIASES)}) "
+    "ON CONFLICT (agent_id, seq, ts) DO NOTHING"
+)
+
+
+def _with_db(dsn: str, db: str) -> str:
+    p = urlsplit(dsn)
+    return urlunsplit((p.scheme, p.netloc, "/" + db, p.query, p.fragment))
+
+
+def batches(rows: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+async def timed(label: str, n: int, fn: Callable[[], Awaitable[None]]) -> float:
+    started = time.perf_counter()
+    await fn()
+    elapsed = time.perf_counter() - started
+    rate = n / elapsed
+    print(f"  {label:<58} {n:>7} rows in {elapsed:6.2f} s = {rate:>9,.0f} rows/s")
+    return rate
+
+
+async def bench(dsn: str, n_events: int, batch: int, n_sessions: int) -> None:
+    db = f"bench_sinks_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{db}"')
+    try:
+        bdsn = _with_db(dsn, db)
+        await apply_migrations(bdsn)
+        conn = await asyncpg.connect(bdsn)
+        try:
+            await run(conn, n_events, batch, n_sessions)
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.close()
+
+
+async def run(conn: asyncpg.Connection, n_events: int, batch: int, n_sessions: int) -> None:
+    events = event_mix(n_events, agents=20, step_ms=60000)  # ~2 days of 20 agents -> 3 partitions
+    payloads = [encode_event(e) for e in events]
+    writer = RawWriter(retention_days=0)
+    writer.refresh(events[0].ts)
+    t = time.perf_counter()
+    rows: list[RawRow] = [writer.decode(p) for p in payloads]
+    cpu = len(rows) / (time.perf_counter() - t)
+    avg = sum(map(len, payloads)) / len(payloads)
+    print(
+        f"raw events: {len(rows)} (avg {avg:.0f} B msgpack), {len(days_of(rows))} partitions, batch {batch}"
+    )
+    print(f"  {'decode + row building (CPU only)':<58} {'':>7}                    {cpu:>9,.0f} rows/s")
+    await writer.prepare(conn)
+    await writer.before_write(conn, rows)
+    parts = batches(rows, batch)
+
+    async def truncate() -> None:
+        await conn.execute("TRUNCATE raw_events")
+        await conn.execute("VACUUM ANALYZE raw_events")
+
+    async def bare_copy() -> None:
+        for b in parts:
+            async with conn.transaction():
+                await conn.copy_records_to_table("raw_events", records=b, columns=RAW_COLUMNS)
+
+    async def staged() -> None:
+        for b in parts:
+            async with conn.transaction():
+                await writer.write(conn, b)
+
+    async def unnest() -> None:
+        for b in parts:
+            cols = list(zip(*b, strict=True))
+            async with conn.transaction():
+                await conn.execute(_UNNEST_SQL, *cols)
+
+    results: dict[str, float] = {}
+    for rnd in range(2):  # two rounds, best of each, to damp noise on a shared machine
+        for label, fn in (
+            ("baseline: bare COPY into raw_events", bare_copy),
+            ("sink: COPY to staging + INSERT ON CONFLICT DO NOTHING", staged),
+            ("alt: INSERT SELECT unnest(arrays) ON CONFLICT DO NOTHING", unnest),
+        ):
+            await truncate()
+            rate = await timed(f"[{rnd + 1}] {label}", len(rows), fn)
+            results[label] = max(results.get(label, 0.0), rate)
+            assert await conn.fetchval("SELECT count(*) FROM raw_events") == len(rows)
+        redelivery = "sink path, full redelivery (all duplicates)"
+        rate = await timed(f"[{rnd + 1}] {redelivery}", len(rows), staged)
+        results[redelivery] = max(results.get(redelivery, 0.0), rate)
+        assert await conn.fetchval("SELECT count(*) FROM raw_events") == len(rows)
+    base = results["baseline: bare COPY into raw_events"]
+    print("best of 2, ratio to bare COPY:")
+    for label, rate in results.items():
+        print(f"  {label:<58} {rate:>9,.0f} rows/s  x{rate / base:.2f}")
+
+    # ---- sessions ----
+    t0 = events[0].ts
+    sessions = [
+        make_session(
+            f"corp\\user{i % 200}",
+            "active",
+            t0 + timedelta(minutes=i),
+            t0 + timedelta(minutes=i + 3),
+            ["PC-1"],
+        )
+        for i in range(n_sessions)
+    ]
+    updated = [
+        make_session(s.user_key, "active", s.start, s.end + timedelta(seconds=30), ["PC-1", "PC-2"])
+        for s in sessions
+    ]
+    mixed: list[Session | SessionRetraction] = []
+    for i, s in enumerate(updated):
+        mixed.append(s)
+        if i % 10 == 0:
+            mixed.append(SessionRetraction(session_id=s.session_id))
+    sw = SessionWriter()
+    await sw.prepare(conn)
+    print(f"sessions: {n_sessions}, batch {batch}")
+
+    async def apply(msgs: Sequence[Session | SessionRetraction]) -> None:
+        for b in batches(msgs, batch):
+            async with conn.transaction():
+                await sw.write(conn, b)
+
+    await timed("session upserts (new ids)", len(sessions), lambda: apply(sessions))
+    await timed("session upserts (same ids, changed)", len(updated), lambda: apply(updated))
+    await timed("session upserts + 10% retractions", len(mixed), lambda: apply(mixed))
+    left = await conn.fetchval("SELECT count(*) FROM sessions")
+    assert left == n_sessions - len(range(0, n_sessions, 10)), left
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=60000)
+    p.add_argument("--batch", type=int, default=2000)
+    p.add_argument("--sessions", type=int, default=20000)
+    p.add_argument("--pg-dsn", default=os.environ.get("DESKTRACE_PG_DSN", ""))
+    a = p.parse_args()
+    if not a.pg_dsn:
+        raise SystemExit('set DESKTRACE_PG_DSN (eval "$(.venv/bin/desktrace-local up)") or --pg-dsn')
+    asyncio.run(bench(a.pg_dsn, a.events, a.batch, a.sessions))
+
+
+if __name__ == "__main__":
+    main()

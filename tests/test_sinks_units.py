@@ -1,0 +1,215 @@
+"""Pure parts of the sinks: row building, session reduction, partition arithmetic, error classes, backoff,
+and the health server's HTTP handling (no Kafka, no PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.health import HealthServer, parse_addr
+from proto.codec import encode_event
+from proto.events import Heartbeat, Lock, WindowSwitch
+from proto.sessions import Session, SessionRetraction, make_session
+from sinks.errors import ErrorKind, Reject, classify
+from sinks.partitions import expired, partition_day, partition_name, window
+from sinks.rows import RAW_COLUMNS, raw_row, reduce_sessions, url_domain
+from sinks.runner import Backoff, group_id_for
+from sinks.settings import SinkSettings
+from sinks.writers import RawWriter
+
+T0 = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+
+
+def test_raw_row_columns_and_details() -> None:
+    ev = WindowSwitch(
+        agent_id="a1",
+        seq=5,
+        ts=T0,
+        input="hardware",
+        user="Alice",
+        domain="CORP",
+        host="PC1",
+        app="chrome.exe",
+        url="HTTPS://Mail.Example.com:8443/x?y",
+        title="Inbox",
+        pid=42,
+    )
+    row = dict(zip(RAW_COLUMNS, raw_row(ev), strict=True))
+    assert row["user_key"] == "corp\\alice"
+    assert row["type"] == "WindowSwitch" and row["category"] == "ui"
+    assert row["app"] == "chrome.exe" and row["url_domain"] == "mail.example.com"
+    assert row["ts"] == T0 and row["last_input_ts"] is None
+    details = json.loads(row["details"])
+    assert details == {"title": "Inbox", "url": "HTTPS://Mail.Example.com:8443/x?y", "pid": 42}
+
+    hb = Heartbeat(
+        agent_id="a1",
+        seq=6,
+        ts=T0,
+        input="none",
+        user="a",
+        domain="d",
+        host="h",
+        last_input_ts=T0 - timedelta(seconds=5),
+        idle_ms=5000,
+    )
+    row = dict(zip(RAW_COLUMNS, raw_row(hb), strict=True))
+    assert row["category"] == "presence" and row["app"] is None and row["url_domain"] is None
+    assert row["last_input_ts"] == T0 - timedelta(seconds=5)
+    assert json.loads(row["details"]) == {"idle_ms": 5000}
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("", None),
+        ("about:blank", None),
+        ("relative/path", None),
+        ("http://[::1", None),
+        ("https://A.B.example/", "a.b.example"),
+        ("file:///C:/x", None),
+    ],
+)
+def test_url_domain(url: str, host: str | None) -> None:
+    assert url_domain(url) == host
+
+
+def _apply(messages: list[Session | SessionRetraction]) -> dict[str, Session]:
+    state: dict[str, Session] = {}
+    for m in messages:
+        if isinstance(m, Session):
+            state[m.session_id] = m
+        else:
+            state.pop(m.session_id, None)
+    return state
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.booleans(), st.integers(1, 50)), max_size=40))
+def test_reduce_sessions_equals_applying_in_order(ops: list[tuple[int, bool, int]]) -> None:
+    messages: list[Session | SessionRetraction] = []
+    for k, retract, minutes in ops:
+        start = T0 + timedelta(hours=k)
+        s = make_session("d\\u", "active", start, start + timedelta(minutes=minutes))
+        messages.append(SessionRetraction(session_id=s.session_id) if retract else s)
+    before = {"stale": make_session("d\\x", "active", T0, T0)}
+    state = dict(before)
+    upserts, deletes = reduce_sessions(messages)
+    for sid in deletes:
+        state.pop(sid, None)
+    for s in upserts:
+        state[s.session_id] = s
+    expected = dict(before)
+    expected.update(_apply(messages))
+    for sid in {m.session_id for m in messages} - set(_apply(messages)):
+        expected.pop(sid, None)
+    assert state == expected
+    assert len({s.session_id for s in upserts}) == len(upserts)
+    assert not {s.session_id for s in upserts} & set(deletes)
+
+
+def test_partition_names_and_windows() -> None:
+    for d in (date(1, 1, 1), date(999, 12, 31), date(2026, 11, 23), date(9999, 12, 31)):
+        assert partition_day(partition_name(d)) == d
+    assert partition_name(date(2026, 1, 2)) == "raw_events_p20260102"
+    assert partition_day("raw_events_p20261399") is None and partition_day("other") is None
+    today = date(2026, 11, 23)
+    assert window(today, 1, 2) == [date(2026, 11, 22), today, date(2026, 11, 24), date(2026, 11, 25)]
+    days = [today - timedelta(days=n) for n in (0, 399, 400, 401, 900)]
+    assert expired(days, today, 400) == [today - timedelta(days=900), today - timedelta(days=401)]
+    assert expired(days, today, 0) == []
+
+
+def test_error_classes() -> None:
+    assert classify(ConnectionRefusedError()) is ErrorKind.RETRY
+    assert classify(TimeoutError()) is ErrorKind.RETRY
+    assert classify(asyncpg.CannotConnectNowError("starting")) is ErrorKind.RETRY
+    assert classify(asyncpg.exceptions.AdminShutdownError("bye")) is ErrorKind.RETRY
+    assert classify(asyncpg.exceptions.ConnectionDoesNotExistError("gone")) is ErrorKind.RETRY
+    assert classify(asyncpg.exceptions.DeadlockDetectedError("x")) is ErrorKind.RETRY
+    assert classify(asyncpg.exceptions.CharacterNotInRepertoireError("nul")) is ErrorKind.DATA
+    assert classify(asyncpg.exceptions.CheckViolationError("violates check")) is ErrorKind.DATA
+    assert classify(asyncpg.exceptions.NotNullViolationError("null")) is ErrorKind.DATA
+    assert classify(OverflowError("value out of int64 range")) is ErrorKind.DATA
+    assert (
+        classify(
+            asyncpg.exceptions.CheckViolationError('no partition of relation "raw_events" found for row')
+        )
+        is ErrorKind.PARTITION
+    )
+    assert classify(asyncpg.exceptions.UndefinedTableError("missing")) is ErrorKind.RETRY  # never drop data
+
+
+def test_backoff_doubles_caps_and_resets() -> None:
+    b = Backoff(0.5, 3.0)
+    assert [b.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    b.reset()
+    assert b.next() == 0.5
+
+
+def test_group_ids_follow_the_topic_prefix() -> None:
+    assert group_id_for(SinkSettings(), "raw") == "desktrace-sink-raw"
+    assert (
+        group_id_for(SinkSettings(topic_prefix="staging."), "sessions") == "staging.desktrace-sink-sessions"
+    )
+    assert group_id_for(SinkSettings(group_id="g"), "raw") == "g"
+
+
+def test_raw_writer_decode_rejects_late_and_tombstones() -> None:
+    w = RawWriter(retention_days=10)
+    w.refresh(T0)
+    ok = Lock(agent_id="a", seq=1, ts=T0 - timedelta(days=9), input="none", user="u", domain="d", host="h")
+    assert w.decode(encode_event(ok))[0] == "a"
+    late = msgspec.structs.replace(ok, ts=T0 - timedelta(days=11))
+    with pytest.raises(Reject) as info:
+        w.decode(encode_event(late))
+    assert info.value.error_class == "late"
+    with pytest.raises(Reject):
+        w.decode(None)
+    forever = RawWriter(retention_days=0)
+    forever.refresh(T0)
+    assert forever.decode(encode_event(msgspec.structs.replace(ok, ts=datetime(1990, 1, 1, tzinfo=UTC))))
+
+
+def test_parse_addr() -> None:
+    assert parse_addr("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert parse_addr(":0") == ("127.0.0.1", 0)
+    assert parse_addr("[::1]:80") == ("::1", 80)
+    for bad in ("nope", "host:", "h:99999"):
+        with pytest.raises(ValueError):
+            parse_addr(bad)
+
+
+async def test_health_server_http_edges() -> None:
+    async def slow() -> bool:
+        await asyncio.sleep(10)
+        return True
+
+    server = HealthServer("127.0.0.1:0", readiness={"slow": slow}, check_timeout=0.2, read_timeout=0.5)
+    async with server:
+
+        async def raw(request: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request)
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return data
+
+        ready = await raw(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ready.startswith(b"HTTP/1.1 503") and b'"slow": "timeout"' in ready
+        assert (await raw(b"POST /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405")
+        assert (await raw(b"GARBAGE\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        head = await raw(b"HEAD /healthz HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")
+        # a client that never finishes its request is cut off, and the server still answers others
+        assert (await raw(b"GET /healthz HTTP/1.1\r\n")).startswith(b"HTTP/1.1 400")
+        assert (await raw(b"GET /healthz HTTP/1.1\r\n\r\n")).endswith(b"ok\n")
+        big = await raw(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n")
+        assert big.startswith(b"HTTP/1.1 400")
