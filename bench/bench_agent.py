@@ -175,7 +175,7 @@ def wire_bytes(users: int) -> None:
         out.extend(v[1] for v in open_.values())
         return out
 
-    for linger in (0.0, 5.0, 60.0):
+    for linger in (0.0, 5.0, 60.0, 300.0, 900.0):
         bs = batches(linger)
         line = []
         base = None

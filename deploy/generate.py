@@ -28,52 +28,146 @@ Panel = tuple[str, str, list[tuple[str, str]]]  # (title, unit, [(expr, legend)]
 
 PIPELINE: list[list[Panel]] = [
     [
-        ("Ingest rate by topic", "ops", [("sum by (topic) (rate(desktrace_stream_events_total[5m]))", "{{topic}}")]),
-        ("Sink rows written /s", "ops", [("sum by (table) (rate(desktrace_sink_rows_written_total[5m]))", "{{table}}")]),
-        ("Gateway legacy reports /s", "ops", [("sum(rate(desktrace_gateway_legacy_accepted_total[5m]))", "accepted"),
-                                              ("sum(rate(desktrace_gateway_rejected_total[5m]))", "rejected")]),
+        (
+            "Ingest rate by topic",
+            "ops",
+            [("sum by (topic) (rate(desktrace_stream_events_total[5m]))", "{{topic}}")],
+        ),
+        (
+            "Sink rows written /s",
+            "ops",
+            [("sum by (table) (rate(desktrace_sink_rows_written_total[5m]))", "{{table}}")],
+        ),
+        (
+            "Gateway legacy reports /s",
+            "ops",
+            [
+                ("sum(rate(desktrace_gateway_legacy_accepted_total[5m]))", "accepted"),
+                ("sum(rate(desktrace_gateway_rejected_total[5m]))", "rejected"),
+            ],
+        ),
     ],
     [
-        ("Consumer lag by group and partition", "short", [
-            ("sum by (job, topic, partition) (desktrace_sink_consumer_lag)", "{{job}} {{topic}}/{{partition}}"),
-            ("sum by (topic, partition) (desktrace_stream_consumer_lag)", "stream {{topic}}/{{partition}}"),
-        ]),
-        ("Sink write latency p95", "s", [(
-            "histogram_quantile(0.95, sum by (le, table) (rate(desktrace_sink_write_seconds_bucket[5m])))", "{{table}}",
-        )]),
-        ("Stream batch processing p95", "s", [(
-            "histogram_quantile(0.95, sum by (le) (rate(desktrace_stream_batch_processing_seconds_bucket[5m])))", "p95",
-        )]),
+        (
+            "Consumer lag by group and partition",
+            "short",
+            [
+                (
+                    "sum by (job, topic, partition) (desktrace_sink_consumer_lag)",
+                    "{{job}} {{topic}}/{{partition}}",
+                ),
+                (
+                    "sum by (topic, partition) (desktrace_stream_consumer_lag)",
+                    "stream {{topic}}/{{partition}}",
+                ),
+            ],
+        ),
+        (
+            "Sink write latency p95",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (le, table) (rate(desktrace_sink_write_seconds_bucket[5m])))",
+                    "{{table}}",
+                )
+            ],
+        ),
+        (
+            "Stream batch processing p95",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (le) (rate(desktrace_stream_batch_processing_seconds_bucket[5m])))",
+                    "p95",
+                )
+            ],
+        ),
     ],
     [
-        ("Dead letters /min", "short", [
-            ("sum by (error_class) (rate(desktrace_stream_deadlettered_total[5m])) * 60", "stream {{error_class}}"),
-            ("sum by (table, reason) (rate(desktrace_sink_rows_rejected_total[5m])) * 60", "sink {{table}} {{reason}}"),
-        ]),
-        ("Sink retries /min", "short", [("sum by (table) (rate(desktrace_sink_retries_total[5m])) * 60", "{{table}}")]),
-        ("Seconds since last sink write", "s", [("time() - max by (job) (desktrace_sink_last_successful_write_timestamp_seconds)", "{{job}}")]),
+        (
+            "Dead letters /min",
+            "short",
+            [
+                (
+                    "sum by (error_class) (rate(desktrace_stream_deadlettered_total[5m])) * 60",
+                    "stream {{error_class}}",
+                ),
+                (
+                    "sum by (table, reason) (rate(desktrace_sink_rows_rejected_total[5m])) * 60",
+                    "sink {{table}} {{reason}}",
+                ),
+            ],
+        ),
+        (
+            "Sink retries /min",
+            "short",
+            [("sum by (table) (rate(desktrace_sink_retries_total[5m])) * 60", "{{table}}")],
+        ),
+        (
+            "Seconds since last sink write",
+            "s",
+            [("time() - max by (job) (desktrace_sink_last_successful_write_timestamp_seconds)", "{{job}}")],
+        ),
     ],
     [
-        ("Services up", "short", [("up{job=~\"desktrace.*\"}", "{{job}} {{instance}}")]),
-        ("Gateway request p95", "s", [(
-            "histogram_quantile(0.95, sum by (le) (rate(desktrace_gateway_request_duration_seconds_bucket[5m])))", "p95",
-        )]),
-        ("Gateway Kafka send p95", "s", [(
-            "histogram_quantile(0.95, sum by (le) (rate(desktrace_gateway_kafka_send_seconds_bucket[5m])))", "p95",
-        )]),
+        ("Services up", "short", [('up{job=~"desktrace.*"}', "{{job}} {{instance}}")]),
+        (
+            "Gateway request p95",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (le) (rate(desktrace_gateway_request_duration_seconds_bucket[5m])))",
+                    "p95",
+                )
+            ],
+        ),
+        (
+            "Gateway Kafka send p95",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (le) (rate(desktrace_gateway_kafka_send_seconds_bucket[5m])))",
+                    "p95",
+                )
+            ],
+        ),
     ],
 ]
 
 FLEET: list[list[Panel]] = [
     [
-        ("Agents heard from in the last 5 minutes", "short", [("sum(desktrace_stream_fleet_agents_heard_5m)", "agents")]),
-        ("Agents silent for more than 1 hour", "short", [("sum(desktrace_stream_fleet_agents_silent_1h)", "agents")]),
-        ("Spool drops reported by agents /h", "short", [("sum(rate(desktrace_stream_fleet_spool_dropped_total[1h])) * 3600", "drops")]),
+        (
+            "Agents heard from in the last 5 minutes",
+            "short",
+            [("sum(desktrace_stream_fleet_agents_heard_5m)", "agents")],
+        ),
+        (
+            "Agents silent for more than 1 hour",
+            "short",
+            [("sum(desktrace_stream_fleet_agents_silent_1h)", "agents")],
+        ),
+        (
+            "Spool drops reported by agents /h",
+            "short",
+            [("sum(rate(desktrace_stream_fleet_spool_dropped_total[1h])) * 3600", "drops")],
+        ),
     ],
     [
-        ("Agent versions in use", "short", [("sum by (agent_version) (desktrace_stream_fleet_agent_versions)", "{{agent_version}}")]),
-        ("Events by type /s", "ops", [("sum by (type) (rate(desktrace_stream_events_total[5m]))", "{{type}}")]),
-        ("Duplicate events /s (agent retries)", "ops", [("sum(rate(desktrace_stream_duplicate_events_total[5m]))", "duplicates")]),
+        (
+            "Agent versions in use",
+            "short",
+            [("sum by (agent_version) (desktrace_stream_fleet_agent_versions)", "{{agent_version}}")],
+        ),
+        (
+            "Events by type /s",
+            "ops",
+            [("sum by (type) (rate(desktrace_stream_events_total[5m]))", "{{type}}")],
+        ),
+        (
+            "Duplicate events /s (agent retries)",
+            "ops",
+            [("sum(rate(desktrace_stream_duplicate_events_total[5m]))", "duplicates")],
+        ),
     ],
 ]
 
@@ -81,17 +175,35 @@ SESSIONS: list[list[Panel]] = [
     [
         ("Open sessions", "short", [("sum(desktrace_stream_open_sessions)", "open")]),
         ("Users with state", "short", [("sum(desktrace_stream_users)", "users")]),
-        ("Sessions closed per minute", "short", [("sum by (kind) (rate(desktrace_stream_sessions_published_total[5m])) * 60", "{{kind}}")]),
+        (
+            "Sessions closed per minute",
+            "short",
+            [("sum by (kind) (rate(desktrace_stream_sessions_published_total[5m])) * 60", "{{kind}}")],
+        ),
     ],
     [
-        ("Corrections and retractions per minute", "short", [
-            ("sum(rate(desktrace_stream_corrections_total[5m])) * 60", "corrections"),
-            ("sum(rate(desktrace_stream_retractions_total[5m])) * 60", "retractions"),
-        ]),
-        ("Session close lag p50 / p95", "s", [
-            ("histogram_quantile(0.5, sum by (le) (rate(desktrace_stream_close_lag_seconds_bucket[10m])))", "p50"),
-            ("histogram_quantile(0.95, sum by (le) (rate(desktrace_stream_close_lag_seconds_bucket[10m])))", "p95"),
-        ]),
+        (
+            "Corrections and retractions per minute",
+            "short",
+            [
+                ("sum(rate(desktrace_stream_corrections_total[5m])) * 60", "corrections"),
+                ("sum(rate(desktrace_stream_retractions_total[5m])) * 60", "retractions"),
+            ],
+        ),
+        (
+            "Session close lag p50 / p95",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.5, sum by (le) (rate(desktrace_stream_close_lag_seconds_bucket[10m])))",
+                    "p50",
+                ),
+                (
+                    "histogram_quantile(0.95, sum by (le) (rate(desktrace_stream_close_lag_seconds_bucket[10m])))",
+                    "p95",
+                ),
+            ],
+        ),
         ("Late events /min", "short", [("sum(rate(desktrace_stream_late_events_total[5m])) * 60", "late")]),
     ],
 ]
@@ -104,20 +216,26 @@ def dashboard(uid: str, title: str, rows: list[list[Panel]]) -> dict[str, Any]:
     for y, row in enumerate(rows):
         width = 24 // len(row)
         for x, (ptitle, unit, exprs) in enumerate(row):
-            panels.append({
-                "id": pid,
-                "type": "timeseries",
-                "title": ptitle,
-                "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                "gridPos": {"h": 8, "w": width, "x": x * width, "y": y * 8},
-                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-                "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
-                "targets": [
-                    {"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
-                     "datasource": {"type": "prometheus", "uid": "${datasource}"}}
-                    for i, (expr, legend) in enumerate(exprs)
-                ],
-            })
+            panels.append(
+                {
+                    "id": pid,
+                    "type": "timeseries",
+                    "title": ptitle,
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "gridPos": {"h": 8, "w": width, "x": x * width, "y": y * 8},
+                    "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                    "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+                    "targets": [
+                        {
+                            "refId": chr(ord("A") + i),
+                            "expr": expr,
+                            "legendFormat": legend,
+                            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                        }
+                        for i, (expr, legend) in enumerate(exprs)
+                    ],
+                }
+            )
             pid += 1
     return {
         "uid": uid,
@@ -128,10 +246,17 @@ def dashboard(uid: str, title: str, rows: list[list[Panel]]) -> dict[str, Any]:
         "editable": False,
         "time": {"from": "now-6h", "to": "now"},
         "refresh": "30s",
-        "templating": {"list": [{
-            "name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source",
-            "current": {"text": "Prometheus", "value": "prometheus"},
-        }]},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "label": "Data source",
+                    "current": {"text": "Prometheus", "value": "prometheus"},
+                }
+            ]
+        },
         "panels": panels,
     }
 
@@ -167,7 +292,9 @@ def expressions() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true", help="regenerate the files")
     group.add_argument("--check", action="store_true", help="exit 1 when a generated file is stale")

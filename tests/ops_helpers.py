@@ -31,7 +31,16 @@ def kustomize_build(overlay: str) -> list[dict]:
     """The documents of `kustomize build` of one overlay of deploy/k8s."""
     exe = tool("kustomize", str(Path.home() / "go" / "bin"))
     out = subprocess.run(
-        [exe, "build", "--load-restrictor", "LoadRestrictionsNone", str(DEPLOY / "k8s" / "overlays" / overlay)],
-        check=True, capture_output=True, text=True, timeout=60,
+        [
+            exe,
+            "build",
+            "--load-restrictor",
+            "LoadRestrictionsNone",
+            str(DEPLOY / "k8s" / "overlays" / overlay),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     return [d for d in yaml.safe_load_all(out) if d]

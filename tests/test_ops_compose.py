@@ -27,7 +27,16 @@ def _console_scripts() -> set[str]:
 
 def test_services_exist(compose: dict) -> None:
     services = compose["services"]
-    assert {"kafka", "postgres", "prometheus", "grafana", "stream", "sink-raw", "sink-sessions", "gateway"} <= set(services)
+    assert {
+        "kafka",
+        "postgres",
+        "prometheus",
+        "grafana",
+        "stream",
+        "sink-raw",
+        "sink-sessions",
+        "gateway",
+    } <= set(services)
     scripts = _console_scripts()
     for name, svc in services.items():
         assert svc.get("image"), name
@@ -36,7 +45,7 @@ def test_services_exist(compose: dict) -> None:
         cmd = svc.get("command")
         if svc["image"].startswith("desktrace:"):
             assert cmd and cmd[0] in scripts, f"{name}: {cmd} is not a desktrace console script"
-        for dep in (svc.get("depends_on") or {}):
+        for dep in svc.get("depends_on") or {}:
             assert dep in services, f"{name} depends on unknown service {dep}"
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller", "KRaft"
 
@@ -44,12 +53,18 @@ def test_services_exist(compose: dict) -> None:
 def test_monitoring_files_are_the_repos(compose: dict) -> None:
     mounts = [v for s in ("prometheus", "grafana") for v in compose["services"][s]["volumes"]]
     sources = {m.split(":")[0] for m in mounts}
-    assert sources == {"./deploy/prometheus/prometheus.yml", "./deploy/prometheus/rules",
-                       "./deploy/grafana/provisioning", "./deploy/grafana/dashboards"}
+    assert sources == {
+        "./deploy/prometheus/prometheus.yml",
+        "./deploy/prometheus/rules",
+        "./deploy/grafana/provisioning",
+        "./deploy/grafana/dashboards",
+    }
     for s in sources:
         assert (ROOT / s).exists(), s
     scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
-    targets = {t.split(":")[0] for j in scrape["scrape_configs"] for c in j["static_configs"] for t in c["targets"]}
+    targets = {
+        t.split(":")[0] for j in scrape["scrape_configs"] for c in j["static_configs"] for t in c["targets"]
+    }
     assert targets <= set(compose["services"]), "Prometheus scrapes services compose defines"
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/desktrace.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
@@ -59,6 +74,11 @@ def test_docker_compose_config_where_docker_is_present() -> None:
     docker = shutil.which("docker")
     if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("docker compose is not installed here (the structure is checked by the other tests)")
-    out = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr

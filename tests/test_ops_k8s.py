@@ -1,5 +1,5 @@
-"""The Kubernetes manifests: both overlays build, core kinds validate against the Kubernetes schemas, and every
-workload has probes, resource limits and a non-root, read-only security context."""
+"""The Kubernetes manifests: both overlays build, core kinds validate against the Kubernetes schemas,
+and every workload has probes, resource limits and a non-root, read-only security context."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ from tests.ops_helpers import kustomize_build
 K8S_VERSION = kubernetes_validate.latest_version()
 #: Custom resources of the operators desktrace builds on (not in the core schemas).
 OPERATOR_KINDS = {
-    "Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser",  # Strimzi
+    "Kafka",
+    "KafkaNodePool",
+    "KafkaTopic",
+    "KafkaUser",  # Strimzi
     "Cluster",  # CloudNativePG
-    "ScaledObject", "TriggerAuthentication",  # KEDA
-    "PodMonitor", "ServiceMonitor", "PrometheusRule",  # Prometheus Operator
+    "ScaledObject",
+    "TriggerAuthentication",  # KEDA
+    "PodMonitor",
+    "ServiceMonitor",
+    "PrometheusRule",  # Prometheus Operator
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
 
@@ -33,8 +39,18 @@ def test_core_manifests_validate(manifests: list[dict]) -> None:
 
 def test_operator_resources_are_well_formed(manifests: list[dict]) -> None:
     kinds = {d["kind"] for d in manifests}
-    assert {"Kafka", "KafkaTopic", "KafkaUser", "Cluster", "ScaledObject", "PodMonitor", "PrometheusRule"} <= kinds
-    assert "StatefulSet" not in kinds, "Kafka and PostgreSQL come from their operators, not hand-written StatefulSets"
+    assert {
+        "Kafka",
+        "KafkaTopic",
+        "KafkaUser",
+        "Cluster",
+        "ScaledObject",
+        "PodMonitor",
+        "PrometheusRule",
+    } <= kinds
+    assert "StatefulSet" not in kinds, (
+        "Kafka and PostgreSQL come from their operators, not hand-written StatefulSets"
+    )
     for doc in manifests:
         assert doc["apiVersion"] and doc["metadata"]["name"]
         if doc["kind"] in OPERATOR_KINDS:
@@ -44,7 +60,10 @@ def test_operator_resources_are_well_formed(manifests: list[dict]) -> None:
 def test_workloads_have_probes_limits_and_run_as_non_root(manifests: list[dict]) -> None:
     workloads = [d for d in manifests if d["kind"] in WORKLOAD_KINDS]
     assert {w["metadata"]["name"] for w in workloads} == {
-        "desktrace-stream", "desktrace-sink-raw", "desktrace-sink-sessions", "desktrace-gateway",
+        "desktrace-stream",
+        "desktrace-sink-raw",
+        "desktrace-sink-sessions",
+        "desktrace-gateway",
     }
     for w in workloads:
         pod = w["spec"]["template"]["spec"]
@@ -63,23 +82,35 @@ def test_workloads_have_probes_limits_and_run_as_non_root(manifests: list[dict])
 
 
 def test_stream_replicas_bounded_by_partitions(manifests: list[dict]) -> None:
-    partitions = {d["metadata"]["name"]: d["spec"]["partitions"] for d in manifests if d["kind"] == "KafkaTopic"}
+    partitions = {
+        d["metadata"]["name"]: d["spec"]["partitions"] for d in manifests if d["kind"] == "KafkaTopic"
+    }
     raw = {n: p for n, p in partitions.items() if n.startswith("desktrace.events.")}
     assert len(set(raw.values())) == 1, "every raw topic has the same partition count"
     scaled = {d["metadata"]["name"]: d for d in manifests if d["kind"] == "ScaledObject"}
     assert scaled["desktrace-stream"]["spec"]["maxReplicaCount"] <= next(iter(raw.values()))
-    stream = next(d for d in manifests if d["kind"] == "Deployment" and d["metadata"]["name"] == "desktrace-stream")
+    stream = next(
+        d for d in manifests if d["kind"] == "Deployment" and d["metadata"]["name"] == "desktrace-stream"
+    )
     assert stream["spec"]["replicas"] <= next(iter(raw.values()))
 
 
 def test_acls_follow_the_data_flow(manifests: list[dict]) -> None:
-    users = {d["metadata"]["name"]: d["spec"]["authorization"]["acls"] for d in manifests if d["kind"] == "KafkaUser"}
+    users = {
+        d["metadata"]["name"]: d["spec"]["authorization"]["acls"]
+        for d in manifests
+        if d["kind"] == "KafkaUser"
+    }
 
     def ops(user: str, topic: str) -> set[str]:
         return {
-            op for a in users[user] if a["resource"]["type"] == "topic"
-            and (a["resource"]["name"] == topic or (a["resource"].get("patternType") == "prefix"
-                                                   and topic.startswith(a["resource"]["name"])))
+            op
+            for a in users[user]
+            if a["resource"]["type"] == "topic"
+            and (
+                a["resource"]["name"] == topic
+                or (a["resource"].get("patternType") == "prefix" and topic.startswith(a["resource"]["name"]))
+            )
             for op in a["operations"]
         }
 
@@ -88,7 +119,9 @@ def test_acls_follow_the_data_flow(manifests: list[dict]) -> None:
         assert "Write" in ops("desktrace-agent", t) and "Read" not in ops("desktrace-agent", t)
         assert "Read" in ops("desktrace-stream", t) and "Read" in ops("desktrace-sink", t)
     assert not ops("desktrace-agent", "desktrace.sessions.v1")
-    assert not any(a["resource"]["type"] == "group" for a in users["desktrace-agent"]), "agents consume nothing"
+    assert not any(a["resource"]["type"] == "group" for a in users["desktrace-agent"]), (
+        "agents consume nothing"
+    )
     assert ops("desktrace-gateway", "desktrace.events.presence.v1") == {"Write", "Describe"}
     assert not ops("desktrace-gateway", "desktrace.events.hid.v1")
     assert "Write" in ops("desktrace-stream", "desktrace.sessions.v1")
@@ -96,6 +129,10 @@ def test_acls_follow_the_data_flow(manifests: list[dict]) -> None:
 
 
 def test_grafana_dashboards_shipped_as_configmap(manifests: list[dict]) -> None:
-    cm = next(d for d in manifests if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "desktrace-grafana-dashboards")
+    cm = next(
+        d
+        for d in manifests
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "desktrace-grafana-dashboards"
+    )
     assert set(cm["data"]) == {"pipeline.json", "fleet.json", "sessions.json"}
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"

@@ -23,7 +23,7 @@ from devstack.samples import every_event_type
 from proto import Topics, encode_event, event_user_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-import generate  # noqa: E402
+import generate
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -70,13 +70,15 @@ def test_every_dashboard_and_alert_metric_is_exported(
 ) -> None:
     wanted = referenced_names()
     assert len(wanted) > 20
-    with LocalPipeline(kafka_bootstrap, fresh_pg_dsn, tmp_path, topic_prefix=topics.prefix,
-                       close_timeout_s=2) as pipeline:
+    with LocalPipeline(
+        kafka_bootstrap, fresh_pg_dsn, tmp_path, topic_prefix=topics.prefix, close_timeout_s=2
+    ) as pipeline:
         asyncio.run(_traffic(kafka_bootstrap, topics))
         body = json.dumps({"user": "legacy.metrics", "state": "working"}).encode()
-        req = urllib.request.Request(pipeline.web_url + "api/report", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=15) as r:  # noqa: S310 - loopback
+        req = urllib.request.Request(
+            pipeline.web_url + "api/report", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=15) as r:
             assert json.loads(r.read()) == {"success": True}
         missing: set[str] = set(wanted)
         deadline = time.monotonic() + 60

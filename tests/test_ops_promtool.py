@@ -10,16 +10,24 @@ from tests.ops_helpers import DEPLOY, ROOT, tool
 
 def test_promtool_check_rules() -> None:
     promtool = tool("promtool")
-    out = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus/rules/desktrace.rules.yml")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "check", "rules", str(DEPLOY / "prometheus/rules/desktrace.rules.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
 
 
 def test_promtool_test_rules() -> None:
     promtool = tool("promtool")
-    out = subprocess.run([promtool, "test", "rules", str(DEPLOY / "prometheus/tests/desktrace.test.yml")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "test", "rules", str(DEPLOY / "prometheus/tests/desktrace.test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -29,13 +37,24 @@ def test_every_alert_has_a_summary_that_says_what_to_do() -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus/rules/desktrace.rules.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"]]
     names = {r["alert"] for r in alerts}
-    assert {"DesktraceServiceDown", "DesktraceConsumerLagGrowing", "DesktraceDeadLetters",
-            "DesktraceSinkWriteFailures", "DesktraceNoEventsFromFleet", "DesktraceSessionCloseLagHigh"} <= names
+    assert {
+        "DesktraceServiceDown",
+        "DesktraceConsumerLagGrowing",
+        "DesktraceDeadLetters",
+        "DesktraceSinkWriteFailures",
+        "DesktraceNoEventsFromFleet",
+        "DesktraceSessionCloseLagHigh",
+    } <= names
     for r in alerts:
         assert r["annotations"]["summary"] and len(r["annotations"]["description"]) > 40, r["alert"]
 
 
 def test_generated_dashboards_and_prometheusrule_are_fresh() -> None:
-    out = subprocess.run([sys.executable, str(DEPLOY / "generate.py"), "--check"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(DEPLOY / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
