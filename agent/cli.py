@@ -34,36 +34,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the agent in this desktop session (foreground)",
-                         description="Watch this desktop session and ship its activity to Kafka until "
-                         "SIGTERM/SIGINT.")
+    run = sub.add_parser(
+        "run",
+        help="run the agent in this desktop session (foreground)",
+        description="Watch this desktop session and ship its activity to Kafka until SIGTERM/SIGINT.",
+    )
     add_agent_arguments(run)
 
-    inst = sub.add_parser("install", help="start the agent at every logon of this user",
-                          description="Linux: an XDG autostart entry in ~/.config/autostart; Windows: a "
-                          "Task Scheduler task run at logon. Settings flags given here are passed on.")
+    inst = sub.add_parser(
+        "install",
+        help="start the agent at every logon of this user",
+        description="Linux: an XDG autostart entry in ~/.config/autostart; Windows: a "
+        "Task Scheduler task run at logon. Settings flags given here are passed on.",
+    )
     inst.add_argument("--dry-run", action="store_true", help="print what would be installed, change nothing")
     add_agent_arguments(inst)
 
-    uninst = sub.add_parser("uninstall", help="remove the autostart entry or scheduled task (keeps data)",
-                            description="Remove what 'install' created (the spool and agent id stay).")
+    uninst = sub.add_parser(
+        "uninstall",
+        help="remove the autostart entry or scheduled task (keeps data)",
+        description="Remove what 'install' created (the spool and agent id stay).",
+    )
     uninst.add_argument("--dry-run", action="store_true", help="print what would be removed, change nothing")
 
     sim = sub.add_parser(
-        "simulate", help="a fleet of synthetic users, to Kafka (through spool and shipper) or JSON Lines",
+        "simulate",
+        help="a fleet of synthetic users, to Kafka (through spool and shipper) or JSON Lines",
         description="Synthetic users with realistic working days run through the agent's recorder and "
         "throttle. Without --jsonl the events go to Kafka through the agent's spool and shipper.",
     )
     sim.add_argument("--users", type=int, default=10, help="number of users (default 10)")
-    sim.add_argument("--speed", type=float, default=60.0,
-                     help="simulated seconds per real second; 0 = as fast as possible (default 60)")
-    sim.add_argument("--duration", default="1d", help="simulated time span: 90s, 30m, 8h, 2d, 1w (default 1d)")
-    sim.add_argument("--start", default=None,
-                     help="simulated start, ISO date or date-time, UTC unless an offset is given "
-                     "(default: today 00:00 UTC)")
+    sim.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        help="simulated seconds per real second; 0 = as fast as possible (default 60)",
+    )
+    sim.add_argument(
+        "--duration", default="1d", help="simulated time span: 90s, 30m, 8h, 2d, 1w (default 1d)"
+    )
+    sim.add_argument(
+        "--start",
+        default=None,
+        help="simulated start, ISO date or date-time, UTC unless an offset is given "
+        "(default: today 00:00 UTC)",
+    )
     sim.add_argument("--seed", type=int, default=1, help="random seed: same seed, same events (default 1)")
-    sim.add_argument("--jsonl", metavar="PATH", default=None,
-                     help="write JSON Lines to PATH ('-' = stdout) instead of producing to Kafka")
+    sim.add_argument(
+        "--jsonl",
+        metavar="PATH",
+        default=None,
+        help="write JSON Lines to PATH ('-' = stdout) instead of producing to Kafka",
+    )
     add_agent_arguments(sim)
     return parser
 
@@ -169,8 +191,19 @@ def _desktop_quote(arg: str) -> str:
 
 
 def schtasks_create(cmd: list[str]) -> list[str]:
-    return ["schtasks", "/Create", "/TN", TASK_NAME, "/TR", subprocess.list2cmdline(cmd),
-            "/SC", "ONLOGON", "/RL", "LIMITED", "/F"]
+    return [
+        "schtasks",
+        "/Create",
+        "/TN",
+        TASK_NAME,
+        "/TR",
+        subprocess.list2cmdline(cmd),
+        "/SC",
+        "ONLOGON",
+        "/RL",
+        "LIMITED",
+        "/F",
+    ]
 
 
 def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
@@ -234,8 +267,9 @@ def cmd_simulate(args: argparse.Namespace, settings: AgentSettings) -> int:
         raise ValueError("--users must be at least 1")
     if args.speed < 0:
         raise ValueError("--speed must be 0 (as fast as possible) or positive")
-    fleet = Fleet(make_users(args.users, args.seed), parse_start(args.start), parse_duration(args.duration),
-                  settings)
+    fleet = Fleet(
+        make_users(args.users, args.seed), parse_start(args.start), parse_duration(args.duration), settings
+    )
     if args.jsonl:
         if args.jsonl == "-":
             n = write_jsonl(fleet, sys.stdout.buffer)

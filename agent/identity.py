@@ -119,7 +119,11 @@ def detect_identity(agent_id: str, env: Mapping[str, str] | None = None) -> Iden
 def _windows_workgroup() -> str:  # pragma: no cover - Windows only
     try:
         out = subprocess.run(
-            ["wmic", "computersystem", "get", "domain"], capture_output=True, text=True, timeout=5, check=False
+            ["wmic", "computersystem", "get", "domain"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         ).stdout.split()
         return out[1] if len(out) > 1 else ""
     except (OSError, subprocess.SubprocessError):
@@ -182,7 +186,9 @@ def detect_tz(env: Mapping[str, str] | None = None, root: Path = Path("/")) -> s
         return tz
     if sys.platform == "win32":  # pragma: no cover - Windows only
         try:
-            win = subprocess.run(["tzutil", "/g"], capture_output=True, text=True, timeout=5, check=False).stdout
+            win = subprocess.run(
+                ["tzutil", "/g"], capture_output=True, text=True, timeout=5, check=False
+            ).stdout
             return WINDOWS_ZONES.get(win.strip().removesuffix("_dstoff"), "UTC")
         except (OSError, subprocess.SubprocessError):
             return "UTC"

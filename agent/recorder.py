@@ -39,8 +39,17 @@ from proto.events import (
 
 #: Context fields a UI event carries and HID events inherit.
 CONTEXT_FIELDS: Final = (
-    "app", "app_version", "exe_path", "pid", "title", "tab", "url",
-    "file_path", "sheet", "hierarchy", "fields",
+    "app",
+    "app_version",
+    "exe_path",
+    "pid",
+    "title",
+    "tab",
+    "url",
+    "file_path",
+    "sheet",
+    "hierarchy",
+    "fields",
 )
 #: Fields whose change in the foreground window is a WindowUpdate.
 UPDATE_FIELDS: Final = ("title", "tab", "url", "file_path")
@@ -128,7 +137,9 @@ class Recorder:
         self._context: dict[str, Any] = {}
         self._pending: _Pending | None = None
         self._last_input: tuple[datetime, InputClass, str] | None = None  # (ts, class, kind) of the latest
-        self._awaiting_cause: tuple[datetime, InputClass] | None = None  # UI event written for an input not seen yet
+        self._awaiting_cause: tuple[datetime, InputClass] | None = (
+            None  # UI event written for an input not seen yet
+        )
         self._last_hw_input: datetime | None = None
         # per input class: the latest input's time and the window context it happened in
         self._input_context: dict[str, tuple[datetime, dict[str, Any]]] = {}
@@ -169,9 +180,14 @@ class Recorder:
         spool = spool or SpoolState()
         self._next_heartbeat = now + self.heartbeat_interval
         hb = self._event(
-            Heartbeat, now, "none",
-            last_input_ts=self._last_hw_input, idle_ms=max(0, int(idle_ms)),
-            spool_events=spool.events, spool_bytes=spool.bytes, spool_dropped=spool.dropped,
+            Heartbeat,
+            now,
+            "none",
+            last_input_ts=self._last_hw_input,
+            idle_ms=max(0, int(idle_ms)),
+            spool_events=spool.events,
+            spool_bytes=spool.bytes,
+            spool_dropped=spool.dropped,
         )
         assert isinstance(hb, Heartbeat)
         return hb

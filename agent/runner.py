@@ -148,6 +148,7 @@ class AgentRuntime:
             make_producer or producer_factory(client_options(settings), settings.compression_type),
             batch_size=settings.batch_size,
             backoff=Backoff(cap=settings.retry_max_s),
+            linger_s=settings.linger_s,
         )
         self.writer = SpoolWriter(self.spool, Topics(settings.topic_prefix), on_spooled=self.shipper.wake)
         self.recorder = make_recorder(settings, self.identity, self.spool.next_seq, load_privacy(settings))
@@ -198,8 +199,13 @@ class AgentRuntime:
             await shipper_task
             log.info(
                 "agent stopped",
-                extra={"kv": {"events": self.recorder.seq, "left_in_spool": len(self.spool),
-                              "sent_events": self.shipper.stats.sent_events}},
+                extra={
+                    "kv": {
+                        "events": self.recorder.seq,
+                        "left_in_spool": len(self.spool),
+                        "sent_events": self.shipper.stats.sent_events,
+                    }
+                },
             )
             self.spool.close()
 
@@ -208,7 +214,9 @@ class AgentRuntime:
             idle = self.source.idle_ms()
         except Exception:  # a platform call failing must not stop the heartbeat
             idle = 0
-        self.writer.write(self.recorder.tick(self.clock(), idle, self.writer.spool_state()), self.recorder.seq)
+        self.writer.write(
+            self.recorder.tick(self.clock(), idle, self.writer.spool_state()), self.recorder.seq
+        )
 
 
 def counts_summary(recorder: Recorder) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class AgentSettings(CommonSettings, kw_only=True):
     compression_type: str = "gzip"
     batch_size: int = 500
     retry_max_s: float = 30.0
+    linger_s: float = 300.0
     source: str = "auto"
     sim_speed: float = 10.0
     sim_seed: int = 1
@@ -44,6 +45,8 @@ class AgentSettings(CommonSettings, kw_only=True):
             raise ValueError("heartbeat_s, hid_interval_s and retry_max_s must be positive")
         if self.compression_type not in ("gzip", "none", "lz4", "zstd", "snappy"):
             raise ValueError("compression_type must be gzip, none, lz4, zstd or snappy")
+        if self.linger_s < 0:
+            raise ValueError("linger_s must be 0 or positive")
         if not 1 <= self.batch_size <= 10_000:
             raise ValueError("batch_size must be between 1 and 10000")
 
@@ -89,10 +92,12 @@ AGENT_HELP: dict[str, str] = {
     "privacy_exclude_apps": "programs never recorded (comma-separated; adds to exclude_apps)",
     "privacy_include_domains": "if set, only pages of these web domains are recorded (comma-separated)",
     "privacy_exclude_domains": "web domains never recorded (comma-separated; adds to exclude_domains)",
-    "privacy_redact": "regular expressions replaced in titles and URLs (TOML array, JSON array or one per line)",
+    "privacy_redact": "regexes replaced in titles and URLs (TOML array, JSON array, one per line)",
     "privacy_keep_query": "keep URL query strings (dropped by default)",
     "compression_type": "Kafka producer compression: gzip (default; no extra dependency), none, lz4, zstd",
     "batch_size": "most spooled events sent in one batch",
+    "linger_s": "seconds a partial batch waits in the spool before it is sent (bigger batches compress "
+    "better; a full batch and a stop send at once)",
     "retry_max_s": "longest wait between attempts to reach Kafka (exponential backoff with jitter)",
     "source": "observation source: auto (by platform), windows, x11, or simulated (a synthetic user)",
     "sim_speed": "with --source simulated: how much faster than real time the synthetic user acts",

@@ -1,6 +1,8 @@
 """Spool -> Kafka: at-least-once delivery of every spooled event, in spool order per key.
 
-The shipper reads the oldest batch from the spool, sends it with an idempotent aiokafka producer
+The shipper reads the oldest batch from the spool (waiting up to ``linger_s`` for a partial batch to fill,
+because a few minutes of events compress to a fraction of their size), sends it with an idempotent aiokafka
+producer
 (``acks='all'``), waits until every send future resolved, and only then deletes the batch from the spool.
 While the broker is unreachable it retries with exponential backoff and full jitter, creating a new producer
 for each attempt. An event can be sent twice only when a batch was written but its acknowledgement was lost
@@ -39,7 +41,7 @@ class ShipperStats:
 
 
 class Backoff:
-    """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**n))``; ``reset`` after success."""
+    """Exponential backoff with jitter: ``uniform(base / 2, min(cap, base * 2**n))``; ``reset`` on success."""
 
     def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
         self.base, self.cap, self.attempt = base, cap, 0
@@ -88,11 +90,14 @@ class Shipper:
         batch_size: int = 500,
         poll_s: float = 1.0,
         backoff: Backoff | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self.spool = spool
         self.make_producer = make_producer
         self.batch_size = batch_size
         self.poll_s = poll_s
+        self.linger_s = linger_s
+        self._first_seen: float | None = None
         self.backoff = backoff or Backoff()
         self.stats = ShipperStats()
         self._wake = asyncio.Event()
@@ -128,6 +133,13 @@ class Shipper:
                     except TimeoutError:
                         pass
                     continue
+                if self._lingering(len(batch)):
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    except TimeoutError:
+                        pass
+                    continue
                 if await self.ship(batch):
                     self.backoff.reset()
                 else:
@@ -139,6 +151,20 @@ class Shipper:
                     await self._sleep(delay)
         finally:
             await self._close_producer()
+
+    def _lingering(self, n: int) -> bool:
+        """Whether to wait for more events: a partial batch waits up to ``linger_s`` (bigger batches
+        compress far better: see bench/bench_agent.py); a full batch or a stop sends at once."""
+        if self.linger_s <= 0 or n >= self.batch_size or self._stopping:
+            self._first_seen = None
+            return False
+        now = asyncio.get_running_loop().time()
+        if self._first_seen is None:
+            self._first_seen = now
+        if now - self._first_seen < self.linger_s:
+            return True
+        self._first_seen = None
+        return False
 
     async def ship(self, batch: list[Spooled]) -> bool:
         """Send ``batch``; delete from the spool every event Kafka acknowledged. True if all were."""

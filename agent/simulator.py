@@ -37,11 +37,39 @@ from proto.events import Envelope
 log = logging.getLogger("desktrace.agent.simulator")
 
 TIME_ZONES = (
-    "Europe/Berlin", "Europe/London", "America/New_York", "America/Los_Angeles", "Asia/Tokyo",
-    "Asia/Kolkata", "Europe/Warsaw", "Australia/Sydney",
+    "Europe/Berlin",
+    "Europe/London",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+    "Europe/Warsaw",
+    "Australia/Sydney",
 )
-FIRST = ("anna", "ben", "chloe", "dmitri", "elif", "farid", "greta", "hiro", "ines", "jonas", "kemal",
-         "lena", "marco", "nora", "omar", "priya", "quentin", "rosa", "sven", "tara", "uwe", "vera")
+FIRST = (
+    "anna",
+    "ben",
+    "chloe",
+    "dmitri",
+    "elif",
+    "farid",
+    "greta",
+    "hiro",
+    "ines",
+    "jonas",
+    "kemal",
+    "lena",
+    "marco",
+    "nora",
+    "omar",
+    "priya",
+    "quentin",
+    "rosa",
+    "sven",
+    "tara",
+    "uwe",
+    "vera",
+)
 LAST = ("meyer", "smith", "tanaka", "kowalski", "rossi", "garcia", "novak", "berg", "khan", "silva")
 SITES = (
     ("Jira", "https://jira.acme.example/browse/OPS-{n}", "OPS-{n}: rollout checklist - Jira"),
@@ -120,6 +148,7 @@ class SimUser:
         zone = self.zone
         if d.weekday() >= 5 and rng.random() > 0.05:
             return
+
         def local(h: float) -> datetime:
             return (datetime(d.year, d.month, d.day, tzinfo=zone) + timedelta(hours=h)).astimezone(UTC)
 
@@ -198,8 +227,17 @@ class SimUser:
 
     def _snapshot(self, t: datetime, w: _Win, **kw: Any) -> WindowSnapshot:
         return WindowSnapshot(
-            ts=t, window_id=w.wid, app=w.app, exe_path=w.exe, pid=1000 + int(w.wid.split("-")[-1]),
-            title=w.title, tab=w.tab, url=w.url, sheet=w.sheet, file_path=w.file_path, **kw,
+            ts=t,
+            window_id=w.wid,
+            app=w.app,
+            exe_path=w.exe,
+            pid=1000 + int(w.wid.split("-")[-1]),
+            title=w.title,
+            tab=w.tab,
+            url=w.url,
+            sheet=w.sheet,
+            file_path=w.file_path,
+            **kw,
         )
 
     def _new_window(self, app: str) -> _Win:
@@ -221,7 +259,7 @@ class SimUser:
         return w
 
     def _navigate(self, w: _Win) -> None:
-        name, url, title = self.rng.choice(SITES)
+        _name, url, title = self.rng.choice(SITES)
         n = self.rng.randint(1, 400)
         w.url, w.title, w.tab = url.format(n=n), title.format(n=n) + " - Firefox", title.format(n=n)
 
@@ -293,9 +331,12 @@ def make_users(n: int, seed: int) -> list[SimUser]:
         host = f"WS-{i:04d}"
         ident = Identity(
             agent_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            user=login, domain=domain, host=host,
+            user=login,
+            domain=domain,
+            host=host,
             host_domain="acme.example" if domain == "ACME" else "WORKGROUP",
-            tz=tz, agent_version=AGENT_VERSION,
+            tz=tz,
+            agent_version=AGENT_VERSION,
         )
         users.append(SimUser(identity=ident, rng=random.Random(rng.getrandbits(64)), robot=i % 8 == 3))
     return users
@@ -317,8 +358,14 @@ class Fleet:
     (heartbeats and held clicks released on the simulated clock, as the real agent's one-second tick does).
     """
 
-    def __init__(self, users: list[SimUser], start: datetime, duration: timedelta,
-                 settings: AgentSettings | None = None, privacy: Any = None) -> None:
+    def __init__(
+        self,
+        users: list[SimUser],
+        start: datetime,
+        duration: timedelta,
+        settings: AgentSettings | None = None,
+        privacy: Any = None,
+    ) -> None:
         settings = settings or AgentSettings()
         self.start, self.end = start, start + duration
         self.agents: list[_Agent] = []
@@ -332,7 +379,7 @@ class Fleet:
             )
             self.agents.append(_Agent(u, rec, u.days(self.start, self.end)))
         self._heap: list[tuple[datetime, int, Step]] = []
-        for i, a in enumerate(self.agents):
+        for i in range(len(self.agents)):
             self._advance(i)
         self.observations = 0
         self.spool_state: SpoolState | None = None
@@ -405,7 +452,9 @@ def parse_start(text: str | None) -> datetime:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"bad start {text!r}: use an ISO date like 2024-03-04 or 2024-03-04T06:00Z") from None
+        raise ValueError(
+            f"bad start {text!r}: use an ISO date like 2024-03-04 or 2024-03-04T06:00Z"
+        ) from None
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
@@ -428,8 +477,13 @@ async def run_kafka(fleet: Fleet, settings: AgentSettings, speed: float, state_d
     from proto.topics import Topics
 
     spool = Spool(state_dir / "simulator-spool.db", settings.spool_max_bytes)
-    shipper = Shipper(spool, producer_factory(client_options(settings), settings.compression_type),
-                      batch_size=settings.batch_size)
+    # one spool for the whole fleet: partial batches wait at most 1 s (not linger_s) so demos flow
+    shipper = Shipper(
+        spool,
+        producer_factory(client_options(settings), settings.compression_type),
+        batch_size=settings.batch_size,
+        linger_s=min(settings.linger_s, 1.0),
+    )
     writer = SpoolWriter(spool, Topics(settings.topic_prefix), on_spooled=shipper.wake)
     task = asyncio.create_task(shipper.run())
     wall0 = time.monotonic()
@@ -449,7 +503,7 @@ async def run_kafka(fleet: Fleet, settings: AgentSettings, speed: float, state_d
             if sim_now >= fleet.end:
                 break
             # keep the spool from growing without bound when producing faster than Kafka takes it
-            while len(spool) > 50_000:
+            while len(spool) > 50_000:  # noqa: ASYNC110 - the spool is polled, it has no event to wait on
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.2 if speed > 0 else 0)
     finally:
@@ -457,8 +511,12 @@ async def run_kafka(fleet: Fleet, settings: AgentSettings, speed: float, state_d
         await task
         left = len(spool)
         spool.close()
-    return {"produced": produced, "sent": shipper.stats.sent_events, "left_in_spool": left,
-            "observations": fleet.observations}
+    return {
+        "produced": produced,
+        "sent": shipper.stats.sent_events,
+        "left_in_spool": left,
+        "observations": fleet.observations,
+    }
 
 
 class SimulatedSource:

@@ -110,7 +110,9 @@ class Spool:
 
     # ---- writing --------------------------------------------------------------------------------------
 
-    def append(self, records: Sequence[SpoolRecord], next_seq: int | None = None, dropped_reported: int = 0) -> int:
+    def append(
+        self, records: Sequence[SpoolRecord], next_seq: int | None = None, dropped_reported: int = 0
+    ) -> int:
         """Store ``records`` durably in one transaction, with the agent's ``next_seq``; ``dropped_reported``
         drops were reported in one of these records (a Heartbeat) and leave the unreported count.
         Returns how many events were dropped to make room."""
@@ -130,7 +132,9 @@ class Spool:
                 self._set("next_seq", str(max(next_seq, self.next_seq)))
             if dropped or dropped_reported:
                 total = int(self._meta.get("dropped_total", "0")) + dropped
-                unreported = max(0, int(self._meta.get("dropped_unreported", "0")) + dropped - dropped_reported)
+                unreported = max(
+                    0, int(self._meta.get("dropped_unreported", "0")) + dropped - dropped_reported
+                )
                 self._set("dropped_total", str(total))
                 self._set("dropped_unreported", str(unreported))
         return dropped
@@ -160,12 +164,13 @@ class Spool:
     def peek(self, limit: int = 500, after_id: int = 0) -> list[Spooled]:
         """The oldest ``limit`` stored events with ``id > after_id``, oldest first."""
         rows = self._db.execute(
-            "SELECT id, topic, key, value, seq FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            "SELECT id, topic, key, value, seq FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
         ).fetchall()
         return [Spooled(*r) for r in rows]
 
     def ack(self, ids: Iterable[int]) -> int:
-        """Remove events Kafka acknowledged; ids already dropped are ignored. Returns how many were removed."""
+        """Remove events Kafka acknowledged (ids already dropped are ignored); returns how many went."""
         removed = 0
         with self._tx():
             for (rid,) in [(i,) for i in ids]:
@@ -197,7 +202,9 @@ class Spool:
     # ---- helpers ------------------------------------------------------------------------------------------
 
     def _set(self, k: str, v: str) -> None:
-        self._db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (k, v))
+        self._db.execute(
+            "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (k, v)
+        )
         self._meta[k] = v
 
     def _tx(self) -> _Tx:

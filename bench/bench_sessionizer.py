@@ -17,13 +17,15 @@ import sys
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proto.codec import decode_events, encode_event  # noqa: E402
-from proto.events import EVENT_TYPES, Envelope  # noqa: E402
-from stream.core import Sessionizer, UserState, decode_state, encode_state  # noqa: E402
+from proto.codec import decode_events, encode_event
+from proto.events import EVENT_TYPES, Envelope
+from stream.core import Sessionizer, UserState, decode_state, encode_state
 
 DAY = datetime(2024, 5, 6, tzinfo=UTC)
 
@@ -36,12 +38,21 @@ def user_day(u: int, rng: random.Random, day: int = 0) -> list[Envelope]:
     host = f"pc{u}"
     base = DAY + timedelta(days=day)
 
-    def add(type_: str, ts: datetime, input_: str = "none", **kw: object) -> None:
+    def add(type_: str, ts: datetime, input_: str = "none", **kw: Any) -> None:
         nonlocal seq
         seq += 1
         evs.append(
-            EVENT_TYPES[type_](agent_id=f"agent-{u}", seq=seq, ts=ts, input=input_, user=f"user{u}",
-                               domain="corp", host=host, tz="Europe/Paris", **kw)  # fmt: skip
+            EVENT_TYPES[type_](
+                agent_id=f"agent-{u}",
+                seq=seq,
+                ts=ts,
+                input=input_,
+                user=f"user{u}",
+                domain="corp",
+                host=host,
+                tz="Europe/Paris",
+                **kw,
+            )
         )
 
     working: list[tuple[datetime, datetime]] = []
@@ -59,7 +70,10 @@ def user_day(u: int, rng: random.Random, day: int = 0) -> list[Envelope]:
             inputs.append(x)
             x += timedelta(seconds=rng.randint(5, 70))
     inputs.sort()
-    last_written = {"HardwareKeyboardEvent": DAY - timedelta(days=1), "HardwareMouseClick": DAY - timedelta(days=1)}
+    last_written = {
+        "HardwareKeyboardEvent": DAY - timedelta(days=1),
+        "HardwareMouseClick": DAY - timedelta(days=1),
+    }
     ii = 0
     hb = base
     ui_every = 0
@@ -77,7 +91,7 @@ def user_day(u: int, rng: random.Random, day: int = 0) -> list[Envelope]:
             ii += 1
         add("Heartbeat", hb, last_input_ts=last_input)
         hb += timedelta(seconds=60)
-    for (_, b), (a2, _) in zip(working, working[1:], strict=False):
+    for (_, b), (a2, _) in pairwise(working):
         if a2 - b > timedelta(minutes=15):
             add("Lock", b + timedelta(minutes=1))
             add("Unlock", a2 - timedelta(seconds=1), "hardware")
@@ -97,7 +111,9 @@ def batches_in_order(users: dict[str, list[Envelope]], batch: int) -> list[dict[
     return out
 
 
-def batches_shuffled(users: dict[str, list[Envelope]], batch: int, rng: random.Random) -> list[dict[str, list[Envelope]]]:
+def batches_shuffled(
+    users: dict[str, list[Envelope]], batch: int, rng: random.Random
+) -> list[dict[str, list[Envelope]]]:
     items = [(k, e) for k, evs in users.items() for e in evs]
     items += rng.sample(items, len(items) // 20)  # 5% duplicates
     rng.shuffle(items)
@@ -110,7 +126,9 @@ def batches_shuffled(users: dict[str, list[Envelope]], batch: int, rng: random.R
     return out
 
 
-def run_core(core: Sessionizer, batches: list[dict[str, list[Envelope]]], codec: bool) -> tuple[float, dict[str, bytes | UserState]]:
+def run_core(
+    core: Sessionizer, batches: list[dict[str, list[Envelope]]], codec: bool
+) -> tuple[float, dict[str, bytes | UserState]]:
     states: dict[str, bytes | UserState] = {}
     t0 = time.perf_counter()
     for group in batches:
@@ -166,15 +184,29 @@ def main() -> None:
         label = "in-order" + (" + state codec" if codec else "")
         print(f"core {label:26s} {n / dt:12,.0f} events/s   ratio to baseline {base / dt:8.4f}")
     sizes = [len(encode_state(s if isinstance(s, UserState) else decode_state(s))) for s in states.values()]
-    print(f"encoded state per user after one day: mean {sum(sizes) / len(sizes):,.0f} B, max {max(sizes):,} B")
+    print(
+        f"encoded state per user after one day: mean {sum(sizes) / len(sizes):,.0f} B, max {max(sizes):,} B"
+    )
     shuffled = batches_shuffled(users, a.batch, rng)
     m = sum(len(v) for g in shuffled for v in g.values())
     dt, _ = run_core(core, shuffled, False)
-    print(f"core shuffled + 5% duplicates   {m / dt:12,.0f} events/s   ratio to baseline {base / dt * m / n:8.4f}")
+    print(
+        f"core shuffled + 5% duplicates   {m / dt:12,.0f} events/s   "
+        f"ratio to baseline {base / dt * m / n:8.4f}"
+    )
     # Peak RSS of 10,000 users' state, in a fresh process.
     blob_file = Path("/tmp/desktrace-bench-states.bin")
-    blob_file.write_bytes(b"\n--\n".join(encode_state(s if isinstance(s, UserState) else decode_state(s)) for s in states.values()))
-    out = subprocess.run([sys.executable, __file__, "--rss-child", str(blob_file), "10000"], capture_output=True, text=True, check=True)
+    blob_file.write_bytes(
+        b"\n--\n".join(
+            encode_state(s if isinstance(s, UserState) else decode_state(s)) for s in states.values()
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(blob_file), "10000"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     mib = float(out.stdout.split()[0])
     print(f"peak RSS of 10,000 users' decoded state (one day each): {mib:,.1f} MiB")
     blob_file.unlink()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -76,7 +77,7 @@ async def timed(label: str, n: int, fn: Callable[[], Awaitable[None]]) -> float:
     return rate
 
 
-async def bench(dsn: str, n_events: int, batch: int, n_sessions: int) -> None:
+async def bench(dsn: str, n_events: int, batch: int, n_sessions: int, rounds: int) -> None:
     db = f"bench_sinks_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(dsn)
     await admin.execute(f'CREATE DATABASE "{db}"')
@@ -85,7 +86,7 @@ async def bench(dsn: str, n_events: int, batch: int, n_sessions: int) -> None:
         await apply_migrations(bdsn)
         conn = await asyncpg.connect(bdsn)
         try:
-            await run(conn, n_events, batch, n_sessions)
+            await run(conn, n_events, batch, n_sessions, rounds)
         finally:
             await conn.close()
     finally:
@@ -93,7 +94,7 @@ async def bench(dsn: str, n_events: int, batch: int, n_sessions: int) -> None:
         await admin.close()
 
 
-async def run(conn: asyncpg.Connection, n_events: int, batch: int, n_sessions: int) -> None:
+async def run(conn: asyncpg.Connection, n_events: int, batch: int, n_sessions: int, rounds: int) -> None:
     events = event_mix(n_events, agents=20, step_ms=60000)  # ~2 days of 20 agents -> 3 partitions
     payloads = [encode_event(e) for e in events]
     writer = RawWriter(retention_days=0)
@@ -130,8 +131,8 @@ async def run(conn: asyncpg.Connection, n_events: int, batch: int, n_sessions: i
             async with conn.transaction():
                 await conn.execute(_UNNEST_SQL, *cols)
 
-    results: dict[str, float] = {}
-    for rnd in range(2):  # two rounds, best of each, to damp noise on a shared machine
+    results: dict[str, list[float]] = {}
+    for rnd in range(rounds):  # interleaved rounds, median of each, to damp noise on a shared machine
         for label, fn in (
             ("baseline: bare COPY into raw_events", bare_copy),
             ("sink: COPY to staging + INSERT ON CONFLICT DO NOTHING", staged),
@@ -139,15 +140,16 @@ async def run(conn: asyncpg.Connection, n_events: int, batch: int, n_sessions: i
         ):
             await truncate()
             rate = await timed(f"[{rnd + 1}] {label}", len(rows), fn)
-            results[label] = max(results.get(label, 0.0), rate)
+            results.setdefault(label, []).append(rate)
             assert await conn.fetchval("SELECT count(*) FROM raw_events") == len(rows)
         redelivery = "sink path, full redelivery (all duplicates)"
         rate = await timed(f"[{rnd + 1}] {redelivery}", len(rows), staged)
-        results[redelivery] = max(results.get(redelivery, 0.0), rate)
+        results.setdefault(redelivery, []).append(rate)
         assert await conn.fetchval("SELECT count(*) FROM raw_events") == len(rows)
-    base = results["baseline: bare COPY into raw_events"]
-    print("best of 2, ratio to bare COPY:")
-    for label, rate in results.items():
+    medians = {label: statistics.median(rates) for label, rates in results.items()}
+    base = medians["baseline: bare COPY into raw_events"]
+    print(f"median of {rounds} rounds, ratio to bare COPY:")
+    for label, rate in medians.items():
         print(f"  {label:<58} {rate:>9,.0f} rows/s  x{rate / base:.2f}")
 
     # ---- sessions ----
@@ -192,11 +194,12 @@ def main() -> None:
     p.add_argument("--events", type=int, default=60000)
     p.add_argument("--batch", type=int, default=2000)
     p.add_argument("--sessions", type=int, default=20000)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--pg-dsn", default=os.environ.get("DESKTRACE_PG_DSN", ""))
     a = p.parse_args()
     if not a.pg_dsn:
         raise SystemExit('set DESKTRACE_PG_DSN (eval "$(.venv/bin/desktrace-local up)") or --pg-dsn')
-    asyncio.run(bench(a.pg_dsn, a.events, a.batch, a.sessions))
+    asyncio.run(bench(a.pg_dsn, a.events, a.batch, a.sessions, a.rounds))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from common.kafka import client_options
+from common.kafka import client_options, connection_problem
 from common.logs import setup_logging
 from common.settings import CommonSettings, SettingsError, add_arguments, load
 from proto.codec import EventDecodeError, encode_event, read_jsonl
@@ -139,9 +139,10 @@ async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
         await asyncio.wait_for(producer.start(), 30)
     except (KafkaError, OSError, TimeoutError) as exc:
         await producer.stop()
+        reason = await connection_problem(settings)  # names e.g. a failed authentication
         print(
             f"desktrace-replay: error: cannot reach Kafka at {settings.kafka_bootstrap}: "
-            f"{type(exc).__name__}: {exc}",
+            f"{reason or f'{type(exc).__name__}: {exc}'}",
             file=sys.stderr,
         )
         return EXIT_ERROR

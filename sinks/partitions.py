@@ -18,6 +18,8 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 PARTITION_PREFIX = "raw_events_p"
+#: Longest wait for the parent table's lock when creating or dropping a partition.
+DDL_LOCK_TIMEOUT_MS = 5000
 _PART_NAME = re.compile(r"^raw_events_p(\d{8})$")
 
 
@@ -69,7 +71,12 @@ class PartitionCache:
         """Make sure each day's partition exists (outside any transaction); returns the days created now."""
         created: list[date] = []
         for day in sorted(set(days) - self._known):
-            if await conn.fetchval("SELECT raw_events_ensure_partition($1)", day):
+            async with conn.transaction():
+                # CREATE TABLE ... PARTITION OF locks the parent: give up quickly (and retry) rather than
+                # queue every reader of raw_events behind a long report query.
+                await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms'")
+                made = await conn.fetchval("SELECT raw_events_ensure_partition($1)", day)
+            if made:
                 created.append(day)
                 log.info("partition created", extra={"kv": {"partition": partition_name(day)}})
             self._known.add(day)
@@ -102,7 +109,9 @@ async def drop_expired(conn: asyncpg.Connection, today: date, retention_days: in
     dropped: list[str] = []
     for day in expired(days, today, retention_days):
         name = days[day]
-        await conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms'")
+            await conn.execute(f'DROP TABLE IF EXISTS "{name}"')
         dropped.append(name)
         log.info("partition dropped (retention)", extra={"kv": {"partition": name}})
     return dropped

@@ -3,7 +3,15 @@ also inside a ``[sink]`` table)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from msgspec import Meta
+
 from common.settings import HELP, CommonSettings
+
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
 
 SECTION = "sink"
 
@@ -16,16 +24,16 @@ class SinkSettings(CommonSettings, kw_only=True):
 
     metrics_addr: str = ""
     group_id: str = ""
-    batch_size: int = 2000
-    batch_wait_ms: int = 500
-    raw_retention_days: int = 400
-    partitions_behind_days: int = 7
-    partitions_ahead_days: int = 7
-    maintenance_interval_s: float = 3600.0
-    retry_initial_s: float = 0.5
-    retry_max_s: float = 30.0
-    pg_command_timeout_s: float = 60.0
-    kafka_session_timeout_ms: int = 10000
+    batch_size: Positive = 2000
+    batch_wait_ms: NonNegative = 500
+    raw_retention_days: NonNegative = 400
+    partitions_behind_days: NonNegative = 7
+    partitions_ahead_days: NonNegative = 7
+    maintenance_interval_s: PositiveFloat = 3600.0
+    retry_initial_s: PositiveFloat = 0.5
+    retry_max_s: PositiveFloat = 30.0
+    pg_command_timeout_s: PositiveFloat = 60.0
+    kafka_session_timeout_ms: Positive = 10000
 
 
 SINK_HELP: dict[str, str] = {

@@ -11,6 +11,7 @@ import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -262,3 +263,41 @@ async def dead_letters(bootstrap: str, topics: Topics, expected: int, within: fl
     finally:
         await consumer.stop()
     return out
+
+
+class SinkProcess:
+    """One ``desktrace-sink <kind>`` subprocess (this interpreter), its stderr (JSON logs) in ``log``."""
+
+    def __init__(self, kind: str, env: dict[str, str], log: Path) -> None:
+        import subprocess
+        import sys
+
+        self.log = log
+        self._fh = open(log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sinks.cli", kind], env=env, stdout=subprocess.DEVNULL, stderr=self._fh
+        )
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, no last commit."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self._fh.close()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait; returns the exit code (SIGKILL after ``timeout``)."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._fh.close()
+        return self.proc.returncode

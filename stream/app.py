@@ -147,7 +147,7 @@ class StreamApp:
             broker_heartbeat_interval=heartbeat,
             broker_commit_interval=1.0,
             stream_wait_empty=False,
-            stream_buffer_maxsize=max(4096, 2 * settings.batch_size),
+            stream_buffer_maxsize=max(16384, 4 * settings.batch_size),
             producer_acks=-1,
             key_serializer="raw",
             value_serializer="raw",

@@ -28,7 +28,9 @@ def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) ->
     assert "usage: desktrace-agent" in capsys.readouterr().out
 
 
-def test_bad_setting_is_a_clear_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_setting_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DESKTRACE_HEARTBEAT_S", "often")
     assert main(["simulate", "--jsonl", "-", "--users", "1"]) == 2
     assert "heartbeat_s" in capsys.readouterr().err
@@ -74,8 +76,24 @@ def test_run_with_kafka_down_keeps_events_in_the_spool(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESKTRACE_")}
     env["PYTHONPATH"] = str(ROOT)
-    cmd = [sys.executable, "-m", "agent.cli", "run", "--source", "simulated", "--sim-speed", "30",
-           "--state-dir", str(state), "--kafka-bootstrap", dead, "--heartbeat-s", "1", "--hid-interval-s", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "run",
+        "--source",
+        "simulated",
+        "--sim-speed",
+        "30",
+        "--state-dir",
+        str(state),
+        "--kafka-bootstrap",
+        dead,
+        "--heartbeat-s",
+        "1",
+        "--hid-interval-s",
+        "1",
+    ]
     agent = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE)
     time.sleep(4)
     agent.send_signal(signal.SIGTERM)

@@ -13,7 +13,9 @@ from agent.spool import Spool, SpoolRecord
 from proto.codec import decode_event, encode_event
 from proto.events import Envelope, Heartbeat
 
-IDENT = Identity(agent_id="a1", user="alice", domain="ACME", host="PC1", host_domain="acme.local", tz="Europe/Berlin")
+IDENT = Identity(
+    agent_id="a1", user="alice", domain="ACME", host="PC1", host_domain="acme.local", tz="Europe/Berlin"
+)
 
 
 def at(hms: str, day: int = 4) -> datetime:
@@ -54,7 +56,9 @@ def test_ui_events_only_on_real_changes() -> None:
     assert types(r.observe(snap(at("09:00:06"), "w2", app="excel", title="Budget.xlsx", sheet="Q2"))) == [
         "SheetOpen"
     ]
-    ev = r.observe(snap(at("09:00:07"), "w2", app="excel", title="Budget.xlsx", sheet="Q2", document_event="save"))
+    ev = r.observe(
+        snap(at("09:00:07"), "w2", app="excel", title="Budget.xlsx", sheet="Q2", document_event="save")
+    )
     assert types(ev) == ["DocumentSave"]
     # back to the mail window: a switch, carrying that window's current state
     ev = r.observe(snap(at("09:00:08"), "w1", title="Report - Mail", url="https://mail/x"))
@@ -162,14 +166,19 @@ def test_presence_and_envelope() -> None:
     assert [e.seq for e in out] == [41, 42, 43, 44]
     e = out[0]
     assert (e.agent_id, e.user, e.domain, e.host, e.host_domain, e.tz) == (
-        "a1", "alice", "ACME", "PC1", "acme.local", "Europe/Berlin",
+        "a1",
+        "alice",
+        "ACME",
+        "PC1",
+        "acme.local",
+        "Europe/Berlin",
     )
     assert e.utc_offset_min == 60  # 1 March: CET
     summer = Recorder(IDENT).start(at("08:00:00", day=31))[0]
     assert summer.utc_offset_min == 120  # 31 March 2024 08:00 UTC: CEST
     # naive times (Windows, pynput) are the machine's local time
     naive = datetime(2024, 3, 4, 9, 0, 0, 123456)
-    ev = Recorder(IDENT).observe(snap(naive, "w"))  # type: ignore[arg-type]
+    ev = Recorder(IDENT).observe(snap(naive, "w"))
     assert ev[0].ts == naive.astimezone().astimezone(UTC).replace(microsecond=123000)
 
 

@@ -137,3 +137,16 @@ def test_in_order_one_by_one_equals_reference(specs: list[dict[str, Any]], data:
     order = sorted(range(len(events)), key=lambda i: events[i].ts)
     consumer = feed(Sessionizer(), events, order, list(range(len(events))), [], False)
     assert consumer.final() == reference_sessions(USER, events)
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs=event_specs(), data=st.data())
+def test_nearly_in_order_small_batches_equal_reference(specs: list[dict[str, Any]], data: Any) -> None:
+    """Like the worker sees it (three topics consumed at slightly different paces): mostly in order, a few
+    events shifted by up to a few minutes, small batches. This is where the core resumes from checkpoints."""
+    events = build(specs)
+    jitter = [data.draw(st.sampled_from([0, 0, 0, 30, -30, 200])) for _ in events]
+    order = sorted(range(len(events)), key=lambda i: events[i].ts.timestamp() + jitter[i])
+    cuts = data.draw(st.lists(st.integers(0, len(events)), min_size=len(events) // 2, max_size=len(events)))
+    consumer = feed(Sessionizer(), events, order, cuts, [], data.draw(st.booleans()))
+    assert consumer.final() == reference_sessions(USER, events)

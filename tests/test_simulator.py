@@ -44,7 +44,14 @@ def test_realistic_days_for_a_fleet() -> None:
     assert len({e.tz for e in evs}) >= 5
     assert len({(e.domain, e.user) for e in evs}) == len(per_agent)
     types = {e.type for e in evs}
-    assert {"WindowOpen", "WindowSwitch", "WindowUpdate", "SheetOpen", "DocumentOpen", "DocumentSave"} <= types
+    assert {
+        "WindowOpen",
+        "WindowSwitch",
+        "WindowUpdate",
+        "SheetOpen",
+        "DocumentOpen",
+        "DocumentSave",
+    } <= types
     assert {"Lock", "Unlock", "Logon", "Logoff", "AgentStart", "AgentStop", "Heartbeat"} <= types
     assert {"HardwareKeyboardEvent", "HardwareMouseClick", "HardwareMouseScroll"} <= types
     assert any(e.input == "injected" for e in evs), "some users run RPA robots"
@@ -103,7 +110,7 @@ def test_hid_events_follow_the_throttle() -> None:
                 hid_total += 1
                 if i and ts - writes[i - 1][0] < m:
                     close_ones += 1
-                    later = [w for w, h in writes[i + 1:] if h]
+                    later = [w for w, h in writes[i + 1 :] if h]
                     if later:
                         assert later[0] - ts >= m, (cls, ts)
     assert hid_total > 50

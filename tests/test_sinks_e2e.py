@@ -8,6 +8,7 @@ import asyncio
 import json
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -21,14 +22,19 @@ from proto.sessions import SessionRetraction, make_session
 from proto.topics import Topics
 from sinks.runner import SinkRunner
 from sinks.testing import (
+    SinkProcess,
     dead_letters,
     event_mix,
     event_records,
     fetchval,
+    free_port,
     publish,
     running,
+    sample,
+    scrape,
     session_records,
     settings_for,
+    sink_env,
     wait_until,
 )
 from sinks.writers import RawWriter, SessionWriter
@@ -242,3 +248,42 @@ async def test_health_server_metrics_and_readiness(
 
 async def _failing() -> bool:
     raise ConnectionRefusedError("no")
+
+
+async def test_sessions_sink_command_runs_serves_health_and_stops_cleanly(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics, tmp_path: Path
+) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    sessions = [
+        make_session(
+            f"corp\\u{i % 5}", "active", t0 + timedelta(minutes=i), t0 + timedelta(minutes=i, seconds=30)
+        )
+        for i in range(50)
+    ]
+    retract = [SessionRetraction(session_id=s.session_id, user_key=s.user_key) for s in sessions[::5]]
+    await publish(kafka_bootstrap, session_records(topics, [*sessions, *retract]))
+    port = free_port()
+    sink = SinkProcess("sessions", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, port), tmp_path / "s.log")
+    try:
+
+        async def written() -> bool:
+            return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM sessions") == 40
+
+        assert await wait_until(written, 60), sink.tail()
+
+        async def ready() -> bool:
+            return scrape(port, "/readyz")[0] == 200
+
+        assert await wait_until(ready, 10)
+        status, text = scrape(port)
+        assert status == 200
+        assert sample(text, "desktrace_sink_records_total", table="sessions") == 60
+        # reduced per batch: an upsert and its retraction in one batch write nothing
+        assert 40 <= (sample(text, "desktrace_sink_rows_written_total", table="sessions") or 0) <= 60
+        assert (sample(text, "desktrace_sink_batch_size_count", table="sessions") or 0) >= 1
+    finally:
+        code = await asyncio.to_thread(sink.stop)
+    assert code == 0
+    lines = [json.loads(line) for line in sink.log.read_text().splitlines() if line.startswith("{")]
+    assert any(entry["msg"] == "sink stopped" for entry in lines)
+    assert all(entry["service"] == "sink-sessions" for entry in lines)

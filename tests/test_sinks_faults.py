@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +19,7 @@ import pytest
 from proto.topics import Topics
 from sinks.partitions import partition_name
 from sinks.testing import (
+    SinkProcess,
     event_mix,
     event_records,
     fetchval,
@@ -35,38 +33,12 @@ from sinks.testing import (
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
-SINK = [sys.executable, "-m", "sinks.cli", "raw"]
 OUTAGE_S = float(os.environ.get("DESKTRACE_TEST_PG_OUTAGE_S", "30"))
 
 
-class Sink:
-    """One ``desktrace-sink raw`` subprocess, its stderr in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._fh = open(log, "ab")
-        self.proc = subprocess.Popen(SINK, env=env, stdout=subprocess.DEVNULL, stderr=self._fh)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._fh.close()
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._fh.close()
-        return self.proc.returncode
-
-
 @pytest.fixture
-def sinks(tmp_path: Path) -> Iterator[list[Sink]]:
-    started: list[Sink] = []
+def sinks(tmp_path: Path) -> Iterator[list[SinkProcess]]:
+    started: list[SinkProcess] = []
     yield started
     for s in started:
         if s.proc.poll() is None:
@@ -78,30 +50,30 @@ async def count(dsn: str) -> int:
 
 
 async def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
-    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics, tmp_path: Path, sinks: list[Sink]
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics, tmp_path: Path, sinks: list[SinkProcess]
 ) -> None:
     events = event_mix(12000, agents=6)
     await publish(kafka_bootstrap, event_records(topics, events))
     port = free_port()
     env = sink_env(kafka_bootstrap, fresh_pg_dsn, topics, port, batch_size=150)
-    first = Sink(env, tmp_path / "sink1.log")
+    first = SinkProcess("raw", env, tmp_path / "sink1.log")
     sinks.append(first)
 
     async def some_written() -> bool:
         return await count(fresh_pg_dsn) >= 600
 
-    assert await wait_until(some_written, 60, interval=0.05), first.log.read_text()[-2000:]
+    assert await wait_until(some_written, 60, interval=0.05), first.tail()
     first.kill()
     at_kill = await count(fresh_pg_dsn)
     assert 0 < at_kill < len(events), "the kill must land mid-stream"
 
-    second = Sink(env, tmp_path / "sink2.log")
+    second = SinkProcess("raw", env, tmp_path / "sink2.log")
     sinks.append(second)
 
     async def all_written() -> bool:
         return await count(fresh_pg_dsn) >= len(events)
 
-    assert await wait_until(all_written, 90), second.log.read_text()[-2000:]
+    assert await wait_until(all_written, 90), second.tail()
     await asyncio.sleep(1.0)
     conn = await asyncpg.connect(fresh_pg_dsn)
     try:
@@ -134,14 +106,16 @@ def private_pg(tmp_path: Path) -> Iterator[object]:
 
 
 async def test_postgres_down_30s_under_load_retries_and_loses_nothing(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, sinks: list[Sink], private_pg: object
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, sinks: list[SinkProcess], private_pg: object
 ) -> None:
     from devstack.postgres import PostgresInstance
 
     assert isinstance(private_pg, PostgresInstance)
     dsn = private_pg.dsn
     port = free_port()
-    sink = Sink(sink_env(kafka_bootstrap, dsn, topics, port, batch_size=200), tmp_path / "sink.log")
+    sink = SinkProcess(
+        "raw", sink_env(kafka_bootstrap, dsn, topics, port, batch_size=200), tmp_path / "sink.log"
+    )
     sinks.append(sink)
 
     events = event_mix(9000, agents=5)
@@ -152,7 +126,7 @@ async def test_postgres_down_30s_under_load_retries_and_loses_nothing(
     async def first_rows() -> bool:
         return await count(dsn) >= 300
 
-    assert await wait_until(first_rows, 60), sink.log.read_text()[-2000:]
+    assert await wait_until(first_rows, 60), sink.tail()
 
     loop = asyncio.get_running_loop()
 
@@ -174,6 +148,17 @@ async def test_postgres_down_30s_under_load_retries_and_loses_nothing(
     assert scrape(port, "/readyz")[0] == 503
     assert scrape(port, "/healthz")[0] == 200
     assert sink.proc.poll() is None, "the sink died while the database was down"
+    consumed_early = sample(text, "desktrace_sink_records_total", table="raw_events")
+    await asyncio.sleep(max(0.0, OUTAGE_S - (loop.time() - down_at) - 1.0))
+    # backpressure: nothing more was consumed while the database was down, and the lag shows it
+    status, text = scrape(port)
+    assert sample(text, "desktrace_sink_records_total", table="raw_events") == consumed_early
+    lag = sum(
+        sample(text, "desktrace_sink_consumer_lag", topic=t, partition=str(p)) or 0
+        for t in topics.raw
+        for p in range(3)
+    )
+    assert lag > 0
     await asyncio.sleep(max(0.0, OUTAGE_S - (loop.time() - down_at)))
     await asyncio.to_thread(private_pg.start)
     await asyncio.wait_for(producer, 120)
@@ -181,7 +166,7 @@ async def test_postgres_down_30s_under_load_retries_and_loses_nothing(
     async def all_written() -> bool:
         return await count(dsn) >= len(events)
 
-    assert await wait_until(all_written, 90), sink.log.read_text()[-3000:]
+    assert await wait_until(all_written, 90), sink.tail()
     await asyncio.sleep(1.0)
     conn = await asyncpg.connect(dsn)
     try:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import random
 import shutil
 import struct
 import subprocess
@@ -81,6 +82,21 @@ def xserver() -> Iterator[str]:
         )
         procs.append(wm)
         _wait(lambda: _wm_running(name), 15, "openbox did not take over the display")
+        # openbox announces itself before it manages windows, and a window mapped in between is never
+        # managed: probe with a throw-away window until one gets focused.
+        for _attempt in range(10):
+            probe = subprocess.Popen(["xterm", "-T", "probe", "-e", "sleep", "30"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                _wait(lambda: _active_title(name) == "probe", 1.5, "")
+                break
+            except AssertionError:
+                continue
+            finally:
+                _stop(probe)
+        else:
+            raise AssertionError("openbox did not focus a new window in 10 tries")
+        _wait(lambda: _active_title(name) != "probe", 10, "the probe window did not close")
         yield name
     finally:
         for p in reversed(procs):
@@ -88,27 +104,45 @@ def xserver() -> Iterator[str]:
 
 
 def _start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
-    """Xvfb on a display number it picks itself (-displayfd): no clash with other test runs."""
-    read_fd, write_fd = os.pipe()
-    xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        number = f.readline().strip().decode()
-    if not number.isdigit():
+    """Xvfb on a random high display number (low ones like :0 are what other X tests on this machine use
+    by default, and a stray client of theirs would land on our server), retried when taken; -displayfd
+    tells when it is ready."""
+    for _attempt in range(20):
+        number = random.randint(300, 9000)
+        read_fd, write_fd = os.pipe()
+        xvfb = subprocess.Popen(
+            ["Xvfb", f":{number}", "-displayfd", str(write_fd),
+             "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as f:
+            ready = f.readline().strip().decode()  # "" when the server exits (display taken)
+        if ready == str(number):
+            return xvfb, f":{number}"
         _stop(xvfb)
-        raise AssertionError(f"Xvfb did not report a display number (exit {xvfb.poll()})")
-    return xvfb, f":{number}"
+    raise AssertionError("could not start Xvfb on a free display in 20 tries")
+
+
+def _active_title(name: str) -> str:
+    out = subprocess.run(
+        ["xdotool", "getactivewindow", "getwindowname"], env={**os.environ, "DISPLAY": name},
+        capture_output=True, check=False, text=True,
+    )
+    return out.stdout.strip()
 
 
 def _wm_running(name: str) -> bool:
-    out = subprocess.run(
-        ["xdotool", "getactivewindow"], env={**os.environ, "DISPLAY": name}, capture_output=True, check=False
-    )
-    # With no EWMH window manager xdotool says "_NET_ACTIVE_WINDOW ... not supported".
-    return b"not supported" not in out.stderr
+    """An EWMH window manager has set _NET_SUPPORTING_WM_CHECK on the root window."""
+    from Xlib import X, display
+
+    d = display.Display(name)
+    try:
+        root = d.screen().root
+        prop = root.get_full_property(d.intern_atom("_NET_SUPPORTING_WM_CHECK"), X.AnyPropertyType)
+        return prop is not None and len(prop.value) > 0
+    finally:
+        d.close()
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:

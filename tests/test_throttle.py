@@ -3,6 +3,7 @@ separately written reference implementation."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -154,7 +155,7 @@ def test_matches_reference_and_keeps_gaps_visible(steps: list[tuple[int, str]], 
         inputs[c].append(t)
     # what users rely on: both ends of every pause >= M in one class's input are in the log
     for c, times in inputs.items():
-        for a, b in zip(times, times[1:], strict=False):
+        for a, b in itertools.pairwise(times):
             if b - a >= m:
                 assert a in written[c] and b in written[c]
         if times:

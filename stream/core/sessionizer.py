@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from proto.events import Envelope
-from proto.sessions import Session, SessionRetraction, make_session
-from stream.core.compute import ACTIVE, Computed, compute
+from proto.sessions import InactiveReason, Session, SessionRetraction, make_session
+from stream.core.compute import ACTIVE, Checkpoint, Computed, compute, details
 from stream.core.config import SessionizerConfig
 from stream.core.state import (
     BRK,
@@ -30,6 +30,7 @@ from stream.core.state import (
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NEVER = 1 << 62  #: "no new fact" for close()
 _FLAGS: dict[str, int] = {
     "Lock": BRK | LOCK,
     "Logoff": BRK | PEND,
@@ -58,8 +59,9 @@ def dt_of(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
-def _fingerprint(c: Computed) -> int:
-    text = f"{c.locked}|{','.join(c.hosts)}|{c.tz}".encode()
+def _fingerprint(det: tuple[bool, tuple[str, ...], str]) -> int:
+    locked, hosts, tz = det
+    text = f"{locked}|{','.join(hosts)}|{tz}".encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "big")
 
 
@@ -155,7 +157,7 @@ class Sessionizer:
         st.latest = latest
         if t_aff is None:
             return st, Update([], [], late, dups)
-        upserts, retractions = self._recompute(user_key, st, t_aff - self._margin, False)
+        upserts, retractions = self._recompute(user_key, st, t_aff, False)
         self._prune(st, cutoff)
         return st, Update(upserts, retractions, late, dups)
 
@@ -164,7 +166,7 @@ class Sessionizer:
         still open."""
         if state.open_from is None:
             return state, Update([], [], [], 0)
-        upserts, retractions = self._recompute(user_key, state, state.open_from, True)
+        upserts, retractions = self._recompute(user_key, state, _NEVER, True)
         return state, Update(upserts, retractions, [], 0)
 
     def open_sessions(self, state: UserState) -> int:
@@ -206,8 +208,9 @@ class Sessionizer:
                     k = bisect_left(pts, p)
                     if k == len(pts) or pts[k] != p:
                         pts.insert(k, p)
-                    if p < aff:
-                        aff = p
+                        # A point where evidence already is changes nothing (heartbeats repeat it).
+                        if p < aff and not self._hw_at(st, p):
+                            aff = p
                     if p > st.latest_eb:
                         st.latest_eb = p
         if flags & (HW | BRK) and t > st.latest_eb:
@@ -223,6 +226,16 @@ class Sessionizer:
             st.code.insert(j, code)
         return aff
 
+    @staticmethod
+    def _hw_at(st: UserState, t: int) -> bool:
+        ts, code = st.ts, st.code
+        i = bisect_left(ts, t)
+        while i < len(ts) and ts[i] == t:
+            if code[i] & HW:
+                return True
+            i += 1
+        return False
+
     def _cut(self, st: UserState, t: int) -> int:
         """The latest hard cut at or before ``t``: a period start that every earlier period ends before."""
         comps = st.comps
@@ -235,39 +248,76 @@ class Sessionizer:
         return NO_TIME
 
     def _recompute(
-        self, user_key: str, st: UserState, t: int, all_closed: bool
+        self, user_key: str, st: UserState, t_aff: int, all_closed: bool
     ) -> tuple[list[Session], list[SessionRetraction]]:
-        if st.open_from is not None and st.open_from < t:
-            t = st.open_from
-        c = self._cut(st, t)
-        res = compute(st, c, self._gap, self._presence, all_closed)
-        # Replace the periods from c on.
-        k = bisect_left(st.comps[0::2], c) * 2
+        """Recompute from the latest usable checkpoint at or before ``t_aff`` (the earliest position the new
+        facts change), else from a hard cut, and diff against what was published there."""
+        open_from = st.open_from
+        carry = self._checkpoint_for(st, t_aff, open_from)
+        latest_fact = st.ts[-1] if st.ts else NO_TIME
+        targets = (latest_fact, latest_fact - 60_000, latest_fact - 600_000)
+        if carry is not None:
+            res = compute(st, carry.x, self._gap, self._presence, all_closed, carry, targets)
+        else:
+            t = t_aff - self._margin
+            if open_from is not None and open_from < t:
+                t = open_from
+            c = self._cut(st, t)
+            res = compute(st, c, self._gap, self._presence, all_closed, None, targets)
+        region = res.region_start
+        # Replace the periods from the region's on.
+        first = res.comps[0] if res.comps else region
+        k = bisect_left(st.comps[0::2], min(first, region)) * 2
         st.comps[k:] = res.comps
+        st.cks = res.checkpoints
         upserts: list[Session] = []
         retractions: list[SessionRetraction] = []
         pub = st.pub
         keys = {s.key for s in res.sessions}
-        for key in [k_ for k_ in pub if k_ >= 2 * c and k_ not in keys]:
+        for key in sorted(k_ for k_ in pub if k_ >= 2 * region and k_ not in keys):
             del pub[key]
             retractions.append(SessionRetraction(session_id=self._sid(user_key, key), user_key=user_key))
-        open_from: int | None = None
+        new_open: int | None = None
         n_open = 0
         for s in res.sessions:
-            fp = _fingerprint(s)
             old = pub.get(s.key)
-            if old is not None and old[0] == s.end and old[1] == fp:
-                continue
+            if old is not None and old[0] == s.end:
+                if s.end < t_aff:
+                    continue  # nothing in [start, end] or before changed: as published
+                det = details(st, s.kind, s.start, s.end)
+                fp = _fingerprint(det)
+                if old[1] == fp:
+                    continue
+            elif s.closed:
+                det = details(st, s.kind, s.start, s.end)
+                fp = _fingerprint(det)
             if s.closed:
                 pub[s.key] = [s.end, fp]
-                upserts.append(self._session(user_key, s))
+                upserts.append(self._session(user_key, s, det))
             else:
                 n_open += 1
-                if open_from is None:
-                    open_from = s.start
-        st.open_from = open_from
+                if new_open is None:
+                    new_open = s.start
+        st.open_from = new_open
         st.n_open = n_open
         return upserts, retractions
+
+    def _checkpoint_for(self, st: UserState, t_aff: int, open_from: int | None) -> Checkpoint | None:
+        cks = st.cks
+        best: Checkpoint | None = None
+        for i in range(0, len(cks), 6):
+            ck = Checkpoint(*cks[i : i + 6])
+            if ck.x > t_aff or ck.x <= st.floor:
+                continue
+            if open_from is not None and open_from < ck.region_start:
+                continue
+            if best is None or ck.x > best.x:
+                best = ck
+        if best is None:
+            return None
+        if st.sc and (st.sc[-1] >> 1) >= best.p0:
+            return None  # legacy reports in this period: no checkpoints
+        return best
 
     @staticmethod
     def _sid(user_key: str, key: int) -> str:
@@ -276,18 +326,12 @@ class Sessionizer:
         return session_id(user_key, "active" if key % 2 == ACTIVE else "inactive", dt_of(key >> 1))
 
     @staticmethod
-    def _session(user_key: str, c: Computed) -> Session:
+    def _session(user_key: str, c: Computed, det: tuple[bool, tuple[str, ...], str]) -> Session:
+        locked, hosts, tz = det
         if c.kind == ACTIVE:
-            return make_session(user_key, "active", dt_of(c.start), dt_of(c.end), list(c.hosts), None, c.tz)
-        return make_session(
-            user_key,
-            "inactive",
-            dt_of(c.start),
-            dt_of(c.end),
-            list(c.hosts),
-            "locked" if c.locked else "idle",
-            c.tz,
-        )
+            return make_session(user_key, "active", dt_of(c.start), dt_of(c.end), list(hosts), None, tz)
+        reason: InactiveReason = "locked" if locked else "idle"
+        return make_session(user_key, "inactive", dt_of(c.start), dt_of(c.end), list(hosts), reason, tz)
 
     def _prune(self, st: UserState, cutoff: int) -> None:
         """Forget whole periods that ended more than max(G, P) before the horizon, and old seq ranges."""
@@ -319,6 +363,7 @@ class Sessionizer:
         del st.pts[: bisect_left(st.pts, q)]
         del st.sc[: bisect_left(st.sc, 2 * q)]
         del st.comps[: bisect_left(st.comps[0::2], q) * 2]
+        st.cks = [v for i in range(0, len(st.cks), 6) if st.cks[i] > q for v in st.cks[i : i + 6]]
         for key in [k for k in st.pub if k < 2 * q]:
             del st.pub[key]
         st.floor = q

@@ -34,7 +34,8 @@ class UserState(msgspec.Struct, kw_only=True):
     ``ts``/``code``: the facts, sorted by ``(ts, code)``, one per distinct ``(ts, code)``; ``pts``: sorted
     distinct heartbeat ``last_input_ts`` points; ``sc``: sorted ``ts * 2 + (state == working)``;
     ``comps``: flat ``[start, end, ...]`` of the presence periods computed last (merged where they
-    overlap); ``pub``: the published sessions, ``start * 2 + (kind == inactive)`` -> ``[end, fingerprint]``;
+    overlap); ``cks``: flat checkpoints (``compute.Checkpoint``) to resume from; ``pub``: the published
+    sessions, ``start * 2 + (kind == inactive)`` -> ``[end, fingerprint]``;
     ``seen``: per agent, flat ``[lo, hi, max_ts, ...]`` seq ranges already applied; ``floor``: facts before
     it were pruned; ``open_from``: start of the earliest computed session not published as it is now.
     """
@@ -51,6 +52,7 @@ class UserState(msgspec.Struct, kw_only=True):
     pts: list[int] = msgspec.field(default_factory=list)
     sc: list[int] = msgspec.field(default_factory=list)
     comps: list[int] = msgspec.field(default_factory=list)
+    cks: list[int] = msgspec.field(default_factory=list)
     pub: dict[int, list[int]] = msgspec.field(default_factory=dict)
     seen: dict[str, list[int]] = msgspec.field(default_factory=dict)
 
@@ -69,6 +71,7 @@ class _Wire(msgspec.Struct, array_like=True):
     pts: list[int]
     sc: list[int]
     comps: list[int]
+    cks: list[int]
     pub: dict[int, list[int]]
     seen: dict[str, list[int]]
 
@@ -105,6 +108,7 @@ def encode_state(state: UserState) -> bytes:
             _delta(state.pts),
             _delta(state.sc),
             state.comps,
+            state.cks,
             state.pub,
             state.seen,
         )
@@ -134,6 +138,7 @@ def decode_state(data: bytes) -> UserState:
         pts=_undelta(w.pts),
         sc=_undelta(w.sc),
         comps=w.comps,
+        cks=w.cks,
         pub=w.pub,
         seen=w.seen,
     )
