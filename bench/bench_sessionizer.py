@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proto.codec import decode_events, encode_event
-from proto.events import EVENT_TYPES, Envelope
+from proto.events import EVENT_TYPES, Envelope, InputClass
 from stream.core import Sessionizer, UserState, decode_state, encode_state
 
 DAY = datetime(2024, 5, 6, tzinfo=UTC)
@@ -38,7 +38,7 @@ def user_day(u: int, rng: random.Random, day: int = 0) -> list[Envelope]:
     host = f"pc{u}"
     base = DAY + timedelta(days=day)
 
-    def add(type_: str, ts: datetime, input_: str = "none", **kw: Any) -> None:
+    def add(type_: str, ts: datetime, input_: InputClass = "none", **kw: Any) -> None:
         nonlocal seq
         seq += 1
         evs.append(
