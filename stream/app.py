@@ -46,6 +46,9 @@ TABLE_NAME = "user-state"
 EX_OUTPUT_FAILED = 75
 
 
+LAG_INTERVAL_S = 10.0
+
+
 class ClusterInfo:
     """What the worker must know about the cluster before Faust starts: the raw topics' common partition
     count (the state table must match it) and the changelog replication factor to use."""
@@ -166,6 +169,7 @@ class StreamApp:
         self._lock: asyncio.Lock | None = None
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)
         self.app.timer(settings.effective_scan_interval, name="silence-scan")(self._scan)
+        self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._report_lag)
 
     # ---- readiness -------------------------------------------------------------------------------------
 
@@ -231,6 +235,24 @@ class StreamApp:
             return
         await self._await_output(pending)
         self.metrics.scan_seconds.observe(time.perf_counter() - started)
+
+    async def _report_lag(self) -> None:
+        """Highwater minus the next offset to read, per assigned raw partition (a gauge per partition)."""
+        if not self.ready():
+            return
+        consumer = self.app.consumer
+        read: Any = getattr(consumer, "_read_offset", {})
+        committed: Any = getattr(consumer, "_committed_offset", {})
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic not in self.topics.raw:
+                continue
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # noqa: S112 - no fetch for this partition yet: no lag to report
+                continue
+            last = read.get(tp)
+            position = last + 1 if last is not None else (committed.get(tp) or 0)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
     async def _write(self, result: Result) -> list[Any]:
         """Write the state changes (changelog first, then the local store) and enqueue the output."""

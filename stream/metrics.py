@@ -56,6 +56,10 @@ class StreamMetrics:
         self.users = Gauge(
             f"{p}_users", "Users with state on this worker's partitions", registry=registry,
         )
+        self.consumer_lag = Gauge(
+            f"{p}_consumer_lag", "Records on the raw topics not yet read by this worker, by partition",
+            ["topic", "partition"], registry=registry,
+        )
         self.close_lag = Histogram(
             f"{p}_close_lag_seconds", "Wall clock of publication minus the session's end",
             buckets=_CLOSE_LAG_BUCKETS, registry=registry,
