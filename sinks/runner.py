@@ -125,9 +125,17 @@ class SinkRunner:
                     "database unreachable at start-up; retrying",
                     extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}},
                 )
-                await asyncio.sleep(delay)
-                if self.stopping:
-                    raise Stopped from exc
+                await self._sleep_unless_stopped(delay)
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        """Sleep ``delay`` seconds; raise :class:`Stopped` at once when :meth:`stop` is called (SIGTERM)."""
+        if self.stopping:
+            raise Stopped
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return
+        raise Stopped
 
     async def start(self) -> None:
         """Apply migrations, then start the consumer and the dead-letter producer."""
@@ -193,7 +201,7 @@ class SinkRunner:
                     f"kafka {what} failed; retrying",
                     extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}},
                 )
-                await asyncio.sleep(delay)
+                await self._sleep_unless_stopped(delay)
 
     # ---- readiness -----------------------------------------------------------------------------------
     async def check_kafka(self) -> bool:
