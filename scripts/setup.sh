@@ -37,6 +37,24 @@ if ! command -v kustomize >/dev/null && [ ! -x "$HOME/go/bin/kustomize" ]; then
   fi
 fi
 
+# Docker Compose v2 (validates docker-compose.yml with `config`; no Docker engine needed) from the Go module
+# proxy, when neither the docker plugin nor a standalone binary is there.
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null \
+   && [ ! -x "$HOME/go/bin/docker-compose" ]; then
+  if command -v go >/dev/null; then
+    say "installing docker-compose v2 with go install (about 1-2 minutes)"
+    gobin=$(mktemp -d)
+    if GOBIN="$gobin" GOFLAGS=-mod=mod go install github.com/docker/compose/v2/cmd@v2.29.7 >/dev/null 2>&1; then
+      mkdir -p "$HOME/go/bin" && mv "$gobin/cmd" "$HOME/go/bin/docker-compose"
+    else
+      say "could not install docker-compose; the compose validation test will fail"
+    fi
+    rm -rf "$gobin"
+  else
+    say "docker compose is missing (and Go to install it): the compose validation test will fail"
+  fi
+fi
+
 # System tools used by the tests (agent under Xvfb, promtool rule tests, browser tests).
 need=()
 command -v Xvfb >/dev/null || need+=(xvfb)

@@ -1,15 +1,16 @@
-"""docker-compose.yml: valid where Docker is present, every service it names exists, and the Grafana and
+"""docker-compose.yml: valid for Docker Compose v2, every service it names exists, and the Grafana and
 Prometheus files it mounts are the ones in the repo."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.ops_helpers import DEPLOY, ROOT
+from tests.ops_helpers import DEPLOY, ROOT, tool
 
 COMPOSE = ROOT / "docker-compose.yml"
 
@@ -70,15 +71,14 @@ def test_monitoring_files_are_the_repos(compose: dict) -> None:
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
-def test_docker_compose_config_where_docker_is_present() -> None:
+def test_docker_compose_config() -> None:
+    """`docker compose config` validates the file against the Compose specification (no engine needed)."""
     docker = shutil.which("docker")
-    if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("docker compose is not installed here (the structure is checked by the other tests)")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        argv = [docker, "compose"]
+    else:
+        argv = [tool("docker-compose", str(Path.home() / "go" / "bin"))]
     out = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
+        [*argv, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert out.returncode == 0, out.stderr
