@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devstack.postgres import with_database
 from proto.codec import encode_event
 from proto.sessions import Session, SessionRetraction, make_session
 from sinks.migrations import apply_migrations
@@ -59,11 +59,6 @@ _UNNEST_SQL = (
 )
 
 
-def _with_db(dsn: str, db: str) -> str:
-    p = urlsplit(dsn)
-    return urlunsplit((p.scheme, p.netloc, "/" + db, p.query, p.fragment))
-
-
 def batches(rows: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
@@ -82,7 +77,7 @@ async def bench(dsn: str, n_events: int, batch: int, n_sessions: int, rounds: in
     admin = await asyncpg.connect(dsn)
     await admin.execute(f'CREATE DATABASE "{db}"')
     try:
-        bdsn = _with_db(dsn, db)
+        bdsn = with_database(dsn, db)
         await apply_migrations(bdsn)
         conn = await asyncpg.connect(bdsn)
         try:

@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import asyncpg
 
@@ -51,8 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _today() -> datetime:
-    return datetime.now(UTC)
+async def _upkeep(conn: asyncpg.Connection, settings: SinkSettings) -> tuple[list[date], list[str]]:
+    """Create the partition window around today and drop the expired partitions: ``(created, dropped)``."""
+    today = datetime.now(UTC).date()
+    created = await create_window(
+        conn, today, settings.partitions_behind_days, settings.partitions_ahead_days
+    )
+    return created, await drop_expired(conn, today, settings.raw_retention_days)
 
 
 async def _maintain(settings: SinkSettings, runner: SinkRunner) -> None:
@@ -61,11 +66,7 @@ async def _maintain(settings: SinkSettings, runner: SinkRunner) -> None:
         try:
             conn = await asyncpg.connect(settings.pg_dsn, timeout=10)
             try:
-                today = _today().date()
-                await create_window(
-                    conn, today, settings.partitions_behind_days, settings.partitions_ahead_days
-                )
-                await drop_expired(conn, today, settings.raw_retention_days)
+                await _upkeep(conn, settings)
             finally:
                 await conn.close()
         except Exception as exc:
@@ -122,11 +123,7 @@ async def run_partitions(settings: SinkSettings) -> int:
     await apply_migrations(settings.pg_dsn)
     conn = await asyncpg.connect(settings.pg_dsn, timeout=30)
     try:
-        today = _today().date()
-        created = await create_window(
-            conn, today, settings.partitions_behind_days, settings.partitions_ahead_days
-        )
-        dropped = await drop_expired(conn, today, settings.raw_retention_days)
+        created, dropped = await _upkeep(conn, settings)
     finally:
         await conn.close()
     print(json.dumps({"created": [d.isoformat() for d in created], "dropped": dropped}))

@@ -61,9 +61,6 @@ class PartitionCache:
     def __init__(self) -> None:
         self._known: set[date] = set()
 
-    def __contains__(self, day: date) -> bool:
-        return day in self._known
-
     def forget(self) -> None:
         self._known.clear()
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -41,25 +41,9 @@ RAW_COLUMNS: Final = (
     "details",
 )
 
-#: Fields stored as columns, hence left out of ``details``.
-_COLUMN_FIELDS: Final = frozenset(
-    {
-        "type",
-        "agent_id",
-        "seq",
-        "ts",
-        "input",
-        "user",
-        "domain",
-        "host",
-        "host_domain",
-        "tz",
-        "utc_offset_min",
-        "agent_version",
-        "app",
-        "last_input_ts",
-    }
-)
+#: Fields stored as columns, hence left out of ``details``: every column but those computed by
+#: :func:`raw_row` (which no event has as a field).
+_COLUMN_FIELDS: Final = frozenset(RAW_COLUMNS) - {"category", "user_key", "url_domain", "details"}
 
 _json = msgspec.json.Encoder()
 
@@ -104,12 +88,6 @@ def raw_row(event: Envelope) -> RawRow:
         last_input,
         _json.encode(details).decode("utf-8"),
     )
-
-
-def row_day(row: RawRow) -> date:
-    """The UTC day (partition) of a raw row."""
-    ts: datetime = row[2]
-    return ts.date()
 
 
 def days_of(rows: Iterable[RawRow]) -> set[date]:

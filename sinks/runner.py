@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -39,6 +40,8 @@ from sinks.settings import SinkSettings
 from sinks.writers import Writer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,8 @@ class SinkRunner:
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
-        self.batches_written = 0
         self._failing = False
+        self._migrated = False
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -111,20 +114,41 @@ class SinkRunner:
         return self._stopping.is_set()
 
     async def migrate(self) -> list[str]:
-        """Apply pending migrations, retrying while the database is unreachable."""
+        """Apply pending migrations (once per runner), retrying while the database is unreachable."""
+        if self._migrated:
+            return []
+
+        def unreachable(exc: Exception) -> bool:
+            return classify(exc) is ErrorKind.RETRY and not isinstance(exc, MigrationError)
+
+        applied = await self._retrying(
+            lambda: apply_migrations(self.settings.pg_dsn),
+            unreachable,
+            "postgres",
+            "database unreachable at start-up; retrying",
+        )
+        self._migrated = True
+        return applied
+
+    async def _retrying(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        retryable: Callable[[Exception], bool],
+        target: str,
+        message: str,
+    ) -> T:
+        """``await fn()`` until it succeeds, backing off (own :class:`Backoff`) after each ``retryable``
+        failure, counted under ``target`` and logged as ``message``; raises :class:`Stopped` on stop."""
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         while True:
             try:
-                return await apply_migrations(self.settings.pg_dsn)
+                return await fn()
             except Exception as exc:
-                if classify(exc) is not ErrorKind.RETRY or isinstance(exc, MigrationError):
+                if not retryable(exc):
                     raise
-                self.metrics.retries.labels(self.writer.table, "postgres").inc()
+                self.metrics.retries.labels(self.writer.table, target).inc()
                 delay = backoff.next()
-                log.warning(
-                    "database unreachable at start-up; retrying",
-                    extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}},
-                )
+                log.warning(message, extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}})
                 await self._sleep_unless_stopped(delay)
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
@@ -188,20 +212,8 @@ class SinkRunner:
         finally:
             await self.close()
 
-    async def _retry_kafka(self, fn: Callable[[], Any], what: str) -> None:
-        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
-        while True:
-            try:
-                await fn()
-                return
-            except (KafkaError, OSError) as exc:
-                self.metrics.retries.labels(self.writer.table, "kafka").inc()
-                delay = backoff.next()
-                log.warning(
-                    f"kafka {what} failed; retrying",
-                    extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}},
-                )
-                await self._sleep_unless_stopped(delay)
+    async def _retry_kafka(self, fn: Callable[[], Awaitable[Any]], what: str) -> None:
+        await self._retrying(fn, _kafka_trouble, "kafka", f"kafka {what} failed; retrying")
 
     # ---- readiness -----------------------------------------------------------------------------------
     async def check_kafka(self) -> bool:
@@ -241,7 +253,6 @@ class SinkRunner:
         if rejected:
             await self._dead_letter(rejected)
         await self._commit(records)
-        self.batches_written += 1
         return len(records)
 
     async def _collect(self) -> list[ConsumerRecord[bytes, bytes]]:
@@ -415,21 +426,18 @@ class SinkRunner:
             headers = deadletter_headers(
                 rej.reason, rej.error_class, self.writer.service, rec.topic, rec.partition, rec.offset
             )
-            backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
-            while True:
-                try:
-                    await self._producer.send_and_wait(
-                        self.topics.deadletter, value=rec.value, key=rec.key, headers=headers
-                    )
-                    break
-                except KafkaError as exc:
-                    self.metrics.retries.labels(table, "kafka").inc()
-                    delay = backoff.next()
-                    log.warning(
-                        "dead-letter publish failed; retrying",
-                        extra={"kv": {"error": type(exc).__name__, "retry_in_s": delay}},
-                    )
-                    await asyncio.sleep(delay)
+            await self._retrying(
+                functools.partial(
+                    self._producer.send_and_wait,
+                    self.topics.deadletter,
+                    value=rec.value,
+                    key=rec.key,
+                    headers=headers,
+                ),
+                lambda exc: isinstance(exc, KafkaError),
+                "kafka",
+                "dead-letter publish failed; retrying",
+            )
             self.metrics.rows_rejected.labels(table, rej.error_class).inc()
             self.metrics.dead_letters.labels(table).inc()
         log.warning(
@@ -464,9 +472,15 @@ class SinkRunner:
             )
 
 
+def _kafka_trouble(exc: Exception) -> bool:
+    """A Kafka client or network failure: retried while starting the clients."""
+    return isinstance(exc, KafkaError | OSError)
+
+
 def _expected(exc: BaseException) -> bool:
-    """Connection-type failures are expected operations events (WARNING); anything else is an ERROR."""
-    return classify(exc) is ErrorKind.RETRY and isinstance(
+    """Connection-type failures are expected operations events (WARNING); any other retried error is an
+    ERROR. Only asked about errors :func:`classify` already called ``RETRY``."""
+    return isinstance(
         exc,
         OSError
         | TimeoutError

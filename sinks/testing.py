@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
-import socket
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +23,7 @@ import asyncpg
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from devstack.pipeline import free_port as free_port  # re-exported for the tests
 from proto.codec import encode_event, encode_session
 from proto.events import (
     DocumentSave,
@@ -168,17 +174,8 @@ async def fetchval(dsn: str, sql: str, *args: object) -> object:
         await conn.close()
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def sink_env(bootstrap: str, dsn: str, topics: Topics, metrics_port: int, **extra: object) -> dict[str, str]:
     """Environment for a ``desktrace-sink`` subprocess (inherits PATH etc., overrides DESKTRACE_*)."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESKTRACE_")}
     env.update(
         DESKTRACE_KAFKA_BOOTSTRAP=bootstrap,
@@ -196,9 +193,6 @@ def sink_env(bootstrap: str, dsn: str, topics: Topics, metrics_port: int, **extr
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
     """``(status, body)`` of a GET on the sink's health server (status 0 when it does not answer)."""
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as resp:
             return resp.status, resp.read().decode()
@@ -269,9 +263,6 @@ class SinkProcess:
     """One ``desktrace-sink <kind>`` subprocess (this interpreter), its stderr (JSON logs) in ``log``."""
 
     def __init__(self, kind: str, env: dict[str, str], log: Path) -> None:
-        import subprocess
-        import sys
-
         self.log = log
         self._fh = open(log, "ab")
         self.proc = subprocess.Popen(
@@ -289,9 +280,6 @@ class SinkProcess:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait; returns the exit code (SIGKILL after ``timeout``)."""
-        import signal
-        import subprocess
-
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -58,8 +58,36 @@ class Writer(Protocol):
     def on_partition_missing(self) -> None: ...
 
 
+async def _create_stage(conn: asyncpg.Connection, stage: str, table: str, cols_sql: str) -> None:
+    """An empty per-connection temporary staging table shaped like ``cols_sql`` of ``table``."""
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT {cols_sql} FROM {table} WITH NO DATA"
+    )
+    await conn.execute(f"TRUNCATE {stage}")
+
+
+async def _copy_and_apply(
+    conn: asyncpg.Connection, stage: str, records: Sequence[tuple[Any, ...]], columns: Sequence[str], sql: str
+) -> int:
+    """COPY ``records`` into ``stage``, run ``sql`` (which reads it), empty ``stage``; returns the row
+    count of ``sql``'s status."""
+    await conn.copy_records_to_table(stage, records=records, columns=columns)
+    status = await conn.execute(sql)
+    await conn.execute(f"TRUNCATE {stage}")
+    return _rowcount(status)
+
+
+def _rowcount(status: str) -> int:
+    """The row count at the end of a command status such as ``INSERT 0 12`` or ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 _RAW_COLS_SQL = ", ".join(f'"{c}"' for c in RAW_COLUMNS)
 _RAW_STAGE = "desktrace_raw_stage"
+_RAW_INSERT = (
+    f"INSERT INTO raw_events ({_RAW_COLS_SQL}) SELECT {_RAW_COLS_SQL} FROM {_RAW_STAGE} "
+    "ON CONFLICT (agent_id, seq, ts) DO NOTHING"
+)
 
 
 class RawWriter:
@@ -96,23 +124,13 @@ class RawWriter:
         return row
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_RAW_STAGE} "
-            f"AS SELECT {_RAW_COLS_SQL} FROM raw_events WITH NO DATA"
-        )
-        await conn.execute(f"TRUNCATE {_RAW_STAGE}")
+        await _create_stage(conn, _RAW_STAGE, self.table, _RAW_COLS_SQL)
 
     async def before_write(self, conn: asyncpg.Connection, items: Sequence[RawRow]) -> None:
         await self.partitions.ensure(conn, days_of(items))
 
     async def write(self, conn: asyncpg.Connection, items: Sequence[RawRow]) -> tuple[int, int]:
-        await conn.copy_records_to_table(_RAW_STAGE, records=items, columns=RAW_COLUMNS)
-        status = await conn.execute(
-            f"INSERT INTO raw_events ({_RAW_COLS_SQL}) SELECT {_RAW_COLS_SQL} FROM {_RAW_STAGE} "
-            "ON CONFLICT (agent_id, seq, ts) DO NOTHING"
-        )
-        await conn.execute(f"TRUNCATE {_RAW_STAGE}")
-        inserted = int(status.rsplit(" ", 1)[-1])
+        inserted = await _copy_and_apply(conn, _RAW_STAGE, items, RAW_COLUMNS, _RAW_INSERT)
         return inserted, len(items) - inserted
 
     def on_partition_missing(self) -> None:
@@ -122,6 +140,11 @@ class RawWriter:
 _SES_COLS_SQL = ", ".join(SESSION_COLUMNS)
 _SES_STAGE = "desktrace_sessions_stage"
 _SES_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS if c != "session_id")
+_SES_UPSERT = (
+    f"INSERT INTO sessions ({_SES_COLS_SQL}, updated_at) "
+    f"SELECT {_SES_COLS_SQL}, now() FROM {_SES_STAGE} "
+    f"ON CONFLICT (session_id) DO UPDATE SET {_SES_UPDATE}, updated_at = EXCLUDED.updated_at"
+)
 
 
 class SessionWriter:
@@ -144,11 +167,7 @@ class SessionWriter:
         return decode_session_message(value)
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_SES_STAGE} "
-            f"AS SELECT {_SES_COLS_SQL} FROM sessions WITH NO DATA"
-        )
-        await conn.execute(f"TRUNCATE {_SES_STAGE}")
+        await _create_stage(conn, _SES_STAGE, self.table, _SES_COLS_SQL)
 
     async def before_write(self, conn: asyncpg.Connection, items: Sequence[SessionMessage]) -> None:
         pass
@@ -158,18 +177,10 @@ class SessionWriter:
         changed = 0
         if deletes:
             status = await conn.execute("DELETE FROM sessions WHERE session_id = ANY($1::text[])", deletes)
-            changed += int(status.rsplit(" ", 1)[-1])
+            changed += _rowcount(status)
         if upserts:
-            await conn.copy_records_to_table(
-                _SES_STAGE, records=[session_row(s) for s in upserts], columns=SESSION_COLUMNS
-            )
-            status = await conn.execute(
-                f"INSERT INTO sessions ({_SES_COLS_SQL}, updated_at) "
-                f"SELECT {_SES_COLS_SQL}, now() FROM {_SES_STAGE} "
-                f"ON CONFLICT (session_id) DO UPDATE SET {_SES_UPDATE}, updated_at = EXCLUDED.updated_at"
-            )
-            await conn.execute(f"TRUNCATE {_SES_STAGE}")
-            changed += int(status.rsplit(" ", 1)[-1])
+            rows = [session_row(s) for s in upserts]
+            changed += await _copy_and_apply(conn, _SES_STAGE, rows, SESSION_COLUMNS, _SES_UPSERT)
         return changed, 0
 
     def on_partition_missing(self) -> None:

@@ -37,7 +37,7 @@ OUTAGE_S = float(os.environ.get("DESKTRACE_TEST_PG_OUTAGE_S", "30"))
 
 
 @pytest.fixture
-def sinks(tmp_path: Path) -> Iterator[list[SinkProcess]]:
+def sinks() -> Iterator[list[SinkProcess]]:
     started: list[SinkProcess] = []
     yield started
     for s in started:
@@ -47,6 +47,23 @@ def sinks(tmp_path: Path) -> Iterator[list[SinkProcess]]:
 
 async def count(dsn: str) -> int:
     return int(await fetchval(dsn, "SELECT count(*) FROM raw_events"))  # type: ignore[call-overload]
+
+
+async def assert_all_written_exactly_once(dsn: str, expected: int, sink: SinkProcess) -> None:
+    """Wait (90 s at most) until ``expected`` rows are in, settle, then: no row lost, none duplicated."""
+
+    async def all_written() -> bool:
+        return await count(dsn) >= expected
+
+    assert await wait_until(all_written, 90), sink.tail()
+    await asyncio.sleep(1.0)
+    conn = await asyncpg.connect(dsn)
+    try:
+        total = await conn.fetchval("SELECT count(*) FROM raw_events")
+        distinct = await conn.fetchval("SELECT count(DISTINCT (agent_id, seq)) FROM raw_events")
+    finally:
+        await conn.close()
+    assert total == distinct == expected
 
 
 async def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
@@ -70,18 +87,7 @@ async def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     second = SinkProcess("raw", env, tmp_path / "sink2.log")
     sinks.append(second)
 
-    async def all_written() -> bool:
-        return await count(fresh_pg_dsn) >= len(events)
-
-    assert await wait_until(all_written, 90), second.tail()
-    await asyncio.sleep(1.0)
-    conn = await asyncpg.connect(fresh_pg_dsn)
-    try:
-        total = await conn.fetchval("SELECT count(*) FROM raw_events")
-        distinct = await conn.fetchval("SELECT count(DISTINCT (agent_id, seq)) FROM raw_events")
-    finally:
-        await conn.close()
-    assert total == distinct == len(events)
+    await assert_all_written_exactly_once(fresh_pg_dsn, len(events), second)
     # beside the loop, the raw sink keeps partitions created ahead (default: 7 days)
     ahead = (datetime.now(UTC) + timedelta(days=7)).date()
     assert await fetchval(fresh_pg_dsn, "SELECT to_regclass($1) IS NOT NULL", partition_name(ahead))
@@ -163,18 +169,7 @@ async def test_postgres_down_30s_under_load_retries_and_loses_nothing(
     await asyncio.to_thread(private_pg.start)
     await asyncio.wait_for(producer, 120)
 
-    async def all_written() -> bool:
-        return await count(dsn) >= len(events)
-
-    assert await wait_until(all_written, 90), sink.tail()
-    await asyncio.sleep(1.0)
-    conn = await asyncpg.connect(dsn)
-    try:
-        total = await conn.fetchval("SELECT count(*) FROM raw_events")
-        distinct = await conn.fetchval("SELECT count(DISTINCT (agent_id, seq)) FROM raw_events")
-    finally:
-        await conn.close()
-    assert total == distinct == len(events)
+    await assert_all_written_exactly_once(dsn, len(events), sink)
     status, text = scrape(port)
     retries = sample(text, "desktrace_sink_retries_total", table="raw_events", target="postgres") or 0
     assert retries >= 3, "a 30 s outage with a 2 s cap must retry several times"

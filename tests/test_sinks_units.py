@@ -20,7 +20,7 @@ from proto.sessions import Session, SessionRetraction, make_session
 from sinks.errors import ErrorKind, Reject, classify
 from sinks.partitions import expired, partition_day, partition_name, window
 from sinks.rows import RAW_COLUMNS, raw_row, reduce_sessions, url_domain
-from sinks.runner import Backoff, group_id_for
+from sinks.runner import Backoff, SinkRunner, Stopped, group_id_for
 from sinks.settings import SinkSettings
 from sinks.writers import RawWriter
 
@@ -213,3 +213,33 @@ async def test_health_server_http_edges() -> None:
         assert (await raw(b"GET /healthz HTTP/1.1\r\n\r\n")).endswith(b"ok\n")
         big = await raw(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n")
         assert big.startswith(b"HTTP/1.1 400")
+
+
+async def test_runner_retrying_backs_off_counts_and_stops() -> None:
+    settings = SinkSettings(retry_initial_s=0.01, retry_max_s=0.02)
+    runner = SinkRunner(RawWriter(), settings)
+    failures = [OSError("down"), OSError("still down")]
+
+    async def flaky() -> int:
+        if failures:
+            raise failures.pop(0)
+        return 5
+
+    assert await runner._retrying(flaky, lambda e: isinstance(e, OSError), "kafka", "x failed") == 5
+    retries = runner.metrics.registry.get_sample_value(
+        "desktrace_sink_retries_total", {"table": "raw_events", "target": "kafka"}
+    )
+    assert retries == 2
+
+    async def broken() -> int:
+        raise ValueError("not retryable")
+
+    with pytest.raises(ValueError):
+        await runner._retrying(broken, lambda e: isinstance(e, OSError), "kafka", "x failed")
+
+    async def down() -> int:
+        raise OSError("down")
+
+    runner.stop()
+    with pytest.raises(Stopped):
+        await runner._retrying(down, lambda e: isinstance(e, OSError), "kafka", "x failed")
