@@ -70,35 +70,19 @@ def add_arguments(
     existing = {a.dest for a in parser._actions}
     if "config" not in existing:
         parser.add_argument("--config", metavar="PATH", default=None, help=HELP["config"])
-    for name in cls.__struct_fields__:
-        if name in existing:
+    for f in msgspec.structs.fields(cls):
+        if f.name in existing:
             continue
-        default = getattr(cls, "__struct_defaults__", ())
-        fields = cls.__struct_fields__
-        idx = fields.index(name) - (len(fields) - len(default))
-        shown = default[idx] if idx >= 0 else None
-        kind = _field_type(cls, name)
-        text = help_.get(name, name.replace("_", " "))
-        text += f" (env {ENV_PREFIX}{name.upper()}; default {shown!r})"
-        if kind is bool:
+        shown = None if f.default is msgspec.NODEFAULT else f.default
+        text = help_.get(f.name, f.name.replace("_", " "))
+        text += f" (env {ENV_PREFIX}{f.name.upper()}; default {shown!r})"
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type is bool:
             parser.add_argument(
-                f"--{name.replace('_', '-')}",
-                dest=name,
-                default=None,
-                action=argparse.BooleanOptionalAction,
-                help=text,
+                flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=text
             )
         else:
-            parser.add_argument(
-                f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE", help=text
-            )
-
-
-def _field_type(cls: type[msgspec.Struct], name: str) -> Any:
-    for f in msgspec.structs.fields(cls):
-        if f.name == name:
-            return f.type
-    return str
+            parser.add_argument(flag, dest=f.name, default=None, metavar="VALUE", help=text)
 
 
 def load(

@@ -76,6 +76,18 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def live_pid(pid_file: Path, *markers: str) -> int | None:
+    """The pid in ``pid_file`` when that process runs and its command line (when readable) holds every one
+    of ``markers``; None for a missing or stale pid file (the process gone, or its pid reused)."""
+    pid = read_pid(pid_file)
+    if pid is None or not pid_alive(pid):
+        return None
+    cmd = cmdline(pid)
+    if cmd and not all(m in cmd for m in markers):
+        return None
+    return pid
+
+
 def terminate(pid: int, timeout: float, group: bool = True, sig: int = signal.SIGTERM) -> bool:
     """Send ``sig`` (to the process group when ``group``), wait up to ``timeout`` s, then SIGKILL.
     Returns True when the process stopped within the timeout (False when it had to be killed)."""

@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
 from devstack._proc import DevstackError, stderr_progress
 from devstack.pipeline import LocalPipeline, _script
+from devstack.postgres import with_database
 from devstack.stack import LocalStack, StackConfig, default_state_dir
 from devstack.topics import ensure_topics
 from proto.topics import Topics
@@ -31,11 +31,6 @@ DEMO_DB = "desktrace_demo"
 
 def say(text: str) -> None:
     stderr_progress(f"demo: {text}")
-
-
-def _with_database(dsn: str, db: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
 async def _fresh_database(dsn: str) -> str:
@@ -52,7 +47,7 @@ async def _fresh_database(dsn: str) -> str:
         await conn.execute(f'CREATE DATABASE "{DEMO_DB}"')
     finally:
         await conn.close()
-    return _with_database(dsn, DEMO_DB)
+    return with_database(dsn, DEMO_DB)
 
 
 async def _counts(dsn: str) -> tuple[int, int]:

@@ -17,14 +17,13 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from devstack._proc import (
     DevstackError,
     Progress,
     Ticker,
-    cmdline,
-    pid_alive,
-    read_pid,
+    live_pid,
     run_sync,
     stderr_progress,
     tail,
@@ -139,8 +138,9 @@ class KafkaInstance:
     ``stop_timeout``). The instance is detached from the starting process and found again through
     ``data_dir/kafka.pid``.
 
-    ``extra_properties`` override server.properties and ``format_args`` are passed to ``StorageTool
-    format``: the hook for TLS listeners and SASL/SCRAM users (``--add-scram``) of a secure instance.
+    ``extra_properties`` override server.properties, ``format_args`` are passed to ``StorageTool format``
+    and ``probe_options`` are the aiokafka options of the readiness probe: the hooks for TLS listeners,
+    SASL/SCRAM users (``--add-scram``) and an authenticated probe of a secure instance.
     """
 
     def __init__(
@@ -155,6 +155,7 @@ class KafkaInstance:
         heap: tuple[str, ...] = JVM_HEAP,
         extra_properties: Mapping[str, str] | None = None,
         format_args: Sequence[str] = (),
+        probe_options: Mapping[str, Any] | None = None,
         cache_dir: Path | None = None,
         progress: Progress = stderr_progress,
     ) -> None:
@@ -167,6 +168,7 @@ class KafkaInstance:
         self.heap = heap
         self.extra_properties = dict(extra_properties or {})
         self.format_args = tuple(format_args)
+        self.probe_options = dict(probe_options or {})
         self.cache_dir = cache_dir
         self.progress = progress
 
@@ -196,13 +198,7 @@ class KafkaInstance:
     @property
     def pid(self) -> int | None:
         """The broker's pid when it is running, else None."""
-        pid = read_pid(self.pid_file)
-        if pid is None or not pid_alive(pid):
-            return None
-        cmd = cmdline(pid)
-        if cmd and ("kafka.Kafka" not in cmd or str(self.properties_file) not in cmd):
-            return None  # a stale pid file whose pid was reused
-        return pid
+        return live_pid(self.pid_file, "kafka.Kafka", str(self.properties_file))
 
     def is_running(self) -> bool:
         return self.pid is not None
@@ -211,7 +207,7 @@ class KafkaInstance:
         """True when the broker answers metadata requests now."""
         if not port_open(self.host, self.port):
             return False
-        return run_sync(lambda: broker_answers(self.bootstrap, timeout))
+        return run_sync(lambda: broker_answers(self.bootstrap, timeout, **self.probe_options))
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from devstack._proc import stderr_progress
+from devstack._proc import Progress, stderr_progress
 
 
 def free_port() -> int:
@@ -175,13 +175,12 @@ class LocalPipeline:
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/"
 
-    def start(self, timeout: float = 90.0, progress: object = stderr_progress) -> None:
+    def start(self, timeout: float = 90.0, progress: Progress = stderr_progress) -> None:
         # The sinks apply the migrations; start them first so the gateway finds its tables.
         for name in ("sink-raw", "sink-sessions", "stream", "gateway"):
             self.services[name].start()
         for name in ("sink-raw", "sink-sessions", "stream", "gateway"):
-            if callable(progress):
-                progress(f"waiting for {name}")
+            progress(f"waiting for {name}")
             self.services[name].wait_healthy(timeout)
 
     def stop(self) -> None:

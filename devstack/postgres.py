@@ -27,13 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from devstack._proc import (
     DevstackError,
     Progress,
-    cmdline,
+    live_pid,
     pid_alive,
-    read_pid,
     run_sync,
     stderr_progress,
     tail,
@@ -42,6 +42,11 @@ from devstack._proc import (
 
 SERVICE_USER = "desktrace"
 RELOCATED_ROOT = Path("/var/lib/desktrace/postgres")
+
+
+def with_database(dsn: str, database: str) -> str:
+    """``dsn`` naming ``database`` instead of its own (same server, role and options)."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
 
 def find_pg_bin() -> Path:
@@ -224,13 +229,7 @@ class PostgresInstance:
     @property
     def pid(self) -> int | None:
         """The postmaster's pid when it is running, else None."""
-        pid = read_pid(self.pgdata / "postmaster.pid")
-        if pid is None or not pid_alive(pid):
-            return None
-        cmd = cmdline(pid)
-        if cmd and "postgres" not in cmd:
-            return None
-        return pid
+        return live_pid(self.pgdata / "postmaster.pid", "postgres")
 
     def is_running(self) -> bool:
         return self.pid is not None
@@ -243,21 +242,7 @@ class PostgresInstance:
                 self._initdb()
             self._write_config()
             self.progress(f"starting PostgreSQL on {self.host}:{self.port} (data {self.pgdata})")
-            proc = self._run(
-                [
-                    str(self.bin_dir / "pg_ctl"),
-                    "-D",
-                    str(self.pgdata),
-                    "-l",
-                    str(self.log_file),
-                    "-w",
-                    "-t",
-                    str(int(timeout)),
-                    "start",
-                ],
-                timeout=timeout + 10,
-                new_session=True,
-            )
+            proc = self._pg_ctl("start", timeout, "-l", str(self.log_file), new_session=True)
             if proc.returncode != 0:
                 raise DevstackError(
                     f"PostgreSQL did not start on {self.host}:{self.port} (pg_ctl exit {proc.returncode}): "
@@ -272,20 +257,7 @@ class PostgresInstance:
         if pid is None:
             return False
         self.progress(f"stopping PostgreSQL (pid {pid})")
-        proc = self._run(
-            [
-                str(self.bin_dir / "pg_ctl"),
-                "-D",
-                str(self.pgdata),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                str(int(timeout)),
-                "stop",
-            ],
-            timeout=timeout + 10,
-        )
+        proc = self._pg_ctl("stop", timeout, "-m", "fast")
         if proc.returncode != 0 or pid_alive(pid):
             terminate(pid, 5.0, group=False, sig=signal.SIGQUIT)
         return True
@@ -299,6 +271,13 @@ class PostgresInstance:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # ---- helpers -------------------------------------------------------------------------------------
+    def _pg_ctl(
+        self, command: str, timeout: float, *options: str, new_session: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl -D <pgdata> OPTIONS -w -t TIMEOUT COMMAND``: waits up to ``timeout`` for the server."""
+        argv = [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), *options, "-w", "-t", str(int(timeout))]
+        return self._run([*argv, command], timeout=timeout + 10, new_session=new_session)
+
     def _run(
         self, cmd: list[str], timeout: float, new_session: bool = False
     ) -> subprocess.CompletedProcess[str]:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from devstack._proc import DevstackError, Progress, run_sync, stderr_progress
-from devstack.kafka import KafkaInstance, broker_answers, port_open
+from devstack.kafka import KafkaInstance
 from proto.topics import Topics
 
 DEFAULT_SECURE_PORT: Final = 19094
@@ -289,20 +289,6 @@ def scram_format_args(passwords: Mapping[str, str]) -> list[str]:
 
 
 # ---- the instance ------------------------------------------------------------------------------------------
-class SecureKafkaInstance(KafkaInstance):
-    """A :class:`KafkaInstance` whose readiness probe authenticates (SASL_SSL as ``admin``)."""
-
-    probe_options: dict[str, Any]
-
-    def answers(self, timeout: float = 5.0) -> bool:
-        if not port_open(self.host, self.port):
-            return False
-        opts = getattr(self, "probe_options", None)
-        if not opts:
-            return False
-        return run_sync(lambda: broker_answers(self.bootstrap, timeout, **opts))
-
-
 class SecureKafka:
     """The secure local broker of one state directory, its certificates, users, passwords and ACLs.
 
@@ -324,7 +310,7 @@ class SecureKafka:
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.progress = progress
-        self.instance = SecureKafkaInstance(
+        self.instance = KafkaInstance(
             self.data_dir, port, controller_port, host=host, partitions=partitions,
             cache_dir=cache_dir, progress=progress,
         )

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from devstack._proc import Progress, run_sync, stderr_progress
 from devstack.kafka import KafkaInstance, port_open
@@ -129,8 +129,15 @@ class LocalStack:
             port = parts.port
         except ValueError:
             return True
-        ours = (self.postgres.data_dir / "password").exists()
-        return not (ours and _is_loopback(parts.hostname) and port == self.config.pg_port)
+        if not (_is_loopback(parts.hostname) and port == self.config.pg_port):
+            return True
+        # Ours only when it is what an earlier `up` exported: this state dir's password (a stale password
+        # file beside another server on our port must not make that server count as ours).
+        try:
+            ours = (self.postgres.data_dir / "password").read_text(encoding="utf-8").strip()
+        except OSError:
+            return True
+        return unquote(parts.password or "") != ours
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -166,7 +173,12 @@ class LocalStack:
                 self.progress("using PostgreSQL from DESKTRACE_PG_DSN: starting none")
             else:
                 was = self.postgres.is_running()
-                self.postgres.start(timeout=timeout)
+                try:
+                    self.postgres.start(timeout=timeout)
+                except BaseException:
+                    if "kafka" in started:  # leave nothing running that this failed call started
+                        self.kafka.stop()
+                    raise
                 if not was:
                     started.append("postgres")
                 dsn = self.postgres.dsn

@@ -33,29 +33,33 @@ _TYPE_ERROR = re.compile(r"Invalid value '([^']*)' - at `\$\.type`")
 
 
 class _SessionWire(msgspec.Struct, kw_only=True, gc=False):
+    """Just enough of a session-topic value to pick its decoder."""
+
     session_id: str
     retracted: bool = False
-    user_key: str | None = None
-    kind: str | None = None
 
 
 _session_wire_decoder: Final = msgspec.json.Decoder(_SessionWire)
 _session_decoder: Final = msgspec.json.Decoder(Session)
 _retraction_decoder: Final = msgspec.json.Decoder(SessionRetraction)
+#: What a decoder raises: ``msgspec.DecodeError`` (its subclass ``ValidationError`` included) or the
+#: ``ValueError`` of a Struct's ``__post_init__`` check.
+_DECODE_ERRORS: Final = (msgspec.DecodeError, ValueError)
 
 
-def _classify(exc: msgspec.DecodeError | msgspec.ValidationError | ValueError, what: str) -> EventDecodeError:
+def _classify(exc: msgspec.DecodeError | ValueError, what: str) -> EventDecodeError:
+    """The :class:`EventDecodeError` of a failed decode: ``undecodable`` (not msgpack / JSON at all),
+    ``unknown_type`` (a ``type`` tag this consumer does not know) or ``invalid`` (decodes, but breaks the
+    schema)."""
     text = str(exc)
-    if isinstance(exc, msgspec.ValidationError):
-        m = _TYPE_ERROR.search(text)
-        if m:
+    if isinstance(exc, msgspec.ValidationError):  # tested first: it is a DecodeError too
+        if m := _TYPE_ERROR.search(text):
             return EventDecodeError(
                 f"unknown event type {m.group(1)!r}: this consumer knows {len(EVENT_TYPES)} types; "
                 "upgrade it to read newer producers' events",
                 "unknown_type",
             )
-        return EventDecodeError(f"invalid {what}: {text}", "invalid")
-    if isinstance(exc, msgspec.DecodeError):
+    elif isinstance(exc, msgspec.DecodeError):
         return EventDecodeError(f"undecodable {what}: {text}", "undecodable")
     return EventDecodeError(f"invalid {what}: {text}", "invalid")
 
@@ -72,7 +76,7 @@ def decode_event(data: bytes) -> Envelope:
     """Decode one msgpack raw event; raises :class:`EventDecodeError`."""
     try:
         return _msgpack_decoder.decode(data)
-    except (msgspec.DecodeError, ValueError) as exc:
+    except _DECODE_ERRORS as exc:
         raise _classify(exc, "raw event") from None
 
 
@@ -83,7 +87,7 @@ def decode_events(batch: Iterable[bytes]) -> Iterator[Envelope | EventDecodeErro
     for data in batch:
         try:
             yield dec(data)
-        except (msgspec.DecodeError, ValueError) as exc:
+        except _DECODE_ERRORS as exc:
             yield _classify(exc, "raw event")
 
 
@@ -99,7 +103,7 @@ def event_from_json(line: bytes | str) -> Envelope:
     """One JSON Lines event; only the fields ``events.md`` names are required."""
     try:
         return _json_event_decoder.decode(line)
-    except (msgspec.DecodeError, ValueError) as exc:
+    except _DECODE_ERRORS as exc:
         raise _classify(exc, "JSON event") from None
 
 
@@ -110,7 +114,7 @@ def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, Envelope | E
             continue
         try:
             yield n, _json_event_decoder.decode(line)
-        except (msgspec.DecodeError, ValueError) as exc:
+        except _DECODE_ERRORS as exc:
             yield n, _classify(exc, "JSON event")
 
 
@@ -129,7 +133,7 @@ def decode_session_message(data: bytes) -> SessionMessage:
         if wire.retracted:
             return _retraction_decoder.decode(data)
         return _session_decoder.decode(data)
-    except (msgspec.DecodeError, ValueError) as exc:
+    except _DECODE_ERRORS as exc:
         raise _classify(exc, "session record") from None
 
 

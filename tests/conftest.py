@@ -13,12 +13,13 @@ deleted afterwards. ``fresh_pg_dsn`` (function): the DSN of a new empty database
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -96,14 +97,9 @@ def _reachable(address: str, default_port: int) -> bool:
     return port_open(host or "127.0.0.1", int(port) if port.isdigit() else default_port, timeout=2.0)
 
 
-_docker: bool | None = None
-
-
+@functools.cache
 def _has_docker() -> bool:
-    global _docker
-    if _docker is None:
-        _docker = _docker_answers()
-    return _docker
+    return _docker_answers()
 
 
 @pytest.fixture(scope="session")
@@ -158,32 +154,22 @@ def topics(kafka_bootstrap: str) -> Iterator[Topics]:
         pass
 
 
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
 @pytest.fixture
 def fresh_pg_dsn(pg_dsn: str) -> Iterator[str]:
     """DSN of a new, empty database (dropped after the test)."""
     import asyncpg
 
+    from devstack.postgres import with_database
+
     name = f"t_{uuid.uuid4().hex[:16]}"
 
-    async def create() -> None:
+    async def admin(sql: str) -> None:
         conn = await asyncpg.connect(pg_dsn, timeout=10)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(sql)
         finally:
             await conn.close()
 
-    async def drop() -> None:
-        conn = await asyncpg.connect(pg_dsn, timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    _run(create)
-    yield _with_database(pg_dsn, name)
-    _run(drop)
+    _run(lambda: admin(f'CREATE DATABASE "{name}"'))
+    yield with_database(pg_dsn, name)
+    _run(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,9 @@ import asyncpg
 import psutil
 import pytest
 
+from devstack._proc import DevstackError, quiet
 from devstack.kafka import KafkaInstance, broker_answers, new_cluster_id
+from devstack.pipeline import free_port
 from devstack.postgres import PostgresInstance
 from devstack.stack import LocalStack, StackConfig
 
@@ -32,12 +33,6 @@ def cli(
         timeout=timeout,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_help_everywhere() -> None:
@@ -103,12 +98,44 @@ def test_external_services_are_recognised(tmp_path: Path) -> None:
     assert not LocalStack(own).kafka_external  # what an earlier `up` exported: still ours
     assert LocalStack(StackConfig(state_dir=tmp_path, kafka_bootstrap="kafka.example:9092")).kafka_external
     assert LocalStack(StackConfig(state_dir=tmp_path, kafka_bootstrap="a:1,b:2")).kafka_external
-    # a DSN on our port is ours only when this state dir holds our cluster
+    # a DSN on our port is ours only when it is what this state dir's cluster exported (its password)
     cfg = StackConfig(state_dir=tmp_path, pg_dsn="postgresql://u:p@127.0.0.1:15432/db")
     assert LocalStack(cfg).pg_external
     (tmp_path / "postgres").mkdir()
-    (tmp_path / "postgres" / "password").write_text("x\n")
+    (tmp_path / "postgres" / "password").write_text("p\n")
     assert not LocalStack(cfg).pg_external
+    (tmp_path / "postgres" / "password").write_text("stale\n")  # another server on our port
+    assert LocalStack(cfg).pg_external
+
+
+def test_up_stops_the_kafka_it_started_when_postgres_fails(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    class Kafka:
+        bootstrap = "127.0.0.1:1"
+
+        def is_running(self) -> bool:
+            return False
+
+        def start(self, timeout: float) -> None:
+            calls.append("kafka start")
+
+        def stop(self) -> bool:
+            calls.append("kafka stop")
+            return True
+
+    class BrokenPostgres:
+        def is_running(self) -> bool:
+            return False
+
+        def start(self, timeout: float) -> None:
+            raise DevstackError("no PostgreSQL binaries found")
+
+    stack = LocalStack(StackConfig(state_dir=tmp_path, create_topics=False), progress=quiet)
+    stack.kafka, stack.postgres = Kafka(), BrokenPostgres()  # type: ignore[assignment]
+    with pytest.raises(DevstackError, match="no PostgreSQL binaries"):
+        stack.up()
+    assert calls == ["kafka start", "kafka stop"]
 
 
 def test_stale_pid_file_is_not_mistaken_for_a_running_broker(tmp_path: Path) -> None:

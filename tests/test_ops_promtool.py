@@ -8,26 +8,18 @@ import sys
 from tests.ops_helpers import DEPLOY, ROOT, tool
 
 
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("promtool"), *args], capture_output=True, text=True, timeout=60)
+
+
 def test_promtool_check_rules() -> None:
-    promtool = tool("promtool")
-    out = subprocess.run(
-        [promtool, "check", "rules", str(DEPLOY / "prometheus/rules/desktrace.rules.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _promtool("check", "rules", str(DEPLOY / "prometheus/rules/desktrace.rules.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
 
 
 def test_promtool_test_rules() -> None:
-    promtool = tool("promtool")
-    out = subprocess.run(
-        [promtool, "test", "rules", str(DEPLOY / "prometheus/tests/desktrace.test.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _promtool("test", "rules", str(DEPLOY / "prometheus/tests/desktrace.test.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
 
 

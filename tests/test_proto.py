@@ -31,7 +31,7 @@ def test_sample_set_covers_every_type_with_a_topic() -> None:
     events = every_event_type()
     assert sorted(e.type for e in events) == sorted(EVENT_TYPES)
     topics = proto.Topics("p.")
-    assert {proto.Topics("p.").for_event(e) for e in events} == set(topics.raw)
+    assert {topics.for_event(e) for e in events} == set(topics.raw)
 
 
 def test_times_normalise_to_utc_milliseconds() -> None:

@@ -34,6 +34,7 @@ from aiokafka.errors import (
 )
 
 from devstack._proc import DevstackError, quiet, run_sync
+from devstack.pipeline import free_port
 from devstack.samples import every_event_type, sample_fields
 from devstack.secure import (
     ADMIN,
@@ -97,9 +98,7 @@ def test_acls_follow_the_topic_prefix() -> None:
 def _two_free_ports() -> int:
     """A port p with p and p + 1 free (the CLI puts the controller on the next port)."""
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()
         try:
             with socket.socket() as s2:
                 s2.bind(("127.0.0.1", port + 1))
@@ -340,15 +339,22 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _cli_env(secure: SecureKafka, state_dir: Path, pg_dsn: str) -> dict[str, str]:
+    """The settings of a `desktrace-local --secure` call on the module's broker and state dir."""
+    return {
+        "DESKTRACE_LOCAL_DIR": str(state_dir),
+        "DESKTRACE_LOCAL_SECURE_KAFKA_PORT": str(secure.instance.port),
+        "DESKTRACE_PG_DSN": pg_dsn,
+    }
+
+
 @pytest.mark.kafka
 @pytest.mark.postgres
 def test_cli_up_secure_prints_client_settings_but_no_password(
     secure: SecureKafka, state_dir: Path, pg_dsn: str
 ) -> None:
     env = {
-        "DESKTRACE_LOCAL_DIR": str(state_dir),
-        "DESKTRACE_LOCAL_SECURE_KAFKA_PORT": str(secure.instance.port),
-        "DESKTRACE_PG_DSN": pg_dsn,
+        **_cli_env(secure, state_dir, pg_dsn),
         "DESKTRACE_TOPIC_PREFIX": PREFIX,
         "DESKTRACE_KAFKA_BOOTSTRAP": "127.0.0.1:19092",  # a plaintext stack's export: ignored by --secure
     }
@@ -446,11 +452,7 @@ def test_pipeline_runs_with_per_service_users(secure: SecureKafka, fresh_pg_dsn:
 def test_cli_down_secure_stops_only_the_secure_broker(
     secure: SecureKafka, state_dir: Path, pg_dsn: str
 ) -> None:
-    env = {
-        "DESKTRACE_LOCAL_DIR": str(state_dir),
-        "DESKTRACE_LOCAL_SECURE_KAFKA_PORT": str(secure.instance.port),
-        "DESKTRACE_PG_DSN": pg_dsn,
-    }
+    env = _cli_env(secure, state_dir, pg_dsn)
     down = _cli("down", "--secure", env=env)
     assert down.returncode == 0, down.stderr
     assert "stopped kafka" in down.stderr
