@@ -25,11 +25,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import views
 from gateway.metrics import GatewayMetrics
-from gateway.routes_api import api_router, gw
+from gateway.routes_api import api_router
 from gateway.routes_legacy import legacy_report
 from gateway.routes_web import LoginRequired, on_login_required, web_handlers
 from gateway.settings import GatewaySettings
-from gateway.state import Gateway, Reports, ReportsUnavailable
+from gateway.state import Gateway, ReportsUnavailable, gw
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -141,16 +141,9 @@ def on_unexpected(request: Request, exc: Exception) -> Response[Any]:
     return Response({"status_code": 500, "detail": "internal error"}, status_code=500)
 
 
-def create_app(
-    settings: GatewaySettings,
-    *,
-    reports: Reports | None = None,
-    metrics: GatewayMetrics | None = None,
-    start_kafka: bool = True,
-) -> Litestar:
-    """The gateway application. ``reports`` replaces the PostgreSQL-backed report service (tests of the
-    pages without a database); ``start_kafka=False`` connects to Kafka only on the first report."""
-    gateway = Gateway(settings, metrics=metrics, reports=reports)
+def create_app(settings: GatewaySettings, *, start_kafka: bool = True) -> Litestar:
+    """The gateway application. ``start_kafka=False`` connects to Kafka only on the first report."""
+    gateway = Gateway(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

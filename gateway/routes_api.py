@@ -14,12 +14,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from gateway.auth import COOKIE_NAME, bearer, check_token
-from gateway.state import Gateway
+from gateway.state import Gateway, gw
 from reports.model import AppUsage, DayRow, PeriodRow, TimelineItem
-
-
-def gw(connection: ASGIConnection) -> Gateway:
-    return connection.app.state.gateway
 
 
 def session_user(connection: ASGIConnection) -> str | None:
@@ -100,11 +96,9 @@ async def api_user(
     d: DateParam = None,
 ) -> UserDay:
     g = gw(request)
-    reports = await g.reports()
     day = _day(g, d)
-    rows = await reports.day(day, user)
-    timeline = await reports.timeline(user, day)
-    return UserDay(user_key=user, date=day, day=rows[0] if rows else None, timeline=timeline)
+    row, timeline = await (await g.reports()).user_day(user, day)
+    return UserDay(user_key=user, date=day, day=row, timeline=timeline)
 
 
 @get(

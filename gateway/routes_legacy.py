@@ -14,7 +14,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from gateway.auth import bearer, check_token
 from gateway.legacy import LegacyAck, LegacyError, LegacyReport, ReportRejected, to_event
 from gateway.publisher import KafkaUnavailable
-from gateway.state import Gateway
+from gateway.state import gw
+from proto.keys import event_user_key
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ class LegacyRefused(Exception):
         super().__init__(message)
         self.status = status
         self.reason = reason
-
-
-def gw(connection: ASGIConnection) -> Gateway:
-    return connection.app.state.gateway
 
 
 def client_host(connection: ASGIConnection) -> str:
@@ -128,7 +125,7 @@ async def legacy_report(request: Request, data: LegacyReport) -> Response[Legacy
         )
     except ReportRejected as exc:
         return _refuse(request, 422, str(exc), exc.reason)
-    key = f"{event.domain}\\{event.user}".lower()
+    key = event_user_key(event)
     retry = g.retry.recall(key, event.state, now) if data.ts is None else None
     if retry is not None or g.retry.published(event):
         g.metrics.retries.inc()

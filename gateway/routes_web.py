@@ -18,7 +18,8 @@ from litestar.response import Redirect, Template
 
 from gateway import views
 from gateway.auth import COOKIE_NAME, check_login
-from gateway.routes_api import gw, session_user
+from gateway.routes_api import session_user
+from gateway.state import gw
 
 DateQuery = Annotated[str | None, Parameter(query="date", required=False)]
 
@@ -119,7 +120,8 @@ async def overview(request: Request, day: DateQuery = None, view: str = "day") -
     g = gw(request)
     if view not in views.VIEWS:
         raise ClientException(detail="view must be day, week or month")
-    d = parse_day(day, g.today())
+    today = g.today()
+    d = parse_day(day, today)
     reports = await g.reports()
     context = base_context(
         request,
@@ -128,7 +130,7 @@ async def overview(request: Request, day: DateQuery = None, view: str = "day") -
         label=views.period_label(d, view),
         prev=views.step(d, view, -1),
         next=views.step(d, view, 1),
-        today=g.today(),
+        today=today,
     )
     if view == "day":
         context["rows"] = await reports.day(d)
@@ -143,10 +145,7 @@ async def overview(request: Request, day: DateQuery = None, view: str = "day") -
 async def user_day(request: Request, user_key: str, day: DateQuery = None) -> Template:
     g = gw(request)
     d = parse_day(day, g.today())
-    reports = await g.reports()
-    rows = await reports.day(d, user_key)
-    items = await reports.timeline(user_key, d)
-    row = rows[0] if rows else None
+    row, items = await (await g.reports()).user_day(user_key, d)
     tz = row.tz if row else (str(items[0].start.tzinfo) if items else g.zone.key)
     return Template(
         template_name="user.html",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from common import health
 from common.settings import HELP, CommonSettings, SettingsError, spellings
 
 SECTION = "gateway"
@@ -64,10 +65,10 @@ GATEWAY_HELP: dict[str, str] = {
 
 def parse_addr(addr: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) as a tuple; raises :class:`SettingsError`."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"http_addr must be host:port, got {addr!r} ({spellings('http_addr')})")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return health.parse_addr(addr)
+    except ValueError as exc:
+        raise SettingsError(f"http_addr: {exc} ({spellings('http_addr')})") from None
 
 
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

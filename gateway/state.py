@@ -7,32 +7,18 @@ import logging
 import secrets
 import time
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
 
 import asyncpg
+from litestar.connection import ASGIConnection
 
 from gateway.auth import SessionSigner, parse_users
 from gateway.legacy import RetryMemory
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings, check_zone, parse_networks, split_list
-from reports.model import AppUsage, DayRow, PeriodRow, TimelineItem
+from reports.service import ReportService
 
 log = logging.getLogger(__name__)
-
-
-class Reports(Protocol):
-    """What the pages need from :class:`reports.service.ReportService`."""
-
-    async def days(self, start: date, end: date, user: str | None = None) -> list[DayRow]: ...
-    async def day(self, d: date, user: str | None = None) -> list[DayRow]: ...
-    async def week(self, d: date, user: str | None = None) -> list[PeriodRow]: ...
-    async def month(self, d: date, user: str | None = None) -> list[PeriodRow]: ...
-    async def timeline(self, user: str, d: date) -> list[TimelineItem]: ...
-    async def apps(
-        self, start: date, end: date, user: str | None = None, show_urls: bool = False, per_user: bool = False
-    ) -> list[AppUsage]: ...
-    async def users(self) -> list[str]: ...
 
 
 class ReportsUnavailable(RuntimeError):
@@ -43,14 +29,9 @@ class Gateway:
     """The gateway's shared state. Settings are validated here, so a bad one fails at start-up with a
     message naming it (never its value when it is a secret)."""
 
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        metrics: GatewayMetrics | None = None,
-        reports: Reports | None = None,
-    ) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.metrics = metrics or GatewayMetrics()
+        self.metrics = GatewayMetrics()
         self.zone = check_zone(settings.legacy_tz)
         self.networks = parse_networks(settings.legacy_networks)
         self.users = parse_users(settings.web_users, settings.web_password)
@@ -59,7 +40,7 @@ class Gateway:
         self.signer = SessionSigner(key)
         self.retry = RetryMemory(timedelta(seconds=settings.legacy_dedup_window_s))
         self.publisher = Publisher(settings, self.metrics, timeout_s=settings.legacy_send_timeout_s)
-        self._reports = reports
+        self._reports: ReportService | None = None
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
@@ -77,7 +58,7 @@ class Gateway:
         return self.now().astimezone(self.zone).date()
 
     # ---- reports ----
-    async def reports(self) -> Reports:
+    async def reports(self) -> ReportService:
         """The report service; connects to PostgreSQL on first use. Raises :class:`ReportsUnavailable`."""
         if self._reports is not None:
             return self._reports
@@ -85,8 +66,6 @@ class Gateway:
             raise ReportsUnavailable("no PostgreSQL configured (pg_dsn / DESKTRACE_PG_DSN)")
         async with self._pool_lock:
             if self._reports is None:
-                from reports.service import ReportService
-
                 try:
                     self._pool = await asyncio.wait_for(
                         asyncpg.create_pool(
@@ -123,3 +102,8 @@ class Gateway:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+def gw(connection: ASGIConnection) -> Gateway:
+    """The :class:`Gateway` of the application serving ``connection``."""
+    return connection.app.state.gateway

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 
+from devstack.pipeline import ServiceProcess
+from devstack.pipeline import free_port as free_port  # re-exported for the tests
 from proto.sessions import Session
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gateway_command() -> list[str]:
@@ -42,36 +33,26 @@ def running_gateway(
     env: Mapping[str, str], timeout_s: float = 20.0, log_path: Path | None = None
 ) -> Iterator[str]:
     """Start ``desktrace-gateway`` with ``env`` (DESKTRACE_* settings) added to this environment, on a free
-    loopback port; yield its base URL once ``/healthz`` answers; stop it afterwards."""
+    loopback port; yield its base URL once ``/healthz`` answers; stop it afterwards. Its output goes to
+    ``log_path`` (truncated first), else to a temporary file that is removed afterwards."""
     port = free_port()
-    full = {**os.environ, **env, "DESKTRACE_HTTP_ADDR": f"127.0.0.1:{port}"}
-    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(gateway_command(), env=full, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"desktrace-gateway exited with {proc.returncode} before answering")
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1) as r:  # noqa: S310
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"desktrace-gateway did not answer within {timeout_s} s")
-            time.sleep(0.1)
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "gateway.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_bytes(b"")
+        service = ServiceProcess(
+            "desktrace-gateway",
+            gateway_command(),
+            {**env, "DESKTRACE_HTTP_ADDR": f"127.0.0.1:{port}"},
+            log_path,
+            health_url=f"{base}/healthz",
+        )
+        stack.callback(service.stop, 10.0)
+        service.start()
+        service.wait_healthy(timeout_s)
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if log_path:
-            out.close()  # type: ignore[union-attr]
 
 
 async def seed_sessions(dsn: str, sessions: Iterable[Session]) -> None:

@@ -6,10 +6,10 @@ import calendar
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 from urllib.parse import quote, urlencode
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from reports.compute import zone
 from reports.model import AppUsage, TimelineItem
 
 VIEWS = ("day", "week", "month")
@@ -89,13 +89,6 @@ class Tick(msgspec.Struct, frozen=True):
 ROWS = {"active": 0, "idle": 1, "locked": 2}
 
 
-def zone_of(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
 def timeline_bars(items: Iterable[TimelineItem], d: date, tz: str, width: int = CHART_WIDTH) -> list[Bar]:
     """Bars of ``items`` on a 24-hour wall-clock axis of local date ``d`` in ``tz`` (``width`` pixels): one
     row each for active, idle and locked.
@@ -103,12 +96,12 @@ def timeline_bars(items: Iterable[TimelineItem], d: date, tz: str, width: int = 
     Positions are local clock times, so bars line up with the hour labels; on a DST day the skipped hour
     stays empty and the repeated hour is drawn once (its two halves overlap). A bar is at least 1 pixel
     wide so that a zero-length active session stays visible."""
-    zone = zone_of(tz)
+    z = zone(tz)
     midnight = datetime.combine(d, time())
     day_s = 86400.0
 
     def pos(ts: datetime) -> float:
-        local = ts.astimezone(zone).replace(tzinfo=None)
+        local = ts.astimezone(z).replace(tzinfo=None)
         return min(day_s, max(0.0, (local - midnight).total_seconds()))
 
     bars = []
@@ -121,7 +114,7 @@ def timeline_bars(items: Iterable[TimelineItem], d: date, tz: str, width: int = 
             b = a
         x = a / day_s * width
         w = max(1.0, (b - a) / day_s * width)
-        a_txt, b_txt = clock(it.start.astimezone(zone)), clock(it.end.astimezone(zone))
+        a_txt, b_txt = clock(it.start.astimezone(z)), clock(it.end.astimezone(z))
         label = f"{row} {a_txt}-{b_txt} ({hms(it.duration_s)})"
         bars.append(Bar(x=round(x, 2), width=round(w, 2), y=ROWS[row] * ROW_HEIGHT, css=row, label=label))
     return bars

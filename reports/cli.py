@@ -109,9 +109,8 @@ async def _report(args: argparse.Namespace, dsn: str) -> str:
         if args.command == "user":
             if not args.user:
                 raise ReportError("'user' needs --user KEY (see: desktrace-report users)")
-            totals = await svc.day(d, args.user)
-            items = await svc.timeline(args.user, d)
-            return render.user_day(args.user, d.isoformat(), totals[0] if totals else None, items, fmt)
+            totals, items = await svc.user_day(args.user, d)
+            return render.user_day(args.user, d.isoformat(), totals, items, fmt)
         if args.command == "apps":
             end = args.end or d
             if end < d:

@@ -55,6 +55,13 @@ class ReportService:
         sessions = await queries.fetch_sessions(self._pool, lo, hi, user)
         return compute.timeline(sessions, user, d)
 
+    async def user_day(self, user: str, d: date) -> tuple[DayRow | None, list[TimelineItem]]:
+        """``user``'s row of local date ``d`` (None without data) and timeline: what :meth:`day` and
+        :meth:`timeline` return, from one read of the sessions."""
+        sessions, logons = await queries.sessions_for_dates(self._pool, d, d, user)
+        rows = compute.day_rows(sessions, logons, d, d)
+        return (rows[0] if rows else None), compute.timeline(sessions, user, d)
+
     async def apps(
         self,
         start: date,

@@ -125,36 +125,19 @@ def test_settings_parsing() -> None:
 
 
 def test_timeline_geometry_and_navigation() -> None:
-    zone = ZoneInfo("Europe/Berlin")
-    items = [
-        TimelineItem(
-            kind="active",
-            reason=None,
-            start=datetime(2025, 3, 10, 6, tzinfo=zone),
-            end=datetime(2025, 3, 10, 12, tzinfo=zone),
-            duration_s=6 * 3600,
-        ),
-        TimelineItem(
-            kind="inactive",
-            reason="locked",
-            start=datetime(2025, 3, 10, 12, tzinfo=zone),
-            end=datetime(2025, 3, 10, 12, tzinfo=zone),
-            duration_s=0,
-        ),
-    ]
+    def item(kind: str, reason: str | None, day: int, start_h: int, end_h: int) -> TimelineItem:
+        """A session of 2025-03-``day`` from ``start_h`` to ``end_h`` o'clock, Berlin time."""
+        start, end = (datetime(2025, 3, day, h, tzinfo=BERLIN) for h in (start_h, end_h))
+        return TimelineItem(
+            kind=kind, reason=reason, start=start, end=end, duration_s=(end - start).total_seconds()
+        )
+
+    items = [item("active", None, 10, 6, 12), item("inactive", "locked", 10, 12, 12)]
     active, locked = views.timeline_bars(items, date(2025, 3, 10), "Europe/Berlin", width=960)
     assert (active.x, active.width, active.css, active.y) == (240.0, 240.0, "active", 0)
     assert locked.css == "locked" and locked.width == 1.0 and locked.y == 2 * views.ROW_HEIGHT
     # a 23-hour DST day: the axis is the wall clock, so 12:00 local is in the middle
-    dst = [
-        TimelineItem(
-            kind="active",
-            reason=None,
-            start=datetime(2025, 3, 30, 12, tzinfo=zone),
-            end=datetime(2025, 3, 30, 13, tzinfo=zone),
-            duration_s=3600,
-        )
-    ]
+    dst = [item("active", None, 30, 12, 13)]
     (bar,) = views.timeline_bars(dst, date(2025, 3, 30), "Europe/Berlin", width=2300)
     assert bar.x == 1150.0 and bar.width == 95.83
     assert views.hms(3725) == "1:02:05" and views.hms(None) == "-"

@@ -47,7 +47,7 @@ def pipeline(kafka_bootstrap: str, topics: Topics, fresh_pg_dsn: str, tmp_path: 
     """stream worker + session sink + gateway on the test's topics and database; yields the gateway URL."""
     _commands_present()
     from sinks.migrations import apply_migrations
-    from sinks.testing import free_port, sink_env
+    from sinks.testing import SinkProcess, free_port, sink_env
     from stream.testing import WorkerProcess, app_id_for, delete_internal_topics, worker_env
 
     asyncio.run(apply_migrations(fresh_pg_dsn))
@@ -59,23 +59,10 @@ def pipeline(kafka_bootstrap: str, topics: Topics, fresh_pg_dsn: str, tmp_path: 
         stack.callback(lambda: asyncio.run(delete_internal_topics(kafka_bootstrap, app_id_for(topics))))
         stack.callback(worker.stop)
         worker.start(ready_timeout=90)
-        sink_log = (ARTIFACTS / "e2e-sink.log").open("wb")
-        stack.callback(sink_log.close)
-        sink = subprocess.Popen(
-            [str(BIN / "desktrace-sink"), "sessions"],
-            env=sink_env(kafka_bootstrap, fresh_pg_dsn, topics, free_port()),
-            stdout=sink_log,
-            stderr=sink_log,
-        )
-
-        def stop_sink() -> None:
-            sink.terminate()
-            try:
-                sink.wait(15)
-            except subprocess.TimeoutExpired:
-                sink.kill()
-
-        stack.callback(stop_sink)
+        sink_log = ARTIFACTS / "e2e-sink.log"
+        sink_log.write_bytes(b"")
+        sink = SinkProcess("sessions", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, free_port()), sink_log)
+        stack.callback(sink.stop, 15.0)
         env = {
             "DESKTRACE_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "DESKTRACE_TOPIC_PREFIX": topics.prefix,

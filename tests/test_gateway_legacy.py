@@ -3,7 +3,6 @@ StateChange events on the presence topic of a real Kafka: no duplicates, nothing
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -146,7 +145,7 @@ async def test_legacy_day_becomes_state_changes(
     assert "desktrace_gateway_kafka_send_seconds_count 7.0" in metrics
 
 
-async def test_kafka_down_answers_503_then_recovers(tmp_path: Path) -> None:
+async def test_kafka_down_answers_503(tmp_path: Path) -> None:
     """With no broker, a report is answered 503 with a clear message (never a crash or a false success)."""
     from gateway.testing import free_port
 
@@ -163,4 +162,3 @@ async def test_kafka_down_answers_503_then_recovers(tmp_path: Path) -> None:
             assert (await c.get("/healthz")).status_code == 200
             ready = await c.get("/readyz")
             assert ready.status_code == 503 and ready.json()["kafka"] is False
-            await asyncio.sleep(0)

@@ -220,6 +220,10 @@ async def test_service_timeline(service: ReportService) -> None:
             3600.0,
         ),
     ]
+    # one read for a user's page: the same row and timeline as day() and timeline()
+    for user, d in ((BOB, date(2026, 3, 28)), (ALICE, date(2026, 3, 29)), (ALICE, date(2026, 4, 2))):
+        rows = await service.day(d, user)
+        assert await service.user_day(user, d) == (rows[0] if rows else None, await service.timeline(user, d))
 
 
 async def test_apps_focus_only_in_active_sessions_and_no_urls_by_default(service: ReportService) -> None:
