@@ -36,6 +36,7 @@ class ReportSettings(msgspec.Struct, kw_only=True):
     """Settings of ``desktrace-report`` (flags = ``DESKTRACE_*`` = TOML keys, ``[report]`` table)."""
 
     pg_dsn: str = ""
+    pg_dsn_file: str = ""
     log_level: str = "WARNING"
     log_format: str = "json"
 
