@@ -146,12 +146,12 @@ class Processor:
             for rec, _ in items:
                 self._deadletter(out, rec, f"sessionizer failed: {type(exc).__name__}", "other")
             return
+        partition = items[-1][0].partition
         if record is None:
-            record = UserRecord(core=core_bytes, partition=items[-1][0].partition, last_seen=now)
-        record.core = core_bytes
-        record.partition = items[-1][0].partition
-        record.last_seen = now
-        record.closed = False
+            record = UserRecord(core=core_bytes, partition=partition, last_seen=now)
+        else:
+            record.core, record.partition, record.last_seen = core_bytes, partition, now
+            record.closed = False
         record.open_sessions = open_sessions
         dropped = fleet.observe(record.agents, events, now_ms)
         if dropped:
@@ -255,11 +255,10 @@ class Processor:
             log.exception("sessionizer close failed for one user", extra={"kv": {
                 "exception": type(exc).__name__}})
             self.metrics.user_errors.inc()
-            record.closed = True  # do not retry every scan; the next event retries through apply
-            out.writes.append(StateWrite(key, record.partition, encode_record(record)))
-            return
+            # closed all the same: do not retry every scan; the next event retries through apply
+        else:
+            self.metrics.silence_closes.inc()
+            self._emit(out, key, update, record, now)
         record.closed = True
-        self.metrics.silence_closes.inc()
-        self._emit(out, key, update, record, now)
         out.writes.append(StateWrite(key, record.partition, encode_record(record)))
 

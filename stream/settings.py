@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
+from common.health import parse_addr
 from common.settings import HELP, CommonSettings, add_arguments, load
 
 SECTION = "stream"
@@ -32,11 +33,11 @@ class StreamSettings(CommonSettings, kw_only=True):
     agent_versions_max: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("gap", "presence_timeout", "close_timeout", "retention", "batch_within"):
+        for name in (
+            "gap", "presence_timeout", "close_timeout", "retention", "batch_within", "session_timeout"
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.session_timeout <= 0:
-            raise ValueError("session_timeout must be positive")
         if not 1 <= self.batch_size <= 100_000:
             raise ValueError("batch_size must be between 1 and 100000")
         if self.scan_interval < 0 or self.replication_factor < 0 or self.agent_versions_max < 1:
@@ -73,11 +74,11 @@ STREAM_HELP: dict[str, str] = {
 
 
 def metrics_host_port(addr: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` allowed) as a tuple; raises ``ValueError``."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"metrics_addr must be host:port, not {addr!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """``host:port`` (``[v6]:port`` allowed; ``:port`` = all interfaces) as a tuple; raises ``ValueError``."""
+    try:
+        return parse_addr(addr, default_host="0.0.0.0")
+    except ValueError:
+        raise ValueError(f"metrics_addr must be host:port, not {addr!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

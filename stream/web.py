@@ -1,6 +1,7 @@
 """The worker's own small HTTP endpoint: ``/metrics`` (Prometheus text), ``/healthz`` (liveness) and
-``/readyz`` (partitions assigned and state recovered). Nothing else is served: Faust's web server, whose
-``/table`` views would expose users' state, is disabled."""
+``/readyz`` (partitions assigned and state recovered), served by :class:`common.health.HealthServer`.
+Nothing else is served: Faust's web server, whose ``/table`` views would expose users' state, is
+disabled."""
 
 from __future__ import annotations
 
@@ -8,11 +9,33 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
 from mode import Service
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+
+from common.health import HealthServer
 
 log = logging.getLogger(__name__)
+
+_LIVE = (200, "text/plain", b"ok\n")  #: HealthServer's liveness answer
+
+
+class _WorkerHealth(HealthServer):
+    """:class:`HealthServer` whose liveness also fails (503) once the Faust app has crashed."""
+
+    def __init__(
+        self, addr: str, registry: CollectorRegistry, ready: Callable[[], bool], alive: Callable[[], bool]
+    ) -> None:
+        async def recovered() -> bool:
+            return ready()
+
+        super().__init__(addr, registry, readiness={"recovered": recovered})
+        self._alive = alive
+
+    async def _route(self, head: bytes) -> tuple[int, str, bytes]:
+        answer = await super()._route(head)
+        if answer == _LIVE and not self._alive():  # only /healthz (and /livez) answer exactly _LIVE
+            return 503, "text/plain", b"crashed\n"
+        return answer
 
 
 class HttpEndpoints(Service):
@@ -29,42 +52,14 @@ class HttpEndpoints(Service):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.server = _WorkerHealth(addr, registry, ready, alive)
         self.host, self.port = host, port
-        self.registry = registry
-        self._ready, self._alive = ready, alive
-        self._runner: web.AppRunner | None = None
-
-    def make_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        return app
 
     async def on_start(self) -> None:
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or ()
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        await self.server.start()
+        self.port = self.server.port
         log.info("http endpoints listening", extra={"kv": {"host": self.host, "port": self.port}})
 
     async def on_stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        ok = self._alive()
-        return web.Response(text="ok\n" if ok else "crashed\n", status=200 if ok else 503)
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        ok = self._ready()
-        return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
+        await self.server.stop()
