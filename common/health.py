@@ -8,7 +8,8 @@ Usage::
     await server.stop()
 
 - ``GET /metrics``: the Prometheus text exposition of ``registry``.
-- ``GET /healthz``: 200 while the process's event loop answers (liveness; checks nothing else).
+- ``GET /healthz``: 200 while the event loop answers and the optional ``alive`` callable agrees (liveness;
+  never a dependency).
 - ``GET /readyz``: runs every readiness check concurrently, each bounded by ``check_timeout``; 200 when all
   pass, else 503. The body is JSON ``{"ready": bool, "checks": {name: "ok" | error class}}``; an error's
   message is not echoed (it could hold a DSN or a host name).
@@ -69,6 +70,7 @@ class HealthServer:
         registry: CollectorRegistry = REGISTRY,
         readiness: Mapping[str, Check] | None = None,
         *,
+        alive: Callable[[], bool] | None = None,
         check_timeout: float = 3.0,
         read_timeout: float = 5.0,
         max_connections: int = 32,
@@ -76,6 +78,7 @@ class HealthServer:
         self.host, self._port = parse_addr(addr)
         self.registry = registry
         self.readiness: dict[str, Check] = dict(readiness or {})
+        self.alive = alive
         self.check_timeout = check_timeout
         self.read_timeout = read_timeout
         self._slots = asyncio.Semaphore(max_connections)
@@ -161,6 +164,8 @@ class HealthServer:
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path in ("/healthz", "/livez"):
+            if self.alive is not None and not self.alive():
+                return 503, "text/plain", b"not alive\n"
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             ok, checks = await self.ready()

@@ -16,28 +16,6 @@ from common.health import HealthServer
 
 log = logging.getLogger(__name__)
 
-_LIVE = (200, "text/plain", b"ok\n")  #: HealthServer's liveness answer
-
-
-class _WorkerHealth(HealthServer):
-    """:class:`HealthServer` whose liveness also fails (503) once the Faust app has crashed."""
-
-    def __init__(
-        self, addr: str, registry: CollectorRegistry, ready: Callable[[], bool], alive: Callable[[], bool]
-    ) -> None:
-        async def recovered() -> bool:
-            return ready()
-
-        super().__init__(addr, registry, readiness={"recovered": recovered})
-        self._alive = alive
-
-    async def _route(self, head: bytes) -> tuple[int, str, bytes]:
-        answer = await super()._route(head)
-        if answer == _LIVE and not self._alive():  # only /healthz (and /livez) answer exactly _LIVE
-            return 503, "text/plain", b"crashed\n"
-        return answer
-
-
 class HttpEndpoints(Service):
     """Serves the three endpoints on ``host:port`` (port 0: a free port, logged as ``port``) while the
     worker runs."""
@@ -53,7 +31,10 @@ class HttpEndpoints(Service):
     ) -> None:
         super().__init__(**kwargs)
         addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.server = _WorkerHealth(addr, registry, ready, alive)
+        async def recovered() -> bool:
+            return ready()
+
+        self.server = HealthServer(addr, registry, readiness={"recovered": recovered}, alive=alive)
         self.host, self.port = host, port
 
     async def on_start(self) -> None:

@@ -215,6 +215,24 @@ async def test_health_server_http_edges() -> None:
         assert big.startswith(b"HTTP/1.1 400")
 
 
+async def test_health_server_liveness_follows_alive_callable() -> None:
+    state = {"alive": True}
+    server = HealthServer("127.0.0.1:0", alive=lambda: state["alive"])
+    async with server:
+
+        async def status() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\n\r\n")
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return data.split(b"\r\n", 1)[0]
+
+        assert await status() == b"HTTP/1.1 200 OK"
+        state["alive"] = False  # e.g. the Faust app crashed: the orchestrator must restart the process
+        assert (await status()).startswith(b"HTTP/1.1 503")
+
+
 async def test_runner_retrying_backs_off_counts_and_stops() -> None:
     settings = SinkSettings(retry_initial_s=0.01, retry_max_s=0.02)
     runner = SinkRunner(RawWriter(), settings)
