@@ -206,19 +206,25 @@ def schtasks_create(cmd: list[str]) -> list[str]:
     ]
 
 
+def _schtasks(argv: list[str], dry_run: bool, done_message: str) -> int:
+    """Run a ``schtasks`` command (or only print it with ``--dry-run``); 1 when it fails."""
+    if dry_run:
+        print(subprocess.list2cmdline(argv))
+        return 0
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"desktrace-agent: schtasks failed: {done.stderr.strip()}", file=sys.stderr)
+        return 1
+    print(done_message)
+    return 0
+
+
 def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
     cmd = run_command(args)
     if sys.platform == "win32":
-        create = schtasks_create(cmd)
-        if args.dry_run:
-            print(subprocess.list2cmdline(create))
-            return 0
-        done = subprocess.run(create, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            print(f"desktrace-agent: schtasks failed: {done.stderr.strip()}", file=sys.stderr)
-            return 1
-        print(f"installed scheduled task {TASK_NAME} (runs at logon)")
-        return 0
+        return _schtasks(
+            schtasks_create(cmd), args.dry_run, f"installed scheduled task {TASK_NAME} (runs at logon)"
+        )
     path = autostart_path()
     text = desktop_entry(cmd)
     if args.dry_run:
@@ -236,15 +242,7 @@ def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
 def cmd_uninstall(args: argparse.Namespace) -> int:
     if sys.platform == "win32":
         delete = ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]
-        if args.dry_run:
-            print(subprocess.list2cmdline(delete))
-            return 0
-        done = subprocess.run(delete, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            print(f"desktrace-agent: schtasks failed: {done.stderr.strip()}", file=sys.stderr)
-            return 1
-        print(f"removed scheduled task {TASK_NAME}")
-        return 0
+        return _schtasks(delete, args.dry_run, f"removed scheduled task {TASK_NAME}")
     path = autostart_path()
     if args.dry_run:
         print(f"rm {shlex.quote(str(path))}")

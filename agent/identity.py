@@ -22,21 +22,18 @@ import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-
-from proto.events import to_utc_ms
 
 AGENT_VERSION = "0.1.0"
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """The envelope fields that do not change while the agent runs (``tz`` names an IANA zone that
-    :func:`utc_offset_min` can resolve)."""
+    """The envelope fields that do not change while the agent runs (``tz`` names an IANA zone; the
+    recorder derives each event's ``utc_offset_min`` from it)."""
 
     agent_id: str
     user: str
@@ -45,16 +42,6 @@ class Identity:
     host_domain: str = ""
     tz: str = "UTC"
     agent_version: str = AGENT_VERSION
-
-
-def utc_offset_min(tz: str, ts: datetime) -> int:
-    """The offset of zone ``tz`` from UTC at instant ``ts``, in minutes (0 for an unknown zone)."""
-    try:
-        zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        return 0
-    off = to_utc_ms(ts).astimezone(zone).utcoffset()
-    return int(off.total_seconds() // 60) if off is not None else 0
 
 
 def load_or_create_agent_id(state_dir: Path) -> str:

@@ -19,6 +19,7 @@ import msgspec
 
 from agent.identity import Identity
 from agent.observations import InputObservation, Observation, PresenceObservation, WindowSnapshot
+from agent.settings import AgentSettings
 from agent.throttle import HID_TYPE_FOR, HidThrottle, HidWrite
 from proto.events import (
     EVENT_TYPES,
@@ -200,10 +201,6 @@ class Recorder:
             due = release if due is None or release < due else due
         return due
 
-    @property
-    def last_hardware_input(self) -> datetime | None:
-        return self._last_hw_input
-
     # ---- observations ---------------------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> list[Envelope]:
@@ -242,7 +239,7 @@ class Recorder:
             # hold the click's own HID event: if it switches windows it is written as that UI event
             *earlier, last = writes
             writes = earlier
-            self._pending = _Pending(last, dict(self._context))
+            self._pending = _Pending(last, self._context)  # _context is replaced, never changed in place
         self._last_input = (ts, cls, obs.kind)
         out += [self._hid(w, self._context_at(w)) for w in writes]
         self._input_context[cls] = (ts, self._context)  # the context this input happened in
@@ -258,7 +255,7 @@ class Recorder:
             return out
         ts = as_utc(snap.ts)
         if not self.extended_mode and snap.fields is not None:
-            snap = _replace(snap, fields=None)
+            snap = msgspec.structs.replace(snap, fields=None)
         wid = snap.window_id
         prev = self._windows.get(wid)
         kinds: list[type[UiEvent]] = []
@@ -365,8 +362,21 @@ class Recorder:
         return int(off.total_seconds() // 60) if off is not None else 0
 
 
-def _replace(snap: WindowSnapshot, **changes: Any) -> WindowSnapshot:
-    return msgspec.structs.replace(snap, **changes)
+def make_recorder(
+    settings: AgentSettings,
+    identity: Identity,
+    next_seq: int = 0,
+    privacy: SnapshotFilter | None = None,
+) -> Recorder:
+    """A recorder configured from the agent settings (the runtime's and each simulated user's)."""
+    return Recorder(
+        identity,
+        next_seq=next_seq,
+        hid_interval=timedelta(seconds=settings.hid_interval_s),
+        heartbeat_interval=timedelta(seconds=settings.heartbeat_s),
+        privacy=privacy,
+        extended_mode=settings.extended_mode,
+    )
 
 
-__all__ = ["Recorder", "SnapshotFilter", "SpoolState", "as_utc"]
+__all__ = ["Recorder", "SnapshotFilter", "SpoolState", "as_utc", "make_recorder"]

@@ -12,14 +12,14 @@ import contextlib
 import logging
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from agent.identity import Identity, detect_identity, load_or_create_agent_id, write_agent_id
 from agent.observations import Observation, Source
-from agent.recorder import Recorder, SnapshotFilter, SpoolState
+from agent.recorder import SnapshotFilter, SpoolState, make_recorder
 from agent.settings import AgentSettings
 from agent.shipper import Backoff, ProducerFactory, Shipper, producer_factory
 from agent.spool import Spool, SpoolRecord
@@ -51,8 +51,6 @@ def open_state(state_dir: Path, spool_max_bytes: int) -> tuple[Spool, str]:
             write_agent_id(state_dir, spool.agent_id)
         return spool, spool.agent_id
     if had_id and (spool.next_seq == 0 and len(spool) == 0):
-        import uuid
-
         new_id = str(uuid.uuid4())
         log.warning("spool was lost; starting a new agent id so that no seq is reused")
         write_agent_id(state_dir, new_id)
@@ -104,19 +102,6 @@ def load_privacy(settings: AgentSettings) -> SnapshotFilter:
     from agent.privacy import PrivacyFilter
 
     return PrivacyFilter.from_settings(settings)
-
-
-def make_recorder(
-    settings: AgentSettings, identity: Identity, next_seq: int, privacy: SnapshotFilter | None
-) -> Recorder:
-    return Recorder(
-        identity,
-        next_seq=next_seq,
-        hid_interval=timedelta(seconds=settings.hid_interval_s),
-        heartbeat_interval=timedelta(seconds=settings.heartbeat_s),
-        privacy=privacy,
-        extended_mode=settings.extended_mode,
-    )
 
 
 class AgentRuntime:
@@ -217,7 +202,3 @@ class AgentRuntime:
         self.writer.write(
             self.recorder.tick(self.clock(), idle, self.writer.spool_state()), self.recorder.seq
         )
-
-
-def counts_summary(recorder: Recorder) -> dict[str, Any]:
-    return dict(sorted(recorder.counts.items()))

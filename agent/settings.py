@@ -22,6 +22,8 @@ class AgentSettings(CommonSettings, kw_only=True):
     heartbeat_s: float = 60.0
     hid_interval_s: float = 60.0
     extended_mode: bool = False
+    # short names of privacy_exclude_apps / privacy_exclude_domains (docs/privacy.md): agent.privacy reads
+    # both pairs and joins them
     exclude_apps: str | list[str] = ""
     exclude_domains: str | list[str] = ""
     privacy_include_apps: str | list[str] = ""
@@ -51,23 +53,10 @@ class AgentSettings(CommonSettings, kw_only=True):
             raise ValueError("batch_size must be between 1 and 10000")
 
     @property
-    def excluded_apps(self) -> list[str]:
-        return _as_list(self.exclude_apps)
-
-    @property
-    def excluded_domains(self) -> list[str]:
-        return _as_list(self.exclude_domains)
-
-    @property
     def state_path(self) -> Path:
         """``state_dir``, or the platform default: ``%LOCALAPPDATA%\\desktrace`` on Windows,
         ``$XDG_STATE_HOME/desktrace`` (``~/.local/state/desktrace``) elsewhere."""
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
-
-
-def _as_list(value: str | list[str]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else value
-    return [s.strip() for s in items if s.strip()]
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -86,8 +75,10 @@ AGENT_HELP: dict[str, str] = {
     "heartbeat_s": "seconds between Heartbeat events",
     "hid_interval_s": "HID throttling interval M in seconds (hid-throttle.md)",
     "extended_mode": "also record editable field values (never passwords)",
-    "exclude_apps": "comma-separated program names whose windows are never recorded",
-    "exclude_domains": "comma-separated web domains whose pages are never recorded",
+    "exclude_apps": "comma-separated program names whose windows are never recorded (short name of "
+    "privacy_exclude_apps; both lists apply)",
+    "exclude_domains": "comma-separated web domains whose pages are never recorded (short name of "
+    "privacy_exclude_domains; both lists apply)",
     "privacy_include_apps": "if set, only these programs are recorded (comma-separated)",
     "privacy_exclude_apps": "programs never recorded (comma-separated; adds to exclude_apps)",
     "privacy_include_domains": "if set, only pages of these web domains are recorded (comma-separated)",

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -37,7 +37,6 @@ class ShipperStats:
     failed_attempts: int = 0
     batches: int = 0
     connected: bool = False
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Backoff:
@@ -125,20 +124,11 @@ class Shipper:
         """Ship until :meth:`stop`; never raises for broker trouble (it waits and retries)."""
         try:
             while not self._done():
-                batch = self.spool.peek(self.batch_size)
+                # the spool counts its events in memory: a lingering partial batch is not read each poll
+                waiting = min(len(self.spool), self.batch_size)
+                batch = self.spool.peek(self.batch_size) if waiting and not self._lingering(waiting) else []
                 if not batch:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
-                    except TimeoutError:
-                        pass
-                    continue
-                if self._lingering(len(batch)):
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
-                    except TimeoutError:
-                        pass
+                    await self._poll()
                     continue
                 if await self.ship(batch):
                     self.backoff.reset()
@@ -151,6 +141,14 @@ class Shipper:
                     await self._sleep(delay)
         finally:
             await self._close_producer()
+
+    async def _poll(self) -> None:
+        """Wait for :meth:`wake` (or :meth:`stop`), at most ``poll_s``."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.poll_s)
+        except TimeoutError:
+            pass
 
     def _lingering(self, n: int) -> bool:
         """Whether to wait for more events: a partial batch waits up to ``linger_s`` (bigger batches

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from agent.identity import AGENT_VERSION, Identity
 from agent.observations import InputObservation, Observation, PresenceObservation, WindowSnapshot
-from agent.recorder import Recorder, SpoolState
+from agent.recorder import Recorder, SnapshotFilter, SpoolState, make_recorder
 from agent.settings import AgentSettings
 from proto.codec import event_to_json
 from proto.events import Envelope
@@ -364,19 +366,13 @@ class Fleet:
         start: datetime,
         duration: timedelta,
         settings: AgentSettings | None = None,
-        privacy: Any = None,
+        privacy: SnapshotFilter | None = None,
     ) -> None:
         settings = settings or AgentSettings()
         self.start, self.end = start, start + duration
         self.agents: list[_Agent] = []
         for u in users:
-            rec = Recorder(
-                u.identity,
-                hid_interval=timedelta(seconds=settings.hid_interval_s),
-                heartbeat_interval=timedelta(seconds=settings.heartbeat_s),
-                extended_mode=settings.extended_mode,
-                privacy=privacy,
-            )
+            rec = make_recorder(settings, u.identity, privacy=privacy)
             self.agents.append(_Agent(u, rec, u.days(self.start, self.end)))
         self._heap: list[tuple[datetime, int, Step]] = []
         for i in range(len(self.agents)):
@@ -552,16 +548,10 @@ class SimulatedSource:
                 return
             if isinstance(step, InputObservation):
                 self._last_input = time.monotonic()
-            emit(msgspec_replace(step, ts=datetime.now(UTC)))
+            emit(msgspec.structs.replace(step, ts=datetime.now(UTC)))
 
     def stop(self) -> None:
         self._stop.set()
 
     def idle_ms(self) -> int:
         return int((time.monotonic() - self._last_input) * 1000)
-
-
-def msgspec_replace(obs: Observation, **changes: Any) -> Observation:
-    import msgspec
-
-    return msgspec.structs.replace(obs, **changes)

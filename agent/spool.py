@@ -87,9 +87,14 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._count = self._bytes = 0
+        self._meta: dict[str, str] = {}
+        self._load()
+
+    def _load(self) -> None:
+        """Read the in-memory counters and meta values from the database (at open, after a rollback)."""
         row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
-        self._count: int = row[0]
-        self._bytes: int = row[1]
+        self._count, self._bytes = row[0], row[1]
         self._meta = dict(self._db.execute("SELECT k, v FROM meta").fetchall())
 
     # ---- identity stored with the events ------------------------------------------------------------
@@ -121,13 +126,12 @@ class Spool:
         with self._tx():
             dropped = len(records) - len(fitting)  # larger than the whole spool: counted like any drop
             dropped += self._make_room(need)
-            for r in fitting:
-                self._db.execute(
-                    "INSERT INTO events (hid, seq, topic, key, value, size) VALUES (?, ?, ?, ?, ?, ?)",
-                    (int(r.hid), r.seq, r.topic, r.key, r.value, r.size),
-                )
-                self._count += 1
-                self._bytes += r.size
+            self._db.executemany(
+                "INSERT INTO events (hid, seq, topic, key, value, size) VALUES (?, ?, ?, ?, ?, ?)",
+                [(int(r.hid), r.seq, r.topic, r.key, r.value, r.size) for r in fitting],
+            )
+            self._count += len(fitting)
+            self._bytes += need
             if next_seq is not None:
                 self._set("next_seq", str(max(next_seq, self.next_seq)))
             if dropped or dropped_reported:
@@ -173,7 +177,7 @@ class Spool:
         """Remove events Kafka acknowledged (ids already dropped are ignored); returns how many went."""
         removed = 0
         with self._tx():
-            for (rid,) in [(i,) for i in ids]:
+            for rid in ids:
                 row = self._db.execute("DELETE FROM events WHERE id = ? RETURNING size", (rid,)).fetchone()
                 if row is not None:
                     removed += 1
@@ -226,9 +230,7 @@ class _Tx:
             db.execute("COMMIT")
             return
         db.execute("ROLLBACK")
-        row = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
-        self.spool._count, self.spool._bytes = row[0], row[1]
-        self.spool._meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
+        self.spool._load()
 
 
 def integrity_ok(path: str | Path) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from agent.cli import desktop_entry, main
 from agent.spool import Spool
+from devstack.pipeline import free_port
 from proto.codec import decode_event, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,13 +69,9 @@ def test_desktop_entry_quotes_reserved_characters() -> None:
     assert line == 'Exec=/opt/py "a b" "q\\"\\$x"'
 
 
-def test_run_with_kafka_down_keeps_events_in_the_spool(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
-    state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DESKTRACE_")}
-    env["PYTHONPATH"] = str(ROOT)
+def simulated_agent_run(state: Path, bootstrap: str, *flags: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment (no ``DESKTRACE_*`` of the caller's) of ``desktrace-agent run`` with a
+    synthetic user acting 30 times faster than real time, 1 s heartbeats and a 1 s HID interval."""
     cmd = [
         sys.executable,
         "-m",
@@ -88,12 +84,21 @@ def test_run_with_kafka_down_keeps_events_in_the_spool(tmp_path: Path) -> None:
         "--state-dir",
         str(state),
         "--kafka-bootstrap",
-        dead,
+        bootstrap,
         "--heartbeat-s",
         "1",
         "--hid-interval-s",
         "1",
+        *flags,
     ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESKTRACE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return cmd, env
+
+
+def test_run_with_kafka_down_keeps_events_in_the_spool(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cmd, env = simulated_agent_run(state, f"127.0.0.1:{free_port()}")  # a port nobody listens on
     agent = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE)
     time.sleep(4)
     agent.send_signal(signal.SIGTERM)

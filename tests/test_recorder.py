@@ -102,7 +102,9 @@ def test_seed_example_2_switching_click_is_written_as_the_window_switch() -> Non
     assert [(e.type, e.ts, e.input) for e in out] == [("WindowSwitch", at("15:01:20"), "hardware")]
 
 
-def test_switching_click_after_a_pause_writes_the_gap_and_the_switch_not_a_duplicate() -> None:
+def typing_in_word_then_away() -> tuple[Recorder, list[Envelope]]:
+    """A recorder that knows a browser window and has the Word window in front, after keys at 10:00:00,
+    :10, :20 and :35; with the events those keys wrote."""
     r = Recorder(IDENT, heartbeat_interval=DAY)
     r.start(at("10:00:00"))
     r.observe(snap(at("10:00:00"), "doc", app="word", title="a.docx"))
@@ -111,6 +113,11 @@ def test_switching_click_after_a_pause_writes_the_gap_and_the_switch_not_a_dupli
     out: list[Envelope] = []
     for s in (0, 10, 20, 35):
         out += r.observe(key(at(f"10:00:{s:02d}")))
+    return r, out
+
+
+def test_switching_click_after_a_pause_writes_the_gap_and_the_switch_not_a_duplicate() -> None:
+    r, out = typing_in_word_then_away()
     # away; then a click in the browser that switches to it (source order: switch first, then the click)
     out += r.observe(snap(at("10:05:20"), "browser", input="hardware"))
     out += r.observe(click(at("10:05:20")))
@@ -226,14 +233,7 @@ def test_seq_continues_across_a_restart(tmp_path: Path) -> None:
 
 
 def test_switching_click_after_a_pause_click_reported_first() -> None:
-    r = Recorder(IDENT, heartbeat_interval=DAY)
-    r.start(at("10:00:00"))
-    r.observe(snap(at("10:00:00"), "doc", app="word", title="a.docx"))
-    r.observe(snap(at("10:00:01"), "browser"))
-    r.observe(snap(at("10:00:02"), "doc", app="word", title="a.docx"))
-    out: list[Envelope] = []
-    for s in (0, 10, 20, 35):
-        out += r.observe(key(at(f"10:00:{s:02d}")))
+    r, out = typing_in_word_then_away()
     out += r.observe(click(at("10:05:20")))
     out += r.observe(snap(at("10:05:20"), "browser"))  # the source did not say which input: inferred
     out += r.tick(at("10:05:30"))

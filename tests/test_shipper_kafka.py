@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -29,19 +27,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agent.spool import integrity_ok
+from devstack.pipeline import free_port
 from proto.codec import decode_event
 from proto.topics import Topics
+from tests.test_agent_cli import simulated_agent_run
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 OUTAGE_S = float(os.environ.get("DESKTRACE_TEST_OUTAGE_S", "25"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -79,32 +73,16 @@ def ensure(k: object, prefix: str) -> Topics:
 
 
 def start_agent(k: object, state: Path, topics: Topics, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "agent.cli",
-        "run",
-        "--source",
-        "simulated",
-        "--sim-speed",
-        "30",
-        "--state-dir",
-        str(state),
-        "--kafka-bootstrap",
+    cmd, env = simulated_agent_run(
+        state,
         k.bootstrap,  # type: ignore[attr-defined]
         "--topic-prefix",
         topics.prefix,
-        "--heartbeat-s",
-        "1",
-        "--hid-interval-s",
-        "1",
         "--retry-max-s",
         "4",
         "--linger-s",
         "0.5",
-    ]
-    env = {k_: v for k_, v in os.environ.items() if not k_.startswith("DESKTRACE_")}
-    env["PYTHONPATH"] = str(ROOT)
+    )
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=out, env=env, cwd=ROOT)
 
