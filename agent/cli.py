@@ -265,8 +265,11 @@ def cmd_simulate(args: argparse.Namespace, settings: AgentSettings) -> int:
         raise ValueError("--users must be at least 1")
     if args.speed < 0:
         raise ValueError("--speed must be 0 (as fast as possible) or positive")
+    from agent.runner import load_privacy
+
     fleet = Fleet(
-        make_users(args.users, args.seed), parse_start(args.start), parse_duration(args.duration), settings
+        make_users(args.users, args.seed), parse_start(args.start), parse_duration(args.duration), settings,
+        privacy=load_privacy(settings),  # the same filter `run` applies: simulated desks are private too
     )
     if args.jsonl:
         if args.jsonl == "-":

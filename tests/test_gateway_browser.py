@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,15 +32,12 @@ BOB = "corp\\bob"
 
 
 def chromium() -> str:
-    """The system Chromium (being installed by apt; wait a little for it). Missing: skip, or fail on CI."""
-    deadline = time.monotonic() + 20
-    while not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        if time.monotonic() > deadline:
-            msg = f"{CHROMIUM} is missing (apt-get install chromium)"
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-                pytest.fail(msg, pytrace=False)
-            pytest.skip(msg)
-        time.sleep(1)
+    """The system Chromium (scripts/setup.sh installs it). Missing: skip, or fail on CI."""
+    if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        msg = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
     return CHROMIUM
 
 
