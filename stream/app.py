@@ -138,7 +138,7 @@ class StreamApp:
             broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",") if h.strip()],
             broker_credentials=broker_credentials(settings),
             store="memory://",
-            datadir=settings.stream_data_dir,
+            datadir=settings.data_dir,
             autodiscover=False,
             web_enabled=False,
             topic_partitions=cluster.partitions,

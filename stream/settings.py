@@ -33,7 +33,7 @@ class StreamSettings(CommonSettings, kw_only=True):
     close_timeout: float = 600.0
     retention: float = 3 * 86400.0
     stream_app_id: str = ""
-    stream_data_dir: str = "./desktrace-stream-data"
+    stream_data_dir: str = ""
     metrics_addr: str = ""
     batch_size: int = 1000
     batch_within: float = 0.5
@@ -61,6 +61,11 @@ class StreamSettings(CommonSettings, kw_only=True):
         return self.stream_app_id or default_app_id(self.topic_prefix)
 
     @property
+    def data_dir(self) -> str:
+        """``stream_data_dir``, or ``./<app id>-data`` (``./desktrace-stream-data`` without a prefix)."""
+        return self.stream_data_dir or f"./{self.app_id}-data"
+
+    @property
     def metrics_address(self) -> str:
         """``metrics_addr``, or ``0.0.0.0:6066`` without a topic prefix, a port derived from it with one."""
         return self.metrics_addr or f"0.0.0.0:{prefixed_port(BASE_METRICS_PORT, self.topic_prefix)}"
@@ -82,7 +87,7 @@ STREAM_HELP: dict[str, str] = {
     "retention": "seconds of event time kept in a user's state; older events are dead-lettered as late",
     "stream_app_id": "Faust app id: the consumer group and the prefix of the internal changelog topics "
     "('' = desktrace-stream, or desktrace-stream-<topic prefix> with a prefix)",
-    "stream_data_dir": "directory for Faust's local files",
+    "stream_data_dir": "directory for Faust's local files ('' = ./<app id>-data)",
     "metrics_addr": "host:port of the /metrics, /healthz and /readyz HTTP endpoint (port 0: any free port; "
     "'' = 0.0.0.0:6066, or a port derived from the topic prefix with one)",
     "batch_size": "maximum events handled as one batch (one state update per user per batch)",
