@@ -1,27 +1,38 @@
 """``desktrace-demo``: the whole pipeline on this machine, fed by simulated workstations.
 
-Starts (or finds) the local Kafka and PostgreSQL, runs the stream worker, both sinks and the gateway as
-local processes, lets a fleet of simulated users live through today's working day (at a speed-up) through
-the real agent code (recorder, throttle, spool, shipper), waits until every session is closed and written,
-then prints today's working-time report and the address and credentials of the web pages.
+Starts (or finds) the local Kafka and PostgreSQL, runs the stream worker, both sinks, the gateway and a
+Prometheus server (scraping them all, with the project's alert rules) as local processes, and lets a fleet
+of simulated users, living in a few time zones, go through one working day each in their own zone (at a
+speed-up) through the real agent code (recorder, throttle, spool, shipper). It then checks that every stage
+holds what the one before passed on (events sent, in Kafka, raw rows, sessions, active time per user),
+prints that day's working-time report and the addresses of the web pages and of Prometheus.
 
-Each run uses its own topic prefix and a fresh ``desktrace_demo`` database, so runs never mix.
+The day is the most recent Monday-Friday date that is already over in every user's time zone (or --date),
+so the demo shows the same complete day at any hour of any day. Each run uses its own topic prefix and a
+fresh ``desktrace_demo`` database, so runs never mix.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
-from devstack._proc import DevstackError, stderr_progress
+from agent.simulator import DEMO_ZONES, check_zones, last_complete_workday, local_day_window
+from devstack._proc import DevstackError
+from devstack.demo_check import StageCounts, problem
+from devstack.demo_view import DemoView, say
 from devstack.pipeline import LocalPipeline, _script
 from devstack.postgres import with_database
+from devstack.prometheus import LocalPrometheus
 from devstack.stack import LocalStack, StackConfig, default_state_dir
 from devstack.topics import ensure_topics
 from proto.topics import Topics
@@ -29,11 +40,11 @@ from proto.topics import Topics
 DEMO_DB = "desktrace_demo"
 
 
-def say(text: str) -> None:
-    stderr_progress(f"demo: {text}")
+class DemoFailed(RuntimeError):
+    """The pipeline did not hold what the fleet sent; the message names the stage and every count."""
 
 
-async def _fresh_database(dsn: str) -> str:
+async def _fresh_database(dsn: str, name: str) -> str:
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
@@ -41,19 +52,20 @@ async def _fresh_database(dsn: str) -> str:
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = $1 AND pid <> pg_backend_pid()",
-            DEMO_DB,
+            name,
         )
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DB}"')
-        await conn.execute(f'CREATE DATABASE "{DEMO_DB}"')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return with_database(dsn, DEMO_DB)
+    return with_database(dsn, name)
 
 
-async def _counts(dsn: str) -> tuple[int, int]:
+async def _db_counts(dsn: str) -> tuple[int, int]:
+    """Raw rows and sessions in the demo database (0, 0 before the sinks created the tables)."""
     import asyncpg
 
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=10)
     try:
         raw = await conn.fetchval("SELECT count(*) FROM raw_events")
         sessions = await conn.fetchval("SELECT count(*) FROM sessions")
@@ -64,19 +76,85 @@ async def _counts(dsn: str) -> tuple[int, int]:
         await conn.close()
 
 
+async def _kafka_counts(bootstrap: str, topics: Topics) -> tuple[int, int]:
+    """Messages in the raw topics and in the dead-letter topic (sums of end offsets: fresh topics)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from common.kafka import client_options
+    from common.settings import CommonSettings, load
+
+    opts = client_options(load(CommonSettings))
+    opts["bootstrap_servers"] = bootstrap
+    admin = AIOKafkaAdminClient(**opts)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([*topics.raw, topics.deadletter])
+    finally:
+        await admin.close()
+    parts = {d["topic"]: [p["partition"] for p in d["partitions"]] for d in described}
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **opts)
+    await consumer.start()
+    try:
+        sums = []
+        for names in (topics.raw, (topics.deadletter,)):
+            tps = [TopicPartition(t, p) for t in names for p in parts.get(t, ())]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            sums.append(sum(ends.values()))
+        return sums[0], sums[1]
+    finally:
+        await consumer.stop()
+
+
+def parse_now(text: str) -> datetime:
+    """An ISO date-time, UTC unless it has an offset."""
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date-time: {text!r} (e.g. 2026-11-28T05:20Z)") from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="desktrace-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--users", type=int, default=12, help="simulated users (default 12)")
     p.add_argument(
-        "--speed",
-        type=float,
-        default=1500.0,
-        help="simulated seconds per real second (default 1500: a 10-hour day in 24 s)",
+        "--zones",
+        default=",".join(DEMO_ZONES),
+        metavar="ZONE,...",
+        help=f"IANA time zones the users live in, in turn (default {','.join(DEMO_ZONES)})",
     )
     p.add_argument(
-        "--hours", type=float, default=10.0, help="length of the simulated day from 07:00 UTC (default 10)"
+        "--date",
+        type=parse_day,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="the local date every user lives through as a working day (default: the most recent "
+        "Monday-Friday that is over in every zone)",
+    )
+    p.add_argument(
+        "--now",
+        type=parse_now,
+        default=None,
+        metavar="ISO",
+        help="pretend the current time is this (UTC unless an offset is given) when choosing the day: to "
+        "reproduce a run of another hour (default: the real clock)",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=3000.0,
+        help="simulated seconds per real second (default 3000: the 20 hours from the first zone's morning "
+        "to the last zone's evening in about 25 s); hours when no simulated agent runs are skipped",
     )
     p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
     p.add_argument(
@@ -85,13 +163,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds of silence before the stream closes a user's sessions (default 5 for the demo)",
     )
+    p.add_argument(
+        "--database",
+        default=DEMO_DB,
+        help=f"the database (re)created for this run's data (default {DEMO_DB})",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "plain"),
+        default="auto",
+        help="progress bars (on a terminal, the default) or plain lines",
+    )
+    p.add_argument("--no-prometheus", action="store_true", help="do not start the local Prometheus server")
     p.add_argument("--exit", action="store_true", help="stop everything after printing the report")
     p.add_argument("--password", default="", help="web password for user 'admin' (default: a random one)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.zones = check_zones(args.zones.split(","))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.users < 1:
+        parser.error("--users must be at least 1")
+    if args.speed <= 0:
+        parser.error("--speed must be positive")
     try:
         return run(args)
     except (DevstackError, RuntimeError, TimeoutError) as exc:
@@ -101,7 +200,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def choose_day(now: datetime, zones: tuple[str, ...], given: date | None) -> date:
+    """``given``, else the most recent working day over in every zone at ``now``."""
+    return given or last_complete_workday(now, zones)
+
+
 def run(args: argparse.Namespace) -> int:
+    now = args.now or datetime.now(UTC)
+    zones: tuple[str, ...] = args.zones
+    day = choose_day(now, zones, args.date)
+    lo, hi = local_day_window(day, zones)
+    why = (
+        "given with --date"
+        if args.date
+        else f"the most recent working day over in every zone at {now:%Y-%m-%d %H:%M} UTC"
+    )
+    say(f"the day: {day} ({day:%A}, {why}); users in {', '.join(zones)}")
+
     config = StackConfig(
         kafka_bootstrap=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", ""),
         pg_dsn=os.environ.get("DESKTRACE_PG_DSN", ""),
@@ -109,10 +224,10 @@ def run(args: argparse.Namespace) -> int:
     )
     say("starting (or finding) Kafka and PostgreSQL")
     up = LocalStack(config).up()
-    prefix = f"demo{int(time.time())}."
+    prefix = f"demo{int(time.time())}{secrets.token_hex(2)}."
     topics = Topics(prefix)
     asyncio.run(ensure_topics(up.kafka_bootstrap, topics, partitions=3))
-    demo_dsn = asyncio.run(_fresh_database(up.pg_dsn))
+    demo_dsn = asyncio.run(_fresh_database(up.pg_dsn, args.database))
     password = args.password or secrets.token_urlsafe(9)
     log_dir = default_state_dir() / "demo" / prefix.rstrip(".")
     say(f"logs of this run: {log_dir}")
@@ -125,76 +240,221 @@ def run(args: argparse.Namespace) -> int:
         close_timeout_s=args.close_timeout,
         extra_env={"DESKTRACE_WEB_PASSWORD": password, "DESKTRACE_LOG_LEVEL": "WARNING"},
     )
+    prometheus = (
+        None if args.no_prometheus else LocalPrometheus(pipeline.metrics_targets, log_dir / "prometheus")
+    )
     with pipeline:
-        today = datetime.now(UTC).replace(hour=7, minute=0, second=0, microsecond=0)
-        say(
-            f"simulating {args.users} users from {today:%Y-%m-%d %H:%M} UTC, "
-            f"{args.hours:g} h at x{args.speed:g}"
-        )
-        sim = subprocess.run(
-            [
-                _script("desktrace-agent"),
-                "simulate",
-                "--users",
-                str(args.users),
-                "--speed",
-                str(args.speed),
-                "--duration",
-                f"{int(args.hours * 3600)}s",
-                "--start",
-                today.isoformat(),
-                "--seed",
-                str(args.seed),
-            ],
-            env={
-                **os.environ,
-                "DESKTRACE_KAFKA_BOOTSTRAP": up.kafka_bootstrap,
-                "DESKTRACE_TOPIC_PREFIX": prefix,
-                "DESKTRACE_STATE_DIR": str(log_dir / "agents"),
-                "DESKTRACE_LOG_LEVEL": "WARNING",
-            },
-            check=False,
-        )
-        if sim.returncode != 0:
-            raise RuntimeError(f"the simulated fleet failed (exit {sim.returncode})")
-        wait_until_written(demo_dsn, args.close_timeout)
-        say("today's report:")
-        subprocess.run(
-            [_script("desktrace-report"), "day", "--date", today.date().isoformat(), "--format", "table"],
-            env={**os.environ, "DESKTRACE_PG_DSN": demo_dsn},
-            check=False,
-        )
-        print(f"\nWeb pages: {pipeline.web_url}  (user: admin, password: {password})", flush=True)
-        print(f"Prometheus metrics: {', '.join(pipeline.metrics_urls.values())}", flush=True)
-        if args.exit:
-            return 0
-        print("The pipeline keeps running; press Ctrl-C to stop it.", flush=True)
         try:
-            while all(s.alive() for s in pipeline.services.values()):
-                time.sleep(1)
-        except KeyboardInterrupt:
-            say("stopping")
-        dead = [s.name for s in pipeline.services.values() if not s.alive()]
-        if dead:
-            raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly; see {log_dir}")
-    return 0
+            if prometheus is not None:
+                say("starting Prometheus")
+                prometheus.start()
+            return _demo(
+                args,
+                day,
+                (lo, hi),
+                up.kafka_bootstrap,
+                topics,
+                demo_dsn,
+                log_dir,
+                pipeline,
+                prometheus,
+                password,
+            )
+        finally:
+            if prometheus is not None:
+                prometheus.stop()
 
 
-def wait_until_written(dsn: str, close_timeout: float, limit: float = 180.0) -> None:
-    """Wait until raw events and sessions stop changing for long enough that every session was closed."""
-    quiet_needed = max(3 * close_timeout, 10.0)
-    deadline = time.monotonic() + limit
+def _demo(
+    args: argparse.Namespace,
+    day: date,
+    window: tuple[datetime, datetime],
+    bootstrap: str,
+    topics: Topics,
+    demo_dsn: str,
+    log_dir: Path,
+    pipeline: LocalPipeline,
+    prometheus: LocalPrometheus | None,
+    password: str,
+) -> int:
+    say(
+        f"simulating {args.users} users through {day}, "
+        f"{window[0]:%Y-%m-%d %H:%M} to {window[1]:%Y-%m-%d %H:%M} UTC, at x{args.speed:g}"
+    )
+    agent_env = {
+        **os.environ,
+        "DESKTRACE_KAFKA_BOOTSTRAP": bootstrap,
+        "DESKTRACE_TOPIC_PREFIX": topics.prefix,
+        "DESKTRACE_STATE_DIR": str(log_dir / "agents"),
+        "DESKTRACE_LOG_LEVEL": "WARNING",
+    }
+    argv = [
+        _script("desktrace-agent"),
+        "simulate",
+        "--users",
+        str(args.users),
+        "--zones",
+        ",".join(args.zones),
+        "--date",
+        day.isoformat(),
+        "--speed",
+        str(args.speed),
+        "--skip-idle",
+        "--seed",
+        str(args.seed),
+        "--progress",
+        "json",
+    ]
+    with DemoView(args.progress) as view:
+        counts, rc = asyncio.run(_run_fleet(argv, agent_env, demo_dsn, view, args.users))
+        if rc != 0 and counts.produced == 0:
+            raise DemoFailed(
+                f"the simulated fleet failed (exit {rc}) before producing events; see the lines above"
+            )
+        counts = asyncio.run(_wait_stored(demo_dsn, counts, args.close_timeout, view))
+    try:
+        in_kafka, dead = asyncio.run(_kafka_counts(bootstrap, topics))
+        counts = replace(counts, in_kafka=in_kafka, deadlettered=dead)
+    except Exception as exc:  # the counts of the other stages still tell the story
+        say(f"could not count the messages in Kafka ({type(exc).__name__}); going on without")
+    rows: list[dict[str, Any]] = []
+    if counts.sessions:
+        rows = _report_rows(demo_dsn, day)
+        counts = replace(counts, users_with_activity=sum(1 for r in rows if r.get("active_s", 0) > 0))
+    say(f"counts: {counts.line()}")
+    trouble = problem(counts)
+    if trouble:
+        raise DemoFailed(f"{trouble}.\n  counts: {counts.line()}\n  service logs: {log_dir}")
+
+    print(f"\nWorking time on {day} ({day:%A}), each user's own local date:", flush=True)
+    _print_report(demo_dsn, day)
+    print(f"\nWeb pages: {pipeline.web_url}  (user: admin, password: {password})", flush=True)
+    if prometheus is not None:
+        print(
+            f"Prometheus: {prometheus.url}  (scrape targets: {prometheus.url}targets, "
+            f"alert rules: {prometheus.url}alerts)",
+            flush=True,
+        )
+    print(f"Metrics: {', '.join(pipeline.metrics_urls.values())}", flush=True)
+    if args.exit:
+        return 0
+    print("The pipeline keeps running; press Ctrl-C to stop it.", flush=True)
+    try:
+        while all(s.alive() for s in pipeline.services.values()) and (
+            prometheus is None or prometheus.alive()
+        ):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        say("stopping")
+        return 0
+    stopped = [s.name for s in pipeline.services.values() if not s.alive()]
+    if prometheus is not None and not prometheus.alive():
+        stopped.append("prometheus")
+    raise RuntimeError(f"{', '.join(stopped)} stopped unexpectedly; see {log_dir}")
+
+
+async def _run_fleet(
+    argv: list[str], env: dict[str, str], dsn: str, view: DemoView, users: int
+) -> tuple[StageCounts, int]:
+    """Run ``desktrace-agent simulate --progress json``, showing its progress and the rows written."""
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    produced = sent = 0
+    stop = asyncio.Event()
+
+    async def watch_db() -> None:
+        while not stop.is_set():
+            try:
+                raw, sessions = await _db_counts(dsn)
+                view.stored(raw, sent, sessions)
+            except OSError:
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), 2.0)
+            except TimeoutError:
+                pass
+
+    watcher = asyncio.create_task(watch_db())
+    try:
+        async for line in proc.stdout:
+            try:
+                p = json.loads(line)
+            except ValueError:
+                continue
+            produced, sent = int(p["produced"]), int(p["sent"])
+            view.fleet(
+                datetime.fromisoformat(p["sim_now"]),
+                datetime.fromisoformat(p["start"]),
+                datetime.fromisoformat(p["end"]),
+                produced,
+                sent,
+                done=bool(p.get("done")),
+            )
+        rc = await proc.wait()
+    finally:
+        stop.set()
+        await watcher
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+    return StageCounts(users=users, produced=produced, sent=sent), rc
+
+
+async def _wait_stored(
+    dsn: str, counts: StageCounts, close_timeout: float, view: DemoView, stall_s: float = 90.0
+) -> StageCounts:
+    """Wait until PostgreSQL holds every event sent and the sessions stopped changing for long enough that
+    every session was closed; give up when nothing changed for ``stall_s`` (the caller names the stage)."""
+    quiet_needed = max(3 * close_timeout, 6.0)
     last: tuple[int, int] | None = None
     since = time.monotonic()
-    while time.monotonic() < deadline:
-        now = asyncio.run(_counts(dsn))
+    raw = sessions = 0
+    while True:
+        raw, sessions = await _db_counts(dsn)
+        view.stored(raw, counts.sent, sessions)
+        now = (raw, sessions)
         if now != last:
-            say(f"written so far: {now[0]} raw events, {now[1]} sessions")
             last, since = now, time.monotonic()
-        elif now[1] > 0 and time.monotonic() - since >= quiet_needed:
-            return
-        time.sleep(2)
-    raise TimeoutError(f"sessions were still changing after {limit:.0f} s; see the service logs")
+        quiet = time.monotonic() - since
+        if counts.sent == 0 or (raw >= counts.sent and sessions > 0 and quiet >= quiet_needed):
+            break
+        if quiet >= stall_s:
+            break
+        await asyncio.sleep(1.0)
+    view.stored(raw, counts.sent, sessions, done=True)
+    return replace(counts, raw_rows=raw, sessions=sessions)
+
+
+def _report_env(dsn: str) -> dict[str, str]:
+    return {**os.environ, "DESKTRACE_PG_DSN": dsn}
+
+
+def _report_rows(dsn: str, day: date) -> list[dict[str, Any]]:
+    """The day report's rows as ``desktrace-report day --format json`` gives them."""
+    import subprocess
+
+    out = subprocess.run(
+        [_script("desktrace-report"), "day", "--date", day.isoformat(), "--format", "json"],
+        env=_report_env(dsn),
+        capture_output=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise DemoFailed(
+            f"desktrace-report failed (exit {out.returncode}): {out.stderr.decode(errors='replace')}"
+        )
+    data = json.loads(out.stdout or b"[]")
+    return list(data) if isinstance(data, list) else list(data.get("rows", []))
+
+
+def _print_report(dsn: str, day: date) -> None:
+    import subprocess
+
+    subprocess.run(
+        [_script("desktrace-report"), "day", "--date", day.isoformat(), "--format", "table"],
+        env=_report_env(dsn),
+        check=False,
+    )
 
 
 if __name__ == "__main__":
