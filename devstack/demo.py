@@ -32,9 +32,9 @@ from devstack.demo_check import StageCounts, problem
 from devstack.demo_view import DemoView, say
 from devstack.pipeline import LocalPipeline, _script
 from devstack.postgres import with_database
-from devstack.prometheus import LocalPrometheus
+from devstack.prometheus import LocalPrometheus, find_prometheus
 from devstack.stack import LocalStack, StackConfig, default_state_dir
-from devstack.topics import ensure_topics
+from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 
 DEMO_DB = "desktrace_demo"
@@ -240,29 +240,36 @@ def run(args: argparse.Namespace) -> int:
         close_timeout_s=args.close_timeout,
         extra_env={"DESKTRACE_WEB_PASSWORD": password, "DESKTRACE_LOG_LEVEL": "WARNING"},
     )
-    prometheus = (
-        None if args.no_prometheus else LocalPrometheus(pipeline.metrics_targets, log_dir / "prometheus")
-    )
-    with pipeline:
+    prometheus = None
+    if not args.no_prometheus:
         try:
-            if prometheus is not None:
-                say("starting Prometheus")
-                prometheus.start()
-            return _demo(
-                args,
-                day,
-                (lo, hi),
-                up.kafka_bootstrap,
-                topics,
-                demo_dsn,
-                log_dir,
-                pipeline,
-                prometheus,
-                password,
-            )
-        finally:
-            if prometheus is not None:
-                prometheus.stop()
+            find_prometheus()
+            prometheus = LocalPrometheus(pipeline.metrics_targets, log_dir / "prometheus")
+        except DevstackError as exc:
+            say(f"going on without Prometheus: {exc}")
+    try:
+        with pipeline:
+            try:
+                if prometheus is not None:
+                    say("starting Prometheus")
+                    prometheus.start()
+                return _demo(
+                    args,
+                    day,
+                    (lo, hi),
+                    up.kafka_bootstrap,
+                    topics,
+                    demo_dsn,
+                    log_dir,
+                    pipeline,
+                    prometheus,
+                    password,
+                )
+            finally:
+                if prometheus is not None:
+                    prometheus.stop()
+    finally:
+        _delete_topics(up.kafka_bootstrap, topics)
 
 
 def _demo(
@@ -423,6 +430,14 @@ async def _wait_stored(
         await asyncio.sleep(1.0)
     view.stored(raw, counts.sent, sessions, done=True)
     return replace(counts, raw_rows=raw, sessions=sessions)
+
+
+def _delete_topics(bootstrap: str, topics: Topics) -> None:
+    """The run's topics go with it (its data stays in the database); best effort."""
+    try:
+        asyncio.run(asyncio.wait_for(delete_topics(bootstrap, topics), 20))
+    except Exception as exc:
+        say(f"could not delete this run's topics {topics.prefix}* ({type(exc).__name__}); harmless")
 
 
 def _report_env(dsn: str) -> dict[str, str]:
