@@ -12,8 +12,8 @@ A fleet simulates either a span of UTC time (``start`` + ``duration``: whatever 
 it) or one target local date (:meth:`Fleet.for_day`): then every user lives through that date in their own
 time zone as a working day, and the simulated span is the union of those local days
 (:func:`local_day_window`). :func:`last_complete_workday` picks the most recent Monday-Friday date that is
-over in every zone, so a simulation of it is complete at any hour of any day (docs/ARCHITECTURE.md, "The
-demo's day").
+over in every zone, so a simulation of it is complete at any hour of any day (the demo's choice,
+devstack/README.md).
 
 Two outputs: JSON Lines (fast, no Kafka: :func:`write_jsonl`) and Kafka through the agent's own spool and
 shipper (:func:`run_kafka`), paced at any speed-up of the simulated clock, optionally skipping the hours

@@ -21,6 +21,7 @@ import os
 import secrets
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -334,6 +335,13 @@ def _demo(
         raise DemoFailed(f"{trouble}.\n  counts: {counts.line()}\n  service logs: {log_dir}")
 
     print(f"\nWorking time on {day} ({day:%A}), each user's own local date:", flush=True)
+    zones = Counter(str(r.get("tz", "?")) for r in rows)
+    print(
+        "Users live in "
+        + ", ".join(f"{z} ({n})" for z, n in sorted(zones.items()))
+        + "; logon and activity times are their local times.",
+        flush=True,
+    )
     _print_report(demo_dsn, day)
     print(f"\nWeb pages: {pipeline.web_url}  (user: admin, password: {password})", flush=True)
     if prometheus is not None:

@@ -54,6 +54,8 @@ class DemoView:
                 transient=False,
             )
             self._progress.start()
+            self._fleet = self._progress.add_task("fleet", total=1, detail="starting")
+            self._stored = self._progress.add_task("written", total=1, detail="")
         return self
 
     def __exit__(
@@ -81,19 +83,15 @@ class DemoView:
         total = max(1.0, (end - start).total_seconds())
         at = min(total, max(0.0, (sim_now - start).total_seconds()))
         detail = f"simulated clock {sim_now:%Y-%m-%d %H:%M} UTC, events sent {sent} of {produced}"
-        if self._progress is not None:
-            if self._fleet is None:
-                self._fleet = self._progress.add_task("fleet", total=total, detail="")
-            self._progress.update(self._fleet, completed=at, detail=detail)
+        if self._progress is not None and self._fleet is not None:
+            self._progress.update(self._fleet, total=total, completed=at, detail=detail)
         else:
             self._plain("fleet", f"fleet: {100 * at / total:.0f}% of the day, {detail}", done)
 
     def stored(self, raw_rows: int, expected: int, sessions: int, done: bool = False) -> None:
         """PostgreSQL holds ``raw_rows`` of the ``expected`` events and ``sessions`` sessions."""
         detail = f"raw rows {raw_rows} of {expected} events sent, sessions {sessions}"
-        if self._progress is not None:
-            if self._stored is None:
-                self._stored = self._progress.add_task("written", total=max(1, expected), detail="")
+        if self._progress is not None and self._stored is not None:
             self._progress.update(
                 self._stored, total=max(1, expected, raw_rows), completed=raw_rows, detail=detail
             )
