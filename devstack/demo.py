@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import sys
 import time
 from collections import Counter
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--users must be at least 1")
     if args.speed <= 0:
         parser.error("--speed must be positive")
+    _stop_on_signals()
     try:
         return run(args)
     except (DevstackError, RuntimeError, TimeoutError) as exc:
@@ -199,6 +201,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT stop the demo like Ctrl-C, so every service it started (each in a session of its
+    own) is stopped too; SIGINT also when the shell started the demo with it ignored (a background job)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def choose_day(now: datetime, zones: tuple[str, ...], given: date | None) -> date:
