@@ -429,13 +429,19 @@ async def _run_fleet(
 
 
 async def _wait_stored(
-    dsn: str, counts: StageCounts, close_timeout: float, view: DemoView, stall_s: float = 90.0
+    dsn: str,
+    counts: StageCounts,
+    close_timeout: float,
+    view: DemoView,
+    stall_s: float = 90.0,
+    limit_s: float = 900.0,
 ) -> StageCounts:
     """Wait until PostgreSQL holds every event sent and the sessions stopped changing for long enough that
-    every session was closed; give up when nothing changed for ``stall_s`` (the caller names the stage)."""
+    every session was closed; give up when nothing changed for ``stall_s`` or after ``limit_s`` (the caller
+    names the stage that holds less from the counts)."""
     quiet_needed = max(3 * close_timeout, 6.0)
     last: tuple[int, int] | None = None
-    since = time.monotonic()
+    since = t0 = time.monotonic()
     raw = sessions = 0
     while True:
         raw, sessions = await _db_counts(dsn)
@@ -446,7 +452,7 @@ async def _wait_stored(
         quiet = time.monotonic() - since
         if counts.sent == 0 or (raw >= counts.sent and sessions > 0 and quiet >= quiet_needed):
             break
-        if quiet >= stall_s:
+        if quiet >= stall_s or time.monotonic() - t0 >= limit_s:
             break
         await asyncio.sleep(1.0)
     view.stored(raw, counts.sent, sessions, done=True)

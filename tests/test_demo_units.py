@@ -197,3 +197,53 @@ def test_prometheus_config_has_the_docker_paths_jobs_and_the_projects_rules() ->
     assert set(jobs) == {j["job_name"] for j in docker["scrape_configs"]}
     assert jobs["desktrace-sink-raw"] == ["127.0.0.1:1002"]
     assert mine["rule_files"] == [str(p) for p in rules]
+
+
+# ---- the simulate command's target date ----------------------------------------------------------------
+
+
+def test_simulate_date_writes_each_users_local_day(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    from agent.cli import main
+
+    zones = "Asia/Kolkata,America/New_York"
+    assert main(["simulate", "--users", "2", "--zones", zones, "--date", "2026-03-08", "--jsonl", "-"]) == 0
+    evs = [e for _, e in read_jsonl(capsysbinary.readouterr().out.splitlines())]
+    assert {e.tz for e in evs} == {"Asia/Kolkata", "America/New_York"}  # type: ignore[union-attr]
+    for e in evs:
+        assert isinstance(e, Envelope)
+        assert e.ts.astimezone(ZoneInfo(e.tz)).date() == date(2026, 3, 8)  # a Sunday, DST in New York
+    assert main(["simulate", "--date", "2026-03-08", "--start", "2026-03-08", "--jsonl", "-"]) == 2
+    assert main(["simulate", "--zones", "Nowhere/Town", "--date", "last", "--jsonl", "-"]) == 2
+
+
+# ---- progress display -----------------------------------------------------------------------------------
+
+
+def test_progress_is_bars_on_a_terminal_and_few_plain_lines_otherwise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from devstack.demo_view import DemoView
+
+    start, end = utc("2026-11-26T18:30"), utc("2026-11-28T05:00")
+    with DemoView("plain") as view:
+        assert not view.bars
+        for minute in range(0, 600, 10):  # many updates within a second: one line, then the final one
+            view.fleet(start + timedelta(minutes=minute), start, end, minute * 10, minute * 9)
+        view.fleet(end, start, end, 7000, 7000, done=True)
+        view.stored(6900, 7000, 40)
+        view.stored(7000, 7000, 41, done=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "desktrace-demo: fleet: 0% of the day, simulated clock 2026-11-26 18:30 UTC, events sent 0 of 0",
+        "desktrace-demo: fleet: 100% of the day, simulated clock 2026-11-28 05:00 UTC, "
+        "events sent 7000 of 7000",
+        "desktrace-demo: written: raw rows 6900 of 7000 events sent, sessions 40",
+        "desktrace-demo: written: raw rows 7000 of 7000 events sent, sessions 41",
+    ]
+    with DemoView("bar") as view:
+        assert view.bars
+        view.fleet(utc("2026-11-27T12:00"), start, end, 500, 400)
+        view.stored(300, 400, 5)
+    out = capsys.readouterr().err
+    assert "fleet" in out and "written" in out
+    assert "simulated clock 2026-11-27 12:00 UTC" in out and "raw rows 300 of 400" in out
