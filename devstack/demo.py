@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -223,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     now = args.now or datetime.now(UTC)
     zones: tuple[str, ...] = args.zones
     day = choose_day(now, zones, args.date)
-    lo, hi = local_day_window(day, zones)
+    lo, hi = local_day_window(day, zones[: args.users])  # the zones someone lives in
     why = (
         "given with --date"
         if args.date
@@ -332,7 +334,20 @@ def _demo(
             raise DemoFailed(
                 f"the simulated fleet failed (exit {rc}) before producing events; see the lines above"
             )
-        counts = asyncio.run(_wait_stored(demo_dsn, counts, args.close_timeout, view))
+
+        async def deadlettered() -> int:
+            return (await _kafka_counts(bootstrap, topics))[1]
+
+        counts = asyncio.run(
+            _wait_stored(
+                demo_dsn,
+                counts,
+                args.close_timeout,
+                view,
+                stopped=lambda: _stopped(pipeline),
+                deadlettered=deadlettered,
+            )
+        )
     try:
         in_kafka, dead = asyncio.run(_kafka_counts(bootstrap, topics))
         counts = replace(counts, in_kafka=in_kafka, deadlettered=dead)
@@ -343,6 +358,12 @@ def _demo(
         rows = _report_rows(demo_dsn, day)
         counts = replace(counts, users_with_activity=sum(1 for r in rows if r.get("active_s", 0) > 0))
     say(f"counts: {counts.line()}")
+    for name in _stopped(pipeline):
+        tail = pipeline.services[name].log_tail(10)
+        raise DemoFailed(
+            f"{name} stopped during the run; its last log lines:\n{tail}\n  counts: {counts.line()}"
+            f"\n  service logs: {log_dir}"
+        )
     trouble = problem(counts)
     if trouble:
         raise DemoFailed(f"{trouble}.\n  counts: {counts.line()}\n  service logs: {log_dir}")
@@ -375,7 +396,7 @@ def _demo(
     except KeyboardInterrupt:
         say("stopping")
         return 0
-    stopped = [s.name for s in pipeline.services.values() if not s.alive()]
+    stopped = _stopped(pipeline)
     if prometheus is not None and not prometheus.alive():
         stopped.append("prometheus")
     raise RuntimeError(f"{', '.join(stopped)} stopped unexpectedly; see {log_dir}")
@@ -435,24 +456,32 @@ async def _wait_stored(
     view: DemoView,
     stall_s: float = 90.0,
     limit_s: float = 900.0,
+    stopped: Callable[[], list[str]] = list,
+    deadlettered: Callable[[], Awaitable[int]] | None = None,
 ) -> StageCounts:
-    """Wait until PostgreSQL holds every event sent and the sessions stopped changing for long enough that
-    every session was closed; give up when nothing changed for ``stall_s`` or after ``limit_s`` (the caller
-    names the stage that holds less from the counts)."""
+    """Wait until PostgreSQL holds every event sent (or the rest was dead-lettered) and the sessions stopped
+    changing for long enough that every session was closed; give up when nothing changed for ``stall_s``,
+    after ``limit_s`` or when a service stopped (the caller names the stage that holds less)."""
     quiet_needed = max(3 * close_timeout, 6.0)
-    last: tuple[int, int] | None = None
+    last: tuple[int, int, int] | None = None
     since = t0 = time.monotonic()
-    raw = sessions = 0
+    raw = sessions = dead = 0
+    polled_dead = 0.0
     while True:
         raw, sessions = await _db_counts(dsn)
+        if deadlettered is not None and raw < counts.sent and time.monotonic() - polled_dead >= 3.0:
+            polled_dead = time.monotonic()
+            with contextlib.suppress(Exception):  # counted again at the end; the wait goes on
+                dead = await deadlettered()
         view.stored(raw, counts.sent, sessions)
-        now = (raw, sessions)
+        now = (raw, sessions, dead)
         if now != last:
             last, since = now, time.monotonic()
         quiet = time.monotonic() - since
-        if counts.sent == 0 or (raw >= counts.sent and sessions > 0 and quiet >= quiet_needed):
+        accounted = raw + dead >= counts.sent
+        if counts.sent == 0 or (accounted and (sessions > 0 or raw == 0) and quiet >= quiet_needed):
             break
-        if quiet >= stall_s or time.monotonic() - t0 >= limit_s:
+        if quiet >= stall_s or time.monotonic() - t0 >= limit_s or stopped():
             break
         await asyncio.sleep(1.0)
     view.stored(raw, counts.sent, sessions, done=True)
@@ -465,6 +494,11 @@ def _delete_topics(bootstrap: str, topics: Topics) -> None:
         asyncio.run(asyncio.wait_for(delete_topics(bootstrap, topics), 20))
     except Exception as exc:
         say(f"could not delete this run's topics {topics.prefix}* ({type(exc).__name__}); harmless")
+
+
+def _stopped(pipeline: LocalPipeline) -> list[str]:
+    """The pipeline's services that are no longer running."""
+    return [name for name, s in pipeline.services.items() if not s.alive()]
 
 
 def _report_env(dsn: str) -> dict[str, str]:

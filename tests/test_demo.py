@@ -134,3 +134,47 @@ def test_demo_shows_a_complete_day_at_any_hour(
         " FROM raw_events GROUP BY user_key",
     )
     assert len(ends) == users and all(e[1] == 1 and e[2] == 1 for e in ends), ends
+
+
+@pytest.mark.timeout(400)
+def test_demo_names_the_stage_that_stored_less_with_every_count(
+    kafka_bootstrap: str, pg_dsn: str, demo_db: tuple[str, str]
+) -> None:
+    """The raw sink keeps 1 day and the demo's day is older: every event goes to the dead-letter topic.
+    The demo must say that PostgreSQL stored fewer events than the fleet sent, with the counts of every
+    stage, and exit 1 (not time out about sessions)."""
+    name, _dsn = demo_db
+    env = {
+        **os.environ,
+        "DESKTRACE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "DESKTRACE_PG_DSN": pg_dsn,
+        "DESKTRACE_RAW_RETENTION_DAYS": "1",  # read by the raw sink the demo starts
+    }
+    argv = [
+        str(BIN / "desktrace-demo"),
+        "--exit",
+        "--users",
+        "1",
+        "--date",
+        "2026-11-20",  # with --now a week later: older than the sink keeps
+        "--now",
+        "2026-11-28T05:20:00Z",
+        "--database",
+        name,
+        "--speed",
+        "20000",
+        "--close-timeout",
+        "2",
+        "--no-prometheus",
+    ]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=360, check=False)
+    assert out.returncode == 1, f"stdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    err = out.stderr
+    assert "PostgreSQL stored 0 raw rows of the " in err, err
+    assert "went to the dead-letter topic" in err
+    counts = next(line for line in err.splitlines() if line.strip().startswith("counts:"))
+    sent = int(counts.split("sent to Kafka ")[1].split(",")[0])
+    assert sent > 500
+    assert f"events produced by the fleet {sent}" in counts and f"in the raw topics {sent}" in counts
+    assert "raw rows in PostgreSQL 0" in counts and "sessions" in counts
+    assert "Working time on" not in out.stdout
