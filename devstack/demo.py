@@ -24,16 +24,19 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from agent.simulator import DEMO_ZONES, check_zones, last_complete_workday, local_day_window
+from common.settings import SettingsError, add_arguments, load
 from devstack._proc import DevstackError
 from devstack.demo_check import StageCounts, problem
-from devstack.demo_view import DemoView, say
+from devstack.demo_view import DemoView, Mode, say
 from devstack.pipeline import LocalPipeline, _script
 from devstack.postgres import with_database
 from devstack.prometheus import LocalPrometheus, find_prometheus
@@ -110,12 +113,67 @@ async def _kafka_counts(bootstrap: str, topics: Topics) -> tuple[int, int]:
         await consumer.stop()
 
 
+class DemoSettings(msgspec.Struct, kw_only=True):
+    """``desktrace-demo``'s settings: flag ``--close-timeout`` = ``DESKTRACE_CLOSE_TIMEOUT`` = TOML key
+    ``close_timeout`` (top level or in ``[demo]``), as everywhere (``common.settings``)."""
+
+    users: int = 12
+    zones: str = ",".join(DEMO_ZONES)
+    date: str = ""
+    now: str = ""
+    speed: float = 3000.0
+    seed: int = 1
+    close_timeout: float = 5.0
+    database: str = DEMO_DB
+    progress: str = "auto"
+    prometheus: bool = True
+    exit: bool = False
+    web_password: str = ""
+
+
+DEMO_HELP = {
+    "users": "simulated users",
+    "zones": "IANA time zones the users live in, in turn (comma-separated)",
+    "date": "the local date YYYY-MM-DD every user lives through as a working day "
+    "(empty: the most recent Monday-Friday that is over in every zone)",
+    "now": "pretend the current time is this ISO date-time (UTC unless an offset is given) when choosing "
+    "the day, to reproduce a run of another hour (empty: the real clock)",
+    "speed": "simulated seconds per real second (3000: the 20 hours from the first zone's morning to the "
+    "last zone's evening in about 25 s); hours when no simulated agent runs are skipped",
+    "seed": "simulation seed: same seed, same day",
+    "close_timeout": "seconds of silence before the stream closes a user's sessions",
+    "database": "the database (re)created for this run's data",
+    "progress": "auto (bars on a terminal, plain lines otherwise), bar or plain",
+    "prometheus": "start the local Prometheus server",
+    "exit": "stop everything after printing the report",
+    "web_password": "web password for user 'admin' (empty: a random one)",
+}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's settings, checked and parsed."""
+
+    users: int
+    zones: tuple[str, ...]
+    date: date | None
+    now: datetime | None
+    speed: float
+    seed: int
+    close_timeout: float
+    database: str
+    progress: Mode
+    prometheus: bool
+    exit: bool
+    web_password: str
+
+
 def parse_now(text: str) -> datetime:
     """An ISO date-time, UTC unless it has an offset."""
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date-time: {text!r} (e.g. 2026-11-28T05:20Z)") from None
+        raise SettingsError(f"--now: not an ISO date-time: {text!r} (e.g. 2026-11-28T05:20Z)") from None
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
@@ -123,81 +181,66 @@ def parse_day(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+        raise SettingsError(f"--date: not a date: {text!r} (use YYYY-MM-DD)") from None
+
+
+def options(settings: DemoSettings) -> DemoOptions:
+    """Check and parse ``settings``; a SettingsError names the setting."""
+    if settings.users < 1:
+        raise SettingsError("--users must be at least 1")
+    if settings.speed <= 0:
+        raise SettingsError("--speed must be positive")
+    if settings.progress not in ("auto", "bar", "plain"):
+        raise SettingsError(f"--progress must be auto, bar or plain, not {settings.progress!r}")
+    if not settings.database or '"' in settings.database:
+        raise SettingsError(f"--database: not a usable database name: {settings.database!r}")
+    try:
+        zones = check_zones(settings.zones.split(","))
+    except ValueError as exc:
+        raise SettingsError(f"--zones: {exc}") from None
+    progress: Mode = (
+        "bar" if settings.progress == "bar" else "plain" if settings.progress == "plain" else "auto"
+    )
+    return DemoOptions(
+        users=settings.users,
+        zones=zones,
+        date=parse_day(settings.date) if settings.date else None,
+        now=parse_now(settings.now) if settings.now else None,
+        speed=settings.speed,
+        seed=settings.seed,
+        close_timeout=settings.close_timeout,
+        database=settings.database,
+        progress=progress,
+        prometheus=settings.prometheus,
+        exit=settings.exit,
+        web_password=settings.web_password,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="desktrace-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--users", type=int, default=12, help="simulated users (default 12)")
-    p.add_argument(
-        "--zones",
-        default=",".join(DEMO_ZONES),
-        metavar="ZONE,...",
-        help=f"IANA time zones the users live in, in turn (default {','.join(DEMO_ZONES)})",
-    )
-    p.add_argument(
-        "--date",
-        type=parse_day,
-        default=None,
-        metavar="YYYY-MM-DD",
-        help="the local date every user lives through as a working day (default: the most recent "
-        "Monday-Friday that is over in every zone)",
-    )
-    p.add_argument(
-        "--now",
-        type=parse_now,
-        default=None,
-        metavar="ISO",
-        help="pretend the current time is this (UTC unless an offset is given) when choosing the day: to "
-        "reproduce a run of another hour (default: the real clock)",
-    )
-    p.add_argument(
-        "--speed",
-        type=float,
-        default=3000.0,
-        help="simulated seconds per real second (default 3000: the 20 hours from the first zone's morning "
-        "to the last zone's evening in about 25 s); hours when no simulated agent runs are skipped",
-    )
-    p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
-    p.add_argument(
-        "--close-timeout",
-        type=float,
-        default=5.0,
-        help="seconds of silence before the stream closes a user's sessions (default 5 for the demo)",
-    )
-    p.add_argument(
-        "--database",
-        default=DEMO_DB,
-        help=f"the database (re)created for this run's data (default {DEMO_DB})",
-    )
-    p.add_argument(
-        "--progress",
-        choices=("auto", "bar", "plain"),
-        default="auto",
-        help="progress bars (on a terminal, the default) or plain lines",
-    )
-    p.add_argument("--no-prometheus", action="store_true", help="do not start the local Prometheus server")
-    p.add_argument("--exit", action="store_true", help="stop everything after printing the report")
-    p.add_argument("--password", default="", help="web password for user 'admin' (default: a random one)")
+    p.add_argument("--password", dest="web_password", default=None, help="the same as --web-password")
+    add_arguments(p, DemoSettings, DEMO_HELP)
     return p
 
 
+def load_options(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> DemoOptions:
+    """Flags (``argv``) over ``DESKTRACE_*`` variables over the TOML file over the defaults."""
+    args = build_parser().parse_args(argv)
+    return options(load(DemoSettings, args, section="demo", env=env))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        args.zones = check_zones(args.zones.split(","))
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.users < 1:
-        parser.error("--users must be at least 1")
-    if args.speed <= 0:
-        parser.error("--speed must be positive")
+        opts = load_options(argv)
+    except SettingsError as exc:
+        print(f"desktrace-demo: {exc}", file=sys.stderr)
+        return 2
     _stop_on_signals()
     try:
-        return run(args)
+        return run(opts)
     except (DevstackError, RuntimeError, TimeoutError) as exc:
         print(f"desktrace-demo: {exc}", file=sys.stderr)
         return 1
@@ -221,7 +264,7 @@ def choose_day(now: datetime, zones: tuple[str, ...], given: date | None) -> dat
     return given or last_complete_workday(now, zones)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: DemoOptions) -> int:
     now = args.now or datetime.now(UTC)
     zones: tuple[str, ...] = args.zones
     day = choose_day(now, zones, args.date)
@@ -244,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     topics = Topics(prefix)
     asyncio.run(ensure_topics(up.kafka_bootstrap, topics, partitions=3))
     demo_dsn = asyncio.run(_fresh_database(up.pg_dsn, args.database))
-    password = args.password or secrets.token_urlsafe(9)
+    password = args.web_password or secrets.token_urlsafe(9)
     log_dir = default_state_dir() / "demo" / prefix.rstrip(".")
     say(f"logs of this run: {log_dir}")
 
@@ -257,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         extra_env={"DESKTRACE_WEB_PASSWORD": password, "DESKTRACE_LOG_LEVEL": "WARNING"},
     )
     prometheus = None
-    if not args.no_prometheus:
+    if args.prometheus:
         try:
             find_prometheus()
             prometheus = LocalPrometheus(pipeline.metrics_targets, log_dir / "prometheus")
@@ -289,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(
-    args: argparse.Namespace,
+    args: DemoOptions,
     day: date,
     window: tuple[datetime, datetime],
     bootstrap: str,

@@ -4,6 +4,7 @@ target date, the check of its own counts, and the Prometheus configuration it wr
 from __future__ import annotations
 
 import io
+import re
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,13 +16,13 @@ import yaml
 from agent.simulator import (
     DEMO_ZONES,
     Fleet,
-    check_zones,
     last_complete_workday,
     local_day_window,
     make_users,
     write_jsonl,
 )
-from devstack.demo import build_parser, choose_day
+from common.settings import SettingsError
+from devstack.demo import choose_day, load_options
 from devstack.demo_check import StageCounts, problem
 from devstack.prometheus import RULES_DIR, prometheus_config, rule_files
 from proto.codec import read_jsonl
@@ -97,16 +98,28 @@ def test_dst_days_are_23_and_25_hours_long_in_their_zone() -> None:
     assert hi == utc("2026-03-30T04:00")  # New York's midnight (EDT, UTC-4)
 
 
-def test_choose_day_and_flags() -> None:
-    args = build_parser().parse_args(["--exit", "--users", "2", "--now", "2026-11-28T05:20Z"])
-    assert args.exit and args.users == 2
-    assert args.now == utc("2026-11-28T05:20")
-    assert choose_day(args.now, ZONES, None) == date(2026, 11, 27)
-    assert choose_day(args.now, ZONES, date(2026, 3, 29)) == date(2026, 3, 29)
-    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
-        check_zones(["Europe/Berlin", "Mars/Olympus"])
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--date", "28.11.2026"])
+def test_choose_day_and_settings(tmp_path: Path) -> None:
+    opts = load_options(["--exit", "--users", "2", "--now", "2026-11-28T05:20Z"], env={})
+    assert opts.exit and opts.users == 2 and opts.prometheus and opts.zones == DEMO_ZONES
+    assert opts.now == utc("2026-11-28T05:20")
+    assert choose_day(opts.now, ZONES, None) == date(2026, 11, 27)
+    assert choose_day(opts.now, ZONES, date(2026, 3, 29)) == date(2026, 3, 29)
+    # the same names as flags, DESKTRACE_* variables and TOML keys ([demo] table), flags winning
+    toml = tmp_path / "demo.toml"
+    toml.write_text('[demo]\nusers = 5\nzones = "Asia/Tokyo"\nprometheus = false\n', encoding="utf-8")
+    opts = load_options(
+        ["--config", str(toml), "--users", "3"], env={"DESKTRACE_DATE": "2026-03-29", "DESKTRACE_SPEED": "99"}
+    )
+    assert (opts.users, opts.zones, opts.prometheus) == (3, ("Asia/Tokyo",), False)
+    assert (opts.date, opts.speed, opts.now) == (date(2026, 3, 29), 99.0, None)
+    for argv, message in (
+        (["--zones", "Europe/Berlin,Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
+        (["--date", "28.11.2026"], "--date: not a date"),
+        (["--now", "yesterday"], "--now: not an ISO date-time"),
+        (["--users", "0"], "--users must be at least 1"),
+    ):
+        with pytest.raises(SettingsError, match=re.escape(message)):
+            load_options(argv, env={})
 
 
 # ---- the fleet of one date --------------------------------------------------------------------------
