@@ -266,9 +266,9 @@ def choose_day(now: datetime, zones: tuple[str, ...], given: date | None) -> dat
 
 def run(args: DemoOptions) -> int:
     now = args.now or datetime.now(UTC)
-    zones: tuple[str, ...] = args.zones
+    zones = args.zones[: args.users]  # the zones someone lives in
     day = choose_day(now, zones, args.date)
-    lo, hi = local_day_window(day, zones[: args.users])  # the zones someone lives in
+    lo, hi = local_day_window(day, zones)
     why = (
         "given with --date"
         if args.date
