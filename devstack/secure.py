@@ -113,10 +113,7 @@ class AclBinding:
 
 
 def _grant(
-    principal: str,
-    rtype: ResourceType,
-    names: Sequence[str],
-    ops: Sequence[Operation],
+    principal: str, rtype: ResourceType, names: Sequence[str], ops: Sequence[Operation],
     pattern: PatternType = PatternType.LITERAL,
 ) -> list[AclBinding]:
     return [AclBinding(principal, rtype, n, pattern, op) for n in names for op in ops]
@@ -134,12 +131,7 @@ def acl_bindings(topics: Topics) -> list[AclBinding]:
     out += _grant(STREAM, T, topics.raw, (R, D))
     out += _grant(STREAM, T, (topics.sessions, topics.deadletter), (W, D))
     internal = (
-        Operation.CREATE,
-        R,
-        W,
-        D,
-        Operation.DESCRIBE_CONFIGS,
-        Operation.ALTER_CONFIGS,
+        Operation.CREATE, R, W, D, Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS,
     )
     out += _grant(STREAM, T, (STREAM_APP_PREFIX,), internal, PatternType.PREFIXED)
     out += _grant(STREAM, G, (STREAM_APP_PREFIX,), (R, D), PatternType.PREFIXED)
@@ -206,38 +198,17 @@ def ensure_tls(tls_dir: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"))
         tmp = Path(tmp_s)
         _run_openssl(
             [
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                str(CERT_DAYS),
-                "-subj",
-                "/CN=desktrace local CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+                "-days", str(CERT_DAYS), "-subj", "/CN=desktrace local CA",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign",
             ],
             tmp,
         )
         _run_openssl(
             [
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "broker.key",
-                "-out",
-                "broker.csr",
-                "-subj",
-                "/CN=localhost",
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+                "-subj", "/CN=localhost",
             ],
             tmp,
         )
@@ -249,22 +220,9 @@ def ensure_tls(tls_dir: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"))
         )
         _run_openssl(
             [
-                "x509",
-                "-req",
-                "-in",
-                "broker.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                str(secrets.randbits(63)),
-                "-days",
-                str(CERT_DAYS),
-                "-extfile",
-                "ext.cnf",
-                "-out",
-                "broker.pem",
+                "x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-set_serial", str(secrets.randbits(63)), "-days", str(CERT_DAYS),
+                "-extfile", "ext.cnf", "-out", "broker.pem",
             ],
             tmp,
         )
@@ -353,13 +311,8 @@ class SecureKafka:
         self.data_dir = Path(data_dir).absolute()
         self.progress = progress
         self.instance = KafkaInstance(
-            self.data_dir,
-            port,
-            controller_port,
-            host=host,
-            partitions=partitions,
-            cache_dir=cache_dir,
-            progress=progress,
+            self.data_dir, port, controller_port, host=host, partitions=partitions,
+            cache_dir=cache_dir, progress=progress,
         )
 
     # ---- paths -----------------------------------------------------------------------------------------
@@ -468,11 +421,8 @@ class SecureKafka:
     def exports(self) -> list[str]:
         """Shell lines for ``eval``: the admin identity for the developer's shell (topic creation, tests,
         tools), then one comment per service naming its user and its settings file."""
-        lines = [
-            f"export {k}={shlex.quote(v)}"
-            for k, v in self.client_env(ADMIN).items()
-            if k != "DESKTRACE_KAFKA_BOOTSTRAP"
-        ]
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in self.client_env(ADMIN).items()
+                 if k != "DESKTRACE_KAFKA_BOOTSTRAP"]
         for service, principal in SERVICE_PRINCIPALS.items():
             lines.append(
                 f"# {service}: DESKTRACE_KAFKA_USERNAME={principal} "
@@ -503,13 +453,8 @@ async def create_acls(bootstrap: str, bindings: Sequence[AclBinding], **client_o
         node = client.get_random_node()
         requests = [
             CreateAclsRequest(
-                int(b.resource_type),
-                b.name,
-                int(b.pattern),
-                b.principal_name,
-                ANY_HOST,
-                int(b.operation),
-                ALLOW,
+                int(b.resource_type), b.name, int(b.pattern), b.principal_name, ANY_HOST,
+                int(b.operation), ALLOW,
             )
             for b in bindings
         ]

@@ -190,7 +190,9 @@ class LocalStack:
             extra = self.secure_kafka.exports()
         if self.config.create_topics and bootstrap:
             topics = Topics(self.config.topic_prefix)
-            created = run_sync(lambda: ensure_topics(bootstrap, topics, self.config.partitions, **kafka_opts))
+            created = run_sync(
+                lambda: ensure_topics(bootstrap, topics, self.config.partitions, **kafka_opts)
+            )
             if created:
                 self.progress(f"created {len(created)} topics: {', '.join(created)}")
             else:
