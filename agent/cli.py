@@ -13,12 +13,16 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.settings import AgentSettings, add_agent_arguments, load_agent_settings
 from common.logs import setup_logging
 from common.settings import SettingsError
+
+if TYPE_CHECKING:
+    from agent.simulator import FleetProgress
 
 log = logging.getLogger("desktrace.agent")
 
@@ -78,6 +82,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="simulated start, ISO date or date-time, UTC unless an offset is given "
         "(default: today 00:00 UTC)",
+    )
+    sim.add_argument(
+        "--date",
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="simulate this local date as a working day of every user, each in their own time zone "
+        "(instead of --start/--duration); 'last' = the most recent Monday-Friday over in every zone",
+    )
+    sim.add_argument(
+        "--zones",
+        default=None,
+        metavar="ZONE,...",
+        help="IANA time zones the users live in, in turn (default: eight zones around the world)",
+    )
+    sim.add_argument(
+        "--skip-idle",
+        action="store_true",
+        help="jump the simulated clock over stretches when no simulated agent runs (nights)",
+    )
+    sim.add_argument(
+        "--progress",
+        choices=("plain", "json", "none"),
+        default="plain",
+        help="Kafka mode: 'plain' = a line on stderr every 5 s (default), 'json' = one JSON object per line "
+        "on stdout about five times a second (simulated clock, events produced and sent), 'none'",
     )
     sim.add_argument("--seed", type=int, default=1, help="random seed: same seed, same events (default 1)")
     sim.add_argument(
@@ -259,18 +288,42 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: AgentSettings) -> int:
-    from agent.simulator import Fleet, make_users, parse_duration, parse_start, run_kafka, write_jsonl
+    from datetime import UTC, date, datetime
+
+    from agent.runner import load_privacy
+    from agent.simulator import (
+        TIME_ZONES,
+        Fleet,
+        check_zones,
+        last_complete_workday,
+        make_users,
+        parse_duration,
+        parse_start,
+        run_kafka,
+        write_jsonl,
+    )
 
     if args.users < 1:
         raise ValueError("--users must be at least 1")
     if args.speed < 0:
         raise ValueError("--speed must be 0 (as fast as possible) or positive")
-    from agent.runner import load_privacy
-
-    fleet = Fleet(
-        make_users(args.users, args.seed), parse_start(args.start), parse_duration(args.duration), settings,
-        privacy=load_privacy(settings),  # the same filter `run` applies: simulated desks are private too
-    )
+    zones = check_zones(args.zones.split(",")) if args.zones else TIME_ZONES
+    users = make_users(args.users, args.seed, zones)
+    privacy = load_privacy(settings)  # the same filter `run` applies: simulated desks are private too
+    if args.date:
+        if args.start:
+            raise ValueError("give either --date or --start, not both")
+        if args.date == "last":
+            day = last_complete_workday(datetime.now(UTC), zones)
+        else:
+            try:
+                day = date.fromisoformat(args.date)
+            except ValueError:
+                raise ValueError(f"bad --date {args.date!r}: use YYYY-MM-DD or 'last'") from None
+        fleet = Fleet.for_day(users, day, settings, privacy=privacy)
+    else:
+        start, duration = parse_start(args.start), parse_duration(args.duration)
+        fleet = Fleet(users, start, duration, settings, privacy=privacy)
     if args.jsonl:
         if args.jsonl == "-":
             n = write_jsonl(fleet, sys.stdout.buffer)
@@ -282,9 +335,43 @@ def cmd_simulate(args: argparse.Namespace, settings: AgentSettings) -> int:
         return 0
     state = settings.state_path / "simulator"
     state.mkdir(parents=True, exist_ok=True)
-    counts = asyncio.run(run_kafka(fleet, settings, args.speed, state))
+    progress = _progress_printer(args.progress)
+    counts = asyncio.run(
+        run_kafka(fleet, settings, args.speed, state, skip_idle=args.skip_idle, progress=progress)
+    )
     log.info("simulation produced", extra={"kv": {**counts, "users": args.users}})
     return 0 if counts["left_in_spool"] == 0 else 1
+
+
+def _progress_printer(mode: str) -> Callable[[FleetProgress], None] | None:
+    """``json``: every report as one JSON line on stdout; ``plain``: a line on stderr every 5 s."""
+    import json
+    import time
+
+    if mode == "none":
+        return None
+    if mode == "json":
+
+        def emit(p: FleetProgress) -> None:
+            sys.stdout.write(json.dumps(p.to_json()) + "\n")
+            sys.stdout.flush()
+
+        return emit
+    last = [0.0]
+
+    def plain(p: FleetProgress) -> None:
+        now = time.monotonic()
+        if p.done or now - last[0] >= 5.0:
+            last[0] = now
+            print(
+                f"desktrace-agent simulate: simulated clock {p.sim_now:%Y-%m-%d %H:%M} UTC "
+                f"(until {p.end:%Y-%m-%d %H:%M}), events produced {p.produced}, sent {p.sent}"
+                + (" - done" if p.done else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return plain
 
 
 if __name__ == "__main__":
