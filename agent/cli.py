@@ -134,6 +134,10 @@ def cmd_run(settings: AgentSettings) -> int:
             return 1
     runtime = AgentRuntime(settings, source)
     asyncio.run(runtime.run())
+    if runtime.source_error is not None:
+        print(f"desktrace-agent: the source failed ({type(runtime.source_error).__name__}): see the log; "
+              "exiting 1 so that the autostart's restart policy starts the agent again", file=sys.stderr)
+        return 1
     return 0
 
 

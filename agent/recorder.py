@@ -264,7 +264,7 @@ class Recorder:
             kinds.append(WindowOpen)
         elif wid != self._foreground:
             kinds.append(WindowSwitch)
-        else:
+        elif prev is not None:
             if any(getattr(snap, f) != getattr(prev, f) for f in UPDATE_FIELDS):
                 kinds.append(WindowUpdate)
             if snap.sheet and snap.sheet != prev.sheet:

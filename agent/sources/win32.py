@@ -163,6 +163,12 @@ PROTOTYPES: Final[dict[str, dict[str, tuple[Any, list[Any]]]]] = {
 Loader = Callable[[str], Any]
 
 
+def last_error() -> int:
+    """The calling thread's last Win32 error (``use_last_error`` DLLs), 0 where there is none."""
+    get = getattr(ctypes, "get_last_error", None)
+    return int(get()) if get is not None else 0
+
+
 def default_loader(name: str) -> Any:
     if WinDLL is None:
         raise OSError(f"{name}.dll: not Windows (ctypes has no WinDLL)")

@@ -134,8 +134,9 @@ class WindowsSource:
         for listener in listeners:
             listener.start()
         try:
-            stopped = asyncio.ensure_future(asyncio.to_thread(self._stop.wait))
-            done, _ = await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+            stopped: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(self._stop.wait))
+            waiters: set[asyncio.Future[Any]] = {stopped, failed}
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if failed in done:
                 failed.result()
         finally:

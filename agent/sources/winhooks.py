@@ -139,14 +139,14 @@ class HookThread:
         wc.hInstance = instance
         wc.lpszClassName = CLASS_NAME
         if not user32.RegisterClassW(ctypes.byref(wc)):
-            raise OSError(ctypes.get_last_error(), "RegisterClassW failed")
+            raise OSError(w.last_error(), "RegisterClassW failed")
         hwnd = user32.CreateWindowExW(
             0, CLASS_NAME, "desktrace", 0, 0, 0, 0, 0, w.HWND_MESSAGE, None, instance, None
         )
         power = None
         try:
             if not hwnd:
-                raise OSError(ctypes.get_last_error(), "CreateWindowExW (message-only window) failed")
+                raise OSError(w.last_error(), "CreateWindowExW (message-only window) failed")
             # the thread has a message queue now (PostThreadMessageW to a thread without one fails)
             self.thread_id = int(api.kernel32.GetCurrentThreadId())
             if not api.wtsapi32.WTSRegisterSessionNotification(hwnd, w.NOTIFY_FOR_THIS_SESSION):
@@ -157,7 +157,7 @@ class HookThread:
             if self.focus:
                 self._hooks.append(self._hook(w.EVENT_OBJECT_FOCUS, w.EVENT_OBJECT_FOCUS))
             if not all(self._hooks):
-                raise OSError(ctypes.get_last_error(), "SetWinEventHook failed")
+                raise OSError(w.last_error(), "SetWinEventHook failed")
             self._foreground = api.foreground()
             if self._foreground:
                 self._rescope(self._foreground)
@@ -166,7 +166,7 @@ class HookThread:
             while not self._quit.is_set():
                 got = user32.GetMessageW(ctypes.byref(msg), None, 0, 0)
                 if got == -1:
-                    raise OSError(ctypes.get_last_error(), "GetMessageW failed")
+                    raise OSError(w.last_error(), "GetMessageW failed")
                 if got == 0:  # WM_QUIT
                     break
                 user32.TranslateMessage(ctypes.byref(msg))

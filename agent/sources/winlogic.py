@@ -49,7 +49,8 @@ from agent.sources.wintree import control_type, hierarchy, walk
 __all__ = [
     "BROWSERS", "DOCUMENT_APPS", "WM_POWERBROADCAST", "WM_WTSSESSION_CHANGE", "AddressBars", "DeskWatcher",
     "DocumentTitle", "DocumentTracker", "ExcelSheets", "FocusFields", "PresenceDebouncer", "TabStrips",
-    "Tabs", "WindowInfo", "app_name", "browser_of", "browser_url", "control_type", "excel_sheet", "excel_workbook",
+    "Tabs", "WindowInfo", "app_name", "browser_of", "browser_url", "control_type", "excel_sheet",
+    "excel_workbook",
     "find_address_bar", "hierarchy", "idle_from_ticks", "is_excel", "is_shell_surface", "normalise_url",
     "parse_document_title", "presence_kind", "tab_title", "walk",
 ]
