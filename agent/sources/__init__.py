@@ -74,8 +74,12 @@ def select_source(
                 f"the windows source needs {exc.name or 'uiautomation and pynput'}: "
                 "pip install 'desktrace[agent]'"
             ) from exc
+        state_path = _setting(settings, "state_path", None)
         return WindowsSource(
             extended_mode=bool(_setting(settings, "extended_mode", False)),
+            field_max_chars=int(_setting(settings, "field_max_chars", 256)),
+            web_fields=bool(_setting(settings, "extended_web_fields", False)),
+            state_dir=state_path,
         )
     try:
         from agent.sources.x11 import X11Source
