@@ -7,8 +7,8 @@ a seq being sent twice with different content.
 
 Time zone detection (documented in ``agent/README.md``):
 ``TZ`` environment variable (an IANA name), then ``/etc/timezone``, then the ``/etc/localtime`` symlink
-target (``.../zoneinfo/Area/City``); on Windows ``tzlocal`` (registry ``TimeZoneKeyName`` mapped with CLDR's windowsZones table, every zone); ``UTC`` when
-nothing is found.
+target (``.../zoneinfo/Area/City``); on Windows ``tzlocal`` (registry ``TimeZoneKeyName`` mapped with
+CLDR's windowsZones table, every zone); ``UTC`` when nothing is found.
 """
 
 from __future__ import annotations
