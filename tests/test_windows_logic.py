@@ -3,6 +3,7 @@ the real ones, plus the platform-free helpers every source shares and the start-
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -290,6 +291,7 @@ def test_select_source_without_display_names_what_is_missing() -> None:
         select_source({"source": "mac"}, platform="linux", environ={"DISPLAY": ":0"})
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="python-xlib is installed on Linux only")
 def test_select_source_picks_x11_with_a_display() -> None:
     from agent.sources.x11 import X11Source
 

@@ -4,10 +4,10 @@ width 64-bit Windows gives it, hand out handles above 2**32, and truncate return
 restype like the real ABI would (a handle returned as ``c_int`` comes back cut, and the next call with it
 fails as an invalid handle).
 
-Widths are Windows x64's: ``c_int``/``c_uint`` 32 bits, pointers and ``c_size_t``/``c_ssize_t`` 64 bits.
-``c_long``/``c_ulong`` are the same classes as ``c_ssize_t``/``c_size_t`` on Linux and are taken as 64
-bits here; tests/test_windows_abi.py checks separately that the declarations never use ``wintypes``' names
-built on ``c_long`` (``DWORD``, ``BOOL``, ``LONG``, ``WPARAM``...), 32 bits on Windows.
+Integer widths are ``ctypes.sizeof`` of the declared type: on Windows x64 the real ABI's; on Linux the
+same for ``c_int``/``c_uint`` (32), ``c_size_t``/``c_ssize_t`` and pointers (64), but ``c_long``/``c_ulong``
+are 64 bits there and 32 on Windows, so tests/test_windows_abi.py checks separately that the declarations
+never use them nor ``wintypes``' names built on them (``DWORD``, ``BOOL``, ``LONG``, ``WPARAM``...).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 _UNSET = object()
-_INT_BITS = {"b": 8, "B": 8, "h": 16, "H": 16, "i": 32, "I": 32, "l": 64, "L": 64, "q": 64, "Q": 64}
+_INT_CODES = frozenset("bBhHiIlLqQ")
 HANDLE_BASE = 0x1_0000_0000  # every handle this stand-in hands out is above 2**32
 
 
@@ -32,12 +32,12 @@ def check_arg(i: int, t: Any, value: Any) -> Any:
     """``value`` as the callee would see it through argtype ``t``; ctypes.ArgumentError when it cannot be
     passed as that type on 64-bit Windows."""
     code = _code(t)
-    if code in _INT_BITS:
+    if code in _INT_CODES:
         if isinstance(value, t):
             value = value.value
         if not isinstance(value, int):
             raise ctypes.ArgumentError(f"argument {i}: {value!r} is not an integer for {t.__name__}")
-        bits = _INT_BITS[code]
+        bits = ctypes.sizeof(t) * 8
         lo, hi = (0, 2**bits - 1) if code.isupper() else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
         if not lo <= value <= hi:
             raise ctypes.ArgumentError(f"argument {i}: {value:#x} does not fit {t.__name__} ({bits} bits)")
@@ -63,8 +63,8 @@ def shape_result(t: Any, value: Any) -> Any:
     if t is None:
         return None
     code = _code(t)
-    if code in _INT_BITS:
-        bits = _INT_BITS[code]
+    if code in _INT_CODES:
+        bits = ctypes.sizeof(t) * 8
         v = int(value or 0) & (2**bits - 1)
         return v - 2**bits if code.islower() and v >= 2 ** (bits - 1) else v
     if code == "P":
