@@ -28,6 +28,7 @@ class Desk:
     windows: dict[int, tuple[WindowInfo, Fake]] = field(default_factory=dict)
     focus: Fake | None = None
     reads: int = 0
+    com_sheets: dict[int, str] = field(default_factory=dict)  # what Excel's COM object model says
 
     def add(self, hwnd: int, exe: str, tree: Fake, cls: str = "", pid: int = 0) -> int:
         self.windows[hwnd] = (WindowInfo(hwnd, tree.Name, cls or tree.ClassName, pid or hwnd % 1000 + 1, exe),
@@ -51,6 +52,9 @@ class Desk:
 
     def window_alive(self, hwnd: int, pid: int) -> bool:
         return hwnd in self.windows and self.windows[hwnd][0].pid == pid
+
+    def excel_sheet(self, hwnd: int) -> str:
+        return self.com_sheets.get(hwnd, "")
 
     def initial(self) -> list[tuple[int, int]]:
         return [(h, info.pid) for h, (info, _) in self.windows.items()]
@@ -260,6 +264,34 @@ def test_excel_sheet_from_the_selected_sheet_tab_without_a_grid() -> None:
     items[0]._selected, items[1]._selected = False, True
     assert run.settle(1.5) == ["SheetOpen"]
     assert run.snapshots[-1].sheet == "Q3 forecast"
+
+
+def test_excel_sheet_through_com_when_ui_automation_shows_none() -> None:
+    desk = Desk()
+    win, grid, _items = excel()
+    grid.ClassName = ""
+    win.children[0].children.pop()  # no sheet tab bar either
+    x = desk.add(0x3_0000_0200, r"C:\Office\EXCEL.EXE", win)
+    desk.com_sheets[x] = "Summary"
+    run = Run(desk, desk.initial())
+    run.start(x)
+    assert run.snapshots[-1].sheet == "Summary"
+    desk.com_sheets[x] = "Q3 forecast"
+    assert run.settle(1.5) == ["SheetOpen"]
+
+
+def test_a_busy_page_is_read_at_most_once_a_second() -> None:
+    desk = Desk()
+    win, _strip, _omnibox = browser(("Ticker", True))
+    hwnd = desk.add(0x2_0000_0100, r"C:\Chrome\chrome.exe", win)
+    run = Run(desk, desk.initial())
+    run.start(hwnd)
+    reads = desk.reads
+    for _ in range(100):  # 10 s of page elements renaming themselves 10 times a second
+        run.watcher.handle(HookEvent(w.EVENT_OBJECT_NAMECHANGE, hwnd, id_object=-4, id_child=7), run.ts(),
+                           run.mono)
+        run.settle(0.1)
+    assert 8 <= desk.reads - reads <= 11
 
 
 # ---- shell surfaces --------------------------------------------------------------------------------------

@@ -12,9 +12,14 @@ the recorder then names the events:
 - in a browser each tab is a window (``window_id`` = ``hwnd:tab``): a tab that did not exist when the
   window was first read is ``WindowOpen`` when first selected, a new URL in the same tab is ``WindowOpen``,
   selecting another tab is ``WindowSwitch``, a title change in the same tab is ``WindowUpdate``;
-- Excel's active sheet is re-read at every event from its window and, because a sheet switch raises no
-  reliable WinEvent and changes no title, polled every ``sheet_poll_s`` while Excel is in the foreground
-  (one property read of the remembered grid): every switch is a ``SheetOpen``;
+- Excel's active sheet (UI Automation: the grid's name or the selected sheet tab; else the platform's
+  other means, Excel's COM object model through pywin32) is re-read at every event from its window and,
+  because a sheet switch is not reliably announced by a WinEvent and changes no title, polled every
+  ``sheet_poll_s`` while Excel is in the foreground (one property read of the remembered grid): every
+  switch is a ``SheetOpen``;
+- name changes of the window itself and selection changes are read after :data:`SETTLE_S`, everything
+  else of the foreground process (page element names, values, created/destroyed objects) after
+  :data:`SETTLE_SLOW_S`: a busy page costs at most one read per second;
 - shell surfaces (:mod:`agent.sources.winshell`) produce nothing;
 - extended mode: parameters from focus changes (:mod:`agent.sources.winfields`), dropped when the window
   changes.
@@ -46,8 +51,12 @@ from agent.sources.winshell import is_shell_surface
 from agent.sources.wintree import hierarchy
 from proto.events import InputClass
 
-#: Coalescing delay for name changes and tab-strip events (a page load renames a window several times).
+#: Coalescing delay for the window's own title changes and selection changes (a page load renames a window
+#: several times; a tab or sheet switch selects and unselects).
 SETTLE_S = 0.15
+#: Coalescing delay for everything else of the foreground process (names of page elements, values, objects
+#: created and destroyed): a busy page raises many, read at most once per this delay.
+SETTLE_SLOW_S = 1.0
 SHEET_POLL_S = 1.0
 PRUNE_S = 60.0
 STATE_FILE = "windows-desk.json"
@@ -75,6 +84,10 @@ class DeskPlatform(Protocol):
     def focused(self) -> Any | None: ...
 
     def window_alive(self, hwnd: int, pid: int) -> bool: ...
+
+    def excel_sheet(self, hwnd: int) -> str:
+        """The active sheet of an Excel window by other means than UI Automation ("" if unknown)."""
+        ...
 
 
 def app_name(exe_path: str) -> str:
@@ -123,6 +136,7 @@ class DeskWatcher:
         self._strips = TabStrips()
         self._sheets = ExcelSheets()
         self._settle = Debouncer(SETTLE_S)
+        self._settle_slow = Debouncer(SETTLE_SLOW_S)
         self._foreground = 0
         self._fg_excel = False
         self._last: WindowSnapshot | None = None
@@ -147,22 +161,28 @@ class DeskWatcher:
         if ev.event == w.EVENT_SYSTEM_FOREGROUND:
             self._foreground = ev.hwnd
             self._settle.cancel()
+            self._settle_slow.cancel()
             return self._read(ev.hwnd, ts, mono)
         if ev.hwnd != self._foreground:
             return []
-        if ev.event == w.EVENT_OBJECT_FOCUS and self.fields is not None:
-            return self._focus(ts)
-        self._settle.poke(mono)
+        if ev.event == w.EVENT_OBJECT_FOCUS:
+            return self._focus(ts) if self.fields is not None else []
+        own_title = ev.event == w.EVENT_OBJECT_NAMECHANGE and (ev.id_object, ev.id_child) == (
+            w.OBJID_WINDOW, w.CHILDID_SELF)
+        selection = w.EVENT_OBJECT_SELECTION <= ev.event <= w.EVENT_OBJECT_SELECTIONREMOVE
+        (self._settle if own_title or selection else self._settle_slow).poke(mono)
         return []
 
     def tick(self, ts: datetime, mono: float) -> list[Observation]:
         out: list[Observation] = []
-        if self._settle.fire(mono):
+        fast, slow = self._settle.fire(mono), self._settle_slow.fire(mono)
+        if fast or slow:
+            self._settle.cancel()
+            self._settle_slow.cancel()
             out += self._read(self._foreground, ts, mono)
         elif self._fg_excel and mono >= self._next_poll and self._last is not None:
             self._next_poll = mono + self.sheet_poll_s
-            wid = str(self._foreground)
-            if self._sheets.sheet(wid, self.platform.element(self._foreground)) != self._last.sheet:
+            if self._sheet(self._foreground, self.platform.element(self._foreground)) != self._last.sheet:
                 out += self._read(self._foreground, ts, mono)
         if mono >= self._next_prune:
             self._next_prune = mono + PRUNE_S
@@ -171,7 +191,7 @@ class DeskWatcher:
 
     def timeout(self, mono: float, default: float) -> float:
         """How long the caller may wait for the next hook event before calling :meth:`tick`."""
-        t = self._settle.timeout(mono, default)
+        t = self._settle_slow.timeout(mono, self._settle.timeout(mono, default))
         if self._fg_excel:
             t = min(t, max(0.0, self._next_poll - mono))
         return t
@@ -216,7 +236,7 @@ class DeskWatcher:
             win.urls[selected] = url
         elif self._fg_excel:
             file_path = excel_workbook(info.title)
-            sheet = self._sheets.sheet(wid, element)
+            sheet = self._sheet(hwnd, element)
             self._next_poll = mono + self.sheet_poll_s
         else:
             doc = parse_document_title(app, info.title)
@@ -239,6 +259,9 @@ class DeskWatcher:
             document_event=doc_event, new_window=new, known=not new, input=self.cause(ts),
         )
         return self._emit(snap)
+
+    def _sheet(self, hwnd: int, element: Any) -> str:
+        return self._sheets.sheet(str(hwnd), element) or self.platform.excel_sheet(hwnd)
 
     def _focus(self, ts: datetime) -> list[Observation]:
         assert self.fields is not None

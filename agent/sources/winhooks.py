@@ -5,9 +5,10 @@ One thread (``desktrace-hooks``) owns everything that needs a message loop:
 - ``SetWinEventHook`` with ``WINEVENT_OUTOFCONTEXT | WINEVENT_SKIPOWNPROCESS`` (no DLL injected into other
   processes; Windows calls the callback on this thread while it pumps messages):
   ``EVENT_SYSTEM_FOREGROUND`` and ``EVENT_OBJECT_NAMECHANGE`` system-wide, ``EVENT_OBJECT_FOCUS``
-  system-wide in extended mode, and ``EVENT_OBJECT_CREATE``/``DESTROY`` plus the selection events
-  scoped to the foreground process only (they are frequent; tabs and Excel's sheet tabs are what they
-  serve), re-scoped when the foreground process changes;
+  system-wide in extended mode, and ``EVENT_OBJECT_CREATE``/``DESTROY``, the selection events and
+  ``EVENT_OBJECT_VALUECHANGE`` scoped to the foreground process only (they are frequent; tabs, Excel's
+  sheet tabs and an address bar whose URL changes without a title change are what they serve),
+  re-scoped when the foreground process changes;
 - a hidden message-only window registered for ``WTSRegisterSessionNotification`` (lock, unlock, logon,
   logoff, console/remote connect) and ``RegisterSuspendResumeNotification`` (suspend, resume);
 - ``GetMessageW`` until ``WM_QUIT``, which :meth:`HookThread.stop` posts with ``PostThreadMessageW``.
@@ -126,6 +127,7 @@ class HookThread:
             self._scoped = [h for h in (
                 self._hook(w.EVENT_OBJECT_CREATE, w.EVENT_OBJECT_DESTROY, pid),
                 self._hook(w.EVENT_OBJECT_SELECTION, w.EVENT_OBJECT_SELECTIONREMOVE, pid),
+                self._hook(w.EVENT_OBJECT_VALUECHANGE, w.EVENT_OBJECT_VALUECHANGE, pid),
             ) if h]
 
     # ---- the loop ---------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ Win32, and the loop of the ``desktrace-uia`` thread.
 
 UI Automation is used only on that thread, with COM initialised there
 (``uiautomation.UIAutomationInitializerInThread``): it is fed by a queue of
-:class:`agent.sources.winhooks.HookEvent` records and never runs inside a WinEvent callback.
+:class:`agent.sources.winhooks.HookEvent` records and never runs inside a WinEvent callback. When UI
+Automation finds no sheet in an Excel window and pywin32 is installed, Excel's COM object model (on the
+same COM-initialised thread) gives it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class UiaPlatform:
         self.api = api
         self.auto = auto
         self._versions: dict[str, str] = {}
+        self._excel: Any = None  # the running Excel.Application; False when pywin32 is missing
 
     def window_info(self, hwnd: int) -> WindowInfo | None:
         if not self.api.is_window(hwnd):
@@ -63,6 +66,28 @@ class UiaPlatform:
     def window_alive(self, hwnd: int, pid: int) -> bool:
         return self.api.is_window(hwnd) and self.api.window_pid(hwnd) == pid
 
+    def excel_sheet(self, hwnd: int) -> str:
+        """The active sheet of the Excel window ``hwnd`` through Excel's COM object model (pywin32, when
+        installed; ``Window.Hwnd`` exists since Excel 2013), "" otherwise."""
+        if self._excel is False:
+            return ""
+        try:
+            if self._excel is None:
+                import win32com.client  # type: ignore[import-not-found,unused-ignore]
+
+                self._excel = win32com.client.GetActiveObject("Excel.Application")
+            app: Any = self._excel
+            for window in app.Windows:
+                if int(window.Hwnd) == hwnd:
+                    return str(window.ActiveSheet.Name)
+            return str(app.ActiveSheet.Name) if int(app.Hwnd) == hwnd else ""
+        except ImportError:
+            self._excel = False  # no pywin32: UI Automation only
+            return ""
+        except Exception:  # Excel busy (a cell in edit mode rejects calls), closed, or another instance
+            self._excel = None
+            return ""
+
 
 def uia_loop(
     platform: Any, events: queue.Queue[HookEvent], deliver: ObservationSink, stop: threading.Event, *,
@@ -87,7 +112,10 @@ def uia_loop(
             except OSError:
                 log.warning("could not save the desk state", exc_info=True)
 
-    out(watcher.start(foreground, *now()))
+    try:
+        out(watcher.start(foreground, *now()))
+    except Exception:
+        log.warning("reading the foreground window failed", exc_info=True)
     while not stop.is_set():
         try:
             ev = events.get(timeout=watcher.timeout(time.monotonic(), 1.0))
