@@ -189,6 +189,15 @@ def test_restart_reports_no_document_again_but_a_change_meanwhile(tmp_path: Path
     assert fourth.start(0x1_0000_0010) == ["WindowSwitch"]
 
 
+def test_a_damaged_state_file_is_ignored(tmp_path: Path) -> None:
+    desk = Desk()
+    a = desk.add(0x1_0000_0010, r"C:\Windows\notepad.exe", notepad("a.txt - Notepad"))
+    for state in ({"documents": {str(a): "x"}}, {"documents": [1, 2]}, {"documents": {str(a): [None, 1, 2]}}):
+        assert Run(desk, desk.initial(), state=state).start(a) == ["WindowSwitch"]
+    (tmp_path / "windows-desk.json").write_text("{not json", encoding="utf-8")
+    assert load_state(tmp_path) == {}
+
+
 # ---- browsers: tabs and URLs -----------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Platform sources: one module per platform, each a :class:`agent.observations.Source`.
 
-- ``windows`` (:mod:`agent.sources.windows`): UI Automation, pynput low-level hooks, WTS session and power
-  notifications; all interpretation in :mod:`agent.sources.winlogic`.
+- ``windows`` (:mod:`agent.sources.windows`): WinEvent hooks, UI Automation, pynput low-level hooks, WTS
+  session and power notifications; all interpretation platform-free (:mod:`agent.sources.winlogic` lists
+  the modules; docs/windows-agent.md).
 - ``x11`` (:mod:`agent.sources.x11`): EWMH properties, XInput2 raw events, MIT-SCREEN-SAVER; interpretation
   in :mod:`agent.sources.x11logic`.
 

@@ -227,11 +227,11 @@ class Win32:
     def is_window(self, hwnd: int) -> bool:
         return bool(self.user32.IsWindow(hwnd))
 
-    def top_level_windows(self) -> list[int]:
+    def top_level_windows(self, *, visible_only: bool = True) -> list[int]:
         found: list[int] = []
 
         def cb(hwnd: int | None, _lparam: int) -> int:
-            if hwnd and self.user32.IsWindowVisible(hwnd):
+            if hwnd and (not visible_only or self.user32.IsWindowVisible(hwnd)):
                 found.append(int(hwnd))
             return 1
 

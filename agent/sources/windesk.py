@@ -143,12 +143,18 @@ class DeskWatcher:
         self._next_poll = 0.0
         self._next_prune = PRUNE_S
         self.state_changed = False
+        self._doc_pids: dict[str, int] = {}
+        restored: dict[str, list[Any]] = {}
         saved = (state or {}).get("documents", {})
-        self._docs.load({
-            wid: doc for wid, (pid, *doc) in saved.items()
-            if wid.isdigit() and self._initial.get(int(wid)) == pid
-        })
-        self._doc_pids = {wid: pid for wid, (pid, *_doc) in saved.items()}
+        for wid, entry in (saved.items() if isinstance(saved, dict) else ()):
+            # a damaged or foreign state file must not stop the agent: its bad entries are skipped
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], int)
+                    and isinstance(entry[1], str) and str(wid).isdigit()):
+                continue
+            if self._initial.get(int(wid)) == entry[0]:  # the same window of the same process
+                restored[wid] = [entry[1], bool(entry[2])]
+                self._doc_pids[wid] = entry[0]
+        self._docs.load(restored)
 
     # ---- input ------------------------------------------------------------------------------------------
 

@@ -118,7 +118,8 @@ class WindowsSource:
         self._stop.clear()
         api = self.api
         hooks = self.hooks = HookThread(api, on_event, on_presence, focus=self.extended_mode)
-        initial = [(h, api.window_pid(h)) for h in api.top_level_windows()]
+        # every top-level window that exists now, hidden ones too (shown later, they are not new)
+        initial = [(h, api.window_pid(h)) for h in api.top_level_windows(visible_only=False)]
         uia_kw: dict[str, Any] = dict(
             initial=initial, foreground=api.foreground(), state_dir=self.state_dir,
             extended_mode=self.extended_mode, field_max_chars=self.field_max_chars,
