@@ -118,6 +118,7 @@ def browser(*tabs: tuple[str, bool], url: str = "https://a.example/") -> tuple[F
     win.children.insert(0, strip)
     strip.parent = win
     omnibox = next(n for n in all_nodes(win) if n.ClassName == "OmniboxViewViews")
+    omnibox.HasKeyboardFocus = False  # the page has the focus
     return win, strip, omnibox
 
 
@@ -232,6 +233,24 @@ def test_tabs_new_tab_is_open_switch_is_switch_title_is_update_url_is_open() -> 
     assert run.event(w.EVENT_OBJECT_NAMECHANGE, hwnd) == ["WindowSwitch"]
     tabs = {s.window_id for s in run.snapshots}
     assert len(tabs) == 3 and all(t.startswith(f"{hwnd}:") for t in tabs)
+
+
+def test_typing_in_the_address_bar_is_no_new_url_until_the_page_changes() -> None:
+    desk = Desk()
+    win, _strip, omnibox = browser(("Inbox", True))
+    hwnd = desk.add(0x2_0000_0100, r"C:\Chrome\chrome.exe", win)
+    run = Run(desk, desk.initial())
+    run.start(hwnd)
+    omnibox.HasKeyboardFocus = True
+    got: list[str] = []
+    for typed in ("n", "ne", "news.ex", "news.example.com"):  # looks like a URL before Enter
+        omnibox._value = typed
+        got += run.event(w.EVENT_OBJECT_VALUECHANGE, hwnd) + run.settle(1.0)
+    assert got == []
+    omnibox.HasKeyboardFocus = False  # Enter: the page loads and takes the focus
+    desk.retitle(hwnd, "News - Google Chrome")
+    assert run.event(w.EVENT_OBJECT_NAMECHANGE, hwnd) == ["WindowOpen"]
+    assert run.snapshots[-1].url == "https://news.example.com"
 
 
 def test_events_of_other_windows_are_ignored() -> None:

@@ -151,6 +151,12 @@ class AddressBars(_Cache):
         self.put(window_id, bar)
         return normalise_url(read_value(bar) or "")
 
+    def editing(self, window_id: str) -> bool:
+        """True while the window's address bar has the keyboard focus: what it shows then is being typed,
+        not the page's URL."""
+        bar = self.items.get(window_id)
+        return bar is not None and bool(attr(bar, "HasKeyboardFocus", False))
+
 
 @dataclass(frozen=True, slots=True)
 class Tabs:

@@ -236,6 +236,8 @@ class DeskWatcher:
                     new = True  # a tab opened after the window was first read
                 win.tabs = (win.tabs & tabs.keys) | {selected}
             before = win.urls.get(selected)
+            if before is not None and self._bars.editing(wid):
+                url = before  # the address bar shows what is being typed: the page did not change yet
             if before and url and url != before:
                 new = True  # another page in the same tab
             win.urls = {k: v for k, v in win.urls.items() if tabs is None or k in tabs.keys}
