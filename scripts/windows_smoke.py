@@ -55,7 +55,7 @@ def excel_installed() -> bool:
 
 def bring_to_front(pid: int) -> None:
     """SetForegroundWindow on ``pid``'s main window, after a synthetic Alt press (the foreground lock lets
-    a process that just received input take the foreground)."""
+    a process that just received input take the foreground); SwitchToThisWindow when that was refused."""
     from ctypes import wintypes
 
     user32: Any = ctypes.WinDLL("user32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
@@ -68,6 +68,8 @@ def bring_to_front(pid: int) -> None:
     user32.SetForegroundWindow.argtypes, user32.SetForegroundWindow.restype = [wintypes.HWND], ctypes.c_int32
     user32.keybd_event.argtypes = [ctypes.c_uint8, ctypes.c_uint8, ctypes.c_uint32, ctypes.c_size_t]
     user32.keybd_event.restype = None
+    user32.SwitchToThisWindow.argtypes, user32.SwitchToThisWindow.restype = [wintypes.HWND, ctypes.c_int32], None
+    user32.GetForegroundWindow.argtypes, user32.GetForegroundWindow.restype = [], wintypes.HWND
     found: list[int] = []
 
     def cb(hwnd: int | None, _l: int) -> int:
@@ -82,6 +84,8 @@ def bring_to_front(pid: int) -> None:
         user32.keybd_event(0x12, 0, 0, 0)  # VK_MENU down
         user32.keybd_event(0x12, 0, 2, 0)  # up
         user32.SetForegroundWindow(found[0])
+        if user32.GetForegroundWindow() != found[0]:
+            user32.SwitchToThisWindow(found[0], 1)  # Task Manager's "Switch to": fewer restrictions
 
 
 def drive_desk(work: Path, use_excel: bool, stop: threading.Event) -> None:
