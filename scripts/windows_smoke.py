@@ -68,7 +68,8 @@ def bring_to_front(pid: int) -> None:
     user32.SetForegroundWindow.argtypes, user32.SetForegroundWindow.restype = [wintypes.HWND], ctypes.c_int32
     user32.keybd_event.argtypes = [ctypes.c_uint8, ctypes.c_uint8, ctypes.c_uint32, ctypes.c_size_t]
     user32.keybd_event.restype = None
-    user32.SwitchToThisWindow.argtypes, user32.SwitchToThisWindow.restype = [wintypes.HWND, ctypes.c_int32], None
+    user32.SwitchToThisWindow.argtypes = [wintypes.HWND, ctypes.c_int32]
+    user32.SwitchToThisWindow.restype = None
     user32.GetForegroundWindow.argtypes, user32.GetForegroundWindow.restype = [], wintypes.HWND
     found: list[int] = []
 
