@@ -217,7 +217,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     if sys.platform == "win32":
         from agent import install_windows
 
-        return install_windows.uninstall(AgentSettings(), dry_run=args.dry_run)
+        return install_windows.uninstall(dry_run=args.dry_run)
     path = autostart_path()
     if args.dry_run:
         print(f"rm {shlex.quote(str(path))}")

@@ -12,8 +12,9 @@ explicit):
   battery conditions, and ignores a second start while running (``MultipleInstancesPolicy`` ``IgnoreNew``).
 
 Settings given to ``install`` (flags, ``DESKTRACE_*`` variables, ``--config``) are written to
-``<state_dir>\\agent.toml``, readable only by the installing user (``icacls``: inheritance removed, one
-grant), never to the task's command line or any other argv: a Kafka password stays in that file.
+``%LOCALAPPDATA%\\desktrace\\agent.toml`` (the default state folder, whatever ``state_dir`` says, so that
+``uninstall`` finds it), readable only by the installing user (``icacls``: inheritance removed, one grant),
+never to the task's command line or any other argv: a Kafka password stays in that file.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def user_id(env: Mapping[str, str]) -> str:
         raise ValueError("USERNAME is not set: run install as the user whose logon starts the agent")
     domain = env.get("USERDOMAIN", "")
     return f"{domain}\\{user}" if domain else user
+
+
+def install_dir(env: Mapping[str, str]) -> Path:
+    """Where the settings file and the task XML live: ``%LOCALAPPDATA%\\desktrace`` (the default state
+    folder), whatever ``state_dir`` the agent uses."""
+    base = env.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+    return Path(base) / "desktrace"
 
 
 def pythonw_for(executable: str) -> Path:
@@ -145,15 +153,20 @@ def delete_argv() -> list[str]:
     return ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def install(
     settings: AgentSettings, *, dry_run: bool = False, env: Mapping[str, str] | None = None,
     executable: str | None = None, run: Runner = _run, out: Callable[[str], None] = print,
+    err: Callable[[str], None] = _stderr,
 ) -> int:
     """Write the config (user-only), the task XML, and register the task. 0 ok, 1 a step failed."""
     env = os.environ if env is None else env
     user = user_id(env)
     pythonw = pythonw_for(executable or sys.executable)
-    state = settings.state_path
+    state = install_dir(env)
     config, xml_path = state / CONFIG_FILE, state / TASK_FILE
     xml = task_xml(user=user, command=str(pythonw), arguments=f'-m agent.cli run --config "{config}"',
                    working_dir=str(state))
@@ -168,7 +181,7 @@ def install(
     config.touch(exist_ok=True)
     done = run(steps[0])  # restricted while still empty: the settings never sit in a readable file
     if done.returncode != 0:
-        out(f"desktrace-agent: icacls failed ({done.stderr.strip()}): {config} not written")
+        err(f"desktrace-agent: icacls failed ({done.stderr.strip()}): {config} not written")
         return 1
     # written in place (truncate + write keeps the file's ACL; a replacing rename would bring the
     # temporary file's inherited one)
@@ -176,7 +189,7 @@ def install(
     xml_path.write_text(xml, encoding="utf-16")
     done = run(steps[1])
     if done.returncode != 0:
-        out(f"desktrace-agent: schtasks failed: {done.stderr.strip()}")
+        err(f"desktrace-agent: schtasks failed: {done.stderr.strip()}")
         return 1
     out(f"installed scheduled task {TASK_NAME} (starts at {user}'s logon, restarts on failure; "
         f"settings in {config})")
@@ -184,19 +197,21 @@ def install(
 
 
 def uninstall(
-    settings: AgentSettings, *, dry_run: bool = False, run: Runner = _run, out: Callable[[str], None] = print,
+    *, dry_run: bool = False, env: Mapping[str, str] | None = None, run: Runner = _run,
+    out: Callable[[str], None] = print, err: Callable[[str], None] = _stderr,
 ) -> int:
     """Remove the task and the settings file (it may hold a password); the spool and agent id stay."""
-    config = settings.state_path / CONFIG_FILE
+    state = install_dir(os.environ if env is None else env)
+    config = state / CONFIG_FILE
     if dry_run:
         out(subprocess.list2cmdline(delete_argv()))
         out(f"del {config}")
         return 0
     done = run(delete_argv())
     config.unlink(missing_ok=True)
-    (settings.state_path / TASK_FILE).unlink(missing_ok=True)
+    (state / TASK_FILE).unlink(missing_ok=True)
     if done.returncode != 0:
-        out(f"desktrace-agent: schtasks failed: {done.stderr.strip()}")
+        err(f"desktrace-agent: schtasks failed: {done.stderr.strip()}")
         return 1
     out(f"removed scheduled task {TASK_NAME} and {config}")
     return 0

@@ -22,6 +22,10 @@ SECRET = "s3cr3t-Kafka-pa$$word"
 NS = {"t": iw.TASK_NS}
 ENV = {"USERNAME": "alice", "USERDOMAIN": "CONTOSO"}
 
+
+def env_for(tmp_path: Path) -> dict[str, str]:
+    return {**ENV, "LOCALAPPDATA": str(tmp_path / "AppData" / "Local")}
+
 # The Task Scheduler schema (taskschedulerschema.xsd, version 1.2) for the elements the task uses: each
 # parent's allowed children (every complexType here is an xs:all or a sequence of optional elements, each
 # at most once), the required ones, and the simple types' value patterns.
@@ -170,19 +174,21 @@ def settings(tmp_path: Path) -> AgentSettings:
 
 def test_install_keeps_secrets_off_every_command_line(tmp_path: Path, interpreter: str) -> None:
     s = settings(tmp_path)
-    config = s.state_path / iw.CONFIG_FILE
+    env = env_for(tmp_path)
+    home = iw.install_dir(env)
+    config = home / iw.CONFIG_FILE
     run = Recorder(config)
     lines: list[str] = []
-    assert iw.install(s, env=ENV, executable=interpreter, run=run, out=lines.append) == 0
+    assert iw.install(s, env=env, executable=interpreter, run=run, out=lines.append, err=lines.append) == 0
     argvs = [argv for argv, _ in run.calls]
     assert argvs == [
         ["icacls", str(config), "/inheritance:r", "/grant:r", "CONTOSO\\alice:(R,W,D)"],
-        ["schtasks", "/Create", "/TN", "desktrace-agent", "/XML", str(s.state_path / iw.TASK_FILE), "/F"],
+        ["schtasks", "/Create", "/TN", "desktrace-agent", "/XML", str(home / iw.TASK_FILE), "/F"],
     ]
     assert run.calls[0][1] == ""  # restricted while still empty
     assert not any(SECRET in a for argv in argvs for a in argv)
     assert all(len(subprocess.list2cmdline(argv)) < 262 for argv in argvs)
-    raw = (s.state_path / iw.TASK_FILE).read_bytes()
+    raw = (home / iw.TASK_FILE).read_bytes()
     assert raw.startswith(b"\xff\xfe")  # UTF-16 with a BOM, as the XML declaration says
     root = parse(raw)
     check_schema(root)
@@ -193,30 +199,36 @@ def test_install_keeps_secrets_off_every_command_line(tmp_path: Path, interprete
     back = load_agent_settings(None, env={"DESKTRACE_CONFIG": str(config)})
     assert (back.kafka_password, back.kafka_bootstrap) == (SECRET, "kafka.corp:9093")
     assert back.extended_mode
-    assert back.state_path == s.state_path
+    assert back.state_path == s.state_path  # a state_dir of its own: the settings file still at the default
+    assert home == tmp_path / "AppData" / "Local" / "desktrace" != s.state_path
 
 
 def test_install_stops_when_the_file_cannot_be_restricted(tmp_path: Path, interpreter: str) -> None:
     s = settings(tmp_path)
-    run = Recorder(s.state_path / iw.CONFIG_FILE, fail="icacls")
-    lines: list[str] = []
-    assert iw.install(s, env=ENV, executable=interpreter, run=run, out=lines.append) == 1
+    env = env_for(tmp_path)
+    config = iw.install_dir(env) / iw.CONFIG_FILE
+    run = Recorder(config, fail="icacls")
+    errors: list[str] = []
+    assert iw.install(s, env=env, executable=interpreter, run=run, out=print, err=errors.append) == 1
     assert [argv[0] for argv, _ in run.calls] == ["icacls"]
-    assert (s.state_path / iw.CONFIG_FILE).read_text(encoding="utf-8") == ""
-    assert "icacls failed" in lines[-1]
+    assert config.read_text(encoding="utf-8") == ""
+    assert "icacls failed" in errors[-1]
 
 
 def test_dry_run_and_uninstall(tmp_path: Path, interpreter: str) -> None:
     s = settings(tmp_path)
+    env = env_for(tmp_path)
+    home = iw.install_dir(env)
     lines: list[str] = []
-    run = Recorder(s.state_path / iw.CONFIG_FILE)
-    assert iw.install(s, dry_run=True, env=ENV, executable=interpreter, run=run, out=lines.append) == 0
-    assert run.calls == [] and not s.state_path.exists()
+    run = Recorder(home / iw.CONFIG_FILE)
+    assert iw.install(s, dry_run=True, env=env, executable=interpreter, run=run, out=lines.append) == 0
+    assert run.calls == [] and not home.exists()
     assert "schtasks /Create /TN desktrace-agent /XML" in "\n".join(lines) and SECRET not in "\n".join(lines)
-    assert iw.install(s, env=ENV, executable=interpreter, run=run, out=lines.append) == 0
-    assert iw.uninstall(s, run=run, out=lines.append) == 0
+    assert iw.install(s, env=env, executable=interpreter, run=run, out=lines.append) == 0
+    assert (home / iw.CONFIG_FILE).exists()
+    assert iw.uninstall(env=env, run=run, out=lines.append) == 0
     assert run.calls[-1][0] == ["schtasks", "/Delete", "/TN", "desktrace-agent", "/F"]
-    assert not (s.state_path / iw.CONFIG_FILE).exists()
+    assert not (home / iw.CONFIG_FILE).exists() and not (home / iw.TASK_FILE).exists()
 
 
 def test_install_needs_pythonw_and_a_user(tmp_path: Path) -> None:
@@ -232,7 +244,7 @@ def test_cli_windows_branch_dry_run(
 ) -> None:
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(sys, "executable", interpreter)
-    for k, v in ENV.items():
+    for k, v in env_for(tmp_path).items():
         monkeypatch.setenv(k, v)
     code = cli.main(["install", "--dry-run", "--state-dir", str(tmp_path / "s"), "--kafka-password", SECRET])
     out = capsys.readouterr().out
