@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("desktrace.agent")
 
-TASK_NAME = "desktrace-agent"
 DESKTOP_FILE = "desktrace-agent.desktop"
 
 
@@ -49,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "install",
         help="start the agent at every logon of this user",
         description="Linux: an XDG autostart entry in ~/.config/autostart; Windows: a "
-        "Task Scheduler task run at logon. Settings flags given here are passed on.",
+        "Task Scheduler task (XML; logon of this user, pythonw.exe, restarted on failure) whose settings "
+        "go to a file only this user can read. Settings flags given here are passed on.",
     )
     inst.add_argument("--dry-run", action="store_true", help="print what would be installed, change nothing")
     add_agent_arguments(inst)
@@ -163,6 +162,10 @@ def cmd_run(settings: AgentSettings) -> int:
             return 1
     runtime = AgentRuntime(settings, source)
     asyncio.run(runtime.run())
+    if runtime.source_error is not None:
+        print(f"desktrace-agent: the source failed ({type(runtime.source_error).__name__}): see the log; "
+              "exiting 1 so that the autostart's restart policy starts the agent again", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -219,41 +222,12 @@ def _desktop_quote(arg: str) -> str:
     return f'"{escaped}"'
 
 
-def schtasks_create(cmd: list[str]) -> list[str]:
-    return [
-        "schtasks",
-        "/Create",
-        "/TN",
-        TASK_NAME,
-        "/TR",
-        subprocess.list2cmdline(cmd),
-        "/SC",
-        "ONLOGON",
-        "/RL",
-        "LIMITED",
-        "/F",
-    ]
-
-
-def _schtasks(argv: list[str], dry_run: bool, done_message: str) -> int:
-    """Run a ``schtasks`` command (or only print it with ``--dry-run``); 1 when it fails."""
-    if dry_run:
-        print(subprocess.list2cmdline(argv))
-        return 0
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        print(f"desktrace-agent: schtasks failed: {done.stderr.strip()}", file=sys.stderr)
-        return 1
-    print(done_message)
-    return 0
-
-
 def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
-    cmd = run_command(args)
     if sys.platform == "win32":
-        return _schtasks(
-            schtasks_create(cmd), args.dry_run, f"installed scheduled task {TASK_NAME} (runs at logon)"
-        )
+        from agent import install_windows
+
+        return install_windows.install(settings, dry_run=args.dry_run)
+    cmd = run_command(args)
     path = autostart_path()
     text = desktop_entry(cmd)
     if args.dry_run:
@@ -270,8 +244,9 @@ def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     if sys.platform == "win32":
-        delete = ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]
-        return _schtasks(delete, args.dry_run, f"removed scheduled task {TASK_NAME}")
+        from agent import install_windows
+
+        return install_windows.uninstall(dry_run=args.dry_run)
     path = autostart_path()
     if args.dry_run:
         print(f"rm {shlex.quote(str(path))}")
