@@ -223,3 +223,35 @@ def test_tasks_bounds_and_repeats() -> None:
         tasks.TaskMiner(0)
     with pytest.raises(ValueError):
         tasks.mine([], [], min_len=1)
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise() -> None:
+    from reports.mining_cli import Progress
+
+    tty = io.StringIO()
+    p = Progress(tty, total=200, tty=True)
+    p(100)
+    assert tty.getvalue().startswith("\r[###############               ]  50.0% 100/200 events")
+    p.done(export.ExportStats(traces=3, events=200))
+    assert tty.getvalue().endswith(" events/s)\n") and "\nexport: 3 traces, 200 events in " in tty.getvalue()
+    plain = io.StringIO()
+    q = Progress(plain, total=None, tty=False, every_s=0.0)
+    q(5000)
+    assert plain.getvalue().startswith("export: 5000 events read, ") and "\r" not in plain.getvalue()
+
+
+def test_resolve_team(tmp_path: Any) -> None:
+    from reports.mining_cli import MiningError, resolve_team
+
+    f = tmp_path / "teams.toml"
+    f.write_text('[teams]\nops = ["CORP\\\\Bob"]\nbad = "corp\\\\x"\n[teams.fin]\nmembers = ["corp\\\\a"]\n')
+    assert resolve_team("ops", str(f)) == ["corp\\bob"]
+    assert resolve_team("fin", str(f)) == ["corp\\a"]
+    for name, file, msg in (
+        ("ops", "", "DESKTRACE_TEAM_FILE"),
+        ("ops", str(tmp_path / "none.toml"), "cannot read"),
+        ("nope", str(f), "teams: bad, fin, ops"),
+        ("bad", str(f), "list of user keys"),
+    ):
+        with pytest.raises(MiningError, match=msg):
+            resolve_team(name, file)
