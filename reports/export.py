@@ -16,6 +16,7 @@ exported as its file name, never its directory. Every string is cleaned of chara
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -85,6 +86,7 @@ class Trace:
 _DIR = re.compile(r"^.*[\\/]")
 
 
+@functools.lru_cache(maxsize=16384)
 def file_name(path: str) -> str:
     """The last component of a Windows or POSIX path (``C:\\a\\b.docx`` -> ``b.docx``)."""
     return _DIR.sub("", path) if path else ""
@@ -219,6 +221,7 @@ def _esc(m: re.Match[str]) -> str:
     return _ESCAPES.get(m.group(), "\ufffd")
 
 
+@functools.lru_cache(maxsize=65536)  # applications, hosts, domains and most titles repeat
 def xml_attr(text: str) -> str:
     """``text`` as the value of a double-quoted XML 1.0 attribute: escaped, forbidden characters replaced
     by U+FFFD, whitespace kept (as character references, so parsers do not normalise it away)."""
