@@ -130,18 +130,23 @@ async def main() -> None:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--start", default="2026-03-02")
     p.add_argument("--keep", action="store_true", help="keep the database (printed) for more runs")
+    p.add_argument("--reuse", metavar="DSN", default="", help="measure a database kept by --keep (no fill)")
     a = p.parse_args()
     admin = os.environ.get("DESKTRACE_PG_DSN")
     if not admin:
         raise SystemExit("set DESKTRACE_PG_DSN (e.g. source /work/wt/stack.env)")
     name = f"bench_mining_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    dsn = with_database(admin, name)
+    if a.reuse:
+        dsn, a.keep = a.reuse, True
+    else:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        dsn = with_database(admin, name)
     try:
         start = datetime.fromisoformat(a.start).replace(tzinfo=UTC)
-        await fill(dsn, a.sim_users, a.users, start, a.days)
+        if not a.reuse:
+            await fill(dsn, a.sim_users, a.users, start, a.days)
         first = start.date() + timedelta(days=1)  # whole local days in every zone
         last = start.date() + timedelta(days=a.days - 2)
         week = first + timedelta(days=6)

@@ -16,6 +16,8 @@ exported as its file name, never its directory. Every string is cleaned of chara
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -166,7 +168,7 @@ def traces_of(rows: Iterable[Any], start: date, end: date) -> Iterator[Trace]:
 
 class Connection(Protocol):
     def transaction(self, *, isolation: str | None = None, readonly: bool = False) -> Any: ...
-    def cursor(self, query: str, *args: Any, prefetch: int | None = None) -> Any: ...
+    def cursor(self, query: str, *args: Any) -> Any: ...
     async def fetchval(self, query: str, *args: Any) -> Any: ...
 
 
@@ -191,17 +193,34 @@ async def stream_traces(
     prefetch: int = 5000,
 ) -> AsyncIterator[Trace]:
     """The traces of local dates ``start``..``end`` (of ``users``, or everyone), read through a server-side
-    cursor inside a read-only transaction. ``on_rows(n)`` is called every ``prefetch`` rows read."""
+    cursor inside a read-only transaction, ``prefetch`` rows a fetch. ``on_rows(n)`` is called after every
+    fetch with the rows read so far."""
     b = TraceBuilder(start, end)
     n = 0
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        async for r in conn.cursor(events_sql(show_urls), *_query_args(start, end, users), prefetch=prefetch):
-            done = b.add(r["user_key"], r["tz"], row_event(r))
-            if done is not None:
-                yield done
-            n += 1
-            if on_rows is not None and n % prefetch == 0:
-                on_rows(n)
+        cur = await conn.cursor(events_sql(show_urls), *_query_args(start, end, users))
+        # Double buffering: the next FETCH is sent before this chunk is processed, so PostgreSQL reads
+        # while Python writes; at most two chunks are in memory.
+        pending = asyncio.ensure_future(cur.fetch(prefetch))
+        try:
+            while True:
+                rows = await pending
+                if not rows:
+                    break
+                pending = asyncio.ensure_future(cur.fetch(prefetch))
+                await asyncio.sleep(0)  # let the fetch send its request
+                for r in rows:
+                    done = b.add(r["user_key"], r["tz"], row_event(r))
+                    if done is not None:
+                        yield done
+                n += len(rows)
+                if on_rows is not None:
+                    on_rows(n)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
     last = b.finish()
     if last is not None:
         yield last

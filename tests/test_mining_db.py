@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,30 @@ def test_clear_errors(fresh_pg_dsn: str, tmp_path: Path) -> None:
     assert backwards.returncode == 2 and "--to is before --from" in backwards.stderr
     for cmd in ("export", "flow", "tasks"):
         assert run_report(fresh_pg_dsn, cmd, "--help").returncode == 0
+
+
+def test_stream_in_small_fetches_gives_the_same_traces(db: str) -> None:
+    import asyncpg
+
+    from reports.export import stream_traces
+
+    async def read(prefetch: int) -> tuple[list[tuple[str, list[str]]], list[int]]:
+        seen: list[int] = []
+        conn = await asyncpg.connect(db)
+        try:
+            traces = [
+                (t.name, [e.app for e in t.events])
+                async for t in stream_traces(
+                    conn, date(2026, 3, 28), date(2026, 3, 29), on_rows=seen.append, prefetch=prefetch
+                )
+            ]
+        finally:
+            await conn.close()
+        return traces, seen
+
+    whole, calls = asyncio.run(read(5000))
+    assert dict(whole) == EXPECTED_TRACES and calls == [14, 14]
+    for prefetch in (1, 3, 13):
+        chunked, progress = asyncio.run(read(prefetch))
+        assert chunked == whole
+        assert progress[-1] == 14 and progress == sorted(progress)
