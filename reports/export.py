@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TextIO
 from zoneinfo import ZoneInfo
+
+import msgspec
 
 from reports.apps import UI_EVENT_TYPES
 from reports.compute import day_start, local_date, utc_window, zone
@@ -339,7 +340,8 @@ class OcelWriter:
         self._first = True
         self.objects: dict[str, tuple[str, str]] = {}  # id -> (type, name)
         self.event_types: set[str] = set()
-        self._dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        encode = msgspec.json.Encoder().encode
+        self._dump: Callable[[Any], str] = lambda obj: encode(obj).decode("utf-8")
 
     def _obj(self, kind: str, name: str) -> str:
         oid = f"{kind}:{name}"
