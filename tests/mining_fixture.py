@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.testing import seed_sessions
 from proto.codec import encode_event
 from proto.events import (
     DocumentSave,
@@ -25,6 +26,7 @@ from proto.events import (
     WindowSwitch,
     WindowUpdate,
 )
+from proto.sessions import make_session
 from sinks.migrations import apply_migrations
 from sinks.writers import RawWriter
 
@@ -163,5 +165,19 @@ async def write_events(dsn: str, events: list[Envelope]) -> int:
 
 
 async def load_fixture(dsn: str) -> None:
+    """The events, and the active sessions the stream would have made of them (the pages list users from
+    the sessions)."""
     events = alice_events() + bob_events()
     assert await write_events(dsn, events) == len(events)
+    await seed_sessions(
+        dsn,
+        [
+            make_session(
+                ALICE, "active", z(2026, 3, 28, 21, 30), z(2026, 3, 28, 23, 35), ["PC-ALICE"], tz=BERLIN
+            ),
+            make_session(
+                ALICE, "active", z(2026, 3, 29, 7, 0), z(2026, 3, 29, 7, 10), ["PC-ALICE"], tz=BERLIN
+            ),
+            make_session(BOB, "active", z(2026, 3, 29, 1, 0), z(2026, 3, 29, 1, 25), ["PC-BOB"], tz=NEW_YORK),
+        ],
+    )
