@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -33,6 +34,8 @@ from common.settings import HELP, SettingsError, add_arguments, load, spellings
 from reports import export, flow, tasks
 
 COMMANDS = ("export", "flow", "tasks")
+
+log = logging.getLogger("reports.mining")
 
 
 class MiningError(Exception):
@@ -272,6 +275,10 @@ async def _export(
         raise
     if not to_stdout:
         os.replace(tmp, target)
+    log.info(
+        "event log exported",
+        extra={"kv": {"format": args.format, "traces": stats.traces, "events": stats.events}},
+    )
     if progress is not None:
         progress.done(stats)
 
