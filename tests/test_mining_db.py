@@ -286,3 +286,35 @@ def test_stream_in_small_fetches_gives_the_same_traces(db: str) -> None:
         chunked, progress = asyncio.run(read(prefetch))
         assert chunked == whole
         assert progress[-1] == 14 and progress == sorted(progress)
+
+
+def test_flow_equals_pm4py_on_a_simulated_fleet(fresh_pg_dsn: str, tmp_path: Path) -> None:
+    """Agreement on realistic data: the agent simulator's users (real recorder, every event type, bursts of
+    UI events in the same millisecond, several zones) over two days."""
+    from datetime import UTC, datetime, timedelta
+
+    import pm4py
+
+    from agent.simulator import Fleet, make_users
+    from tests.mining_fixture import write_events
+
+    fleet = Fleet(make_users(3, 5), datetime(2026, 3, 9, tzinfo=UTC), timedelta(days=2))
+    events = list(fleet.events())
+    asyncio.run(write_events(fresh_pg_dsn, events))
+    out = tmp_path / "fleet.xes"
+    span = ("--from", "2026-03-09", "--to", "2026-03-10")
+    done = run_report(fresh_pg_dsn, "export", *span, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    df = pm4py.read_xes(str(out))
+    ui = [e for e in events if type(e).category == "ui"]
+    assert 0 < len(df) <= len(ui)
+    dfg, start, end = pm4py.discover_dfg(df)
+    perf, _, _ = pm4py.discover_performance_dfg(df)
+    flow_out = run_report(fresh_pg_dsn, "flow", *span, "--format", "json")
+    assert flow_out.returncode == 0, flow_out.stderr
+    g = json.loads(flow_out.stdout)
+    assert {(e["from"], e["to"]): e["count"] for e in g["edges"]} == dict(dfg)
+    assert g["start"] == dict(start) and g["end"] == dict(end)
+    for e in g["edges"]:
+        assert e["median_s"] == pytest.approx(perf[(e["from"], e["to"])]["median"], abs=0.001)
+    assert sum(e["count"] for e in g["edges"]) == len(df) - df["case:concept:name"].nunique()
