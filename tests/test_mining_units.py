@@ -255,3 +255,14 @@ def test_resolve_team(tmp_path: Any) -> None:
     ):
         with pytest.raises(MiningError, match=msg):
             resolve_team(name, file)
+
+
+def test_tasks_render_formats() -> None:
+    from reports.mining_cli import tasks_render
+
+    rows = [tasks.TaskRow(steps=["Outlook", "Excel"], count=3, users=2, median_s=61.0, total_s=3725.0)]
+    assert tasks_render(rows, "csv") == "steps,count,users,median_s,total_s\nOutlook > Excel,3,2,61.0,3725.0"
+    assert json.loads(tasks_render(rows, "json"))[0]["steps"] == ["Outlook", "Excel"]
+    table = tasks_render(rows, "table").splitlines()
+    assert table[1].split() == ["3", "2", "0:01:01", "1:02:05", "Outlook", ">", "Excel"]
+    assert tasks_render([], "table") == "no recurring sequence in this period"
