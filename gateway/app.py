@@ -27,6 +27,7 @@ from gateway import views
 from gateway.metrics import GatewayMetrics
 from gateway.routes_api import api_router
 from gateway.routes_legacy import legacy_report
+from gateway.routes_processes import process_handlers
 from gateway.routes_web import LoginRequired, on_login_required, web_handlers
 from gateway.settings import GatewaySettings
 from gateway.state import Gateway, ReportsUnavailable, gw
@@ -173,6 +174,7 @@ def create_app(settings: GatewaySettings, *, start_kafka: bool = True) -> Litest
             readyz,
             metrics_endpoint,
             *web_handlers,
+            *process_handlers,
             create_static_files_router(
                 path="/static", directories=[HERE / "static"], include_in_schema=False
             ),

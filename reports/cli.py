@@ -6,6 +6,7 @@
     desktrace-report user  --user U [--date D] [--format ...]        one user's day: timeline and totals
     desktrace-report apps  [--date D] [--end D] [--user U] [--show-urls] [--per-user] [--format ...]
     desktrace-report users                                           every user key with sessions
+    desktrace-report export|flow|tasks --from D --to D ...           task mining (reports/mining_cli.py)
 
 Dates are the users' own local dates. ``--date`` defaults to today in the time zone of the machine running
 the command (``TZ``); it also accepts ``today`` and ``yesterday``. The database is ``--pg-dsn`` /
@@ -20,6 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -86,7 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     apps.add_argument("--show-urls", action="store_true", help="also show full URLs (default: domains only)")
     apps.add_argument("--per-user", action="store_true", help="one row per user (default: everyone added up)")
     sub.add_parser("users", parents=[common], help="list the user keys that have sessions")
+    mining_subcommands().add_parsers(sub)
     return parser
+
+
+def mining_subcommands() -> Any:
+    """The task-mining subcommands (export, flow, tasks), imported on use."""
+    from reports import mining_cli
+
+    return mining_cli
 
 
 async def _report(args: argparse.Namespace, dsn: str) -> str:
@@ -136,6 +146,8 @@ async def _report(args: argparse.Namespace, dsn: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in mining_subcommands().COMMANDS:
+        return int(mining_subcommands().run(args))
     try:
         settings = load(ReportSettings, args, section="report")
     except SettingsError as exc:

@@ -80,6 +80,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v openssl >/dev/null || need+=(openssl)
+command -v dot >/dev/null || need+=(graphviz)  # the Processes page and `desktrace-report flow --format svg`
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing system packages: ${need[*]}"
