@@ -32,6 +32,7 @@ class AgentSettings(CommonSettings, kw_only=True):
     privacy_exclude_domains: str | list[str] = ""
     privacy_redact: str | list[str] = ""
     privacy_keep_query: bool = False
+    privacy_default_redact_off: str | list[str] = ""
     compression_type: str = "gzip"
     batch_size: int = 500
     retry_max_s: float = 30.0
@@ -85,6 +86,8 @@ AGENT_HELP: dict[str, str] = {
     "privacy_exclude_domains": "web domains never recorded (comma-separated; adds to exclude_domains)",
     "privacy_redact": "regexes replaced in titles and URLs (TOML array, JSON array, one per line)",
     "privacy_keep_query": "keep URL query strings (dropped by default)",
+    "privacy_default_redact_off": "default redaction rules to turn off (comma-separated): email, url_query, "
+    "long_digits, iban (docs/privacy.md)",
     "compression_type": "Kafka producer compression: gzip (default; no extra dependency), none, lz4, zstd",
     "batch_size": "most spooled events sent in one batch",
     "linger_s": "seconds a partial batch waits in the spool before it is sent (bigger batches compress "
