@@ -149,11 +149,12 @@ class Recorder:
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
-    def start(self, now: datetime) -> list[Envelope]:
-        """``AgentStart``; heartbeats are due from ``now + heartbeat_interval``."""
+    def start(self, now: datetime, session_type: str = "") -> list[Envelope]:
+        """``AgentStart`` (with the desktop ``session_type``, e.g. ``wayland``); heartbeats are due from
+        ``now + heartbeat_interval``."""
         now = as_utc(now)
         self._next_heartbeat = now + self.heartbeat_interval
-        return [self._event(AgentStart, now, "none")]
+        return [self._event(AgentStart, now, "none", session_type=session_type)]
 
     def stop(self, now: datetime) -> list[Envelope]:
         """Flush a held click, then ``AgentStop``."""
