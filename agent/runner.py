@@ -81,6 +81,7 @@ class SpoolWriter:
                     value=encode_event(e),
                     seq=e.seq,
                     hid=category == "hid",
+                    ui=category == "ui",
                 )
             )
             if isinstance(e, Heartbeat):

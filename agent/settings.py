@@ -73,7 +73,8 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
 AGENT_HELP: dict[str, str] = {
     **HELP,
     "state_dir": "directory for the agent id and the spool database (default: per-user state dir)",
-    "spool_max_bytes": "bound of the on-disk spool in bytes; when full, the oldest HID events go first",
+    "spool_max_bytes": "bound of the on-disk spool in bytes; when full, the oldest HID events go first, then "
+    "UI events, heartbeats last; a larger event is refused",
     "heartbeat_s": "seconds between Heartbeat events",
     "hid_interval_s": "HID throttling interval M in seconds (hid-throttle.md)",
     "extended_mode": "also record editable field values (never passwords)",
