@@ -161,7 +161,8 @@ def write_private(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # an existing tmp file keeps its mode on O_CREAT: set it
+        if hasattr(os, "fchmod"):  # POSIX; on Windows the per-user profile's ACL protects the file
+            os.fchmod(fd, 0o600)  # an existing tmp file keeps its mode on O_CREAT: set it
         os.write(fd, text.encode("utf-8"))
         os.fsync(fd)
     finally:

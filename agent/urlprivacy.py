@@ -172,7 +172,10 @@ def domain_matches(host: str, domain: str) -> bool:
 #: separator browsers put before their name (`` - ``, `` — ``, `` | ``) or the end of the text.
 URL_IN_TEXT: Final = re.compile(
     r"(?<![\w+.\-])(?:view-source:)?"
-    r"(?:(?:data|javascript|vbscript|blob|mailto|tel|sms|magnet|otpauth|intent):.*?(?=\s[-\u2013\u2014|]\s|$)"
+    r"(?:(?:data:(?:[\w.+\-]+/[\w.+\-]+)?(?:;[\w.+\-]+(?:=[\w.+\-]+)?)*,"  # data:[type][;base64],
+    r"|(?:javascript|vbscript|mailto|intent):(?=\S)"  # javascript:alert(1), not "JavaScript: The Good Parts"
+    r"|blob:(?=[a-z][\w+.\-]*:)|(?:tel|sms):(?=[+\d])|magnet:\?)"
+    r".*?(?=\s[-\u2013\u2014|]\s|$)"
     r"|file:\S+"
     r"|[A-Za-z][A-Za-z0-9+.\-]*://[^\s<>\"']+)",
     re.I,

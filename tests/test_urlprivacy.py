@@ -123,6 +123,15 @@ HOSTILE_TITLES: list[tuple[str, str]] = [
      "Report 2024-03-04 14:30 v1.2.3 - LibreOffice Calc"),
     ("Q3 2024 budget (draft 7).xlsx - Excel", "Q3 2024 budget (draft 7).xlsx - Excel"),
     ("README.md - Visual Studio Code", "README.md - Visual Studio Code"),
+    # words that only look like a scheme
+    ("JavaScript: The Good Parts - Chromium", "JavaScript: The Good Parts - Chromium"),
+    ("Data: Q3 numbers.xlsx - Excel", "Data: Q3 numbers.xlsx - Excel"),
+    ("Hotel: booking confirmed - Thunderbird", "Hotel: booking confirmed - Thunderbird"),
+    ("Tel: reception - Notes", "Tel: reception - Notes"),
+    # and the real ones
+    ("data:,hunter2 - Chromium", "data: - Chromium"),
+    ("tel:+49301234567 - Chromium", "tel: - Chromium"),
+    ("blob:https://app.example/0b3c - Chromium", "blob: - Chromium"),
 ]
 
 
