@@ -177,7 +177,8 @@ URL_IN_TEXT: Final = re.compile(
     r"|blob:(?=[a-z][\w+.\-]*:)|(?:tel|sms):(?=[+\d])|magnet:\?)"
     r".*?(?=\s[-\u2013\u2014|]\s|$)"
     r"|file:\S+"
-    r"|[A-Za-z][A-Za-z0-9+.\-]*://[^\s<>\"']+)",
+    r"|[A-Za-z][A-Za-z0-9+.\-]*://[^\s<>\"']+"
+    r"|[^\s:/@<>\"'()]+:[^\s/@<>\"']*@[^\s/@<>\"']+\.[^\s<>\"']+)",  # user:pw@host.example/... (no scheme)
     re.I,
 )
 _TRAILING = ".,;:!?)]}'\""

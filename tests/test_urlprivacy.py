@@ -103,6 +103,9 @@ HOSTILE_TITLES: list[tuple[str, str]] = [
     ("data:text/html,<p>password=hunter2 and more</p> - Google Chrome", "data: - Google Chrome"),
     ("javascript:alert('hunter2')", "javascript:"),
     ("Login (https://u:p@sso.example/cb?code=XYZ).", "Login (https://sso.example/cb)."),
+    # an address bar's shape, without scheme, copied into a title
+    ("alice:S3cr3t@bank.example/acct?id=9 - Chromium", "bank.example/acct - Chromium"),
+    ("Open alice:S3cr3t@10.0.0.5:8080/admin now", "Open 10.0.0.5:8080/admin now"),
     # e-mail addresses
     ("Inbox (3) - alice.smith@example.com - Gmail", "Inbox (3) - [redacted] - Gmail"),
     ("Re: Gehalt \u2013 jürgen.müller@firma.example \u2013 Thunderbird",
