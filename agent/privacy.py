@@ -22,6 +22,9 @@ from proto.events import FieldValue, UiNode
 
 #: What a redacted match is replaced with.
 REDACTED = "[redacted]"
+#: Longest text (title, tab, URL, path, name, field value) kept, in characters; longer ones are cut before
+#: cleaning (with an ellipsis), so a pathological window title can never stall the agent.
+MAX_TEXT_CHARS = 4096
 
 #: Field names that mark a password field even when the platform does not flag it (defence in depth), in
 #: the major languages: English, German, French, Spanish, Portuguese, Italian, Dutch, Polish, Czech, Slovak,
@@ -52,7 +55,9 @@ DEFAULT_RULES: dict[str, str] = {
     # IBANs, spaced or not: two letters, two check digits, 11-30 alphanumerics
     "iban": r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b",
     # e-mail addresses (also internationalised: Unicode letters in local part and domain)
-    "email": r"[\w.+\-%!#$&'*/=^`{|}~]+@(?:[^\W_](?:[\w\-]*[^\W_])?\.)+[^\W\d_]{2,}",
+    # (the look-behind starts a match only where a local part starts: linear time on long words)
+    "email": r"(?<![\w.+\-%!#$&'*/=^`{|}~])[\w.+\-%!#$&'*/=^`{|}~]{1,128}@"
+    r"(?:[^\W_](?:[\w\-]{0,62}[^\W_])?\.)+[^\W\d_]{2,63}(?![\w\-])",
     # the values of query parameters anywhere in a text: ``?token=SECRET123`` -> ``?[redacted]``
     "url_query": r"(?<=[?&])[^\s=&?#/]+=[^\s&#]*(?:&[^\s=&?#/]+=[^\s&#]*)*",
     # long digit runs: 9+ digits in a row, or card-style groups (4-4-4[-4...], Amex 4-6-5), with spaces or
@@ -139,6 +144,8 @@ class PrivacyFilter:
       a value (forced to None, ``edited`` kept), whatever the source delivered; a field whose name looks
       like a password in one of the major languages (:data:`PASSWORD_NAME`: ``Password``, ``Kennwort``,
       ``Пароль``, ``Mot de passe``, ``密码``, ...) is treated as a password field;
+    - every text is cut to :data:`MAX_TEXT_CHARS` before it is cleaned (at a white space when one is in
+      the last 512 characters, so the word at the cut is dropped whole);
     - the input snapshot is never modified: a changed copy is returned.
     """
 
@@ -231,7 +238,7 @@ class PrivacyFilter:
                 return False
         elif self.exclude_domains:
             # no URL known (Linux; an unreadable address bar): the site as the title names it
-            for h in hosts_in_text(snapshot.title) + hosts_in_text(snapshot.tab):
+            for h in hosts_in_text(_cut(snapshot.title)) + hosts_in_text(_cut(snapshot.tab)):
                 if any(domain_matches(h, d) for d in self.exclude_domains):
                     return False
         if self.include_domains and host:
@@ -242,7 +249,7 @@ class PrivacyFilter:
         """The snapshot as it may be recorded, or None when the window must not be recorded at all."""
         if not self.allows(snapshot):
             return None
-        url = clean_url(snapshot.url, self.keep_query)
+        url = clean_url(_cut(snapshot.url), self.keep_query)
         fields: list[FieldValue] | None = None
         if self.extended_mode and snapshot.fields is not None:
             fields = [self._field(f) for f in snapshot.fields]
@@ -264,7 +271,7 @@ class PrivacyFilter:
         ``redact`` patterns applied."""
         if not text:
             return text
-        return self._redact(clean_urls_in_text(text, self.keep_query))
+        return self._redact(clean_urls_in_text(_cut(text), self.keep_query))
 
     def _field(self, f: FieldValue) -> FieldValue:
         if f.password or PASSWORD_NAME.search(f.name):
@@ -286,9 +293,19 @@ class PrivacyFilter:
         return text
 
 
+def _cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_TEXT_CHARS` with an ellipsis, at a white space when one is near, so that a
+    word cut in two (an e-mail address without its domain) is dropped whole."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return text
+    head = text[: MAX_TEXT_CHARS - 1]
+    space = max(head.rfind(" "), head.rfind("\t"), head.rfind("\n"))
+    return (head[: space + 1] if space >= MAX_TEXT_CHARS - 512 else head) + "\u2026"
+
+
 _DEFAULT_COMPILED: dict[str, re.Pattern[str]] = {name: re.compile(p) for name, p in DEFAULT_RULES.items()}
 
 __all__ = [
-    "DEFAULT_RULES", "PASSWORD_NAME", "REDACTED", "PrivacyFilter", "PrivacySettingsError",
+    "DEFAULT_RULES", "MAX_TEXT_CHARS", "PASSWORD_NAME", "REDACTED", "PrivacyFilter", "PrivacySettingsError",
     "app_names", "domain_matches", "strip_query", "url_host",
 ]

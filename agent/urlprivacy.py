@@ -178,7 +178,8 @@ URL_IN_TEXT: Final = re.compile(
     r".*?(?=\s[-\u2013\u2014|]\s|$)"
     r"|file:\S+"
     r"|[A-Za-z][A-Za-z0-9+.\-]*://[^\s<>\"']+"
-    r"|[^\s:/@<>\"'()]+:[^\s/@<>\"']*@[^\s/@<>\"']+\.[^\s<>\"']+)",  # user:pw@host.example/... (no scheme)
+    # user:pw@host.example/... without scheme (lengths bounded: linear time on long titles)
+    r"|[^\s:/@<>\"'()]{1,128}:[^\s/@<>\"']{0,256}@[^\s/@<>\"']+\.[^\s<>\"']+)",
     re.I,
 )
 _TRAILING = ".,;:!?)]}'\""

@@ -230,3 +230,23 @@ def test_password_field_names_in_many_languages(name: str) -> None:
 )
 def test_ordinary_field_names_keep_their_value(name: str) -> None:
     assert not PASSWORD_NAME.search(name)
+
+
+def test_huge_titles_are_cut_before_cleaning() -> None:
+    from agent.privacy import MAX_TEXT_CHARS
+
+    title = "https://alice:S3cr3t@bank.example/x " + "a:" * 500_000  # 1 MB, a pathological window title
+    out = PrivacyFilter.create(exclude_domains=["other.example"]).apply(
+        WindowSnapshot(ts=T0, window_id="1", title=title)
+    )
+    assert out is not None
+    assert len(out.title) <= MAX_TEXT_CHARS and out.title.endswith("\u2026")
+    assert out.title.startswith("https://bank.example/x ") and "S3cr3t" not in out.title
+
+
+def test_a_word_at_the_cut_is_dropped_whole() -> None:
+    from agent.privacy import MAX_TEXT_CHARS
+
+    title = "x" * (MAX_TEXT_CHARS - 20) + " alice.smith@example.com and more"
+    out = PrivacyFilter.create().apply(WindowSnapshot(ts=T0, window_id="1", title=title))
+    assert out is not None and "alice" not in out.title and out.title.endswith(" \u2026")
