@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jeepney import DBusAddress, MessageType, new_error, new_method_return, new_signal
+from jeepney import DBusAddress, HeaderFields, MessageType, new_error, new_method_return, new_signal
 from jeepney.bus_messages import message_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
@@ -86,7 +86,7 @@ class FakeLogind:
                 return
             if msg.header.message_type != MessageType.method_call:
                 continue
-            member = msg.header.fields.get(next(f for f in msg.header.fields if f.name == "member"))
+            member = msg.header.fields.get(HeaderFields.member)
             self.calls.append(str(member))
             self.conn.send(self._answer(str(member), msg))
 
@@ -138,6 +138,12 @@ async def test_presence_signals_on_a_real_bus(bus: str, how: str) -> None:
         await asyncio.wait_for(presence.ready.wait(), 30)
         assert presence.buses == {"logind": True, "screensaver": True}
         assert presence.session_path == SESSION
+        expected_calls = {
+            "XDG_SESSION_ID": ["GetSession"],
+            "pid": ["GetSessionByPID"],
+            "user display": ["GetSessionByPID", "GetUser", "Get"],  # a systemd user service: no session
+        }[how]
+        assert [c for c in logind.calls if c != "AddMatch"] == expected_calls
         send = logind.signal
         gnome = "/org/gnome/ScreenSaver", "org.gnome.ScreenSaver", "ActiveChanged", "b"
         # (what happens, the presence kinds seen after it); signals of different senders have no order on
