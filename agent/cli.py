@@ -221,7 +221,11 @@ def _schtasks(argv: list[str], dry_run: bool, done_message: str) -> int:
 def _secret_flags(args: argparse.Namespace, settings: AgentSettings) -> tuple[list[str], str | None]:
     """Flags that hand the Kafka password to the installed agent by file, and the file ``install`` must
     write for a password given by value (None when there is none to write)."""
-    if getattr(args, "kafka_password_file", None) or not settings.kafka_password:
+    if getattr(args, "kafka_password_file", None):
+        return [], None  # a flag given here: passed on with the other flags
+    if settings.kafka_password_file:  # from the environment: the entry does not inherit it
+        return ["--kafka-password-file", str(Path(settings.kafka_password_file).expanduser().resolve())], None
+    if not settings.kafka_password:
         return [], None
     base = settings.state_path if sys.platform == "win32" else secret_dir()
     path = base / KAFKA_PASSWORD_FILE

@@ -189,3 +189,18 @@ def test_run_refuses_a_world_readable_password_file(
     assert main(["run", "--kafka-password-file", str(pw), "--state-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "chmod 600" in err and "hunter2" not in err
+
+
+def test_a_password_file_from_the_environment_is_passed_on_not_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("hunter2\n")
+    pw.chmod(0o600)
+    cfg = tmp_path / "cfg"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(cfg))
+    monkeypatch.setenv("DESKTRACE_KAFKA_PASSWORD_FILE", str(pw))
+    assert main(["install", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"--kafka-password-file {pw}" in out and "hunter2" not in out
+    assert not (cfg / "desktrace").exists()
