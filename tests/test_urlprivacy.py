@@ -26,6 +26,8 @@ HOSTILE_URLS: list[tuple[str, str, str]] = [
     ("https://alice%40corp.example:p%40ss%3Aw0rd@bank.example/", "https://bank.example/", "bank.example"),
     ("https://user:p@ss@bank.example/x", "https://bank.example/x", "bank.example"),
     ("//alice:pw@bank.example/x?y", "//bank.example/x", "bank.example"),
+    # a phishing link's "userinfo" is a decoy: the host is what the browser connects to
+    ("https://bank.example@evil.example/login", "https://evil.example/login", "evil.example"),
     # address bars without scheme (Chrome, Edge)
     ("alice:pw@bank.example/acct?x=1", "bank.example/acct", "bank.example"),
     ("bank.example/acct?id=9#top", "bank.example/acct", "bank.example"),
