@@ -67,7 +67,8 @@ class FakeLogind:
     agent's pid unless ``by_pid``), GetUser and the user's ``Display`` property, as logind does."""
 
     def __init__(self, address: str, by_pid: bool) -> None:
-        self.conn: DBusConnection = open_dbus_connection(address)
+        self.conn: DBusConnection = open_dbus_connection(address, enable_fds=True)
+        self.delay_locks: list[int] = []  # write ends of the pipes whose read ends went out as Inhibit locks
         reply = self.conn.send_and_get_reply(message_bus.RequestName(LOGIN1, 0x4), timeout=10)
         assert reply.body == (1,), reply.body  # primary owner
         self.by_pid = by_pid
@@ -88,7 +89,9 @@ class FakeLogind:
                 continue
             member = msg.header.fields.get(HeaderFields.member)
             self.calls.append(str(member))
-            self.conn.send(self._answer(str(member), msg))
+            answer = self._answer(str(member), msg)
+            if answer is not None:
+                self.conn.send(answer)
 
     def _answer(self, member: str, msg: Any) -> Any:
         if member == "GetSession":
@@ -99,11 +102,27 @@ class FakeLogind:
             if self.by_pid:
                 return new_method_return(msg, "o", (SESSION,))
             return new_error(msg, "org.freedesktop.login1.NoSessionForPID", "s", ("not in a session",))
+        if member == "Inhibit":
+            assert msg.body == ("sleep", "desktrace agent", msg.body[2], "delay"), msg.body
+            r, w = os.pipe()
+            self.delay_locks.append(w)
+            reply = new_method_return(msg, "h", (r,))
+            self.conn.send(reply)
+            os.close(r)  # the agent holds the only read end now
+            return None
         if member == "GetUser":
             return new_method_return(msg, "o", (USER,))
         if member == "Get" and msg.body == ("org.freedesktop.login1.User", "Display"):
             return new_method_return(msg, "v", (("(so)", ("c7", SESSION)),))
         return new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", "s", (member,))
+
+    def lock_held(self, i: int) -> bool:
+        """Whether the agent still holds the ``i``-th delay lock (the pipe's read end is open)."""
+        try:
+            os.write(self.delay_locks[i], b"x")
+        except BrokenPipeError:
+            return False
+        return True
 
     def signal(self, path: str, interface: str, member: str, signature: str | None = None,
                body: tuple[Any, ...] = ()) -> None:
@@ -113,6 +132,8 @@ class FakeLogind:
         self._stop.set()
         self._thread.join(5)
         self.conn.close()
+        for w in self.delay_locks:
+            os.close(w)
 
 
 def _send(conn: DBusConnection, path: str, interface: str, member: str, signature: str | None = None,
@@ -133,7 +154,14 @@ async def test_presence_signals_on_a_real_bus(bus: str, how: str) -> None:
     other = open_dbus_connection(bus)  # a program that is not logind, and the screen savers
     seen: list[Observation] = []
     presence = LinuxPresence(bus, bus, session_id="c7" if how == "XDG_SESSION_ID" else "", pid=4242, uid=1000)
-    task = asyncio.create_task(presence.run(seen.append))
+    held_at_suspend: list[bool] = []
+
+    def sink(o: Observation) -> None:  # the agent spools each observation before this returns
+        if isinstance(o, PresenceObservation) and o.kind == "Suspend":
+            held_at_suspend.append(logind.lock_held(0))
+        seen.append(o)
+
+    task = asyncio.create_task(presence.run(sink))
     try:
         await asyncio.wait_for(presence.ready.wait(), 30)
         assert presence.buses == {"logind": True, "screensaver": True}
@@ -143,7 +171,9 @@ async def test_presence_signals_on_a_real_bus(bus: str, how: str) -> None:
             "pid": ["GetSessionByPID"],
             "user display": ["GetSessionByPID", "GetUser", "Get"],  # a systemd user service: no session
         }[how]
-        assert [c for c in logind.calls if c != "AddMatch"] == expected_calls
+        await _until(lambda: presence.holds_sleep_delay)  # a delay lock for sleep, from the start
+        assert [c for c in logind.calls if c != "Inhibit"] == expected_calls
+        assert logind.calls.count("Inhibit") == 1 and logind.lock_held(0)
         send = logind.signal
         gnome = "/org/gnome/ScreenSaver", "org.gnome.ScreenSaver", "ActiveChanged", "b"
         # (what happens, the presence kinds seen after it); signals of different senders have no order on
@@ -179,6 +209,13 @@ async def test_presence_signals_on_a_real_bus(bus: str, how: str) -> None:
                 await _until(lambda n=len(expected): len(seen) >= n)  # type: ignore[misc]
             await asyncio.sleep(0.2)  # nothing more may come
             assert kinds() == expected
+            if kinds()[-1:] == ["Suspend"] and len(expected) > before:
+                # the Suspend was handed over, then the delay lock released: now the machine may sleep
+                assert held_at_suspend == [True]  # still held while the event was handed over
+                assert not presence.holds_sleep_delay and not logind.lock_held(0)
+            if kinds()[-1:] == ["Resume"] and len(expected) > before:
+                await _until(lambda: presence.holds_sleep_delay)  # a new lock for the next sleep
+                assert logind.calls.count("Inhibit") == 2 and logind.lock_held(1)
         assert len(kinds()) == len(seen)
         assert all(o.ts.tzinfo is not None for o in seen if isinstance(o, PresenceObservation))
     finally:

@@ -4,8 +4,16 @@ screen saver (session bus), through ``jeepney`` (pure-Python D-Bus, asyncio rout
 Which session is ours: ``XDG_SESSION_ID`` (``Manager.GetSession``), else the session of this process
 (``GetSessionByPID``), else, for an agent run as a systemd user service (which is in no session), the
 user's graphical session (``User.Display``). Without a session only machine-wide signals (sleep, shutdown)
-and the screen saver count. A bus that cannot be reached is logged once and left alone: the agent keeps
-running on what it has. The meaning of each signal is :mod:`agent.sources.presencelogic`'s.
+and the screen saver count.
+
+A bus that cannot be reached is logged once and left alone: the agent keeps running on what it has. The
+meaning of each signal is :mod:`agent.sources.presencelogic`'s.
+
+Suspend is recorded before the machine sleeps: the watcher holds a logind *delay* inhibitor lock for
+``sleep`` (``Manager.Inhibit``, a file descriptor; logind waits for it, 5 s by default) and closes it only
+after the ``Suspend`` observation has been handed to the agent, which spools it durably before returning;
+after ``Resume`` it takes a new one. jeepney's asyncio router cannot pass file descriptors, so the lock is
+taken over a short-lived blocking connection in a worker thread.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from jeepney import (
     message_bus,
     new_method_call,
 )
+from jeepney.io import blocking
 from jeepney.io.asyncio import DBusRouter, Proxy, open_dbus_router
 
 from agent.observations import ObservationSink, PresenceObservation
@@ -76,6 +85,8 @@ class LinuxPresence:
         self._dedup = PresenceDeduper()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inhibitor: int | None = None  # the delay lock's file descriptor, while held
+        self._inhibiting: asyncio.Task[None] | None = None
 
     async def run(self, emit: ObservationSink) -> None:
         self._loop = asyncio.get_running_loop()
@@ -92,6 +103,56 @@ class LinuxPresence:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            if self._inhibiting is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._inhibiting
+            self._release_inhibitor()
+
+    # ---- the sleep delay lock ---------------------------------------------------------------------------
+
+    @property
+    def holds_sleep_delay(self) -> bool:
+        """Whether a logind delay lock for sleep is held now."""
+        return self._inhibitor is not None
+
+    def _take_inhibitor_soon(self) -> None:
+        if self._inhibitor is None and (self._inhibiting is None or self._inhibiting.done()):
+            self._inhibiting = asyncio.create_task(self._take_inhibitor())
+
+    async def _take_inhibitor(self) -> None:
+        fd = await asyncio.to_thread(self._inhibit)
+        if fd is None:
+            return
+        if self._inhibitor is not None or (self._stop is not None and self._stop.is_set()):
+            os.close(fd)
+            return
+        self._inhibitor = fd
+
+    def _inhibit(self) -> int | None:
+        """``Manager.Inhibit("sleep", ..., "delay")`` over a blocking connection; the lock's raw fd."""
+        manager = DBusAddress(LOGIN1_PATH, bus_name=LOGIN1, interface=LOGIN1_MANAGER)
+        msg = new_method_call(
+            manager, "Inhibit", "ssss",
+            ("sleep", "desktrace agent", "records the suspend before the machine sleeps", "delay"),
+        )
+        try:
+            with blocking.open_dbus_connection(self.system_bus, enable_fds=True) as conn:
+                reply = conn.send_and_get_reply(msg, timeout=10)
+        except Exception as exc:
+            log.warning("no sleep delay lock: a suspend may be recorded late",
+                        extra={"kv": {"error_class": type(exc).__name__}})
+            return None
+        if reply.header.message_type == MessageType.error or not reply.body:
+            log.warning("no sleep delay lock: a suspend may be recorded late",
+                        extra={"kv": {"refused": True}})
+            return None
+        return int(reply.body[0].to_raw_fd())
+
+    def _release_inhibitor(self) -> None:
+        fd, self._inhibitor = self._inhibitor, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def stop(self) -> None:
         loop, stop = self._loop, self._stop
@@ -159,6 +220,7 @@ class LinuxPresence:
         if self.session_path is None:
             log.warning("no logind session found for this agent: lock/unlock come from the screen saver only")
         rules = [MatchRule(type="signal", sender=LOGIN1, interface=LOGIN1_MANAGER, path=LOGIN1_PATH)]
+        self._take_inhibitor_soon()
         if self.session_path is not None:
             rules.append(
                 MatchRule(type="signal", sender=LOGIN1, interface=LOGIN1_SESSION, path=self.session_path)
@@ -199,7 +261,11 @@ class LinuxPresence:
         )
         if kind is not None and self._dedup.accept(kind):
             log.info("presence", extra={"kv": {"kind": kind}})
-            emit(PresenceObservation(ts=self.clock(), kind=kind))
+            emit(PresenceObservation(ts=self.clock(), kind=kind))  # spooled durably when it returns
+        if kind == "Suspend":
+            self._release_inhibitor()  # now the machine may sleep
+        elif kind == "Resume":
+            self._take_inhibitor_soon()
 
 
 async def _call(router: DBusRouter, msg: Any) -> tuple[Any, ...] | None:
