@@ -152,6 +152,8 @@ def day_columns(rows: Sequence[DayRow], days: Sequence[date]) -> DayColumns:
     """Vertical stacked bars for ``days`` (each ``rows`` entry on its date); the axis spans ``hours``."""
     left, top, plot_h, col_w = 40, 10, 200, 80
     hours = scale_hours(max((r.presence_s for r in rows), default=0))
+    step = 2 if hours <= 12 else 4
+    hours = math.ceil(hours / step) * step  # the axis ends on a labelled tick
     px = plot_h / (hours * 3600)
     index = {d.isoformat(): i for i, d in enumerate(days)}
     segments: list[Segment] = []
@@ -160,7 +162,6 @@ def day_columns(rows: Sequence[DayRow], days: Sequence[date]) -> DayColumns:
         if i is None:
             continue
         segments.extend(_stack(r, left + i * col_w + 15, top + plot_h, px, col_w - 30, False))
-    step = 2 if hours <= 12 else 4
     ticks = [(round(top + plot_h - h * 3600 * px, 2), f"{h} h") for h in range(0, hours + 1, step)]
     return DayColumns(
         days=list(days),
