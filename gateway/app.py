@@ -251,7 +251,9 @@ def create_app(settings: GatewaySettings, *, start_kafka: bool = True) -> Litest
                     )
                 }
             ),
-            openapi_router=Router(path="/schema", route_handlers=[], guards=[schema_guard]),
+            openapi_router=Router(
+                path="/schema", route_handlers=[], guards=[schema_guard], include_in_schema=False
+            ),
         ),
         lifespan=[lifespan],
         logging_config=None,
