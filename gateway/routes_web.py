@@ -218,18 +218,23 @@ async def overview(
         desc=desc,
         notice=notice_for(g, first, scope),
     )
+    listed: list[Any]
     if view == "day":
-        rows = await reports.day(d, users=users)
-        context["rows"] = views.sort_rows(rows, sort_key, desc)
-        context["total"] = views.total(rows)
+        listed = await reports.day(d, users=users)
+        context["rows"] = views.sort_rows(listed, sort_key, desc)
     else:
-        periods = await (reports.week(d, users=users) if view == "week" else reports.month(d, users=users))
-        context["periods"] = views.sort_rows(periods, sort_key, desc)
-        context["total"] = views.total(periods)
+        listed = await (reports.week(d, users=users) if view == "week" else reports.month(d, users=users))
+        context["periods"] = views.sort_rows(listed, sort_key, desc)
         if view == "week":
             context["grid"] = charts.week_grid(context["periods"], first)
         else:
             context["strip"] = charts.month_strip(context["periods"], first, last)
+    context["total"] = views.total(listed)
+    if not team:  # a total per team the login may read
+        context["team_totals"] = [
+            (t, views.total(r for r in listed if r.user_key in (g.access.members(t) or ())))
+            for t in context["teams"]
+        ]
     return Template(template_name="overview.html", context=context)
 
 

@@ -222,6 +222,10 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
     for field in ("active", "idle", "locked", "presence"):
         expect(page.locator(f"#total td.{field}")).to_have_text(hms(sum(r[f"{field}_s"] for r in day)))
     expect(page.locator("#total th")).to_contain_text("3 users")
+    # a total per team of the team file
+    sales = sum(r["active_s"] for r in day if r["user_key"] in (ALICE, BOB))
+    expect(page.locator('#team-totals tr[data-team="sales"] td.active')).to_have_text(hms(sales))
+    expect(page.locator('#team-totals tr[data-team="support"] td.users')).to_have_text("1")
     page.click("#report thead th:nth-child(2) a")  # Active: largest first
     expect(page.locator("#report thead th:nth-child(2)")).to_have_attribute("aria-sort", "descending")
     by_active = [r["user_key"] for r in sorted(day, key=lambda r: -r["active_s"])]

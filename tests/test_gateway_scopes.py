@@ -173,6 +173,9 @@ async def test_each_principal_reads_its_scope_only(app: Litestar, name: str) -> 
                 page = (await c.get(f"/?date={DAY}&view={view}")).text
                 for user in EVERYONE:
                     assert (user in page) is (user in visible), (name, view, user)
+                # per-team totals: only of the teams the login may read
+                assert ('data-team="sales"' in page) is (name in ("boss", "sally")), (name, view)
+                assert ('data-team="support"' in page) is (name == "boss"), (name, view)
             apps = (await c.get(f"/apps?start={DAY}")).text
             for user in EVERYONE:
                 assert (APP_OF[user] in apps) is (user in visible), (name, user)
