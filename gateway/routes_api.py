@@ -3,6 +3,8 @@ a logged-in browser, each reading only the users of its scope (``gateway.princip
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, Literal
@@ -99,9 +101,34 @@ def _day(g: Gateway, d: date | None) -> date:
     return d or g.today()
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def spreadsheet_safe(text: str) -> str:
+    """CSV ``text`` with every text cell that a spreadsheet would run as a formula (starting with ``=``,
+    ``+``, ``-``, ``@``, tab or CR; e.g. a user key sent by a legacy client) prefixed with ``'``. Numbers
+    and RFC 3339 times are left as they are."""
+    rows = list(csv.reader(io.StringIO(text)))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for row in rows:
+        writer.writerow(
+            ["'" + cell if cell.startswith(_FORMULA_START) and not _is_number(cell) else cell for cell in row]
+        )
+    return out.getvalue()
+
+
 def csv_response(text: str, filename: str) -> Response[Any]:
     return Response(
-        text + "\n",
+        spreadsheet_safe(text),
         media_type=CSV_MEDIA_TYPE,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

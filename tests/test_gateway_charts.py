@@ -139,3 +139,17 @@ def test_tokens_and_roles() -> None:
     assert Access(None).scope_of("anyone").everyone  # no team file: everyone is an admin
     with pytest.raises(TeamFileError, match="unknown field"):
         parse_team_file('[roles.v]\nrole = "viewer"\nuser_key = "z"\nteam = "a"\n')
+
+
+def test_downloads_never_carry_a_spreadsheet_formula() -> None:
+    from gateway.routes_api import spreadsheet_safe
+
+    text = render.to_csv(
+        ("user_key", "active_s", "n"), [('=HYPERLINK("http://x")\\bob', 5, -1), ("@x", 0, 2)]
+    )
+    rows = list(csv.reader(io.StringIO(spreadsheet_safe(text))))
+    assert rows == [
+        ["user_key", "active_s", "n"],
+        ['\'=HYPERLINK("http://x")\\bob', "5", "-1"],
+        ["'@x", "0", "2"],
+    ]
