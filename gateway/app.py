@@ -36,7 +36,7 @@ from common.health import HealthServer
 from gateway import views
 from gateway.auth import bearer, check_token
 from gateway.metrics import GatewayMetrics
-from gateway.principal import request_scope
+from gateway.principal import request_scope, session_user
 from gateway.routes_api import api_router
 from gateway.routes_legacy import legacy_report
 from gateway.routes_web import LoginRequired, on_login_required, web_handlers
@@ -167,7 +167,8 @@ def on_http_error(request: Request, exc: HTTPException) -> Response[Any]:
     if _wants_html(request) and exc.status_code < 500 and exc.status_code != 401:
         return Template(
             template_name="error.html",
-            context={"status": exc.status_code, "message": exc.detail, "user": None},
+            # a logged-in person keeps the header (navigation, log out) on a 403 or 404
+            context={"status": exc.status_code, "message": exc.detail, "user": session_user(request)},
             status_code=exc.status_code,
         )
     body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
