@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import httpx
 import pytest
 
@@ -97,12 +98,33 @@ def week_of_sessions() -> list[Any]:
     return out
 
 
+async def seed_logon(dsn: str, user_key: str, ts: datetime, tz: str) -> None:
+    """One ``Logon`` raw event, as the raw sink writes it."""
+    domain, _, login = user_key.partition("\\")
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute("SELECT raw_events_ensure_partition($1::date)", ts.date())
+        await conn.execute(
+            "INSERT INTO raw_events (agent_id, seq, ts, type, category, input, user_key,"
+            ' "user", domain, host, tz)'
+            " VALUES ('seed-logon', 0, $1, 'Logon', 'presence', 'none', $2, $3, $4, 'pc1', $5)",
+            ts,
+            user_key,
+            login,
+            domain,
+            tz,
+        )
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 def gateway_url(fresh_pg_dsn: str, tmp_path: Path) -> Iterator[str]:
     async def seed() -> None:
         await apply_migrations(fresh_pg_dsn)
         await seed_sessions(fresh_pg_dsn, week_of_sessions())
         await seed_ui_event(fresh_pg_dsn, ALICE, at(10, 7, 1), "excel.exe", seq=1, tz="Europe/Berlin")
+        await seed_logon(fresh_pg_dsn, ALICE, at(10, 6, 55), "Europe/Berlin")  # 07:55 local
         await seed_ui_event(
             fresh_pg_dsn, ALICE, at(10, 8), "chrome.exe", "example.org", seq=2, tz="Europe/Berlin"
         )
@@ -219,6 +241,7 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
         row = page.locator(row_of(r["user_key"]))
         for field in ("active", "idle", "locked", "presence"):
             expect(row.locator(f"td.{field}")).to_have_text(hms(r[f"{field}_s"]))
+    expect(page.locator(row_of(ALICE) + " td.first_logon")).to_have_text("07:55")
     for field in ("active", "idle", "locked", "presence"):
         expect(page.locator(f"#total td.{field}")).to_have_text(hms(sum(r[f"{field}_s"] for r in day)))
     expect(page.locator("#total th")).to_contain_text("3 users")
@@ -294,6 +317,7 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
     for field in ("active", "idle", "locked", "presence"):
         expect(page.locator(f"#figures dd.{field}")).to_have_text(hms(user["day"][f"{field}_s"]))
     expect(page.locator("#figures dd.first_activity")).to_have_text("08:00")
+    expect(page.locator("#figures dd.first_logon")).to_have_text("07:55")
     kinds = [i["reason"] or "active" for i in user["timeline"]]
     for kind in ("active", "idle", "locked"):
         expect(page.locator(f"#timeline rect.bar.{kind}")).to_have_count(kinds.count(kind))
