@@ -257,3 +257,20 @@ def month_calendar(rows: Sequence[DayRow], first: date, user_key: str, cell: int
         weekdays=["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
         cells=cells,
     )
+
+
+class RowBar(msgspec.Struct):
+    """A day row's stacked bar (active, idle, locked) for the overview table, on one scale for every row."""
+
+    width: int
+    hours: int
+    segments: list[Segment]
+
+
+def row_bars(rows: Sequence[DayRow], width: int = 120) -> dict[str, RowBar]:
+    """Per user key, a stacked bar of ``width`` pixels for ``hours`` (the longest presence, at least 8 h)."""
+    hours = scale_hours(max((r.presence_s for r in rows), default=0))
+    px = width / (hours * 3600)
+    return {
+        r.user_key: RowBar(width=width, hours=hours, segments=_stack(r, 0, 2, px, 12, True)) for r in rows
+    }

@@ -222,6 +222,7 @@ async def overview(
     if view == "day":
         listed = await reports.day(d, users=users)
         context["rows"] = views.sort_rows(listed, sort_key, desc)
+        context["row_bars"] = charts.row_bars(listed)
     else:
         listed = await (reports.week(d, users=users) if view == "week" else reports.month(d, users=users))
         context["periods"] = views.sort_rows(listed, sort_key, desc)

@@ -242,6 +242,17 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
         for field in ("active", "idle", "locked", "presence"):
             expect(row.locator(f"td.{field}")).to_have_text(hms(r[f"{field}_s"]))
     expect(page.locator(row_of(ALICE) + " td.first_logon")).to_have_text("07:55")
+    # each row's bar at a glance: its parts are the row's figures, every row on one scale
+    scale = set()
+    for r in day:
+        parts = page.locator(row_of(r["user_key"]) + " svg.rowbar rect.bar").evaluate_all(
+            "rs => rs.map(b => [b.dataset.kind, +b.dataset.seconds, +b.getAttribute('width')])"
+        )
+        assert {k: s for k, s, _ in parts} == {
+            k: r[f"{k}_s"] for k in ("active", "idle", "locked") if r[f"{k}_s"]
+        }
+        scale |= {round(w / s, 4) for _, s, w in parts if s > 600}
+    assert max(scale) - min(scale) < 1e-3, scale
     for field in ("active", "idle", "locked", "presence"):
         expect(page.locator(f"#total td.{field}")).to_have_text(hms(sum(r[f"{field}_s"] for r in day)))
     expect(page.locator("#total th")).to_contain_text("3 users")
