@@ -36,6 +36,12 @@ class GatewaySettings(CommonSettings, kw_only=True):
     api_tokens_file: str = ""
     reports_show_urls: bool = False
     pg_pool_max: int = 4
+    teams_file: str = ""
+    login_free_failures: int = 5
+    login_max_delay_s: float = 900.0
+    metrics_addr: str = ""
+    metrics_token: str = ""
+    metrics_token_file: str = ""
 
 
 GATEWAY_HELP: dict[str, str] = {
@@ -60,6 +66,15 @@ GATEWAY_HELP: dict[str, str] = {
     "api_tokens_file": "file holding api_tokens",
     "reports_show_urls": "show full URLs on the apps page and API (else domains only)",
     "pg_pool_max": "largest PostgreSQL connection pool",
+    "teams_file": "TOML or JSON file of teams (user keys) and roles of web users and named API tokens"
+    " (admin, lead, viewer); empty: every login is an admin",
+    "login_free_failures": "failed logins per user name and per client address before each further attempt"
+    " must wait (1 s, doubling)",
+    "login_max_delay_s": "longest wait a run of failed logins imposes",
+    "metrics_addr": "host:port of a separate listener for /metrics (then the main listener has no /metrics)",
+    "metrics_token": "Bearer token /metrics on the main listener requires (without it and without"
+    " metrics_addr, /metrics answers loopback clients only)",
+    "metrics_token_file": "file holding metrics_token",
 }
 
 

@@ -8,6 +8,8 @@
     desktrace-report users                                           every user key with sessions
     desktrace-report export|flow|tasks --from D --to D ...           task mining (reports/mining_cli.py)
 
+``--team NAME`` (with ``--teams-file``) keeps only the members of a team of the team file.
+
 Dates are the users' own local dates. ``--date`` defaults to today in the time zone of the machine running
 the command (``TZ``); it also accepts ``today`` and ``yesterday``. The database is ``--pg-dsn`` /
 ``DESKTRACE_PG_DSN`` / ``pg_dsn`` in the TOML file. Exit status 2 on a configuration or database error.
@@ -30,6 +32,7 @@ from common.logs import setup_logging
 from common.settings import HELP, SettingsError, add_arguments, load, spellings
 from reports import render
 from reports.service import ReportService
+from reports.teams import TeamFileError, load_team_file
 
 log = logging.getLogger("reports.cli")
 
@@ -39,6 +42,7 @@ class ReportSettings(msgspec.Struct, kw_only=True):
 
     pg_dsn: str = ""
     pg_dsn_file: str = ""
+    teams_file: str = ""
     log_level: str = "WARNING"
     log_format: str = "json"
 
@@ -62,7 +66,11 @@ def parse_date(text: str) -> date:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    add_arguments(common, ReportSettings, HELP)
+    add_arguments(
+        common,
+        ReportSettings,
+        {**HELP, "teams_file": "TOML or JSON team file (teams = {name = [user keys]}) that --team reads"},
+    )
     common.add_argument(
         "--date",
         type=parse_date,
@@ -70,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="local date YYYY-MM-DD, 'today' or 'yesterday' (default: today in this machine's time zone)",
     )
     common.add_argument("--user", default=None, metavar="KEY", help="one user key, e.g. 'corp\\alice'")
+    common.add_argument(
+        "--team", default=None, metavar="NAME", help="only the members of this team of the teams_file"
+    )
     common.add_argument("--format", choices=render.FORMATS, default="table", help="output format")
     parser = argparse.ArgumentParser(
         prog="desktrace-report",
@@ -99,8 +110,24 @@ def mining_subcommands() -> Any:
     return mining_cli
 
 
-async def _report(args: argparse.Namespace, dsn: str) -> str:
+def team_members(team: str | None, teams_file: str) -> list[str] | None:
+    """The user keys of ``team`` in the team file (None without ``--team``); raises :class:`ReportError`."""
+    if not team:
+        return None
+    if not teams_file:
+        raise ReportError(f"--team needs a team file: set {spellings('teams_file')}")
+    try:
+        members = load_team_file(teams_file).teams.get(team)
+    except TeamFileError as exc:
+        raise ReportError(str(exc)) from None
+    if members is None:
+        raise ReportError(f"no team {team!r} in {teams_file}")
+    return sorted(members)
+
+
+async def _report(args: argparse.Namespace, dsn: str, teams_file: str = "") -> str:
     d: date = args.date or datetime.now().astimezone().date()
+    members = team_members(getattr(args, "team", None), teams_file)
     try:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, timeout=15, command_timeout=120)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
@@ -112,11 +139,11 @@ async def _report(args: argparse.Namespace, dsn: str) -> str:
             end = args.end or d
             if end < d:
                 raise ReportError("--end is before --date")
-            return render.days(await svc.days(d, end, args.user), fmt)
+            return render.days(await svc.days(d, end, args.user, members), fmt)
         if args.command == "week":
-            return render.periods(await svc.week(d, args.user), fmt)
+            return render.periods(await svc.week(d, args.user, members), fmt)
         if args.command == "month":
-            return render.periods(await svc.month(d, args.user), fmt)
+            return render.periods(await svc.month(d, args.user, members), fmt)
         if args.command == "user":
             if not args.user:
                 raise ReportError("'user' needs --user KEY (see: desktrace-report users)")
@@ -126,7 +153,9 @@ async def _report(args: argparse.Namespace, dsn: str) -> str:
             end = args.end or d
             if end < d:
                 raise ReportError("--end is before --date")
-            rows = await svc.apps(d, end, args.user, show_urls=args.show_urls, per_user=args.per_user)
+            rows = await svc.apps(
+                d, end, args.user, show_urls=args.show_urls, per_user=args.per_user, users=members
+            )
             return render.apps(rows, fmt)
         users = await svc.users()
         if fmt == "json":
@@ -162,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        text = asyncio.run(_report(args, settings.pg_dsn))
+        text = asyncio.run(_report(args, settings.pg_dsn, settings.teams_file))
     except ReportError as exc:
         print(f"desktrace-report: {exc}", file=sys.stderr)
         return 2

@@ -266,3 +266,27 @@ def test_cli_apps_hides_urls(fresh_pg_dsn: str) -> None:
         "inactive",
         "active",
     ]
+
+
+def test_cli_team(fresh_pg_dsn: str, tmp_path: Path) -> None:
+    asyncio.run(load_fixture(fresh_pg_dsn))
+    teams = tmp_path / "teams.toml"
+    teams.write_text('[teams]\nberlin = ["corp\\\\alice"]\n', encoding="utf-8")
+    out = run_report(
+        fresh_pg_dsn,
+        "week",
+        "--date",
+        "2026-03-25",
+        "--team",
+        "berlin",
+        "--teams-file",
+        str(teams),
+        "--format",
+        "json",
+    )
+    assert out.returncode == 0, out.stderr
+    assert [p["user_key"] for p in json.loads(out.stdout)] == [ALICE]
+    bad = run_report(fresh_pg_dsn, "day", "--team", "nope", "--teams-file", str(teams))
+    assert bad.returncode == 2 and "no team 'nope'" in bad.stderr
+    no_file = run_report(fresh_pg_dsn, "day", "--team", "berlin")
+    assert no_file.returncode == 2 and "DESKTRACE_TEAMS_FILE" in no_file.stderr
