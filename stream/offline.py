@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from common.horizon import DEFAULT_RETENTION_S
 from common.settings import HELP, SettingsError, add_arguments, load
 from proto.codec import EventDecodeError, encode_session, read_jsonl
 from proto.events import Envelope
@@ -33,7 +34,7 @@ class OfflineSettings(msgspec.Struct, kw_only=True):
 
     gap: float = 300.0
     presence_timeout: float = 180.0
-    retention: float = 3 * 86400.0
+    retention: float = DEFAULT_RETENTION_S
     legacy_max_span: float = 14400.0
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Mapping
 
 from common.health import parse_addr
+from common.horizon import DEFAULT_RETENTION_S
 from common.settings import HELP, CommonSettings, add_arguments, load
 
 SECTION = "stream"
@@ -21,7 +22,7 @@ class StreamSettings(CommonSettings, kw_only=True):
     gap: float = 300.0
     presence_timeout: float = 180.0
     close_timeout: float = 600.0
-    retention: float = 3 * 86400.0
+    retention: float = DEFAULT_RETENTION_S
     legacy_max_span: float = 14400.0
     stream_app_id: str = "desktrace-stream"
     stream_data_dir: str = "./desktrace-stream-data"

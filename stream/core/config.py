@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from common.horizon import DEFAULT_RETENTION_S
+
 
 class SessionizerConfig(msgspec.Struct, frozen=True):
     """G, P, L (``legacy_max_span_s``, the legacy span cap) and the retention horizon, in seconds.
@@ -14,7 +16,7 @@ class SessionizerConfig(msgspec.Struct, frozen=True):
 
     gap_s: float = 300.0
     presence_timeout_s: float = 180.0
-    retention_s: float = 3 * 86400.0
+    retention_s: float = DEFAULT_RETENTION_S
     legacy_max_span_s: float = 14400.0
 
     def __post_init__(self) -> None:
