@@ -150,8 +150,9 @@ _REPORT_SCHEMA: dict[str, Any] = msgspec.json.schema_components([LegacyReport])[
 
 
 class LegacyReportOperation(Operation):
-    """The operation of ``POST /api/report``: the handler reads its body itself, so the request body (and
-    the ``token`` query parameter) are described here."""
+    """The operation of ``POST /api/report``: the handler reads its body itself, so the request body is
+    described here. (The ``?token=`` alternative is told in the description, not declared as a parameter:
+    it is a credential, like the Authorization header.)"""
 
     def to_schema(self) -> dict[str, Any]:
         out = super().to_schema()
@@ -161,15 +162,6 @@ class LegacyReportOperation(Operation):
             "description": "UTF-8, or the charset of Content-Type; without one, bytes that are not UTF-8 "
             "are read as Windows-1252 (Windows PowerShell 5.1). Unknown fields are ignored.",
         }
-        out["parameters"] = [
-            {
-                "name": "token",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string"},
-                "description": "the legacy token, for clients that can only be given a URL",
-            }
-        ]
         return out
 
 
@@ -182,9 +174,10 @@ class LegacyReportOperation(Operation):
     summary="Report a legacy client's state change",
     description=(
         'The seed\'s client API: one working/stopped change of one user. Answers {"success": true} once '
-        "Kafka acknowledged the event; 400/422 for an invalid body, 401 without the token (when one is "
-        "configured), 403 from a network not listed in legacy_networks or for a user the token may not "
-        "report for, 413 for a body over legacy_max_body_bytes, 422 ts_too_old for a time the pipeline "
+        "Kafka acknowledged the event; 400/422 for an invalid body, 401 without the token when one is "
+        "configured (Authorization: Bearer, X-Desktrace-Token, or ?token= on the URL), 403 from a network "
+        "not listed in legacy_networks or for a user the token may not report for, 413 for a body over "
+        "legacy_max_body_bytes, 422 ts_too_old for a time the pipeline "
         "would no longer count, 503 while Kafka is unavailable (retry: a report with the same ts is never "
         "counted twice)."
     ),
