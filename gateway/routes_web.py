@@ -142,10 +142,24 @@ async def overview(request: Request, day: DateQuery = None, view: str = "day") -
 
 
 @get("/user/{user_key:str}", include_in_schema=False, guards=[page_guard])
-async def user_day(request: Request, user_key: str, day: DateQuery = None) -> Template:
+async def user_day(request: Request, user_key: str, day: DateQuery = None) -> Response[Any]:
     g = gw(request)
     d = parse_day(day, g.today())
-    row, items = await (await g.reports()).user_day(user_key, d)
+    reports = await g.reports()
+    # A bare login ("alice") or another spelling: redirect to the one user key it means, else say so.
+    lookup = await reports.resolve_user(user_key)
+    if lookup.key is not None and lookup.key != user_key:
+        return Redirect(f"/user/{views.user_path(lookup.key)}?{views.nav_query(date=d)}")
+    if lookup.key is None:
+        return Template(
+            template_name="user.html",
+            context=base_context(
+                request, user_key=user_key, d=d, notice=lookup.message(), candidates=lookup.candidates,
+                prev=d - timedelta(days=1), next=d + timedelta(days=1), tz=g.zone.key,
+            ),
+            status_code=300 if lookup.ambiguous else 404,
+        )
+    row, items = await reports.user_day(user_key, d)
     tz = row.tz if row else (str(items[0].start.tzinfo) if items else g.zone.key)
     return Template(
         template_name="user.html",

@@ -18,10 +18,12 @@ WHERE started_at <= $2 AND ended_at >= $1 AND ($3::text IS NULL OR user_key = $3
 ORDER BY user_key, started_at
 """
 
+#: Logon events, and legacy reports: the seed's client starts at logon, so a user's first report of a day is
+#: their first logon of that day (docs/reports.md).
 LOGONS_SQL = """
 SELECT user_key, ts, tz
 FROM raw_events
-WHERE type = 'Logon' AND ts >= $1 AND ts < $2 AND ($3::text IS NULL OR user_key = $3)
+WHERE type IN ('Logon', 'StateChange') AND ts >= $1 AND ts < $2 AND ($3::text IS NULL OR user_key = $3)
 ORDER BY ts
 """
 
@@ -34,6 +36,13 @@ ORDER BY user_key, ts, agent_id, seq
 """
 
 USERS_SQL = "SELECT DISTINCT user_key FROM sessions ORDER BY user_key"
+
+#: The user keys a typed name may mean: the key itself, or every key whose login part is the name.
+CANDIDATES_SQL = """
+SELECT DISTINCT user_key FROM sessions
+WHERE user_key = $1 OR (strpos($1, E'\\\\') = 0 AND right(user_key, $3) = $2)
+ORDER BY user_key
+"""
 
 
 async def fetch_sessions(pool: Any, lo: datetime, hi: datetime, user: str | None = None) -> list[SessionSpan]:
@@ -53,7 +62,7 @@ async def fetch_sessions(pool: Any, lo: datetime, hi: datetime, user: str | None
 
 
 async def fetch_logons(pool: Any, lo: datetime, hi: datetime, user: str | None = None) -> list[LogonAt]:
-    """``Logon`` raw events in the UTC range ``[lo, hi)``."""
+    """``Logon`` raw events and legacy ``StateChange`` reports in the UTC range ``[lo, hi)``."""
     rows = await pool.fetch(LOGONS_SQL, lo, hi, user)
     return [LogonAt(user_key=r["user_key"], ts=r["ts"], tz=r["tz"] or "UTC") for r in rows]
 
@@ -74,6 +83,12 @@ async def fetch_ui_events(
 async def fetch_users(pool: Any) -> list[str]:
     """Every user key that has a session."""
     return [r["user_key"] for r in await pool.fetch(USERS_SQL)]
+
+
+async def fetch_user_candidates(pool: Any, name: str) -> list[str]:
+    """The user keys with sessions that ``name`` (a user key or a bare login, lower-cased) may mean."""
+    suffix = "\\" + name
+    return [r["user_key"] for r in await pool.fetch(CANDIDATES_SQL, name, suffix, len(suffix))]
 
 
 async def sessions_for_dates(
