@@ -1,11 +1,11 @@
 """End to end: a legacy client's reports posted to a real ``desktrace-gateway`` end, through the real stream
-worker (``desktrace-stream``) and session sink (``desktrace-sink sessions``), as the right working time in
-``desktrace-report day --format json``: active time = the sum of the working intervals, and a client shut
+worker (``desktrace-stream``) and sinks (``desktrace-sink sessions`` and ``raw``), as the right working time
+in ``desktrace-report day --format json``: active time = the sum of the working intervals, and a client shut
 down while ``working`` is credited at most G or L after its last report (worked example 4 of the
 sessions contract).
 
 Dates are recent (relative to today): the gateway refuses reports older than the shared ``retention``
-window, which both the gateway and the worker get here (14 days, so that example 4's week fits).
+window, which both the gateway and the worker get here (16 days, so that example 4's week fits).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 BIN = Path(sys.executable).parent
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-RETENTION_S = str(14 * 86400)
+RETENTION_S = str(16 * 86400)
 TODAY = datetime.now().astimezone().date()
 # The latest Monday before today, Europe/Berlin local times (no offset: the gateway's legacy_tz applies)
 MONDAY = TODAY - timedelta(days=(TODAY.weekday() or 7))
@@ -80,6 +80,10 @@ def pipeline(kafka_bootstrap: str, topics: Topics, fresh_pg_dsn: str, tmp_path: 
         sink_log.write_bytes(b"")
         sink = SinkProcess("sessions", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, free_port()), sink_log)
         stack.callback(sink.stop, 15.0)
+        raw_log = ARTIFACTS / "e2e-sink-raw.log"
+        raw_log.write_bytes(b"")
+        raw = SinkProcess("raw", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, free_port()), raw_log)
+        stack.callback(raw.stop, 15.0)
         env = {
             "DESKTRACE_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "DESKTRACE_TOPIC_PREFIX": topics.prefix,
@@ -116,7 +120,8 @@ def test_legacy_day_ends_as_working_time(pipeline: str) -> None:
     while time.monotonic() < deadline:
         rows = report_day(dsn)
         if rows and rows[0]["active_s"] == WORKING_S and rows[0]["idle_s"] == STOPPED_BETWEEN_S:
-            break
+            if rows[0]["first_logon"] is not None:  # the raw sink wrote the reports too
+                break
         time.sleep(1)
     assert len(rows) == 1, rows
     (row,) = rows
@@ -125,6 +130,8 @@ def test_legacy_day_ends_as_working_time(pipeline: str) -> None:
     assert row["idle_s"] == STOPPED_BETWEEN_S and row["locked_s"] == 0, row
     assert row["first_activity"].startswith(f"{MONDAY}T08:00:00")
     assert row["last_activity"].startswith(f"{MONDAY}T12:00:00")
+    # the client starts at logon: its first report of the day is the first logon
+    assert row["first_logon"].startswith(f"{MONDAY}T08:00:00")
     # the gateway's report API says the same as the command line
     with httpx.Client(base_url=url, timeout=30, headers={"Authorization": "Bearer e2e-token"}) as c:
         api = c.get("/api/v1/reports/day", params={"date": str(MONDAY)}).json()
@@ -163,13 +170,54 @@ def test_legacy_client_shut_down_while_working_gets_the_legacy_span_end(pipeline
     want = [("shop\\till4", str(d), a, i) for d, a, i in EXAMPLE4_DAYS]
     deadline = time.monotonic() + 90
     got: list[tuple[str, str, int, int]] = []
+    logons: dict[str, str | None] = {}
     while time.monotonic() < deadline:
         rows = report_day(dsn, FRIDAY, "--end", str(wednesday))
         got = [(r["user_key"], r["date"], r["active_s"], r["idle_s"]) for r in rows if r["active_s"]]
-        if got == want:
+        logons = {r["date"]: r["first_logon"] for r in rows}
+        if got == want and len(logons) == 4:
             break
         time.sleep(1)
     assert got == want
+    # first logon = the first report of each local day (Wednesday has a row for its report alone)
+    assert {d: (t or "")[11:16] for d, t in logons.items()} == {
+        str(FRIDAY): "09:00",
+        str(FRIDAY + timedelta(days=3)): "09:00",
+        str(FRIDAY + timedelta(days=4)): "08:00",
+        str(wednesday): "09:00",
+    }
     # Nothing on Saturday or Sunday: the client was off.
     for d in (FRIDAY + timedelta(days=1), FRIDAY + timedelta(days=2)):
         assert not [r for r in report_day(dsn, d) if r["active_s"] or r["idle_s"]]
+
+
+def test_latin1_and_utf8_clients_of_one_name_end_as_one_user_with_one_day(pipeline: str) -> None:
+    """Windows PowerShell 5.1 sends "José" in ISO-8859-1 (with Expect: 100-continue); another client sends
+    UTF-8: one user key, one day, and ``--user josé`` finds it."""
+    from tests.test_gateway_hostile import powershell_post
+
+    url, dsn = pipeline.split("|", 1)
+    day = MONDAY
+    latin1 = f'{{"user":"José","state":"working","ts":"{day}T09:00:00"}}'.encode("latin-1")
+    answer = powershell_post(url, latin1)
+    assert answer.got_continue and answer.status == 200, answer
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post(
+            "/api/report",
+            content=f'{{"user":"shop\\\\JOSÉ","state":"stopped","ts":"{day}T11:00:00"}}'.encode(),
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 90
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            rows = report_day(dsn, day, "--user", "josé")
+        except subprocess.CalledProcessError as exc:
+            assert exc.returncode == 1  # no session of the user yet: "no user 'josé'"
+            rows = []
+        if rows and rows[0]["active_s"] == 2 * 3600:
+            break
+        time.sleep(1)
+    assert [(r["user_key"], r["date"], r["active_s"]) for r in rows] == [("shop\\josé", str(day), 2 * 3600)]
+    assert rows[0]["first_logon"].startswith(f"{day}T09:00:00")
