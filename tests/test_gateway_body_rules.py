@@ -173,3 +173,16 @@ def test_bad_token_files_name_the_line_not_the_token(text: str) -> None:
     with pytest.raises(SettingsError) as exc:
         parse_token_file(text)
     assert "line" in str(exc.value) and "long-enough-token" not in str(exc.value)
+
+
+def test_access_log_lines_lose_their_query_string() -> None:
+    import logging
+
+    from gateway.cli import DropQueryStrings
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("10.0.0.5:5123", "POST", "/api/report?token=secret-0123456789", "1.1", 200), None,
+    )
+    assert DropQueryStrings().filter(record)
+    assert record.getMessage() == '10.0.0.5:5123 - "POST /api/report HTTP/1.1" 200'
