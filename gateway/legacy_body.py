@@ -12,7 +12,9 @@ body as ISO-8859-1 unless the ``-ContentType`` names a charset, so a user name "
 - a declared charset the bytes do not decode in, an unknown charset, NUL characters and JSON nested deeper
   than :data:`MAX_DEPTH` are refused with a clear reason (never a 5xx);
 - whatever the ``Content-Type`` says (``application/json``, ``text/plain``, PowerShell's default
-  ``application/x-www-form-urlencoded`` for a string body), the body is read as JSON;
+  ``application/x-www-form-urlencoded`` for a string body), a body that is JSON is read as JSON; a
+  ``application/x-www-form-urlencoded`` body that is not (PowerShell's ``-Body @{user=...; state=...}``)
+  is read as form fields, each percent-decoded value as UTF-8 or else Windows-1252;
 - unknown fields are ignored: only ``user``, ``state`` and ``ts`` are ever used.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import codecs
 import re
 from typing import Final
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -128,11 +131,33 @@ def _too_deep(text: str) -> bool:
     return False
 
 
+def _form_report(text: str) -> LegacyReport:
+    fields: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, encoding="latin-1"):
+        if name in ("user", "state", "ts"):
+            octets = value.encode("latin-1")
+            try:
+                fields[name] = octets.decode("utf-8")
+            except UnicodeDecodeError:
+                fields[name] = decode_windows_1252(octets)
+    if "\x00" in "".join(fields.values()):
+        raise BodyRejected(400, "invalid_encoding", "the body contains NUL characters")
+    try:
+        return msgspec.convert(fields, LegacyReport)
+    except msgspec.ValidationError as exc:
+        raise BodyRejected(
+            422, "invalid_body", f"the form must have user, state (working|stopped) and optionally ts: {exc}"
+        ) from None
+
+
 def parse_report(raw: bytes, content_type: str | None) -> LegacyReport:
     """The report in ``raw``; raises :class:`BodyRejected` (400 unreadable, 422 not a report)."""
     if not raw.strip():
         raise BodyRejected(400, "malformed_json", "the body is empty: send a JSON object")
     text = body_text(raw, content_type)
+    is_form = (content_type or "").split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
+    if is_form and not text.lstrip().startswith(("{", "[", '"')):
+        return _form_report(text)
     if _too_deep(text):
         raise BodyRejected(400, "malformed_json", f"the body nests deeper than {MAX_DEPTH} levels")
     try:

@@ -46,6 +46,18 @@ def test_the_same_name_in_any_encoding_is_the_same_user_key(raw: bytes, content_
     assert key_of(raw, content_type) == "shop\\josé"
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        b"user=Jos%C3%A9&state=working&ts=2026-11-27T08%3A00%3A00Z",  # -Body @{...}: UTF-8 percent-encoded
+        b"user=Jos%E9&state=working&junk=x&ts=2026-11-27T08:00:00Z",  # Latin-1 percent-encoded
+        b"ts=2026-11-27T08:00:00Z&user=JOS%C3%89&state=working",
+    ],
+)
+def test_form_bodies_as_powershell_sends_a_hashtable(form: bytes) -> None:
+    assert key_of(form, "application/x-www-form-urlencoded") == "shop\\josé"
+
+
 def test_windows_1252_specials_without_charset() -> None:
     # "€" and "Š" are 0x80 and 0x8A in Windows-1252 (ISO-8859-1 has controls there)
     text = '{"user":"€Š","state":"working"}'

@@ -206,7 +206,9 @@ HOSTILE: list[tuple[bytes, str, int]] = [
     (b'{"user":"a","state":"WORKING"}', "application/json", 422),
     (b"\xff\xfe{\x00}\x00", "application/json", 400),
     (b"\xef\xbb\xbf\xef\xbb\xbf{}", "application/json", 400),
-    (b"user=a&state=working", "application/x-www-form-urlencoded", 400),
+    (b"user=a%00&state=working&junk=JUNK-MARKER-12", "application/x-www-form-urlencoded", 400),
+    (b"state=working&junk=JUNK-MARKER-13", "application/x-www-form-urlencoded", 422),
+    (b"user=a&state=sleeping", "application/x-www-form-urlencoded", 422),
     (b"<xml/>", "application/xml", 400),
     (b"\x1f\x8b\x08\x00", "application/json", 400),
 ]
