@@ -9,10 +9,11 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import asyncpg
 import httpx
 import pytest
 from litestar import Litestar
@@ -21,9 +22,12 @@ from gateway.app import create_app
 from gateway.auth import hash_password
 from gateway.settings import GatewaySettings
 from gateway.testing import seed_sessions
+from proto.codec import decode_event, encode_event
+from proto.events import StateChange
 from proto.sessions import make_session
 from reports.names import resolve
 from sinks.migrations import apply_migrations
+from sinks.rows import RAW_COLUMNS, raw_row
 
 REPORT = str(Path(sys.executable).parent / "desktrace-report")
 DAY = "2025-03-10"
@@ -55,7 +59,35 @@ async def dsn(fresh_pg_dsn: str) -> str:
         fresh_pg_dsn,
         [make_session(k, "active", t(9, n), t(10, n), ["pc1"]) for n, k in enumerate(KEYS)],
     )
+    # shop\josé is a legacy client: its first report of the day (08:47:30) is its first logon
+    await seed_raw_events(
+        fresh_pg_dsn, [encode_event(e) for e in legacy_reports("josé", [t(8, 47) + timedelta(seconds=30)])]
+    )
     return fresh_pg_dsn
+
+
+def legacy_reports(login: str, times: list[datetime]) -> list[StateChange]:
+    return [
+        StateChange(
+            agent_id="legacy-" + login, seq=n, ts=ts, input="none", user=login, domain="shop",
+            host="10.0.0.9", tz="UTC", state="working",
+        )
+        for n, ts in enumerate(times, 1)
+    ]
+
+
+async def seed_raw_events(dsn: str, values: list[bytes]) -> None:
+    """Write raw events the way the raw sink does (its own row builder and insert)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = [raw_row(decode_event(v)) for v in values]
+        for day in sorted({r[2].date() for r in rows}):
+            await conn.execute("SELECT raw_events_ensure_partition($1::date)", day)
+        cols = ", ".join(f'"{c}"' for c in RAW_COLUMNS)
+        marks = ", ".join(f"${i + 1}" for i in range(len(RAW_COLUMNS)))
+        await conn.executemany(f"INSERT INTO raw_events ({cols}) VALUES ({marks})", rows)
+    finally:
+        await conn.close()
 
 
 def run_report(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -100,6 +132,9 @@ async def test_user_page_resolves_names_and_shows_a_notice_for_unknown_users(app
         assert r.status_code in (302, 303, 307) and r.headers["location"] == f"/user/corp%5Calice?date={DAY}"
         r = await c.get(r.headers["location"])
         assert r.status_code == 200 and 'id="figures"' in r.text and 'id="notice"' not in r.text
+        # the day page of a legacy user shows its first report as the first logon
+        r = await c.get(f"/user/jos%C3%A9?date={DAY}", follow_redirects=True)
+        assert r.status_code == 200 and "<dt>First logon</dt><dd>08:47:30</dd>" in r.text
         r = await c.get(f"/user/carol?date={DAY}")
         assert r.status_code == 404 and 'id="notice"' in r.text and "no user" in r.text
         assert "No activity recorded" not in r.text and 'id="figures"' not in r.text
