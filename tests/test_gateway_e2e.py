@@ -186,9 +186,16 @@ def test_legacy_client_shut_down_while_working_gets_the_legacy_span_end(pipeline
         str(FRIDAY + timedelta(days=4)): "08:00",
         str(wednesday): "09:00",
     }
-    # Nothing on Saturday or Sunday: the client was off.
+    # Nothing on Saturday or Sunday: the client was off; Friday's ISO week is Friday's work alone.
     for d in (FRIDAY + timedelta(days=1), FRIDAY + timedelta(days=2)):
         assert not [r for r in report_day(dsn, d) if r["active_s"] or r["idle_s"]]
+    week = subprocess.run(
+        [str(BIN / "desktrace-report"), "week", "--date", str(FRIDAY), "--user", "till4", "--format=json",
+         f"--pg-dsn={dsn}"],
+        capture_output=True, timeout=60, check=True,
+    )
+    (row,) = json.loads(week.stdout)
+    assert (row["user_key"], row["active_s"]) == ("shop\\till4", EXAMPLE4_DAYS[0][1])
 
 
 def test_latin1_and_utf8_clients_of_one_name_end_as_one_user_with_one_day(pipeline: str) -> None:
