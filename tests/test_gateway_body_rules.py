@@ -198,3 +198,23 @@ def test_access_log_lines_lose_their_query_string() -> None:
     )
     assert DropQueryStrings().filter(record)
     assert record.getMessage() == '10.0.0.5:5123 - "POST /api/report HTTP/1.1" 200'
+
+
+def test_bad_legacy_settings_stop_the_start_with_a_clear_message(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pathlib import Path
+
+    from gateway.cli import main
+
+    bad_file = Path(str(tmp_path)) / "tokens"
+    bad_file.write_text("secret-token-abcdefgh01 hr\\b*\n", encoding="utf-8")
+    for argv, what in [
+        (["--legacy-tokens-file", str(bad_file)], "legacy_tokens_file line 1"),
+        (["--legacy-tokens-file", str(bad_file) + ".missing"], "cannot read"),
+        (["--legacy-max-body-bytes", "10"], "legacy_max_body_bytes"),
+        (["--retention", "0"], "retention"),
+    ]:
+        assert main([*argv, "--pg-dsn", ""]) == 2, argv
+        err = capsys.readouterr().err
+        assert what in err and "secret-token" not in err, (argv, err)
