@@ -43,6 +43,7 @@ REJECT_REASONS: Final = (
     "malformed_json",
     "invalid_encoding",
     "body_too_large",
+    "incomplete_body",
     "invalid_body",
     "invalid_user",
     "invalid_ts",

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import ClientException, ValidationException
+from litestar.exceptions import ClientException, InternalServerException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Operation
@@ -122,6 +122,10 @@ async def read_body(request: Request, limit: int) -> bytes:
         if exc.status_code == 413:
             raise too_large from None
         raise BodyRejected(400, "malformed_json", "the body could not be read") from None
+    except InternalServerException:  # what Litestar raises when the client leaves mid-body
+        raise BodyRejected(
+            400, "incomplete_body", "the connection closed before the whole body arrived"
+        ) from None
     return b"".join(chunks)
 
 

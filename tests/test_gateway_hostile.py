@@ -293,3 +293,24 @@ def test_tokens_in_the_url_are_scoped_and_never_logged(gateway: tuple[str, Path]
     assert text.strip(), "the gateway logged nothing at DEBUG: the check below would prove nothing"
     for secret in (SHOP, CORP, ADMIN, "token="):
         assert secret not in text
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(gateway: tuple[str, Path]) -> None:
+    url, _ = gateway
+    host = urlsplit(url)
+    for _ in range(3):
+        with socket.create_connection((host.hostname, host.port), timeout=30) as sock:
+            sock.sendall(
+                f"POST /api/report?token={ADMIN} HTTP/1.1\r\nHost: {host.netloc}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n".encode()
+                + b'{"user": "a", "st'
+            )
+            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.recv(65536)
+            except OSError:
+                pass
+    time.sleep(0.5)
+    metrics = httpx.get(url + "/metrics", timeout=30).text
+    assert 'route="/api/report",status="500"' not in metrics
+    assert 'desktrace_gateway_rejected_total{reason="incomplete_body"} 3.0' in metrics
