@@ -35,6 +35,8 @@ AGENT_VERSION: Final = "desktrace-gateway/0.1.0"
 MIN_TS: Final = datetime(2000, 1, 1, tzinfo=UTC)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
+#: How Windows PowerShell 5.1's ConvertTo-Json writes a [DateTime]: "\/Date(1732780800000)\/" (UTC ms).
+_MS_DATE = re.compile(r"^/Date\((-?\d{1,15})(?:[+-]\d{4})?\)/$")
 _LOGIN = re.compile(r"^[^\x00-\x1f\x7f-\x9f\\/]{1,256}$")
 _DOMAIN = re.compile(r"^[^\x00-\x1f\x7f-\x9f\\/]{1,256}$")
 
@@ -120,8 +122,16 @@ def split_user(user: str, default_domain: str) -> tuple[str, str]:
 
 
 def parse_ts(text: str, zone: ZoneInfo) -> datetime:
-    """An ISO 8601 time; a naive one is read in ``zone``. Raises :class:`ReportRejected`."""
+    """An ISO 8601 time (a naive one is read in ``zone``), or ``/Date(ms)/`` as Windows PowerShell 5.1's
+    ``ConvertTo-Json`` writes a ``[DateTime]`` (milliseconds since the epoch, UTC). Raises
+    :class:`ReportRejected`."""
     raw = text.strip()
+    ms_date = _MS_DATE.match(raw)
+    if ms_date:
+        try:
+            return to_utc_ms(_EPOCH + timedelta(milliseconds=int(ms_date.group(1))))
+        except (OverflowError, ValueError):
+            raise ReportRejected("ts is outside the supported range", "ts_out_of_range") from None
     if raw.endswith(("z", "Z")):
         raw = raw[:-1] + "+00:00"
     try:

@@ -218,3 +218,25 @@ def test_bad_legacy_settings_stop_the_start_with_a_clear_message(
         assert main([*argv, "--pg-dsn", ""]) == 2, argv
         err = capsys.readouterr().err
         assert what in err and "secret-token" not in err, (argv, err)
+
+
+def test_what_convertto_json_of_powershell_51_writes() -> None:
+    """PowerShell 5.1's ConvertTo-Json: indented with CRLF and two spaces after the colon, non-ASCII as is,
+    a [DateTime] as "\\/Date(ms)\\/", (Get-Date -Format o) with seven fractional digits."""
+    ms = int(NOW.timestamp() * 1000) - 3_600_000
+    body = (
+        '{\r\n    "user":  "José",\r\n    "state":  "working",\r\n'
+        '    "ts":  "\\/Date(' + str(ms) + ')\\/"\r\n}'
+    )
+    report = parse_report(body.encode("latin-1"), "application/json")
+    event = to_event(report, now=NOW, default_domain="SHOP", zone=ZoneInfo("Europe/Berlin"), host="pc")
+    assert event.ts == NOW - timedelta(hours=1) and event_user_key(event) == "shop\\josé"
+    report = parse_report(b'{"user":"a","state":"stopped","ts":"2026-11-27T12:00:00.1234567+01:00"}', None)
+    event = to_event(report, now=NOW, default_domain="SHOP", zone=ZoneInfo("UTC"), host="pc")
+    assert event.ts == datetime(2026, 11, 27, 11, 0, 0, 123000, tzinfo=UTC)
+    for bad in ("/Date(99999999999999999999)/", "/Date()/", "/Date(12)"):
+        with pytest.raises(ReportRejected):
+            to_event(
+                LegacyReport(user="a", state="working", ts=bad),
+                now=NOW, default_domain="SHOP", zone=ZoneInfo("UTC"), host="pc",
+            )

@@ -39,6 +39,14 @@ PS51_AGENT = "Mozilla/5.0 (Windows NT; Windows NT 10.0; en-US) WindowsPowerShell
 RECENT = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
 
 
+def convertto_json(fields: dict[str, str]) -> str:
+    """What Windows PowerShell 5.1's ``ConvertTo-Json`` writes for a hashtable of strings: indented, CRLF,
+    two spaces after the colon, non-ASCII characters as they are, ``/`` escaped."""
+    values = {k: json.dumps(v, ensure_ascii=False).replace("/", "\\/") for k, v in fields.items()}
+    lines = [f'    "{k}":  {v}' for k, v in values.items()]
+    return "{\r\n" + ",\r\n".join(lines) + "\r\n}"
+
+
 def ts(minutes: int) -> str:
     return (RECENT + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -124,10 +132,10 @@ def test_powershell_51_latin1_and_a_utf8_client_are_one_user(
 ) -> None:
     url, _ = gateway
     path = f"/api/report?token={SHOP}"
-    latin1 = json.dumps({"user": "José", "state": "working", "ts": ts(0)}, ensure_ascii=False)
+    latin1 = convertto_json({"user": "José", "state": "working", "ts": ts(0)})
     a = powershell_post(url, latin1.encode("latin-1"), path=path)
     assert a.got_continue and a.status == 200 and json.loads(a.body) == {"success": True}, a
-    utf8 = json.dumps({"user": "JOSÉ", "state": "stopped", "ts": ts(30)}, ensure_ascii=False)
+    utf8 = convertto_json({"user": "JOSÉ", "state": "stopped", "ts": ts(30)})
     b = powershell_post(url, utf8.encode(), path=path, content_type="application/json; charset=utf-8")
     assert b.status == 200, b
     # curl/Python style: UTF-8 without charset, the token in a header
