@@ -3,10 +3,13 @@ lateness horizon, per-client token scopes."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.horizon import MAX_FUTURE, accepted_since
 from common.settings import SettingsError
@@ -240,3 +243,56 @@ def test_what_convertto_json_of_powershell_51_writes() -> None:
                 LegacyReport(user="a", state="working", ts=bad),
                 now=NOW, default_domain="SHOP", zone=ZoneInfo("UTC"), host="pc",
             )
+
+
+CONTENT_TYPES = [
+    None,
+    "application/json",
+    "application/json; charset=utf-8",
+    "application/json; charset=iso-8859-1",
+    "application/json; charset=utf-16",
+    "application/json; charset=x-nope",
+    "application/x-www-form-urlencoded",
+    "text/plain; charset=",
+    'application/json; charset="',
+]
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+def _read_all_the_way(raw: bytes, content_type: str | None) -> None:
+    try:
+        report = parse_report(raw, content_type)
+    except BodyRejected as exc:
+        assert exc.status in (400, 422) and exc.reason and str(exc)
+        return
+    try:
+        to_event(report, now=NOW, default_domain="SHOP", zone=ZoneInfo("Europe/Berlin"), host="pc")
+    except ReportRejected as exc:
+        assert exc.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=300), content_type=st.sampled_from(CONTENT_TYPES))
+def test_any_bytes_are_a_report_or_a_clear_refusal(raw: bytes, content_type: str | None) -> None:
+    _read_all_the_way(raw, content_type)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.dictionaries(
+        st.sampled_from(["user", "state", "ts", "junk"]),
+        JSONISH | st.sampled_from(["working", "stopped", "2026-11-27T10:00:00Z", "/Date(1)/", "a\\b"]),
+    )
+    | JSONISH,
+    encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]),
+    content_type=st.sampled_from(CONTENT_TYPES),
+)
+def test_any_json_is_a_report_or_a_clear_refusal(
+    value: object, encoding: str, content_type: str | None
+) -> None:
+    text = json.dumps(value, ensure_ascii=False)
+    _read_all_the_way(text.encode(encoding, errors="replace"), content_type)
