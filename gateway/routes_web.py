@@ -240,14 +240,34 @@ async def overview(
 
 
 @get("/user/{user_key:str}", include_in_schema=False, guards=[page_guard])
-async def user_page(request: Request, user_key: str, day: DateQuery = None, view: str = "day") -> Template:
+async def user_page(
+    request: Request, user_key: str, day: DateQuery = None, view: str = "day"
+) -> Template | Redirect:
     g = gw(request)
     view = parse_view(view)
-    check_user(page_scope(request), user_key)
+    scope = page_scope(request)
     today = g.today()
     d = parse_day(day, today)
-    first, last = views.period_bounds(d, view)
     reports = await g.reports()
+    # A bare login ("alice") or another spelling ("CORP\\Alice"): the one user key in scope it means.
+    lookup = await reports.resolve_user(user_key)
+    visible = [c for c in (lookup.candidates or ((lookup.key,) if lookup.key else ())) if scope.allows(c)]
+    if len(visible) == 1 and visible[0] != user_key:
+        query = views.nav_query(date=d) if view == "day" else views.nav_query(date=d, view=view)
+        return Redirect(f"/user/{views.user_path(visible[0])}?{query}")
+    if len(visible) > 1:
+        return Template(
+            template_name="user.html",
+            context=base_context(
+                request, user_key=user_key, view=view, d=d, today=today, notice="ambiguous",
+                candidates=visible, tz=g.zone.key, row=None, items=[], rows=[],
+                label=views.period_label(d, view), prev=views.step(d, view, -1), next=views.step(d, view, 1),
+                first=d, last=d, teams_of=[],
+            ),
+            status_code=300,
+        )
+    check_user(scope, user_key)
+    first, last = views.period_bounds(d, view)
     context = base_context(
         request,
         user_key=user_key,

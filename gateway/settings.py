@@ -7,6 +7,7 @@ import ipaddress
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common import health
+from common.horizon import DEFAULT_RAW_RETENTION_DAYS, DEFAULT_RETENTION_S
 from common.settings import HELP, CommonSettings, SettingsError, spellings
 
 SECTION = "gateway"
@@ -24,6 +25,10 @@ class GatewaySettings(CommonSettings, kw_only=True):
     legacy_networks: str = ""
     legacy_send_timeout_s: float = 10.0
     legacy_dedup_window_s: float = 30.0
+    legacy_max_body_bytes: int = 65536
+    legacy_tokens_file: str = ""
+    retention: float = DEFAULT_RETENTION_S
+    raw_retention_days: int = DEFAULT_RAW_RETENTION_DAYS
     web_users: str = ""
     web_users_file: str = ""
     web_password: str = ""
@@ -54,6 +59,13 @@ GATEWAY_HELP: dict[str, str] = {
     "legacy_networks": "comma-separated CIDRs allowed to POST /api/report (empty: any address)",
     "legacy_send_timeout_s": "how long a legacy report waits for Kafka before answering 503",
     "legacy_dedup_window_s": "a report without ts repeating the same user and state within this is a retry",
+    "legacy_max_body_bytes": "largest POST /api/report body; a larger one gets 413 before it is read",
+    "legacy_tokens_file": "file of per-client legacy tokens: one 'TOKEN  USER_KEY|DOMAIN\\*|*[, ...]' per "
+    "line; a token may only report for the users it lists (also accepted as ?token= on the URL)",
+    "retention": "the stream's horizon in seconds (same setting as desktrace-stream): reports the stream "
+    "would drop as late get 422 ts_too_old",
+    "raw_retention_days": "the raw sink's retention in days (same setting as desktrace-sink): older reports "
+    "get 422 ts_too_old",
     "web_users": "web login users: 'name:hash,...' (hash from `desktrace-gateway --hash-password`)",
     "web_users_file": "file holding web_users",
     "web_password": "password (or hash) of the single web user 'admin', when web_users is empty",

@@ -16,6 +16,7 @@ from common.settings import SettingsError, spellings
 from gateway.access import Access, parse_tokens
 from gateway.auth import SessionSigner, parse_users
 from gateway.legacy import RetryMemory
+from gateway.legacy_tokens import TokenScopes, load_token_file
 from gateway.login_guard import LoginThrottle, RevokedSessions
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
@@ -57,6 +58,10 @@ class Gateway:
         key = settings.web_session_secret.encode() or secrets.token_bytes(32)
         self.signer = SessionSigner(key)
         self.retry = RetryMemory(timedelta(seconds=settings.legacy_dedup_window_s))
+        self.legacy_tokens = (
+            load_token_file(settings.legacy_tokens_file) if settings.legacy_tokens_file else TokenScopes({})
+        )
+        check_legacy_limits(settings)
         self.publisher = Publisher(settings, self.metrics, timeout_s=settings.legacy_send_timeout_s)
         self._reports: ReportService | None = None
         self._pool: asyncpg.Pool | None = None
@@ -129,6 +134,18 @@ class Gateway:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+def check_legacy_limits(settings: GatewaySettings) -> None:
+    """The legacy API's numeric settings are sane; raises :class:`SettingsError` naming the bad one."""
+    if not 64 <= settings.legacy_max_body_bytes <= 16 * 1024 * 1024:
+        raise SettingsError(
+            f"legacy_max_body_bytes must be 64..16777216 ({spellings('legacy_max_body_bytes')})"
+        )
+    if settings.retention <= 0:
+        raise SettingsError(f"retention must be positive ({spellings('retention')})")
+    if settings.raw_retention_days < 0:
+        raise SettingsError(f"raw_retention_days must be >= 0 ({spellings('raw_retention_days')})")
 
 
 def gw(connection: ASGIConnection) -> Gateway:

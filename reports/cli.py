@@ -12,7 +12,8 @@
 
 Dates are the users' own local dates. ``--date`` defaults to today in the time zone of the machine running
 the command (``TZ``); it also accepts ``today`` and ``yesterday``. The database is ``--pg-dsn`` /
-``DESKTRACE_PG_DSN`` / ``pg_dsn`` in the TOML file. Exit status 2 on a configuration or database error.
+``DESKTRACE_PG_DSN`` / ``pg_dsn`` in the TOML file. Exit status 2 on a configuration or database error, 1
+when ``--user`` names no user or several (a bare login such as ``alice`` is fine when one key has it).
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ class ReportError(Exception):
     """A problem the user can fix; the message says how."""
 
 
+class UnknownUser(ReportError):
+    """``--user`` names no user, or several (exit status 1, not a configuration error)."""
+
+
+async def resolve_user_arg(svc: ReportService, name: str | None) -> str | None:
+    """The user key ``--user`` means: a key, or a bare login exactly one key has; raises :class:`UnknownUser`
+    (never an empty report that looks like a day off)."""
+    if not name:
+        return name
+    lookup = await svc.resolve_user(name)
+    if lookup.key is None:
+        raise UnknownUser(lookup.message())
+    return lookup.key
+
+
 def parse_date(text: str) -> date:
     """``YYYY-MM-DD``, ``today`` or ``yesterday`` (in the local zone of this machine)."""
     today = datetime.now().astimezone().date()
@@ -77,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="local date YYYY-MM-DD, 'today' or 'yesterday' (default: today in this machine's time zone)",
     )
-    common.add_argument("--user", default=None, metavar="KEY", help="one user key, e.g. 'corp\\alice'")
+    common.add_argument(
+        "--user",
+        default=None,
+        metavar="KEY",
+        help="one user key, e.g. 'corp\\alice', or a bare login that only one user key has ('alice'); "
+        "an unknown or ambiguous name exits with status 1 and lists the candidates",
+    )
     common.add_argument(
         "--team", default=None, metavar="NAME", help="only the members of this team of the teams_file"
     )
@@ -135,6 +157,8 @@ async def _report(args: argparse.Namespace, dsn: str, teams_file: str = "") -> s
     try:
         svc = ReportService(pool)
         fmt = args.format
+        if args.command != "users":
+            args.user = await resolve_user_arg(svc, args.user)
         if args.command == "day":
             end = args.end or d
             if end < d:
@@ -194,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = asyncio.run(_report(args, settings.pg_dsn, settings.teams_file))
     except ReportError as exc:
         print(f"desktrace-report: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, UnknownUser) else 2
     print(text)
     log.info("report printed", extra={"kv": {"command": args.command, "format": args.format}})
     return 0

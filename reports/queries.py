@@ -20,10 +20,12 @@ WHERE started_at <= $2 AND ended_at >= $1 AND ($3::text IS NULL OR user_key = $3
 ORDER BY user_key, started_at
 """
 
+#: Logon events, and legacy reports: the seed's client starts at logon, so a user's first report of a day is
+#: their first logon of that day (docs/reports.md).
 LOGONS_SQL = """
 SELECT user_key, ts, tz
 FROM raw_events
-WHERE type = 'Logon' AND ts >= $1 AND ts < $2 AND ($3::text IS NULL OR user_key = $3)
+WHERE type IN ('Logon', 'StateChange') AND ts >= $1 AND ts < $2 AND ($3::text IS NULL OR user_key = $3)
   AND ($4::text[] IS NULL OR user_key = ANY($4::text[]))
 ORDER BY ts
 """
@@ -40,6 +42,14 @@ ORDER BY user_key, ts, agent_id, seq
 USERS_SQL = "SELECT DISTINCT user_key FROM sessions ORDER BY user_key"
 
 USER_EXISTS_SQL = "SELECT EXISTS (SELECT 1 FROM sessions WHERE user_key = $1)"
+
+#: The user keys a typed name may mean: the key itself, or every key whose login part is the name.
+CANDIDATES_SQL = """
+SELECT DISTINCT user_key FROM sessions
+WHERE user_key = $1 OR (strpos($1, E'\\\\') = 0 AND right(user_key, $3) = $2)
+ORDER BY user_key
+"""
+
 
 
 async def fetch_sessions(
@@ -63,7 +73,7 @@ async def fetch_sessions(
 async def fetch_logons(
     pool: Any, lo: datetime, hi: datetime, user: str | None = None, users: Sequence[str] | None = None
 ) -> list[LogonAt]:
-    """``Logon`` raw events in the UTC range ``[lo, hi)``."""
+    """``Logon`` raw events and legacy ``StateChange`` reports in the UTC range ``[lo, hi)``."""
     rows = await pool.fetch(LOGONS_SQL, lo, hi, user, _list(users))
     return [LogonAt(user_key=r["user_key"], ts=r["ts"], tz=r["tz"] or "UTC") for r in rows]
 
@@ -94,6 +104,12 @@ async def fetch_users(pool: Any) -> list[str]:
 async def user_exists(pool: Any, user: str) -> bool:
     """Whether ``user`` has any session at all."""
     return bool(await pool.fetchval(USER_EXISTS_SQL, user))
+
+
+async def fetch_user_candidates(pool: Any, name: str) -> list[str]:
+    """The user keys with sessions that ``name`` (a user key or a bare login, lower-cased) may mean."""
+    suffix = "\\" + name
+    return [r["user_key"] for r in await pool.fetch(CANDIDATES_SQL, name, suffix, len(suffix))]
 
 
 async def sessions_for_dates(

@@ -11,6 +11,7 @@ import asyncpg
 from reports import compute, queries
 from reports.apps import focus_usage
 from reports.model import AppUsage, DayRow, PeriodRow, TimelineItem
+from reports.names import UserLookup, normalise, resolve
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,12 @@ class ReportService:
         return focus_usage(
             events, sessions, start, end, show_urls=show_urls, per_user=per_user or user is not None
         )
+
+    async def resolve_user(self, name: str) -> UserLookup:
+        """The user key ``name`` means (a key, or a bare login that exactly one key has), or the candidates
+        (:mod:`reports.names`)."""
+        wanted = normalise(name)
+        return resolve(name, await queries.fetch_user_candidates(self._pool, wanted))
 
     async def users(self) -> list[str]:
         """Every user key that has a session, sorted."""
