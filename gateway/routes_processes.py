@@ -1,6 +1,8 @@
 """The "Processes" page: the directly-follows graph of a user's or team's UI events over a period, drawn by
 Graphviz (a plain edge table when ``dot`` is missing), and their top recurring tasks. Behind the same login
-guard as the other report pages; see docs/mining.md.
+guard as the other report pages and filtered by the login's scope exactly like them
+(``gateway.principal.readable_users``: admin everyone, lead their teams, viewer their own user key; a user
+or team outside the scope is 403, an unknown team 404); see docs/mining.md.
 
 The graph is embedded as an ``<img>`` with an SVG data URI: titles and application names come from the
 workstations, and an SVG shown as an image cannot run scripts whatever its text holds.
@@ -21,10 +23,10 @@ from litestar.params import Parameter
 from litestar.response import Template
 
 from common.settings import load
-from gateway.routes_web import base_context, page_guard, parse_day
+from gateway.principal import readable_users
+from gateway.routes_web import base_context, notice_for, page_guard, page_scope, parse_day, visible_teams
 from gateway.state import gw
 from reports import export, flow, tasks
-from reports.mining_cli import MiningError, resolve_team
 
 #: The longest period the page reads (the CLI has no limit): it answers while the user waits.
 MAX_DAYS = 31
@@ -34,9 +36,9 @@ Query = Annotated[str | None, Parameter(required=False)]
 
 
 class ProcessPageSettings(msgspec.Struct, kw_only=True):
-    """Settings of the page, read like every setting (``DESKTRACE_*``, TOML top level or ``[gateway]``)."""
+    """Settings of the page, read like every setting (``DESKTRACE_*``, TOML top level or ``[gateway]``). Teams
+    come from the gateway's ``teams_file`` like on every other page."""
 
-    team_file: str = ""
     gap: float = 300.0
 
 
@@ -66,6 +68,7 @@ async def processes_page(
     level: Query = None,
 ) -> Template:
     g = gw(request)
+    scope = page_scope(request)
     first = parse_day(start, g.today())
     last = parse_day(end, first)
     if last < first:
@@ -78,36 +81,29 @@ async def processes_page(
     if lvl not in flow.LEVELS:
         raise ClientException(detail="level must be app or window")
     settings = page_settings()
-    error = ""
-    users: list[str] | None = [user.lower()] if user else None
-    if team:
-        try:
-            users = sorted(set(users or []) | set(resolve_team(team, settings.team_file)))
-        except MiningError as exc:
-            error = str(exc)
+    filter_user = user.lower() if user else ""  # user keys are lower-case (spec/events.md)
+    found = readable_users(request, scope, filter_user or None, team or None)
+    users = None if found is None else list(found)
     reports = await g.reports()
-    dfg: flow.Dfg | None = None
-    rows: list[tasks.TaskRow] = []
-    svg: str | None = None
-    if not error:
-        dfg, rows = await _mine(g, first, last, users, lvl, settings.gap)
-        svg = await asyncio.to_thread(_svg_data_uri, dfg) if dfg.edges else None
+    dfg, rows = await _mine(g, first, last, users, lvl, settings.gap)
+    svg = await asyncio.to_thread(_svg_data_uri, dfg) if dfg.edges else None
     return Template(
         template_name="processes.html",
         context=base_context(
             request,
             start=first,
             end=last,
-            filter_user=user or "",
+            filter_user=filter_user,
             team=team or "",
+            teams=visible_teams(g, scope),
             level=lvl,
             levels=flow.LEVELS,
-            users=await reports.users(),
+            users=[u for u in await reports.users() if scope.allows(u)],
             dfg=dfg,
             svg=svg,
             tasks=rows,
-            error=error,
             gap=settings.gap,
+            notice=notice_for(g, first, scope),
         ),
     )
 
@@ -115,7 +111,10 @@ async def processes_page(
 async def _mine(
     g: Any, first: date, last: date, users: list[str] | None, level: str, gap: float
 ) -> tuple[flow.Dfg, list[tasks.TaskRow]]:
-    """One read of the events feeds both the graph and the task miner."""
+    """One read of the events feeds both the graph and the task miner. ``users`` None is everyone, an empty
+    list no one (then nothing is read)."""
+    if users is not None and not users:
+        return flow.DfgBuilder(level).result(), []
     await g.reports()  # connects the pool on first use
     pool = g._pool
     b = flow.DfgBuilder(level)

@@ -175,7 +175,8 @@ class Connection(Protocol):
 
 def _query_args(start: date, end: date, users: Sequence[str] | None) -> tuple[Any, ...]:
     lo, hi = utc_window(start, end)
-    return lo, hi, list(UI_EVENT_TYPES), (list(users) if users else None)
+    # None reads everyone; an empty list reads no one (a login whose scope is empty must not see everyone).
+    return lo, hi, list(UI_EVENT_TYPES), (None if users is None else list(users))
 
 
 async def count_events(conn: Connection, start: date, end: date, users: Sequence[str] | None) -> int:

@@ -8,7 +8,8 @@
 
 Dates are the users' local dates. ``reports_show_urls`` (``DESKTRACE_REPORTS_SHOW_URLS``) puts full URLs
 into the export; otherwise only URL domains leave the database. ``--team T`` reads the members of team T
-from ``team_file`` (``DESKTRACE_TEAM_FILE``, a TOML file with a ``[teams]`` table).
+from the team file of the reports and the gateway (``teams_file`` / ``DESKTRACE_TEAMS_FILE``, read by
+:func:`reports.teams.load_team_file`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import logging
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import date
@@ -32,6 +32,7 @@ import asyncpg
 
 from common.settings import HELP, SettingsError, add_arguments, load, spellings
 from reports import export, flow, tasks
+from reports.teams import TeamFileError, load_team_file
 
 COMMANDS = ("export", "flow", "tasks")
 
@@ -51,7 +52,6 @@ def _settings_cls() -> Any:
 
         reports_show_urls: bool = False
         gap: float = 300.0
-        team_file: str = ""
 
     return MiningSettings
 
@@ -60,33 +60,25 @@ MINING_HELP = {
     **HELP,
     "reports_show_urls": "export full URLs (default: URL domains only, as the report pages)",
     "gap": "G, the idle gap in seconds (as the sessions' setting): tasks never span a longer pause",
-    "team_file": "TOML file with a [teams] table: name = [user keys] (used by --team)",
+    "teams_file": "TOML or JSON team file ([teams] name = [user keys]) that --team reads",
 }
 
 
-def resolve_team(name: str, team_file: str) -> list[str]:
-    """The user keys of team ``name`` from ``team_file`` (TOML): ``[teams]`` with ``name = [user keys]`` or
-    ``[teams.name]`` with ``members = [user keys]``. Raises :class:`MiningError` with what to do."""
-    if not team_file:
+def team_members(team: str, teams_file: str) -> list[str]:
+    """The user keys of ``team`` in the team file the reports and the gateway read (``teams_file``, parsed by
+    :func:`reports.teams.load_team_file`), lower-cased as user keys are. Raises :class:`MiningError`."""
+    if not teams_file:
         raise MiningError(
-            f"--team needs a team file: set {spellings('team_file')} to a TOML file with a [teams] table "
-            "(see docs/mining.md)"
+            f"--team needs a team file: set {spellings('teams_file')} to a TOML or JSON file with a [teams] "
+            "table (see docs/mining.md)"
         )
     try:
-        data = tomllib.loads(Path(team_file).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MiningError(f"cannot read the team file {team_file}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise MiningError(f"the team file {team_file} is not valid TOML: {exc}") from None
-    teams = data.get("teams")
-    if not isinstance(teams, dict) or name not in teams:
-        known = ", ".join(sorted(teams)) if isinstance(teams, dict) else "none"
-        raise MiningError(f"no team {name!r} in {team_file} (teams: {known})")
-    entry = teams[name]
-    members = entry.get("members") if isinstance(entry, dict) else entry
-    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-        raise MiningError(f"team {name!r} in {team_file} must be a list of user keys")
-    return [m.lower() for m in members]
+        teams = load_team_file(teams_file).teams
+    except TeamFileError as exc:
+        raise MiningError(str(exc)) from None
+    if team not in teams:
+        raise MiningError(f"no team {team!r} in {teams_file} (teams: {', '.join(sorted(teams)) or 'none'})")
+    return sorted({m.lower() for m in teams[team]})
 
 
 def _date(text: str) -> date:
@@ -111,7 +103,9 @@ def add_parsers(sub: Any) -> None:
         metavar="KEY",
         help="a user key, e.g. 'corp\\alice' (repeatable; default: everyone)",
     )
-    common.add_argument("--team", default=None, metavar="T", help="the members of team T (see --team-file)")
+    common.add_argument(
+        "--team", default=None, metavar="T", help="the members of team T of the teams_file (see --teams-file)"
+    )
     ex = sub.add_parser(
         "export", parents=[common], help="event log of UI events as IEEE XES or OCEL 2.0 JSON (streaming)"
     )
@@ -305,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
             raise MiningError("--to is before --from")
         users: list[str] | None = [u.lower() for u in args.users] if args.users else None
         if args.team:
-            users = sorted(set(users or []) | set(resolve_team(args.team, settings.team_file)))
+            users = sorted(set(users or []) | set(team_members(args.team, settings.teams_file)))
             if not users:
                 raise MiningError(f"team {args.team!r} has no members")
         text = asyncio.run(_run(args, settings, users))

@@ -359,7 +359,24 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
     expect(page.locator("#domains")).to_contain_text("example.org")
     shot(page, width, 11, "apps")
 
-    # 9. log out: back to the login form
+    # 9. the Processes page, linked from the navigation of every page, within the login's scope
+    nav = page.locator("header nav a#nav-processes")
+    expect(nav).to_be_visible()
+    nav.click()
+    page.wait_for_url("**/processes")
+    page.goto(f"{base}/processes?start={MONDAY}&end=2025-03-16&team=sales")
+    expect(page.locator("h1")).to_contain_text("team sales")
+    expect(page.locator("select[name=user] option")).to_have_count(5)  # everyone + the four users
+    # Alice's day: excel.exe at 07:01 UTC, then chrome.exe at 08:00
+    expect(page.locator("#edges tbody tr")).to_have_count(1)
+    expect(page.locator("#edges tbody tr")).to_contain_text("excel.exe")
+    expect(page.locator("#edges tbody tr")).to_contain_text("0:59:00")
+    page.goto(f"{base}/processes?start={MONDAY}&end=2025-03-16&team=support")
+    expect(page.locator("#flow")).to_contain_text("No UI events in this period")
+    page.goto(f"{base}/processes?start={MONDAY}&end=2025-03-16&team=sales")
+    shot(page, width, 12, "processes")
+
+    # 10. log out: back to the login form
     page.click("header form.logout button")
     page.wait_for_url("**/login")
     assert page.goto(f"{base}/?date={MONDAY}").status == 401

@@ -89,15 +89,27 @@ async def test_table_fallback_without_graphviz(app: Litestar, monkeypatch: pytes
         assert '<td>Outlook</td><td>Excel</td><td class="num">2</td>' in r.text
 
 
-async def test_team(app: Litestar, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    async with logged_in(app) as c:
-        r = await c.get("/processes?start=2026-03-28&end=2026-03-29&team=ops")
-        assert r.status_code == 200 and 'id="error"' in r.text and "DESKTRACE_TEAM_FILE" in r.text
+async def test_team_from_the_gateway_team_file(fresh_pg_dsn: str, tmp_path: Path) -> None:
+    """``team=`` reads the gateway's ``teams_file`` (the one every page reads), not a setting of its own."""
+    await load_fixture(fresh_pg_dsn)
     teams = tmp_path / "teams.toml"
-    teams.write_text('[teams]\nops = ["corp\\\\bob"]\n')
-    monkeypatch.setenv("DESKTRACE_TEAM_FILE", str(teams))
-    routes_processes.page_settings.cache_clear()
+    teams.write_text('[teams]\nops = ["corp\\\\bob"]\n[roles.alice]\nrole = "admin"\n')
+    settings = GatewaySettings(
+        pg_dsn=fresh_pg_dsn, web_users=f"alice:{hash_password(PASSWORD)}", teams_file=str(teams)
+    )
+    app = create_app(settings, start_kafka=False)
+    try:
+        async with logged_in(app) as c:
+            r = await c.get("/processes?start=2026-03-28&end=2026-03-29&team=ops")
+            assert r.status_code == 200
+            assert "<td>Word</td><td>Word</td>" in r.text and "<td>Chrome</td>" not in r.text
+            assert '<option value="ops" selected>ops</option>' in r.text
+            assert (await c.get("/processes?start=2026-03-28&end=2026-03-29&team=nope")).status_code == 404
+    finally:
+        await app.state.gateway.close()
+
+
+async def test_unknown_team_without_team_file_is_404(app: Litestar) -> None:
     async with logged_in(app) as c:
         r = await c.get("/processes?start=2026-03-28&end=2026-03-29&team=ops")
-        assert r.status_code == 200 and 'id="error"' not in r.text
-        assert "<td>Word</td><td>Word</td>" in r.text and "<td>Chrome</td>" not in r.text
+        assert r.status_code == 404

@@ -126,6 +126,8 @@ def user_urls(user: str, kind: str) -> list[str]:
         f"/user/{enc}?date={DAY}&view=week",
         f"/user/{enc}?date={DAY}&view=month",
         f"/apps?user={enc}&start={DAY}",
+        f"/processes?user={enc}&start={DAY}",
+        f"/processes?user={enc}&start={DAY}&level=window",
     ]
     return api + (pages if kind == "web" else [])
 
@@ -182,6 +184,25 @@ async def test_each_principal_reads_its_scope_only(app: Litestar, name: str) -> 
                 assert (f">{user}<" in apps) is (user in visible), (name, user)
             r = await c.get(f"/?date={DAY}&team=support")
             assert r.status_code == (200 if name == "boss" else 403), name
+            # Processes: the graph (each user's one UI event starts and ends a trace) and the user choice
+            # hold only the users in scope; a team outside it is refused as on the other pages
+            procs = await c.get(f"/processes?start={DAY}")
+            assert procs.status_code == 200, (name, procs.text[:200])
+            assert f"{len(visible)} traces (user days)" in procs.text, name
+            for user in EVERYONE:
+                assert (APP_OF[user] in procs.text) is (user in visible), (name, user)
+                assert (f">{user}<" in procs.text) is (user in visible), (name, user)
+            for team, members in (("sales", {ALICE, BOB}), ("support", {CAROL})):
+                r = await c.get(f"/processes?start={DAY}&team={team}")
+                if name == "boss" or (team == "sales" and name == "sally"):
+                    assert r.status_code == 200, (name, team)
+                    assert {u for u in EVERYONE if APP_OF[u] in r.text} == members, (name, team)
+                    assert f'<option value="{team}" selected>' in r.text, (name, team)
+                else:
+                    assert r.status_code == 403, (name, team, r.status_code)
+            if name == "sally":  # a member of her team, named with the team: still only that member
+                r = await c.get(f"/processes?start={DAY}&team=sales&user={quote(BOB, safe='')}")
+                assert r.status_code == 200 and APP_OF[BOB] in r.text and APP_OF[ALICE] not in r.text
             if not visible:
                 assert "no role in the team file" in (await c.get(f"/?date={DAY}")).text
 
@@ -190,6 +211,16 @@ async def test_unknown_team_is_404_for_an_admin(app: Litestar) -> None:
     async with as_principal(app, "boss") as c:
         r = await c.get(f"/api/v1/reports/day?date={DAY}&team=nope")
         assert r.status_code == 404
+        r = await c.get(f"/processes?start={DAY}&team=nope")
+        assert r.status_code == 404
+
+
+async def test_every_page_links_to_processes(app: Litestar) -> None:
+    async with as_principal(app, "alice") as c:
+        for url in (f"/?date={DAY}", f"/user/{quote(ALICE, safe='')}?date={DAY}", f"/apps?start={DAY}",
+                    f"/processes?start={DAY}"):
+            r = await c.get(url)
+            assert r.status_code == 200 and '<a href="/processes" id="nav-processes">' in r.text, url
 
 
 def test_team_file_errors_name_the_problem(tmp_path: Path) -> None:

@@ -222,13 +222,17 @@ def test_tasks_cli(db: str) -> None:
 def test_team_flag(db: str, tmp_path: Path) -> None:
     args = ("flow", "--from", "2026-03-28", "--to", "2026-03-29", "--team", "ops", "--format", "json")
     missing = run_report(db, *args)
-    assert missing.returncode == 2 and "DESKTRACE_TEAM_FILE" in missing.stderr
+    assert missing.returncode == 2 and "DESKTRACE_TEAMS_FILE" in missing.stderr
+    # The one team file of the reports and the gateway, roles and all.
     teams = tmp_path / "teams.toml"
-    teams.write_text('[teams]\nops = ["CORP\\\\bob"]\n[teams.finance]\nmembers = ["corp\\\\alice"]\n')
-    ops = run_report(db, *args, DESKTRACE_TEAM_FILE=str(teams))
+    teams.write_text(
+        '[teams]\nops = ["CORP\\\\bob"]\nfinance = ["corp\\\\alice"]\n'
+        '[roles.olga]\nrole = "lead"\nteams = ["ops"]\n'
+    )
+    ops = run_report(db, *args, DESKTRACE_TEAMS_FILE=str(teams))
     assert ops.returncode == 0, ops.stderr
     assert json.loads(ops.stdout)["start"] == {"Word": 1}
-    unknown = run_report(db, *args[:-3], "nobody", "--format", "json", DESKTRACE_TEAM_FILE=str(teams))
+    unknown = run_report(db, *args[:-3], "nobody", "--format", "json", DESKTRACE_TEAMS_FILE=str(teams))
     assert unknown.returncode == 2 and "finance, ops" in unknown.stderr
     out = tmp_path / "finance.xes"
     fin = run_report(
@@ -242,10 +246,16 @@ def test_team_flag(db: str, tmp_path: Path) -> None:
         "finance",
         "--out",
         str(out),
-        DESKTRACE_TEAM_FILE=str(teams),
+        DESKTRACE_TEAMS_FILE=str(teams),
     )
     assert fin.returncode == 0, fin.stderr
     assert set(xes_traces(out)) == {f"{ALICE}/2026-03-28", f"{ALICE}/2026-03-29"}
+    # The same file as JSON, given by the flag the report commands take.
+    as_json = tmp_path / "teams.json"
+    as_json.write_text('{"teams": {"ops": ["corp\\\\bob"]}}')
+    flag = run_report(db, *args, "--teams-file", str(as_json))
+    assert flag.returncode == 0, flag.stderr
+    assert json.loads(flag.stdout)["start"] == {"Word": 1}
 
 
 def test_clear_errors(fresh_pg_dsn: str, tmp_path: Path) -> None:

@@ -240,21 +240,41 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise() -> None:
     assert plain.getvalue().startswith("export: 5000 events read, ") and "\r" not in plain.getvalue()
 
 
-def test_resolve_team(tmp_path: Any) -> None:
-    from reports.mining_cli import MiningError, resolve_team
+def test_team_members_read_the_shared_team_file(tmp_path: Any) -> None:
+    """``--team`` reads the one team file of the reports and the gateway (TOML or JSON, roles allowed)."""
+    from reports.mining_cli import MiningError, team_members
 
     f = tmp_path / "teams.toml"
-    f.write_text('[teams]\nops = ["CORP\\\\Bob"]\nbad = "corp\\\\x"\n[teams.fin]\nmembers = ["corp\\\\a"]\n')
-    assert resolve_team("ops", str(f)) == ["corp\\bob"]
-    assert resolve_team("fin", str(f)) == ["corp\\a"]
+    f.write_text(
+        '[teams]\nops = ["CORP\\\\Bob", "corp\\\\carol"]\nfin = ["corp\\\\a"]\n'
+        '[roles.olga]\nrole = "lead"\nteams = ["ops"]\n'
+    )
+    assert team_members("ops", str(f)) == ["corp\\bob", "corp\\carol"]
+    assert team_members("fin", str(f)) == ["corp\\a"]
+    j = tmp_path / "teams.json"
+    j.write_text('{"teams": {"ops": ["corp\\\\dave"]}}')
+    assert team_members("ops", str(j)) == ["corp\\dave"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[teams]\nops = "corp\\\\x"\n')
     for name, file, msg in (
-        ("ops", "", "DESKTRACE_TEAM_FILE"),
+        ("ops", "", "DESKTRACE_TEAMS_FILE"),
         ("ops", str(tmp_path / "none.toml"), "cannot read"),
-        ("nope", str(f), "teams: bad, fin, ops"),
-        ("bad", str(f), "list of user keys"),
+        ("nope", str(f), r"teams: fin, ops\)"),
+        ("ops", str(bad), "bad.toml"),
     ):
         with pytest.raises(MiningError, match=msg):
-            resolve_team(name, file)
+            team_members(name, file)
+
+
+def test_no_separate_mining_team_setting() -> None:
+    """The mining subcommands have no setting of their own for teams: only ``teams_file``."""
+    from reports.cli import build_parser
+
+    period = ["flow", "--from", "2026-03-28", "--to", "2026-03-28"]
+    args = build_parser().parse_args([*period, "--teams-file", "t"])
+    assert args.teams_file == "t" and not hasattr(args, "team_file")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*period, "--team-file", "t"])
 
 
 def test_tasks_render_formats() -> None:
