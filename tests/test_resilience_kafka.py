@@ -1,7 +1,8 @@
 """Poison records on the real broker: records of 1,000,000 and 1,048,000 bytes (and one at the broker's own
 limit) on every raw topic among good events. The stream worker neither dies nor stalls, the sessions equal
 the offline tool's, and the big records are in the dead-letter topic with their reason (whole when they fit,
-else their head with size and digest)."""
+else their head with size and digest). A sink whose dead letters the broker refuses for good keeps going.
+(The whole pipeline, sinks included, with two topic prefixes: tests/test_resilience_pipeline.py.)"""
 
 from __future__ import annotations
 
@@ -148,3 +149,56 @@ async def test_stream_dead_letters_records_up_to_the_broker_limit_without_dying(
     assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
     assert worker.get("/readyz")[0] == 200
     assert worker.metric("desktrace_stream_deadletters_truncated_total") == 1
+
+
+@pytest.mark.postgres
+async def test_sink_skips_dead_letters_the_broker_refuses_for_good_and_keeps_writing(
+    kafka_bootstrap: str, fresh_pg_dsn: str
+) -> None:
+    """A dead-letter topic whose max.message.bytes is below even a dead letter's head: the raw sink
+    neither retries for ever nor stops; it counts and logs the refusal and writes every good row."""
+    import uuid
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from devstack.topics import delete_topics, ensure_topics
+    from sinks.testing import event_mix, event_records, fetchval, running, settings_for, wait_until
+    from sinks.writers import RawWriter
+
+    topics = Topics(f"t{uuid.uuid4().hex[:12]}.")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        small = NewTopic(topics.deadletter, 1, 1, topic_configs={"max.message.bytes": "20000"})
+        await admin.create_topics([small])
+    finally:
+        await admin.close()
+    await ensure_topics(kafka_bootstrap, topics, partitions=3)
+    try:
+        events = event_mix(300, agents=3)
+        records: list[Any] = event_records(topics, events)
+        records.insert(100, (topics.hid, b"corp\\user0", b"\xc1" + b"x" * 200_000))  # head 64 KiB > 20,000
+        records.insert(200, (topics.ui, b"corp\\user1", b"\xc1 small junk"))  # fits: dead-lettered
+        await publish_big(kafka_bootstrap, records)
+        settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=128)
+        async with running(RawWriter(), settings) as runner:
+
+            async def done() -> bool:
+                rows = await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events")
+                reg = runner.metrics.registry
+                skipped = reg.get_sample_value("desktrace_sink_dead_letters_refused_total", {
+                    "table": "raw_events", "reason": "MessageSizeTooLargeError", "action": "skipped"})
+                return rows == len(events) and skipped == 1
+
+            assert await wait_until(done, 60), "sink stalled on a dead letter the broker refuses"
+            reg = runner.metrics.registry
+            assert reg.get_sample_value("desktrace_sink_dead_letters_refused_total", {
+                "table": "raw_events", "reason": "MessageSizeTooLargeError", "action": "head"}) == 1
+            assert reg.get_sample_value("desktrace_sink_dead_letters_total", {"table": "raw_events"}) == 1
+            assert reg.get_sample_value(
+                "desktrace_sink_rows_rejected_total", {"table": "raw_events", "reason": "undecodable"}
+            ) == 2
+        dead = await read_topic(kafka_bootstrap, topics.deadletter, 1, 10)
+        assert [r.value for r in dead] == [b"\xc1 small junk"]
+    finally:
+        await delete_topics(kafka_bootstrap, topics)
