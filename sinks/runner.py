@@ -34,8 +34,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from common.kafka import (
     MAX_REQUEST_SIZE,
+    KafkaAuthenticationFailed,
     ProduceErrorKind,
     client_options,
+    connection_problem,
+    is_authentication_problem,
     produce_error_kind,
     produce_error_name,
 )
@@ -136,6 +139,8 @@ class SinkRunner:
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._failing = False
         self._migrated = False
+        #: Why Kafka refuses us (from common.kafka.connection_problem), "" when it does not.
+        self.kafka_problem = ""
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -253,11 +258,29 @@ class SinkRunner:
             await self.close()
 
     async def _retry_kafka(self, fn: Callable[[], Awaitable[Any]], what: str) -> None:
-        await self._retrying(fn, _kafka_trouble, "kafka", f"kafka {what} failed; retrying")
+        """``fn`` until it succeeds; after each failure the cause is diagnosed (a refused login is named,
+        with the setting to check, in the log and in ``/readyz``)."""
+
+        async def attempt() -> Any:
+            try:
+                result = await fn()
+            except Exception as exc:
+                if _kafka_trouble(exc):
+                    problem = await connection_problem(self.settings, wait_s=5.0)
+                    if problem != self.kafka_problem and problem:
+                        log.error("kafka refuses the connection", extra={"kv": {"problem": problem}})
+                    self.kafka_problem = problem
+                raise
+            self.kafka_problem = ""
+            return result
+
+        await self._retrying(attempt, _kafka_trouble, "kafka", f"kafka {what} failed; retrying")
 
     # ---- readiness -----------------------------------------------------------------------------------
     async def check_kafka(self) -> bool:
         """Readiness: the cluster answers a metadata request."""
+        if is_authentication_problem(self.kafka_problem):
+            raise KafkaAuthenticationFailed(self.kafka_problem)
         if self._consumer is None:
             return False
         await self._consumer.topics()
