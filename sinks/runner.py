@@ -77,6 +77,7 @@ class _Letter:
     rejected: Rejected
     letter: DeadLetter
     pending: Any
+    alone: bool = False  # sent as the only record of its batch
 
 
 def _error_of(pending: Any) -> BaseException | None:
@@ -507,7 +508,9 @@ class SinkRunner:
             pairs.append((rej, dl))
         return await self._send_batched(pairs)
 
-    async def _send_batched(self, pairs: Sequence[tuple[Rejected, DeadLetter]]) -> list[_Letter]:
+    async def _send_batched(
+        self, pairs: Sequence[tuple[Rejected, DeadLetter]], alone: bool = False
+    ) -> list[_Letter]:
         """Fill record batches (a dead letter goes to dead-letter partition ``source partition % count``,
         so one source partition's dead letters stay in order) and submit each without waiting: one future
         per batch, shared by its dead letters; an exception in place of the future when submitting failed."""
@@ -519,11 +522,18 @@ class SinkRunner:
         try:
             count = len(await producer.partitions_for(topic))
         except Exception as exc:
-            return [_Letter(rej, dl, exc) for rej, dl in pairs]
+            return [_Letter(rej, dl, exc, alone) for rej, dl in pairs]
         groups: dict[int, list[tuple[Rejected, DeadLetter]]] = {}
         for rej, dl in pairs:
             groups.setdefault(rej.record.partition % count, []).append((rej, dl))
         out: list[_Letter] = []
+        if alone:  # one record per batch: a refusal concerns that record only
+            for rej, dl in pairs:
+                batch = producer.create_batch()
+                batch.append(key=dl.key, value=dl.value, timestamp=None, headers=dl.headers)
+                partition = rej.record.partition % count
+                out.append(_Letter(rej, dl, await self._submit(batch, topic, partition), True))
+            return out
         for partition, group in groups.items():
             batch = producer.create_batch()
             members: list[tuple[Rejected, DeadLetter]] = []
@@ -548,8 +558,9 @@ class SinkRunner:
 
     async def _settle_dead_letters(self, letters: list[_Letter]) -> None:
         """Await every dead letter sent. Permanently refused ones (:func:`common.kafka.produce_error_kind`)
-        are re-sent as their bounded head, or skipped (counted, logged) when even that is refused; only
-        transient failures are retried as they are, with backoff, until they succeed or the sink stops."""
+        are re-sent alone (the refusal of a shared batch may be one record's), then as their bounded head,
+        and skipped (counted, logged) when even that is refused; only transient failures are retried as
+        they are, with backoff, until they succeed or the sink stops."""
         table = self.writer.table
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         total, skipped = len(letters), 0
@@ -562,6 +573,7 @@ class SinkRunner:
             if futures:
                 await asyncio.wait(futures)
             retry: list[tuple[Rejected, DeadLetter]] = []
+            isolate: list[tuple[Rejected, DeadLetter]] = []  # refused in a shared batch: find the culprit
             transient: BaseException | None = None
             done: collections.Counter[str] = collections.Counter()
             for letter in letters:
@@ -572,11 +584,13 @@ class SinkRunner:
                 elif produce_error_kind(result) is ProduceErrorKind.TRANSIENT:
                     transient = result
                     retry.append((rej, dl))
+                elif not letter.alone:
+                    isolate.append((rej, dl))
                 elif not dl.truncated:
                     self.metrics.dead_letters_refused.labels(table, produce_error_name(result), "head").inc()
                     self.metrics.dead_letters_truncated.labels(table).inc()
                     rec = rej.record
-                    retry.append((rej, deadletter_record(rec.key, rec.value, dl.headers, force_head=True)))
+                    isolate.append((rej, deadletter_record(rec.key, rec.value, dl.headers, force_head=True)))
                 else:
                     reason = produce_error_name(result)
                     self.metrics.dead_letters_refused.labels(table, reason, "skipped").inc()
@@ -599,7 +613,7 @@ class SinkRunner:
                                   "retry_in_s": delay}},
                 )
                 await self._sleep_unless_stopped(delay)
-            letters = await self._send_batched(retry)
+            letters = await self._send_batched(retry) + await self._send_batched(isolate, alone=True)
         if total:
             log.warning(
                 "records dead-lettered",
