@@ -117,7 +117,7 @@ def test_agent_names_it_in_its_log(secure: SecureKafka, tmp_path: Path) -> None:
         "--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", env_opts[
             "DESKTRACE_KAFKA_SASL_MECHANISM"],
         "--kafka-ca-file", env_opts["DESKTRACE_KAFKA_CA_FILE"], "--kafka-username", AGENT,
-        "--kafka-password-file", str(wrong), "--topic-prefix", PREFIX,
+        "--kafka-password-file", str(wrong), "--topic-prefix", PREFIX, "--linger-s", "0",
     )
     log = tmp_path / "agent.log"
     with open(log, "wb") as out:
