@@ -202,3 +202,49 @@ async def test_sink_skips_dead_letters_the_broker_refuses_for_good_and_keeps_wri
         assert [r.value for r in dead] == [b"\xc1 small junk"]
     finally:
         await delete_topics(kafka_bootstrap, topics)
+
+
+async def test_failover_with_the_default_session_timeout_and_readiness_during_it(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    """Two workers with the default 10 s session timeout; one is SIGKILLed mid-stream. The survivor is not
+    ready while the dead member's partitions move (rebalance), ready again once it owns them, and the
+    sessions still equal the offline tool's, within the session timeout plus a margin."""
+    events = generate_events(seed=12, users=6, hours=2)
+    expected = offline_sessions(events, tmp_path)
+    workers = []
+    for name in ("a", "b"):
+        env = worker_env(kafka_bootstrap, topics, tmp_path / f"data-{name}",
+                         DESKTRACE_BATCH_SIZE="20", DESKTRACE_BATCH_WITHIN="0.05")
+        del env["DESKTRACE_SESSION_TIMEOUT"], env["DESKTRACE_STREAM_APP_ID"]  # defaults: 10 s, from prefix
+        workers.append(WorkerProcess(env, tmp_path / f"worker-{name}.log"))
+    a, b = workers
+    try:
+        a.start(ready_timeout=90)
+        b.start(ready_timeout=90)
+        await publish(kafka_bootstrap, topics, events[: len(events) // 2])
+        await asyncio.sleep(3)
+        await publish(kafka_bootstrap, topics, events[len(events) // 2:])
+        a.kill()
+        killed = time.monotonic()
+        states: list[tuple[float, int]] = []
+        while time.monotonic() - killed < 40:
+            states.append((time.monotonic() - killed, b.get("/readyz", timeout=2)[0]))
+            if any(code != 200 for _, code in states) and states[-1][1] == 200:
+                break
+            await asyncio.sleep(0.2)
+        not_ready = [t for t, code in states if code != 200]
+        assert not_ready, f"the survivor never reported the rebalance: {states[-5:]}\n{b.tail()}"
+        assert states[-1][1] == 200, f"not ready again within 40 s: {states[-5:]}\n{b.tail()}"
+        async with SessionView(kafka_bootstrap, topics) as view:
+            ok = await view.wait_equal(expected, 60)
+            assert ok, describe_difference(view.sessions, expected) + "\n" + b.tail()
+        assert b.proc is not None and b.proc.poll() is None
+    finally:
+        for w in workers:
+            w.stop()
+        try:
+            await asyncio.wait_for(
+                delete_internal_topics(kafka_bootstrap, f"desktrace-stream-{topics.prefix}"), 10)
+        except Exception:  # best effort
+            pass
