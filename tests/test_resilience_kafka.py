@@ -248,3 +248,56 @@ async def test_failover_with_the_default_session_timeout_and_readiness_during_it
                 delete_internal_topics(kafka_bootstrap, f"desktrace-stream-{topics.prefix}"), 10)
         except Exception:  # best effort
             pass
+
+
+async def test_stream_skips_output_the_broker_refuses_for_good_and_keeps_running(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The dead-letter topic refuses anything over 20,000 bytes: a 200 kB garbage record's dead letter and
+    even its 64 KiB head are refused. The worker does not exit (it would meet the record again after a
+    restart): it counts and logs the refusal and the good events' sessions still equal the offline tool's."""
+    import uuid
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from devstack.topics import delete_topics, ensure_topics
+
+    topics = Topics(f"t{uuid.uuid4().hex[:12]}.")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        small = NewTopic(topics.deadletter, 1, 1, topic_configs={"max.message.bytes": "20000"})
+        await admin.create_topics([small])
+    finally:
+        await admin.close()
+    await ensure_topics(kafka_bootstrap, topics, partitions=3)
+    env = worker_env(kafka_bootstrap, topics, tmp_path / "data")
+    del env["DESKTRACE_STREAM_APP_ID"]
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    try:
+        worker.start(ready_timeout=90)
+        events = generate_events(seed=17, users=2, hours=2)
+        expected = offline_sessions(events, tmp_path)
+        half = len(events) // 2
+        await publish(kafka_bootstrap, topics, events[:half])
+        await publish_big(kafka_bootstrap, [(topics.ui, b"corp\\user0", b"\xc1" + b"g" * 200_000),
+                                            (topics.hid, b"corp\\user1", b"\xc1 small")])
+        await publish(kafka_bootstrap, topics, events[half:])
+        async with SessionView(kafka_bootstrap, topics) as view:
+            ok = await view.wait_equal(expected, 90)
+            assert ok, describe_difference(view.sessions, expected) + "\n" + worker.tail()
+        assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
+        refused = "desktrace_stream_output_refused_total"
+        assert worker.metric(refused, reason="MessageSizeTooLargeError", action="deadletter_head") == 1
+        assert worker.metric(refused, reason="MessageSizeTooLargeError", action="skipped") == 1
+        dead = await read_topic(kafka_bootstrap, topics.deadletter, 1, 10)
+        assert [r.value for r in dead] == [b"\xc1 small"]
+        assert "record refused by Kafka even as a bounded dead letter; skipped" in worker.tail(200)
+    finally:
+        worker.stop()
+        try:
+            await asyncio.wait_for(delete_topics(kafka_bootstrap, topics), 10)
+            await asyncio.wait_for(
+                delete_internal_topics(kafka_bootstrap, f"desktrace-stream-{topics.prefix}"), 10)
+        except Exception:  # best effort
+            pass
