@@ -336,3 +336,13 @@ def test_group_readiness_needs_a_stable_group_owning_every_raw_partition() -> No
     assert unowned("CompletingRebalance", full[:1], raw, 3) == ("consumer group CompletingRebalance", 3)
     assert unowned("Stable", full[:1], raw, 3) == ("3 raw partition(s) owned by no member", 3)
     assert unowned("Empty", [], raw, 3)[1] == 9
+
+
+def test_postgres_program_limit_errors_are_poison_records_not_retries() -> None:
+    import asyncpg
+
+    from sinks.errors import ErrorKind, classify
+
+    too_big = asyncpg.exceptions.ProgramLimitExceededError("index row size 1048100 exceeds btree maximum")
+    assert classify(too_big) is ErrorKind.DATA
+    assert classify(asyncpg.exceptions.CannotConnectNowError("starting")) is ErrorKind.RETRY
