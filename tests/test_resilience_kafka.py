@@ -301,3 +301,59 @@ async def test_stream_skips_output_the_broker_refuses_for_good_and_keeps_running
                 delete_internal_topics(kafka_bootstrap, f"desktrace-stream-{topics.prefix}"), 10)
         except Exception:  # best effort
             pass
+
+
+@pytest.mark.postgres
+def test_a_broker_outage_is_two_log_lines_per_service(tmp_path: Path, fresh_pg_dsn: str) -> None:
+    """A private broker stops for 15 s under a running raw sink: the sink's log shows one line when the
+    connection starts failing and one with the outage's length when it recovers, not one per attempt;
+    every line is JSON without terminal controls."""
+    import json
+    import subprocess
+
+    from devstack.kafka import KafkaInstance
+    from devstack.pipeline import _script, free_port
+    from devstack.topics import ensure_topics
+
+    kafka = KafkaInstance(tmp_path / "kafka", free_port(), free_port(), partitions=3,
+                          heap=("-Xms128m", "-Xmx384m"), progress=lambda _: None)
+    kafka.start(timeout=120)
+    log = tmp_path / "sink.log"
+    sink = None
+    try:
+        topics = Topics("o.")
+        asyncio.run(ensure_topics(kafka.bootstrap, topics, partitions=3))
+        env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("DESKTRACE_")}
+        env.update({"DESKTRACE_KAFKA_BOOTSTRAP": kafka.bootstrap, "DESKTRACE_PG_DSN": fresh_pg_dsn,
+                    "DESKTRACE_TOPIC_PREFIX": "o.", "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{free_port()}"})
+        with open(log, "wb") as out:
+            sink = subprocess.Popen([_script("desktrace-sink"), "raw"], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "sink started" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "sink started" in log.read_text(errors="replace"), log.read_text(errors="replace")
+        kafka.stop()
+        time.sleep(15)
+        kafka.start(timeout=120)
+        deadline = time.monotonic() + 60
+        while "Kafka connection recovered" not in log.read_text(errors="replace") \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        text = log.read_text(errors="replace")
+        assert "\x1b" not in text
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        failing = [x for x in lines if x["msg"].startswith("Kafka connection failing")]
+        recovered = [x for x in lines if x["msg"].startswith("Kafka connection recovered")]
+        assert len(failing) == 1 and len(recovered) == 1, text[-3000:]
+        assert recovered[0]["outage_s"] >= 5 and recovered[0]["suppressed_lines"] >= 1
+        started = next(i for i, x in enumerate(lines) if x["msg"] == "sink started")
+        during = [x for x in lines[started:] if x["logger"].startswith("aiokafka")
+                  and not x["msg"].startswith("Kafka connection failing")]
+        assert len(during) <= 2, during[:5]  # instead of one per attempt (hundreds in 15 s)
+        assert sink.poll() is None
+    finally:
+        if sink is not None:
+            sink.terminate()
+            sink.wait(timeout=20)
+        kafka.stop()
