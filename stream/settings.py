@@ -40,7 +40,7 @@ class StreamSettings(CommonSettings, kw_only=True):
     batch_size: int = 1000
     batch_within: float = 0.5
     scan_interval: float = 0.0
-    session_timeout: float = 30.0
+    session_timeout: float = 10.0
     replication_factor: int = 0
     agent_versions_max: int = 20
 
