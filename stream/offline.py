@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import io
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -184,9 +183,8 @@ class _Spill:
     @staticmethod
     def _read_run(run: BinaryIO) -> Iterator[tuple[str, int, str, bytes]]:
         dec = _run_decoder.decode
-        reader = io.BufferedReader(run, 1 << 16)  # type: ignore[arg-type]
-        while head := reader.read(4):
-            yield dec(reader.read(int.from_bytes(head, "little")))
+        while head := run.read(4):  # a TemporaryFile is buffered
+            yield dec(run.read(int.from_bytes(head, "little")))
 
     def merged(self) -> Iterator[tuple[str, int, str, bytes]]:
         self.records.sort()
