@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def run_quix(bootstrap: str, topics: Topics, target: int, gap_s: float) -> None:
     with tempfile.TemporaryDirectory() as state_dir:
         app = Application(
             broker_address=bootstrap,
-            consumer_group=f"{topics.prefix}quix",
+            consumer_group=f"{topics.prefix}quix-{uuid.uuid4().hex[:6]}",
             auto_offset_reset="earliest",
             commit_interval=1.0,
             state_dir=state_dir,
@@ -109,7 +110,7 @@ def run_faust(bootstrap: str, topics: Topics, target: int, batch: int) -> None:
 
     counter = Counter(target)
     app = faust.App(
-        f"{topics.prefix}faustfloor",
+        f"{topics.prefix}faustfloor-{uuid.uuid4().hex[:6]}",
         broker=f"kafka://{bootstrap}",
         store="memory://",
         autodiscover=False,
