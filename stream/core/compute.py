@@ -14,6 +14,7 @@ Session details (hosts, lock reason, time zone) are computed only when needed (:
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from stream.core.state import BRK, HOST_MASK, HOST_SHIFT, HW, LOCK, NO_TIME, PEND, TZ_SHIFT, UserState
@@ -245,7 +246,7 @@ def compute(
 
 def _checkpoint(
     x: int,
-    ts: list[int],
+    ts: Sequence[int],
     points: list[int],
     actives: list[tuple[int, int]],
     breaks: list[int],
