@@ -32,7 +32,8 @@ import resource, subprocess, sys, time
 t = time.perf_counter()
 rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
 dt = time.perf_counter() - t
-print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(dt, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, rc)
 """
 
 _BARE = r"""
@@ -69,14 +70,14 @@ def make_file(directory: Path, users: int, hours: float, days: int) -> tuple[Pat
     return path, len(events)
 
 
-def measure(cmd: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS (MiB) and exit status of ``cmd`` as a fresh process."""
+def measure(cmd: list[str]) -> tuple[float, float, float, int]:
+    """Wall seconds, CPU seconds, peak RSS (MiB) and exit status of ``cmd`` as a fresh process."""
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
-    dt, rss, rc = out.stdout.split()
-    return float(dt), int(rss) / 1024, int(rc)
+    dt, cpu, rss, rc = out.stdout.split()
+    return float(dt), float(cpu), int(rss) / 1024, int(rc)
 
 
 def main() -> None:
@@ -86,26 +87,29 @@ def main() -> None:
     p.add_argument("--days", type=int, nargs="+", default=[1, 4], help="file lengths to compare, in days")
     p.add_argument("--repeat", type=int, default=2, help="pairs per file (the best of each side is kept)")
     p.add_argument("--dir", type=Path, default=Path("/tmp/desktrace-bench-offline"))
+    p.add_argument("--retention", type=float, help="passed to desktrace-sessionize (seconds)")
     a = p.parse_args()
     a.dir.mkdir(parents=True, exist_ok=True)
     tool = str(BIN / "desktrace-sessionize")
     rows = []
     for days in a.days:
         path, n = make_file(a.dir, a.users, a.hours, days)
-        base_t = tool_t = float("inf")
+        base_t = tool_t = base_c = tool_c = float("inf")
         base_m = tool_m = 0.0
+        extra = ["--retention", str(a.retention)] if a.retention else []
         for _ in range(a.repeat):  # alternate, so both sides see the same load
-            t, m, _rc = measure([sys.executable, "-c", _BARE, str(path)])
-            base_t, base_m = min(base_t, t), max(base_m, m)
-            t, m, rc = measure([tool, str(path)])
+            t, c, m, _rc = measure([sys.executable, "-c", _BARE, str(path)])
+            base_t, base_c, base_m = min(base_t, t), min(base_c, c), max(base_m, m)
+            t, c, m, rc = measure([tool, *extra, str(path)])
             if rc not in (0, 1):
                 raise SystemExit(f"desktrace-sessionize failed with {rc}")
-            tool_t, tool_m = min(tool_t, t), max(tool_m, m)
+            tool_t, tool_c, tool_m = min(tool_t, t), min(tool_c, c), max(tool_m, m)
         rows.append((days, n, base_t, base_m, tool_t, tool_m))
         print(
             f"{a.users} users x {days} day(s), {n:,} events: bare read+decode {base_t:6.2f}s "
-            f"{n / base_t:9,.0f} ev/s {base_m:7.1f} MiB | desktrace-sessionize {tool_t:6.2f}s "
-            f"{n / tool_t:9,.0f} ev/s {tool_m:7.1f} MiB | time ratio {tool_t / base_t:.2f}x",
+            f"({base_c:.2f}s CPU) {base_m:6.1f} MiB | desktrace-sessionize {tool_t:6.2f}s "
+            f"({tool_c:.2f}s CPU) "
+            f"{tool_m:6.1f} MiB | ratio wall {tool_t / base_t:.2f}x, CPU {tool_c / base_c:.2f}x",
             flush=True,
         )
     if len(rows) > 1:
