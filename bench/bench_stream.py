@@ -68,7 +68,7 @@ def worker_rate(
     """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
-                     DESKTRACE_LOG_LEVEL="WARNING")
+)
     worker = WorkerProcess(env, workdir / "worker.log")
     try:
         worker.start(ready_timeout=120)
