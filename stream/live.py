@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Container, Iterator, MutableMapping
-from typing import NamedTuple
+from collections.abc import Callable, Container, ItemsView, Iterable, Iterator
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -20,6 +20,16 @@ from stream.core import UserState, decode_state, encode_state
 from stream.state import UserRecord, decode_record, encode_record
 
 log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    """What :class:`LiveStates` needs of a table's local store (a dict is one)."""
+
+    def get(self, key: bytes, /) -> bytes | None: ...
+
+    def __setitem__(self, key: bytes, value: bytes, /) -> None: ...
+
+    def items(self) -> ItemsView[bytes, bytes] | Iterable[tuple[bytes, bytes]]: ...
 
 
 class LiveUser:
@@ -52,7 +62,7 @@ class LiveStates:
     events).
     """
 
-    def __init__(self, store: MutableMapping[bytes, bytes], max_users: int = 50_000) -> None:
+    def __init__(self, store: Store, max_users: int = 5_000) -> None:
         self.store = store
         self.max_users = max_users
         self._cache: OrderedDict[bytes, LiveUser] = OrderedDict()
@@ -120,6 +130,11 @@ class LiveStates:
             cache.popitem(last=False)
         return n
 
+    def forget(self, key: bytes) -> None:
+        """Drop ``key`` from the cache without writing it (the next :meth:`get` reads the store)."""
+        self._cache.pop(key, None)
+        self._dirty.discard(key)
+
     def drop_partitions(self, partitions: Container[int]) -> int:
         """Forget the cached users of ``partitions`` (changed or not); returns how many."""
         doomed = [k for k, live in self._cache.items() if live.record.partition in partitions]
@@ -136,7 +151,7 @@ class LiveStates:
         """Every user, cached or stored: ``(key, live or None, stored bytes or None)``; a cached user is
         given decoded (its stored bytes may be stale), any other one as stored bytes."""
         cache = self._cache
-        for key, live in cache.items():
+        for key, live in list(cache.items()):  # the caller may put() while iterating
             yield key, live, None
         for key, raw in list(self.store.items()):
             if key not in cache:

@@ -25,12 +25,13 @@ class StreamSettings(CommonSettings, kw_only=True):
     stream_app_id: str = "desktrace-stream"
     stream_data_dir: str = "./desktrace-stream-data"
     metrics_addr: str = "0.0.0.0:6066"
-    batch_size: int = 1000
+    batch_size: int = 10000
     batch_within: float = 0.5
     scan_interval: float = 0.0
     session_timeout: float = 30.0
     replication_factor: int = 0
     agent_versions_max: int = 20
+    state_cache_users: int = 5000
 
     def __post_init__(self) -> None:
         for name in (
@@ -42,6 +43,8 @@ class StreamSettings(CommonSettings, kw_only=True):
             raise ValueError("batch_size must be between 1 and 100000")
         if self.scan_interval < 0 or self.replication_factor < 0 or self.agent_versions_max < 1:
             raise ValueError("scan_interval and replication_factor must be >= 0, agent_versions_max >= 1")
+        if self.state_cache_users < 1:
+            raise ValueError("state_cache_users must be >= 1")
         if not self.stream_app_id:
             raise ValueError("stream_app_id must not be empty")
         metrics_host_port(self.metrics_addr)
@@ -64,12 +67,14 @@ STREAM_HELP: dict[str, str] = {
     "stream_app_id": "Faust app id: the consumer group and the prefix of the internal changelog topics",
     "stream_data_dir": "directory for Faust's local files",
     "metrics_addr": "host:port of the /metrics, /healthz and /readyz HTTP endpoint (port 0: any free port)",
-    "batch_size": "maximum events handled as one batch (one state update per user per batch)",
+    "batch_size": "maximum events handled as one batch (one fetch; one state update per user per batch)",
     "batch_within": "seconds to wait for a batch to fill before handling what has arrived",
     "scan_interval": "seconds between scans for silent users (0: a third of close_timeout, 0.5..30 s)",
     "session_timeout": "consumer group session timeout in seconds (how soon a dead worker's partitions move)",
     "replication_factor": "replication factor of the internal changelog topics (0: min(3, brokers))",
     "agent_versions_max": "distinct agent_version label values on the fleet gauge before 'other'",
+    "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
+    "active beyond it are dropped after each commit and decoded again on their next event)",
 }
 
 
