@@ -11,18 +11,20 @@ import asyncio
 import logging
 import os
 import shlex
-import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.settings import AgentSettings, add_agent_arguments, load_agent_settings
 from common.logs import setup_logging
 from common.settings import SettingsError
 
+if TYPE_CHECKING:
+    from agent.simulator import FleetProgress
+
 log = logging.getLogger("desktrace.agent")
 
-TASK_NAME = "desktrace-agent"
 DESKTOP_FILE = "desktrace-agent.desktop"
 
 
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "install",
         help="start the agent at every logon of this user",
         description="Linux: an XDG autostart entry in ~/.config/autostart; Windows: a "
-        "Task Scheduler task run at logon. Settings flags given here are passed on.",
+        "Task Scheduler task (XML; logon of this user, pythonw.exe, restarted on failure) whose settings "
+        "go to a file only this user can read. Settings flags given here are passed on.",
     )
     inst.add_argument("--dry-run", action="store_true", help="print what would be installed, change nothing")
     add_agent_arguments(inst)
@@ -78,6 +81,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="simulated start, ISO date or date-time, UTC unless an offset is given "
         "(default: today 00:00 UTC)",
+    )
+    sim.add_argument(
+        "--date",
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="simulate this local date as a working day of every user, each in their own time zone "
+        "(instead of --start/--duration); 'last' = the most recent Monday-Friday over in every zone",
+    )
+    sim.add_argument(
+        "--zones",
+        default=None,
+        metavar="ZONE,...",
+        help="IANA time zones the users live in, in turn (default: eight zones around the world)",
+    )
+    sim.add_argument(
+        "--skip-idle",
+        action="store_true",
+        help="jump the simulated clock over stretches when no simulated agent runs (nights)",
+    )
+    sim.add_argument(
+        "--progress",
+        choices=("plain", "json", "none"),
+        default="plain",
+        help="Kafka mode: 'plain' = a line on stderr every 5 s (default), 'json' = one JSON object per line "
+        "on stdout about five times a second (simulated clock, events produced and sent), 'none'",
     )
     sim.add_argument("--seed", type=int, default=1, help="random seed: same seed, same events (default 1)")
     sim.add_argument(
@@ -134,6 +162,10 @@ def cmd_run(settings: AgentSettings) -> int:
             return 1
     runtime = AgentRuntime(settings, source)
     asyncio.run(runtime.run())
+    if runtime.source_error is not None:
+        print(f"desktrace-agent: the source failed ({type(runtime.source_error).__name__}): see the log; "
+              "exiting 1 so that the autostart's restart policy starts the agent again", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -190,41 +222,12 @@ def _desktop_quote(arg: str) -> str:
     return f'"{escaped}"'
 
 
-def schtasks_create(cmd: list[str]) -> list[str]:
-    return [
-        "schtasks",
-        "/Create",
-        "/TN",
-        TASK_NAME,
-        "/TR",
-        subprocess.list2cmdline(cmd),
-        "/SC",
-        "ONLOGON",
-        "/RL",
-        "LIMITED",
-        "/F",
-    ]
-
-
-def _schtasks(argv: list[str], dry_run: bool, done_message: str) -> int:
-    """Run a ``schtasks`` command (or only print it with ``--dry-run``); 1 when it fails."""
-    if dry_run:
-        print(subprocess.list2cmdline(argv))
-        return 0
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        print(f"desktrace-agent: schtasks failed: {done.stderr.strip()}", file=sys.stderr)
-        return 1
-    print(done_message)
-    return 0
-
-
 def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
-    cmd = run_command(args)
     if sys.platform == "win32":
-        return _schtasks(
-            schtasks_create(cmd), args.dry_run, f"installed scheduled task {TASK_NAME} (runs at logon)"
-        )
+        from agent import install_windows
+
+        return install_windows.install(settings, dry_run=args.dry_run)
+    cmd = run_command(args)
     path = autostart_path()
     text = desktop_entry(cmd)
     if args.dry_run:
@@ -241,8 +244,9 @@ def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     if sys.platform == "win32":
-        delete = ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]
-        return _schtasks(delete, args.dry_run, f"removed scheduled task {TASK_NAME}")
+        from agent import install_windows
+
+        return install_windows.uninstall(dry_run=args.dry_run)
     path = autostart_path()
     if args.dry_run:
         print(f"rm {shlex.quote(str(path))}")
@@ -259,18 +263,42 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: AgentSettings) -> int:
-    from agent.simulator import Fleet, make_users, parse_duration, parse_start, run_kafka, write_jsonl
+    from datetime import UTC, date, datetime
+
+    from agent.runner import load_privacy
+    from agent.simulator import (
+        TIME_ZONES,
+        Fleet,
+        check_zones,
+        last_complete_workday,
+        make_users,
+        parse_duration,
+        parse_start,
+        run_kafka,
+        write_jsonl,
+    )
 
     if args.users < 1:
         raise ValueError("--users must be at least 1")
     if args.speed < 0:
         raise ValueError("--speed must be 0 (as fast as possible) or positive")
-    from agent.runner import load_privacy
-
-    fleet = Fleet(
-        make_users(args.users, args.seed), parse_start(args.start), parse_duration(args.duration), settings,
-        privacy=load_privacy(settings),  # the same filter `run` applies: simulated desks are private too
-    )
+    zones = check_zones(args.zones.split(",")) if args.zones else TIME_ZONES
+    users = make_users(args.users, args.seed, zones)
+    privacy = load_privacy(settings)  # the same filter `run` applies: simulated desks are private too
+    if args.date:
+        if args.start:
+            raise ValueError("give either --date or --start, not both")
+        if args.date == "last":
+            day = last_complete_workday(datetime.now(UTC), zones)
+        else:
+            try:
+                day = date.fromisoformat(args.date)
+            except ValueError:
+                raise ValueError(f"bad --date {args.date!r}: use YYYY-MM-DD or 'last'") from None
+        fleet = Fleet.for_day(users, day, settings, privacy=privacy)
+    else:
+        start, duration = parse_start(args.start), parse_duration(args.duration)
+        fleet = Fleet(users, start, duration, settings, privacy=privacy)
     if args.jsonl:
         if args.jsonl == "-":
             n = write_jsonl(fleet, sys.stdout.buffer)
@@ -282,9 +310,43 @@ def cmd_simulate(args: argparse.Namespace, settings: AgentSettings) -> int:
         return 0
     state = settings.state_path / "simulator"
     state.mkdir(parents=True, exist_ok=True)
-    counts = asyncio.run(run_kafka(fleet, settings, args.speed, state))
+    progress = _progress_printer(args.progress)
+    counts = asyncio.run(
+        run_kafka(fleet, settings, args.speed, state, skip_idle=args.skip_idle, progress=progress)
+    )
     log.info("simulation produced", extra={"kv": {**counts, "users": args.users}})
     return 0 if counts["left_in_spool"] == 0 else 1
+
+
+def _progress_printer(mode: str) -> Callable[[FleetProgress], None] | None:
+    """``json``: every report as one JSON line on stdout; ``plain``: a line on stderr every 5 s."""
+    import json
+    import time
+
+    if mode == "none":
+        return None
+    if mode == "json":
+
+        def emit(p: FleetProgress) -> None:
+            sys.stdout.write(json.dumps(p.to_json()) + "\n")
+            sys.stdout.flush()
+
+        return emit
+    last = [0.0]
+
+    def plain(p: FleetProgress) -> None:
+        now = time.monotonic()
+        if p.done or now - last[0] >= 5.0:
+            last[0] = now
+            print(
+                f"desktrace-agent simulate: simulated clock {p.sim_now:%Y-%m-%d %H:%M} UTC "
+                f"(until {p.end:%Y-%m-%d %H:%M}), events produced {p.produced}, sent {p.sent}"
+                + (" - done" if p.done else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return plain
 
 
 if __name__ == "__main__":

@@ -5,19 +5,19 @@ kept here but in the spool database, in the same transaction as the events that 
 :mod:`agent.spool`): an event exists on disk exactly when its seq was consumed, so a crash can never lead to
 a seq being sent twice with different content.
 
-Time zone detection, without extra dependencies (documented in ``agent/README.md``):
+Time zone detection (documented in ``agent/README.md``):
 ``TZ`` environment variable (an IANA name), then ``/etc/timezone``, then the ``/etc/localtime`` symlink
-target (``.../zoneinfo/Area/City``); on Windows the Windows zone name from ``tzutil /g`` mapped with a
-small built-in table of common zones (the unicode CLDR mapping); ``UTC`` when nothing is found.
+target (``.../zoneinfo/Area/City``); on Windows ``tzlocal`` (registry ``TimeZoneKeyName`` mapped with
+CLDR's windowsZones table, every zone); ``UTC`` when nothing is found.
 """
 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import platform
 import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import Mapping
@@ -28,6 +28,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 AGENT_VERSION = "0.1.0"
+
+log = logging.getLogger("desktrace.agent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,54 +106,36 @@ def detect_identity(agent_id: str, env: Mapping[str, str] | None = None) -> Iden
 
 
 def _windows_workgroup() -> str:  # pragma: no cover - Windows only
+    """The computer's domain or workgroup (NetGetJoinInformation; ``wmic`` is gone in Windows 11 24H2)."""
     try:
-        out = subprocess.run(
-            ["wmic", "computersystem", "get", "domain"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.split()
-        return out[1] if len(out) > 1 else ""
-    except (OSError, subprocess.SubprocessError):
+        from agent.sources.win32 import Win32
+
+        return Win32().workgroup()
+    except OSError:
         return ""
 
 
 # ---- time zone --------------------------------------------------------------------------------------------
 
-#: Common Windows zone names -> IANA (CLDR windowsZones "001" territory). Unknown names fall back to UTC.
-WINDOWS_ZONES: dict[str, str] = {
-    "UTC": "UTC",
-    "GMT Standard Time": "Europe/London",
-    "W. Europe Standard Time": "Europe/Berlin",
-    "Romance Standard Time": "Europe/Paris",
-    "Central Europe Standard Time": "Europe/Budapest",
-    "Central European Standard Time": "Europe/Warsaw",
-    "E. Europe Standard Time": "Europe/Chisinau",
-    "FLE Standard Time": "Europe/Kiev",
-    "GTB Standard Time": "Europe/Bucharest",
-    "Russian Standard Time": "Europe/Moscow",
-    "Turkey Standard Time": "Europe/Istanbul",
-    "Israel Standard Time": "Asia/Jerusalem",
-    "Arabian Standard Time": "Asia/Dubai",
-    "India Standard Time": "Asia/Calcutta",
-    "China Standard Time": "Asia/Shanghai",
-    "Singapore Standard Time": "Asia/Singapore",
-    "Tokyo Standard Time": "Asia/Tokyo",
-    "Korea Standard Time": "Asia/Seoul",
-    "AUS Eastern Standard Time": "Australia/Sydney",
-    "New Zealand Standard Time": "Pacific/Auckland",
-    "Eastern Standard Time": "America/New_York",
-    "Central Standard Time": "America/Chicago",
-    "Mountain Standard Time": "America/Denver",
-    "US Mountain Standard Time": "America/Phoenix",
-    "Pacific Standard Time": "America/Los_Angeles",
-    "Alaskan Standard Time": "America/Anchorage",
-    "Hawaiian Standard Time": "Pacific/Honolulu",
-    "E. South America Standard Time": "America/Sao_Paulo",
-    "SA Pacific Standard Time": "America/Bogota",
-    "South Africa Standard Time": "Africa/Johannesburg",
-}
+def windows_tz() -> str:
+    """The session's IANA zone on Windows: tzlocal reads the registry's ``TimeZoneKeyName`` and maps it with
+    CLDR's windowsZones table (every Windows zone, kept up to date by tzlocal's releases); UTC only when
+    even that fails, with a warning."""
+    try:
+        import tzlocal
+
+        name = _valid(tzlocal.get_localzone_name() or "")
+    except Exception as exc:  # tzlocal raises ZoneInfoNotFoundError/LookupError for unknown zones
+        log.warning("time zone not found, using UTC", extra={"kv": {"error_class": type(exc).__name__}})
+        return "UTC"
+    return name or "UTC"
+
+
+def windows_zone_to_iana(windows_name: str) -> str | None:
+    """A Windows zone name ("Ekaterinburg Standard Time") as IANA, from tzlocal's CLDR table."""
+    from tzlocal.windows_tz import win_tz
+
+    return win_tz.get(windows_name)
 
 
 def _valid(name: str) -> str | None:
@@ -172,13 +156,7 @@ def detect_tz(env: Mapping[str, str] | None = None, root: Path = Path("/")) -> s
     if tz:
         return tz
     if sys.platform == "win32":  # pragma: no cover - Windows only
-        try:
-            win = subprocess.run(
-                ["tzutil", "/g"], capture_output=True, text=True, timeout=5, check=False
-            ).stdout
-            return WINDOWS_ZONES.get(win.strip().removesuffix("_dstoff"), "UTC")
-        except (OSError, subprocess.SubprocessError):
-            return "UTC"
+        return windows_tz()
     try:
         tz = _valid((root / "etc" / "timezone").read_text(encoding="utf-8"))
         if tz:

@@ -18,7 +18,9 @@ from proto.events import FieldValue, InputClass, UiNode
 class WindowSnapshot(Struct, kw_only=True):
     """The foreground window as a source sees it at ``ts``. ``window_id`` is the platform handle (hwnd,
     X11 window id) as text; ``document_event`` is set when the source saw a document open or save.
-    ``input`` is the input class that caused the change, when the source knows it."""
+    ``input`` is the input class that caused the change, when the source knows it. ``new_window`` says
+    something new opened (a window, a tab, a URL: a ``WindowOpen`` even for a window id seen before);
+    ``known`` says the window existed before the agent started (never a ``WindowOpen`` for it)."""
 
     ts: datetime
     window_id: str
@@ -35,6 +37,7 @@ class WindowSnapshot(Struct, kw_only=True):
     fields: list[FieldValue] | None = None
     document_event: Literal["open", "save"] | None = None
     new_window: bool = False
+    known: bool = False
     input: InputClass = "none"
 
 

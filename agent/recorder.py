@@ -94,7 +94,8 @@ class Recorder:
 
     Guarantees:
 
-    - UI events only for real changes: ``WindowOpen`` for a window not seen before (or flagged new),
+    - UI events only for real changes: ``WindowOpen`` for a window not seen before (unless the source marks
+      it ``known``: open before the agent started) or flagged ``new_window``,
       ``WindowSwitch`` when the foreground window changes, ``WindowUpdate`` when the foreground window's
       title, tab, URL or document changes, ``SheetOpen`` when its sheet changes, ``DocumentOpen`` /
       ``DocumentSave`` from the source's document events; nothing for a snapshot that changes nothing;
@@ -259,11 +260,11 @@ class Recorder:
         wid = snap.window_id
         prev = self._windows.get(wid)
         kinds: list[type[UiEvent]] = []
-        if prev is None or snap.new_window:
+        if snap.new_window or (prev is None and not snap.known):
             kinds.append(WindowOpen)
         elif wid != self._foreground:
             kinds.append(WindowSwitch)
-        else:
+        elif prev is not None:
             if any(getattr(snap, f) != getattr(prev, f) for f in UPDATE_FIELDS):
                 kinds.append(WindowUpdate)
             if snap.sheet and snap.sheet != prev.sheet:

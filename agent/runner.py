@@ -138,6 +138,8 @@ class AgentRuntime:
         self.writer = SpoolWriter(self.spool, Topics(settings.topic_prefix), on_spooled=self.shipper.wake)
         self.recorder = make_recorder(settings, self.identity, self.spool.next_seq, load_privacy(settings))
         self.bad_observations = 0
+        #: set when the source failed: the agent then exits non-zero (so a restart policy applies)
+        self.source_error: BaseException | None = None
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -170,6 +172,7 @@ class AgentRuntime:
                 if source_task.done():
                     exc = source_task.exception()
                     if exc is not None:
+                        self.source_error = exc
                         log.error("source failed", extra={"kv": {"error_class": type(exc).__name__}})
                     break
                 self._tick()

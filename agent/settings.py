@@ -22,6 +22,8 @@ class AgentSettings(CommonSettings, kw_only=True):
     heartbeat_s: float = 60.0
     hid_interval_s: float = 60.0
     extended_mode: bool = False
+    field_max_chars: int = 256
+    extended_web_fields: bool = False
     # short names of privacy_exclude_apps / privacy_exclude_domains (docs/privacy.md): agent.privacy reads
     # both pairs and joins them
     exclude_apps: str | list[str] = ""
@@ -47,6 +49,8 @@ class AgentSettings(CommonSettings, kw_only=True):
             raise ValueError("heartbeat_s, hid_interval_s and retry_max_s must be positive")
         if self.compression_type not in ("gzip", "none", "lz4", "zstd", "snappy"):
             raise ValueError("compression_type must be gzip, none, lz4, zstd or snappy")
+        if self.field_max_chars < 1:
+            raise ValueError("field_max_chars must be at least 1")
         if self.linger_s < 0:
             raise ValueError("linger_s must be 0 or positive")
         if not 1 <= self.batch_size <= 10_000:
@@ -75,6 +79,8 @@ AGENT_HELP: dict[str, str] = {
     "heartbeat_s": "seconds between Heartbeat events",
     "hid_interval_s": "HID throttling interval M in seconds (hid-throttle.md)",
     "extended_mode": "also record editable field values (never passwords)",
+    "field_max_chars": "extended mode: longest field value recorded, in characters (longer values are cut)",
+    "extended_web_fields": "extended mode: also read fields inside web pages (off: browser UI only)",
     "exclude_apps": "comma-separated program names whose windows are never recorded (short name of "
     "privacy_exclude_apps; both lists apply)",
     "exclude_domains": "comma-separated web domains whose pages are never recorded (short name of "

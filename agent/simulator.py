@@ -8,8 +8,16 @@ and saves), reading pauses, short absences, locks at lunch and breaks, laptops s
 in the evening, and for some users an RPA robot producing injected input. Everything is deterministic for a
 given seed, start and duration.
 
+A fleet simulates either a span of UTC time (``start`` + ``duration``: whatever days and weekends fall in
+it) or one target local date (:meth:`Fleet.for_day`): then every user lives through that date in their own
+time zone as a working day, and the simulated span is the union of those local days
+(:func:`local_day_window`). :func:`last_complete_workday` picks the most recent Monday-Friday date that is
+over in every zone, so a simulation of it is complete at any hour of any day (the demo's choice,
+devstack/README.md).
+
 Two outputs: JSON Lines (fast, no Kafka: :func:`write_jsonl`) and Kafka through the agent's own spool and
-shipper (:func:`run_kafka`), paced at any speed-up of the simulated clock.
+shipper (:func:`run_kafka`), paced at any speed-up of the simulated clock, optionally skipping the hours
+when no simulated agent runs, and reporting its progress (:class:`FleetProgress`).
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
@@ -48,6 +57,8 @@ TIME_ZONES = (
     "Europe/Warsaw",
     "Australia/Sydney",
 )
+#: The demo's default zones: a few hours apart, so each user's local day (and its report) differs from UTC's.
+DEMO_ZONES = ("Europe/Berlin", "America/New_York", "Asia/Kolkata")
 FIRST = (
     "anna",
     "ben",
@@ -145,10 +156,11 @@ class SimUser:
                 yield step
             d += timedelta(days=1)
 
-    def day(self, d: date) -> Iterator[Step]:
+    def day(self, d: date, workday: bool = False) -> Iterator[Step]:
+        """The observations of local date ``d``; a weekend day is mostly off unless ``workday``."""
         rng = self.rng
         zone = self.zone
-        if d.weekday() >= 5 and rng.random() > 0.05:
+        if not workday and d.weekday() >= 5 and rng.random() > 0.05:
             return
 
         def local(h: float) -> datetime:
@@ -321,14 +333,30 @@ class SimUser:
 # ---- the fleet ----------------------------------------------------------------------------------------
 
 
-def make_users(n: int, seed: int) -> list[SimUser]:
-    """``n`` users with distinct identities, spread over time zones; one in eight (the 4th, 12th, ...)
-    runs an RPA robot."""
+def check_zones(zones: Sequence[str]) -> tuple[str, ...]:
+    """``zones`` as IANA names this machine knows; a ValueError names the first unknown one."""
+    from zoneinfo import ZoneInfoNotFoundError
+
+    out = tuple(z.strip() for z in zones if z.strip())
+    if not out:
+        raise ValueError("no time zone given: use IANA names like Europe/Berlin,America/New_York")
+    for z in out:
+        try:
+            ZoneInfo(z)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {z!r}: use an IANA name like Europe/Berlin") from None
+    return out
+
+
+def make_users(n: int, seed: int, zones: Sequence[str] = TIME_ZONES) -> list[SimUser]:
+    """``n`` users with distinct identities, spread over ``zones`` in turn (user ``i`` lives in
+    ``zones[i % len(zones)]``); one in eight (the 4th, 12th, ...) runs an RPA robot."""
+    zones = check_zones(zones)
     rng = random.Random(seed)
     users = []
     for i in range(n):
         login = f"{rng.choice(FIRST)}.{rng.choice(LAST)}{i}"
-        tz = TIME_ZONES[i % len(TIME_ZONES)] if i else TIME_ZONES[0]
+        tz = zones[i % len(zones)]
         domain = "ACME" if rng.random() < 0.8 else f"WS-{i:04d}"
         host = f"WS-{i:04d}"
         ident = Identity(
@@ -342,6 +370,32 @@ def make_users(n: int, seed: int) -> list[SimUser]:
         )
         users.append(SimUser(identity=ident, rng=random.Random(rng.getrandbits(64)), robot=i % 8 == 3))
     return users
+
+
+def local_day_window(d: date, zones: Sequence[str]) -> tuple[datetime, datetime]:
+    """The UTC span covering local date ``d`` in every zone: from the earliest local midnight starting
+    ``d`` to the latest one ending it (23- and 25-hour DST days included as they are)."""
+    starts, ends = [], []
+    for z in zones:
+        zone = ZoneInfo(z)
+        starts.append(datetime.combine(d, dtime(), tzinfo=zone).astimezone(UTC))
+        ends.append(datetime.combine(d + timedelta(days=1), dtime(), tzinfo=zone).astimezone(UTC))
+    return min(starts), max(ends)
+
+
+def last_complete_workday(now: datetime, zones: Sequence[str]) -> date:
+    """The most recent Monday-Friday date that is over (its local midnight passed) in every one of ``zones``
+    at ``now``: the same answer at every hour until the westernmost zone finishes another working day.
+
+    A local date ``d`` is over in a zone when that zone's date at ``now`` is later than ``d``; so the
+    candidate is the day before the earliest local date, moved back over Saturday and Sunday (the working
+    week is Monday to Friday in every zone; public holidays are not modelled)."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    d = min(now.astimezone(ZoneInfo(z)).date() for z in check_zones(zones)) - timedelta(days=1)
+    while d.weekday() >= 5:
+        d -= timedelta(days=1)
+    return d
 
 
 @dataclass
@@ -367,18 +421,39 @@ class Fleet:
         duration: timedelta,
         settings: AgentSettings | None = None,
         privacy: SnapshotFilter | None = None,
+        *,
+        day: date | None = None,
     ) -> None:
         settings = settings or AgentSettings()
         self.start, self.end = start, start + duration
+        self.day = day
         self.agents: list[_Agent] = []
         for u in users:
             rec = make_recorder(settings, u.identity, privacy=privacy)
-            self.agents.append(_Agent(u, rec, u.days(self.start, self.end)))
+            steps = u.day(day, workday=True) if day is not None else u.days(self.start, self.end)
+            self.agents.append(_Agent(u, rec, steps))
         self._heap: list[tuple[datetime, int, Step]] = []
         for i in range(len(self.agents)):
             self._advance(i)
         self.observations = 0
         self.spool_state: SpoolState | None = None
+
+    @classmethod
+    def for_day(
+        cls,
+        users: list[SimUser],
+        day: date,
+        settings: AgentSettings | None = None,
+        privacy: SnapshotFilter | None = None,
+    ) -> Fleet:
+        """Every user lives through local date ``day`` in their own zone, as a working day (even on a
+        weekend: the caller chose the date); the span is :func:`local_day_window` of their zones."""
+        start, end = local_day_window(day, sorted({u.identity.tz for u in users}))
+        return cls(users, start, end - start, settings, privacy, day=day)
+
+    def any_running(self) -> bool:
+        """True while some simulated agent runs (between its start and stop, machine awake)."""
+        return any(a.running for a in self.agents)
 
     def _advance(self, i: int) -> None:
         step = next(self.agents[i].steps, None)
@@ -463,9 +538,42 @@ def write_jsonl(fleet: Fleet, out: IO[bytes]) -> int:
     return n
 
 
-async def run_kafka(fleet: Fleet, settings: AgentSettings, speed: float, state_dir: Path) -> dict[str, int]:
+@dataclass(frozen=True)
+class FleetProgress:
+    """Where a Kafka simulation is: its simulated clock within ``start``..``end``, the events its agents
+    wrote to the spool (``produced``) and those Kafka acknowledged (``sent``)."""
+
+    sim_now: datetime
+    start: datetime
+    end: datetime
+    produced: int
+    sent: int
+    done: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sim_now": self.sim_now.isoformat(),
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "produced": self.produced,
+            "sent": self.sent,
+            "done": self.done,
+        }
+
+
+async def run_kafka(
+    fleet: Fleet,
+    settings: AgentSettings,
+    speed: float,
+    state_dir: Path,
+    *,
+    skip_idle: bool = False,
+    progress: Callable[[FleetProgress], None] | None = None,
+) -> dict[str, int]:
     """Produce the fleet's events through one spool and the agent's shipper, pacing the simulated clock
-    at ``speed`` times real time (``0`` = as fast as possible). Returns counts."""
+    at ``speed`` times real time (``0`` = as fast as possible). With ``skip_idle`` the clock jumps over
+    stretches when no simulated agent runs (nights between the zones' days). ``progress`` is called about
+    five times a second and once at the end. Returns counts."""
     from agent.runner import SpoolWriter
     from agent.shipper import Shipper, producer_factory
     from agent.spool import Spool
@@ -483,11 +591,17 @@ async def run_kafka(fleet: Fleet, settings: AgentSettings, speed: float, state_d
     writer = SpoolWriter(spool, Topics(settings.topic_prefix), on_spooled=shipper.wake)
     task = asyncio.create_task(shipper.run())
     wall0 = time.monotonic()
+    sim0 = fleet.start
     produced = 0
+    sim_now = fleet.start
     try:
         while True:
             if speed > 0:
-                sim_now = fleet.start + timedelta(seconds=(time.monotonic() - wall0) * speed)
+                sim_now = sim0 + timedelta(seconds=(time.monotonic() - wall0) * speed)
+                nt = fleet.next_time()
+                if skip_idle and not fleet.any_running() and (nt is None or nt > sim_now):
+                    sim0, wall0 = (fleet.end if nt is None else nt), time.monotonic()
+                    sim_now = sim0
             else:
                 nt = fleet.next_time()
                 sim_now = fleet.end if nt is None else min(fleet.end, nt + timedelta(minutes=10))
@@ -496,6 +610,9 @@ async def run_kafka(fleet: Fleet, settings: AgentSettings, speed: float, state_d
             if batch:
                 writer.write(batch, next_seq=0)
                 produced += len(batch)
+            if progress is not None:
+                sent = shipper.stats.sent_events
+                progress(FleetProgress(min(sim_now, fleet.end), fleet.start, fleet.end, produced, sent))
             if sim_now >= fleet.end:
                 break
             # keep the spool from growing without bound when producing faster than Kafka takes it
@@ -507,6 +624,9 @@ async def run_kafka(fleet: Fleet, settings: AgentSettings, speed: float, state_d
         await task
         left = len(spool)
         spool.close()
+    if progress is not None:
+        sent = shipper.stats.sent_events
+        progress(FleetProgress(min(sim_now, fleet.end), fleet.start, fleet.end, produced, sent, done=True))
     return {
         "produced": produced,
         "sent": shipper.stats.sent_events,

@@ -1,10 +1,87 @@
-"""aiokafka client options from :class:`common.settings.CommonSettings` (TLS and SASL included)."""
+"""Kafka helpers every service shares: aiokafka client options from :class:`common.settings.CommonSettings`
+(TLS and SASL included), the one classifier of produce errors (permanent or transient), the producers'
+request limit, the isolation of names and ports by topic prefix, and :func:`connection_problem`."""
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+import zlib
+from typing import Any, Final
 
 from common.settings import CommonSettings
+
+#: Every producer's ``max_request_size``: the broker's default ``message.max.bytes`` is 1,048,588 bytes
+#: (a record batch), so a single record of up to this estimated size (batch header included) is accepted.
+#: Kept equal to :data:`proto.deadletter.MAX_REQUEST_BYTES`.
+MAX_REQUEST_SIZE: Final = 1_048_576
+
+
+class ProduceErrorKind(enum.Enum):
+    """What a producer does after a failed send."""
+
+    PERMANENT = "permanent"  # sending the same record again fails again: dead-letter or skip, never retry
+    TRANSIENT = "transient"  # the cluster or the network: retry with backoff (or exit and be re-run)
+
+
+def _permanent_errors() -> tuple[type[BaseException], ...]:
+    from aiokafka import errors as e
+
+    return (
+        e.MessageSizeTooLargeError,  # client-side (over max_request_size) and broker-side (message.max.bytes)
+        e.RecordTooLargeError,
+        e.RecordListTooLargeError,
+        e.CorruptRecordException,  # also InvalidMessageError (same errno)
+        e.InvalidTopicError,
+        e.TopicAuthorizationFailedError,
+        e.ClusterAuthorizationFailedError,
+        e.TransactionalIdAuthorizationFailed,
+        e.InvalidTimestampError,
+        e.InvalidRequiredAcksError,
+        e.UnsupportedVersionError,
+    )
+
+
+def produce_error_kind(exc: BaseException) -> ProduceErrorKind:
+    """Classify an exception raised by ``send()``/its future, looking through wrappers (Faust's
+    ``ProducerSendError`` holds the aiokafka error as its cause): too large, invalid, corrupt and
+    unauthorized-topic errors are permanent; everything else (connection, timeout, leader moves, a failed
+    login that the operator will fix) is transient."""
+    permanent = _permanent_errors()
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, permanent) or isinstance(cur, UnicodeError | TypeError):
+            return ProduceErrorKind.PERMANENT
+        cur = cur.__cause__
+    return ProduceErrorKind.TRANSIENT
+
+
+def produce_error_name(exc: BaseException) -> str:
+    """The innermost error class name (``MessageSizeTooLargeError`` rather than ``ProducerSendError``): a
+    bounded, log-safe reason label."""
+    cur, seen = exc, set()
+    while (cur.__cause__ is not None) and id(cur) not in seen:
+        seen.add(id(cur))
+        cur = cur.__cause__
+    return type(cur).__name__
+
+
+def prefixed_port(base: int, prefix: str) -> int:
+    """The default port of a service whose unprefixed default is ``base``: ``base`` itself without a topic
+    prefix; with one, a port derived from the prefix (``base + 100 * (1 + crc32(prefix) % 99)``, wrapped
+    below 65536), so two pipelines on one host that differ only by prefix do not collide."""
+    if not prefix:
+        return base
+    port = base + 100 * (1 + zlib.crc32(prefix.encode()) % 99)
+    if port > 65535:
+        port = 20000 + port % 40000
+    return port
+
+
+def prefixed_name(name: str, prefix: str) -> str:
+    """``name`` (a consumer group, a Faust application id) in the namespace of topic prefix ``prefix``."""
+    return f"{prefix}{name}"
 
 
 def client_options(settings: CommonSettings) -> dict[str, Any]:

@@ -1,39 +1,57 @@
 """``desktrace-demo``: the whole pipeline on this machine, fed by simulated workstations.
 
-Starts (or finds) the local Kafka and PostgreSQL, runs the stream worker, both sinks and the gateway as
-local processes, lets a fleet of simulated users live through today's working day (at a speed-up) through
-the real agent code (recorder, throttle, spool, shipper), waits until every session is closed and written,
-then prints today's working-time report and the address and credentials of the web pages.
+Starts (or finds) the local Kafka and PostgreSQL, runs the stream worker, both sinks, the gateway and a
+Prometheus server (scraping them all, with the project's alert rules) as local processes, and lets a fleet
+of simulated users, living in a few time zones, go through one working day each in their own zone (at a
+speed-up) through the real agent code (recorder, throttle, spool, shipper). It then checks that every stage
+holds what the one before passed on (events sent, in Kafka, raw rows, sessions, active time per user),
+prints that day's working-time report and the addresses of the web pages and of Prometheus.
 
-Each run uses its own topic prefix and a fresh ``desktrace_demo`` database, so runs never mix.
+The day is the most recent Monday-Friday date that is already over in every user's time zone (or --date),
+so the demo shows the same complete day at any hour of any day. Each run uses its own topic prefix and a
+fresh ``desktrace_demo`` database, so runs never mix.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import secrets
-import subprocess
+import signal
 import sys
 import time
-from datetime import UTC, datetime
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
-from devstack._proc import DevstackError, stderr_progress
+import msgspec
+
+from agent.simulator import DEMO_ZONES, check_zones, last_complete_workday, local_day_window
+from common.settings import SettingsError, add_arguments, load
+from devstack._proc import DevstackError
+from devstack.demo_check import StageCounts, problem
+from devstack.demo_view import DemoView, Mode, say
 from devstack.pipeline import LocalPipeline, _script
 from devstack.postgres import with_database
+from devstack.prometheus import LocalPrometheus, find_prometheus
 from devstack.stack import LocalStack, StackConfig, default_state_dir
-from devstack.topics import ensure_topics
+from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 
 DEMO_DB = "desktrace_demo"
 
 
-def say(text: str) -> None:
-    stderr_progress(f"demo: {text}")
+class DemoFailed(RuntimeError):
+    """The pipeline did not hold what the fleet sent; the message names the stage and every count."""
 
 
-async def _fresh_database(dsn: str) -> str:
+async def _fresh_database(dsn: str, name: str) -> str:
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
@@ -41,19 +59,20 @@ async def _fresh_database(dsn: str) -> str:
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = $1 AND pid <> pg_backend_pid()",
-            DEMO_DB,
+            name,
         )
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DB}"')
-        await conn.execute(f'CREATE DATABASE "{DEMO_DB}"')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return with_database(dsn, DEMO_DB)
+    return with_database(dsn, name)
 
 
-async def _counts(dsn: str) -> tuple[int, int]:
+async def _db_counts(dsn: str) -> tuple[int, int]:
+    """Raw rows and sessions in the demo database (0, 0 before the sinks created the tables)."""
     import asyncpg
 
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=10)
     try:
         raw = await conn.fetchval("SELECT count(*) FROM raw_events")
         sessions = await conn.fetchval("SELECT count(*) FROM sessions")
@@ -64,36 +83,164 @@ async def _counts(dsn: str) -> tuple[int, int]:
         await conn.close()
 
 
+async def _kafka_counts(bootstrap: str, topics: Topics) -> tuple[int, int]:
+    """Messages in the raw topics and in the dead-letter topic (sums of end offsets: fresh topics)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from common.kafka import client_options
+    from common.settings import CommonSettings, load
+
+    opts = client_options(load(CommonSettings))
+    opts["bootstrap_servers"] = bootstrap
+    admin = AIOKafkaAdminClient(**opts)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([*topics.raw, topics.deadletter])
+    finally:
+        await admin.close()
+    parts = {d["topic"]: [p["partition"] for p in d["partitions"]] for d in described}
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **opts)
+    await consumer.start()
+    try:
+        sums = []
+        for names in (topics.raw, (topics.deadletter,)):
+            tps = [TopicPartition(t, p) for t in names for p in parts.get(t, ())]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            sums.append(sum(ends.values()))
+        return sums[0], sums[1]
+    finally:
+        await consumer.stop()
+
+
+class DemoSettings(msgspec.Struct, kw_only=True):
+    """``desktrace-demo``'s settings: flag ``--close-timeout`` = ``DESKTRACE_CLOSE_TIMEOUT`` = TOML key
+    ``close_timeout`` (top level or in ``[demo]``), as everywhere (``common.settings``)."""
+
+    users: int = 12
+    zones: str = ",".join(DEMO_ZONES)
+    date: str = ""
+    now: str = ""
+    speed: float = 3000.0
+    seed: int = 1
+    close_timeout: float = 5.0
+    database: str = DEMO_DB
+    progress: str = "auto"
+    prometheus: bool = True
+    exit: bool = False
+    web_password: str = ""
+
+
+DEMO_HELP = {
+    "users": "simulated users",
+    "zones": "IANA time zones the users live in, in turn (comma-separated)",
+    "date": "the local date YYYY-MM-DD every user lives through as a working day "
+    "(empty: the most recent Monday-Friday that is over in every zone)",
+    "now": "pretend the current time is this ISO date-time (UTC unless an offset is given) when choosing "
+    "the day, to reproduce a run of another hour (empty: the real clock)",
+    "speed": "simulated seconds per real second (3000: the 20 hours from the first zone's morning to the "
+    "last zone's evening in about 25 s); hours when no simulated agent runs are skipped",
+    "seed": "simulation seed: same seed, same day",
+    "close_timeout": "seconds of silence before the stream closes a user's sessions",
+    "database": "the database (re)created for this run's data",
+    "progress": "auto (bars on a terminal, plain lines otherwise), bar or plain",
+    "prometheus": "start the local Prometheus server",
+    "exit": "stop everything after printing the report",
+    "web_password": "web password for user 'admin' (empty: a random one)",
+}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's settings, checked and parsed."""
+
+    users: int
+    zones: tuple[str, ...]
+    date: date | None
+    now: datetime | None
+    speed: float
+    seed: int
+    close_timeout: float
+    database: str
+    progress: Mode
+    prometheus: bool
+    exit: bool
+    web_password: str
+
+
+def parse_now(text: str) -> datetime:
+    """An ISO date-time, UTC unless it has an offset."""
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise SettingsError(f"--now: not an ISO date-time: {text!r} (e.g. 2026-11-28T05:20Z)") from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise SettingsError(f"--date: not a date: {text!r} (use YYYY-MM-DD)") from None
+
+
+def options(settings: DemoSettings) -> DemoOptions:
+    """Check and parse ``settings``; a SettingsError names the setting."""
+    if settings.users < 1:
+        raise SettingsError("--users must be at least 1")
+    if settings.speed <= 0:
+        raise SettingsError("--speed must be positive")
+    if settings.progress not in ("auto", "bar", "plain"):
+        raise SettingsError(f"--progress must be auto, bar or plain, not {settings.progress!r}")
+    if not settings.database or '"' in settings.database:
+        raise SettingsError(f"--database: not a usable database name: {settings.database!r}")
+    try:
+        zones = check_zones(settings.zones.split(","))
+    except ValueError as exc:
+        raise SettingsError(f"--zones: {exc}") from None
+    progress: Mode = (
+        "bar" if settings.progress == "bar" else "plain" if settings.progress == "plain" else "auto"
+    )
+    return DemoOptions(
+        users=settings.users,
+        zones=zones,
+        date=parse_day(settings.date) if settings.date else None,
+        now=parse_now(settings.now) if settings.now else None,
+        speed=settings.speed,
+        seed=settings.seed,
+        close_timeout=settings.close_timeout,
+        database=settings.database,
+        progress=progress,
+        prometheus=settings.prometheus,
+        exit=settings.exit,
+        web_password=settings.web_password,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="desktrace-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--users", type=int, default=12, help="simulated users (default 12)")
-    p.add_argument(
-        "--speed",
-        type=float,
-        default=1500.0,
-        help="simulated seconds per real second (default 1500: a 10-hour day in 24 s)",
-    )
-    p.add_argument(
-        "--hours", type=float, default=10.0, help="length of the simulated day from 07:00 UTC (default 10)"
-    )
-    p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
-    p.add_argument(
-        "--close-timeout",
-        type=float,
-        default=5.0,
-        help="seconds of silence before the stream closes a user's sessions (default 5 for the demo)",
-    )
-    p.add_argument("--exit", action="store_true", help="stop everything after printing the report")
-    p.add_argument("--password", default="", help="web password for user 'admin' (default: a random one)")
+    p.add_argument("--password", dest="web_password", default=None, help="the same as --web-password")
+    add_arguments(p, DemoSettings, DEMO_HELP)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def load_options(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> DemoOptions:
+    """Flags (``argv``) over ``DESKTRACE_*`` variables over the TOML file over the defaults."""
     args = build_parser().parse_args(argv)
+    return options(load(DemoSettings, args, section="demo", env=env))
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        return run(args)
+        opts = load_options(argv)
+    except SettingsError as exc:
+        print(f"desktrace-demo: {exc}", file=sys.stderr)
+        return 2
+    _stop_on_signals()
+    try:
+        return run(opts)
     except (DevstackError, RuntimeError, TimeoutError) as exc:
         print(f"desktrace-demo: {exc}", file=sys.stderr)
         return 1
@@ -101,7 +248,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run(args: argparse.Namespace) -> int:
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT stop the demo like Ctrl-C, so every service it started (each in a session of its
+    own) is stopped too; SIGINT also when the shell started the demo with it ignored (a background job)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
+def choose_day(now: datetime, zones: tuple[str, ...], given: date | None) -> date:
+    """``given``, else the most recent working day over in every zone at ``now``."""
+    return given or last_complete_workday(now, zones)
+
+
+def run(args: DemoOptions) -> int:
+    now = args.now or datetime.now(UTC)
+    zones = args.zones[: args.users]  # the zones someone lives in
+    day = choose_day(now, zones, args.date)
+    lo, hi = local_day_window(day, zones)
+    why = (
+        "given with --date"
+        if args.date
+        else f"the most recent working day over in every zone at {now:%Y-%m-%d %H:%M} UTC"
+    )
+    say(f"the day: {day} ({day:%A}, {why}); users in {', '.join(zones)}")
+
     config = StackConfig(
         kafka_bootstrap=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", ""),
         pg_dsn=os.environ.get("DESKTRACE_PG_DSN", ""),
@@ -109,11 +283,11 @@ def run(args: argparse.Namespace) -> int:
     )
     say("starting (or finding) Kafka and PostgreSQL")
     up = LocalStack(config).up()
-    prefix = f"demo{int(time.time())}."
+    prefix = f"demo{int(time.time())}{secrets.token_hex(2)}."
     topics = Topics(prefix)
     asyncio.run(ensure_topics(up.kafka_bootstrap, topics, partitions=3))
-    demo_dsn = asyncio.run(_fresh_database(up.pg_dsn))
-    password = args.password or secrets.token_urlsafe(9)
+    demo_dsn = asyncio.run(_fresh_database(up.pg_dsn, args.database))
+    password = args.web_password or secrets.token_urlsafe(9)
     log_dir = default_state_dir() / "demo" / prefix.rstrip(".")
     say(f"logs of this run: {log_dir}")
 
@@ -125,76 +299,281 @@ def run(args: argparse.Namespace) -> int:
         close_timeout_s=args.close_timeout,
         extra_env={"DESKTRACE_WEB_PASSWORD": password, "DESKTRACE_LOG_LEVEL": "WARNING"},
     )
-    with pipeline:
-        today = datetime.now(UTC).replace(hour=7, minute=0, second=0, microsecond=0)
-        say(
-            f"simulating {args.users} users from {today:%Y-%m-%d %H:%M} UTC, "
-            f"{args.hours:g} h at x{args.speed:g}"
-        )
-        sim = subprocess.run(
-            [
-                _script("desktrace-agent"),
-                "simulate",
-                "--users",
-                str(args.users),
-                "--speed",
-                str(args.speed),
-                "--duration",
-                f"{int(args.hours * 3600)}s",
-                "--start",
-                today.isoformat(),
-                "--seed",
-                str(args.seed),
-            ],
-            env={
-                **os.environ,
-                "DESKTRACE_KAFKA_BOOTSTRAP": up.kafka_bootstrap,
-                "DESKTRACE_TOPIC_PREFIX": prefix,
-                "DESKTRACE_STATE_DIR": str(log_dir / "agents"),
-                "DESKTRACE_LOG_LEVEL": "WARNING",
-            },
-            check=False,
-        )
-        if sim.returncode != 0:
-            raise RuntimeError(f"the simulated fleet failed (exit {sim.returncode})")
-        wait_until_written(demo_dsn, args.close_timeout)
-        say("today's report:")
-        subprocess.run(
-            [_script("desktrace-report"), "day", "--date", today.date().isoformat(), "--format", "table"],
-            env={**os.environ, "DESKTRACE_PG_DSN": demo_dsn},
-            check=False,
-        )
-        print(f"\nWeb pages: {pipeline.web_url}  (user: admin, password: {password})", flush=True)
-        print(f"Prometheus metrics: {', '.join(pipeline.metrics_urls.values())}", flush=True)
-        if args.exit:
-            return 0
-        print("The pipeline keeps running; press Ctrl-C to stop it.", flush=True)
+    prometheus = None
+    if args.prometheus:
         try:
-            while all(s.alive() for s in pipeline.services.values()):
-                time.sleep(1)
-        except KeyboardInterrupt:
-            say("stopping")
-        dead = [s.name for s in pipeline.services.values() if not s.alive()]
-        if dead:
-            raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly; see {log_dir}")
-    return 0
+            find_prometheus()
+            prometheus = LocalPrometheus(pipeline.metrics_targets, log_dir / "prometheus")
+        except DevstackError as exc:
+            say(f"going on without Prometheus: {exc}")
+    try:
+        with pipeline:
+            try:
+                if prometheus is not None:
+                    say("starting Prometheus")
+                    prometheus.start()
+                return _demo(
+                    args,
+                    day,
+                    (lo, hi),
+                    up.kafka_bootstrap,
+                    topics,
+                    demo_dsn,
+                    log_dir,
+                    pipeline,
+                    prometheus,
+                    password,
+                )
+            finally:
+                if prometheus is not None:
+                    prometheus.stop()
+    finally:
+        _delete_topics(up.kafka_bootstrap, topics)
 
 
-def wait_until_written(dsn: str, close_timeout: float, limit: float = 180.0) -> None:
-    """Wait until raw events and sessions stop changing for long enough that every session was closed."""
-    quiet_needed = max(3 * close_timeout, 10.0)
-    deadline = time.monotonic() + limit
-    last: tuple[int, int] | None = None
-    since = time.monotonic()
-    while time.monotonic() < deadline:
-        now = asyncio.run(_counts(dsn))
+def _demo(
+    args: DemoOptions,
+    day: date,
+    window: tuple[datetime, datetime],
+    bootstrap: str,
+    topics: Topics,
+    demo_dsn: str,
+    log_dir: Path,
+    pipeline: LocalPipeline,
+    prometheus: LocalPrometheus | None,
+    password: str,
+) -> int:
+    say(
+        f"simulating {args.users} users through {day}, "
+        f"{window[0]:%Y-%m-%d %H:%M} to {window[1]:%Y-%m-%d %H:%M} UTC, at x{args.speed:g}"
+    )
+    agent_env = {
+        **os.environ,
+        "DESKTRACE_KAFKA_BOOTSTRAP": bootstrap,
+        "DESKTRACE_TOPIC_PREFIX": topics.prefix,
+        "DESKTRACE_STATE_DIR": str(log_dir / "agents"),
+        "DESKTRACE_LOG_LEVEL": "WARNING",
+    }
+    argv = [
+        _script("desktrace-agent"),
+        "simulate",
+        "--users",
+        str(args.users),
+        "--zones",
+        ",".join(args.zones),
+        "--date",
+        day.isoformat(),
+        "--speed",
+        str(args.speed),
+        "--skip-idle",
+        "--seed",
+        str(args.seed),
+        "--progress",
+        "json",
+    ]
+    with DemoView(args.progress) as view:
+        counts, rc = asyncio.run(_run_fleet(argv, agent_env, demo_dsn, view, args.users))
+        if rc != 0 and counts.produced == 0:
+            raise DemoFailed(
+                f"the simulated fleet failed (exit {rc}) before producing events; see the lines above"
+            )
+
+        async def deadlettered() -> int:
+            return (await _kafka_counts(bootstrap, topics))[1]
+
+        counts = asyncio.run(
+            _wait_stored(
+                demo_dsn,
+                counts,
+                args.close_timeout,
+                view,
+                stopped=lambda: _stopped(pipeline),
+                deadlettered=deadlettered,
+            )
+        )
+    try:
+        in_kafka, dead = asyncio.run(_kafka_counts(bootstrap, topics))
+        counts = replace(counts, in_kafka=in_kafka, deadlettered=dead)
+    except Exception as exc:  # the counts of the other stages still tell the story
+        say(f"could not count the messages in Kafka ({type(exc).__name__}); going on without")
+    rows: list[dict[str, Any]] = []
+    if counts.sessions:
+        rows = _report_rows(demo_dsn, day)
+        counts = replace(counts, users_with_activity=sum(1 for r in rows if r.get("active_s", 0) > 0))
+    say(f"counts: {counts.line()}")
+    for name in _stopped(pipeline):
+        tail = pipeline.services[name].log_tail(10)
+        raise DemoFailed(
+            f"{name} stopped during the run; its last log lines:\n{tail}\n  counts: {counts.line()}"
+            f"\n  service logs: {log_dir}"
+        )
+    trouble = problem(counts)
+    if trouble:
+        raise DemoFailed(f"{trouble}.\n  counts: {counts.line()}\n  service logs: {log_dir}")
+
+    print(f"\nWorking time on {day} ({day:%A}), each user's own local date:", flush=True)
+    zones = Counter(str(r.get("tz", "?")) for r in rows)
+    print(
+        "Users live in "
+        + ", ".join(f"{z} ({n})" for z, n in sorted(zones.items()))
+        + "; logon and activity times are their local times.",
+        flush=True,
+    )
+    _print_report(demo_dsn, day)
+    print(f"\nWeb pages: {pipeline.web_url}  (user: admin, password: {password})", flush=True)
+    if prometheus is not None:
+        print(
+            f"Prometheus: {prometheus.url}  (scrape targets: {prometheus.url}targets, "
+            f"alert rules: {prometheus.url}alerts)",
+            flush=True,
+        )
+    print(f"Metrics: {', '.join(pipeline.metrics_urls.values())}", flush=True)
+    if args.exit:
+        return 0
+    print("The pipeline keeps running; press Ctrl-C to stop it.", flush=True)
+    try:
+        while all(s.alive() for s in pipeline.services.values()) and (
+            prometheus is None or prometheus.alive()
+        ):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        say("stopping")
+        return 0
+    stopped = _stopped(pipeline)
+    if prometheus is not None and not prometheus.alive():
+        stopped.append("prometheus")
+    raise RuntimeError(f"{', '.join(stopped)} stopped unexpectedly; see {log_dir}")
+
+
+async def _run_fleet(
+    argv: list[str], env: dict[str, str], dsn: str, view: DemoView, users: int
+) -> tuple[StageCounts, int]:
+    """Run ``desktrace-agent simulate --progress json``, showing its progress and the rows written."""
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    produced = sent = 0
+    stop = asyncio.Event()
+
+    async def watch_db() -> None:
+        while not stop.is_set():
+            try:
+                raw, sessions = await _db_counts(dsn)
+                view.stored(raw, sent, sessions)
+            except OSError:
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), 2.0)
+            except TimeoutError:
+                pass
+
+    watcher = asyncio.create_task(watch_db())
+    try:
+        async for line in proc.stdout:
+            try:
+                p = json.loads(line)
+            except ValueError:
+                continue
+            produced, sent = int(p["produced"]), int(p["sent"])
+            view.fleet(
+                datetime.fromisoformat(p["sim_now"]),
+                datetime.fromisoformat(p["start"]),
+                datetime.fromisoformat(p["end"]),
+                produced,
+                sent,
+                done=bool(p.get("done")),
+            )
+        rc = await proc.wait()
+    finally:
+        stop.set()
+        await watcher
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+    return StageCounts(users=users, produced=produced, sent=sent), rc
+
+
+async def _wait_stored(
+    dsn: str,
+    counts: StageCounts,
+    close_timeout: float,
+    view: DemoView,
+    stall_s: float = 90.0,
+    limit_s: float = 900.0,
+    stopped: Callable[[], list[str]] = list,
+    deadlettered: Callable[[], Awaitable[int]] | None = None,
+) -> StageCounts:
+    """Wait until PostgreSQL holds every event sent (or the rest was dead-lettered) and the sessions stopped
+    changing for long enough that every session was closed; give up when nothing changed for ``stall_s``,
+    after ``limit_s`` or when a service stopped (the caller names the stage that holds less)."""
+    quiet_needed = max(3 * close_timeout, 6.0)
+    last: tuple[int, int, int] | None = None
+    since = t0 = time.monotonic()
+    raw = sessions = dead = 0
+    polled_dead = 0.0
+    while True:
+        raw, sessions = await _db_counts(dsn)
+        if deadlettered is not None and raw < counts.sent and time.monotonic() - polled_dead >= 3.0:
+            polled_dead = time.monotonic()
+            with contextlib.suppress(Exception):  # counted again at the end; the wait goes on
+                dead = await deadlettered()
+        view.stored(raw, counts.sent, sessions)
+        now = (raw, sessions, dead)
         if now != last:
-            say(f"written so far: {now[0]} raw events, {now[1]} sessions")
             last, since = now, time.monotonic()
-        elif now[1] > 0 and time.monotonic() - since >= quiet_needed:
-            return
-        time.sleep(2)
-    raise TimeoutError(f"sessions were still changing after {limit:.0f} s; see the service logs")
+        quiet = time.monotonic() - since
+        accounted = raw + dead >= counts.sent
+        if counts.sent == 0 or (accounted and (sessions > 0 or raw == 0) and quiet >= quiet_needed):
+            break
+        if quiet >= stall_s or time.monotonic() - t0 >= limit_s or stopped():
+            break
+        await asyncio.sleep(1.0)
+    view.stored(raw, counts.sent, sessions, done=True)
+    return replace(counts, raw_rows=raw, sessions=sessions)
+
+
+def _delete_topics(bootstrap: str, topics: Topics) -> None:
+    """The run's topics go with it (its data stays in the database); best effort."""
+    try:
+        asyncio.run(asyncio.wait_for(delete_topics(bootstrap, topics), 20))
+    except Exception as exc:
+        say(f"could not delete this run's topics {topics.prefix}* ({type(exc).__name__}); harmless")
+
+
+def _stopped(pipeline: LocalPipeline) -> list[str]:
+    """The pipeline's services that are no longer running."""
+    return [name for name, s in pipeline.services.items() if not s.alive()]
+
+
+def _report_env(dsn: str) -> dict[str, str]:
+    return {**os.environ, "DESKTRACE_PG_DSN": dsn}
+
+
+def _report_rows(dsn: str, day: date) -> list[dict[str, Any]]:
+    """The day report's rows as ``desktrace-report day --format json`` gives them."""
+    import subprocess
+
+    out = subprocess.run(
+        [_script("desktrace-report"), "day", "--date", day.isoformat(), "--format", "json"],
+        env=_report_env(dsn),
+        capture_output=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise DemoFailed(
+            f"desktrace-report failed (exit {out.returncode}): {out.stderr.decode(errors='replace')}"
+        )
+    data = json.loads(out.stdout or b"[]")
+    return list(data) if isinstance(data, list) else list(data.get("rows", []))
+
+
+def _print_report(dsn: str, day: date) -> None:
+    import subprocess
+
+    subprocess.run(
+        [_script("desktrace-report"), "day", "--date", day.isoformat(), "--format", "table"],
+        env=_report_env(dsn),
+        check=False,
+    )
 
 
 if __name__ == "__main__":

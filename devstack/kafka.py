@@ -96,6 +96,9 @@ def dev_properties(
         "log.retention.bytes": str(1 << 30),
         "log.segment.bytes": str(64 << 20),
         "log.retention.check.interval.ms": "300000",
+        # Kafka's default, stated: a record batch up to 1 MiB + 12 bytes, so every producer's
+        # max_request_size of 1,048,576 (common.kafka.MAX_REQUEST_SIZE) is accepted.
+        "message.max.bytes": "1048588",
     }
 
 

@@ -172,6 +172,11 @@ class LocalPipeline:
         return {n: s.health_url.rsplit("/", 1)[0] + "/metrics" for n, s in self.services.items()}
 
     @property
+    def metrics_targets(self) -> dict[str, str]:
+        """Each service's ``host:port`` serving ``/metrics`` (what a Prometheus scrapes)."""
+        return {n: s.health_url.split("/")[2] for n, s in self.services.items()}
+
+    @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/"
 

@@ -19,15 +19,21 @@ DAY_MS: Final = 24 * 3600 * 1000
 RAW_RETENTION_MS: Final = 7 * DAY_MS
 SESSIONS_RETENTION_MS: Final = 30 * DAY_MS
 DEADLETTER_RETENTION_MS: Final = 14 * DAY_MS
+#: Every topic's record batch limit, stated (Kafka's default): a 1 MiB request of one record fits, so a dead
+#: letter of any record the raw topics accepted can be produced (proto.deadletter bounds it).
+MAX_MESSAGE_BYTES: Final = 1_048_588
 
 
 def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
     """Per-topic settings of a pipeline's five topics."""
-    raw = {"cleanup.policy": "delete", "retention.ms": str(RAW_RETENTION_MS)}
+    size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    raw = {"cleanup.policy": "delete", "retention.ms": str(RAW_RETENTION_MS), **size}
     return {
         **{name: dict(raw) for name in topics.raw},
-        topics.sessions: {"cleanup.policy": "delete", "retention.ms": str(SESSIONS_RETENTION_MS)},
-        topics.deadletter: {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)},
+        topics.sessions: {"cleanup.policy": "delete", "retention.ms": str(SESSIONS_RETENTION_MS), **size},
+        topics.deadletter: {
+            "cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS), **size
+        },
     }
 
 

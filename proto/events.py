@@ -21,6 +21,19 @@ from msgspec.structs import force_setattr
 
 InputClass = Literal["hardware", "injected", "none"]
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
+#: An identity field (agent id, user, domain, host): no NUL or other control character (C0, DEL, C1), which
+#: PostgreSQL refuses in text and which would split one identity into look-alikes, and at most 1024
+#: characters (identities end up in every session record and in the stream's state). Checked on decode.
+IdentityStr = Annotated[
+    str,
+    Meta(
+        pattern=r"^[^\x00-\x1f\x7f-\x9f]*$",
+        max_length=1024,
+        description="at most 1024 characters, no NUL or other control characters",
+    ),
+]
+#: A short label kept in state and sessions (time zone name, agent version).
+LabelStr = Annotated[str, Meta(max_length=256)]
 
 #: The input classes an event may carry.
 INPUT_CLASSES: Final = ("hardware", "injected", "none")
@@ -60,17 +73,17 @@ class Envelope(Struct, tag_field="type", kw_only=True, omit_defaults=True, gc=Fa
 
     category: ClassVar[str] = ""
 
-    agent_id: str
+    agent_id: IdentityStr
     seq: Annotated[int, Meta(ge=0)]
     ts: AwareDatetime
     input: InputClass
-    user: str
-    domain: str
-    host: str
-    host_domain: str = ""
-    tz: str = "UTC"
+    user: IdentityStr
+    domain: IdentityStr
+    host: IdentityStr
+    host_domain: IdentityStr = ""
+    tz: LabelStr = "UTC"
     utc_offset_min: int = 0
-    agent_version: str = ""
+    agent_version: LabelStr = ""
 
     def __post_init__(self) -> None:
         force_setattr(self, "ts", to_utc_ms(self.ts))

@@ -55,6 +55,17 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
   fi
 fi
 
+# actionlint (checks .github/workflows in the tests) from the Go module proxy.
+if ! command -v actionlint >/dev/null && [ ! -x "$HOME/go/bin/actionlint" ]; then
+  if command -v go >/dev/null; then
+    say "installing actionlint with go install (about 30 s)"
+    GOFLAGS=-mod=mod go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.12 >/dev/null 2>&1 \
+      || say "could not install actionlint; the workflow check will fail"
+  else
+    say "actionlint is missing (and Go to install it): the workflow check will fail"
+  fi
+fi
+
 # System tools used by the tests (agent under Xvfb, promtool rule tests, browser tests).
 need=()
 command -v Xvfb >/dev/null || need+=(xvfb)
@@ -63,7 +74,8 @@ command -v xdotool >/dev/null || need+=(xdotool)
 command -v xprop >/dev/null || need+=(x11-utils)
 command -v wmctrl >/dev/null || need+=(wmctrl)
 command -v xterm >/dev/null || need+=(xterm)
-command -v promtool >/dev/null || need+=(prometheus)
+# prometheus: promtool for the rule tests, the server for the demo's local Prometheus
+{ command -v promtool && command -v prometheus; } >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)

@@ -27,7 +27,7 @@ from sinks.metrics import SinkMetrics
 from sinks.migrations import MigrationError, apply_migrations
 from sinks.partitions import create_window, drop_expired
 from sinks.runner import SinkRunner, Stopped
-from sinks.settings import DEFAULT_METRICS_ADDR, SECTION, SINK_HELP, SinkSettings
+from sinks.settings import SECTION, SINK_HELP, SinkSettings, default_metrics_addr
 from sinks.writers import RawWriter, SessionWriter, Writer
 
 log = logging.getLogger("sinks")
@@ -85,7 +85,7 @@ async def run_sink(name: str, settings: SinkSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
-    addr = settings.metrics_addr or DEFAULT_METRICS_ADDR[name]
+    addr = settings.metrics_addr or default_metrics_addr(name, settings.topic_prefix)
     health: HealthServer | None = None
     if addr.lower() not in ("off", "none", "-"):
         health = HealthServer(

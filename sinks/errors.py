@@ -37,10 +37,14 @@ _RETRY_PG = (
 
 def classify(exc: BaseException) -> ErrorKind:
     """Classify an exception from a write. Unknown server errors are retried (never lose data); data
-    errors are those of SQLSTATE classes 22 and 23 and client-side encoding failures of one value."""
+    errors are those of SQLSTATE classes 22, 23 and 54 and client-side encoding failures of one value."""
     if isinstance(exc, pgx.CheckViolationError) and "no partition of relation" in str(exc):
         return ErrorKind.PARTITION
     if isinstance(exc, pgx.DataError | pgx.IntegrityConstraintViolationError):
+        return ErrorKind.DATA
+    if isinstance(exc, pgx.ProgramLimitExceededError):
+        # class 54, e.g. an index row over btree's 2,704 bytes (a huge user key): the same record fails
+        # every time, so it is a poison record to bisect out, never a reason to retry for ever
         return ErrorKind.DATA
     if isinstance(exc, pgx._base.DataError):  # client-side: "invalid input for query argument"
         return ErrorKind.DATA

@@ -44,6 +44,20 @@ class SinkMetrics:
             ["table"],
             registry=r,
         )
+        self.dead_letters_truncated = Counter(
+            "desktrace_sink_dead_letters_truncated_total",
+            "Dead letters holding only a bounded head of a record too large to copy whole (size and SHA-256 "
+            "in headers)",
+            ["table"],
+            registry=r,
+        )
+        self.dead_letters_refused = Counter(
+            "desktrace_sink_dead_letters_refused_total",
+            "Dead letters Kafka refused for good, by error and what was done instead (head: re-sent as a "
+            "bounded head; skipped: not dead-lettered at all)",
+            ["table", "reason", "action"],
+            registry=r,
+        )
         self.retries = Counter(
             "desktrace_sink_retries_total",
             "retries after a connection or timeout error, by what failed (postgres, kafka)",

@@ -10,14 +10,16 @@ Guarantees of :class:`SinkRunner`:
   its group membership alive, and retries the same batch with exponential backoff until it succeeds;
 - **poison isolation**: a record that can never be written (undecodable, schema-invalid, refused by a
   constraint) is dead-lettered with the reason in headers and counted; the rest of its batch is written
-  (a failing batch is bisected down to the offending record).
+  (a failing batch is bisected down to the offending record). Dead letters are sent as one batch (no
+  wait per record) and bounded (``proto.deadletter.deadletter_record``); one Kafka refuses for good is
+  re-sent as its head or skipped with a counted, logged reason, never retried as is, so it never stalls
+  the sink.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,9 +31,15 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from common.kafka import client_options
+from common.kafka import (
+    MAX_REQUEST_SIZE,
+    ProduceErrorKind,
+    client_options,
+    produce_error_kind,
+    produce_error_name,
+)
 from proto.codec import EventDecodeError
-from proto.deadletter import deadletter_headers
+from proto.deadletter import DeadLetter, deadletter_headers, deadletter_record
 from proto.topics import Topics
 from sinks.errors import ErrorKind, Reject, classify, reason_of
 from sinks.metrics import SinkMetrics
@@ -42,6 +50,10 @@ from sinks.writers import Writer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The dead-letter producer's per-partition batch size: many dead letters per request (aiokafka's default
+#: of 16 KiB holds a few dozen), so a garbage-heavy batch is dead-lettered at tens of thousands per second.
+DEADLETTER_BATCH_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -178,7 +190,14 @@ class SinkRunner:
             max_poll_records=self.settings.batch_size,
             **opts,
         )
-        self._producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, **opts)
+        self._producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=DEADLETTER_BATCH_BYTES,
+            max_request_size=MAX_REQUEST_SIZE,
+            **opts,
+        )
         await self._retry_kafka(self._consumer.start, "consumer start")
         await self._retry_kafka(self._producer.start, "producer start")
         log.info(
@@ -419,37 +438,98 @@ class SinkRunner:
 
     # ---- dead letters and offsets --------------------------------------------------------------------
     async def _dead_letter(self, rejected: list[Rejected]) -> None:
+        """Dead-letter ``rejected`` as one batch: every record is sent without waiting, then the batch is
+        awaited. Permanently refused ones (:func:`common.kafka.produce_error_kind`) are re-sent as their
+        bounded head, or skipped (counted, logged) when even that is refused; only transient failures are
+        retried, with backoff, until they succeed or the sink is stopped."""
         assert self._producer is not None
         table = self.writer.table
+        todo: list[tuple[Rejected, DeadLetter]] = []
         for rej in rejected:
             rec = rej.record
             headers = deadletter_headers(
                 rej.reason, rej.error_class, self.writer.service, rec.topic, rec.partition, rec.offset
             )
-            await self._retrying(
-                functools.partial(
-                    self._producer.send_and_wait,
-                    self.topics.deadletter,
-                    value=rec.value,
-                    key=rec.key,
-                    headers=headers,
-                ),
-                lambda exc: isinstance(exc, KafkaError),
-                "kafka",
-                "dead-letter publish failed; retrying",
-            )
-            self.metrics.rows_rejected.labels(table, rej.error_class).inc()
-            self.metrics.dead_letters.labels(table).inc()
+            dl = deadletter_record(rec.key, rec.value, list(headers))
+            if dl.truncated:
+                self.metrics.dead_letters_truncated.labels(table).inc()
+            todo.append((rej, dl))
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        skipped = 0
+        while todo:
+            results = await self._send_all([dl for _, dl in todo])
+            again: list[tuple[Rejected, DeadLetter]] = []
+            transient: BaseException | None = None
+            for (rej, dl), result in zip(todo, results, strict=True):
+                if result is None:
+                    self.metrics.rows_rejected.labels(table, rej.error_class).inc()
+                    self.metrics.dead_letters.labels(table).inc()
+                elif produce_error_kind(result) is ProduceErrorKind.TRANSIENT:
+                    transient = result
+                    again.append((rej, dl))
+                elif not dl.truncated:
+                    reason = produce_error_name(result)
+                    self.metrics.dead_letters_refused.labels(table, reason, "head").inc()
+                    self.metrics.dead_letters_truncated.labels(table).inc()
+                    rec = rej.record
+                    again.append((rej, deadletter_record(rec.key, rec.value, dl.headers, force_head=True)))
+                else:
+                    reason = produce_error_name(result)
+                    self.metrics.dead_letters_refused.labels(table, reason, "skipped").inc()
+                    self.metrics.rows_rejected.labels(table, rej.error_class).inc()
+                    skipped += 1
+                    log.error(
+                        "dead letter refused by Kafka even as a bounded head; record skipped",
+                        extra={"kv": {"table": table, "reason": reason, "offset": rej.record.offset,
+                                      "topic": rej.record.topic, "partition": rej.record.partition}},
+                    )
+            todo = again
+            if transient is not None:
+                self.metrics.retries.labels(table, "kafka").inc()
+                delay = backoff.next()
+                log.warning(
+                    "dead-letter publish failed; retrying",
+                    extra={"kv": {"error": produce_error_name(transient), "records": len(todo),
+                                  "retry_in_s": delay}},
+                )
+                await self._sleep_unless_stopped(delay)
         log.warning(
             "records dead-lettered",
             extra={
                 "kv": {
                     "table": table,
-                    "count": len(rejected),
+                    "count": len(rejected) - skipped,
+                    "skipped": skipped,
                     "classes": sorted({r.error_class for r in rejected}),
                 }
             },
         )
+
+    async def _send_all(self, letters: Sequence[DeadLetter]) -> list[BaseException | None]:
+        """Send every dead letter without waiting, then await them together: ``None`` per success, else
+        the exception (raised by ``send`` itself or by its acknowledgement)."""
+        assert self._producer is not None
+        futures: list[Any] = []
+        for dl in letters:
+            try:
+                futures.append(
+                    await self._producer.send(
+                        self.topics.deadletter, value=dl.value, key=dl.key, headers=dl.headers
+                    )
+                )
+            except Exception as exc:
+                futures.append(exc)
+
+        async def outcome(fut: Any) -> BaseException | None:
+            if isinstance(fut, BaseException):
+                return fut
+            try:
+                await fut
+            except Exception as exc:
+                return exc
+            return None
+
+        return list(await asyncio.gather(*(outcome(f) for f in futures)))
 
     async def _commit(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         assert self._consumer is not None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
+from common.kafka import prefixed_port
 from common.settings import HELP, CommonSettings
 
 Positive = Annotated[int, Meta(ge=1)]
@@ -15,8 +16,14 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 
 SECTION = "sink"
 
-#: Default metrics/health address of each sink, so both can run on one host.
-DEFAULT_METRICS_ADDR = {"raw": "127.0.0.1:9464", "sessions": "127.0.0.1:9465"}
+#: Default metrics/health port of each sink without a topic prefix, so both can run on one host.
+DEFAULT_METRICS_PORT = {"raw": 9464, "sessions": 9465}
+
+
+def default_metrics_addr(sink: str, topic_prefix: str) -> str:
+    """``127.0.0.1:9464`` (raw) / ``:9465`` (sessions) without a topic prefix; with one, ports derived from
+    it (:func:`common.kafka.prefixed_port`), so two pipelines on one host differing only by prefix coexist."""
+    return f"127.0.0.1:{prefixed_port(DEFAULT_METRICS_PORT[sink], topic_prefix)}"
 
 
 class SinkSettings(CommonSettings, kw_only=True):
@@ -39,7 +46,7 @@ class SinkSettings(CommonSettings, kw_only=True):
 SINK_HELP: dict[str, str] = {
     **HELP,
     "metrics_addr": "host:port of /metrics, /healthz, /readyz ('' = 127.0.0.1:9464 for raw, :9465 for "
-    "sessions; 'off' disables)",
+    "sessions, or ports derived from the topic prefix with one; 'off' disables)",
     "group_id": "Kafka consumer group ('' = <topic prefix>desktrace-sink-raw / -sessions)",
     "batch_size": "most records written in one database transaction",
     "batch_wait_ms": "longest wait to fill a batch once its first record arrived",

@@ -32,10 +32,11 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import EventT, StreamT
 from prometheus_client import CollectorRegistry
 
-from common.kafka import client_options
+from common.kafka import MAX_REQUEST_SIZE, client_options
 from proto.topics import Topics
 from stream.core import Sessionizer, SessionizerConfig
 from stream.metrics import StreamMetrics
+from stream.output import OutputFailed, OutputWriter, Pending
 from stream.processor import Incoming, Outgoing, Processor, Result
 from stream.settings import StreamSettings
 
@@ -133,11 +134,11 @@ class StreamApp:
         )
         heartbeat = max(0.5, min(3.0, settings.session_timeout / 3))
         self.app = faust.App(
-            settings.stream_app_id,
+            settings.app_id,
             broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",") if h.strip()],
             broker_credentials=broker_credentials(settings),
             store="memory://",
-            datadir=settings.stream_data_dir,
+            datadir=settings.data_dir,
             autodiscover=False,
             web_enabled=False,
             topic_partitions=cluster.partitions,
@@ -152,6 +153,9 @@ class StreamApp:
             stream_wait_empty=False,
             stream_buffer_maxsize=max(16384, 4 * settings.batch_size),
             producer_acks=-1,
+            # Faust's default (1,000,000) is below the broker's limit: a dead letter of a record the
+            # broker accepted would be refused.
+            producer_max_request_size=MAX_REQUEST_SIZE,
             key_serializer="raw",
             value_serializer="raw",
         )
@@ -167,6 +171,7 @@ class StreamApp:
             help="desktrace per-user sessionizer state (stream.state.UserRecord)",
         )
         self._lock: asyncio.Lock | None = None
+        self.output = OutputWriter(self._send, self.topics, self.metrics)
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)
         self.app.timer(settings.effective_scan_interval, name="silence-scan")(self._scan)
         self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._report_lag)
@@ -254,39 +259,37 @@ class StreamApp:
             position = last + 1 if last is not None else (committed.get(tp) or 0)
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
-    async def _write(self, result: Result) -> list[Any]:
+    async def _write(self, result: Result) -> Pending:
         """Write the state changes (changelog first, then the local store) and enqueue the output."""
         table = self.table
         for w in result.writes:
             table.send_changelog(w.partition, w.key, w.value)
             table.data[w.key] = w.value
-        producer = self.app.producer
-        pending: list[Any] = []
         try:
-            for msg in result.messages:
-                pending.append(await self._send(producer, msg))
-        except Exception as exc:
+            return await self.output.enqueue(result.messages)
+        except OutputFailed as exc:
             self._die(exc)
-        return pending
+            raise  # not reached
 
-    @staticmethod
-    async def _send(producer: Any, msg: Outgoing) -> Any:
-        return await producer.send(msg.topic, msg.key, msg.value, None, None, msg.headers)
+    async def _send(self, msg: Outgoing) -> Any:
+        return await self.app.producer.send(msg.topic, msg.key, msg.value, None, None, msg.headers)
 
-    async def _await_output(self, pending: list[Any]) -> None:
+    async def _await_output(self, pending: Pending) -> None:
+        """Wait for the output's acknowledgements; records Kafka refuses for good are replaced (dead
+        letter or its head) or skipped by :class:`stream.output.OutputWriter`, never a reason to exit."""
         if not pending:
             return
         try:
-            await asyncio.gather(*pending)
-        except Exception as exc:
+            await self.output.settle(pending)
+        except OutputFailed as exc:
             self._die(exc)
 
     def _die(self, exc: BaseException) -> None:
         # Returning would let take_events ack the batch; exiting leaves its offsets uncommitted, so the
         # next owner re-processes it (at-least-once; duplicates are harmless).
         log.critical(
-            "cannot produce output; exiting without committing the batch",
-            extra={"kv": {"exception": type(exc).__name__}},
+            "cannot produce output (transient Kafka error); exiting without committing the batch",
+            extra={"kv": {"exception": str(exc) or type(exc).__name__}},
         )
         for handler in logging.getLogger().handlers:
             handler.flush()

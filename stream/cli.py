@@ -44,12 +44,12 @@ def run(settings: StreamSettings) -> int:
                                                       "bootstrap": settings.kafka_bootstrap}})
         return 1
     log.info("starting", extra={"kv": {
-        "app_id": settings.stream_app_id, "partitions": cluster.partitions,
+        "app_id": settings.app_id, "partitions": cluster.partitions,
         "replication": cluster.replication,
         "gap": settings.gap, "presence_timeout": settings.presence_timeout,
         "close_timeout": settings.close_timeout, "retention": settings.retention}})
     stream_app = StreamApp(settings, cluster, REGISTRY)
-    host, port = metrics_host_port(settings.metrics_addr)
+    host, port = metrics_host_port(settings.metrics_address)
     http = HttpEndpoints(host, port, REGISTRY, ready=stream_app.ready, alive=stream_app.alive)
     worker = faust.Worker(
         stream_app.app,

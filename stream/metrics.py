@@ -87,6 +87,18 @@ class StreamMetrics:
             "Users whose batch the sessionizer failed on (their events were dead-lettered as 'other')",
             registry=registry,
         )
+        self.output_refused = Counter(
+            f"{p}_output_refused_total",
+            "Records Kafka refused for good (too large, invalid, unauthorized topic), by error and what was "
+            "done instead: deadletter_head (a bounded head sent), deadletter (a refused session record sent "
+            "to the dead-letter topic) or skipped",
+            ["reason", "action"], registry=registry,
+        )
+        self.deadletters_truncated = Counter(
+            f"{p}_deadletters_truncated_total",
+            "Dead letters holding only a bounded head of a record too large to copy whole (size and SHA-256 "
+            "in headers)", registry=registry,
+        )
         # fleet health, derived from events (stream/fleet.py)
         self.agents_recent = Gauge(
             f"{p}_fleet_agents_heard_5m", "Agents with an event in the last 5 minutes (event time)",

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import msgspec
 
 from proto.codec import EventDecodeError, decode_events, encode_session
-from proto.deadletter import deadletter_headers
+from proto.deadletter import deadletter_headers, deadletter_record
 from proto.events import Envelope
 from proto.keys import event_user_key
 from proto.topics import Topics
@@ -214,8 +214,11 @@ class Processor:
 
     def _deadletter(self, out: Result, rec: Incoming, error: str, error_class: str) -> None:
         headers = deadletter_headers(error, error_class, SERVICE, rec.topic, rec.partition, rec.offset)
-        out.messages.append(Outgoing(self.topics.deadletter, rec.key, rec.value, headers))
+        dl = deadletter_record(rec.key, rec.value, headers)
+        out.messages.append(Outgoing(self.topics.deadletter, dl.key, dl.value, dl.headers))
         self.metrics.deadlettered.labels(error_class).inc()
+        if dl.truncated:
+            self.metrics.deadletters_truncated.inc()
 
     # ---- silence scan ----------------------------------------------------------------------------------
 

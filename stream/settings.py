@@ -10,9 +10,19 @@ import argparse
 from collections.abc import Mapping
 
 from common.health import parse_addr
+from common.kafka import prefixed_port
 from common.settings import HELP, CommonSettings, add_arguments, load
 
 SECTION = "stream"
+#: The application id and metrics port without a topic prefix.
+BASE_APP_ID = "desktrace-stream"
+BASE_METRICS_PORT = 6066
+
+
+def default_app_id(topic_prefix: str) -> str:
+    """``desktrace-stream`` without a prefix, else ``desktrace-stream-<prefix>``: still under the
+    ``desktrace-stream`` ACL prefix (docs/security.md), and distinct for every topic prefix."""
+    return f"{BASE_APP_ID}-{topic_prefix}" if topic_prefix else BASE_APP_ID
 
 
 class StreamSettings(CommonSettings, kw_only=True):
@@ -22,9 +32,9 @@ class StreamSettings(CommonSettings, kw_only=True):
     presence_timeout: float = 180.0
     close_timeout: float = 600.0
     retention: float = 3 * 86400.0
-    stream_app_id: str = "desktrace-stream"
-    stream_data_dir: str = "./desktrace-stream-data"
-    metrics_addr: str = "0.0.0.0:6066"
+    stream_app_id: str = ""
+    stream_data_dir: str = ""
+    metrics_addr: str = ""
     batch_size: int = 10000
     batch_within: float = 0.5
     scan_interval: float = 0.0
@@ -45,9 +55,23 @@ class StreamSettings(CommonSettings, kw_only=True):
             raise ValueError("scan_interval and replication_factor must be >= 0, agent_versions_max >= 1")
         if self.state_cache_users < 1:
             raise ValueError("state_cache_users must be >= 1")
-        if not self.stream_app_id:
-            raise ValueError("stream_app_id must not be empty")
-        metrics_host_port(self.metrics_addr)
+        metrics_host_port(self.metrics_address)
+
+    @property
+    def app_id(self) -> str:
+        """The Faust application id (consumer group, changelog topic prefix): ``stream_app_id``, or one
+        derived from ``topic_prefix`` (:func:`default_app_id`): pipelines on one cluster never share state."""
+        return self.stream_app_id or default_app_id(self.topic_prefix)
+
+    @property
+    def data_dir(self) -> str:
+        """``stream_data_dir``, or ``./<app id>-data`` (``./desktrace-stream-data`` without a prefix)."""
+        return self.stream_data_dir or f"./{self.app_id}-data"
+
+    @property
+    def metrics_address(self) -> str:
+        """``metrics_addr``, or ``0.0.0.0:6066`` without a topic prefix, a port derived from it with one."""
+        return self.metrics_addr or f"0.0.0.0:{prefixed_port(BASE_METRICS_PORT, self.topic_prefix)}"
 
     @property
     def effective_scan_interval(self) -> float:
@@ -64,9 +88,11 @@ STREAM_HELP: dict[str, str] = {
     "presence_timeout": "P, seconds without any event after which a presence period ends",
     "close_timeout": "seconds of wall-clock silence of a user after which their open sessions are published",
     "retention": "seconds of event time kept in a user's state; older events are dead-lettered as late",
-    "stream_app_id": "Faust app id: the consumer group and the prefix of the internal changelog topics",
-    "stream_data_dir": "directory for Faust's local files",
-    "metrics_addr": "host:port of the /metrics, /healthz and /readyz HTTP endpoint (port 0: any free port)",
+    "stream_app_id": "Faust app id: the consumer group and the prefix of the internal changelog topics "
+    "('' = desktrace-stream, or desktrace-stream-<topic prefix> with a prefix)",
+    "stream_data_dir": "directory for Faust's local files ('' = ./<app id>-data)",
+    "metrics_addr": "host:port of the /metrics, /healthz and /readyz HTTP endpoint (port 0: any free port; "
+    "'' = 0.0.0.0:6066, or a port derived from the topic prefix with one)",
     "batch_size": "maximum events handled as one batch (one fetch; one state update per user per batch)",
     "batch_within": "seconds to wait for a batch to fill before handling what has arrived",
     "scan_interval": "seconds between scans for silent users (0: a third of close_timeout, 0.5..30 s)",

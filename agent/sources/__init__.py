@@ -1,7 +1,8 @@
 """Platform sources: one module per platform, each a :class:`agent.observations.Source`.
 
-- ``windows`` (:mod:`agent.sources.windows`): UI Automation, pynput low-level hooks, WTS session and power
-  notifications; all interpretation in :mod:`agent.sources.winlogic`.
+- ``windows`` (:mod:`agent.sources.windows`): WinEvent hooks, UI Automation, pynput low-level hooks, WTS
+  session and power notifications; all interpretation platform-free (:mod:`agent.sources.winlogic` lists
+  the modules; docs/windows-agent.md).
 - ``x11`` (:mod:`agent.sources.x11`): EWMH properties, XInput2 raw events, MIT-SCREEN-SAVER; interpretation
   in :mod:`agent.sources.x11logic`.
 
@@ -74,8 +75,12 @@ def select_source(
                 f"the windows source needs {exc.name or 'uiautomation and pynput'}: "
                 "pip install 'desktrace[agent]'"
             ) from exc
+        state_path = _setting(settings, "state_path", None)
         return WindowsSource(
             extended_mode=bool(_setting(settings, "extended_mode", False)),
+            field_max_chars=int(_setting(settings, "field_max_chars", 256)),
+            web_fields=bool(_setting(settings, "extended_web_fields", False)),
+            state_dir=state_path,
         )
     try:
         from agent.sources.x11 import X11Source

@@ -1,0 +1,264 @@
+"""Unit tests of the resilience rules without a broker: bounded dead letters, the produce-error classifier,
+names and ports isolated by topic prefix, identity fields without control characters, and the stream's
+output writer replacing what Kafka refuses for good (the real broker behaviour is in
+tests/test_resilience_kafka.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import msgspec
+import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+)
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from faust.exceptions import ProducerSendError
+from prometheus_client import CollectorRegistry
+
+from common.kafka import (
+    MAX_REQUEST_SIZE,
+    ProduceErrorKind,
+    prefixed_port,
+    produce_error_kind,
+    produce_error_name,
+)
+from proto import deadletter as D
+from proto.codec import EventDecodeError, decode_events, encode_event
+from proto.topics import Topics
+from stream.metrics import StreamMetrics
+from stream.testing import generate_events
+
+# ---- bounded dead letters ------------------------------------------------------------------------------
+
+HEADERS = D.deadletter_headers("undecodable raw event: x", "undecodable", "stream", "t.ui", 3, 17)
+
+
+@pytest.mark.parametrize("size", [1_000_000, 1_048_000, 1_048_576, 5_000_000])
+def test_dead_letter_of_any_size_fits_the_request_limit(size: int) -> None:
+    value = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    key = b"corp\\ann"
+    dl = D.deadletter_record(key, value, HEADERS)
+    # aiokafka's own estimate is what its producer checks against max_request_size
+    assert DefaultRecordBatchBuilder.estimate_size_in_bytes(dl.key, dl.value, dl.headers) <= MAX_REQUEST_SIZE
+    assert D.MAX_REQUEST_BYTES == MAX_REQUEST_SIZE
+    headers = D.header_map(dl.headers)
+    assert headers["desktrace-error-class"] == "undecodable"
+    if dl.truncated:
+        assert dl.value == value[: D.HEAD_BYTES]
+        assert headers["desktrace-original-size"] == str(size)
+        assert headers["desktrace-original-sha256"] == hashlib.sha256(value).hexdigest()
+        assert headers["desktrace-truncated"] == str(D.HEAD_BYTES)
+    else:
+        assert dl.value == value and "desktrace-original-size" not in headers
+    # what fits stays whole: 1,000,000 and 1,048,000 bytes do (the issue's two sizes)
+    assert dl.truncated == (size > 1_048_000)
+
+
+def test_forced_head_and_small_records() -> None:
+    small = D.deadletter_record(None, b"abc", HEADERS)
+    assert small == D.DeadLetter(None, b"abc", HEADERS, False)
+    forced = D.deadletter_record(b"k", b"abc" * 100_000, HEADERS, force_head=True)
+    assert forced.truncated and len(forced.value) == D.HEAD_BYTES
+    assert D.header_map(forced.headers)["desktrace-original-size"] == "300000"
+    huge_key = D.deadletter_record(b"k" * 2_000_000, b"v", HEADERS)
+    assert huge_key.truncated and huge_key.key is not None and len(huge_key.key) == D.HEAD_BYTES
+
+
+def test_record_size_bounds_aiokafkas_estimate() -> None:
+    for key, value in ((None, b""), (b"k", b"v" * 10), (b"corp\\x" * 10, b"v" * 100_000)):
+        assert D.record_size(key, value, HEADERS) >= DefaultRecordBatchBuilder.estimate_size_in_bytes(
+            key, value, HEADERS
+        )
+
+
+# ---- produce errors ------------------------------------------------------------------------------------
+
+
+def wrapped(exc: BaseException) -> BaseException:
+    """What Faust raises from ``producer.send``: ProducerSendError caused by the aiokafka error."""
+    try:
+        raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+    except ProducerSendError as outer:
+        return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (MessageSizeTooLargeError(), ProduceErrorKind.PERMANENT),
+        (TopicAuthorizationFailedError(), ProduceErrorKind.PERMANENT),
+        (wrapped(MessageSizeTooLargeError()), ProduceErrorKind.PERMANENT),
+        (KafkaConnectionError(), ProduceErrorKind.TRANSIENT),
+        (KafkaTimeoutError(), ProduceErrorKind.TRANSIENT),
+        (NotLeaderForPartitionError(), ProduceErrorKind.TRANSIENT),
+        (SaslAuthenticationFailed(), ProduceErrorKind.TRANSIENT),  # the operator fixes the password
+        (wrapped(KafkaConnectionError()), ProduceErrorKind.TRANSIENT),
+        (OSError("connection reset"), ProduceErrorKind.TRANSIENT),
+    ],
+)
+def test_produce_error_classifier(exc: BaseException, kind: ProduceErrorKind) -> None:
+    assert produce_error_kind(exc) is kind
+
+
+def test_produce_error_name_is_the_innermost_class() -> None:
+    assert produce_error_name(wrapped(MessageSizeTooLargeError())) == "MessageSizeTooLargeError"
+    assert produce_error_name(KafkaTimeoutError()) == "KafkaTimeoutError"
+
+
+# ---- isolation by topic prefix ---------------------------------------------------------------------------
+
+
+def test_stream_names_and_ports_derive_from_the_topic_prefix() -> None:
+    from stream.settings import load_settings
+
+    plain, _ = load_settings([], env={})
+    assert plain.app_id == "desktrace-stream" and plain.metrics_address == "0.0.0.0:6066"
+    a, _ = load_settings([], env={"DESKTRACE_TOPIC_PREFIX": "staging."})
+    b, _ = load_settings([], env={"DESKTRACE_TOPIC_PREFIX": "canary."})
+    assert a.app_id == "desktrace-stream-staging." and b.app_id == "desktrace-stream-canary."
+    assert len({plain.metrics_address, a.metrics_address, b.metrics_address}) == 3
+    explicit, _ = load_settings(
+        ["--stream-app-id", "desktrace-stream-x", "--metrics-addr", ":7000"],
+        env={"DESKTRACE_TOPIC_PREFIX": "staging."},
+    )
+    assert explicit.app_id == "desktrace-stream-x" and explicit.metrics_address == ":7000"
+
+
+def test_sink_groups_and_ports_derive_from_the_topic_prefix() -> None:
+    from sinks.runner import group_id_for
+    from sinks.settings import SinkSettings, default_metrics_addr
+
+    assert default_metrics_addr("raw", "") == "127.0.0.1:9464"
+    assert default_metrics_addr("sessions", "") == "127.0.0.1:9465"
+    ports = {default_metrics_addr(s, p) for s in ("raw", "sessions") for p in ("", "a.", "b.")}
+    assert len(ports) == 6
+    assert group_id_for(SinkSettings(topic_prefix="a."), "raw") == "a.desktrace-sink-raw"
+
+
+def test_prefixed_port_stays_a_valid_port() -> None:
+    for base in (6066, 8080, 9464, 65000):
+        for i in range(200):
+            assert 1024 < prefixed_port(base, f"p{i}.") <= 65535
+    assert prefixed_port(8080, "") == 8080
+
+
+# ---- identity fields -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["agent_id", "user", "domain", "host", "host_domain"])
+@pytest.mark.parametrize("bad", ["ann\x00", "a\x1b[31m", "a\nb", "a\x7f", "a\x85"])
+def test_control_characters_in_identity_fields_are_invalid(field: str, bad: str) -> None:
+    event = generate_events(seed=3, users=1, hours=1)[0]
+    raw = msgspec.to_builtins(event)
+    fine = msgspec.msgpack.encode({**raw, field: "Zoë Ünal-Smith (ÅÆ) 名前"})
+    refused = msgspec.msgpack.encode({**raw, field: bad})
+    ok, err = list(decode_events([fine, refused]))
+    assert not isinstance(ok, EventDecodeError)
+    assert isinstance(err, EventDecodeError) and err.error_class == "invalid"
+    assert field in str(err)
+    assert not isinstance(next(iter(decode_events([encode_event(event)]))), EventDecodeError)
+
+
+# ---- the stream's output writer --------------------------------------------------------------------------
+
+
+class FakeProducer:
+    """Acknowledges or refuses sends like Faust's producer: client-side errors from send(), broker-side
+    ones from the returned future."""
+
+    def __init__(self, refuse: Any) -> None:
+        self.refuse = refuse
+        self.sent: list[Any] = []
+
+    async def send(self, msg: Any) -> asyncio.Future[Any]:
+        verdict = self.refuse(msg)
+        if verdict == "client":
+            raise wrapped(MessageSizeTooLargeError())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if verdict == "broker":
+            fut.set_exception(MessageSizeTooLargeError())
+        elif verdict == "down":
+            fut.set_exception(KafkaTimeoutError())
+        else:
+            self.sent.append(msg)
+            fut.set_result(None)
+        return fut
+
+
+def run_writer(refuse: Any, messages: list[Any]) -> tuple[FakeProducer, CollectorRegistry]:
+    from stream.output import OutputWriter
+
+    producer, registry = FakeProducer(refuse), CollectorRegistry()
+    writer = OutputWriter(producer.send, Topics("u."), StreamMetrics(registry))
+
+    async def go() -> None:
+        await writer.settle(await writer.enqueue(messages))
+
+    asyncio.run(go())
+    return producer, registry
+
+
+def test_output_writer_replaces_refused_dead_letters_by_their_head() -> None:
+    from stream.processor import Outgoing
+
+    topics = Topics("u.")
+    big = Outgoing(topics.deadletter, b"k", b"z" * 900_000, HEADERS)
+    session = Outgoing(topics.sessions, b"k", b"{}")
+    producer, registry = run_writer(
+        lambda m: "broker" if len(m.value) > D.HEAD_BYTES else "ok", [big, session]
+    )
+    assert [m.topic for m in producer.sent] == [topics.sessions, topics.deadletter]
+    head = producer.sent[1]
+    assert head.value == big.value[: D.HEAD_BYTES]
+    assert D.header_map(head.headers)["desktrace-original-size"] == "900000"
+    assert registry.get_sample_value(
+        "desktrace_stream_output_refused_total",
+        {"reason": "MessageSizeTooLargeError", "action": "deadletter_head"},
+    ) == 1
+
+
+def test_output_writer_dead_letters_a_refused_session_and_skips_what_cannot_go_anywhere() -> None:
+    from stream.processor import Outgoing
+
+    topics = Topics("u.")
+    session = Outgoing(topics.sessions, b"k", b"{}")
+    producer, registry = run_writer(lambda m: "client" if m.topic == topics.sessions else "ok", [session])
+    assert len(producer.sent) == 1 and producer.sent[0].topic == topics.deadletter
+    headers = D.header_map(producer.sent[0].headers)
+    assert headers["desktrace-error-class"] == "other"
+    assert "MessageSizeTooLargeError" in headers["desktrace-error"]
+    producer, registry = run_writer(lambda m: "client", [session])
+    assert producer.sent == []
+    assert registry.get_sample_value(
+        "desktrace_stream_output_refused_total", {"reason": "MessageSizeTooLargeError", "action": "skipped"}
+    ) == 1
+
+
+def test_output_writer_raises_on_transient_failures() -> None:
+    from stream.output import OutputFailed
+    from stream.processor import Outgoing
+
+    with pytest.raises(OutputFailed, match="KafkaTimeoutError"):
+        run_writer(lambda m: "down", [Outgoing("u.x", None, b"v")])
+
+
+@pytest.mark.parametrize(
+    ("field", "limit"), [("user", 1024), ("host", 1024), ("tz", 256), ("agent_version", 256)]
+)
+def test_oversized_identity_and_label_fields_are_invalid(field: str, limit: int) -> None:
+    event = generate_events(seed=3, users=1, hours=1)[0]
+    raw = msgspec.to_builtins(event)
+    ok, err = list(decode_events([
+        msgspec.msgpack.encode({**raw, field: "x" * limit}),
+        msgspec.msgpack.encode({**raw, field: "x" * (limit + 1)}),
+    ]))
+    assert not isinstance(ok, EventDecodeError)
+    assert isinstance(err, EventDecodeError) and err.error_class == "invalid"
