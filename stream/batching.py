@@ -41,7 +41,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
 
     batch_topics: ClassVar[frozenset[str]] = frozenset()
     batch_handler: ClassVar[BatchHandler | None] = None
-    before_commit: ClassVar[Callable[[], None] | None] = None
+    before_commit: ClassVar[Callable[[], Awaitable[None]] | None] = None
     lock_of: ClassVar[Callable[[], asyncio.Lock] | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -53,7 +53,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         cls,
         topics: Iterable[str],
         handler: BatchHandler,
-        before_commit: Callable[[], None],
+        before_commit: Callable[[], Awaitable[None]],
         lock_of: Callable[[], asyncio.Lock],
     ) -> type[BatchConsumer]:
         """A subclass delivering ``topics`` to ``handler`` (Faust instantiates the consumer class itself)."""
@@ -94,7 +94,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         async with lock_of():
             before = type(self).before_commit
             if before is not None:
-                before()
+                await before()
             return bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
