@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from itertools import accumulate, pairwise
+from itertools import accumulate
+from operator import sub
 
 import msgspec
 
@@ -96,11 +97,12 @@ _decoder = msgspec.msgpack.Decoder(_Wire)
 def _delta(xs: array[int]) -> list[int]:
     if not xs:
         return []
-    return [xs[0], *(b - a for a, b in pairwise(xs))]
+    values = xs.tolist()  # then map in C: about twice as fast as a generator over pairs
+    return [values[0], *map(sub, values[1:], values)]
 
 
 def _undelta(xs: list[int]) -> array[int]:
-    return array("q", accumulate(xs))
+    return array("q", list(accumulate(xs)))
 
 
 def encode_state(state: UserState) -> bytes:
