@@ -63,12 +63,12 @@ def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tup
 
 
 def worker_rate(
-    bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int
+    bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int, commit_s: float
 ) -> tuple[float, float]:
     """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
-)
+                     DESKTRACE_COMMIT_INTERVAL=str(commit_s))
     worker = WorkerProcess(env, workdir / "worker.log")
     try:
         worker.start(ready_timeout=120)
@@ -115,14 +115,17 @@ async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[flo
         n = await publish(args.bootstrap, topics, events)
         print(f"\n{users} users: published {n:,} events in {time.perf_counter() - t:.1f}s", flush=True)
         best: dict[str, tuple[float, float]] = {}
-        subjects = ["aiokafka", "faust", *([] if args.no_quix else ["quix"]), "desktrace"]
+        workers = [f"desktrace@{c:g}s" for c in args.commit_intervals]
+        subjects = ["aiokafka", "faust", *([] if args.no_quix else ["quix"]), *workers]
         for r in range(args.rounds):
             order = subjects if r % 2 == 0 else subjects[::-1]
             for s in order:
-                if s == "desktrace":
+                if s.startswith("desktrace"):
+                    commit_s = float(s.split("@")[1].rstrip("s"))
                     with tempfile.TemporaryDirectory() as tmp:
                         rate, cpu = worker_rate(
-                            args.bootstrap, topics, f"{prefix}stream{r}", n, Path(tmp), args.batch_size
+                            args.bootstrap, topics, f"{prefix}stream{r}{len(s)}{commit_s:g}", n, Path(tmp),
+                            args.batch_size, commit_s,
                         )
                 else:
                     rate, cpu = peer_rate(s, args.bootstrap, prefix, n, args.batch_size)
@@ -144,17 +147,23 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=10000)
     parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer")
+    parser.add_argument("--commit-intervals", type=float, nargs="+", default=[1.0],
+                        help="worker commit_interval values to measure (one worker run each)")
     parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
     results = {users: await run_users(args, users) for users in args.users}
     print("\nbest of each (events/s, CPU us/event) and ratios desktrace/peer:")
     for users, best in results.items():
-        d_rate, d_cpu = best["desktrace"]
-        print(f"{users} users: desktrace-stream {d_rate:,.0f} events/s, {d_cpu:.1f} us/event")
-        for peer in ("quix", "faust", "aiokafka"):
-            if peer in best:
-                rate, cpu = best[peer]
-                print(f"  {peer:9s} {rate:10,.0f} events/s {cpu:7.1f} us/event   ratio {d_rate / rate:6.2f}")
+        for name, (d_rate, d_cpu) in best.items():
+            if not name.startswith("desktrace"):
+                continue
+            print(f"{users} users: desktrace-stream (commit_interval {name.split('@')[1]}) {d_rate:,.0f} "
+                  f"events/s, {d_cpu:.1f} us/event")
+            for peer in ("quix", "faust", "aiokafka"):
+                if peer in best:
+                    rate, cpu = best[peer]
+                    print(f"  {peer:9s} {rate:10,.0f} events/s {cpu:7.1f} us/event   "
+                          f"ratio {d_rate / rate:6.2f}")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ class StreamApp:
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=settings.session_timeout,
             broker_heartbeat_interval=heartbeat,
-            broker_commit_interval=1.0,
+            broker_commit_interval=settings.commit_interval,
             stream_wait_empty=False,
             stream_buffer_maxsize=max(16384, 4 * settings.batch_size),
             broker_max_poll_records=settings.batch_size,
