@@ -96,6 +96,7 @@ class Processor:
         self.retention_ms = int(retention_s * 1000)
         self.close_timeout_s = close_timeout_s
         self.versions_max = versions_max
+        self._user_keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key, a cache
 
     # ---- batches ---------------------------------------------------------------------------------------
 
@@ -121,12 +122,17 @@ class Processor:
         out = Result()
         groups: dict[str, list[tuple[Incoming, Envelope]]] = {}
         counts: Counter[tuple[str, str]] = Counter()
+        ukeys = self._user_keys
+        if len(ukeys) > 100_000:
+            ukeys.clear()
         for rec, ev in zip(batch, decode_events([r.value for r in batch]), strict=True):
             if isinstance(ev, EventDecodeError):
                 self._deadletter(out, rec, str(ev), ev.error_class)
                 continue
             counts[(rec.topic, type(ev).__name__)] += 1
-            ukey = event_user_key(ev)
+            ukey = ukeys.get((ev.domain, ev.user))
+            if ukey is None:
+                ukey = ukeys[(ev.domain, ev.user)] = event_user_key(ev)
             group = groups.get(ukey)
             if group is None:
                 groups[ukey] = [(rec, ev)]
