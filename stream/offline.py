@@ -78,10 +78,13 @@ class _Run:
         self.spill = _Spill(spill_at)
         self.late = 0
         self.late_where: list[int] = []
+        self._keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key
 
     def add(self, where: int, event: Envelope) -> None:
         """Buffer ``event`` (``where``: its position, see :func:`main`) for its user."""
-        key = event_user_key(event)
+        key = self._keys.get((event.domain, event.user))
+        if key is None:
+            key = self._keys[(event.domain, event.user)] = event_user_key(event)
         buf = self.buffers.get(key)
         if buf is None:
             buf = self.buffers[key] = []
