@@ -9,14 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import shlex
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.settings import AgentSettings, add_agent_arguments, load_agent_settings
+from agent.install_linux import (
+    autostart_path,
+    desktop_entry,
+    refuse_secrets,
+    secret_dir,
+    systemd_unit,
+    unit_path,
+    write_private,
+    write_public,
+)
+from agent.settings import SECRET_SETTINGS, AgentSettings, add_agent_arguments, load_agent_settings
 from common.logs import setup_logging
 from common.settings import SettingsError
 
@@ -25,7 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("desktrace.agent")
 
-DESKTOP_FILE = "desktrace-agent.desktop"
+#: The file ``install`` writes a secret given by value (flag, variable, TOML) into, in the secret directory.
+KAFKA_PASSWORD_FILE = "kafka_password"  # noqa: S105 (a file name, not a password)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,17 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
     inst = sub.add_parser(
         "install",
         help="start the agent at every logon of this user",
-        description="Linux: an XDG autostart entry in ~/.config/autostart; Windows: a "
-        "Task Scheduler task (XML; logon of this user, pythonw.exe, restarted on failure) whose settings "
-        "go to a file only this user can read. Settings flags given here are passed on.",
+        description="Linux: an XDG autostart entry in ~/.config/autostart (or a systemd user unit with "
+        "--systemd); a Kafka password is written to a file only you can read and passed as "
+        "--kafka-password-file. Windows: a Task Scheduler task (XML; logon of this user, pythonw.exe, "
+        "restarted on failure) whose settings go to a file only this user can read. Settings flags given "
+        "here are passed on.",
     )
     inst.add_argument("--dry-run", action="store_true", help="print what would be installed, change nothing")
+    inst.add_argument(
+        "--systemd",
+        action="store_true",
+        help="Linux: install a systemd user unit (~/.config/systemd/user/desktrace-agent.service, started "
+        "with the graphical session) instead of the XDG autostart entry",
+    )
     add_agent_arguments(inst)
 
     uninst = sub.add_parser(
         "uninstall",
         help="remove the autostart entry or scheduled task (keeps data)",
-        description="Remove what 'install' created (the spool and agent id stay).",
+        description="Remove what 'install' created: the autostart entry and/or systemd user unit, and the "
+        "password file install wrote (the spool and agent id stay).",
     )
     uninst.add_argument("--dry-run", action="store_true", help="print what would be removed, change nothing")
 
@@ -127,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"desktrace-agent: {exc}", file=sys.stderr)
         return 2
     setup_logging("agent", settings.log_level, settings.log_format)
+    if getattr(args, "kafka_password", None):
+        print(
+            "desktrace-agent: warning: --kafka-password is visible to every user in process listings "
+            "(ps, /proc); use --kafka-password-file with a file only you can read (chmod 600)",
+            file=sys.stderr,
+        )
     try:
         if args.command == "run":
             return cmd_run(settings)
@@ -179,8 +206,10 @@ def _settings_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--config", str(Path(args.config).resolve())]
     for name in AgentSettings.__struct_fields__:
         value = getattr(args, name, None)
-        if value is None:
+        if value is None or name in SECRET_SETTINGS:  # secrets go by file, never on a command line
             continue
+        if name.endswith(("_file", "_dir")) and value:
+            value = str(Path(value).expanduser().resolve())  # the entry runs from another directory
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + name.replace("_", "-"))
@@ -194,51 +223,62 @@ def run_command(args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "agent.cli", "run", *_settings_flags(args)]
 
 
-def autostart_path(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
-    return base / "autostart" / DESKTOP_FILE
-
-
-def desktop_entry(cmd: list[str]) -> str:
-    exec_line = " ".join(_desktop_quote(c) for c in cmd)
-    return (
-        "[Desktop Entry]\n"
-        "Type=Application\n"
-        "Name=desktrace agent\n"
-        "Comment=Records workstation activity for working-time reports\n"
-        f"Exec={exec_line}\n"
-        "Terminal=false\n"
-        "NoDisplay=true\n"
-        "X-GNOME-Autostart-enabled=true\n"
-    )
-
-
-def _desktop_quote(arg: str) -> str:
-    # Desktop Entry spec: quote args with reserved characters; escape " ` $ \ inside quotes
-    if arg and all(c.isalnum() or c in "-_./=:,@+" for c in arg):
-        return arg
-    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
-    return f'"{escaped}"'
+def _secret_flags(args: argparse.Namespace, settings: AgentSettings) -> tuple[list[str], str | None]:
+    """Flags that hand the Kafka password to the installed agent by file, and the file ``install`` must
+    write for a password given by value (None when there is none to write)."""
+    if getattr(args, "kafka_password_file", None):
+        return [], None  # a flag given here: passed on with the other flags
+    if settings.kafka_password_file:  # from the environment: the entry does not inherit it
+        return ["--kafka-password-file", str(Path(settings.kafka_password_file).expanduser().resolve())], None
+    if not settings.kafka_password:
+        return [], None
+    path = secret_dir() / KAFKA_PASSWORD_FILE
+    return ["--kafka-password-file", str(path)], str(path)
 
 
 def cmd_install(args: argparse.Namespace, settings: AgentSettings) -> int:
-    if sys.platform == "win32":
+    if sys.platform == "win32":  # settings, secrets included, go to a user-only file: agent.install_windows
         from agent import install_windows
 
         return install_windows.install(settings, dry_run=args.dry_run)
-    cmd = run_command(args)
-    path = autostart_path()
-    text = desktop_entry(cmd)
+    extra, secret_path = _secret_flags(args, settings)
+    cmd = run_command(args) + extra
+    refuse_secrets(cmd, [getattr(settings, name) for name in SECRET_SETTINGS])
+    if secret_path is not None:
+        if args.dry_run:
+            print(f"# {secret_path} (mode 0600): the Kafka password")
+        else:
+            write_private(Path(secret_path), settings.kafka_password + "\n")
+    return _install_linux(args, settings, cmd)
+
+
+def _install_linux(args: argparse.Namespace, settings: AgentSettings, cmd: list[str]) -> int:
+    """The XDG autostart entry, or with ``--systemd`` a systemd user unit (enabled when a user manager
+    answers)."""
+    if args.systemd:
+        path, text = unit_path(), systemd_unit(cmd)
+    else:
+        path, text = autostart_path(), desktop_entry(cmd)
     if args.dry_run:
         print(f"# {path}\n{text}", end="")
         return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_public(path, text)
     settings.state_path.mkdir(parents=True, exist_ok=True)
-    print(f"installed {path} (the agent starts at your next logon; state in {settings.state_path})")
+    if not args.systemd:
+        print(f"installed {path} (the agent starts at your next logon; state in {settings.state_path})")
+        return 0
+    enable = ["systemctl", "--user", "enable", "--now", path.name]
+    reload = subprocess.run(["systemctl", "--user", "daemon-reload"], capture_output=True, text=True,
+                            check=False) if shutil.which("systemctl") else None
+    done = subprocess.run(enable, capture_output=True, text=True, check=False) if reload else None
+    if reload is None or reload.returncode != 0 or done is None or done.returncode != 0:
+        print(
+            f"installed {path}; no systemd user manager answered, so it is not enabled yet: run "
+            f"'systemctl --user daemon-reload && {shlex.join(enable)}' in your session "
+            "(the session must export DISPLAY to systemd: systemctl --user import-environment DISPLAY)"
+        )
+        return 0
+    print(f"installed and started {path} (starts with the graphical session; state in {settings.state_path})")
     return 0
 
 
@@ -247,15 +287,25 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         from agent import install_windows
 
         return install_windows.uninstall(dry_run=args.dry_run)
-    path = autostart_path()
+    return _uninstall_linux(args)
+
+
+def _uninstall_linux(args: argparse.Namespace) -> int:
+    unit = unit_path()
+    paths = [autostart_path(), unit, secret_dir() / KAFKA_PASSWORD_FILE]
     if args.dry_run:
-        print(f"rm {shlex.quote(str(path))}")
+        for path in paths:
+            print(f"rm -f {shlex.quote(str(path))}")
         return 0
-    if path.exists():
-        path.unlink()
-        print(f"removed {path}")
-    else:
-        print(f"nothing to remove ({path} does not exist)")
+    if unit.exists() and shutil.which("systemctl"):
+        subprocess.run(["systemctl", "--user", "disable", "--now", unit.name], capture_output=True,
+                       check=False)
+    removed = []
+    for path in paths:
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
+    print(f"removed {', '.join(removed)}" if removed else f"nothing to remove ({paths[0]} does not exist)")
     return 0
 
 

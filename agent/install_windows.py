@@ -178,7 +178,7 @@ def install(
             out(subprocess.list2cmdline(argv))
         return 0
     state.mkdir(parents=True, exist_ok=True)
-    config.touch(exist_ok=True)
+    config.touch(mode=0o600, exist_ok=True)  # POSIX bits too, for the settings check on any platform
     done = run(steps[0])  # restricted while still empty: the settings never sit in a readable file
     if done.returncode != 0:
         err(f"desktrace-agent: icacls failed ({done.stderr.strip()}): {config} not written")

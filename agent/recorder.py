@@ -107,6 +107,10 @@ class Recorder:
     - HID events pass through :class:`agent.throttle.HidThrottle` and carry the context of the latest UI
       event;
     - ``seq`` increases by one for every event returned, starting at ``next_seq``;
+    - a backwards step of the wall clock never reorders the written events: a time earlier than the latest
+      seen is stamped with the latest time instead (time stands still until the clock passes it again),
+      and heartbeats keep their interval meanwhile. The one event older than one written before it is the
+      one hid-throttle.md asks for: the previous input written after a pause, with its own time;
     - a ``Heartbeat`` at the latest ``heartbeat_interval`` after the previous one (checked on :meth:`tick`),
       with ``last_input_ts`` = the latest hardware input seen since start (throttled or not), ``None``
       before the first.
@@ -146,31 +150,45 @@ class Recorder:
         # per input class: the latest input's time and the window context it happened in
         self._input_context: dict[str, tuple[datetime, dict[str, Any]]] = {}
         self._next_heartbeat: datetime | None = None
+        self._latest: datetime | None = None  # the latest event time: events never go back in time
         self.counts: dict[str, int] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
-    def start(self, now: datetime) -> list[Envelope]:
-        """``AgentStart``; heartbeats are due from ``now + heartbeat_interval``."""
-        now = as_utc(now)
-        self._next_heartbeat = now + self.heartbeat_interval
-        return [self._event(AgentStart, now, "none")]
+    def _mono(self, ts: datetime) -> datetime:
+        """``ts`` in UTC, or the latest time seen when it is earlier (the wall clock stepped backwards):
+        events never go back in time."""
+        ts = as_utc(ts)
+        if self._latest is not None and ts < self._latest:
+            return self._latest
+        self._latest = ts
+        return ts
+
+    def start(self, now: datetime, session_type: str = "") -> list[Envelope]:
+        """``AgentStart`` (with the desktop ``session_type``, e.g. ``wayland``); heartbeats are due from
+        ``now + heartbeat_interval``."""
+        self._next_heartbeat = as_utc(now) + self.heartbeat_interval
+        now = self._mono(now)
+        return [self._event(AgentStart, now, "none", session_type=session_type)]
 
     def stop(self, now: datetime) -> list[Envelope]:
         """Flush a held click, then ``AgentStop``."""
-        now = as_utc(now)
+        now = self._mono(now)
         out = self._flush_pending()
         out.append(self._event(AgentStop, now, "none"))
         return out
 
     def tick(self, now: datetime, idle_ms: int = 0, spool: SpoolState | None = None) -> list[Envelope]:
         """Call about once a second: releases a held click after ``fold_window`` and writes a heartbeat
-        when one is due."""
+        when one is due. After a backwards clock step a held click is released at once and the heartbeat
+        schedule restarts from ``now`` (heartbeats keep coming; they are stamped with the latest time seen
+        until the clock passes it again)."""
         now = as_utc(now)
+        behind = self._latest is not None and now < self._latest
         out: list[Envelope] = []
-        if self._pending is not None and now - self._pending.write.ts > self.fold_window:
+        if self._pending is not None and (behind or now - self._pending.write.ts > self.fold_window):
             out += self._flush_pending()
-        if self._next_heartbeat is None:
+        if self._next_heartbeat is None or self._next_heartbeat - now > self.heartbeat_interval:
             self._next_heartbeat = now + self.heartbeat_interval
         elif now >= self._next_heartbeat:
             out.append(self.heartbeat(now, idle_ms, spool))
@@ -178,9 +196,9 @@ class Recorder:
 
     def heartbeat(self, now: datetime, idle_ms: int = 0, spool: SpoolState | None = None) -> Heartbeat:
         """A heartbeat now (and the next one a full interval later)."""
-        now = as_utc(now)
+        self._next_heartbeat = as_utc(now) + self.heartbeat_interval
+        now = self._mono(now)
         spool = spool or SpoolState()
-        self._next_heartbeat = now + self.heartbeat_interval
         hb = self._event(
             Heartbeat,
             now,
@@ -212,14 +230,14 @@ class Recorder:
             return self._on_snapshot(obs)
         if isinstance(obs, PresenceObservation):
             out = self._flush_pending()
-            out.append(self._event(EVENT_TYPES[obs.kind], as_utc(obs.ts), obs.input))
+            out.append(self._event(EVENT_TYPES[obs.kind], self._mono(obs.ts), obs.input))
             if obs.kind in ("Lock", "Logoff", "Suspend"):
                 self._awaiting_cause = None
             return out
         raise TypeError(f"not an observation: {type(obs).__name__}")
 
     def _on_input(self, obs: InputObservation) -> list[Envelope]:
-        ts = as_utc(obs.ts)
+        ts = self._mono(obs.ts)
         cls: InputClass = "injected" if obs.injected else "hardware"
         hid_type = HID_TYPE_FOR[(cls, obs.kind)]
         out = self._flush_pending()
@@ -254,7 +272,7 @@ class Recorder:
             self._foreground = ""
             self._context = {}
             return out
-        ts = as_utc(snap.ts)
+        ts = self._mono(snap.ts)
         if not self.extended_mode and snap.fields is not None:
             snap = msgspec.structs.replace(snap, fields=None)
         wid = snap.window_id

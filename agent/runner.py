@@ -81,6 +81,7 @@ class SpoolWriter:
                     value=encode_event(e),
                     seq=e.seq,
                     hid=category == "hid",
+                    ui=category == "ui",
                 )
             )
             if isinstance(e, Heartbeat):
@@ -158,10 +159,12 @@ class AgentRuntime:
         if sys.platform != "win32":
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        self.writer.write(self.recorder.start(self.clock()), self.recorder.seq)
+        session_type = str(getattr(self.source, "session_type", ""))
+        self.writer.write(self.recorder.start(self.clock(), session_type), self.recorder.seq)
         log.info(
             "agent started",
-            extra={"kv": {"agent_id": self.identity.agent_id, "spooled_events": len(self.spool)}},
+            extra={"kv": {"agent_id": self.identity.agent_id, "spooled_events": len(self.spool),
+                          "session_type": session_type}},
         )
         shipper_task = asyncio.create_task(self.shipper.run(), name="shipper")
         source_task = asyncio.create_task(self.source.run(self.emit), name="source")

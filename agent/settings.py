@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from common.settings import HELP, CommonSettings, add_arguments, load
+from common.settings import HELP, CommonSettings, SettingsError, add_arguments, load
 
 SECTION = "agent"
 
@@ -34,6 +35,7 @@ class AgentSettings(CommonSettings, kw_only=True):
     privacy_exclude_domains: str | list[str] = ""
     privacy_redact: str | list[str] = ""
     privacy_keep_query: bool = False
+    privacy_default_redact_off: str | list[str] = ""
     compression_type: str = "gzip"
     batch_size: int = 500
     retry_max_s: float = 30.0
@@ -75,7 +77,8 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
 AGENT_HELP: dict[str, str] = {
     **HELP,
     "state_dir": "directory for the agent id and the spool database (default: per-user state dir)",
-    "spool_max_bytes": "bound of the on-disk spool in bytes; when full, the oldest HID events go first",
+    "spool_max_bytes": "bound of the on-disk spool in bytes; when full, the oldest HID events go first, then "
+    "UI events, heartbeats last; a larger event is refused",
     "heartbeat_s": "seconds between Heartbeat events",
     "hid_interval_s": "HID throttling interval M in seconds (hid-throttle.md)",
     "extended_mode": "also record editable field values (never passwords)",
@@ -91,6 +94,8 @@ AGENT_HELP: dict[str, str] = {
     "privacy_exclude_domains": "web domains never recorded (comma-separated; adds to exclude_domains)",
     "privacy_redact": "regexes replaced in titles and URLs (TOML array, JSON array, one per line)",
     "privacy_keep_query": "keep URL query strings (dropped by default)",
+    "privacy_default_redact_off": "default redaction rules to turn off (comma-separated): email, url_query, "
+    "long_digits, iban (docs/privacy.md)",
     "compression_type": "Kafka producer compression: gzip (default; no extra dependency), none, lz4, zstd",
     "batch_size": "most spooled events sent in one batch",
     "linger_s": "seconds a partial batch waits in the spool before it is sent (bigger batches compress "
@@ -106,8 +111,49 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, AgentSettings, AGENT_HELP)
 
 
+#: Settings whose values are secrets: never on a command line, never in an autostart file, read from files
+#: only the owner can read (``kafka_password_file``).
+SECRET_SETTINGS = ("kafka_password",)
+
+
 def load_agent_settings(
     args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
 ) -> AgentSettings:
-    """Defaults < TOML (top level, then ``[agent]``) < ``DESKTRACE_*`` < flags."""
-    return load(AgentSettings, args, section=SECTION, env=env)
+    """Defaults < TOML (top level, then ``[agent]``) < ``DESKTRACE_*`` < flags.
+
+    Secrets stay private: a ``kafka_password_file``, or a settings file that holds a secret, that its group
+    or other users may read is refused with a :class:`SettingsError` saying to ``chmod 600`` it."""
+    env = os.environ if env is None else env
+    settings = load(AgentSettings, args, section=SECTION, env=env)
+    if settings.kafka_password_file:
+        check_private_file(Path(settings.kafka_password_file), "kafka_password_file")
+    config = (getattr(args, "config", None) if args is not None else None) or env.get("DESKTRACE_CONFIG")
+    if config and _toml_has_secret(Path(config)):
+        check_private_file(Path(config), "the settings file (it holds kafka_password)")
+    return settings
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """Refuse (``SettingsError``) a secret file its group or other users can read or write (POSIX only;
+    on Windows the per-user profile's ACL protects it)."""
+    if sys.platform == "win32":
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise SettingsError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise SettingsError(
+            f"{what} {path} is readable by other users (mode {mode & 0o777:o}): it holds a secret; "
+            f"run chmod 600 {path}"
+        )
+
+
+def _toml_has_secret(path: Path) -> bool:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # load() has reported it already
+    section = data.get(SECTION)
+    tables = [data, section if isinstance(section, dict) else {}]
+    return any(t.get(name) for t in tables for name in SECRET_SETTINGS)

@@ -8,9 +8,12 @@ Guarantees (what :class:`Spool` promises):
 - the agent's next ``seq`` (and its ``agent_id``) are stored in the same database and committed in the same
   transaction as the events that used them: after kill -9 or a power cut, the spool holds exactly the events
   whose seqs were consumed, so no seq is ever sent twice with different content;
-- bounded: the payload bytes (value + key + topic) stay within ``max_bytes``; when an append would exceed
-  it, the oldest HID events go first, then the oldest of the rest; every drop is counted, and the count
-  not yet reported in a heartbeat is kept on disk too.
+- bounded: the payload bytes (value + key + topic) never exceed ``max_bytes``, after every append. When an
+  append would exceed it, events are dropped by class, oldest first within a class: **HID events first,
+  then UI events, presence events (heartbeats, lock/unlock, agent start/stop) last**; within a class the
+  stored events go before the ones being appended. An event larger than ``max_bytes`` on its own is refused
+  (counted as ``refused_too_large``) and never makes room: nothing stored is dropped for it. Every drop and
+  refusal is counted, and the count not yet reported in a heartbeat is kept on disk too.
 
 Why ``synchronous=FULL``: in WAL mode ``NORMAL`` never corrupts the database but may roll back the last
 commits on a power cut. The shipper may already have sent those events, and the rolled-back seq would then be
@@ -31,7 +34,7 @@ from typing import NamedTuple
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id    INTEGER PRIMARY KEY AUTOINCREMENT,
-    hid   INTEGER NOT NULL,
+    hid   INTEGER NOT NULL,  -- drop class: 1 HID, 2 UI, 0 presence (DROP_ORDER); older spools: 0/1
     seq   INTEGER NOT NULL,
     topic TEXT    NOT NULL,
     key   BLOB    NOT NULL,
@@ -43,18 +46,29 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 
 
+#: Drop classes (the ``hid`` column) in the order a full spool drops them: HID, UI, then presence.
+HID_CLASS, UI_CLASS, PRESENCE_CLASS = 1, 2, 0
+DROP_ORDER = (HID_CLASS, UI_CLASS, PRESENCE_CLASS)
+
+
 class SpoolRecord(NamedTuple):
-    """One event to store: where it goes (topic, key), its msgpack bytes, and whether it is an HID event."""
+    """One event to store: where it goes (topic, key), its msgpack bytes, and whether it is an HID or a UI
+    event (neither: a presence event, heartbeats included)."""
 
     topic: str
     key: bytes
     value: bytes
     seq: int
     hid: bool = False
+    ui: bool = False
 
     @property
     def size(self) -> int:
         return len(self.value) + len(self.key) + len(self.topic)
+
+    @property
+    def drop_class(self) -> int:
+        return HID_CLASS if self.hid else UI_CLASS if self.ui else PRESENCE_CLASS
 
 
 class Spooled(NamedTuple):
@@ -68,10 +82,13 @@ class Spooled(NamedTuple):
 
 
 class SpoolStats(NamedTuple):
+    """Figures of the spool; ``dropped_*`` count refusals too, ``refused_too_large`` only those."""
+
     events: int
     bytes: int
     dropped_total: int
     dropped_unreported: int
+    refused_too_large: int = 0
 
 
 class Spool:
@@ -120,20 +137,21 @@ class Spool:
     ) -> int:
         """Store ``records`` durably in one transaction, with the agent's ``next_seq``; ``dropped_reported``
         drops were reported in one of these records (a Heartbeat) and leave the unreported count.
-        Returns how many events were dropped to make room."""
-        fitting = [r for r in records if r.size <= self.max_bytes]
-        need = sum(r.size for r in fitting)
+        Returns how many events were dropped or refused (stored ones and appended ones)."""
+        too_large = sum(1 for r in records if r.size > self.max_bytes)
+        batch = [r for r in records if r.size <= self.max_bytes]
         with self._tx():
-            dropped = len(records) - len(fitting)  # larger than the whole spool: counted like any drop
-            dropped += self._make_room(need)
+            dropped = too_large + self._make_room(batch)
             self._db.executemany(
                 "INSERT INTO events (hid, seq, topic, key, value, size) VALUES (?, ?, ?, ?, ?, ?)",
-                [(int(r.hid), r.seq, r.topic, r.key, r.value, r.size) for r in fitting],
+                [(r.drop_class, r.seq, r.topic, r.key, r.value, r.size) for r in batch],
             )
-            self._count += len(fitting)
-            self._bytes += need
+            self._count += len(batch)
+            self._bytes += sum(r.size for r in batch)
             if next_seq is not None:
                 self._set("next_seq", str(max(next_seq, self.next_seq)))
+            if too_large:
+                self._set("refused_too_large", str(int(self._meta.get("refused_too_large", "0")) + too_large))
             if dropped or dropped_reported:
                 total = int(self._meta.get("dropped_total", "0")) + dropped
                 unreported = max(
@@ -143,12 +161,15 @@ class Spool:
                 self._set("dropped_unreported", str(unreported))
         return dropped
 
-    def _make_room(self, need: int) -> int:
+    def _make_room(self, batch: list[SpoolRecord]) -> int:
+        """Drop stored events and, if need be, records of ``batch`` (removed from it in place) until the
+        batch fits: by :data:`DROP_ORDER`, within a class stored ones first, oldest first."""
+        need = sum(r.size for r in batch)
         dropped = 0
-        for hid in (1, 0):
+        for cls in DROP_ORDER:
             while self._count and self._bytes + need > self.max_bytes:
                 rows = self._db.execute(
-                    "SELECT id, size FROM events WHERE hid = ? ORDER BY id LIMIT 256", (hid,)
+                    "SELECT id, size FROM events WHERE hid = ? ORDER BY id LIMIT 256", (cls,)
                 ).fetchall()
                 if not rows:
                     break
@@ -161,6 +182,13 @@ class Spool:
                     self._count -= 1
                 self._db.executemany("DELETE FROM events WHERE id = ?", ids)
                 dropped += len(ids)
+            i = 0
+            while i < len(batch) and self._bytes + need > self.max_bytes:
+                if batch[i].drop_class == cls:
+                    need -= batch.pop(i).size
+                    dropped += 1
+                else:
+                    i += 1
         return dropped
 
     # ---- reading and acknowledging ------------------------------------------------------------------
@@ -191,6 +219,7 @@ class Spool:
             bytes=self._bytes,
             dropped_total=int(self._meta.get("dropped_total", "0")),
             dropped_unreported=int(self._meta.get("dropped_unreported", "0")),
+            refused_too_large=int(self._meta.get("refused_too_large", "0")),
         )
 
     def __len__(self) -> int:

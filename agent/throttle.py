@@ -58,16 +58,28 @@ class HidThrottle:
       (an HID event, or a UI event told through :meth:`on_written`) is ``>= M`` before ``t``;
     - otherwise nothing is written; only the time is remembered.
 
-    Returned events are in time order. The object keeps no clock: times come only from its arguments.
+    Returned events are in time order, and per input class also across calls: an input time earlier than
+    the latest time seen (the wall clock stepped backwards) is taken as that latest time, so a backwards
+    clock step never makes a written event earlier than one written before it; time stands still until the
+    inputs' clock passes the latest time again. The object keeps no clock: times come only from its
+    arguments.
     """
 
-    __slots__ = ("_min", "_state")
+    __slots__ = ("_latest", "_min", "_state")
 
     def __init__(self, min_interval: timedelta = timedelta(seconds=60)) -> None:
         if min_interval <= timedelta(0):
             raise ValueError("min_interval must be positive")
         self._min = min_interval
         self._state: dict[str, _ClassState] = {"hardware": _ClassState(), "injected": _ClassState()}
+        self._latest: datetime | None = None
+
+    def _monotonic(self, ts: datetime) -> datetime:
+        """``ts``, or the latest time seen when ``ts`` is earlier (a backwards clock step)."""
+        if self._latest is not None and ts < self._latest:
+            return self._latest
+        self._latest = ts
+        return ts
 
     @property
     def min_interval(self) -> timedelta:
@@ -80,6 +92,7 @@ class HidThrottle:
         except KeyError:
             raise ValueError(f"unknown HID type {hid_type!r}; expected one of {HID_TYPE_NAMES}") from None
         st = self._state[cls]
+        ts = self._monotonic(ts)
         now = HidWrite(ts, hid_type)
         out: list[HidWrite] = []
         last = st.last_input
@@ -103,6 +116,7 @@ class HidThrottle:
         if input not in self._state:
             return
         st = self._state[input]
+        ts = self._monotonic(ts)
         if st.last_written is None or ts > st.last_written:
             st.last_written = ts
         if st.last_input is not None and st.last_input.ts == ts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,9 +12,17 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, Router, get
+from litestar.config.compression import CompressionConfig
+from litestar.connection import ASGIConnection
 from litestar.contrib.jinja import JinjaTemplateEngine
-from litestar.exceptions import HTTPException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
@@ -23,10 +32,14 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from common.health import HealthServer
 from gateway import views
+from gateway.auth import bearer, check_token
 from gateway.metrics import GatewayMetrics
+from gateway.principal import request_scope, session_user
 from gateway.routes_api import api_router
 from gateway.routes_legacy import legacy_report
+from gateway.routes_processes import process_handlers
 from gateway.routes_web import LoginRequired, on_login_required, web_handlers
 from gateway.settings import GatewaySettings
 from gateway.state import Gateway, ReportsUnavailable, gw
@@ -65,9 +78,42 @@ async def readyz(request: Request) -> Response[Health]:
     return Response(Health(ok=ok, kafka=kafka, postgres=postgres), status_code=200 if ok else 503)
 
 
-@get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
+def metrics_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """``/metrics`` on the main listener: absent when ``metrics_addr`` serves it, else it needs
+    ``Authorization: Bearer <metrics_token>``, or without a token comes from a loopback address."""
+    g = gw(connection)
+    if g.settings.metrics_addr:
+        raise NotFoundException(detail=f"/metrics is served on {g.settings.metrics_addr} (metrics_addr)")
+    if g.settings.metrics_token:
+        if not check_token(bearer(connection.headers.get("authorization")), [g.settings.metrics_token]):
+            raise NotAuthorizedException(
+                detail="/metrics needs 'Authorization: Bearer <metrics_token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+        return
+    host = connection.client.host if connection.client else ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise PermissionDeniedException(
+            detail="/metrics answers loopback clients only: set metrics_token or metrics_addr"
+        )
+
+
+@get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE_LATEST, guards=[metrics_guard])
 async def metrics_endpoint(request: Request) -> Response[bytes]:
     return Response(generate_latest(gw(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def schema_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The OpenAPI description needs a web login or an API token, like the reports it describes."""
+    if request_scope(connection) is None:
+        raise NotAuthorizedException(
+            detail="the API description needs a web login or a Bearer token (api_tokens)",
+            headers={"WWW-Authenticate": 'Bearer realm="reports"'},
+        )
 
 
 def metrics_middleware(app: ASGIApp) -> ASGIApp:
@@ -122,7 +168,8 @@ def on_http_error(request: Request, exc: HTTPException) -> Response[Any]:
     if _wants_html(request) and exc.status_code < 500 and exc.status_code != 401:
         return Template(
             template_name="error.html",
-            context={"status": exc.status_code, "message": exc.detail, "user": None},
+            # a logged-in person keeps the header (navigation, log out) on a 403 or 404
+            context={"status": exc.status_code, "message": exc.detail, "user": session_user(request)},
             status_code=exc.status_code,
         )
     body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
@@ -149,9 +196,15 @@ def create_app(settings: GatewaySettings, *, start_kafka: bool = True) -> Litest
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if start_kafka:
             await gateway.start()
+        metrics_server = None
+        if settings.metrics_addr:
+            metrics_server = HealthServer(settings.metrics_addr, registry=gateway.metrics.registry)
+            await metrics_server.start()
         try:
             yield
         finally:
+            if metrics_server is not None:
+                await metrics_server.stop()
             await gateway.close()
 
     def setup_engine(engine: JinjaTemplateEngine) -> None:
@@ -159,6 +212,7 @@ def create_app(settings: GatewaySettings, *, start_kafka: bool = True) -> Litest
         env.filters["hms"] = views.hms
         env.filters["clock"] = views.clock
         env.filters["userpath"] = views.user_path
+        env.filters["hm"] = views.hm
         env.globals["q"] = views.nav_query
 
     engine_config = TemplateConfig(
@@ -173,11 +227,14 @@ def create_app(settings: GatewaySettings, *, start_kafka: bool = True) -> Litest
             readyz,
             metrics_endpoint,
             *web_handlers,
+            *process_handlers,
             create_static_files_router(
                 path="/static", directories=[HERE / "static"], include_in_schema=False
             ),
         ],
         template_config=engine_config,
+        # pages of hundreds of users are megabytes of repetitive HTML/SVG: gzip shrinks them ~15x
+        compression_config=CompressionConfig(backend="gzip", minimum_size=2048, gzip_compress_level=6),
         middleware=[metrics_middleware],
         exception_handlers={
             LoginRequired: on_login_required,
@@ -200,7 +257,9 @@ def create_app(settings: GatewaySettings, *, start_kafka: bool = True) -> Litest
                     )
                 }
             ),
-            path="/schema",
+            openapi_router=Router(
+                path="/schema", route_handlers=[], guards=[schema_guard], include_in_schema=False
+            ),
         ),
         lifespan=[lifespan],
         logging_config=None,

@@ -9,7 +9,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, NamedTuple
 
 from common.settings import SettingsError
 
@@ -109,9 +109,18 @@ def bearer(authorization: str | None) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+class SessionInfo(NamedTuple):
+    """What a valid session cookie says: who, its random id (what a logout revokes) and its expiry."""
+
+    user: str
+    sid: str
+    exp: int
+
+
 class SessionSigner:
-    """Signs and checks session cookies: ``payload.signature`` with HMAC-SHA256 over the payload (user name
-    and expiry, seconds since the epoch). A cookie is valid only with the same key and before its expiry."""
+    """Signs and checks session cookies: ``payload.signature`` with HMAC-SHA256 over the payload (user name,
+    a random session id and the expiry, seconds since the epoch). A cookie is valid only with the same key and
+    before its expiry; the session id lets a logout revoke it server-side."""
 
     def __init__(self, key: bytes) -> None:
         self._key = key
@@ -120,11 +129,17 @@ class SessionSigner:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
     def issue(self, user: str, now: float, lifetime_s: float) -> str:
-        payload = _b64(json.dumps({"u": user, "exp": int(now + lifetime_s)}, separators=(",", ":")).encode())
+        data = {"u": user, "sid": secrets.token_urlsafe(16), "exp": int(now + lifetime_s)}
+        payload = _b64(json.dumps(data, separators=(",", ":")).encode())
         return f"{payload}.{self._sign(payload)}"
 
     def check(self, cookie: str | None, now: float) -> str | None:
         """The user name of a valid, unexpired cookie, else None."""
+        info = self.check_session(cookie, now)
+        return None if info is None else info.user
+
+    def check_session(self, cookie: str | None, now: float) -> SessionInfo | None:
+        """The :class:`SessionInfo` of a valid, unexpired cookie, else None."""
         if not cookie or "." not in cookie:
             return None
         payload, _, sig = cookie.rpartition(".")
@@ -132,9 +147,15 @@ class SessionSigner:
             return None
         try:
             data = json.loads(_unb64(payload))
-            user, exp = data["u"], data["exp"]
-        except (ValueError, KeyError, TypeError):
+            user, exp, sid = data["u"], data["exp"], data["sid"]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not isinstance(user, str) or not isinstance(exp, int) or exp < now:
+        if (
+            not isinstance(user, str)
+            or not isinstance(exp, int)
+            or not isinstance(sid, str)
+            or not sid
+            or exp < now
+        ):
             return None
-        return user
+        return SessionInfo(user, sid, exp)

@@ -14,6 +14,19 @@ from gateway.settings import GATEWAY_HELP, SECTION, GatewaySettings, parse_addr
 log = logging.getLogger("gateway")
 
 
+class DropQueryStrings(logging.Filter):
+    """Strips the query string from uvicorn's access-log lines (``?token=`` of legacy clients is a
+    credential). The access log is off (``access_log=False``); this keeps it safe if it is ever turned on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) and "?" in a else a for a in args)
+        if isinstance(record.msg, str) and "?" in record.msg and not args:
+            record.msg = record.msg.split("?", 1)[0]
+        return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="desktrace-gateway",
@@ -53,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"desktrace-gateway: {exc}", file=sys.stderr)
         return 2
     setup_logging("gateway", settings.log_level, settings.log_format)
+    logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())
     gateway = app.state.gateway
     if not gateway.users:
         log.warning("no web users configured (web_users / web_password): nobody can log in to the pages")

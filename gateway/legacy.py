@@ -15,6 +15,7 @@ treats the same user and state again within a short window as the same report.
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from common.horizon import MAX_FUTURE
 from proto.events import StateChange, to_utc_ms
 from proto.keys import user_key
 
@@ -31,20 +33,26 @@ LEGACY_AGENT_NAMESPACE: Final = uuid.UUID("0e9c1d64-7d52-4b4c-93f1-2b8f0b6c4a17"
 AGENT_VERSION: Final = "desktrace-gateway/0.1.0"
 #: Reports older than this or further in the future than :data:`MAX_FUTURE` are refused.
 MIN_TS: Final = datetime(2000, 1, 1, tzinfo=UTC)
-MAX_FUTURE: Final = timedelta(days=1)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
-_LOGIN = re.compile(r"^[^\x00-\x1f\x7f\\/]{1,256}$")
-_DOMAIN = re.compile(r"^[^\x00-\x1f\x7f\\/]{1,256}$")
+#: How Windows PowerShell 5.1's ConvertTo-Json writes a [DateTime]: "\/Date(1732780800000)\/" (UTC ms).
+_MS_DATE = re.compile(r"^/Date\((-?\d{1,15})(?:[+-]\d{4})?\)/$")
+_LOGIN = re.compile(r"^[^\x00-\x1f\x7f-\x9f\\/]{1,256}$")
+_DOMAIN = re.compile(r"^[^\x00-\x1f\x7f-\x9f\\/]{1,256}$")
 
 #: Rejection reasons (the bounded label set of ``desktrace_gateway_rejected_total``).
 REJECT_REASONS: Final = (
     "malformed_json",
+    "invalid_encoding",
+    "body_too_large",
+    "incomplete_body",
     "invalid_body",
     "invalid_user",
     "invalid_ts",
     "ts_out_of_range",
+    "ts_too_old",
     "forbidden_network",
+    "forbidden_user",
     "unauthorized",
 )
 
@@ -98,8 +106,9 @@ class ReportRejected(ValueError):
 
 
 def split_user(user: str, default_domain: str) -> tuple[str, str]:
-    """``(domain, login)`` of ``user`` (``login`` or ``DOMAIN\\login``); raises :class:`ReportRejected`."""
-    text = user.strip()
+    """``(domain, login)`` of ``user`` (``login`` or ``DOMAIN\\login``), in Unicode NFC (a decomposed "é" from
+    one client and a precomposed one from another are the same user); raises :class:`ReportRejected`."""
+    text = unicodedata.normalize("NFC", user.strip())
     domain, sep, login = text.rpartition("\\")
     if not sep:
         domain = default_domain
@@ -113,8 +122,16 @@ def split_user(user: str, default_domain: str) -> tuple[str, str]:
 
 
 def parse_ts(text: str, zone: ZoneInfo) -> datetime:
-    """An ISO 8601 time; a naive one is read in ``zone``. Raises :class:`ReportRejected`."""
+    """An ISO 8601 time (a naive one is read in ``zone``), or ``/Date(ms)/`` as Windows PowerShell 5.1's
+    ``ConvertTo-Json`` writes a ``[DateTime]`` (milliseconds since the epoch, UTC). Raises
+    :class:`ReportRejected`."""
     raw = text.strip()
+    ms_date = _MS_DATE.match(raw)
+    if ms_date:
+        try:
+            return to_utc_ms(_EPOCH + timedelta(milliseconds=int(ms_date.group(1))))
+        except (OverflowError, ValueError):
+            raise ReportRejected("ts is outside the supported range", "ts_out_of_range") from None
     if raw.endswith(("z", "Z")):
         raw = raw[:-1] + "+00:00"
     try:
@@ -143,13 +160,21 @@ def to_event(
     default_domain: str,
     zone: ZoneInfo,
     host: str,
+    oldest: datetime = MIN_TS,
 ) -> StateChange:
-    """The :class:`StateChange` of ``report``; raises :class:`ReportRejected` with a clear message."""
+    """The :class:`StateChange` of ``report``; raises :class:`ReportRejected` with a clear message. A ``ts``
+    before ``oldest`` (the lateness horizon, :func:`common.horizon.accepted_since`) is ``ts_too_old``."""
     domain, login = split_user(report.user, default_domain)
     ts = to_utc_ms(now) if report.ts is None else parse_ts(report.ts, zone)
     if ts < MIN_TS or ts > now + MAX_FUTURE:
         raise ReportRejected(
             f"ts must lie between {MIN_TS:%Y-%m-%d} and one day after the server's time", "ts_out_of_range"
+        )
+    if ts < oldest:
+        raise ReportRejected(
+            f"ts is older than {oldest:%Y-%m-%dT%H:%M:%SZ}, the oldest time the pipeline still counts "
+            "(retention): this report would not count, so it is not stored",
+            "ts_too_old",
         )
     key = user_key(domain, login)
     offset = ts.astimezone(zone).utcoffset()

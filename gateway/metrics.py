@@ -58,5 +58,14 @@ class GatewayMetrics:
             "desktrace_gateway_kafka_ready", "1 while the Kafka producer is connected", registry=r
         )
         self.logins = Counter(
-            "desktrace_gateway_logins_total", "web login attempts, by outcome", ["outcome"], registry=r
+            "desktrace_gateway_logins_total",
+            "web login attempts, by outcome: ok, failed, throttled (refused unchecked during a wait imposed"
+            " by earlier failures of the same user name or client address)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "failed", "throttled"):
+            self.logins.labels(outcome)
+        self.logouts = Counter(
+            "desktrace_gateway_logouts_total", "web sessions ended (and revoked) by a logout", registry=r
         )

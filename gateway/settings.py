@@ -7,6 +7,7 @@ import ipaddress
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common import health
+from common.horizon import DEFAULT_RAW_RETENTION_DAYS, DEFAULT_RETENTION_S
 from common.settings import HELP, CommonSettings, SettingsError, spellings
 
 SECTION = "gateway"
@@ -24,6 +25,10 @@ class GatewaySettings(CommonSettings, kw_only=True):
     legacy_networks: str = ""
     legacy_send_timeout_s: float = 10.0
     legacy_dedup_window_s: float = 30.0
+    legacy_max_body_bytes: int = 65536
+    legacy_tokens_file: str = ""
+    retention: float = DEFAULT_RETENTION_S
+    raw_retention_days: int = DEFAULT_RAW_RETENTION_DAYS
     web_users: str = ""
     web_users_file: str = ""
     web_password: str = ""
@@ -36,6 +41,12 @@ class GatewaySettings(CommonSettings, kw_only=True):
     api_tokens_file: str = ""
     reports_show_urls: bool = False
     pg_pool_max: int = 4
+    teams_file: str = ""
+    login_free_failures: int = 5
+    login_max_delay_s: float = 900.0
+    metrics_addr: str = ""
+    metrics_token: str = ""
+    metrics_token_file: str = ""
 
 
 GATEWAY_HELP: dict[str, str] = {
@@ -48,6 +59,13 @@ GATEWAY_HELP: dict[str, str] = {
     "legacy_networks": "comma-separated CIDRs allowed to POST /api/report (empty: any address)",
     "legacy_send_timeout_s": "how long a legacy report waits for Kafka before answering 503",
     "legacy_dedup_window_s": "a report without ts repeating the same user and state within this is a retry",
+    "legacy_max_body_bytes": "largest POST /api/report body; a larger one gets 413 before it is read",
+    "legacy_tokens_file": "file of per-client legacy tokens: one 'TOKEN  USER_KEY|DOMAIN\\*|*[, ...]' per "
+    "line; a token may only report for the users it lists (also accepted as ?token= on the URL)",
+    "retention": "the stream's horizon in seconds (same setting as desktrace-stream): reports the stream "
+    "would drop as late get 422 ts_too_old",
+    "raw_retention_days": "the raw sink's retention in days (same setting as desktrace-sink): older reports "
+    "get 422 ts_too_old",
     "web_users": "web login users: 'name:hash,...' (hash from `desktrace-gateway --hash-password`)",
     "web_users_file": "file holding web_users",
     "web_password": "password (or hash) of the single web user 'admin', when web_users is empty",
@@ -60,6 +78,15 @@ GATEWAY_HELP: dict[str, str] = {
     "api_tokens_file": "file holding api_tokens",
     "reports_show_urls": "show full URLs on the apps page and API (else domains only)",
     "pg_pool_max": "largest PostgreSQL connection pool",
+    "teams_file": "TOML or JSON file of teams (user keys) and roles of web users and named API tokens"
+    " (admin, lead, viewer); empty: every login is an admin",
+    "login_free_failures": "failed logins per user name and per client address before each further attempt"
+    " must wait (1 s, doubling)",
+    "login_max_delay_s": "longest wait a run of failed logins imposes",
+    "metrics_addr": "host:port of a separate listener for /metrics (then the main listener has no /metrics)",
+    "metrics_token": "Bearer token /metrics on the main listener requires (without it and without"
+    " metrics_addr, /metrics answers loopback clients only)",
+    "metrics_token_file": "file holding metrics_token",
 }
 
 

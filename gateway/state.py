@@ -11,12 +11,18 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 from litestar.connection import ASGIConnection
 
+from common import health
+from common.settings import SettingsError, spellings
+from gateway.access import Access, parse_tokens
 from gateway.auth import SessionSigner, parse_users
 from gateway.legacy import RetryMemory
+from gateway.legacy_tokens import TokenScopes, load_token_file
+from gateway.login_guard import LoginThrottle, RevokedSessions
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings, check_zone, parse_networks, split_list
 from reports.service import ReportService
+from reports.teams import TeamFile, TeamFileError, load_team_file
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +41,40 @@ class Gateway:
         self.zone = check_zone(settings.legacy_tz)
         self.networks = parse_networks(settings.legacy_networks)
         self.users = parse_users(settings.web_users, settings.web_password)
-        self.api_tokens = split_list(settings.api_tokens)
+        self.api_tokens = parse_tokens(split_list(settings.api_tokens))
+        self.access = Access(self._team_file(settings.teams_file))
+        if settings.login_free_failures < 1 or settings.login_max_delay_s <= 0:
+            raise SettingsError(
+                "login_free_failures must be at least 1 and login_max_delay_s positive "
+                f"({spellings('login_free_failures')})"
+            )
+        self.throttle = LoginThrottle(free=settings.login_free_failures, max_s=settings.login_max_delay_s)
+        self.revoked = RevokedSessions()
+        if settings.metrics_addr:
+            try:
+                health.parse_addr(settings.metrics_addr)
+            except ValueError as exc:
+                raise SettingsError(f"metrics_addr: {exc} ({spellings('metrics_addr')})") from None
         key = settings.web_session_secret.encode() or secrets.token_bytes(32)
         self.signer = SessionSigner(key)
         self.retry = RetryMemory(timedelta(seconds=settings.legacy_dedup_window_s))
+        self.legacy_tokens = (
+            load_token_file(settings.legacy_tokens_file) if settings.legacy_tokens_file else TokenScopes({})
+        )
+        check_legacy_limits(settings)
         self.publisher = Publisher(settings, self.metrics, timeout_s=settings.legacy_send_timeout_s)
         self._reports: ReportService | None = None
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+
+    @staticmethod
+    def _team_file(path: str) -> TeamFile | None:
+        if not path:
+            return None
+        try:
+            return load_team_file(path)
+        except TeamFileError as exc:
+            raise SettingsError(f"teams_file: {exc} ({spellings('teams_file')})") from None
 
     # ---- clock (the only one) ----
     @staticmethod
@@ -102,6 +134,18 @@ class Gateway:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+def check_legacy_limits(settings: GatewaySettings) -> None:
+    """The legacy API's numeric settings are sane; raises :class:`SettingsError` naming the bad one."""
+    if not 64 <= settings.legacy_max_body_bytes <= 16 * 1024 * 1024:
+        raise SettingsError(
+            f"legacy_max_body_bytes must be 64..16777216 ({spellings('legacy_max_body_bytes')})"
+        )
+    if settings.retention <= 0:
+        raise SettingsError(f"retention must be positive ({spellings('retention')})")
+    if settings.raw_retention_days < 0:
+        raise SettingsError(f"raw_retention_days must be >= 0 ({spellings('raw_retention_days')})")
 
 
 def gw(connection: ASGIConnection) -> Gateway:

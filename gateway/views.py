@@ -5,10 +5,12 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import msgspec
 
+from reports import render
 from reports.compute import zone
 from reports.model import AppUsage, TimelineItem
 
@@ -27,9 +29,12 @@ def hms(seconds: float | None) -> str:
     return f"{sign}{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def clock(ts: datetime | None) -> str:
-    """``HH:MM:SS`` of an aware time in its own zone; ``-`` for None."""
-    return "-" if ts is None else ts.strftime("%H:%M:%S")
+def clock(ts: datetime | None, day: str | date | None = None) -> str:
+    """``HH:MM`` of an aware time in its own zone, as the terminal report shows it; ``-`` for None. With
+    ``day`` (the local date the time belongs to), the midnight that ends that day reads ``24:00``."""
+    if day is None:
+        return render.clock(ts)
+    return render.clock_end(ts, day if isinstance(day, str) else day.isoformat())
 
 
 def user_path(user_key: str) -> str:
@@ -114,7 +119,7 @@ def timeline_bars(items: Iterable[TimelineItem], d: date, tz: str, width: int = 
             b = a
         x = a / day_s * width
         w = max(1.0, (b - a) / day_s * width)
-        a_txt, b_txt = clock(it.start.astimezone(z)), clock(it.end.astimezone(z))
+        a_txt, b_txt = clock(it.start.astimezone(z), d), clock(it.end.astimezone(z), d)
         label = f"{row} {a_txt}-{b_txt} ({hms(it.duration_s)})"
         bars.append(Bar(x=round(x, 2), width=round(w, 2), y=ROWS[row] * ROW_HEIGHT, css=row, label=label))
     return bars
@@ -144,3 +149,75 @@ def totals(rows: Iterable[AppUsage], by: str) -> list[AppTotal]:
         AppTotal(name=k, focus_s=v, share=v / whole)
         for k, v in sorted(sums.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
+
+
+#: Columns the overview may be sorted by (query ``sort``), and the row field each one reads.
+SORT_FIELDS = {
+    "user": "user_key",
+    "active": "active_s",
+    "idle": "idle_s",
+    "locked": "locked_s",
+    "presence": "presence_s",
+    "first_logon": "first_logon",
+    "first_activity": "first_activity",
+    "last_activity": "last_activity",
+    "days": "days",
+}
+
+
+def sort_rows(rows: list[Any], sort: str, desc: bool) -> list[Any]:
+    """``rows`` ordered by column ``sort`` (``SORT_FIELDS``), missing values last, ties by user key."""
+    name = SORT_FIELDS.get(sort, "user_key")
+
+    def value(r: Any) -> Any:
+        v = getattr(r, name, None)
+        if name == "days":
+            v = len(v or ())
+        if isinstance(v, datetime):
+            v = v.timetz().isoformat()  # the local time of day: rows in other zones compare by the clock
+        return v
+
+    present = [r for r in rows if value(r) is not None]
+    missing = [r for r in rows if value(r) is None]
+    present.sort(key=lambda r: r.user_key)
+    present.sort(key=value, reverse=desc)
+    return present + sorted(missing, key=lambda r: r.user_key)
+
+
+class Total(msgspec.Struct):
+    """The sum of the rows listed (a team's or everyone's in scope)."""
+
+    users: int
+    active_s: int
+    idle_s: int
+    locked_s: int
+    presence_s: int
+    days: int
+
+
+def total(rows: Iterable[Any]) -> Total:
+    rs = list(rows)
+    return Total(
+        users=len({r.user_key for r in rs}),
+        active_s=sum(r.active_s for r in rs),
+        idle_s=sum(r.idle_s for r in rs),
+        locked_s=sum(r.locked_s for r in rs),
+        presence_s=sum(r.presence_s for r in rs),
+        days=sum(len(getattr(r, "days", ()) or ()) for r in rs),
+    )
+
+
+def period_bounds(d: date, view: str) -> tuple[date, date]:
+    """The first and last date of the day, ISO week or month containing ``d``."""
+    if view == "week":
+        monday = d - timedelta(days=d.weekday())
+        return monday, monday + timedelta(days=6)
+    if view == "month":
+        first = d.replace(day=1)
+        return first, first.replace(day=calendar.monthrange(d.year, d.month)[1])
+    return d, d
+
+
+def hm(seconds: float | None) -> str:
+    """``H:MM`` (for the chart labels); ``-`` for None."""
+    return "-" if seconds is None else render.hm(seconds)

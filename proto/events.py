@@ -180,7 +180,10 @@ class PresenceEvent(Envelope, kw_only=True, omit_defaults=True, gc=False):
 
 
 class AgentStart(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=False):
-    """The agent started in a user session."""
+    """The agent started in a user session. ``session_type`` is the kind of desktop session it watches
+    (``x11``, ``wayland`` (only XWayland windows are seen), ``windows``, ...; "" when unknown)."""
+
+    session_type: str = ""
 
 
 class AgentStop(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=False):

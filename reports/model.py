@@ -25,7 +25,8 @@ class SessionSpan(Struct, frozen=True, kw_only=True):
 
 
 class LogonAt(Struct, frozen=True, kw_only=True):
-    """One ``Logon`` raw event: when, and the IANA zone the agent reported with it."""
+    """One ``Logon`` raw event, or a legacy client's ``StateChange`` report (that client starts at logon):
+    when, and the IANA zone the event carries."""
 
     user_key: str
     ts: datetime
@@ -51,7 +52,8 @@ class DayRow(Struct, kw_only=True):
     Guarantees: ``active_s + idle_s + locked_s == presence_s`` (whole seconds: presence is the day's total
     rounded, the three parts are apportioned to add up to it); ``date`` is the user's local date
     (``YYYY-MM-DD``) in ``tz``; ``first_activity``/``last_activity`` are the start of the day's first and
-    the end of its last active piece, ``first_logon`` the first ``Logon`` event of that local date; all
+    the end of its last active piece, ``first_logon`` the first ``Logon`` event or legacy report of that
+    local date (a legacy client's first report of a day is its first logon); all
     three are in ``tz`` or None.
     """
 

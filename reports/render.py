@@ -222,3 +222,32 @@ def apps(rows: Sequence[AppUsage], fmt: str) -> str:
         for r in rows
     ]
     return table(header, body, [False] * (len(header) - 1) + [True])
+
+
+_PERIOD_DAY_CSV = ("user_key", "period", *_DAY_CSV[1:])
+
+
+def period_days_csv(rows: Sequence[PeriodRow]) -> str:
+    """A week or month as CSV with one line per user and day with data (``user_key, period, date, tz,
+    active_s, idle_s, locked_s, presence_s, first_logon, first_activity, last_activity``): the day lines add
+    up to the period's totals."""
+    return to_csv(
+        _PERIOD_DAY_CSV,
+        [
+            (
+                r.user_key,
+                p.period,
+                r.date,
+                r.tz,
+                r.active_s,
+                r.idle_s,
+                r.locked_s,
+                r.presence_s,
+                rfc3339(r.first_logon),
+                rfc3339(r.first_activity),
+                rfc3339(r.last_activity),
+            )
+            for p in rows
+            for r in p.days
+        ],
+    )

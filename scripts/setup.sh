@@ -80,6 +80,12 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v openssl >/dev/null || need+=(openssl)
+command -v dot >/dev/null || need+=(graphviz)  # the Processes page and `desktrace-report flow --format svg`
+# the agent's Linux tests: autostart entries launched through GLib, the systemd user unit verified, presence
+# signals on a private D-Bus session bus
+command -v gio >/dev/null || need+=(libglib2.0-bin)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v dbus-daemon >/dev/null || need+=(dbus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing system packages: ${need[*]}"

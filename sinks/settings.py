@@ -7,6 +7,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
+from common.horizon import DEFAULT_RAW_RETENTION_DAYS
 from common.kafka import prefixed_port
 from common.settings import HELP, CommonSettings
 
@@ -33,7 +34,7 @@ class SinkSettings(CommonSettings, kw_only=True):
     group_id: str = ""
     batch_size: Positive = 2000
     batch_wait_ms: NonNegative = 500
-    raw_retention_days: NonNegative = 400
+    raw_retention_days: NonNegative = DEFAULT_RAW_RETENTION_DAYS
     partitions_behind_days: NonNegative = 7
     partitions_ahead_days: NonNegative = 7
     maintenance_interval_s: PositiveFloat = 3600.0

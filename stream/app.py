@@ -131,7 +131,8 @@ class StreamApp:
         self.topics = Topics(settings.topic_prefix)
         self.metrics = StreamMetrics(registry)
         config = SessionizerConfig(
-            gap_s=settings.gap, presence_timeout_s=settings.presence_timeout, retention_s=settings.retention
+            gap_s=settings.gap, presence_timeout_s=settings.presence_timeout, retention_s=settings.retention,
+            legacy_max_span_s=settings.legacy_max_span,
         )
         self.processor = Processor(
             self.topics,

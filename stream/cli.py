@@ -47,7 +47,8 @@ def run(settings: StreamSettings) -> int:
         "app_id": settings.app_id, "partitions": cluster.partitions,
         "replication": cluster.replication,
         "gap": settings.gap, "presence_timeout": settings.presence_timeout,
-        "close_timeout": settings.close_timeout, "retention": settings.retention}})
+        "close_timeout": settings.close_timeout, "retention": settings.retention,
+        "legacy_max_span": settings.legacy_max_span}})
     stream_app = StreamApp(settings, cluster, REGISTRY)
     host, port = metrics_host_port(settings.metrics_address)
     http = HttpEndpoints(host, port, REGISTRY, ready=stream_app.ready, alive=stream_app.alive)

@@ -19,6 +19,7 @@ from typing import BinaryIO, Final
 
 import msgspec
 
+from common.horizon import DEFAULT_RETENTION_S
 from common.settings import HELP, SettingsError, add_arguments, load
 from proto.codec import EventDecodeError, encode_session, read_jsonl
 from proto.events import Envelope
@@ -40,10 +41,11 @@ class OfflineSettings(msgspec.Struct, kw_only=True):
 
     gap: float = 300.0
     presence_timeout: float = 180.0
-    retention: float = 3 * 86400.0
+    retention: float = DEFAULT_RETENTION_S
+    legacy_max_span: float = 14400.0
 
     def __post_init__(self) -> None:
-        for name in ("gap", "presence_timeout", "retention"):
+        for name in ("gap", "presence_timeout", "retention", "legacy_max_span"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
@@ -53,6 +55,8 @@ OFFLINE_HELP = {
     "gap": "G, the idle gap in seconds that splits active sessions",
     "presence_timeout": "P, seconds without any event after which a presence period ends",
     "retention": "horizon in seconds back from a user's latest event; older events are rejected as late",
+    "legacy_max_span": "L, seconds a legacy POST /api/report state holds at most when no next report "
+    "ends it sooner (G when the next report repeats the state)",
 }
 
 
@@ -226,7 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     core = Sessionizer(
         SessionizerConfig(
-            gap_s=settings.gap, presence_timeout_s=settings.presence_timeout, retention_s=settings.retention
+            gap_s=settings.gap,
+            presence_timeout_s=settings.presence_timeout,
+            retention_s=settings.retention,
+            legacy_max_span_s=settings.legacy_max_span,
         )
     )
     run = _Run(core)

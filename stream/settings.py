@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Mapping
 
 from common.health import parse_addr
+from common.horizon import DEFAULT_RETENTION_S
 from common.kafka import prefixed_port
 from common.settings import HELP, CommonSettings, add_arguments, load
 
@@ -31,7 +32,8 @@ class StreamSettings(CommonSettings, kw_only=True):
     gap: float = 300.0
     presence_timeout: float = 180.0
     close_timeout: float = 600.0
-    retention: float = 3 * 86400.0
+    retention: float = DEFAULT_RETENTION_S
+    legacy_max_span: float = 14400.0
     stream_app_id: str = ""
     stream_data_dir: str = ""
     metrics_addr: str = ""
@@ -46,7 +48,8 @@ class StreamSettings(CommonSettings, kw_only=True):
 
     def __post_init__(self) -> None:
         for name in (
-            "gap", "presence_timeout", "close_timeout", "retention", "batch_within", "session_timeout"
+            "gap", "presence_timeout", "close_timeout", "retention", "legacy_max_span", "batch_within",
+            "session_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -91,6 +94,8 @@ STREAM_HELP: dict[str, str] = {
     "presence_timeout": "P, seconds without any event after which a presence period ends",
     "close_timeout": "seconds of wall-clock silence of a user after which their open sessions are published",
     "retention": "seconds of event time kept in a user's state; older events are dead-lettered as late",
+    "legacy_max_span": "L, seconds a legacy POST /api/report state holds at most when no next report "
+    "ends it sooner (G when the next report repeats the state)",
     "stream_app_id": "Faust app id: the consumer group and the prefix of the internal changelog topics "
     "('' = desktrace-stream, or desktrace-stream-<topic prefix> with a prefix)",
     "stream_data_dir": "directory for Faust's local files ('' = ./<app id>-data)",

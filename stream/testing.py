@@ -151,6 +151,7 @@ def write_jsonl(events: Iterable[E.Envelope], path: Path) -> None:
 #: The sessionizer settings both the test workers and the offline oracle run with.
 SESSIONIZER_ENV: Mapping[str, str] = {
     "DESKTRACE_GAP": "300", "DESKTRACE_PRESENCE_TIMEOUT": "180", "DESKTRACE_RETENTION": "259200",
+    "DESKTRACE_LEGACY_MAX_SPAN": "14400",
 }
 
 

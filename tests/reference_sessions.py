@@ -2,7 +2,9 @@
 spec text for the tests (it shares no code with ``stream.core``). Slow and obvious on purpose.
 
 Choices where the spec is silent (the same ones ``docs/sessions.md`` documents for the core):
-- the "next" ``StateChange`` after one at ``a`` is the earliest one strictly later than ``a``;
+- the "next" ``StateChange`` after one at ``a`` is the earliest one strictly later than ``a``; it
+  "repeats the same state" (legacy span end capped at ``G``) only when every report at that next time has
+  the same state as the one at ``a``;
 - at one time, breaks sort after other items, and presence-ending breaks after ``Lock``;
 - presence periods that overlap (only when a ``StateChange`` interval spans a presence-ending break) are
   merged before inactive time is computed, so no time counts twice;
@@ -20,10 +22,15 @@ from proto.sessions import Session, make_session
 
 
 def reference_sessions(
-    user_key: str, events: Iterable[Envelope], gap_s: float = 300.0, presence_s: float = 180.0
+    user_key: str,
+    events: Iterable[Envelope],
+    gap_s: float = 300.0,
+    presence_s: float = 180.0,
+    legacy_max_span_s: float = 14400.0,
 ) -> list[Session]:
     G = timedelta(seconds=gap_s)
     P = timedelta(seconds=presence_s)
+    L = timedelta(seconds=legacy_max_span_s)
 
     # Deduplicate by (agent_id, seq): the first copy wins.
     unique: dict[tuple[str, int], Envelope] = {}
@@ -45,7 +52,13 @@ def reference_sessions(
     stopped: list[tuple[datetime, datetime]] = []
     for r in reports:
         later = [x.ts for x in reports if x.ts > r.ts]
-        end = min(later) if later else r.ts
+        if later:
+            b = min(later)
+            next_states = {x.state for x in reports if x.ts == b}  # type: ignore[attr-defined]
+            cap = G if next_states == {r.state} else L  # type: ignore[attr-defined]
+            end = min(b, r.ts + cap)
+        else:
+            end = r.ts
         if r.state == "working":  # type: ignore[attr-defined]
             evidence.append((r.ts, end))
         else:

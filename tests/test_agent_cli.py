@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import desktop_entry, main
+from agent.cli import main
+from agent.install_linux import desktop_entry
 from agent.spool import Spool
 from devstack.pipeline import free_port
 from proto.codec import decode_event, read_jsonl
@@ -66,7 +67,9 @@ def test_install_and_uninstall_autostart(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_desktop_entry_quotes_reserved_characters() -> None:
     line = next(x for x in desktop_entry(["/opt/py", "a b", 'q"$x']).splitlines() if x.startswith("Exec="))
-    assert line == 'Exec=/opt/py "a b" "q\\"\\$x"'
+    # spec quoting, then the key-file escaping of the value doubles each backslash
+    # (tests/test_install_linux.py launches such entries through GLib)
+    assert line == 'Exec=/opt/py "a b" "q\\\\"\\\\$x"'
 
 
 def simulated_agent_run(state: Path, bootstrap: str, *flags: str) -> tuple[list[str], dict[str, str]]:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -22,6 +23,19 @@ from proto.topics import Topics
 pytestmark = [pytest.mark.kafka]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+BERLIN = ZoneInfo("Europe/Berlin")
+#: Yesterday (UTC): reports must be recent, the gateway refuses what the pipeline would no longer count.
+DAY = datetime.now(UTC).date() - timedelta(days=1)
+D = DAY.isoformat()
+
+
+def utc(h: int, m: int = 0, s: int = 0, us: int = 0) -> datetime:
+    return datetime(DAY.year, DAY.month, DAY.day, h, m, s, us, tzinfo=UTC)
+
+
+def berlin(h: int, m: int = 0, s: int = 0, us: int = 0) -> datetime:
+    """A Berlin wall-clock time of DAY, in UTC."""
+    return datetime(DAY.year, DAY.month, DAY.day, h, m, s, us, tzinfo=BERLIN).astimezone(UTC)
 
 
 @pytest.fixture
@@ -74,12 +88,12 @@ async def test_legacy_day_becomes_state_changes(
 ) -> None:
     day = [
         # (body, times it is sent: a client retrying after a lost answer)
-        ({"user": "jdoe", "state": "working", "ts": "2025-03-10T07:58:12Z"}, 3),
-        ({"user": "jdoe", "state": "stopped", "ts": "2025-03-10T12:01:00"}, 2),  # no offset: Europe/Berlin
-        ({"user": "jdoe", "state": "working", "ts": "2025-03-10T12:47:30.250+01:00"}, 1),
-        ({"user": "OTHER\\Bob", "state": "working", "ts": "2025-03-10T09:00:00Z"}, 2),
-        ({"user": "jdoe", "state": "stopped", "ts": "2025-03-10 17:30:00+01:00"}, 1),
-        ({"user": "OTHER\\Bob", "state": "stopped", "ts": "2025-03-10T16:00:00Z"}, 1),
+        ({"user": "jdoe", "state": "working", "ts": f"{D}T07:58:12Z"}, 3),
+        ({"user": "jdoe", "state": "stopped", "ts": f"{D}T12:01:00"}, 2),  # no offset: Europe/Berlin
+        ({"user": "jdoe", "state": "working", "ts": f"{D}T12:47:30.250+01:00"}, 1),
+        ({"user": "OTHER\\Bob", "state": "working", "ts": f"{D}T09:00:00Z"}, 2),
+        ({"user": "jdoe", "state": "stopped", "ts": f"{D} 17:30:00+01:00"}, 1),
+        ({"user": "OTHER\\Bob", "state": "stopped", "ts": f"{D}T16:00:00Z"}, 1),
     ]
     async with httpx.AsyncClient(base_url=gateway_url, timeout=20) as c:
         for body, times in day:
@@ -116,12 +130,12 @@ async def test_legacy_day_becomes_state_changes(
     got = sorted(((e.domain, e.user, e.state, e.ts) for e in events if e.user != "carol"), key=str)
     want = sorted(
         [
-            ("CORP", "jdoe", "working", datetime(2025, 3, 10, 7, 58, 12, tzinfo=UTC)),
-            ("CORP", "jdoe", "stopped", datetime(2025, 3, 10, 11, 1, tzinfo=UTC)),
-            ("CORP", "jdoe", "working", datetime(2025, 3, 10, 11, 47, 30, 250000, tzinfo=UTC)),
-            ("CORP", "jdoe", "stopped", datetime(2025, 3, 10, 16, 30, tzinfo=UTC)),
-            ("OTHER", "Bob", "working", datetime(2025, 3, 10, 9, 0, tzinfo=UTC)),
-            ("OTHER", "Bob", "stopped", datetime(2025, 3, 10, 16, 0, tzinfo=UTC)),
+            ("CORP", "jdoe", "working", utc(7, 58, 12)),
+            ("CORP", "jdoe", "stopped", berlin(12, 1)),
+            ("CORP", "jdoe", "working", utc(11, 47, 30, 250000)),
+            ("CORP", "jdoe", "stopped", utc(16, 30)),
+            ("OTHER", "Bob", "working", utc(9)),
+            ("OTHER", "Bob", "stopped", utc(16)),
         ],
         key=str,
     )
@@ -131,7 +145,8 @@ async def test_legacy_day_becomes_state_changes(
         assert e.agent_id == legacy_agent_id(key) == str(uuid.UUID(e.agent_id))
         assert e.seq == int(e.ts.timestamp() * 1000)
         assert e.input == "none" and e.tz == "Europe/Berlin" and e.host == "127.0.0.1"
-        assert e.utc_offset_min == 60  # CET on 10 March
+        offset = e.ts.astimezone(BERLIN).utcoffset()
+        assert offset is not None and e.utc_offset_min == offset.total_seconds() // 60
     (carol,) = [e for e in events if e.user == "carol"]
     assert carol.domain == "CORP" and before - timedelta(seconds=1) <= carol.ts <= after
 

@@ -20,11 +20,12 @@ def test_kept_openapi_is_current() -> None:
 
 
 async def test_served_openapi_equals_kept() -> None:
-    app = create_app(GatewaySettings(), start_kafka=False)
+    app = create_app(GatewaySettings(api_tokens="openapi-token"), start_kafka=False)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=cast(Any, app)), base_url="http://gw"
     ) as c:
-        r = await c.get("/schema/openapi.json")
+        assert (await c.get("/schema/openapi.json")).status_code == 401  # the description needs a login
+        r = await c.get("/schema/openapi.json", headers={"Authorization": "Bearer openapi-token"})
     assert r.status_code == 200
     served = r.json()
     kept = json.loads(KEPT.read_text(encoding="utf-8"))

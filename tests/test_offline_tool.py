@@ -137,3 +137,24 @@ def test_bounded_buffers_and_spilled_sessions_give_the_same_output() -> None:
     spilled, early, _ = _run_all(events, 300, 7, 86400)
     assert early > 3
     assert spilled == kept
+
+
+def test_legacy_max_span_from_the_environment_and_flag(tmp_path: Path) -> None:
+    """Worked example 4 (L = 4 h) through ``desktrace-sessionize``; the default L is 4 h too, and a
+    shorter L given by flag or DESKTRACE_LEGACY_MAX_SPAN caps the spans the same way."""
+    from tests.test_sessionizer_legacy import EXAMPLE4, example4, span
+
+    f = tmp_path / "legacy.jsonl"
+    f.write_bytes(b"\n".join(event_to_json(e) for e in reversed(example4())) + b"\n")
+    week = "604800"
+    default = run("--retention", week, str(f))
+    assert default.returncode == 0, default.stderr
+    assert [span(s) for s in sessions_of(default.stdout)] == EXAMPLE4
+    flag = run("--retention", week, "--legacy-max-span", "3600", str(f))
+    env = run(str(f), env={"DESKTRACE_RETENTION": week, "DESKTRACE_LEGACY_MAX_SPAN": "3600"})
+    assert flag.returncode == env.returncode == 0
+    assert flag.stdout == env.stdout
+    got = [span(s) for s in sessions_of(flag.stdout)]
+    assert got[0] == ("active", None, "Fri 09:00", "Fri 10:00")
+    assert ("active", None, "Tue 08:00", "Tue 09:00") in got
+    assert run("--legacy-max-span", "0").returncode == 2

@@ -3,6 +3,7 @@ continuity across a restart (with the real spool)."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -106,10 +107,10 @@ def typing_in_word_then_away() -> tuple[Recorder, list[Envelope]]:
     """A recorder that knows a browser window and has the Word window in front, after keys at 10:00:00,
     :10, :20 and :35; with the events those keys wrote."""
     r = Recorder(IDENT, heartbeat_interval=DAY)
-    r.start(at("10:00:00"))
-    r.observe(snap(at("10:00:00"), "doc", app="word", title="a.docx"))
-    r.observe(snap(at("10:00:01"), "browser"))
-    r.observe(snap(at("10:00:02"), "doc", app="word", title="a.docx"))
+    r.start(at("09:59:57"))
+    r.observe(snap(at("09:59:57"), "doc", app="word", title="a.docx"))
+    r.observe(snap(at("09:59:58"), "browser"))
+    r.observe(snap(at("09:59:59"), "doc", app="word", title="a.docx"))
     out: list[Envelope] = []
     for s in (0, 10, 20, 35):
         out += r.observe(key(at(f"10:00:{s:02d}")))
@@ -244,3 +245,27 @@ def test_switching_click_after_a_pause_click_reported_first() -> None:
     ]
     # the switch counts as the hardware write: the next click 30 s later writes nothing
     assert r.observe(click(at("10:05:50"))) + r.tick(at("10:06:00")) == []
+
+
+def test_backwards_clock_step_keeps_events_in_time_order_and_heartbeats_coming() -> None:
+    r = Recorder(IDENT, heartbeat_interval=timedelta(seconds=60))
+    out = r.start(at("10:00:00"))
+    out += r.observe(snap(at("10:00:01"), "doc", app="word", title="a.docx"))
+    out += r.observe(key(at("10:00:05")))
+    out += r.observe(key(at("10:09:30")))
+    # the clock steps back ten minutes: a switch, a click, presence, keys and ticks at the old times
+    out += r.observe(snap(at("09:59:40"), "browser"))
+    out += r.observe(click(at("09:59:41")))
+    out += r.observe(PresenceObservation(ts=at("09:59:50"), kind="Lock"))
+    out += r.observe(PresenceObservation(ts=at("10:00:10"), kind="Unlock"))
+    for s in range(0, 200, 1):
+        out += r.tick(at("10:00:10") + timedelta(seconds=s))
+    out += r.observe(key(at("10:03:30")))
+    out += r.observe(key(at("10:12:00")))  # past the latest time again
+    out += r.stop(at("10:12:01"))
+    assert [e.seq for e in out] == list(range(len(out)))
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(out)), [(e.type, e.ts) for e in out]
+    # heartbeats kept coming while the clock was behind (about one a minute), stamped at the latest time
+    beats = [e for e in out if e.type == "Heartbeat"]
+    assert len(beats) >= 3
+    assert out[-2].ts == at("10:12:00") and out[-1].type == "AgentStop"

@@ -27,6 +27,7 @@ BERLIN = "Europe/Berlin"
 NEW_YORK = "America/New_York"
 ALICE = "corp\\alice"
 BOB = "corp\\bob"
+LEGACY = "shop\\till1"
 REPORT = str(Path(sys.executable).parent / "desktrace-report")
 
 
@@ -56,7 +57,8 @@ def ev(
     domain, login = user.split("\\")
     url_domain = url.split("/")[2] if url else None
     details = json.dumps({"title": f"{app} window", "url": url} if url else {"title": f"{app} window"})
-    category = "presence" if type_ == "Logon" else "hid" if type_.startswith("Hardware") else "ui"
+    presence = type_ in ("Logon", "StateChange")
+    category = "presence" if presence else "hid" if type_.startswith("Hardware") else "ui"
     return (
         f"agent-{login}",
         seq,
@@ -97,6 +99,10 @@ EVENTS = [
     ev(ALICE, 6, z(2026, 3, 29, 9, 10), "WindowSwitch", BERLIN, "firefox", "https://news.example.org/y"),
     ev(ALICE, 7, z(2026, 3, 29, 9, 10), "HardwareMouseClick", BERLIN, "firefox"),  # not a UI event
     ev(BOB, 1, z(2026, 3, 29, 0, 59), "Logon", NEW_YORK),  # 03-28 20:59 EDT
+    # A legacy client's reports (no Logon event): its first report of a local day is the first logon.
+    ev(LEGACY, 1, z(2026, 3, 29, 6, 30), "StateChange", BERLIN),  # 08:30 CEST, 03-29
+    ev(LEGACY, 2, z(2026, 3, 29, 10), "StateChange", BERLIN),
+    ev(LEGACY, 3, z(2026, 3, 28, 22, 50), "StateChange", BERLIN),  # 23:50 CET: still 03-28
 ]
 
 
@@ -144,7 +150,8 @@ def test_cli_day_json(fresh_pg_dsn: str) -> None:
     out = run_report(fresh_pg_dsn, "day", "--date", "2026-03-29", "--format", "json")
     assert out.returncode == 0, out.stderr
     rows = {r["user_key"]: r for r in json.loads(out.stdout)}
-    assert set(rows) == {ALICE, BOB}
+    assert set(rows) == {ALICE, BOB, LEGACY}
+    assert rows[LEGACY]["first_logon"] == "2026-03-29T08:30:00+02:00"  # not 23:50 of the day before
     a, b = rows[ALICE], rows[BOB]
     assert a["date"] == "2026-03-29" and a["tz"] == BERLIN
     # 00:00-01:30 + 09:00-10:00 + 11:00-11:30 active; 01:30-03:30 + 10:00-11:00 idle; 03:30-09:00 locked.
@@ -188,6 +195,13 @@ def test_cli_clear_errors(fresh_pg_dsn: str) -> None:
 
 async def test_service_days_weeks_months(service: ReportService) -> None:
     rows = await service.days(date(2026, 3, 28), date(2026, 3, 29))
+    legacy = [(r.date, r.presence_s, r.first_logon) for r in rows if r.user_key == LEGACY]
+    berlin = ZoneInfo(BERLIN)
+    assert legacy == [  # report days with no session yet: a row each, the first report as first logon
+        ("2026-03-28", 0, datetime(2026, 3, 28, 23, 50, tzinfo=berlin)),
+        ("2026-03-29", 0, datetime(2026, 3, 29, 8, 30, tzinfo=berlin)),
+    ]
+    rows = [r for r in rows if r.user_key != LEGACY]
     assert [(r.user_key, r.date, r.active_s, r.idle_s, r.locked_s) for r in rows] == [
         (ALICE, "2026-03-28", 7200, 0, 0),
         (ALICE, "2026-03-29", 10800, 7200, 19800),
@@ -202,6 +216,7 @@ async def test_service_days_weeks_months(service: ReportService) -> None:
     assert [(m.user_key, m.period, m.presence_s, len(m.days)) for m in months] == [
         (ALICE, "2026-03", 45000, 2),
         (BOB, "2026-03", 16200, 2),
+        (LEGACY, "2026-03", 0, 2),
     ]
     assert await service.users() == [ALICE, BOB]
     assert await service.day(date(2026, 4, 2)) == []
@@ -266,3 +281,27 @@ def test_cli_apps_hides_urls(fresh_pg_dsn: str) -> None:
         "inactive",
         "active",
     ]
+
+
+def test_cli_team(fresh_pg_dsn: str, tmp_path: Path) -> None:
+    asyncio.run(load_fixture(fresh_pg_dsn))
+    teams = tmp_path / "teams.toml"
+    teams.write_text('[teams]\nberlin = ["corp\\\\alice"]\n', encoding="utf-8")
+    out = run_report(
+        fresh_pg_dsn,
+        "week",
+        "--date",
+        "2026-03-25",
+        "--team",
+        "berlin",
+        "--teams-file",
+        str(teams),
+        "--format",
+        "json",
+    )
+    assert out.returncode == 0, out.stderr
+    assert [p["user_key"] for p in json.loads(out.stdout)] == [ALICE]
+    bad = run_report(fresh_pg_dsn, "day", "--team", "nope", "--teams-file", str(teams))
+    assert bad.returncode == 2 and "no team 'nope'" in bad.stderr
+    no_file = run_report(fresh_pg_dsn, "day", "--team", "berlin")
+    assert no_file.returncode == 2 and "DESKTRACE_TEAMS_FILE" in no_file.stderr

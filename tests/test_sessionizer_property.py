@@ -40,13 +40,18 @@ TYPES = (
 offsets = st.tuples(st.integers(0, 160), st.sampled_from([0, 0, 0, 1, 999]))
 
 
+# A legacy client's stream: mostly its working/stopped reports (repeats included: restarts), a few events of
+# a desktop agent of the same user around them.
+LEGACY_TYPES = ["StateChange"] * 6 + ["Heartbeat", "HardwareKeyboardEvent", "Lock", "Logoff", "Suspend"]
+
+
 @st.composite
-def event_specs(draw: Any) -> list[dict[str, Any]]:
+def event_specs(draw: Any, types: list[str] = TYPES) -> list[dict[str, Any]]:
     n = draw(st.integers(0, 45))
     step = draw(st.sampled_from([20, 45, 60]))
     specs = []
     for _ in range(n):
-        type_ = draw(st.sampled_from(TYPES))
+        type_ = draw(st.sampled_from(types))
         k, ms = draw(offsets)
         spec: dict[str, Any] = {"type": type_, "ts": T0 + timedelta(seconds=k * step, milliseconds=ms)}
         host = draw(st.sampled_from(["pc1", "pc1", "pc2"]))
@@ -110,20 +115,21 @@ def feed(
     specs=event_specs(),
     data=st.data(),
     gp=st.sampled_from([(300.0, 180.0), (120.0, 180.0), (60.0, 60.0)]),
+    cap=st.sampled_from([14400.0, 1800.0, 400.0, 90.0]),
     roundtrip=st.booleans(),
 )
 def test_incremental_core_equals_reference(
-    specs: list[dict[str, Any]], data: Any, gp: tuple[float, float], roundtrip: bool
+    specs: list[dict[str, Any]], data: Any, gp: tuple[float, float], cap: float, roundtrip: bool
 ) -> None:
     events = build(specs)
     n = len(events)
     order = data.draw(st.permutations(range(n)))
     dups = data.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=6)) if n else []
     cuts = data.draw(st.lists(st.integers(0, n + len(dups)), max_size=8))
-    core = Sessionizer(SessionizerConfig(gap_s=gp[0], presence_timeout_s=gp[1]))
+    core = Sessionizer(SessionizerConfig(gap_s=gp[0], presence_timeout_s=gp[1], legacy_max_span_s=cap))
     consumer = feed(core, events, order, cuts, dups, roundtrip)
     got = consumer.final()
-    want = reference_sessions(USER, events, gp[0], gp[1])
+    want = reference_sessions(USER, events, gp[0], gp[1], cap)
     assert len({s.session_id for s in want}) == len(want)
     assert len({s.session_id for s in got}) == len(got)
     assert got == want
@@ -150,3 +156,24 @@ def test_nearly_in_order_small_batches_equal_reference(specs: list[dict[str, Any
     cuts = data.draw(st.lists(st.integers(0, len(events)), min_size=len(events) // 2, max_size=len(events)))
     consumer = feed(Sessionizer(), events, order, cuts, [], data.draw(st.booleans()))
     assert consumer.final() == reference_sessions(USER, events)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    specs=event_specs(LEGACY_TYPES),
+    data=st.data(),
+    cap=st.sampled_from([14400.0, 1200.0, 400.0, 90.0]),
+)
+def test_legacy_span_end_equals_reference(specs: list[dict[str, Any]], data: Any, cap: float) -> None:
+    """Legacy reports (rule 1.3's span end: next report, capped at L, or at G after a repeated state), in
+    order or shuffled, in small batches: the incremental core equals the reference."""
+    events = build(specs)
+    n = len(events)
+    if data.draw(st.booleans()):
+        order = sorted(range(n), key=lambda i: events[i].ts)
+    else:
+        order = data.draw(st.permutations(range(n)))
+    cuts = data.draw(st.lists(st.integers(0, n), max_size=n))
+    core = Sessionizer(SessionizerConfig(legacy_max_span_s=cap))
+    consumer = feed(core, events, order, cuts, [], data.draw(st.booleans()))
+    assert consumer.final() == reference_sessions(USER, events, legacy_max_span_s=cap)

@@ -1,4 +1,5 @@
-"""The spool: bounded with the drop policy (oldest HID first) and drop counts; survives SIGKILL mid-write."""
+"""The spool: bounded with the drop policy (oldest HID first, then UI, heartbeats last) and drop counts, an
+event larger than the bound refused without emptying anything; survives SIGKILL mid-write."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.spool import Spool, SpoolRecord, integrity_ok
 
@@ -116,3 +121,105 @@ def test_sigkill_mid_write_leaves_an_intact_db_and_every_committed_unacked_event
         assert sp.next_seq > max(stored | committed)
         assert sp.stats().events == len(stored)
         sp.close()
+
+
+# ---- the bound holds: refusals, drop order HID -> UI -> presence ---------------------------------------
+
+
+def ev(seq: int, kind: str, size: int = 100) -> SpoolRecord:
+    """An event of class ``hid``, ``ui`` or ``pre`` (presence: heartbeats and the like), ``size`` bytes."""
+    return SpoolRecord(topic=kind, key=b"k", value=b"x" * (size - len(kind) - 1), seq=seq,
+                       hid=kind == "hid", ui=kind == "ui")
+
+
+def _stored(sp: Spool) -> list[tuple[int, str]]:
+    return [(g.seq, g.topic) for g in sp.peek(10_000)]
+
+
+def _db_bytes(path: Path) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(str(path))
+    try:
+        return int(db.execute("SELECT coalesce(sum(size), 0) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_an_event_larger_than_the_bound_is_refused_and_empties_nothing(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s.db", max_bytes=1000)
+    sp.append([ev(0, "pre"), ev(1, "ui"), ev(2, "hid"), ev(3, "ui")], next_seq=4)
+    before = _stored(sp)
+    # alone, and in a batch with an event that fits
+    assert sp.append([ev(4, "ui", size=1001)], next_seq=5) == 1
+    assert _stored(sp) == before
+    assert sp.append([ev(5, "ui", size=50_000), ev(6, "pre")], next_seq=7) == 1
+    assert _stored(sp) == [*before, (6, "pre")]
+    st = sp.stats()
+    assert (st.refused_too_large, st.dropped_total, st.dropped_unreported) == (2, 2, 2)
+    assert st.bytes == _db_bytes(tmp_path / "s.db") == 500 and sp.next_seq == 7
+    sp.close()
+    sp = Spool(tmp_path / "s.db", max_bytes=1000)  # the reason is kept on disk
+    assert sp.stats().refused_too_large == 2
+    sp.close()
+
+
+def test_drop_order_is_hid_then_ui_then_heartbeats(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s.db", max_bytes=1000)
+    # stored: 4 presence (heartbeats), 3 UI, 3 HID, interleaved; full
+    kinds = ["pre", "ui", "hid", "pre", "ui", "hid", "pre", "ui", "hid", "pre"]
+    sp.append([ev(i, k) for i, k in enumerate(kinds)], next_seq=10)
+    # one heartbeat more: the oldest HID goes
+    assert sp.append([ev(10, "pre")], next_seq=11) == 1
+    assert (2, "hid") not in _stored(sp)
+    # four UI more: the two other HID, then the two oldest UI
+    assert sp.append([ev(11 + i, "ui") for i in range(4)], next_seq=15) == 4
+    assert [s for s, k in _stored(sp) if k in ("hid", "ui")] == [7, 11, 12, 13, 14]
+    assert [s for s, k in _stored(sp) if k == "pre"] == [0, 3, 6, 9, 10]
+    # a heartbeat while only UI and heartbeats are stored: a UI event goes, never a heartbeat
+    assert sp.append([ev(15, "pre")], next_seq=16) == 1
+    assert [s for s, k in _stored(sp) if k == "pre"] == [0, 3, 6, 9, 10, 15]
+    assert sp.stats().bytes == 1000
+
+
+def test_a_batch_larger_than_the_bound_keeps_the_bound_and_the_order(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s.db", max_bytes=1000)
+    sp.append([ev(0, "pre"), ev(1, "hid")], next_seq=2)
+    # 14 events of 100 bytes in one append: 1400 bytes for a 1000-byte spool
+    batch = [ev(2 + i, k) for i, k in enumerate(["hid", "ui", "pre", "hid", "ui", "hid", "ui"] * 2)]
+    dropped = sp.append(batch, next_seq=16)
+    st = sp.stats()
+    assert st.bytes <= 1000 and st.bytes == _db_bytes(tmp_path / "s.db")
+    assert dropped == 2 + 14 - st.events
+    kept = _stored(sp)
+    # 1600 bytes for 1000: six events go, all HID (the stored one first, then the oldest new ones); every
+    # UI event and heartbeat stays
+    assert dropped == 6
+    assert [k for _, k in kept].count("pre") == 3 and [k for _, k in kept].count("ui") == 6
+    assert [s for s, k in kept if k == "hid"] == [14]
+    assert [s for s, _ in kept] == sorted(s for s, _ in kept)  # still FIFO
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["hid", "ui", "pre"]), st.integers(20, 700)),
+                         min_size=1, max_size=8), min_size=1, max_size=12))
+def test_the_bound_holds_for_any_appends(tmp_path_factory: pytest.TempPathFactory,
+                                         appends: list[list[tuple[str, int]]]) -> None:
+    path = tmp_path_factory.mktemp("spool") / "s.db"
+    sp = Spool(path, max_bytes=1000)
+    seq = 0
+    for batch in appends:
+        before = _stored(sp)
+        recs = [ev(seq + i, k, size) for i, (k, size) in enumerate(batch)]
+        seq += len(recs)
+        sp.append(recs, next_seq=seq)
+        after = _stored(sp)
+        assert sp.stats().bytes == _db_bytes(path) <= 1000
+        lost = [k for item in before if item not in after for k in [item[1]]]
+        lost += [r.topic for r in recs if (r.seq, r.topic) not in after]
+        kept = {k for _, k in after}
+        # a dropped event of a later class means no event of an earlier class is left
+        order = ["hid", "ui", "pre"]
+        for k in lost:
+            assert not any(order.index(x) < order.index(k) for x in kept), (lost, after)
+    sp.close()

@@ -160,3 +160,45 @@ def test_matches_reference_and_keeps_gaps_visible(steps: list[tuple[int, str]], 
                 assert a in written[c] and b in written[c]
         if times:
             assert times[0] in written[c] or any(w <= times[0] for w in written[c])
+
+
+# ---- a wall clock that steps backwards ----------------------------------------------------------------
+
+
+def test_backwards_clock_step_never_writes_an_earlier_event() -> None:
+    t = HidThrottle(timedelta(seconds=60))
+    written = []
+    written += t.on_input(at("10:00:00"), "HardwareKeyboardEvent")  # written
+    written += t.on_input(at("10:00:30"), "HardwareKeyboardEvent")  # throttled
+    # NTP steps the clock back ten minutes; without care the pause after 09:50:00 would write the
+    # 09:50 input after the 10:00 one
+    written += t.on_input(at("09:50:00"), "HardwareKeyboardEvent")
+    written += t.on_input(at("09:52:00"), "HardwareKeyboardEvent")
+    written += t.on_input(at("09:52:00"), "InjectedMouseClick")
+    # the stepped-back inputs count as happening at the latest time seen (10:00:30)
+    assert [(w.ts, w.type) for w in written] == [
+        (at("10:00:00"), "HardwareKeyboardEvent"), (at("10:00:30"), "InjectedMouseClick"),
+    ]
+    # once the clock is past the latest time again, gaps are visible as before, in time order
+    written += t.on_input(at("10:02:00"), "HardwareKeyboardEvent")
+    assert [w.ts for w in written[2:]] == [at("10:00:30"), at("10:02:00")]
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(written)), written
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3600, 400), st.sampled_from(HID_NAMES)), min_size=1, max_size=60))
+def test_written_events_are_in_time_order_whatever_the_clock_does(
+    steps: list[tuple[int, str]],
+) -> None:
+    # per input class, across calls (the classes are independent: the late write of rule 1 may be earlier
+    # than the other class's last write, as hid-throttle.md says)
+    t = HidThrottle(timedelta(seconds=60))
+    now = at("10:00:00")
+    written = []
+    for delta, name in steps:
+        now += timedelta(seconds=delta)  # negative: the clock stepped back
+        written += t.on_input(now, name)
+    for cls in ("hardware", "injected"):
+        mine = [w.ts for w in written if w.input == cls]
+        assert all(a <= b for a, b in itertools.pairwise(mine)), mine
+

@@ -4,7 +4,8 @@
   session and power notifications; all interpretation platform-free (:mod:`agent.sources.winlogic` lists
   the modules; docs/windows-agent.md).
 - ``x11`` (:mod:`agent.sources.x11`): EWMH properties, XInput2 raw events, MIT-SCREEN-SAVER; interpretation
-  in :mod:`agent.sources.x11logic`.
+  in :mod:`agent.sources.x11logic`; presence from logind and the screen saver over D-Bus
+  (:mod:`agent.sources.linuxpresence`, interpretation in :mod:`agent.sources.presencelogic`).
 
 :func:`select_source` picks one at start-up. Sources only watch; they know nothing of events, throttling,
 privacy, spooling or Kafka.
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.observations import Source
+from agent.sources.presencelogic import PresenceWatcher
 
 #: Names ``--source`` accepts (besides ``auto``).
 SOURCE_NAMES = ("windows", "x11")
@@ -91,7 +93,22 @@ def select_source(
     display = environ.get("DISPLAY", "")
     if not display:
         raise SourceUnavailable("the x11 source needs an X display: DISPLAY is not set")
-    return X11Source(display)
+    return X11Source(display, presence=_linux_presence())
+
+
+def _linux_presence() -> PresenceWatcher | None:
+    """Lock/unlock/suspend/resume/logoff over D-Bus, or None (logged) without jeepney."""
+    try:
+        from agent.sources.linuxpresence import LinuxPresence
+    except ImportError:
+        import logging
+
+        logging.getLogger("desktrace.agent.sources").warning(
+            "jeepney missing: lock, unlock, suspend and resume are not observed "
+            "(pip install 'desktrace[agent]')"
+        )
+        return None
+    return LinuxPresence()
 
 
 __all__ = ["SOURCE_NAMES", "SourceUnavailable", "select_source"]

@@ -12,6 +12,10 @@
   raw events have no sourceid) and has no structure for raw events, so this module sends XIQueryVersion 2.2
   itself and parses the raw event body (:func:`agent.sources.x11logic.parse_raw_event`).
 - Idle: ``MIT-SCREEN-SAVER``'s idle time, else the time since the last raw press seen.
+- Presence (lock, unlock, suspend, resume, logoff): a :class:`agent.sources.linuxpresence.LinuxPresence`
+  given as ``presence`` runs beside the X thread on the same event loop (logind and the screen saver over
+  D-Bus). On Wayland (``XDG_SESSION_TYPE`` / ``WAYLAND_DISPLAY``) only XWayland windows exist on the X
+  display: the source says so in the log and in ``session_type`` (reported in ``AgentStart``).
 
 The X connection is used by one thread only (python-xlib connections are not meant to be shared); it hands
 observations to the asyncio loop with ``call_soon_threadsafe``. ``idle_ms`` uses a second connection.
@@ -36,6 +40,7 @@ from Xlib.ext.ge import GenericEventCode
 
 from agent.observations import InputObservation, Observation, ObservationSink, WindowSnapshot
 from agent.sources.common import Debouncer, ForegroundTracker, InputAttributor
+from agent.sources.presencelogic import PresenceWatcher, session_type, wayland_warning
 from agent.sources.x11logic import (
     XI_HIERARCHY_CHANGED,
     browser_tab,
@@ -74,8 +79,11 @@ class X11Source:
     listening. Window titles never go to logs.
     """
 
-    def __init__(self, display_name: str | None = None) -> None:
+    def __init__(self, display_name: str | None = None, presence: PresenceWatcher | None = None) -> None:
         self._display_name = display_name if display_name is not None else os.environ.get("DISPLAY", "")
+        self._presence = presence
+        #: the desktop session kind (``x11``, ``wayland``, ...), reported in AgentStart
+        self.session_type = session_type(os.environ) or "x11"
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._wake_r = self._wake_w = -1  # a pipe while run() is active: stop() writes to it
@@ -115,14 +123,23 @@ class X11Source:
             else:
                 done(None)
 
+        warning = wayland_warning(os.environ)
+        if warning is not None:
+            log.warning(warning, extra={"kv": {"session_type": self.session_type}})
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=main, name="desktrace-x11-source", daemon=True)
         self._thread.start()
+        presence = None
+        if self._presence is not None:
+            presence = asyncio.create_task(self._presence.run(emit), name="presence")
         try:
             await finished
         finally:
             self.stop()
+            if presence is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(presence, 5)
             thread, self._thread = self._thread, None
             await asyncio.to_thread(thread.join, 5)
             for fd in (self._wake_r, self._wake_w):
@@ -132,6 +149,8 @@ class X11Source:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._presence is not None:
+            self._presence.stop()
         if self._wake_w >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")

@@ -57,6 +57,23 @@ class Result(NamedTuple):
     checkpoints: list[int]  # flat Checkpoint fields
 
 
+def span_end(sc: Sequence[int], j: int, gap: int, cap: int) -> int:
+    """The *legacy span end* (rule 1.3) of the report ``sc[j]`` (``ts * 2 + working``): the next report's
+    time ``b`` (the earliest strictly later), capped at ``a + cap`` (L), or at ``a + gap`` (G) when every
+    report at ``b`` repeats this one's state (the client restarted); ``a`` when no report follows."""
+    key = sc[j]
+    a = key >> 1
+    k = bisect_left(sc, 2 * (a + 1))
+    n = len(sc)
+    if k == n:
+        return a
+    nxt = sc[k]
+    b = nxt >> 1
+    repeated = (nxt & 1) == (key & 1) and not (k + 1 < n and sc[k + 1] >> 1 == b)
+    end = a + (gap if repeated else cap)
+    return b if b < end else end
+
+
 def compute(
     st: UserState,
     c: int,
@@ -65,9 +82,11 @@ def compute(
     all_closed: bool,
     carry: Checkpoint | None = None,
     targets: tuple[int, ...] = (),
+    cap: int = 14_400_000,
 ) -> Result:
     """Sessions from the cut ``c`` (or the checkpoint ``carry``, then ``c = carry.x``) on, with their
-    closure status, and checkpoints at the fact times at or before each of ``targets``."""
+    closure status, and checkpoints at the fact times at or before each of ``targets``; ``cap`` is L, the
+    legacy span cap (ms)."""
     ts, code = st.ts, st.code
     lo = bisect_left(ts, c)
     n = len(ts)
@@ -87,9 +106,7 @@ def compute(
     for j in range(bisect_left(sc, 2 * c), len(sc)):
         has_sc = True
         if sc[j] & 1:
-            a = sc[j] >> 1
-            k = bisect_left(sc, 2 * (a + 1))
-            items.append((a, sc[k] >> 1 if k < len(sc) else a))
+            items.append((sc[j] >> 1, span_end(sc, j, gap, cap)))
     if has_sc:
         items.sort()
 
@@ -143,9 +160,7 @@ def compute(
     pitems.extend((s, 0, e) for s, e in actives[first_active:])
     for j in range(bisect_left(sc, 2 * c), len(sc)):
         if not sc[j] & 1:
-            a = sc[j] >> 1
-            k = bisect_left(sc, 2 * (a + 1))
-            pitems.append((a, 0, sc[k] >> 1 if k < len(sc) else a))
+            pitems.append((sc[j] >> 1, 0, span_end(sc, j, gap, cap)))
     pitems.sort()
     periods: list[tuple[int, int]] = []
     last_pe = False

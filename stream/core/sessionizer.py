@@ -125,6 +125,7 @@ class Sessionizer:
         self._presence = config.presence_ms
         self._margin = max(self._gap, self._presence)
         self._retention = config.retention_ms
+        self._cap = config.legacy_max_span_ms
 
     # ---- public API ---------------------------------------------------------------------------------------
 
@@ -262,13 +263,13 @@ class Sessionizer:
         latest_fact = st.ts[-1] if st.ts else NO_TIME
         targets = (latest_fact, latest_fact - 60_000, latest_fact - 600_000)
         if carry is not None:
-            res = compute(st, carry.x, self._gap, self._presence, all_closed, carry, targets)
+            res = compute(st, carry.x, self._gap, self._presence, all_closed, carry, targets, self._cap)
         else:
             t = t_aff - self._margin
             if open_from is not None and open_from < t:
                 t = open_from
             c = self._cut(st, t)
-            res = compute(st, c, self._gap, self._presence, all_closed, None, targets)
+            res = compute(st, c, self._gap, self._presence, all_closed, None, targets, self._cap)
         region = res.region_start
         # Replace the periods from the region's on.
         first = res.comps[0] if res.comps else region
