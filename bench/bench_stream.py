@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import random
@@ -151,6 +152,9 @@ async def main() -> None:
                         help="worker commit_interval values to measure (one worker run each)")
     parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
+    if not args.no_quix and importlib.util.find_spec("quixstreams") is None:
+        print("quixstreams is not installed (pip install -e '.[bench]'): its peer is skipped")
+        args.no_quix = True
     results = {users: await run_users(args, users) for users in args.users}
     print("\nbest of each (events/s, CPU us/event) and ratios desktrace/peer:")
     for users, best in results.items():
