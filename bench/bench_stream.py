@@ -1,113 +1,173 @@
-"""Throughput of one ``desktrace-stream`` worker end to end through a real broker, beside a baseline
-measured in the same run on the same topics: a bare aiokafka consumer that only decodes (msgspec batch
-decode). Prints both rates and their ratio.
+"""Throughput of one ``desktrace-stream`` worker end to end through a real broker, beside its peers measured
+in the same run on the same topics (``bench/stream_peers.py``): quixstreams' 300 s session window (needs the
+optional ``bench`` extra), a Faust agent that only decodes (Faust's floor) and a bare aiokafka consumer that
+only decodes (the consumer's floor). Prints events/s and CPU microseconds per event of each, and the ratios.
 
-    .venv/bin/python bench/bench_stream.py [--users 60] [--hours 8] [--bootstrap HOST:PORT]
+    nice .venv/bin/python bench/bench_stream.py [--users 433 2000] [--events 260000] [--rounds 2]
 
-Needs a broker (``eval "$(.venv/bin/desktrace-local up)"``); creates and deletes its own topics.
+For each user count, the same ~``--events`` events (``stream.testing`` users, about 10% of them out of
+order, 5% duplicates) are published once to fresh raw topics (6 partitions); then every subject consumes
+them all from the start, in rounds (each round runs every subject once, alternating, so that all see the
+same machine load); the best round of each is kept. Every subject is its own process with its own consumer
+group, timed from its first consumed event to the last. Needs a broker (``DESKTRACE_KAFKA_BOOTSTRAP``);
+creates and deletes its own topics.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import json
 import os
+import random
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_offline import disorder
 from devstack.topics import delete_topics, ensure_topics
-from proto.codec import decode_events
 from proto.topics import Topics
-from stream.testing import (
-    WorkerProcess,
-    app_id_for,
-    delete_internal_topics,
-    generate_events,
-    publish,
-    shuffled_with_duplicates,
-    worker_env,
-)
+from stream.testing import WorkerProcess, generate_events, publish, worker_env
+
+PEERS = Path(__file__).resolve().parent / "stream_peers.py"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-async def baseline(bootstrap: str, topics: Topics, n: int) -> float:
-    """Events/s of consume + decode only (timed from the first record to the n-th)."""
-    consumer = AIOKafkaConsumer(*topics.raw, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 << 20)
-    await consumer.start()
-    seen, decoded, first = 0, 0, 0.0
-    try:
-        while seen < n:
-            got = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            for records in got.values():
-                if not first:
-                    first = time.perf_counter()
-                decoded += sum(1 for _ in decode_events([r.value for r in records]))
-                seen += len(records)
-    finally:
-        await consumer.stop()
-    assert decoded == n
-    return n / (time.perf_counter() - first)
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tuple[float, float]:
+    """Events/s and CPU us/event (whole process, start-up included) of one peer run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [sys.executable, str(PEERS), peer, "--prefix", prefix, "--events", str(n), "--batch", str(batch),
+         "--bootstrap", bootstrap],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [line[line.index("{"):] for line in out.stdout.splitlines() if '{"events"' in line]
+    if not lines:
+        raise RuntimeError(f"{peer} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    got = json.loads(lines[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return got["events"] / got["seconds"], cpu / got["events"] * 1e6
 
 
 def worker_rate(
-    bootstrap: str, topics: Topics, n: int, workdir: Path, batch_size: int
+    bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int, commit_s: float
 ) -> tuple[float, float]:
-    """Events/s of one worker (timed from its first counted event to the n-th), and its start-up time."""
+    """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
-                     DESKTRACE_CLOSE_TIMEOUT="600")
+                     DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
+                     DESKTRACE_COMMIT_INTERVAL=str(commit_s))
     worker = WorkerProcess(env, workdir / "worker.log")
-    t0 = time.perf_counter()
     try:
-        worker.start()
-        ready = time.perf_counter() - t0
-        first = 0.0
-        count = 0.0
-        deadline = time.monotonic() + 600
+        worker.start(ready_timeout=120)
+        assert worker.proc is not None
+        pid = worker.proc.pid
+        first = cpu0 = 0.0
+        count = first_count = 0.0
+        deadline = time.monotonic() + 900
         while count < n and time.monotonic() < deadline:
             count = worker.metric("desktrace_stream_events_total")
             if count and not first:
-                first, first_count = time.perf_counter(), count
-            time.sleep(0.05)
+                first, first_count, cpu0 = time.perf_counter(), count, _cpu_of(pid)
+            time.sleep(0.2)
         if count < n:
             raise RuntimeError(f"worker consumed {count} of {n} events:\n{worker.tail()}")
-        return (n - first_count) / (time.perf_counter() - first), ready
+        elapsed = time.perf_counter() - first
+        cpu = _cpu_of(pid) - cpu0
+        return (n - first_count) / elapsed, cpu / (n - first_count) * 1e6
     finally:
         worker.stop()
+
+
+async def _cleanup(bootstrap: str, prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if prefix in t]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[float, float]]:
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    topics = Topics(prefix)
+    await ensure_topics(args.bootstrap, topics, partitions=6)
+    try:
+        hours = max(1.2, args.events / users / 108)  # ~108 events per user-hour
+        events = disorder(generate_events(seed=1, users=users, hours=hours), random.Random(2))
+        t = time.perf_counter()
+        n = await publish(args.bootstrap, topics, events)
+        print(f"\n{users} users: published {n:,} events in {time.perf_counter() - t:.1f}s", flush=True)
+        best: dict[str, tuple[float, float]] = {}
+        workers = [f"desktrace@{c:g}s" for c in args.commit_intervals]
+        subjects = ["aiokafka", "faust", *([] if args.no_quix else ["quix"]), *workers]
+        for r in range(args.rounds):
+            order = subjects if r % 2 == 0 else subjects[::-1]
+            for s in order:
+                if s.startswith("desktrace"):
+                    commit_s = float(s.split("@")[1].rstrip("s"))
+                    with tempfile.TemporaryDirectory() as tmp:
+                        rate, cpu = worker_rate(
+                            args.bootstrap, topics, f"{prefix}stream{r}{len(s)}{commit_s:g}", n, Path(tmp),
+                            args.batch_size, commit_s,
+                        )
+                else:
+                    rate, cpu = peer_rate(s, args.bootstrap, prefix, n, args.batch_size)
+                print(f"  round {r + 1}: {s:10s} {rate:10,.0f} events/s  {cpu:7.1f} us CPU/event", flush=True)
+                if s not in best or rate > best[s][0]:
+                    best[s] = (rate, cpu)
+        return best
+    finally:
+        await _cleanup(args.bootstrap, prefix)
+        await delete_topics(args.bootstrap, topics)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--users", type=int, default=60)
-    parser.add_argument("--hours", type=float, default=8.0)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--users", type=int, nargs="+", default=[433, 2000])
+    parser.add_argument("--events", type=int, default=260_000, help="about this many events per user count")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=20000)
+    parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer")
+    parser.add_argument("--commit-intervals", type=float, nargs="+", default=[1.0],
+                        help="worker commit_interval values to measure (one worker run each)")
     parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
-
-    topics = Topics(f"bench{uuid.uuid4().hex[:8]}.")
-    await ensure_topics(args.bootstrap, topics, partitions=3)
-    try:
-        events = shuffled_with_duplicates(generate_events(seed=1, users=args.users, hours=args.hours), seed=2)
-        t = time.perf_counter()
-        n = await publish(args.bootstrap, topics, events)
-        print(f"published {n} events for {args.users} users in {time.perf_counter() - t:.1f}s")
-        base = await baseline(args.bootstrap, topics, n)
-        with tempfile.TemporaryDirectory() as tmp:
-            rate, ready = worker_rate(args.bootstrap, topics, n, Path(tmp), args.batch_size)
-        base2 = await baseline(args.bootstrap, topics, n)  # again, after: the machine is shared
-        base = max(base, base2)
-        print(f"baseline (aiokafka consume + msgspec decode): {base:,.0f} events/s")
-        print(f"desktrace-stream worker (batch {args.batch_size}):     {rate:,.0f} events/s "
-              f"(ready after {ready:.1f}s)")
-        print(f"ratio worker/baseline: {rate / base:.2f}")
-    finally:
-        await delete_internal_topics(args.bootstrap, app_id_for(topics))
-        await delete_topics(args.bootstrap, topics)
+    if not args.no_quix and importlib.util.find_spec("quixstreams") is None:
+        print("quixstreams is not installed (pip install -e '.[bench]'): its peer is skipped")
+        args.no_quix = True
+    results = {users: await run_users(args, users) for users in args.users}
+    print("\nbest of each (events/s, CPU us/event) and ratios desktrace/peer:")
+    for users, best in results.items():
+        for name, (d_rate, d_cpu) in best.items():
+            if not name.startswith("desktrace"):
+                continue
+            print(f"{users} users: desktrace-stream (commit_interval {name.split('@')[1]}) {d_rate:,.0f} "
+                  f"events/s, {d_cpu:.1f} us/event")
+            for peer in ("quix", "faust", "aiokafka"):
+                if peer in best:
+                    rate, cpu = best[peer]
+                    print(f"  {peer:9s} {rate:10,.0f} events/s {cpu:7.1f} us/event   "
+                          f"ratio {d_rate / rate:6.2f}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,23 @@
 """The Faust wiring of the sessions worker: raw topics in, state table, sessions and dead letters out.
 
-- One agent consumes the three raw topics (same key, same partition count, so they are co-partitioned with
-  the state table) as raw bytes, in batches (``take_events``); :class:`stream.processor.Processor` does the
-  rest. Every user's state is updated once per batch.
+- The three raw topics (same key, same partition count, so they are co-partitioned with the state table)
+  are subscribed through a Faust agent, but their records reach :meth:`StreamApp.handle_records` a whole
+  fetch at a time (:class:`stream.batching.BatchConsumer`, Faust's consumer with a batch fetch loop), not
+  through Faust's per-event stream; :class:`stream.processor.Processor` does the rest. Every user's state
+  is updated once per batch (see ``docs/stream-performance.md``).
 - State: a Faust ``Table`` on the in-memory store (RocksDB is not installed) backed by its compacted
   changelog topic ``<app id>-user-state-changelog``; a restarted or rebalanced worker rebuilds the table
-  from the changelog before it processes events. Values are :class:`stream.state.UserRecord` bytes.
-- Offsets: ``take_events`` acks a batch only after the agent's body returned, and the body returns only
-  after the batch's session records and dead letters are acknowledged by the brokers; Faust flushes the
-  producer (changelog writes included) before every offset commit. So a commit never gets ahead of the
-  state and the output: at-least-once, and a re-processed batch is harmless (the core deduplicates events,
-  session ids are deterministic). If output cannot be produced the process exits without committing.
+  from the changelog before it processes events. Values are :class:`stream.state.UserRecord` bytes
+  (compressed). Between commits, the users of the owned partitions are kept decoded
+  (:class:`stream.live.LiveStates`, bounded by ``state_cache_users``); each changed user is written to the
+  changelog and the table once per commit, just before Faust takes the offsets to commit.
+- Offsets and output: a batch's changes stay in memory (decoded states, and its session records and dead
+  letters in an outbox) until the next commit; under the processing lock, right before Faust takes the
+  offsets to commit, the changed users' changelog records and then the outbox are sent and the output's
+  acknowledgements awaited, and Faust flushes the producer before it commits. So a commit never gets
+  ahead of the state and the output, and state and output become durable together: at-least-once, and a
+  re-processed batch is harmless (the core deduplicates events, session ids are deterministic). If output
+  cannot be produced the process exits without committing.
 - A timer scans the locally owned users for ``close_timeout`` of wall-clock silence and publishes their
   open sessions (the silence close).
 - Faust's own web server (and its ``/table`` views, which would expose user data) is disabled;
@@ -34,8 +41,10 @@ from prometheus_client import CollectorRegistry
 
 from common.kafka import MAX_REQUEST_SIZE, client_options
 from proto.topics import Topics
+from stream.batching import BatchConsumer
 from stream.core import Sessionizer, SessionizerConfig
 from stream.group import GroupWatch
+from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
 from stream.output import OutputFailed, OutputWriter, Pending
 from stream.processor import Incoming, Outgoing, Processor, Result
@@ -153,9 +162,10 @@ class StreamApp:
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=settings.session_timeout,
             broker_heartbeat_interval=heartbeat,
-            broker_commit_interval=1.0,
+            broker_commit_interval=settings.commit_interval,
             stream_wait_empty=False,
             stream_buffer_maxsize=max(16384, 4 * settings.batch_size),
+            broker_max_poll_records=settings.batch_size,
             producer_acks=-1,
             # Faust's default (1,000,000) is below the broker's limit: a dead letter of a record the
             # broker accepted would be refused.
@@ -175,7 +185,15 @@ class StreamApp:
             help="desktrace per-user sessionizer state (stream.state.UserRecord)",
         )
         self._lock: asyncio.Lock | None = None
+        self._outbox: list[Outgoing] = []  #: output of the changes since the last commit
         self.output = OutputWriter(self._send, self.topics, self.metrics)
+        self.states = LiveStates(_TableStore(self.table), max_users=settings.state_cache_users)
+        # The raw topics' records come to handle_records a fetch at a time; the agent below keeps them
+        # subscribed (and co-partitioned with the table) in Faust's eyes.
+        self.app.transport.Consumer = BatchConsumer.bound(  # type: ignore[misc]
+            self.topics.raw, self.handle_records, self._before_commit, lambda: self.lock
+        )
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)
         self.app.timer(settings.effective_scan_interval, name="silence-scan")(self._scan)
         self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._report_lag)
@@ -219,27 +237,70 @@ class StreamApp:
         return self._lock
 
     async def _agent(self, stream: StreamT) -> None:
+        # Not on the hot path: BatchConsumer delivers the raw topics to handle_records. Should a record
+        # ever come through Faust's stream, it is processed the same way.
         s = self.settings
-        # take_events (not take): the records' topic, partition, offset and key are needed.
         async for events in stream.take_events(  # type: ignore[attr-defined]
             s.batch_size, within=s.batch_within
         ):
             await self.handle_events(events)
 
     async def handle_events(self, events: Sequence[EventT]) -> None:
-        started = time.perf_counter()
-        batch = [
+        await self.handle_records([
             Incoming(
                 e.message.topic, e.message.partition, e.message.offset,
                 _as_bytes(e.message.key), _as_bytes(e.message.value) or b"",
             )
             for e in events
-        ]
+        ])
+
+    async def handle_records(self, records: Sequence[Any]) -> None:
+        """One fetch of raw records (anything with ``topic``, ``partition``, ``offset``, ``key``,
+        ``value``): applied to the decoded states; its output waits in the outbox for the next commit."""
+        started = time.perf_counter()
         async with self.lock:
-            result = self.processor.handle_batch(batch, self.table.data.get, time.time())
-            pending = await self._write(result)
-        await self._await_output(pending)
+            result = self.processor.handle_batch(records, self.states, time.time())
+            self._stage(result)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _stage(self, result: Result) -> None:
+        table = self.table
+        for w in result.writes:  # not used by the processor with LiveStates; kept for completeness
+            table.send_changelog(w.partition, w.key, w.value)
+            table.data[w.key] = w.value
+        self._outbox.extend(result.messages)
+
+    async def _before_commit(self) -> None:
+        """Under the processing lock, before Faust takes the offsets to commit (and flushes its producer):
+        send every user changed since the last commit to the changelog, then the output those changes
+        produced, and wait for the output's acknowledgements. State and output become durable together,
+        so a recovered state never claims a session that was not published, nor misses one that was."""
+        table = self.table
+
+        def send(f: Flushed) -> None:
+            table.send_changelog(f.partition, f.key, f.value)
+
+        n = self.states.flush(send)
+        if n:
+            self.metrics.state_writes.inc(n)
+        self.metrics.state_cached_users.set(len(self.states))
+        outbox, self._outbox = self._outbox, []
+        if outbox:
+            await self._await_output(await self._write(Result(messages=outbox)))
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        """Make everything processed so far durable (state and output, as a commit does; Faust will not
+        commit the revoked partitions' offsets, so their next owner re-processes those events harmlessly),
+        then forget the decoded users of the revoked partitions."""
+        # Not under the processing lock: a commit holding it may wait for the consumer thread, which waits
+        # for this callback. Faust has stopped the flow, and handling a batch has no await, so nothing is
+        # processed meanwhile.
+        raw = self.topics.raw
+        partitions = {tp.partition for tp in revoked if tp.topic in raw}
+        await self._before_commit()
+        await self.app.producer.flush()
+        if partitions:
+            self.states.drop_partitions(partitions)
 
     async def _scan(self) -> None:
         if not self.ready():
@@ -249,12 +310,11 @@ class StreamApp:
             raw = self.topics.raw
             partitions = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in raw}
             async with self.lock:
-                result = self.processor.scan(list(self.table.data.items()), partitions, time.time())
-                pending = await self._write(result)
+                result = self.processor.scan(self.states, partitions, time.time())
+                self._stage(result)
         except Exception:
             log.exception("silence scan failed")
             return
-        await self._await_output(pending)
         self.metrics.scan_seconds.observe(time.perf_counter() - started)
 
     async def _report_lag(self) -> None:
@@ -311,6 +371,24 @@ class StreamApp:
             handler.flush()
         sys.stderr.flush()
         os._exit(EX_OUTPUT_FAILED)
+
+
+class _TableStore:
+    """The table's local store as :class:`LiveStates` uses it (looked up at each use: Faust creates and
+    replaces the store itself)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        value: bytes | None = self.table.data.get(key)
+        return default if value is None else value
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.table.data[key] = value
+
+    def items(self) -> Any:
+        return self.table.data.items()
 
 
 def _as_bytes(value: object) -> bytes | None:

@@ -75,6 +75,13 @@ class StreamMetrics:
             f"{p}_scan_seconds", "Time of one scan for silent users", buckets=_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.state_writes = Counter(
+            f"{p}_state_writes_total",
+            "User states written to the changelog (once per changed user per commit)", registry=registry,
+        )
+        self.state_cached_users = Gauge(
+            f"{p}_state_cached_users", "Users whose state is kept decoded in memory", registry=registry,
+        )
         self.user_errors = Counter(
             f"{p}_sessionizer_errors_total",
             "Users whose batch the sessionizer failed on (their events were dead-lettered as 'other')",

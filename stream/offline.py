@@ -9,10 +9,13 @@ counted; the exit status is 1 when any line was rejected.
 from __future__ import annotations
 
 import argparse
+import heapq
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from typing import BinaryIO
+from datetime import datetime
+from typing import BinaryIO, Final
 
 import msgspec
 
@@ -21,11 +24,15 @@ from common.settings import HELP, SettingsError, add_arguments, load
 from proto.codec import EventDecodeError, encode_session, read_jsonl
 from proto.events import Envelope
 from proto.keys import event_user_key
-from proto.sessions import Session, SessionRetraction
 from stream.core import Sessionizer, SessionizerConfig, Update, UserState
+from stream.core.sessionizer import ms_of
+from stream.core.state import NO_TIME
 
 SECTION = "stream"
 BATCH = 2000  #: events buffered per user before they are fed to the core
+MAX_BUFFERED = 50_000  #: events buffered over all users before every buffer is fed to the core
+SPILL_AT = 20_000  #: final sessions kept in memory before a sorted run is written to a temporary file
+_LINE_BITS = 40  #: an event's position is ``file_index << _LINE_BITS | line_number``
 PROGRESS_EVERY = 100_000
 
 
@@ -54,54 +61,155 @@ OFFLINE_HELP = {
 
 
 class _Run:
-    """Feeds events to the core per user and keeps the sessions a consumer would hold."""
+    """Feeds events to the core per user, in bounded batches, and keeps the sessions a consumer would hold.
 
-    def __init__(self, core: Sessionizer) -> None:
+    Memory is bounded by the users, not by the input: at most ``max_buffered`` decoded events wait in the
+    per-user buffers (all buffers are fed to the core when it is reached), each user's state is bounded by
+    the retention horizon, and a session the core can no longer change (it starts before the user's pruned
+    floor) leaves memory for a sorted spill file (:class:`_Spill`) as the JSON line it will be written as.
+    """
+
+    def __init__(self, core: Sessionizer, max_buffered: int = MAX_BUFFERED, spill_at: int = SPILL_AT) -> None:
         self.core = core
         self.states: dict[str, UserState | None] = {}
-        self.buffers: dict[str, list[tuple[str, Envelope]]] = {}
-        self.sessions: dict[str, dict[str, Session]] = {}
+        self.floors: dict[str, int] = {}
+        self.buffers: dict[str, list[Envelope]] = {}
+        self.wheres: dict[str, list[int]] = {}
+        self.buffered = 0
+        self.max_buffered = max_buffered
+        # per user: session_id -> (start ms, kind, JSON line) of the sessions the core may still change
+        self.sessions: dict[str, dict[str, tuple[int, str, bytes]]] = {}
+        self.spill = _Spill(spill_at)
         self.late = 0
-        self.late_where: list[str] = []
+        self.late_where: list[int] = []
+        self._keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key
 
-    def add(self, where: str, event: Envelope) -> None:
-        key = event_user_key(event)
-        buf = self.buffers.setdefault(key, [])
-        buf.append((where, event))
+    def add(self, where: int, event: Envelope) -> None:
+        """Buffer ``event`` (``where``: its position, see :func:`main`) for its user."""
+        key = self._keys.get((event.domain, event.user))
+        if key is None:
+            key = self._keys[(event.domain, event.user)] = event_user_key(event)
+        buf = self.buffers.get(key)
+        if buf is None:
+            buf = self.buffers[key] = []
+            self.wheres[key] = []
+        buf.append(event)
+        self.wheres[key].append(where)
+        self.buffered += 1
         if len(buf) >= BATCH:
+            self.flush(key)
+        elif self.buffered >= self.max_buffered:
+            self.flush_all()
+
+    def flush_all(self) -> None:
+        for key in list(self.buffers):
             self.flush(key)
 
     def flush(self, key: str) -> None:
-        buf = self.buffers.pop(key, [])
-        if not buf:
+        buf = self.buffers.pop(key, None)
+        wheres = self.wheres.pop(key, None)
+        if not buf or wheres is None:
             return
-        buf.sort(key=lambda we: we[1].ts)
-        where_of = {id(e): w for w, e in buf}
-        state, update = self.core.apply(key, self.states.get(key), [e for _, e in buf])
+        self.buffered -= len(buf)
+        buf.sort(key=_ts)
+        state, update = self.core.apply(key, self.states.get(key), buf)
         self.states[key] = state
-        for e in update.late:
-            self.late += 1
-            self.late_where.append(where_of[id(e)])
+        if update.late:
+            where_of = {id(e): w for e, w in zip(buf, wheres, strict=True)}
+            for e in update.late:
+                self.late += 1
+                self.late_where.append(where_of[id(e)])
         self._apply(key, update)
+        if state.floor != self.floors.get(key, NO_TIME):
+            self.floors[key] = state.floor
+            self._finalise(key, state.floor)
 
     def finish(self) -> None:
-        for key in list(self.buffers):
-            self.flush(key)
+        self.flush_all()
         for key, state in self.states.items():
             if state is not None:
                 self.states[key], update = self.core.close(key, state)
                 self._apply(key, update)
 
     def _apply(self, key: str, update: Update) -> None:
+        if not update.retractions and not update.upserts:
+            return
         held = self.sessions.setdefault(key, {})
         for r in update.retractions:
             held.pop(r.session_id, None)
         for s in update.upserts:
-            held[s.session_id] = s
+            held[s.session_id] = (ms_of(s.start), s.kind, encode_session(s))
 
-    def results(self) -> Iterator[Session | SessionRetraction]:
-        for key in sorted(self.sessions):
-            yield from sorted(self.sessions[key].values(), key=lambda s: (s.start, s.kind))
+    def _finalise(self, key: str, floor: int) -> None:
+        """Spill the sessions of ``key`` that start before the core's floor: they can no longer change."""
+        held = self.sessions.get(key)
+        if not held:
+            return
+        for sid in [sid for sid, (start, _, _) in held.items() if start < floor]:
+            start, kind, line = held.pop(sid)
+            self.spill.add((key, start, kind, line))
+
+    def results(self) -> Iterator[bytes]:
+        """The JSON lines of the final sessions, sorted by user key, start and kind."""
+        for key, held in self.sessions.items():
+            for start, kind, line in held.values():
+                self.spill.add((key, start, kind, line))
+        self.sessions.clear()
+        for _key, _start, _kind, line in self.spill.merged():
+            yield line
+
+
+class _Spill:
+    """An external sort of final session lines: sorted runs of ``spill_at`` records in temporary files,
+    merged at the end (memory: one run, plus one record per run while merging)."""
+
+    def __init__(self, spill_at: int) -> None:
+        self.spill_at = spill_at
+        self.records: list[tuple[str, int, str, bytes]] = []
+        self.runs: list[BinaryIO] = []
+        self.written = 0  #: runs written so far
+
+    def add(self, record: tuple[str, int, str, bytes]) -> None:
+        self.records.append(record)
+        if len(self.records) >= self.spill_at:
+            self._write_run()
+
+    def _write_run(self) -> None:
+        self.records.sort()
+        run = tempfile.TemporaryFile(prefix="desktrace-sessionize-")
+        enc = _run_encoder.encode
+        for record in self.records:
+            data = enc(record)
+            run.write(len(data).to_bytes(4, "little"))
+            run.write(data)
+        run.seek(0)
+        self.runs.append(run)
+        self.written += 1
+        self.records = []
+
+    @staticmethod
+    def _read_run(run: BinaryIO) -> Iterator[tuple[str, int, str, bytes]]:
+        dec = _run_decoder.decode
+        while head := run.read(4):  # a TemporaryFile is buffered
+            yield dec(run.read(int.from_bytes(head, "little")))
+
+    def merged(self) -> Iterator[tuple[str, int, str, bytes]]:
+        self.records.sort()
+        try:
+            yield from heapq.merge(self.records, *(self._read_run(run) for run in self.runs))
+        finally:
+            for run in self.runs:
+                run.close()
+            self.runs = []
+            self.records = []
+
+
+_run_encoder: Final = msgspec.msgpack.Encoder()
+_run_decoder: Final = msgspec.msgpack.Decoder(tuple[str, int, str, bytes])
+
+
+def _ts(event: Envelope) -> datetime:
+    return event.ts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rejected = 0
     total = 0
     names = args.files or ["-"]
+    labels: list[str] = []
     with ExitStack() as stack:
         for name in names:
             if name == "-":
@@ -145,24 +254,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"desktrace-sessionize: cannot read {name}: {exc.strerror}", file=sys.stderr)
                     return 2
                 label = name
+            base = len(labels) << _LINE_BITS
+            labels.append(label)
+            add = run.add
             for n, item in read_jsonl(stream):
                 total += 1
-                where = f"{label}:{n}"
                 if isinstance(item, EventDecodeError):
                     rejected += 1
-                    print(f"{where}: rejected ({item.error_class}): {item}", file=sys.stderr)
+                    print(f"{label}:{n}: rejected ({item.error_class}): {item}", file=sys.stderr)
                     continue
-                run.add(where, item)
+                add(base | n, item)
                 if progress and total % PROGRESS_EVERY == 0:
                     print(f"... {total} lines, {rejected} rejected", file=sys.stderr)
     run.finish()
+    line_mask = (1 << _LINE_BITS) - 1
     for where in run.late_where:
-        print(f"{where}: rejected (late): older than the retention horizon", file=sys.stderr)
+        print(
+            f"{labels[where >> _LINE_BITS]}:{where & line_mask}: rejected (late): older than the retention "
+            "horizon",
+            file=sys.stderr,
+        )
     rejected += run.late
     out = sys.stdout.buffer
     count = 0
-    for record in run.results():
-        out.write(encode_session(record))
+    for line in run.results():
+        out.write(line)
         out.write(b"\n")
         count += 1
     out.flush()

@@ -22,9 +22,10 @@ from proto.events import Envelope
 from proto.keys import event_user_key
 from proto.topics import Topics
 from stream import fleet
-from stream.core import Sessionizer, Update, decode_state, encode_state
+from stream.core import Sessionizer, Update
+from stream.live import LiveStates, LiveUser
 from stream.metrics import StreamMetrics
-from stream.state import UserRecord, decode_record, encode_record
+from stream.state import UserRecord, decode_record
 
 SERVICE = "stream"
 log = logging.getLogger(__name__)
@@ -95,29 +96,53 @@ class Processor:
         self.retention_ms = int(retention_s * 1000)
         self.close_timeout_s = close_timeout_s
         self.versions_max = versions_max
+        self._user_keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key, a cache
 
     # ---- batches ---------------------------------------------------------------------------------------
 
     def handle_batch(
-        self, batch: Sequence[Incoming], lookup: Callable[[bytes], bytes | None], now: float
+        self,
+        batch: Sequence[Incoming],
+        states: LiveStates | Callable[[bytes], bytes | None],
+        now: float,
     ) -> Result:
-        """Handle ``batch``; ``lookup(user_key_bytes)`` returns the stored table value or ``None``."""
+        """Handle ``batch`` (records with ``topic``, ``partition``, ``offset``, ``key``, ``value``).
+
+        ``states``: the worker's :class:`stream.live.LiveStates` (state changes stay there until its next
+        flush; ``Result.writes`` is empty), or a lookup of stored table values (then every changed user's
+        new value is in ``Result.writes``, one per user).
+        """
+        if not isinstance(states, LiveStates):
+            live = LiveStates(_LookupStore(states))
+            out = self.handle_batch(batch, live, now)
+            live.flush(lambda f: out.writes.append(StateWrite(*f)))
+            return out
         m = self.metrics
         m.batch_size.observe(len(batch))
         out = Result()
-        groups: dict[str, list[tuple[Incoming, Envelope]]] = defaultdict(list)
+        groups: dict[str, list[tuple[Incoming, Envelope]]] = {}
         counts: Counter[tuple[str, str]] = Counter()
+        ukeys = self._user_keys
+        if len(ukeys) > 100_000:
+            ukeys.clear()
         for rec, ev in zip(batch, decode_events([r.value for r in batch]), strict=True):
             if isinstance(ev, EventDecodeError):
                 self._deadletter(out, rec, str(ev), ev.error_class)
                 continue
             counts[(rec.topic, type(ev).__name__)] += 1
-            groups[event_user_key(ev)].append((rec, ev))
+            ukey = ukeys.get((ev.domain, ev.user))
+            if ukey is None:
+                ukey = ukeys[(ev.domain, ev.user)] = event_user_key(ev)
+            group = groups.get(ukey)
+            if group is None:
+                groups[ukey] = [(rec, ev)]
+            else:
+                group.append((rec, ev))
         for (topic, type_), n in counts.items():
             m.events.labels(topic, type_).inc(n)
         now_ms = int(now * 1000)
         for ukey, items in groups.items():
-            self._handle_user(out, ukey, items, lookup, now, now_ms)
+            self._handle_user(out, ukey, items, states, now, now_ms)
         return out
 
     def _handle_user(
@@ -125,33 +150,34 @@ class Processor:
         out: Result,
         ukey: str,
         items: list[tuple[Incoming, Envelope]],
-        lookup: Callable[[bytes], bytes | None],
+        states: LiveStates,
         now: float,
         now_ms: int,
     ) -> None:
         key = ukey.encode()
-        record = self._load(key, lookup(key))
+        live = states.get(key)
         events = [ev for _, ev in items]
         try:
-            core_state = decode_state(record.core) if record is not None else None
-            new_state, update = self.sessionizer.apply(ukey, core_state, events)
-            core_bytes = encode_state(new_state)
+            new_state, update = self.sessionizer.apply(ukey, live.core if live is not None else None, events)
             open_sessions = self.sessionizer.open_sessions(new_state)
             latest = self.sessionizer.latest_event_ts(new_state)
         except Exception as exc:
-            # A sessionizer bug must not stop the other users: keep this user's events for a replay.
+            # A sessionizer bug must not stop the other users: keep this user's events for a replay. The
+            # core may have changed the decoded state part-way: the user goes back to its stored state.
             log.exception("sessionizer failed for one user; events dead-lettered", extra={"kv": {
                 "error_class": "other", "events": len(items), "exception": type(exc).__name__}})
             self.metrics.user_errors.inc()
+            states.forget(key)
             for rec, _ in items:
                 self._deadletter(out, rec, f"sessionizer failed: {type(exc).__name__}", "other")
             return
         partition = items[-1][0].partition
-        if record is None:
-            record = UserRecord(core=core_bytes, partition=partition, last_seen=now)
+        if live is None:
+            live = LiveUser(UserRecord(core=b"", partition=partition, last_seen=now), new_state)
         else:
-            record.core, record.partition, record.last_seen = core_bytes, partition, now
-            record.closed = False
+            live.core = new_state
+        record = live.record
+        record.partition, record.last_seen, record.closed = partition, now, False
         record.open_sessions = open_sessions
         dropped = fleet.observe(record.agents, events, now_ms)
         if dropped:
@@ -162,11 +188,11 @@ class Processor:
             self._deadletter_late(out, items, update.late)
         if update.duplicates:
             self.metrics.duplicates.inc(update.duplicates)
-        if latest is not None:
+        if latest is not None and (update.upserts or update.retractions):
             horizon = fleet.epoch_ms(latest) - self.retention_ms - _PUBLISHED_MARGIN_MS
             for sid in [s for s, start in record.published.items() if start < horizon]:
                 del record.published[sid]
-        out.writes.append(StateWrite(key, record.partition, encode_record(record)))
+        states.put(key, live)
 
     def _load(self, key: bytes, raw: bytes | None) -> UserRecord | None:
         if raw is None:
@@ -222,22 +248,40 @@ class Processor:
 
     # ---- silence scan ----------------------------------------------------------------------------------
 
-    def scan(self, items: Iterable[tuple[bytes, bytes]], partitions: Container[int], now: float) -> Result:
-        """Close users silent for ``close_timeout`` (wall clock) among the records of ``partitions``, and
-        refresh the gauges (open sessions, users, fleet) from those records."""
+    def scan(
+        self,
+        states: LiveStates | Iterable[tuple[bytes, bytes]],
+        partitions: Container[int],
+        now: float,
+    ) -> Result:
+        """Close users silent for ``close_timeout`` (wall clock) among the users of ``partitions``, and
+        refresh the gauges (open sessions, users, fleet) from them.
+
+        ``states``: the worker's :class:`stream.live.LiveStates` (closed users are changed there), or the
+        stored table items (then the closed users' new values are in ``Result.writes``)."""
+        if not isinstance(states, LiveStates):
+            live_states = LiveStates(dict(states))
+            out = self.scan(live_states, partitions, now)
+            live_states.flush(lambda f: out.writes.append(StateWrite(*f)))
+            return out
         m = self.metrics
         out = Result()
         now_ms = int(now * 1000)
         summary = fleet.FleetSummary(now_ms)
         users = open_total = 0
-        for key, raw in items:
-            record = self._load(key, raw)
+        for key, live, raw in states.users():
+            record = live.record if live is not None else self._load(key, raw)
             if record is None or record.partition not in partitions:
                 continue
             users += 1
             summary.add(record.agents)
             if not record.closed and now - record.last_seen >= self.close_timeout_s:
-                self._close(out, key, record, now)
+                if live is None:
+                    live = states.get(key)
+                if live is not None:
+                    self._close(out, key, live, now)
+                    states.put(key, live)
+                    record = live.record
             open_total += record.open_sessions
         m.users.set(users)
         m.open_sessions.set(open_total)
@@ -248,20 +292,33 @@ class Processor:
             m.agent_versions.labels(version).set(n)
         return out
 
-    def _close(self, out: Result, key: bytes, record: UserRecord, now: float) -> None:
+    def _close(self, out: Result, key: bytes, live: LiveUser, now: float) -> None:
         ukey = key.decode("utf-8", "replace")
-        try:
-            new_state, update = self.sessionizer.close(ukey, decode_state(record.core))
-            record.core = encode_state(new_state)
-            record.open_sessions = self.sessionizer.open_sessions(new_state)
-        except Exception as exc:
-            log.exception("sessionizer close failed for one user", extra={"kv": {
-                "exception": type(exc).__name__}})
-            self.metrics.user_errors.inc()
-            # closed all the same: do not retry every scan; the next event retries through apply
-        else:
-            self.metrics.silence_closes.inc()
-            self._emit(out, key, update, record, now)
+        record = live.record
+        if live.core is not None:
+            try:
+                live.core, update = self.sessionizer.close(ukey, live.core)
+                record.open_sessions = self.sessionizer.open_sessions(live.core)
+            except Exception as exc:
+                log.exception("sessionizer close failed for one user", extra={"kv": {
+                    "exception": type(exc).__name__}})
+                self.metrics.user_errors.inc()
+                # closed all the same: do not retry every scan; the next event retries through apply
+            else:
+                self.metrics.silence_closes.inc()
+                self._emit(out, key, update, record, now)
         record.closed = True
-        out.writes.append(StateWrite(key, record.partition, encode_record(record)))
 
+
+class _LookupStore(dict[bytes, bytes]):
+    """A table lookup seen as a store for :class:`LiveStates`: reads go to the lookup, writes stay here."""
+
+    def __init__(self, lookup: Callable[[bytes], bytes | None]) -> None:
+        super().__init__()
+        self._lookup = lookup
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        value = super().get(key)
+        if value is None:
+            value = self._lookup(key)
+        return default if value is None else value

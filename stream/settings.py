@@ -37,12 +37,14 @@ class StreamSettings(CommonSettings, kw_only=True):
     stream_app_id: str = ""
     stream_data_dir: str = ""
     metrics_addr: str = ""
-    batch_size: int = 1000
+    batch_size: int = 20000
     batch_within: float = 0.5
     scan_interval: float = 0.0
     session_timeout: float = 10.0
     replication_factor: int = 0
     agent_versions_max: int = 20
+    state_cache_users: int = 5000
+    commit_interval: float = 1.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -55,6 +57,10 @@ class StreamSettings(CommonSettings, kw_only=True):
             raise ValueError("batch_size must be between 1 and 100000")
         if self.scan_interval < 0 or self.replication_factor < 0 or self.agent_versions_max < 1:
             raise ValueError("scan_interval and replication_factor must be >= 0, agent_versions_max >= 1")
+        if not 0.05 <= self.commit_interval <= 60:
+            raise ValueError("commit_interval must be between 0.05 and 60 seconds")
+        if self.state_cache_users < 1:
+            raise ValueError("state_cache_users must be >= 1")
         metrics_host_port(self.metrics_address)
 
     @property
@@ -95,12 +101,16 @@ STREAM_HELP: dict[str, str] = {
     "stream_data_dir": "directory for Faust's local files ('' = ./<app id>-data)",
     "metrics_addr": "host:port of the /metrics, /healthz and /readyz HTTP endpoint (port 0: any free port; "
     "'' = 0.0.0.0:6066, or a port derived from the topic prefix with one)",
-    "batch_size": "maximum events handled as one batch (one state update per user per batch)",
+    "batch_size": "maximum events handled as one batch (one fetch; one state update per user per batch)",
     "batch_within": "seconds to wait for a batch to fill before handling what has arrived",
     "scan_interval": "seconds between scans for silent users (0: a third of close_timeout, 0.5..30 s)",
     "session_timeout": "consumer group session timeout in seconds (how soon a dead worker's partitions move)",
     "replication_factor": "replication factor of the internal changelog topics (0: min(3, brokers))",
     "agent_versions_max": "distinct agent_version label values on the fleet gauge before 'other'",
+    "commit_interval": "seconds between offset commits; changed users' state and the sessions they produced "
+    "are written at each commit (longer: less state encoding per event, later sessions)",
+    "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
+    "active beyond it are dropped after each commit and decoded again on their next event)",
 }
 
 

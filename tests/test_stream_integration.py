@@ -96,8 +96,9 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
         ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
         assert ok, describe_difference(view.sessions, expected) + "\n" + restarted.tail()
     # The restarted worker did not re-read the committed first half, so the first half's part of the
-    # result came from the state it recovered from the changelog.
-    assert len(second) <= restarted.metric("desktrace_stream_events_total") < len(sent)
+    # result came from the state it recovered from the changelog. (It may read less than the second half:
+    # the killed worker commits every second, so part of the second half may be committed already.)
+    assert 0 < restarted.metric("desktrace_stream_events_total") < len(sent)
     assert restarted.metric("desktrace_stream_users") == len({s.user_key for s in expected.values()})
 
 

@@ -14,6 +14,7 @@ Session details (hosts, lock reason, time zone) are computed only when needed (:
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from stream.core.state import BRK, HOST_MASK, HOST_SHIFT, HW, LOCK, NO_TIME, PEND, TZ_SHIFT, UserState
@@ -56,7 +57,7 @@ class Result(NamedTuple):
     checkpoints: list[int]  # flat Checkpoint fields
 
 
-def span_end(sc: list[int], j: int, gap: int, cap: int) -> int:
+def span_end(sc: Sequence[int], j: int, gap: int, cap: int) -> int:
     """The *legacy span end* (rule 1.3) of the report ``sc[j]`` (``ts * 2 + working``): the next report's
     time ``b`` (the earliest strictly later), capped at ``a + cap`` (L), or at ``a + gap`` (G) when every
     report at ``b`` repeats this one's state (the client restarted); ``a`` when no report follows."""
@@ -260,7 +261,7 @@ def compute(
 
 def _checkpoint(
     x: int,
-    ts: list[int],
+    ts: Sequence[int],
     points: list[int],
     actives: list[tuple[int, int]],
     breaks: list[int],

@@ -27,6 +27,7 @@ from stream.core.state import (
     SCW,
     TZ_SHIFT,
     UserState,
+    column,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -220,6 +221,10 @@ class Sessionizer:
             st.latest_eb = t
         code = flags | (_intern(st.hosts, e.host) << HOST_SHIFT) | (_intern(st.tzs, e.tz) << TZ_SHIFT)
         ts = st.ts
+        if not ts or t > ts[-1]:  # in order: the common case
+            ts.append(t)
+            st.code.append(code)
+            return aff
         i = bisect_left(ts, t)
         j = bisect_right(ts, t, i)
         if code not in st.code[i:j]:
@@ -269,8 +274,8 @@ class Sessionizer:
         # Replace the periods from the region's on.
         first = res.comps[0] if res.comps else region
         k = bisect_left(st.comps[0::2], min(first, region)) * 2
-        st.comps[k:] = res.comps
-        st.cks = res.checkpoints
+        st.comps[k:] = column(res.comps)
+        st.cks = column(res.checkpoints)
         upserts: list[Session] = []
         retractions: list[SessionRetraction] = []
         pub = st.pub
@@ -364,7 +369,7 @@ class Sessionizer:
         del st.pts[: bisect_left(st.pts, q)]
         del st.sc[: bisect_left(st.sc, 2 * q)]
         del st.comps[: bisect_left(st.comps[0::2], q) * 2]
-        st.cks = [v for i in range(0, len(st.cks), 6) if st.cks[i] > q for v in st.cks[i : i + 6]]
+        st.cks = column([v for i in range(0, len(st.cks), 6) if st.cks[i] > q for v in st.cks[i : i + 6]])
         for key in [k for k in st.pub if k < 2 * q]:
             del st.pub[key]
         st.floor = q
@@ -385,11 +390,11 @@ class Sessionizer:
             return
         hmap = {old: new for new, old in enumerate(used_h)}
         tmap = {old: new for new, old in enumerate(used_t)}
-        st.code = [
+        st.code = column([
             (c & FLAG_MASK)
             | (hmap[(c >> HOST_SHIFT) & HOST_MASK] << HOST_SHIFT)
             | (tmap[c >> TZ_SHIFT] << TZ_SHIFT)
             for c in st.code
-        ]
+        ])
         st.hosts = [st.hosts[h] for h in used_h]
         st.tzs = [st.tzs[t] for t in used_t]

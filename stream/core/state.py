@@ -1,15 +1,21 @@
 """What the sessionizer keeps for one user, and its compact msgpack form.
 
-Facts, not events: every accepted event is one ``(ts, code)`` pair in two aligned lists sorted by time,
+Facts, not events: every accepted event is one ``(ts, code)`` pair in two aligned arrays sorted by time,
 ``code = flags | host_index << 6 | tz_index << 20`` (hosts and time zones interned per user). A heartbeat's
 ``last_input_ts`` is one more evidence point in ``pts``; legacy ``StateChange`` reports are also kept in
 ``sc`` as ``ts * 2 + working``. On the wire, the sorted time lists are delta-encoded so that a heartbeat
 every 60 s costs three bytes.
+
+The per-fact sequences are compact columns (``array('q')``: 8 bytes per value instead of a pointer to a
+28-byte Python int), so a decoded user-day takes about a third of the memory of lists.
 """
 
 from __future__ import annotations
 
-from itertools import accumulate, pairwise
+from array import array
+from collections.abc import Sequence
+from itertools import accumulate
+from operator import sub
 
 import msgspec
 
@@ -26,6 +32,13 @@ HOST_MASK = (1 << 14) - 1
 TZ_SHIFT = 20
 
 NO_TIME = -(1 << 62)  #: "never" for the time fields below
+
+Column = array  #: ``array('q')``: one sorted column of 64-bit integers
+
+
+def column(values: Sequence[int] = ()) -> array[int]:
+    """A new column holding ``values``."""
+    return array("q", values)
 
 
 class UserState(msgspec.Struct, kw_only=True):
@@ -47,12 +60,12 @@ class UserState(msgspec.Struct, kw_only=True):
     n_open: int = 0
     hosts: list[str] = msgspec.field(default_factory=list)
     tzs: list[str] = msgspec.field(default_factory=list)
-    ts: list[int] = msgspec.field(default_factory=list)
-    code: list[int] = msgspec.field(default_factory=list)
-    pts: list[int] = msgspec.field(default_factory=list)
-    sc: list[int] = msgspec.field(default_factory=list)
-    comps: list[int] = msgspec.field(default_factory=list)
-    cks: list[int] = msgspec.field(default_factory=list)
+    ts: array[int] = msgspec.field(default_factory=column)
+    code: array[int] = msgspec.field(default_factory=column)
+    pts: array[int] = msgspec.field(default_factory=column)
+    sc: array[int] = msgspec.field(default_factory=column)
+    comps: array[int] = msgspec.field(default_factory=column)
+    cks: array[int] = msgspec.field(default_factory=column)
     pub: dict[int, list[int]] = msgspec.field(default_factory=dict)
     seen: dict[str, list[int]] = msgspec.field(default_factory=dict)
 
@@ -81,14 +94,15 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Wire)
 
 
-def _delta(xs: list[int]) -> list[int]:
+def _delta(xs: array[int]) -> list[int]:
     if not xs:
         return []
-    return [xs[0], *(b - a for a, b in pairwise(xs))]
+    values = xs.tolist()  # then map in C: about twice as fast as a generator over pairs
+    return [values[0], *map(sub, values[1:], values)]
 
 
-def _undelta(xs: list[int]) -> list[int]:
-    return list(accumulate(xs))
+def _undelta(xs: list[int]) -> array[int]:
+    return array("q", list(accumulate(xs)))
 
 
 def encode_state(state: UserState) -> bytes:
@@ -104,11 +118,11 @@ def encode_state(state: UserState) -> bytes:
             state.hosts,
             state.tzs,
             _delta(state.ts),
-            state.code,
+            state.code.tolist(),
             _delta(state.pts),
             _delta(state.sc),
-            state.comps,
-            state.cks,
+            state.comps.tolist(),
+            state.cks.tolist(),
             state.pub,
             state.seen,
         )
@@ -134,11 +148,11 @@ def decode_state(data: bytes) -> UserState:
         hosts=w.hosts,
         tzs=w.tzs,
         ts=_undelta(w.ts),
-        code=w.code,
+        code=array("q", w.code),
         pts=_undelta(w.pts),
         sc=_undelta(w.sc),
-        comps=w.comps,
-        cks=w.cks,
+        comps=array("q", w.comps),
+        cks=array("q", w.cks),
         pub=w.pub,
         seen=w.seen,
     )

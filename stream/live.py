@@ -1,0 +1,158 @@
+"""The worker's per-user state kept decoded in memory between batches, in front of the changelog-backed
+table (``docs/stream-performance.md``).
+
+Decoding a user's state, re-encoding it and sending it to the changelog on every batch cost more than the
+sessionizer itself, and grew with the number of distinct users per batch. :class:`LiveStates` decodes a
+user once, keeps the decoded :class:`LiveUser` while the user is active, and encodes and writes each changed
+user once per commit interval (:meth:`LiveStates.flush`), just before Faust commits offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Container, ItemsView, Iterable, Iterator
+from typing import NamedTuple, Protocol
+
+import msgspec
+
+from stream.core import UserState, decode_state, encode_state
+from stream.state import UserRecord, decode_record, encode_record
+
+log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    """What :class:`LiveStates` needs of a table's local store (a dict is one)."""
+
+    def get(self, key: bytes, /) -> bytes | None: ...
+
+    def __setitem__(self, key: bytes, value: bytes, /) -> None: ...
+
+    def items(self) -> ItemsView[bytes, bytes] | Iterable[tuple[bytes, bytes]]: ...
+
+
+class LiveUser:
+    """One user's state, decoded: the worker's record and the core's state (``record.core`` is stale while
+    the user is cached; :meth:`LiveStates.flush` refreshes it)."""
+
+    __slots__ = ("core", "record")
+
+    def __init__(self, record: UserRecord, core: UserState | None) -> None:
+        self.record = record
+        self.core = core
+
+
+class Flushed(NamedTuple):
+    """A table value to write: ``key`` -> ``value`` on changelog ``partition``."""
+
+    key: bytes
+    partition: int
+    value: bytes
+
+
+class LiveStates:
+    """Decoded per-user state over a table store (``store``: user key bytes -> :func:`encode_record` bytes).
+
+    Guarantees: :meth:`get` returns the state as last :meth:`put` (cached) or as stored; a user marked
+    changed is written to the store by the next :meth:`flush` exactly once, whatever the number of batches
+    in between; at most ``max_users`` unchanged users stay decoded (the least recently used are dropped
+    after a flush, their bytes being in the store); :meth:`drop_partitions` forgets cached users of revoked
+    partitions without writing them (their changes are re-derived by whoever re-processes the uncommitted
+    events).
+    """
+
+    def __init__(self, store: Store, max_users: int = 5_000) -> None:
+        self.store = store
+        self.max_users = max_users
+        self._cache: OrderedDict[bytes, LiveUser] = OrderedDict()
+        self._dirty: set[bytes] = set()
+        self.unreadable = 0  #: stored values that could not be decoded (the user starts afresh)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    @property
+    def changed(self) -> int:
+        """Users changed since the last flush."""
+        return len(self._dirty)
+
+    def get(self, key: bytes) -> LiveUser | None:
+        """The decoded state of ``key`` (None for a user never seen, or whose stored bytes are unreadable)."""
+        live = self._cache.get(key)
+        if live is not None:
+            self._cache.move_to_end(key)
+            return live
+        raw = self.store.get(key)
+        if raw is None:
+            return None
+        try:
+            record = decode_record(raw)
+            core = decode_state(record.core) if record.core else None
+        except (msgspec.DecodeError, ValueError):
+            # Not ours (e.g. an older, incompatible format): start the user afresh rather than stall.
+            log.error("unreadable state record replaced", extra={"kv": {"bytes": len(raw)}})
+            self.unreadable += 1
+            return None
+        live = LiveUser(record, core)
+        self._cache[key] = live
+        return live
+
+    def put(self, key: bytes, live: LiveUser) -> None:
+        """Cache ``live`` as the state of ``key`` and mark it changed."""
+        self._cache[key] = live
+        self._cache.move_to_end(key)
+        self._dirty.add(key)
+
+    def mark_changed(self, key: bytes) -> None:
+        if key in self._cache:
+            self._dirty.add(key)
+
+    def flush(self, write: Callable[[Flushed], None] | None = None) -> int:
+        """Encode every changed user, store it and pass it to ``write`` (the changelog send); then drop the
+        least recently used unchanged users beyond ``max_users``. Returns the number of users written."""
+        cache, store = self._cache, self.store
+        n = 0
+        for key in self._dirty:
+            live = cache.get(key)
+            if live is None:
+                continue
+            record = live.record
+            if live.core is not None:
+                record.core = encode_state(live.core)
+            value = encode_record(record)
+            store[key] = value
+            if write is not None:
+                write(Flushed(key, record.partition, value))
+            n += 1
+        self._dirty.clear()
+        while len(cache) > self.max_users:
+            cache.popitem(last=False)
+        return n
+
+    def forget(self, key: bytes) -> None:
+        """Drop ``key`` from the cache without writing it (the next :meth:`get` reads the store)."""
+        self._cache.pop(key, None)
+        self._dirty.discard(key)
+
+    def drop_partitions(self, partitions: Container[int]) -> int:
+        """Forget the cached users of ``partitions`` (changed or not); returns how many."""
+        doomed = [k for k, live in self._cache.items() if live.record.partition in partitions]
+        for key in doomed:
+            del self._cache[key]
+            self._dirty.discard(key)
+        return len(doomed)
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._dirty.clear()
+
+    def users(self) -> Iterator[tuple[bytes, LiveUser | None, bytes | None]]:
+        """Every user, cached or stored: ``(key, live or None, stored bytes or None)``; a cached user is
+        given decoded (its stored bytes may be stale), any other one as stored bytes."""
+        cache = self._cache
+        for key, live in list(cache.items()):  # the caller may put() while iterating
+            yield key, live, None
+        for key, raw in list(self.store.items()):
+            if key not in cache:
+                yield key, None, raw

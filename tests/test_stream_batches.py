@@ -1,0 +1,108 @@
+"""The batch processor over the worker's decoded state (``stream.live.LiveStates``), without a broker: what
+the Faust wiring relies on when it writes state once per commit instead of once per batch."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry
+
+from proto import events as E
+from proto.codec import decode_session_message, encode_event
+from proto.keys import event_user_key
+from proto.sessions import Session
+from proto.topics import Topics
+from stream.core import Sessionizer, SessionizerConfig
+from stream.live import Flushed, LiveStates
+from stream.metrics import StreamMetrics
+from stream.processor import Incoming, Processor
+from stream.state import decode_record
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+TOPICS = Topics("b.")
+
+
+def processor() -> tuple[Processor, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return Processor(
+        TOPICS, Sessionizer(SessionizerConfig(gap_s=300, presence_timeout_s=180, retention_s=86400)),
+        StreamMetrics(registry), retention_s=86400, close_timeout_s=60,
+    ), registry
+
+
+def clicks(user: str, minutes: range, partition: int = 0, seq0: int = 0) -> list[Incoming]:
+    out = []
+    for i, m in enumerate(minutes):
+        e = E.HardwareMouseClick(agent_id=f"a-{user}", seq=seq0 + i + 1, ts=T0 + timedelta(minutes=m),
+                                 input="hardware", user=user, domain="corp", host="pc1")
+        out.append(Incoming(TOPICS.hid, partition, seq0 + i, event_user_key(e).encode(), encode_event(e)))
+    return out
+
+
+def test_many_batches_one_write_per_changed_user_and_the_same_sessions_as_per_batch_writes() -> None:
+    proc, _ = processor()
+    states = LiveStates({})
+    batches = [clicks("ann", range(b * 3, b * 3 + 3), seq0=b * 3) + clicks("bob", range(b, b + 1), 1, b)
+               for b in range(6)]
+    live_msgs = []
+    for b in batches:
+        result = proc.handle_batch(b, states, now=1000.0)
+        assert result.writes == []  # state stays decoded until the commit
+        live_msgs += result.messages
+    written: list[Flushed] = []
+    assert states.flush(written.append) == 2
+    # The same batches with a write per user per batch (the table lookup API) publish the same records.
+    ref, _ = processor()
+    store: dict[bytes, bytes] = {}
+    ref_msgs = []
+    for b in batches:
+        result = ref.handle_batch(b, store.get, now=1000.0)
+        for w in result.writes:
+            store[w.key] = w.value
+        ref_msgs += result.messages
+    assert [m.value for m in live_msgs] == [m.value for m in ref_msgs]
+    assert {w.key: decode_record(w.value).core for w in written} == {
+        k: decode_record(v).core for k, v in store.items()
+    }
+
+
+def test_scan_closes_cached_and_stored_users_and_leaves_them_changed() -> None:
+    proc, registry = processor()
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store, max_users=1)
+    batch = clicks("ann", range(0, 3)) + clicks("bob", range(0, 3), partition=1)
+    proc.handle_batch(batch, states, now=1000.0)
+    states.flush()  # one of them stays decoded, the other is only stored
+    assert len(states) == 1
+    result = proc.scan(states, {0, 1}, now=1061.0)
+    sessions = [decode_session_message(m.value) for m in result.messages]
+    actives = sorted(s.user_key for s in sessions if isinstance(s, Session) and s.kind == "active")
+    assert actives == ["corp\\ann", "corp\\bob"]
+    assert states.changed == 2
+    assert registry.get_sample_value("desktrace_stream_silence_closes_total") == 2
+    assert proc.scan(states, {0, 1}, now=2000.0).messages == []  # closed once, also before the flush
+    states.flush()
+    assert all(decode_record(v).closed for v in store.values())
+
+
+def test_a_failing_user_goes_back_to_its_stored_state_and_the_others_go_on() -> None:
+    proc, registry = processor()
+    states = LiveStates({})
+    proc.handle_batch(clicks("ann", range(0, 2)) + clicks("bob", range(0, 2)), states, now=1000.0)
+    states.flush()
+    real_apply = proc.sessionizer.apply
+
+    def apply(user_key: str, state: object, events: list) -> object:
+        if user_key == "corp\\ann":
+            raise RuntimeError("bug")
+        return real_apply(user_key, state, events)  # type: ignore[arg-type]
+
+    proc.sessionizer.apply = apply  # type: ignore[method-assign,assignment]
+    result = proc.handle_batch(clicks("ann", range(2, 4), seq0=2) + clicks("bob", range(2, 4), seq0=2),
+                               states, now=1001.0)
+    dead = [m for m in result.messages if m.topic == TOPICS.deadletter]
+    assert len(dead) == 2 and all(m.key == b"corp\\ann" for m in dead)
+    assert registry.get_sample_value("desktrace_stream_sessionizer_errors_total") == 1
+    ann, bob = states.get(b"corp\\ann"), states.get(b"corp\\bob")
+    assert ann is not None and ann.core is not None and len(ann.core.ts) == 2  # as stored
+    assert bob is not None and bob.core is not None and len(bob.core.ts) == 4

@@ -1,0 +1,110 @@
+"""The worker's decoded per-user state (``stream.live``) and its table values (``stream.state``): pure, no
+broker. What the Faust wiring relies on: a changed user is written once per flush whatever the batches in
+between, the cache is bounded, revoked partitions are forgotten, and stored values round-trip."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from proto import events as E
+from stream.core import Sessionizer, decode_state, encode_state
+from stream.live import Flushed, LiveStates, LiveUser
+from stream.state import UserRecord, decode_record, encode_record
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+CORE = Sessionizer()
+
+
+def clicks(user: str, n: int, start: int = 0) -> list[E.Envelope]:
+    return [
+        E.HardwareMouseClick(
+            agent_id=f"a-{user}", seq=start + i + 1, ts=T0 + timedelta(seconds=30 * (start + i)),
+            input="hardware", user=user, domain="corp", host="pc1",
+        )
+        for i in range(n)
+    ]
+
+
+def apply(states: LiveStates, user: str, events: list[E.Envelope], partition: int = 0) -> LiveUser:
+    key = f"corp\\{user}".encode()
+    live = states.get(key)
+    if live is None:
+        live = LiveUser(UserRecord(core=b"", partition=partition, last_seen=0.0), None)
+    live.core, _ = CORE.apply(key.decode(), live.core, events)
+    states.put(key, live)
+    return live
+
+
+def test_a_changed_user_is_written_once_per_flush_and_reads_back() -> None:
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store)
+    for b in range(5):  # five batches of the same user: one write
+        apply(states, "ann", clicks("ann", 10, 10 * b))
+    apply(states, "bob", clicks("bob", 3), partition=4)
+    written: list[Flushed] = []
+    assert states.flush(written.append) == 2
+    assert sorted((w.key, w.partition) for w in written) == [(b"corp\\ann", 0), (b"corp\\bob", 4)]
+    assert states.flush(written.append) == 0  # nothing changed since
+    # The stored value is the state as applied: a fresh cache over the same store reads it back.
+    again = LiveStates(store).get(b"corp\\ann")
+    assert again is not None and again.core is not None
+    assert encode_state(again.core) == encode_state(states.get(b"corp\\ann").core)  # type: ignore[union-attr]
+    assert len(again.core.ts) == 50
+    assert decode_record(written[0].value) == decode_record(store[written[0].key])
+
+
+def test_the_cache_is_bounded_and_keeps_recent_users() -> None:
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store, max_users=3)
+    for u in range(10):
+        apply(states, f"u{u}", clicks(f"u{u}", 2))
+    assert len(states) == 10  # changed users stay until they are written
+    states.flush()
+    assert len(states) == 3 and len(store) == 10
+    assert set(dict(states._cache)) == {b"corp\\u7", b"corp\\u8", b"corp\\u9"}
+    live = states.get(b"corp\\u0")  # evicted: decoded again from the store
+    assert live is not None and live.core is not None and len(live.core.ts) == 2
+
+
+def test_revoked_partitions_are_forgotten_without_writing() -> None:
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store)
+    apply(states, "ann", clicks("ann", 2), partition=1)
+    states.flush()
+    apply(states, "ann", clicks("ann", 2, 2), partition=1)  # changed again, not flushed
+    apply(states, "bob", clicks("bob", 2), partition=2)
+    assert states.drop_partitions({1}) == 1
+    assert states.flush() == 1  # bob only
+    ann = LiveStates(store).get(b"corp\\ann")
+    assert ann is not None and ann.core is not None and len(ann.core.ts) == 2  # the committed state
+
+
+def test_users_lists_cached_and_stored_users_once() -> None:
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store, max_users=1)
+    apply(states, "ann", clicks("ann", 2))
+    apply(states, "bob", clicks("bob", 2))
+    states.flush()
+    apply(states, "cid", clicks("cid", 1))
+    listed = {key: (live is not None, raw is not None) for key, live, raw in states.users()}
+    assert listed == {b"corp\\ann": (False, True), b"corp\\bob": (True, False), b"corp\\cid": (True, False)}
+
+
+def test_unreadable_stored_values_start_the_user_afresh() -> None:
+    states = LiveStates({b"corp\\ann": b"\x78not zlib", b"corp\\bob": b"\x93\x01\x02\x03"})
+    assert states.get(b"corp\\ann") is None
+    assert states.get(b"corp\\bob") is None
+    assert states.unreadable == 2
+
+
+def test_table_values_are_compressed_and_old_uncompressed_values_still_read() -> None:
+    core, _ = CORE.apply("corp\\ann", None, clicks("ann", 500))
+    rec = UserRecord(core=encode_state(core), partition=3, last_seen=1.5, published={"x": 1})
+    value = encode_record(rec)
+    plain = msgspec.msgpack.encode(rec)
+    assert len(value) < len(plain) / 2
+    assert decode_record(value) == rec
+    assert decode_record(plain) == rec  # written by an earlier version
+    assert decode_state(decode_record(value).core).ts == core.ts
