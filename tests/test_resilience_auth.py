@@ -112,6 +112,7 @@ def test_agent_names_it_in_its_log(secure: SecureKafka, tmp_path: Path) -> None:
     env_opts = secure.client_env(AGENT)
     wrong = tmp_path / "agent.wrong"
     wrong.write_text(WRONG + "\n")
+    wrong.chmod(0o600)  # the agent refuses a secret file others can read
     cmd, env = simulated_agent_run(
         tmp_path / "state", secure.bootstrap,
         "--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", env_opts[
