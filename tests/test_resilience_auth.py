@@ -95,6 +95,7 @@ def test_sink_and_gateway_name_it_in_log_and_readiness(
         assert named(sink_text, SINK), sink_text[-2000:]
         assert gw_ready[0] == 503, gw_ready
         assert json.loads(gw_ready[1])["kafka"] is False
+        assert "authentication failed" in json.loads(gw_ready[1])["kafka_problem"], gw_ready
         gw_text = gw_log.read_text(errors="replace")
         assert named(gw_text, GATEWAY), gw_text[-2000:]
         for p in procs:
