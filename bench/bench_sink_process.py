@@ -68,6 +68,13 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sy
 """
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def _count(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM raw_events"))
 
@@ -124,11 +131,11 @@ async def main() -> None:
                 await conn.execute("TRUNCATE raw_events")
                 if name.startswith("bare"):
                     cmd = [sys.executable, "-c", _BARE, a.bootstrap, prefix, bdsn, str(n), str(batch)]
-                    penv = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+                    penv = {**os.environ, "PYTHONPATH": str(ROOT)}
                 else:
                     cmd = [str(BIN / "desktrace-sink"), "raw"]
                     penv = {**env, "DESKTRACE_GROUP_ID": f"{prefix}sink{r}"}
-                proc = subprocess.Popen(cmd, env=penv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                proc = _spawn(cmd, penv)
                 try:
                     dt = await timed_fill(conn, proc, n)
                 finally:
