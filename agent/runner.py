@@ -23,7 +23,7 @@ from agent.recorder import SnapshotFilter, SpoolState, make_recorder
 from agent.settings import AgentSettings
 from agent.shipper import Backoff, ProducerFactory, Shipper, producer_factory
 from agent.spool import Spool, SpoolRecord
-from common.kafka import client_options
+from common.kafka import client_options, connection_problem
 from proto.codec import encode_event
 from proto.events import Envelope, Heartbeat
 from proto.keys import user_key
@@ -135,6 +135,7 @@ class AgentRuntime:
             batch_size=settings.batch_size,
             backoff=Backoff(cap=settings.retry_max_s),
             linger_s=settings.linger_s,
+            diagnose=lambda: connection_problem(settings, wait_s=5.0),
         )
         self.writer = SpoolWriter(self.spool, Topics(settings.topic_prefix), on_spooled=self.shipper.wake)
         self.recorder = make_recorder(settings, self.identity, self.spool.next_seq, load_privacy(settings))

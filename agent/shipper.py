@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +90,13 @@ class Shipper:
         poll_s: float = 1.0,
         backoff: Backoff | None = None,
         linger_s: float = 0.0,
+        diagnose: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.spool = spool
+        #: Says why Kafka refuses a connection (common.kafka.connection_problem); asked once a minute at most.
+        self.diagnose = diagnose
+        self.problem = ""
+        self._diagnosed_at = -1e9
         self.make_producer = make_producer
         self.batch_size = batch_size
         self.poll_s = poll_s
@@ -136,7 +141,8 @@ class Shipper:
                     delay = self.backoff.next()
                     log.warning(
                         "kafka unavailable, retrying",
-                        extra={"kv": {"pending_events": len(self.spool), "retry_in_s": round(delay, 2)}},
+                        extra={"kv": {"pending_events": len(self.spool), "retry_in_s": round(delay, 2),
+                                      **({"problem": self.problem} if self.problem else {})}},
                     )
                     await self._sleep(delay)
         finally:
@@ -188,6 +194,13 @@ class Shipper:
             raise exc
         self.stats.failed_attempts += 1
         log.info("send failed", extra={"kv": {"error_class": type(exc).__name__, "events": events}})
+        now = asyncio.get_running_loop().time()
+        if self.diagnose is not None and self._producer is None and now - self._diagnosed_at >= 60:
+            self._diagnosed_at = now  # the connection itself failed: say why (e.g. a refused login)
+            problem = await self.diagnose()
+            if problem and problem != self.problem:
+                log.error("kafka refuses the connection", extra={"kv": {"problem": problem}})
+            self.problem = problem
         await self._close_producer()
         return False
 

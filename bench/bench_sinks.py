@@ -13,6 +13,12 @@ run, on the same rows (a realistic event mix over ~2 days, i.e. three partitions
 - session upserts/s (insert, then update of the same ids), with a share of retractions.
 
 Prints rows/s and each path's ratio to the baseline. Decoding + row building (CPU only) is measured too.
+
+``--deadletters N`` (needs Kafka too: DESKTRACE_KAFKA_BOOTSTRAP) instead runs the raw sink itself
+(``SinkRunner``, in process) over N pre-published records on private topics, twice in the same run: a
+garbage-free baseline, then the same events with 20% garbage records mixed in. Prints good rows/s of
+both runs, dead letters/s of the second (over the whole run and over the time spent in the dead-letter
+path), and the ratio of the good-row rates.
 """
 
 from __future__ import annotations
@@ -184,6 +190,100 @@ async def run(conn: asyncpg.Connection, n_events: int, batch: int, n_sessions: i
     assert left == n_sessions - len(range(0, n_sessions, 10)), left
 
 
+# ---- dead letters ------------------------------------------------------------------------------------
+
+
+async def sink_run(
+    bootstrap: str, dsn: str, records: Sequence[tuple[str, bytes | None, bytes]], good: int, bad: int,
+    topics: Any, batch: int,
+) -> tuple[float, float]:
+    """Run the raw sink over ``records`` already on ``topics`` until ``good`` rows are written and ``bad``
+    records dead-lettered: ``(elapsed s, s spent in the dead-letter path)``."""
+    from sinks.metrics import SinkMetrics
+    from sinks.runner import SinkRunner
+    from sinks.testing import settings_for
+
+    settings = settings_for(bootstrap, dsn, topics, batch_size=batch)
+    writer = RawWriter(retention_days=0)
+    metrics = SinkMetrics(writer.table)
+    runner = SinkRunner(writer, settings, metrics)
+    in_dead_letter = 0.0
+    send, settle = runner._send_dead_letters, runner._settle_dead_letters
+
+    async def timed_send(rejected: Any) -> Any:
+        nonlocal in_dead_letter
+        t = time.perf_counter()
+        out = await send(rejected)
+        in_dead_letter += time.perf_counter() - t
+        return out
+
+    async def timed_settle(letters: Any) -> None:
+        nonlocal in_dead_letter
+        t = time.perf_counter()
+        await settle(letters)
+        in_dead_letter += time.perf_counter() - t
+
+    runner._send_dead_letters = timed_send  # type: ignore[method-assign]
+    runner._settle_dead_letters = timed_settle  # type: ignore[method-assign]
+    reg = metrics.registry
+    await runner.start()
+    try:
+        started = time.perf_counter()
+        while True:
+            await runner.step()
+            written = reg.get_sample_value("desktrace_sink_rows_written_total", {"table": "raw_events"}) or 0
+            dead = reg.get_sample_value("desktrace_sink_dead_letters_total", {"table": "raw_events"}) or 0
+            if written >= good and dead >= bad:
+                break
+            if time.perf_counter() - started > 600:
+                raise SystemExit(f"sink did not finish: {written}/{good} rows, {dead}/{bad} dead letters")
+        return time.perf_counter() - started, in_dead_letter
+    finally:
+        await runner.close()
+
+
+async def bench_deadletters(bootstrap: str, dsn: str, n: int, batch: int) -> None:
+    import random
+
+    from devstack.topics import delete_topics, ensure_topics
+    from proto.topics import Topics
+    from sinks.testing import event_records, publish
+
+    n_bad = n // 5
+    n_good = n - n_bad
+    events = event_mix(n_good, agents=50, step_ms=1000)
+    rng = random.Random(5)
+    runs = []
+    for label, garbage, good in (
+        ("garbage-free", 0, n_good), ("20% garbage", n_bad, n_good), ("all garbage", n_bad, 0)
+    ):
+        topics = Topics(f"bench{uuid.uuid4().hex[:8]}.")
+        await ensure_topics(bootstrap, topics, partitions=3)
+        records: list[Any] = event_records(topics, events[:good])
+        for i in range(garbage):
+            records.insert(rng.randrange(len(records) + 1), (topics.hid, b"corp\\x", b"\xc1 junk %d" % i))
+        db = f"bench_dl_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(dsn)
+        await admin.execute(f'CREATE DATABASE "{db}"')
+        try:
+            bdsn = with_database(dsn, db)
+            await apply_migrations(bdsn)
+            await publish(bootstrap, records, max_batch_size=512 * 1024)
+            elapsed, in_dl = await sink_run(bootstrap, bdsn, records, good, garbage, topics, batch)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            await admin.close()
+            await delete_topics(bootstrap, topics)
+        runs.append((label, elapsed, garbage, in_dl))
+        line = f"  {label:<14} {good:>7} good rows in {elapsed:6.2f} s = {good / elapsed:>9,.0f} rows/s"
+        if garbage:
+            line += (f"; {garbage} dead letters = {garbage / elapsed:>9,.0f}/s over the run, "
+                     f"{garbage / in_dl:>9,.0f}/s in the dead-letter path ({in_dl:.2f} s)")
+        print(line, flush=True)
+    base, mixed = runs[0][1], runs[1][1]
+    print(f"good rows/s with 20% garbage vs garbage-free: x{base / mixed:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=60000)
@@ -191,9 +291,18 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--pg-dsn", default=os.environ.get("DESKTRACE_PG_DSN", ""))
+    p.add_argument("--deadletters", type=int, default=0, metavar="N",
+                   help="run the raw sink over N records, garbage-free then 20%% garbage (needs Kafka)")
+    p.add_argument(
+        "--kafka-bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    )
     a = p.parse_args()
     if not a.pg_dsn:
         raise SystemExit('set DESKTRACE_PG_DSN (eval "$(.venv/bin/desktrace-local up)") or --pg-dsn')
+    if a.deadletters:
+        print(f"raw sink over {a.deadletters} records, batch {a.batch}")
+        asyncio.run(bench_deadletters(a.kafka_bootstrap, a.pg_dsn, a.deadletters, a.batch))
+        return
     asyncio.run(bench(a.pg_dsn, a.events, a.batch, a.sessions, a.rounds))
 
 

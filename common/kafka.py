@@ -84,6 +84,16 @@ def prefixed_name(name: str, prefix: str) -> str:
     return f"{prefix}{name}"
 
 
+class KafkaAuthenticationFailed(Exception):
+    """The brokers refused the login (wrong kafka_username / kafka_password(_file) or mechanism); readiness
+    checks raise it so ``/readyz`` names the cause (``{"kafka": "KafkaAuthenticationFailed"}``)."""
+
+
+def is_authentication_problem(reason: str) -> bool:
+    """Whether a :func:`connection_problem` answer is a refused login (not an unreachable broker)."""
+    return "authentication failed" in reason or "SASL mechanism refused" in reason
+
+
 def client_options(settings: CommonSettings) -> dict[str, Any]:
     """Keyword arguments shared by AIOKafkaProducer, AIOKafkaConsumer and the admin client."""
     opts: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}

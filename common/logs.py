@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,7 +30,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _CONTROL.sub("", record.getMessage()),
         }
         kv = getattr(record, "kv", None)
         if isinstance(kv, dict):
@@ -36,6 +38,82 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
         return json.dumps(out, default=str)
+
+
+#: What a per-attempt connection error of the Kafka client looks like (aiokafka, and Faust around it).
+_CONNECTION_ERROR = re.compile(
+    r"Unable (to )?connect|Connect call failed|Unable to (update|request) metadata|KafkaConnectionError|"
+    r"NodeNotReadyError|Connection (refused|reset)|Marking the coordinator dead|Failed fetch messages|"
+    r"Unable to bootstrap|Closing connection|connection .* (lost|closed)|Heartbeat failed|"
+    r"Got error produce response|NotLeaderForPartition|Coordinator .* (not available|dead)",
+    re.IGNORECASE,
+)
+_CLIENT_LOGGERS = ("aiokafka", "kafka", "faust", "mode")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class OutageFilter(logging.Filter):
+    """Collapses the Kafka client's per-attempt connection errors into two lines per outage.
+
+    The first such record of an outage is replaced by one WARNING ("Kafka connection failing", with the
+    client's message); later ones are dropped and counted. When ``quiet_s`` seconds pass without another,
+    one WARNING "Kafka connection recovered" gives the outage's length (first to last failed attempt) and
+    how many lines were suppressed. Other records pass unchanged."""
+
+    def __init__(self, quiet_s: float = 10.0, emit: Any = None) -> None:
+        super().__init__()
+        self.quiet_s = quiet_s
+        self._lock = threading.Lock()
+        self._first = self._last = 0.0
+        self._suppressed = 0
+        self._timer: threading.Timer | None = None
+        self._emit = emit
+        self.log = logging.getLogger("desktrace.kafka")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(_CLIENT_LOGGERS) or record.levelno < logging.WARNING:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {type(record.exc_info[1]).__name__}"
+        if not _CONNECTION_ERROR.search(text):
+            return True
+        with self._lock:
+            now = time.monotonic()
+            first = self._first == 0.0
+            if first:
+                self._first = now
+                self._suppressed = 0
+            else:
+                self._suppressed += 1
+            self._last = now
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.quiet_s, self._recovered)
+            self._timer.daemon = True
+            self._timer.start()
+        if first:
+            record.msg, record.args = "Kafka connection failing; repeats suppressed until it recovers", ()
+            record.kv = {"client_error": _CONTROL.sub(" ", text)[:300], "client_logger": record.name}
+            record.exc_info = None
+            return True
+        return False
+
+    def _recovered(self) -> None:
+        with self._lock:
+            if self._first == 0.0:
+                return
+            outage = self._last - self._first
+            suppressed = self._suppressed
+            self._first = self._last = 0.0
+            self._timer = None
+        self.log.warning(
+            "Kafka connection recovered (no connection error for %.0fs)", self.quiet_s,
+            extra={"kv": {"outage_s": round(outage, 1), "suppressed_lines": suppressed}},
+        )
 
 
 def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
@@ -47,6 +125,7 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
         )
     else:
         handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(OutageFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,6 +4,13 @@ Each valid line is encoded with the agents' codec (msgpack), keyed by its user k
 (``Topics(prefix).for_event``). An invalid line is reported on stderr with its file, line number and the
 decoder's error (never the line's content), counted, and skipped; the valid lines are still published.
 
+Transient broker trouble (connection lost, timeouts, leader moves) is retried with exponential backoff
+for at most ``--max-wait`` seconds in all; a permanent refusal of one line (too large, invalid, unauthorized
+topic: ``common.kafka.produce_error_kind``) rejects that line like an invalid one. If publishing fails for
+good, the tool says how many events were published and the line to resume from (``--from-line N``, lines
+counted across the inputs in the order given); resuming may publish a few events again, which the pipeline
+deduplicates by ``(agent_id, seq)``.
+
 Exit codes: 0 every line was valid and published; 1 some lines were rejected (the valid ones were
 published); 2 usage error, unreadable file or Kafka unreachable / publishing failed.
 """
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -20,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from common.kafka import client_options, connection_problem
+from common.kafka import (
+    MAX_REQUEST_SIZE,
+    ProduceErrorKind,
+    client_options,
+    connection_problem,
+    produce_error_kind,
+    produce_error_name,
+)
 from common.logs import setup_logging
 from common.settings import CommonSettings, SettingsError, add_arguments, load
 from proto.codec import EventDecodeError, encode_event, read_jsonl
@@ -30,6 +45,23 @@ from proto.topics import Topics
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_ERROR = 2
+#: Events sent before their acknowledgements are awaited (one chunk).
+CHUNK = 1000
+#: How long one send may stay unacknowledged (aiokafka retries inside it) before the replay's own retry.
+REQUEST_TIMEOUT_MS = 15000
+
+
+class PublishFailed(Exception):
+    """Publishing stopped for good; ``resume_line`` is the first line not known to be published."""
+
+    def __init__(self, message: str, resume_line: int, stats: ReplayStats) -> None:
+        super().__init__(message)
+        self.resume_line = resume_line
+        self.stats = stats
+
+    def progress(self) -> str:
+        return (f"{self.stats.published} events were published and {self.stats.rejected} lines rejected; "
+                f"every line before line {self.resume_line} is done")
 
 
 @dataclass
@@ -39,6 +71,8 @@ class ReplayStats:
     published: int = 0
     rejected: int = 0
     per_topic: dict[str, int] = field(default_factory=dict)
+    line: int = 0  # the last line read (counted across the inputs)
+    retries: int = 0
 
     def summary(self) -> str:
         topics = ", ".join(f"{t}={n}" for t, n in sorted(self.per_topic.items())) or "none"
@@ -46,24 +80,31 @@ class ReplayStats:
 
 
 class Progress:
-    """Overwrites one status line on a terminal at most every 0.2 s; silent otherwise."""
+    """On a terminal, overwrites one status line at most every 0.2 s; otherwise prints a plain line at most
+    every ``every_s`` seconds (a log or a pipe shows the work is going on, without terminal controls)."""
 
-    def __init__(self, stream: IO[str], enabled: bool) -> None:
+    def __init__(self, stream: IO[str], enabled: bool, every_s: float = 5.0) -> None:
         self.stream = stream
-        self.enabled = enabled
-        self.last = 0.0
+        self.tty = enabled
+        self.every_s = every_s
+        self.last = time.monotonic()
 
     def update(self, stats: ReplayStats, force: bool = False) -> None:
-        if not self.enabled:
-            return
         now = time.monotonic()
-        if force or now - self.last >= 0.2:
+        if self.tty and (force or now - self.last >= 0.2):
             self.last = now
             self.stream.write(f"\rdesktrace-replay: {stats.published} published, {stats.rejected} rejected")
             self.stream.flush()
+        elif not self.tty and not force and now - self.last >= self.every_s:
+            self.last = now
+            self.stream.write(
+                f"desktrace-replay: {stats.published} published, {stats.rejected} rejected, "
+                f"line {stats.line}\n"
+            )
+            self.stream.flush()
 
     def done(self) -> None:
-        if self.enabled:
+        if self.tty:
             self.stream.write("\n")
 
 
@@ -81,33 +122,137 @@ async def replay(
     topics: Topics,
     err: IO[str] = sys.stderr,
     progress: Progress | None = None,
+    *,
+    from_line: int = 1,
+    max_wait_s: float = 60.0,
+    retry_initial_s: float = 0.5,
+    retry_max_s: float = 10.0,
 ) -> ReplayStats:
-    """Publish the valid events of each ``(name, lines)`` source with ``producer`` (started, aiokafka-like);
-    report each invalid line on ``err``. Returns the counts once every send is acknowledged."""
+    """Publish the valid events of each ``(name, lines)`` source with ``producer`` (started, aiokafka-like)
+    from line ``from_line`` on (counted across the sources); report each invalid line on ``err``. Returns
+    the counts once every send is acknowledged; raises :class:`PublishFailed` when transient failures last
+    longer than ``max_wait_s`` in all (or a send fails otherwise), with the line to resume from."""
     stats = ReplayStats()
-    pending: list[asyncio.Future[Any]] = []
+    chunk: list[tuple[int, str, bytes, bytes]] = []
+    budget = _RetryBudget(max_wait_s, retry_initial_s, retry_max_s)
     for name, lines in sources:
         for lineno, item in read_jsonl(lines):
+            stats.line += 1
+            if stats.line < from_line:
+                continue
             if isinstance(item, EventDecodeError):
                 stats.rejected += 1
                 err.write(f"{name}:{lineno}: rejected ({item.error_class}): {item}\n")
                 continue
             topic = topics.for_event(item)
-            pending.append(
-                await producer.send(topic, encode_event(item), key=event_user_key(item).encode("utf-8"))
-            )
-            stats.per_topic[topic] = stats.per_topic.get(topic, 0) + 1
-            if len(pending) >= 1000:
-                await asyncio.gather(*pending)
-                stats.published += len(pending)
-                pending.clear()
+            chunk.append((stats.line, topic, event_user_key(item).encode("utf-8"), encode_event(item)))
+            if len(chunk) >= CHUNK:
+                await _publish_chunk(chunk, producer, stats, err, budget)
+                chunk = []
                 if progress:
                     progress.update(stats)
-    await asyncio.gather(*pending)
-    stats.published += len(pending)
+    await _publish_chunk(chunk, producer, stats, err, budget)
     if progress:
         progress.update(stats, force=True)
     return stats
+
+
+class _RetryBudget:
+    """Backoff delays within a bounded total wait; :meth:`reset` after a success."""
+
+    def __init__(self, max_wait_s: float, initial_s: float, maximum_s: float) -> None:
+        self.max_wait_s, self.initial_s, self.maximum_s = max_wait_s, initial_s, maximum_s
+        self.since: float | None = None
+        self.delay = initial_s
+
+    def reset(self) -> None:
+        self.since, self.delay = None, self.initial_s
+
+    def next_delay(self) -> float | None:
+        """The next delay, or ``None`` when the total wait since the first failure is spent."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        left = self.max_wait_s - (now - self.since)
+        if left <= 0:
+            return None
+        delay, self.delay = min(self.delay, left), min(self.delay * 2, self.maximum_s)
+        return delay
+
+    @property
+    def waited_s(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+
+async def _publish_chunk(
+    chunk: list[tuple[int, str, bytes, bytes]], producer: Any, stats: ReplayStats, err: IO[str],
+    budget: _RetryBudget,
+) -> None:
+    """Send every event of ``chunk``, await them together, re-send the transient failures with backoff."""
+    todo = chunk
+    while todo:
+        futures: list[Any] = []
+        bound = REQUEST_TIMEOUT_MS / 1000 + 5  # aiokafka does not always fail a batch its broker never took
+        refused: BaseException | None = None
+        for _, topic, key, value in todo:
+            if refused is not None:  # the producer cannot take more now: the rest waits for the retry
+                futures.append(refused)
+                continue
+            try:
+                futures.append(await asyncio.wait_for(producer.send(topic, value, key=key), bound))
+            except Exception as exc:
+                futures.append(exc)
+                if produce_error_kind(exc) is ProduceErrorKind.TRANSIENT:
+                    refused = exc
+        waiting = [f for f in futures if not isinstance(f, BaseException)]
+        if waiting:
+            await asyncio.wait(waiting, timeout=bound)
+        results = [_result(f) for f in futures]
+        again: list[tuple[int, str, bytes, bytes]] = []
+        last_error: BaseException | None = None
+        for item, result in zip(todo, results, strict=True):
+            if result is None:
+                stats.published += 1
+                stats.per_topic[item[1]] = stats.per_topic.get(item[1], 0) + 1
+            elif produce_error_kind(result) is ProduceErrorKind.PERMANENT:
+                stats.rejected += 1
+                err.write(f"line {item[0]}: rejected by Kafka ({produce_error_name(result)})\n")
+            else:
+                again.append(item)
+                last_error = result
+        todo = again
+        if not todo:
+            budget.reset()
+            return
+        delay = budget.next_delay()
+        resume = min(line for line, *_ in todo)
+        if delay is None:
+            raise PublishFailed(
+                f"Kafka still failing after {budget.waited_s:.0f}s of retries "
+                f"({produce_error_name(last_error or Exception())})",
+                resume,
+                stats,
+            )
+        stats.retries += 1
+        err.write(
+            f"desktrace-replay: {len(todo)} events not acknowledged "
+            f"({produce_error_name(last_error or Exception())}); retrying in {delay:.1f}s\n"
+        )
+        await asyncio.sleep(delay)
+
+
+def _result(fut: Any) -> BaseException | None:
+    """``None`` when acknowledged, else the failure (a timeout when still unacknowledged)."""
+    if isinstance(fut, BaseException):
+        return fut
+    if not fut.done():
+        from aiokafka.errors import KafkaTimeoutError
+
+        return KafkaTimeoutError("not acknowledged in time")
+    if fut.cancelled():
+        return asyncio.CancelledError()
+    exc: BaseException | None = fut.exception()
+    return exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines files; - reads standard input")
     parser.add_argument("--linger-ms", type=int, default=20, help="producer batching delay (default 20)")
+    parser.add_argument(
+        "--from-line", type=int, default=1, metavar="N",
+        help="skip the lines before line N (counted across the inputs in order): resume a failed replay",
+    )
+    parser.add_argument(
+        "--max-wait", type=float, default=60.0, metavar="SECONDS",
+        help="longest total wait for Kafka while retrying transient errors before giving up (default 60)",
+    )
     add_arguments(parser, CommonSettings)
     return parser
 
@@ -128,24 +281,37 @@ async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
     from aiokafka.errors import KafkaError
 
     topics = Topics(settings.topic_prefix)
-    producer = AIOKafkaProducer(
-        **client_options(settings),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=args.linger_ms,
-        request_timeout_ms=30000,
-    )
-    try:
-        await asyncio.wait_for(producer.start(), 30)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        await producer.stop()
-        reason = await connection_problem(settings)  # names e.g. a failed authentication
-        print(
-            f"desktrace-replay: error: cannot reach Kafka at {settings.kafka_bootstrap}: "
-            f"{reason or f'{type(exc).__name__}: {exc}'}",
-            file=sys.stderr,
+    def new_producer() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **client_options(settings),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=args.linger_ms,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
+            max_request_size=MAX_REQUEST_SIZE,
         )
-        return EXIT_ERROR
+
+    producer = new_producer()
+    budget = _RetryBudget(args.max_wait, 0.5, 10.0)
+    while True:
+        try:
+            await asyncio.wait_for(producer.start(), 30)
+            break
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await producer.stop()
+            reason = await connection_problem(settings)  # names e.g. a failed authentication
+            delay = None if "authentication failed" in reason else budget.next_delay()
+            if delay is None:
+                print(
+                    f"desktrace-replay: error: cannot reach Kafka at {settings.kafka_bootstrap}: "
+                    f"{reason or f'{type(exc).__name__}: {exc}'}; nothing published",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            print(f"desktrace-replay: Kafka not reachable yet ({reason or type(exc).__name__}); "
+                  f"retrying in {delay:.1f}s", file=sys.stderr)
+            await asyncio.sleep(delay)
+            producer = new_producer()
     try:
         metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 30)
     except (KafkaError, OSError, TimeoutError) as exc:
@@ -166,18 +332,29 @@ async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
         return EXIT_ERROR
     progress = Progress(sys.stderr, sys.stderr.isatty())
     t0 = time.monotonic()
+    stats = ReplayStats()
     try:
         sources = [(name, _lines(name, sys.stdin.buffer)) for name in args.files]
-        stats = await replay(sources, producer, topics, sys.stderr, progress)
+        stats = await replay(
+            sources, producer, topics, sys.stderr, progress, from_line=args.from_line,
+            max_wait_s=args.max_wait,
+        )
     except OSError as exc:
         print(f"desktrace-replay: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_ERROR
-    except KafkaError as exc:
-        print(f"desktrace-replay: error: publishing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except PublishFailed as exc:
+        progress.done()
+        reason = await connection_problem(settings, wait_s=5.0)
+        print(
+            f"desktrace-replay: error: publishing failed: {exc}{f' ({reason})' if reason else ''}. "
+            f"{exc.progress()}; resume with --from-line {exc.resume_line}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     finally:
         progress.done()
-        await producer.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 10)
     print(f"desktrace-replay: {stats.summary()} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     return EXIT_REJECTED if stats.rejected else EXIT_OK
 

@@ -9,7 +9,7 @@ import time
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from common.kafka import client_options
+from common.kafka import client_options, connection_problem
 from common.settings import CommonSettings
 from gateway.metrics import GatewayMetrics
 from proto.codec import encode_event
@@ -36,6 +36,8 @@ class Publisher:
         self.timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._diagnosed_at = -1e9
+        self._problem = ""
 
     @property
     def ready(self) -> bool:
@@ -59,7 +61,12 @@ class Publisher:
                 await asyncio.wait_for(producer.start(), self.timeout_s)
             except (TimeoutError, KafkaError, OSError) as exc:
                 await _stop_quietly(producer)
-                raise KafkaUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from None
+                now = time.monotonic()
+                if now - self._diagnosed_at >= 30.0:  # names e.g. a refused login; at most every 30 s
+                    self._diagnosed_at = now
+                    self._problem = await connection_problem(self.settings, wait_s=min(5.0, self.timeout_s))
+                reason = self._problem or type(exc).__name__
+                raise KafkaUnavailable(f"cannot connect to Kafka: {reason}") from None
             self._producer = producer
             self.metrics.kafka_ready.set(1)
             log.info("kafka producer started", extra={"kv": {"topic": self.topics.presence}})

@@ -8,6 +8,7 @@ copy adds headers: it must never be a record that cannot be produced).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Final, NamedTuple
 
@@ -52,16 +53,26 @@ def deadletter_headers(
 ) -> list[tuple[str, bytes]]:
     """Kafka headers describing why a record was dead-lettered. ``error`` must not contain field values
     beyond what the decoder reports about the record's structure."""
+    return [
+        *_fixed_headers(error, error_class, service, source_topic),
+        (HEADER_SOURCE_PARTITION, str(source_partition).encode()),
+        (HEADER_SOURCE_OFFSET, str(source_offset).encode()),
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _fixed_headers(
+    error: str, error_class: str, service: str, source_topic: str
+) -> tuple[tuple[str, bytes], ...]:
+    # Cached: a burst of garbage repeats the same reason thousands of times a second.
     if error_class not in ERROR_CLASSES:
         error_class = "other"
-    return [
+    return (
         (HEADER_ERROR, error.encode("utf-8", "replace")[:2000]),
         (HEADER_ERROR_CLASS, error_class.encode()),
         (HEADER_SERVICE, service.encode()),
         (HEADER_SOURCE_TOPIC, source_topic.encode()),
-        (HEADER_SOURCE_PARTITION, str(source_partition).encode()),
-        (HEADER_SOURCE_OFFSET, str(source_offset).encode()),
-    ]
+    )
 
 
 Headers = list[tuple[str, bytes]]
@@ -97,7 +108,8 @@ def deadletter_record(
     whole when the record fits in ``max_bytes``, else (or when ``force_head``: the broker refused the whole
     one) its first :data:`HEAD_BYTES` bytes with the original size and SHA-256 in headers. An oversized key
     is replaced by its head too (the digest covers the value only)."""
-    if not force_head and record_size(key, value, headers) <= max_bytes:
+    small = len(value) < max_bytes // 2 and (key is None or len(key) < max_bytes // 4)  # the usual case
+    if not force_head and (small or record_size(key, value, headers) <= max_bytes):
         return DeadLetter(key, value, headers, False)
     extra = [
         (HEADER_TRUNCATED, str(min(len(value), HEAD_BYTES)).encode()),

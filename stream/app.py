@@ -43,6 +43,7 @@ from common.kafka import MAX_REQUEST_SIZE, client_options
 from proto.topics import Topics
 from stream.batching import BatchConsumer
 from stream.core import Sessionizer, SessionizerConfig
+from stream.group import GroupWatch
 from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
 from stream.output import OutputFailed, OutputWriter, Pending
@@ -57,6 +58,8 @@ EX_OUTPUT_FAILED = 75
 
 
 LAG_INTERVAL_S = 10.0
+#: How often the consumer group's ownership of the raw partitions is checked for /readyz.
+GROUP_INTERVAL_S = 2.0
 
 
 class ClusterInfo:
@@ -194,18 +197,30 @@ class StreamApp:
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)
         self.app.timer(settings.effective_scan_interval, name="silence-scan")(self._scan)
         self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._report_lag)
+        self.group = GroupWatch(settings, settings.app_id, self.topics.raw, cluster.partitions)
+        self.app.timer(GROUP_INTERVAL_S, name="group-watch")(self._watch_group)
 
     # ---- readiness -------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Partitions assigned and their state recovered (the worker processes events)."""
+        """Partitions assigned and their state recovered (the worker processes events), and the group
+        stable with every raw partition owned by a member (:class:`stream.group.GroupWatch`)."""
         app = self.app
         try:
             recovery = app.tables.recovery  # type: ignore[attr-defined]
             recovered = recovery.completed.is_set() and not recovery.in_recovery
-            return bool(app.started and not app.rebalancing and recovered)
+            return bool(app.started and not app.rebalancing and recovered and not self.group.reason)
         except Exception:
             return False
+
+    async def _watch_group(self) -> None:
+        before = self.group.reason
+        reason = await self.group.check()
+        if reason and reason != before:
+            log.warning("not ready: the group does not process every partition", extra={"kv": {
+                "reason": reason}})
+        elif not reason and before and before != "not checked yet":
+            log.info("ready again: the group processes every partition")
 
     def alive(self) -> bool:
         """The app has not crashed."""

@@ -40,8 +40,12 @@ def run(settings: StreamSettings) -> int:
         log.error("cannot start: %s", exc)
         return 1
     except Exception as exc:
-        log.error("cannot reach Kafka", extra={"kv": {"exception": type(exc).__name__,
-                                                      "bootstrap": settings.kafka_bootstrap}})
+        from common.kafka import connection_problem, is_authentication_problem
+
+        problem = asyncio.run(connection_problem(settings, wait_s=5.0))
+        message = "Kafka refuses the login" if is_authentication_problem(problem) else "cannot reach Kafka"
+        log.error(message, extra={"kv": {"exception": type(exc).__name__, "problem": problem,
+                                         "bootstrap": settings.kafka_bootstrap}})
         return 1
     log.info("starting", extra={"kv": {
         "app_id": settings.app_id, "partitions": cluster.partitions,
@@ -60,6 +64,9 @@ def run(settings: StreamSettings) -> int:
         redirect_stdouts=False,
         override_logging=False,
     )
+    # Faust's start-up spinner writes terminal controls ("\b\x1b[?25h") into the log stream even when it
+    # is not a terminal, which breaks JSON lines: our logs report the progress instead.
+    worker.spinner = None
     worker.execute_from_commandline()  # exits the process
     return 0
 

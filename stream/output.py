@@ -2,7 +2,8 @@
 
 :class:`OutputWriter` sends every message of a batch without waiting, then awaits them together. A send
 that fails for good (:func:`common.kafka.produce_error_kind` says permanent: too large, invalid,
-unauthorized topic) is replaced, never retried as is: a dead letter by its bounded head
+unauthorized topic) is sent once more on its own (a batch can be refused for one of its records), then
+replaced, never retried as is: a dead letter by its bounded head
 (:func:`proto.deadletter.deadletter_record`), any other record by a dead letter of it; what cannot be
 produced even then is skipped, counted (``desktrace_stream_output_refused_total``) and logged with its
 reason. A transient failure raises :class:`OutputFailed`: the caller must not commit the batch.
@@ -54,25 +55,36 @@ class OutputWriter:
         return pending
 
     async def settle(self, pending: Pending) -> None:
-        """Await every acknowledgement; replace permanently refused records (at most twice per record)."""
+        """Await every acknowledgement. A permanently refused record is sent again alone (the producer
+        may have refused a whole batch for one record of it), then replaced, each try awaited alone."""
+        if not pending:
+            return
+        results = await asyncio.gather(*(_awaited(fut) for _, fut in pending), return_exceptions=True)
+        refused: list[Outgoing] = []
+        for (msg, _), result in zip(pending, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if produce_error_kind(result) is ProduceErrorKind.TRANSIENT:
+                raise OutputFailed(produce_error_name(result)) from result
+            refused.append(msg)
+        for msg in refused:  # rare: one at a time, so a refusal concerns that record only
+            await self._alone(msg)
+
+    async def _alone(self, msg: Outgoing) -> None:
+        """Send ``msg`` awaited on its own; on a permanent refusal its replacement, at most twice."""
+        current: Outgoing | None = msg
         for _ in range(3):
-            if not pending:
+            if current is None:
                 return
-            replacements: list[Outgoing] = []
-            results = await asyncio.gather(
-                *(_awaited(fut) for _, fut in pending), return_exceptions=True
-            )
-            for (msg, _), result in zip(pending, results, strict=True):
-                if not isinstance(result, BaseException):
-                    continue
-                if produce_error_kind(result) is ProduceErrorKind.TRANSIENT:
-                    raise OutputFailed(produce_error_name(result)) from result
-                replacement = self._replacement(msg, result)
-                if replacement is not None:
-                    replacements.append(replacement)
-            pending = await self.enqueue(replacements)
-        for msg, _ in pending:  # unreachable in practice: a head-only dead letter is small
-            self._skip(msg, "replacement refused")
+            try:
+                await _awaited(await self._send(current))
+                return
+            except Exception as exc:
+                if produce_error_kind(exc) is ProduceErrorKind.TRANSIENT:
+                    raise OutputFailed(produce_error_name(exc)) from exc
+                current = self._replacement(current, exc)
+        if current is not None:  # unreachable in practice: a head-only dead letter is small
+            self._skip(current, "replacement refused")
 
     def _replacement(self, msg: Outgoing, exc: BaseException) -> Outgoing | None:
         reason = produce_error_name(exc)

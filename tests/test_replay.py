@@ -4,10 +4,13 @@ and key; invalid lines are reported (file:line, error class, never the content) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,10 +132,68 @@ def test_replay_all_valid_from_stdin_exits_0(kafka_bootstrap: str, topics: Topic
 def test_replay_usage_and_connection_errors_exit_2(tmp_path: Path) -> None:
     src = tmp_path / "one.jsonl"
     src.write_text(json.dumps(sample_fields("Logon", 1)) + "\n", encoding="utf-8")
-    unreachable = run_replay([str(src)], "127.0.0.1:1", "x.")
+    unreachable = run_replay([str(src), "--max-wait", "2"], "127.0.0.1:1", "x.")
     assert unreachable.returncode == 2
     assert "cannot reach Kafka at 127.0.0.1:1" in unreachable.stderr
     missing = run_replay([str(tmp_path / "nope.jsonl")], "127.0.0.1:1", "x.")
     assert missing.returncode == 2 and "no such file" in missing.stderr
     usage = run_replay([], "127.0.0.1:1", "x.")
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_replay_broker_outage_says_where_to_resume_and_resuming_completes(tmp_path: Path) -> None:
+    """A private broker stops while desktrace-replay publishes: after retrying for --max-wait the tool exits
+    2 naming how many events were published and the line to resume from; resuming there once the broker
+    is back publishes every event (a few again at most, never one missing)."""
+    from devstack.kafka import KafkaInstance
+    from devstack.pipeline import free_port
+    from devstack.topics import ensure_topics
+
+    kafka = KafkaInstance(tmp_path / "kafka", free_port(), free_port(), partitions=3,
+                          heap=("-Xms128m", "-Xmx384m"), progress=lambda _: None)
+    kafka.start(timeout=120)
+    try:
+        topics = Topics("r.")
+        asyncio.run(ensure_topics(kafka.bootstrap, topics, partitions=3))
+        lines = [json.dumps(sample_fields("HardwareKeyboardEvent", i)) + "\n" for i in range(1, 8001)]
+        src = tmp_path / "events.jsonl"
+        src.write_text("".join(lines), encoding="utf-8")
+        env = {**os.environ, "DESKTRACE_KAFKA_BOOTSTRAP": kafka.bootstrap, "DESKTRACE_TOPIC_PREFIX": "r."}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devstack.replay", "-", "--max-wait", "3"], env=env,
+            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write("".join(lines[:5000]))  # five chunks, acknowledged before the next line is read
+        proc.stdin.flush()
+        assert len(consume_all(kafka.bootstrap, topics, 5000).get(topics.hid, [])) == 5000
+        kafka.stop()
+
+        def feed_rest() -> None:  # the tool stops reading while it retries: do not block the test on it
+            with contextlib.suppress(OSError):
+                proc.stdin.write("".join(lines[5000:]))  # type: ignore[union-attr]
+                proc.stdin.close()  # type: ignore[union-attr]
+
+        threading.Thread(target=feed_rest, daemon=True).start()
+        try:
+            _, err = proc.communicate(timeout=180)
+        finally:
+            proc.kill()
+        assert proc.returncode == 2, err
+        match = re.search(
+            r"(\d+) events were published .* resume with --from-line (\d+)", err
+        )
+        assert match, err
+        published, resume = int(match.group(1)), int(match.group(2))
+        assert published >= 5000 and 5000 < resume <= published + 1, err
+        assert "retrying" in err
+        kafka.start(timeout=120)
+        again = run_replay([str(src), "--from-line", str(resume)], kafka.bootstrap, "r.")
+        assert again.returncode == 0, again.stderr
+        assert f"published {len(lines) - resume + 1} events" in again.stderr
+        got = consume_all(kafka.bootstrap, topics, len(lines))[topics.hid]
+        seqs = {proto.decode_event(v).seq for _, v in got}
+        assert seqs == set(range(1, len(lines) + 1))  # nothing missing
+        assert len(got) <= len(lines) + (published - (resume - 1))  # repeats: only lines after the resume
+    finally:
+        kafka.stop()

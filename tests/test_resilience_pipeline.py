@@ -226,6 +226,17 @@ async def stored(dsn: str) -> tuple[int, int, dict[str, tuple[Any, ...]]]:
                            for r in rows}
 
 
+async def legacy_users(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT DISTINCT user_key FROM raw_events WHERE type = 'StateChange' AND user_key LIKE '%.gw%'"
+        )
+    finally:
+        await conn.close()
+    return [r["user_key"] for r in rows]
+
+
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
         return r.read().decode()
@@ -284,3 +295,20 @@ def test_two_prefixed_pipelines_complete_with_big_records_among_good_events(
             with urllib.request.urlopen(p.urls[name] + "/readyz", timeout=10) as r:
                 assert r.status == 200, name
         assert "desktrace_stream_deadlettered_total" in scrape(p.urls["stream"])
+
+    # Each gateway publishes to its own pipeline only: a legacy report reaches that pipeline's database.
+    for i, p in enumerate(two_pipelines):
+        body = json.dumps({"user": f"legacy.gw{i}", "state": "working"}).encode()
+        req = urllib.request.Request(p.urls["gateway"] + "/api/report", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read()) == {"success": True}
+    for i, p in enumerate(two_pipelines):
+        deadline = time.monotonic() + 60
+        users: set[str] = set()
+        while time.monotonic() < deadline:
+            users = set(asyncio.run(legacy_users(p.dsn)))
+            if users:
+                break
+            time.sleep(1)
+        assert len(users) == 1 and f"gw{i}" in next(iter(users)), (users, p.logs())

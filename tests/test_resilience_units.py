@@ -262,3 +262,87 @@ def test_oversized_identity_and_label_fields_are_invalid(field: str, limit: int)
     ]))
     assert not isinstance(ok, EventDecodeError)
     assert isinstance(err, EventDecodeError) and err.error_class == "invalid"
+
+
+# ---- logs --------------------------------------------------------------------------------------------------
+
+
+def test_connection_errors_collapse_to_one_line_per_outage_with_its_length() -> None:
+    import io
+    import json
+    import logging
+    import time as _time
+
+    from common.logs import JsonFormatter, OutageFilter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter("test"))
+    handler.addFilter(OutageFilter(quiet_s=0.3))
+    client = logging.getLogger("aiokafka.conn.test")
+    ours = logging.getLogger("desktrace.kafka")
+    parent = logging.getLogger("aiokafka")
+    for lg in (parent, ours):
+        lg.addHandler(handler)
+        lg.propagate = False
+    try:
+        for _ in range(3):  # two outages
+            for i in range(500):
+                client.error('Unable connect to "127.0.0.1:19092": [Errno 111] Connect call failed %d', i)
+            client.warning("Got error produce response on topic-partition x, retrying")
+            logging.getLogger("aiokafka.other").warning("something else entirely")  # not ours
+            _time.sleep(0.1)
+            if _ == 1:
+                _time.sleep(0.6)
+        _time.sleep(0.8)
+    finally:
+        for lg in (parent, ours):
+            lg.removeHandler(handler)
+            lg.propagate = True
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    failing = [x for x in lines if x["msg"].startswith("Kafka connection failing")]
+    recovered = [x for x in lines if x["msg"].startswith("Kafka connection recovered")]
+    assert len(failing) == 2 and len(recovered) == 2, [x["msg"] for x in lines]
+    assert "Connect call failed" in failing[0]["client_error"]
+    assert recovered[0]["suppressed_lines"] == 2 * 501 - 1 and recovered[0]["outage_s"] >= 0.1
+    assert recovered[1]["suppressed_lines"] == 500
+    assert sum(1 for x in lines if x["msg"] == "something else entirely") == 3
+    assert len(lines) == 2 + 2 + 3
+
+
+def test_json_log_lines_carry_no_terminal_controls() -> None:
+    import json
+    import logging
+
+    from common.logs import JsonFormatter
+
+    record = logging.LogRecord("faust", logging.WARNING, __file__, 1, "\b\x1b[?25hstarting %s", ("x",), None)
+    line = JsonFormatter("stream").format(record)
+    assert "\x1b" not in line and "\\u001b" not in line and "\b" not in line
+    assert json.loads(line)["msg"] == "[?25hstarting x"
+
+
+# ---- readiness ---------------------------------------------------------------------------------------------
+
+
+def test_group_readiness_needs_a_stable_group_owning_every_raw_partition() -> None:
+    from stream.group import unowned
+
+    raw = ("t.ui", "t.hid", "t.presence")
+    full = [[("t.ui", [0, 1]), ("t.hid", [0, 1]), ("t.presence", [0, 1])],
+            [("t.ui", [2]), ("t.hid", [2]), ("t.presence", [2]), ("x-changelog", [0])]]
+    assert unowned("Stable", full, raw, 3) == ("", 0)
+    assert unowned("PreparingRebalance", full, raw, 3)[0] == "consumer group PreparingRebalance"
+    assert unowned("CompletingRebalance", full[:1], raw, 3) == ("consumer group CompletingRebalance", 3)
+    assert unowned("Stable", full[:1], raw, 3) == ("3 raw partition(s) owned by no member", 3)
+    assert unowned("Empty", [], raw, 3)[1] == 9
+
+
+def test_postgres_program_limit_errors_are_poison_records_not_retries() -> None:
+    import asyncpg
+
+    from sinks.errors import ErrorKind, classify
+
+    too_big = asyncpg.exceptions.ProgramLimitExceededError("index row size 1048100 exceeds btree maximum")
+    assert classify(too_big) is ErrorKind.DATA
+    assert classify(asyncpg.exceptions.CannotConnectNowError("starting")) is ErrorKind.RETRY

@@ -1,0 +1,83 @@
+"""Whether the worker's consumer group is processing every raw partition (for ``/readyz``).
+
+:class:`GroupWatch` describes the group every few seconds (one DescribeGroups request): it is healthy
+only when the group is ``Stable`` and the members' assignments together cover every partition of the raw
+topics. While the group rebalances, or after a member's partitions were revoked and not yet handed to
+another, the answer is no. A member killed without leaving keeps its assignment until its session times
+out (``session_timeout``), which is why that timeout is short (10 s by default).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from common.kafka import client_options
+from common.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+def unowned(state: str, assignments: Iterable[Iterable[tuple[str, Iterable[int]]]],
+            topics: Iterable[str], partitions: int) -> tuple[str, int]:
+    """``(reason, n)``: why the group is not processing everything ("" when it is) and how many raw
+    partitions no member owns. Pure: the inputs come from a DescribeGroups answer."""
+    wanted = {(t, p) for t in topics for p in range(partitions)}
+    owned = {(t, p) for member in assignments for t, ps in member for p in ps}
+    missing = len(wanted - owned)
+    if state != "Stable":
+        return f"consumer group {state or 'unknown'}", missing
+    if missing:
+        return f"{missing} raw partition(s) owned by no member", missing
+    return "", 0
+
+
+class GroupWatch:
+    """Keeps :attr:`reason` ("" when every raw partition is owned by a member of a stable group)."""
+
+    def __init__(
+        self, settings: CommonSettings, group_id: str, topics: tuple[str, ...], partitions: int
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.topics = topics
+        self.partitions = partitions
+        self.reason = "not checked yet"
+        self._admin: Any = None
+
+    async def check(self) -> str:
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+        try:
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(**client_options(self.settings), request_timeout_ms=5000)
+                await admin.start()
+                self._admin = admin
+            responses = await self._admin.describe_consumer_groups([self.group_id])
+            groups = [g for r in responses for g in r.groups]
+            if not groups:
+                self.reason = "consumer group not found"
+                return self.reason
+            group = groups[0]
+            state, members = group[2], group[5]
+            assignments = []
+            for member in members:
+                raw = member[4]
+                if raw:
+                    decoded = ConsumerProtocolMemberAssignment.decode(raw)
+                    assignments.append([(t, ps) for t, ps in decoded.assignment])
+            self.reason, _ = unowned(state, assignments, self.topics, self.partitions)
+        except Exception as exc:
+            self.reason = f"cannot describe the consumer group: {type(exc).__name__}"
+            await self.close()
+        return self.reason
+
+    async def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            try:
+                await admin.close()
+            except Exception:  # noqa: S110 - closing a broken client: nothing to do
+                pass
