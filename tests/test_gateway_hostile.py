@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from gateway.testing import running_gateway
 from proto.topics import Topics
+from tests.support.gateway import running_gateway
 from tests.test_gateway_legacy import read_topic
 
 pytestmark = [pytest.mark.kafka]

@@ -15,10 +15,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from gateway.legacy import legacy_agent_id
-from gateway.testing import running_gateway
 from proto.codec import decode_event
 from proto.events import StateChange
 from proto.topics import Topics
+from tests.support.gateway import running_gateway
 
 pytestmark = [pytest.mark.kafka]
 
@@ -162,7 +162,7 @@ async def test_legacy_day_becomes_state_changes(
 
 async def test_kafka_down_answers_503(tmp_path: Path) -> None:
     """With no broker, a report is answered 503 with a clear message (never a crash or a false success)."""
-    from gateway.testing import free_port
+    from tests.support.process import free_port
 
     env = {
         "DESKTRACE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",

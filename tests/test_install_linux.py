@@ -5,7 +5,6 @@ systemd user unit that `systemd-analyze verify` accepts; secrets never land in e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess
@@ -20,6 +19,7 @@ from agent.install_linux import SecretInCommand, desktop_entry, refuse_secrets, 
 from agent.privacy import PrivacyFilter
 from agent.settings import load_agent_settings
 from common.settings import SettingsError
+from tests.support.ci import fail_or_skip
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the Linux autostart")
 
@@ -35,9 +35,7 @@ def _need(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
         message = f"{tool} missing (Debian: {package}; scripts/setup.sh installs it)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip(message)
     return path
 
 

@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 import proto
-from devstack.samples import every_event_type, sample_event
 from proto import EventDecodeError, Topics
+from tests.support.events import every_event_type, sample_event
 
 pytestmark = pytest.mark.kafka
 
