@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from msgspec import Meta, Struct, field
 from msgspec.structs import force_setattr
@@ -83,3 +84,34 @@ class SessionRetraction(Struct, kw_only=True, gc=False):
 
 
 SessionMessage = Session | SessionRetraction
+
+
+_Held = TypeVar("_Held")
+
+
+def apply_session_messages(
+    held: MutableMapping[str, _Held], messages: Iterable[SessionMessage], value: Callable[[Session], _Held]
+) -> None:
+    """Apply session-topic messages, in order, to ``held`` (``session_id`` -> ``value(record)``), as every
+    consumer must (``shared/spec/sessions.md``): a record replaces whatever its id held and moves it last
+    (``held`` keeps the order of each id's last write); a retraction removes its id (no-op when absent).
+
+    The one fold of the project: the session sink, the offline tool and the tests' views all use it. A
+    sessionizer :class:`Update` is applied as its retractions, then its upserts."""
+    for msg in messages:
+        held.pop(msg.session_id, None)
+        if isinstance(msg, Session):
+            held[msg.session_id] = value(msg)
+
+
+def fold_sessions(
+    messages: Iterable[SessionMessage], held: MutableMapping[str, Session] | None = None
+) -> MutableMapping[str, Session]:
+    """The sessions present after applying ``messages`` in order to ``held`` (a new dict by default)."""
+    out: MutableMapping[str, Session] = {} if held is None else held
+    apply_session_messages(out, messages, _same)
+    return out
+
+
+def _same(session: Session) -> Session:
+    return session

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from proto.events import Envelope
+from proto.events import BREAK_TYPES, PRESENCE_ENDING_TYPES, Envelope, Lock
 from proto.sessions import InactiveReason, Session, SessionRetraction, make_session
 from stream.core.compute import ACTIVE, Checkpoint, Computed, compute, details
 from stream.core.config import SessionizerConfig
@@ -32,11 +32,11 @@ from stream.core.state import (
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NEVER = 1 << 62  #: "no new fact" for close()
+#: The fact flags of each break type, from the contract's type sets (sessions.md rules 2 and 4): every break
+#: breaks, the presence-ending ones end presence, a ``Lock`` starts a locked period.
 _FLAGS: dict[str, int] = {
-    "Lock": BRK | LOCK,
-    "Logoff": BRK | PEND,
-    "Suspend": BRK | PEND,
-    "AgentStop": BRK | PEND,
+    name: BRK | (PEND if name in PRESENCE_ENDING_TYPES else 0) | (LOCK if name == Lock.__name__ else 0)
+    for name in BREAK_TYPES
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from proto import events as E
 from proto.codec import decode_session_message, event_to_json
-from proto.sessions import Session, SessionRetraction
+from proto.sessions import Session, SessionRetraction, fold_sessions
 from proto.topics import Topics
 from tests.support.process import BIN as BIN
 
@@ -44,15 +44,8 @@ def offline_sessions(events: Iterable[E.Envelope], workdir: Path, timeout: float
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace")[-2000:]
         raise RuntimeError(f"desktrace-sessionize failed ({proc.returncode}): {err}")
-    out: dict[str, Session] = {}
-    for line in proc.stdout.splitlines():
-        if line.strip():
-            msg = decode_session_message(line)
-            if isinstance(msg, Session):
-                out[msg.session_id] = msg
-            else:
-                out.pop(msg.session_id, None)
-    return out
+    messages = (decode_session_message(line) for line in proc.stdout.splitlines() if line.strip())
+    return dict(fold_sessions(messages))
 
 
 # ---- the sessions topic ---------------------------------------------------------------------------------
@@ -81,18 +74,11 @@ class SessionView:
 
     async def poll(self, wait_s: float = 0.5) -> int:
         got = await self.consumer.getmany(timeout_ms=int(wait_s * 1000), max_records=5000)
-        n = 0
-        for records in got.values():
-            for r in records:
-                msg = decode_session_message(r.value)
-                n += 1
-                if isinstance(msg, SessionRetraction):
-                    self.retractions += 1
-                    self.sessions.pop(msg.session_id, None)
-                else:
-                    self.sessions[msg.session_id] = msg
-        self.messages += n
-        return n
+        messages = [decode_session_message(r.value) for records in got.values() for r in records]
+        self.retractions += sum(isinstance(m, SessionRetraction) for m in messages)
+        fold_sessions(messages, self.sessions)
+        self.messages += len(messages)
+        return len(messages)
 
     async def wait_equal(self, expected: Mapping[str, Session], within_s: float) -> bool:
         """Poll until the applied view equals ``expected`` (bounded by ``within_s``)."""
