@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, MutableMapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal, TypeVar
 
 from msgspec import Meta, Struct, field
 from msgspec.structs import force_setattr
 
+from proto.clock import epoch_ms
 from proto.events import AwareDatetime, to_utc_ms
 
 SessionKind = Literal["active", "inactive"]
@@ -17,13 +18,11 @@ InactiveReason = Literal["idle", "locked"]
 
 #: Namespace of the deterministic session ids (uuid5).
 SESSION_ID_NAMESPACE = uuid.UUID("5b0d7a52-3c57-4f0e-9a8f-2f7f1d0c9e11")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 def session_id(user_key: str, kind: str, start: datetime) -> str:
     """The id of a session: derived only from ``user_key``, ``kind`` and ``start`` (ms, UTC)."""
-    millis = (to_utc_ms(start) - _EPOCH) // _MS
+    millis = epoch_ms(to_utc_ms(start))
     return str(uuid.uuid5(SESSION_ID_NAMESPACE, f"{user_key}\x1f{kind}\x1f{millis}"))
 
 

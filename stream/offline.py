@@ -21,12 +21,12 @@ import msgspec
 
 from common.horizon import DEFAULT_RETENTION_S
 from common.settings import HELP, SettingsError, add_arguments, load
+from proto.clock import epoch_ms
 from proto.codec import EventDecodeError, encode_session, read_jsonl
 from proto.events import Envelope
 from proto.keys import event_user_key
 from proto.sessions import Session, apply_session_messages
 from stream.core import Sessionizer, SessionizerConfig, Update, UserState
-from stream.core.sessionizer import ms_of
 from stream.core.state import NO_TIME
 
 SECTION = "stream"
@@ -209,7 +209,7 @@ _run_decoder: Final = msgspec.msgpack.Decoder(tuple[str, int, str, bytes])
 
 def _held_line(s: Session) -> tuple[int, str, bytes]:
     """What the run holds of a session: its start (ms), kind and the JSON line it will be written as."""
-    return ms_of(s.start), s.kind, encode_session(s)
+    return epoch_ms(s.start), s.kind, encode_session(s)
 
 
 def _ts(event: Envelope) -> datetime:
