@@ -21,7 +21,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from proto.deadletter import header_map
 from proto.topics import Topics
 from tests.support.events import generate_events
-from tests.support.kafka import publish_events
+from tests.support.kafka import at_least, consume_until, publish_events
 from tests.support.process import ServiceHandle, worker_process
 from tests.support.stream import (
     SessionView,
@@ -77,22 +77,7 @@ async def publish_big(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -
 
 
 async def read_topic(bootstrap: str, topic: str, want: int, within_s: float) -> list[Any]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + within_s
-        while len(records) < want and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        for batch in (await consumer.getmany(timeout_ms=300)).values():
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
+    return await consume_until(bootstrap, topic, at_least(want), within_s, settle_s=0.3)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from proto.topics import Topics
 from sinks.settings import default_metrics_addr
 from stream.settings import default_app_id, load_settings
 from tests.support.events import generate_events
-from tests.support.kafka import publish_events
+from tests.support.kafka import at_least, consume_until, publish_events
 from tests.support.process import ServiceHandle, free_port, script
 from tests.support.stream import SESSIONIZER_ENV, delete_internal_topics, offline_sessions
 
@@ -200,20 +200,7 @@ async def publish_big(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -
 
 
 async def read_all(bootstrap: str, topic: str, want: int, within_s: float) -> list[Any]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 << 20)
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + within_s
-        while len(out) < want and time.monotonic() < deadline:
-            for recs in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(recs)
-    finally:
-        await consumer.stop()
-    return out
+    return await consume_until(bootstrap, topic, at_least(want), within_s, max_partition_fetch_bytes=4 << 20)
 
 
 async def stored(dsn: str) -> tuple[int, int, dict[str, tuple[Any, ...]]]:

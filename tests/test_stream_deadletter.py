@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from proto.codec import encode_event
 from proto.deadletter import header_map
 from proto.topics import Topics
 from tests.support.events import generate_events
-from tests.support.kafka import publish_events
+from tests.support.kafka import at_least, consume_until, publish_events
 from tests.support.process import ServiceHandle, worker_process
 from tests.support.stream import (
     SessionView,
@@ -63,24 +62,7 @@ def bad_records(topics: Topics, template: E.Envelope) -> list[tuple[str, bytes |
 
 
 async def read_deadletters(bootstrap: str, topics: Topics, want: int, within_s: float) -> list[Any]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topics.deadletter, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + within_s
-        while len(records) < want and time.monotonic() < deadline:
-            got = await consumer.getmany(timeout_ms=500)
-            for batch in got.values():
-                records.extend(batch)
-        got = await consumer.getmany(timeout_ms=300)  # nothing more than expected
-        for batch in got.values():
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
+    return await consume_until(bootstrap, topics.deadletter, at_least(want), within_s, settle_s=0.3)
 
 
 async def test_bad_records_on_every_raw_topic_are_dead_lettered_and_good_ones_processed(

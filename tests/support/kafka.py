@@ -47,16 +47,20 @@ async def publish_events(
 
 async def consume_until(
     bootstrap: str,
-    topic: str,
+    topics: str | Sequence[str],
     done: Callable[[Sequence[Any]], bool],
     within: float = 15.0,
+    settle_s: float = 0.0,
     **options: Any,
 ) -> list[Any]:
-    """The records of ``topic`` from its start, read until ``done(records so far)`` or ``within`` seconds."""
+    """The records of ``topics`` from their start (no consumer group), read until ``done(records so far)``
+    or ``within`` seconds; then, with ``settle_s``, on until ``settle_s`` pass without a record (so that a
+    test sees what came beyond what it expected). ``options`` go to the consumer."""
     from aiokafka import AIOKafkaConsumer
 
+    names = (topics,) if isinstance(topics, str) else tuple(topics)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        *names, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
         group_id=None, **options,
     )
     await consumer.start()
@@ -65,9 +69,19 @@ async def consume_until(
         loop = asyncio.get_running_loop()
         end = loop.time() + within
         while not done(out) and loop.time() < end:
-            got = await consumer.getmany(timeout_ms=500)
-            for recs in got.values():
+            for recs in (await consumer.getmany(timeout_ms=500)).values():
                 out.extend(recs)
+        while settle_s > 0 and loop.time() < end + settle_s:
+            batch = await consumer.getmany(timeout_ms=int(settle_s * 1000))
+            got = [r for recs in batch.values() for r in recs]
+            if not got:
+                break
+            out.extend(got)
     finally:
         await consumer.stop()
     return out
+
+
+def at_least(n: int) -> Callable[[Sequence[Any]], bool]:
+    """A ``done`` for :func:`consume_until`: ``n`` records or more."""
+    return lambda got: len(got) >= n
