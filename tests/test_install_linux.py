@@ -202,3 +202,13 @@ def test_a_password_file_from_the_environment_is_passed_on_not_copied(
     out = capsys.readouterr().out
     assert f"--kafka-password-file {pw}" in out and "hunter2" not in out
     assert not (cfg / "desktrace").exists()
+
+
+def test_systemd_quote_escapes_what_execstart_would_read_otherwise() -> None:
+    """systemd.syntax(7)/systemd.service(5): C escapes inside double quotes, ``%`` a specifier, ``$`` a
+    variable; everything else as given (a Windows-style path, spaces, Unicode)."""
+    from agent.install_linux import systemd_quote
+
+    assert systemd_quote('a\\b"c\nd\te%f$g') == '"a\\\\b\\"c\\nd\\te%%f$$g"'
+    assert systemd_quote("/opt/Desk Trace/bin/ä") == '"/opt/Desk Trace/bin/ä"'
+    assert systemd_quote("") == '""'
