@@ -35,6 +35,10 @@ class JsonFormatter(logging.Formatter):
         kv = getattr(record, "kv", None)
         if isinstance(kv, dict):
             out.update(kv)
+        outage = getattr(record, OUTAGE_ATTR, None)  # the first client error of an outage (OutageFilter)
+        if isinstance(outage, dict):
+            out["msg"] = OUTAGE_MSG
+            out.update(outage)
         if record.exc_info and record.exc_info[0] is not None:
             out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
         return json.dumps(out, default=str)
@@ -49,6 +53,10 @@ _CONNECTION_ERROR = re.compile(
     re.IGNORECASE,
 )
 _CLIENT_LOGGERS = ("aiokafka", "kafka", "faust", "mode")
+#: What the first client error of an outage is logged as; the filter marks the record with ``OUTAGE_ATTR``
+#: (its own fields) and our formatters render it, so other handlers (pytest's caplog) see it unchanged.
+OUTAGE_MSG = "Kafka connection failing; repeats suppressed until it recovers"
+OUTAGE_ATTR = "desktrace_outage"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -96,9 +104,8 @@ class OutageFilter(logging.Filter):
             self._timer.daemon = True
             self._timer.start()
         if first:
-            record.msg, record.args = "Kafka connection failing; repeats suppressed until it recovers", ()
-            record.kv = {"client_error": _CONTROL.sub(" ", text)[:300], "client_logger": record.name}
-            record.exc_info = None
+            setattr(record, OUTAGE_ATTR, {"client_error": _CONTROL.sub(" ", text)[:300],
+                                          "client_logger": record.name})
             return True
         return False
 
