@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from agent.spool import Spool, Spooled
+from common.kafka import ProduceErrorKind, produce_error_kind, produce_error_name
 
 log = logging.getLogger("desktrace.agent.shipper")
 
@@ -35,6 +36,7 @@ class ShipperStats:
     sent_events: int = 0
     sent_bytes: int = 0
     failed_attempts: int = 0
+    refused_events: int = 0  #: permanently refused by Kafka (e.g. over its size limit): dropped, counted
     batches: int = 0
     connected: bool = False
 
@@ -171,23 +173,53 @@ class Shipper:
         return False
 
     async def ship(self, batch: list[Spooled]) -> bool:
-        """Send ``batch``; delete from the spool every event Kafka acknowledged. True if all were."""
+        """Send ``batch``; delete from the spool every event Kafka acknowledged, and every event it refused
+        for good (too large, invalid: counted in ``refused_events`` and the spool's drops, logged by error
+        class). True if none is left to retry."""
+        sent: list[tuple[Spooled, Awaitable[Any]]] = []
+        refused: list[tuple[Spooled, BaseException]] = []
         try:
             producer = await self._ensure_producer()
-            futures = [await producer.send(b.topic, b.value, key=b.key) for b in batch]
+            for b in batch:
+                try:
+                    sent.append((b, await producer.send(b.topic, b.value, key=b.key)))
+                except KafkaError as exc:  # checked before sending, e.g. over max_request_size
+                    if produce_error_kind(exc) is not ProduceErrorKind.PERMANENT:
+                        raise
+                    refused.append((b, exc))
         except (KafkaError, OSError, TimeoutError) as exc:
             return await self._failed(exc, len(batch))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        ok = [b for b, r in zip(batch, results, strict=True) if not isinstance(r, BaseException)]
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        ok: list[Spooled] = []
+        failed: BaseException | None = None
+        for (b, _), r in zip(sent, results, strict=True):
+            if not isinstance(r, BaseException):
+                ok.append(b)
+            elif produce_error_kind(r) is ProduceErrorKind.PERMANENT:
+                refused.append((b, r))
+            elif failed is None:
+                failed = r
         if ok:
             self.spool.ack([b.id for b in ok])
             self.stats.sent_events += len(ok)
             self.stats.sent_bytes += sum(len(b.value) + len(b.key) for b in ok)
             self.stats.batches += 1
-        if len(ok) < len(batch):
-            err = next(r for r in results if isinstance(r, BaseException))
-            return await self._failed(err, len(batch) - len(ok))
+        if refused:
+            self._refused(refused)
+        if failed is not None:
+            return await self._failed(failed, len(batch) - len(ok) - len(refused))
         return True
+
+    def _refused(self, refused: list[tuple[Spooled, BaseException]]) -> None:
+        """Drop events Kafka will never take (sending them again would stall the spool behind them)."""
+        self.spool.discard([b.id for b, _ in refused])
+        self.stats.refused_events += len(refused)
+        for b, exc in refused:
+            log.warning(
+                "event refused by Kafka for good, dropped",
+                extra={"kv": {"reason": produce_error_name(exc), "topic": b.topic, "seq": b.seq,
+                              "bytes": len(b.value)}},
+            )
 
     async def _failed(self, exc: BaseException, events: int) -> bool:
         if not isinstance(exc, KafkaError | OSError | TimeoutError):

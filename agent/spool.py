@@ -82,13 +82,15 @@ class Spooled(NamedTuple):
 
 
 class SpoolStats(NamedTuple):
-    """Figures of the spool; ``dropped_*`` count refusals too, ``refused_too_large`` only those."""
+    """Figures of the spool; ``dropped_*`` count refusals too, ``refused_too_large`` (by the spool's bound)
+    and ``refused_by_broker`` (permanently refused by Kafka) only those."""
 
     events: int
     bytes: int
     dropped_total: int
     dropped_unreported: int
     refused_too_large: int = 0
+    refused_by_broker: int = 0
 
 
 class Spool:
@@ -201,6 +203,23 @@ class Spool:
         ).fetchall()
         return [Spooled(*r) for r in rows]
 
+    def discard(self, ids: Iterable[int]) -> int:
+        """Remove events Kafka refused for good (too large, invalid: sending them again cannot succeed) and
+        count them as dropped (reported in the next heartbeat's ``spool_dropped``) and as
+        ``refused_by_broker``; returns how many went."""
+        removed = 0
+        with self._tx():
+            for rid in ids:
+                row = self._db.execute("DELETE FROM events WHERE id = ? RETURNING size", (rid,)).fetchone()
+                if row is not None:
+                    removed += 1
+                    self._count -= 1
+                    self._bytes -= int(row[0])
+            if removed:
+                for k in ("refused_by_broker", "dropped_total", "dropped_unreported"):
+                    self._set(k, str(int(self._meta.get(k, "0")) + removed))
+        return removed
+
     def ack(self, ids: Iterable[int]) -> int:
         """Remove events Kafka acknowledged (ids already dropped are ignored); returns how many went."""
         removed = 0
@@ -220,6 +239,7 @@ class Spool:
             dropped_total=int(self._meta.get("dropped_total", "0")),
             dropped_unreported=int(self._meta.get("dropped_unreported", "0")),
             refused_too_large=int(self._meta.get("refused_too_large", "0")),
+            refused_by_broker=int(self._meta.get("refused_by_broker", "0")),
         )
 
     def __len__(self) -> int:

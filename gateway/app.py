@@ -55,6 +55,8 @@ class Health(msgspec.Struct):
     ok: bool
     kafka: bool | None = None
     postgres: bool | None = None
+    #: why Kafka refuses the connection when that is known (a refused login: names the setting to check)
+    kafka_problem: str | None = None
 
 
 @get("/healthz", summary="Liveness: the process answers", tags=["ops"])
@@ -75,7 +77,10 @@ async def readyz(request: Request) -> Response[Health]:
     kafka = g.publisher.ready
     postgres = await g.postgres_ready()
     ok = kafka and postgres
-    return Response(Health(ok=ok, kafka=kafka, postgres=postgres), status_code=200 if ok else 503)
+    problem = None if kafka else (g.publisher.problem or None)
+    return Response(
+        Health(ok=ok, kafka=kafka, postgres=postgres, kafka_problem=problem), status_code=200 if ok else 503
+    )
 
 
 def metrics_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:

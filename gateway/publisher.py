@@ -43,6 +43,12 @@ class Publisher:
     def ready(self) -> bool:
         return self._producer is not None
 
+    @property
+    def problem(self) -> str:
+        """Why the last connection attempt failed, from :func:`common.kafka.connection_problem` ("" when
+        unknown or connected)."""
+        return "" if self._producer is not None else self._problem
+
     async def _ensure(self) -> AIOKafkaProducer:
         if self._producer is not None:
             return self._producer

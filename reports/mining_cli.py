@@ -196,9 +196,29 @@ async def _connect(dsn: str) -> asyncpg.Connection:
         raise MiningError(f"cannot connect to PostgreSQL ({type(exc).__name__}: {exc})") from None
 
 
-async def _run(args: argparse.Namespace, settings: Any, users: list[str] | None) -> str | None:
+async def _users(
+    conn: asyncpg.Connection, names: list[str] | None, team: list[str] | None
+) -> list[str] | None:
+    """The user keys to read (None: everyone): ``--user`` names (a user key, or a bare login that exactly one
+    user key has, as ``desktrace-report --user``; raises ``UnknownUser``) and the ``--team`` members."""
+    if not names and team is None:
+        return None
+    from reports.cli import resolve_user_arg
+    from reports.service import ReportService
+
+    keys = set(team or [])
+    for name in names or []:
+        if "\\" in name:  # a whole user key: taken as it is (raw events may have no sessions yet)
+            keys.add(name.strip().lower())
+        else:
+            keys.add(str(await resolve_user_arg(ReportService(conn), name)))
+    return sorted(keys)
+
+
+async def _run(args: argparse.Namespace, settings: Any, team: list[str] | None) -> str | None:
     conn = await _connect(settings.pg_dsn)
     try:
+        users = await _users(conn, args.users, team)
         if args.command == "export":
             await _export(conn, args, settings, users)
             return None
@@ -272,8 +292,10 @@ async def _export(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one mining subcommand; exit status 2 on a configuration or database error."""
+    """Run one mining subcommand; exit status 2 on a configuration or database error, 1 when ``--user``
+    names no user or several."""
     from common.logs import setup_logging
+    from reports.cli import UnknownUser
 
     try:
         settings = load(_settings_cls(), args, section="report")
@@ -291,15 +313,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.end < args.start:
             raise MiningError("--to is before --from")
-        users: list[str] | None = [u.lower() for u in args.users] if args.users else None
+        team: list[str] | None = None
         if args.team:
-            users = sorted(set(users or []) | set(team_members(args.team, settings.teams_file)))
-            if not users:
+            team = team_members(args.team, settings.teams_file)
+            if not team:
                 raise MiningError(f"team {args.team!r} has no members")
-        text = asyncio.run(_run(args, settings, users))
+        text = asyncio.run(_run(args, settings, team))
     except MiningError as exc:
         print(f"desktrace-report: {exc}", file=sys.stderr)
         return 2
+    except UnknownUser as exc:
+        print(f"desktrace-report: {exc}", file=sys.stderr)
+        return 1
     if text is not None:
         print(text)
     return 0

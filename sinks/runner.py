@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -67,6 +67,11 @@ class Rejected:
     record: ConsumerRecord[bytes, bytes]
     error_class: str
     reason: str
+
+
+#: One fetched batch: the records, the decoded items (with their record) and the records rejected by decoding.
+_Record: TypeAlias = ConsumerRecord[bytes, bytes]
+_Fetched: TypeAlias = tuple[list[_Record], list[tuple[_Record, Any]], list[Rejected]]
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ class SinkRunner:
         self._stopping = asyncio.Event()
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._failing = False
+        self._ahead: asyncio.Task[_Fetched] | None = None  #: the next batch, fetched while one is written
         self._migrated = False
         #: Why Kafka refuses us (from common.kafka.connection_problem), "" when it does not.
         self.kafka_problem = ""
@@ -248,15 +254,44 @@ class SinkRunner:
         await self._close_conn()
 
     async def run(self) -> None:
-        """Start, loop until :meth:`stop`, close."""
+        """Start, loop until :meth:`stop`, close. The next batch is fetched and decoded while the current one
+        is written (the database works in its own process meanwhile); offsets are still committed one batch
+        after the other, each only after its batch was written."""
         try:
             await self.start()
             while not self.stopping:
-                await self.step()
+                ahead, self._ahead = self._ahead, None
+                fetched = await (ahead if ahead is not None else self._fetch())
+                if not self.stopping:
+                    self._ahead = asyncio.create_task(self._fetch())
+                await self._handle(fetched)
         except Stopped:
             log.info("stopped while retrying; uncommitted records will be redelivered")
         finally:
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead  # its records are not committed: they will be redelivered
             await self.close()
+
+    async def _rewind_ahead(self) -> None:
+        """A write failed: give back the batch fetched ahead (seek its partitions to its first offsets), so
+        that nothing more is consumed while the database is unavailable and the lag shows it."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or self._consumer is None:
+            return
+        try:
+            records, _, _ = await ahead
+        except Exception:
+            return
+        first: dict[TopicPartition, int] = {}
+        for rec in records:
+            first.setdefault(TopicPartition(rec.topic, rec.partition), rec.offset)
+        assigned = self._consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
 
     async def _retry_kafka(self, fn: Callable[[], Awaitable[Any]], what: str) -> None:
         """``fn`` until it succeeds; after each failure the cause is diagnosed (a refused login is named,
@@ -299,19 +334,30 @@ class SinkRunner:
     async def step(self) -> int:
         """Collect one batch (bounded by size and time), write it, dead-letter its poison, commit its
         offsets; returns the number of records handled (0 when idle)."""
+        return await self._handle(await self._fetch())
+
+    async def _fetch(self) -> _Fetched:
+        """Collect one batch and decode it."""
         records = await self._collect()
         await self._update_lag()
-        if not records:
-            return 0
-        self.metrics.records.labels(self.writer.table).inc(len(records))
-        self.writer.refresh(datetime.fromtimestamp(self.clock(), UTC))
         items: list[tuple[ConsumerRecord[bytes, bytes], Any]] = []
         rejected: list[Rejected] = []
+        if not records:
+            return records, items, rejected
+        self.writer.refresh(datetime.fromtimestamp(self.clock(), UTC))
         for rec in records:
             try:
                 items.append((rec, self.writer.decode(rec.value)))
             except (EventDecodeError, Reject) as exc:
                 rejected.append(Rejected(rec, exc.error_class, str(exc)))
+        return records, items, rejected
+
+    async def _handle(self, fetched: _Fetched) -> int:
+        """Write a fetched batch, dead-letter its poison, commit its offsets."""
+        records, items, rejected = fetched
+        if not records:
+            return 0
+        self.metrics.records.labels(self.writer.table).inc(len(records))
         # The decoder's dead letters travel while the rows are written; all are acknowledged before the
         # commit.
         letters = await self._send_dead_letters(rejected)
@@ -454,6 +500,7 @@ class SinkRunner:
                         }
                     },
                 )
+                await self._rewind_ahead()
                 await self._paused_wait(delay)
                 if self.stopping:
                     raise Stopped from exc

@@ -26,7 +26,7 @@ class SinkSettings(CommonSettings, kw_only=True):
 
     metrics_addr: str = ""
     group_id: str = ""
-    batch_size: Positive = 2000
+    batch_size: Positive = 10000
     batch_wait_ms: NonNegative = 500
     raw_retention_days: NonNegative = DEFAULT_RAW_RETENTION_DAYS
     partitions_behind_days: NonNegative = 7

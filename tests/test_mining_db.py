@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from datetime import date
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.mining_fixture import (
@@ -328,3 +329,28 @@ def test_flow_equals_pm4py_on_a_simulated_fleet(fresh_pg_dsn: str, tmp_path: Pat
     for e in g["edges"]:
         assert e["median_s"] == pytest.approx(perf[(e["from"], e["to"])]["median"], abs=0.001)
     assert sum(e["count"] for e in g["edges"]) == len(df) - df["case:concept:name"].nunique()
+
+
+@pytest.mark.postgres
+def test_flow_resolves_a_bare_login_like_the_reports(db: str) -> None:
+    """``flow --user alice`` means the one user key whose login is alice (as ``desktrace-report --user``,
+    which knows users by their sessions); a login nobody has exits 1 naming it."""
+
+    async def a_session() -> None:
+        conn = await asyncpg.connect(db)
+        try:
+            await conn.execute(
+                "INSERT INTO sessions (session_id, user_key, kind, started_at, ended_at, duration_s) "
+                "VALUES ('s1', $1, 'active', '2026-03-28 08:00Z', '2026-03-28 09:00Z', 3600)", "corp\\alice"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(a_session())
+    span = ("--from", "2026-03-28", "--to", "2026-03-29", "--format", "json")
+    whole = run_report(db, "flow", *span, "--user", "corp\\alice")
+    bare = run_report(db, "flow", *span, "--user", "Alice")
+    assert whole.returncode == 0 and bare.returncode == 0, (whole.stderr, bare.stderr)
+    assert json.loads(bare.stdout) == json.loads(whole.stdout) and json.loads(whole.stdout)["edges"]
+    unknown = run_report(db, "flow", *span, "--user", "nobody-such")
+    assert unknown.returncode == 1 and "nobody-such" in unknown.stderr

@@ -95,6 +95,7 @@ def test_sink_and_gateway_name_it_in_log_and_readiness(
         assert named(sink_text, SINK), sink_text[-2000:]
         assert gw_ready[0] == 503, gw_ready
         assert json.loads(gw_ready[1])["kafka"] is False
+        assert "authentication failed" in json.loads(gw_ready[1])["kafka_problem"], gw_ready
         gw_text = gw_log.read_text(errors="replace")
         assert named(gw_text, GATEWAY), gw_text[-2000:]
         for p in procs:
@@ -112,6 +113,7 @@ def test_agent_names_it_in_its_log(secure: SecureKafka, tmp_path: Path) -> None:
     env_opts = secure.client_env(AGENT)
     wrong = tmp_path / "agent.wrong"
     wrong.write_text(WRONG + "\n")
+    wrong.chmod(0o600)  # the agent refuses a secret file others can read
     cmd, env = simulated_agent_run(
         tmp_path / "state", secure.bootstrap,
         "--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", env_opts[
