@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import msgspec
-
 AGENT_VERSION = "0.1.0"
 
 log = logging.getLogger("desktrace.agent")
@@ -172,7 +170,3 @@ def detect_tz(env: Mapping[str, str] | None = None, root: Path = Path("/")) -> s
     except OSError:
         pass
     return "UTC"
-
-
-def identity_to_dict(identity: Identity) -> dict[str, object]:
-    return dict(msgspec.to_builtins(identity))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 DESKTOP_FILE = "desktrace-agent.desktop"
 UNIT_FILE = "desktrace-agent.service"
@@ -98,25 +99,16 @@ def desktop_entry(cmd: Sequence[str]) -> str:
 # ---- systemd user unit --------------------------------------------------------------------------------
 
 
+#: ``ExecStart=`` escapes: C escapes for backslash, quote, newline and tab; ``%%`` and ``$$`` (specifiers,
+#: variables).
+_SYSTEMD_ESCAPES: Final = str.maketrans(
+    {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "%": "%%", "$": "$$"}
+)
+
+
 def systemd_quote(arg: str) -> str:
     """One argument of ``ExecStart=``: double-quoted, C escapes, ``%%`` and ``$$``."""
-    out = []
-    for c in arg:
-        if c == "\\":
-            out.append("\\\\")
-        elif c == '"':
-            out.append('\\"')
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif c == "%":
-            out.append("%%")
-        elif c == "$":
-            out.append("$$")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
+    return '"' + arg.translate(_SYSTEMD_ESCAPES) + '"'
 
 
 def systemd_unit(cmd: Sequence[str]) -> str:

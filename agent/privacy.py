@@ -1,5 +1,5 @@
 """What the agent may record about a window: app and domain include/exclude lists, URL cleaning
-(:mod:`agent.urlprivacy`), default and configured redaction, and extended-mode field values (never a
+(:mod:`common.urls`), default and configured redaction, and extended-mode field values (never a
 password). Pure: no I/O, no clock.
 
 The recorder applies :class:`PrivacyFilter` to every :class:`~agent.observations.WindowSnapshot` before
@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from agent.observations import WindowSnapshot
-from agent.urlprivacy import clean_url, clean_urls_in_text, domain_matches, hosts_in_text, url_host
+from common.urls import clean_url, clean_urls_in_text, domain_matches, hosts_in_text, url_host
 from proto.events import FieldValue, UiNode
 
 #: What a redacted match is replaced with.
@@ -115,7 +115,7 @@ def app_names(snapshot: WindowSnapshot) -> set[str]:
 
 
 def strip_query(url: str) -> str:
-    """``url`` as recorded by default: no query, fragment or userinfo (:func:`agent.urlprivacy.clean_url`)."""
+    """``url`` as recorded by default: no query, fragment or userinfo (:func:`common.urls.clean_url`)."""
     return clean_url(url)
 
 
@@ -133,7 +133,7 @@ class PrivacyFilter:
       host name in its title or tab title (``Online banking - bank.example``, a URL shown as the title) is
       (a subdomain of) an ``exclude_domains`` entry;
     - the URL and every URL inside the title, tab, file path, sheet and hierarchy names go through
-      :func:`agent.urlprivacy.clean_url`: never userinfo, opaque schemes (``data:``, ``javascript:``, ...)
+      :func:`common.urls.clean_url`: never userinfo, opaque schemes (``data:``, ``javascript:``, ...)
       reduced to the scheme, ``file:`` to its file name, no query string and no fragment unless
       ``keep_query``;
     - the default rules (:data:`DEFAULT_RULES`: e-mail addresses, query parameters, long digit runs, IBANs)

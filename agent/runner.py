@@ -21,8 +21,9 @@ from agent.identity import Identity, detect_identity, load_or_create_agent_id, w
 from agent.observations import Observation, Source
 from agent.recorder import SnapshotFilter, SpoolState, make_recorder
 from agent.settings import AgentSettings
-from agent.shipper import Backoff, ProducerFactory, Shipper, producer_factory
+from agent.shipper import ProducerFactory, Shipper, producer_factory
 from agent.spool import Spool, SpoolRecord
+from common.backoff import Backoff
 from common.kafka import client_options, connection_problem
 from proto.codec import encode_event
 from proto.events import Envelope, Heartbeat
@@ -133,7 +134,7 @@ class AgentRuntime:
             self.spool,
             make_producer or producer_factory(client_options(settings), settings.compression_type),
             batch_size=settings.batch_size,
-            backoff=Backoff(cap=settings.retry_max_s),
+            backoff=Backoff(0.5, settings.retry_max_s, jitter=True),
             linger_s=settings.linger_s,
             diagnose=lambda: connection_problem(settings, wait_s=5.0),
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from agent.spool import Spool, Spooled
+from common.backoff import Backoff
 from common.kafka import ProduceErrorKind, produce_error_kind, produce_error_name
 
 log = logging.getLogger("desktrace.agent.shipper")
@@ -39,22 +39,6 @@ class ShipperStats:
     refused_events: int = 0  #: permanently refused by Kafka (e.g. over its size limit): dropped, counted
     batches: int = 0
     connected: bool = False
-
-
-class Backoff:
-    """Exponential backoff with jitter: ``uniform(base / 2, min(cap, base * 2**n))``; ``reset`` on success."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
-        self.base, self.cap, self.attempt = base, cap, 0
-        self.rng = rng or random.Random()
-
-    def next(self) -> float:
-        delay = self.rng.uniform(self.base / 2, min(self.cap, self.base * 2**self.attempt))
-        self.attempt = min(self.attempt + 1, 30)
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 ProducerFactory = Callable[[], AIOKafkaProducer]
@@ -104,7 +88,7 @@ class Shipper:
         self.poll_s = poll_s
         self.linger_s = linger_s
         self._first_seen: float | None = None
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(0.5, 30.0, jitter=True)
         self.stats = ShipperStats()
         self._wake = asyncio.Event()
         self._stopping = False

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack.pipeline import free_port
 from devstack.topics import delete_topics, ensure_topics
-from gateway.testing import running_gateway
 from proto.topics import Topics
+from tests.support.gateway import running_gateway
 
 BARE_APP = '''
 import uvicorn

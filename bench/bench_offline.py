@@ -9,8 +9,8 @@ length changes), prints the wall time and peak RSS of
 - the subject: the ``desktrace-sessionize`` console script on the same file, output to ``/dev/null``;
 
 and their ratios (target: time <= 4x the baseline; peak memory independent of the file's length). The
-events are the ``stream.testing`` generator's users, with about 10% of each user's events displaced by up
-to a few minutes (out of order) and 5% duplicates. Files are cached in ``--dir``.
+events are the users of ``tests.support.events.generate_events``, with about 10% of each user's events
+displaced by up to a few minutes (out of order) and 5% duplicates. Files are cached in ``--dir``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proto import events as E
-from stream.testing import BIN, generate_events, write_jsonl
+from tests.support.events import generate_events
+from tests.support.process import BIN
+from tests.support.stream import write_jsonl
 
 _MEASURE = r"""
 import resource, subprocess, sys, time

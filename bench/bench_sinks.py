@@ -44,8 +44,8 @@ from proto.codec import encode_event
 from proto.sessions import Session, SessionRetraction, make_session
 from sinks.migrations import apply_migrations
 from sinks.rows import RAW_COLUMNS, RawRow, days_of
-from sinks.testing import event_mix
 from sinks.writers import RawWriter, SessionWriter
+from tests.support.events import event_mix
 
 _UNNEST_TYPES = {
     "seq": "bigint",
@@ -201,7 +201,7 @@ async def sink_run(
     records dead-lettered: ``(elapsed s, s spent in the dead-letter path)``."""
     from sinks.metrics import SinkMetrics
     from sinks.runner import SinkRunner
-    from sinks.testing import settings_for
+    from tests.support.sinks import settings_for
 
     settings = settings_for(bootstrap, dsn, topics, batch_size=batch)
     writer = RawWriter(retention_days=0)
@@ -247,7 +247,7 @@ async def bench_deadletters(bootstrap: str, dsn: str, n: int, batch: int) -> Non
 
     from devstack.topics import delete_topics, ensure_topics
     from proto.topics import Topics
-    from sinks.testing import event_records, publish
+    from tests.support.kafka import event_records, publish
 
     n_bad = n // 5
     n_good = n - n_bad

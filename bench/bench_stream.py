@@ -5,13 +5,12 @@ only decodes (the consumer's floor). Prints events/s and CPU microseconds per ev
 
     nice .venv/bin/python bench/bench_stream.py [--users 433 2000] [--events 260000] [--rounds 2]
 
-For each user count, the same ~``--events`` events (``stream.testing`` users, about 10% of them out of
-order, 5% duplicates) are published once to fresh raw topics (6 partitions); then every subject consumes
-them all from the start, in rounds (each round runs every subject once, alternating, so that all see the
-same machine load); the best round of each is kept. Every subject is its own process with its own consumer
+For each user count, the same ~``--events`` events (``tests.support.events.generate_events`` users, about 10%
+of them out of order, 5% duplicates) are published once to fresh raw topics (6 partitions); then every subject
+consumes them all from the start, in rounds (each round runs every subject once, alternating, so that all see
+the same machine load); the best round of each is kept. Every subject is its own process with its own consumer
 group, timed from its first consumed event to the last. Needs a broker (``DESKTRACE_KAFKA_BOOTSTRAP``);
-creates and deletes its own topics.
-"""
+creates and deletes its own topics. """
 
 from __future__ import annotations
 
@@ -34,7 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_offline import disorder
 from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
-from stream.testing import WorkerProcess, generate_events, publish, worker_env
+from tests.support.events import generate_events
+from tests.support.kafka import publish_events
+from tests.support.process import worker_process
+from tests.support.stream import worker_env
 
 PEERS = Path(__file__).resolve().parent / "stream_peers.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -70,7 +72,7 @@ def worker_rate(
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
                      DESKTRACE_COMMIT_INTERVAL=str(commit_s))
-    worker = WorkerProcess(env, workdir / "worker.log")
+    worker = worker_process(env, workdir / "worker.log")
     try:
         worker.start(ready_timeout=120)
         assert worker.proc is not None
@@ -113,7 +115,7 @@ async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[flo
         hours = max(1.2, args.events / users / 108)  # ~108 events per user-hour
         events = disorder(generate_events(seed=1, users=users, hours=hours), random.Random(2))
         t = time.perf_counter()
-        n = await publish(args.bootstrap, topics, events)
+        n = await publish_events(args.bootstrap, topics, events)
         print(f"\n{users} users: published {n:,} events in {time.perf_counter() - t:.1f}s", flush=True)
         best: dict[str, tuple[float, float]] = {}
         workers = [f"desktrace@{c:g}s" for c in args.commit_intervals]

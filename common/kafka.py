@@ -79,11 +79,6 @@ def prefixed_port(base: int, prefix: str) -> int:
     return port
 
 
-def prefixed_name(name: str, prefix: str) -> str:
-    """``name`` (a consumer group, a Faust application id) in the namespace of topic prefix ``prefix``."""
-    return f"{prefix}{name}"
-
-
 class KafkaAuthenticationFailed(Exception):
     """The brokers refused the login (wrong kafka_username / kafka_password(_file) or mechanism); readiness
     checks raise it so ``/readyz`` names the cause (``{"kafka": "KafkaAuthenticationFailed"}``)."""

@@ -35,11 +35,6 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
-def is_hash(text: str) -> bool:
-    """Whether ``text`` looks like a hash this module verifies (else it is a plain password)."""
-    return text.startswith(("scrypt$", "pbkdf2_sha256$"))
-
-
 def verify_password(password: str, stored: str) -> bool:
     """Whether ``password`` matches ``stored`` (a hash, or a plain password); constant-time compare."""
     try:

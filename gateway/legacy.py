@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from common.horizon import MAX_FUTURE
+from proto.clock import epoch_ms, from_epoch_ms
 from proto.events import StateChange, to_utc_ms
 from proto.keys import user_key
 
@@ -33,8 +34,6 @@ LEGACY_AGENT_NAMESPACE: Final = uuid.UUID("0e9c1d64-7d52-4b4c-93f1-2b8f0b6c4a17"
 AGENT_VERSION: Final = "desktrace-gateway/0.1.0"
 #: Reports older than this or further in the future than :data:`MAX_FUTURE` are refused.
 MIN_TS: Final = datetime(2000, 1, 1, tzinfo=UTC)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MS: Final = timedelta(milliseconds=1)
 #: How Windows PowerShell 5.1's ConvertTo-Json writes a [DateTime]: "\/Date(1732780800000)\/" (UTC ms).
 _MS_DATE = re.compile(r"^/Date\((-?\d{1,15})(?:[+-]\d{4})?\)/$")
 _LOGIN = re.compile(r"^[^\x00-\x1f\x7f-\x9f\\/]{1,256}$")
@@ -129,7 +128,7 @@ def parse_ts(text: str, zone: ZoneInfo) -> datetime:
     ms_date = _MS_DATE.match(raw)
     if ms_date:
         try:
-            return to_utc_ms(_EPOCH + timedelta(milliseconds=int(ms_date.group(1))))
+            return to_utc_ms(from_epoch_ms(int(ms_date.group(1))))
         except (OverflowError, ValueError):
             raise ReportRejected("ts is outside the supported range", "ts_out_of_range") from None
     if raw.endswith(("z", "Z")):
@@ -180,7 +179,7 @@ def to_event(
     offset = ts.astimezone(zone).utcoffset()
     return StateChange(
         agent_id=legacy_agent_id(key),
-        seq=(ts - _EPOCH) // _MS,
+        seq=epoch_ms(ts),
         ts=ts,
         input="none",
         user=login,

@@ -21,7 +21,7 @@ from litestar.params import Parameter
 from litestar.response import Template
 
 from gateway.principal import readable_users
-from gateway.routes_web import base_context, notice_for, page_guard, page_scope, parse_day, visible_teams
+from gateway.routes_web import base_context, notice_for, page_guard, page_scope, parse_range, visible_teams
 from gateway.state import gw
 from reports import export, flow, tasks
 
@@ -54,10 +54,7 @@ async def processes_page(
 ) -> Template:
     g = gw(request)
     scope = page_scope(request)
-    first = parse_day(start, g.today())
-    last = parse_day(end, first)
-    if last < first:
-        raise ClientException(detail="end is before start")
+    first, last = parse_range(start, end, g.today())
     if last - first >= timedelta(days=MAX_DAYS):
         raise ClientException(
             detail=f"the Processes page shows at most {MAX_DAYS} days (use desktrace-report)"

@@ -87,6 +87,16 @@ def parse_day(text: str | None, default: date) -> date:
         raise ClientException(detail="date must be YYYY-MM-DD") from None
 
 
+def parse_range(start: str | None, end: str | None, today: date) -> tuple[date, date]:
+    """The ``start``..``end`` query dates (``start`` defaults to ``today``, ``end`` to ``start``); a 400
+    when one is malformed or ``end`` is before ``start``."""
+    first = parse_day(start, today)
+    last = parse_day(end, first)
+    if last < first:
+        raise ClientException(detail="end is before start")
+    return first, last
+
+
 def parse_view(view: str) -> str:
     if view not in views.VIEWS:
         raise ClientException(detail="view must be day, week or month")
@@ -316,10 +326,7 @@ async def apps_page(
 ) -> Template:
     g = gw(request)
     scope = page_scope(request)
-    first = parse_day(start, g.today())
-    last = parse_day(end, first)
-    if last < first:
-        raise ClientException(detail="end is before start")
+    first, last = parse_range(start, end, g.today())
     users = readable_users(request, scope, user or None)
     show_urls = g.settings.reports_show_urls
     reports = await g.reports()

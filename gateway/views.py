@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 
 from reports import render
-from reports.compute import zone
+from reports.compute import category, zone
 from reports.model import AppUsage, TimelineItem
 
 VIEWS = ("day", "week", "month")
@@ -111,9 +111,7 @@ def timeline_bars(items: Iterable[TimelineItem], d: date, tz: str, width: int = 
 
     bars = []
     for it in items:
-        row = "active" if it.kind == "active" else (it.reason or "idle")
-        if row not in ROWS:
-            row = "idle"
+        row = category(it.kind, it.reason)  # the reports' rule: active, locked, else idle
         a, b = pos(it.start), pos(it.end)
         if b < a:
             b = a

@@ -294,11 +294,6 @@ BREAK_TYPES: Final = frozenset({"Lock", "Logoff", "Suspend", "AgentStop"})
 PRESENCE_ENDING_TYPES: Final = frozenset({"Logoff", "Suspend", "AgentStop"})
 
 
-def event_category(event: Envelope) -> str:
-    """``ui``, ``hid`` or ``presence``: which raw topic the event belongs on."""
-    return type(event).category
-
-
 def replace(event: Envelope, **changes: object) -> Envelope:
     """A copy of ``event`` with ``changes`` applied (times normalised again)."""
     return msgspec.structs.replace(event, **changes)

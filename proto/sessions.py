@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from collections.abc import Callable, Iterable, MutableMapping
+from datetime import datetime
+from typing import Annotated, Literal, TypeVar
 
 from msgspec import Meta, Struct, field
 from msgspec.structs import force_setattr
 
+from proto.clock import epoch_ms
 from proto.events import AwareDatetime, to_utc_ms
 
 SessionKind = Literal["active", "inactive"]
@@ -16,13 +18,11 @@ InactiveReason = Literal["idle", "locked"]
 
 #: Namespace of the deterministic session ids (uuid5).
 SESSION_ID_NAMESPACE = uuid.UUID("5b0d7a52-3c57-4f0e-9a8f-2f7f1d0c9e11")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 def session_id(user_key: str, kind: str, start: datetime) -> str:
     """The id of a session: derived only from ``user_key``, ``kind`` and ``start`` (ms, UTC)."""
-    millis = (to_utc_ms(start) - _EPOCH) // _MS
+    millis = epoch_ms(to_utc_ms(start))
     return str(uuid.uuid5(SESSION_ID_NAMESPACE, f"{user_key}\x1f{kind}\x1f{millis}"))
 
 
@@ -83,3 +83,34 @@ class SessionRetraction(Struct, kw_only=True, gc=False):
 
 
 SessionMessage = Session | SessionRetraction
+
+
+_Held = TypeVar("_Held")
+
+
+def apply_session_messages(
+    held: MutableMapping[str, _Held], messages: Iterable[SessionMessage], value: Callable[[Session], _Held]
+) -> None:
+    """Apply session-topic messages, in order, to ``held`` (``session_id`` -> ``value(record)``), as every
+    consumer must (``shared/spec/sessions.md``): a record replaces whatever its id held and moves it last
+    (``held`` keeps the order of each id's last write); a retraction removes its id (no-op when absent).
+
+    The one fold of the project: the session sink, the offline tool and the tests' views all use it. A
+    sessionizer :class:`Update` is applied as its retractions, then its upserts."""
+    for msg in messages:
+        held.pop(msg.session_id, None)
+        if isinstance(msg, Session):
+            held[msg.session_id] = value(msg)
+
+
+def fold_sessions(
+    messages: Iterable[SessionMessage], held: MutableMapping[str, Session] | None = None
+) -> MutableMapping[str, Session]:
+    """The sessions present after applying ``messages`` in order to ``held`` (a new dict by default)."""
+    out: MutableMapping[str, Session] = {} if held is None else held
+    apply_session_messages(out, messages, _same)
+    return out
+
+
+def _same(session: Session) -> Session:
+    return session

@@ -91,27 +91,21 @@ _DAY_CSV = (
 )
 
 
+def _day_cells(r: DayRow) -> tuple[object, ...]:
+    """A day's CSV cells after its key columns: date, zone, the four totals and the three times."""
+    return (
+        r.date, r.tz, r.active_s, r.idle_s, r.locked_s, r.presence_s,
+        rfc3339(r.first_logon), rfc3339(r.first_activity), rfc3339(r.last_activity),
+    )
+
+
 def days(rows: Sequence[DayRow], fmt: str) -> str:
     if fmt == "json":
         return to_json(rows)
     if fmt == "csv":
         return to_csv(
             _DAY_CSV,
-            [
-                (
-                    r.user_key,
-                    r.date,
-                    r.tz,
-                    r.active_s,
-                    r.idle_s,
-                    r.locked_s,
-                    r.presence_s,
-                    rfc3339(r.first_logon),
-                    rfc3339(r.first_activity),
-                    rfc3339(r.last_activity),
-                )
-                for r in rows
-            ],
+            [(r.user_key, *_day_cells(r)) for r in rows],
         )
     if not rows:
         return "no data"
@@ -233,21 +227,5 @@ def period_days_csv(rows: Sequence[PeriodRow]) -> str:
     up to the period's totals."""
     return to_csv(
         _PERIOD_DAY_CSV,
-        [
-            (
-                r.user_key,
-                p.period,
-                r.date,
-                r.tz,
-                r.active_s,
-                r.idle_s,
-                r.locked_s,
-                r.presence_s,
-                rfc3339(r.first_logon),
-                rfc3339(r.first_activity),
-                rfc3339(r.last_activity),
-            )
-            for p in rows
-            for r in p.days
-        ],
+        [(r.user_key, p.period, *_day_cells(r)) for p in rows for r in p.days],
     )

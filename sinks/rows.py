@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 
+from common.urls import url_host
 from proto.events import Envelope, Heartbeat
 from proto.keys import user_key
-from proto.sessions import Session, SessionMessage
+from proto.sessions import Session, SessionMessage, fold_sessions
 
 RAW_COLUMNS: Final = (
     "agent_id",
@@ -51,14 +51,10 @@ RawRow = tuple[Any, ...]
 
 
 def url_domain(url: str) -> str | None:
-    """The lower-cased host name of ``url``, or None when there is none (empty, relative, malformed)."""
-    if not url:
-        return None
-    try:
-        host = urlsplit(url.strip()).hostname
-    except ValueError:
-        return None
-    return host or None
+    """The host of ``url`` as the agent reads it (:func:`common.urls.url_host`: lower case, a URL without a
+    scheme read as ``http://`` the way address bars show it), or None when there is none (empty, opaque
+    scheme, ``file:``, malformed)."""
+    return url_host(url) or None
 
 
 def raw_row(event: Envelope) -> RawRow:
@@ -118,10 +114,10 @@ def session_row(s: Session) -> SessionRow:
 def reduce_sessions(messages: Iterable[SessionMessage]) -> tuple[list[Session], list[str]]:
     """``(upserts, deletes)`` equivalent to applying ``messages`` one by one in order: the last message
     of each ``session_id`` decides whether it ends present (its record) or absent (deleted)."""
-    last: dict[str, SessionMessage] = {}
-    for msg in messages:
-        last.pop(msg.session_id, None)  # keep dict order = order of each id's last write
-        last[msg.session_id] = msg
-    upserts = [m for m in last.values() if isinstance(m, Session)]
-    deletes = [sid for sid, m in last.items() if not isinstance(m, Session)]
-    return upserts, deletes
+    ordered = list(messages)
+    written: dict[str, None] = {}  # every id, in the order of its last write
+    for msg in ordered:
+        written.pop(msg.session_id, None)
+        written[msg.session_id] = None
+    present = fold_sessions(ordered)
+    return list(present.values()), [sid for sid in written if sid not in present]

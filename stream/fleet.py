@@ -12,22 +12,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, MutableMapping
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgspec
+
+from proto.clock import epoch_ms
 
 RECENT_MS: Final = 5 * 60 * 1000
 SILENT_MS: Final = 60 * 60 * 1000
 KEEP_MS: Final = 24 * 60 * 60 * 1000
 VERSION_MAX_LEN: Final = 40
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MS: Final = timedelta(milliseconds=1)
-
-
-def epoch_ms(ts: datetime) -> int:
-    """Milliseconds since the Unix epoch of an aware datetime."""
-    return (ts - _EPOCH) // _MS
 
 
 class AgentSeen(msgspec.Struct, array_like=True, gc=False):

@@ -104,10 +104,6 @@ class LiveStates:
         self._cache.move_to_end(key)
         self._dirty.add(key)
 
-    def mark_changed(self, key: bytes) -> None:
-        if key in self._cache:
-            self._dirty.add(key)
-
     def flush(self, write: Callable[[Flushed], None] | None = None) -> int:
         """Encode every changed user, store it and pass it to ``write`` (the changelog send); then drop the
         least recently used unchanged users beyond ``max_users``. Returns the number of users written."""

@@ -20,11 +20,12 @@ from typing import BinaryIO, Final
 import msgspec
 
 from common.settings import SettingsError, add_arguments, load
+from proto.clock import epoch_ms
 from proto.codec import EventDecodeError, encode_session, read_jsonl
 from proto.events import Envelope
 from proto.keys import event_user_key
+from proto.sessions import Session, apply_session_messages
 from stream.core import Sessionizer, Update, UserState
-from stream.core.sessionizer import ms_of
 from stream.core.state import NO_TIME
 from stream.settings import SECTION, SESSIONIZER_HELP, SessionizerSettings
 
@@ -109,11 +110,9 @@ class _Run:
     def _apply(self, key: str, update: Update) -> None:
         if not update.retractions and not update.upserts:
             return
-        held = self.sessions.setdefault(key, {})
-        for r in update.retractions:
-            held.pop(r.session_id, None)
-        for s in update.upserts:
-            held[s.session_id] = (ms_of(s.start), s.kind, encode_session(s))
+        apply_session_messages(
+            self.sessions.setdefault(key, {}), [*update.retractions, *update.upserts], _held_line
+        )
 
     def _finalise(self, key: str, floor: int) -> None:
         """Spill the sessions of ``key`` that start before the core's floor: they can no longer change."""
@@ -181,6 +180,11 @@ class _Spill:
 
 _run_encoder: Final = msgspec.msgpack.Encoder()
 _run_decoder: Final = msgspec.msgpack.Decoder(tuple[str, int, str, bytes])
+
+
+def _held_line(s: Session) -> tuple[int, str, bytes]:
+    """What the run holds of a session: its start (ms), kind and the JSON line it will be written as."""
+    return epoch_ms(s.start), s.kind, encode_session(s)
 
 
 def _ts(event: Envelope) -> datetime:

@@ -113,10 +113,8 @@ class Processor:
         new value is in ``Result.writes``, one per user).
         """
         if not isinstance(states, LiveStates):
-            live = LiveStates(_LookupStore(states))
-            out = self.handle_batch(batch, live, now)
-            live.flush(lambda f: out.writes.append(StateWrite(*f)))
-            return out
+            stored = LiveStates(_LookupStore(states))
+            return _with_writes(stored, lambda live: self.handle_batch(batch, live, now))
         m = self.metrics
         m.batch_size.observe(len(batch))
         out = Result()
@@ -260,10 +258,7 @@ class Processor:
         ``states``: the worker's :class:`stream.live.LiveStates` (closed users are changed there), or the
         stored table items (then the closed users' new values are in ``Result.writes``)."""
         if not isinstance(states, LiveStates):
-            live_states = LiveStates(dict(states))
-            out = self.scan(live_states, partitions, now)
-            live_states.flush(lambda f: out.writes.append(StateWrite(*f)))
-            return out
+            return _with_writes(LiveStates(dict(states)), lambda live: self.scan(live, partitions, now))
         m = self.metrics
         out = Result()
         now_ms = int(now * 1000)
@@ -308,6 +303,14 @@ class Processor:
                 self.metrics.silence_closes.inc()
                 self._emit(out, key, update, record, now)
         record.closed = True
+
+
+def _with_writes(live: LiveStates, run: Callable[[LiveStates], Result]) -> Result:
+    """``run`` on ``live`` (states of stored table values), its changed users' values added to the result's
+    ``writes``: how the processor answers a caller that holds no :class:`LiveStates`."""
+    out = run(live)
+    live.flush(lambda f: out.writes.append(StateWrite(*f)))
+    return out
 
 
 class _LookupStore(dict[bytes, bytes]):

@@ -24,8 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from proto.topics import Topics
-
-_IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.support.ci import fail_or_skip
 
 
 def _unavailable(what: str, why: str) -> None:
@@ -33,9 +32,7 @@ def _unavailable(what: str, why: str) -> None:
         f'no {what} for the tests: {why}. Run `eval "$(.venv/bin/desktrace-local up)"` (needs java 17+ and '
         "mvn for Kafka) or set DESKTRACE_KAFKA_BOOTSTRAP / DESKTRACE_PG_DSN, or start a Docker engine"
     )
-    if _IN_CI:
-        pytest.fail(hint, pytrace=False)
-    pytest.skip(hint)
+    fail_or_skip(hint)
 
 
 def _docker_answers() -> bool:

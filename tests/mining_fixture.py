@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 
-from gateway.testing import seed_sessions
 from proto.codec import encode_event
 from proto.events import (
     DocumentSave,
@@ -29,6 +28,7 @@ from proto.events import (
 from proto.sessions import make_session
 from sinks.migrations import apply_migrations
 from sinks.writers import RawWriter
+from tests.support.gateway import seed_sessions
 
 ALICE = "corp\\alice"
 BOB = "corp\\bob"

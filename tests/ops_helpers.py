@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.support.ci import fail_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -22,9 +22,7 @@ def tool(name: str, *extra_dirs: str) -> str:
     if found:
         return found
     message = f"{name} is not installed: run scripts/setup.sh (make setup)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
+    fail_or_skip(message)
 
 
 def kustomize_build(overlay: str) -> list[dict]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proto.events import EVENT_TYPES, Envelope, InputClass
-from proto.sessions import Session, SessionRetraction
+from proto.sessions import Session, SessionRetraction, fold_sessions
 
 DAY = datetime(2024, 5, 6, tzinfo=UTC)
 USER = "corp\\bob"
@@ -54,14 +54,14 @@ class Consumer:
         self.retracted: set[str] = set()
 
     def apply(self, upserts: Iterable[Session], retractions: Iterable[SessionRetraction]) -> None:
+        retractions, upserts = list(retractions), list(upserts)
         for r in retractions:
             assert r.retracted
             assert r.session_id in self.sessions, "retraction of an id that is not published"
-            del self.sessions[r.session_id]
-            self.retracted.add(r.session_id)
-        for s in upserts:
-            self.sessions[s.session_id] = s
-            self.retracted.discard(s.session_id)
+        assert len({r.session_id for r in retractions}) == len(retractions), "an id retracted twice"
+        fold_sessions([*retractions, *upserts], self.sessions)
+        self.retracted.update(r.session_id for r in retractions)
+        self.retracted.difference_update(s.session_id for s in upserts)
 
     def final(self) -> list[Session]:
         assert not (self.retracted & set(self.sessions))

@@ -24,10 +24,11 @@ import pytest
 
 from gateway.auth import hash_password
 from gateway.charts import heat_level
-from gateway.testing import running_gateway, seed_sessions, seed_ui_event
 from gateway.views import hms
 from proto.sessions import make_session
 from sinks.migrations import apply_migrations
+from tests.support.ci import fail_or_skip
+from tests.support.gateway import running_gateway, seed_sessions, seed_ui_event
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 
@@ -52,9 +53,7 @@ def chromium() -> str:
     """The system Chromium (scripts/setup.sh installs it). Missing: skip, or fail on CI."""
     if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         msg = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+        fail_or_skip(msg)
     return CHROMIUM
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.testing import running_gateway
 from proto.topics import Topics
+from tests.support.gateway import running_gateway
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -57,13 +57,14 @@ def pipeline(kafka_bootstrap: str, topics: Topics, fresh_pg_dsn: str, tmp_path: 
     """stream worker + session sink + gateway on the test's topics and database; yields the gateway URL."""
     _commands_present()
     from sinks.migrations import apply_migrations
-    from sinks.testing import SinkProcess, free_port, sink_env
-    from stream.testing import WorkerProcess, app_id_for, delete_internal_topics, worker_env
+    from tests.support.process import free_port, sink_process, worker_process
+    from tests.support.sinks import sink_env
+    from tests.support.stream import app_id_for, delete_internal_topics, worker_env
 
     asyncio.run(apply_migrations(fresh_pg_dsn))
     ARTIFACTS.mkdir(exist_ok=True)
     with ExitStack() as stack:
-        worker = WorkerProcess(
+        worker = worker_process(
             worker_env(
                 kafka_bootstrap,
                 topics,
@@ -78,11 +79,12 @@ def pipeline(kafka_bootstrap: str, topics: Topics, fresh_pg_dsn: str, tmp_path: 
         worker.start(ready_timeout=90)
         sink_log = ARTIFACTS / "e2e-sink.log"
         sink_log.write_bytes(b"")
-        sink = SinkProcess("sessions", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, free_port()), sink_log)
+        sink_settings = sink_env(kafka_bootstrap, fresh_pg_dsn, topics, free_port())
+        sink = sink_process("sessions", sink_settings, sink_log)
         stack.callback(sink.stop, 15.0)
         raw_log = ARTIFACTS / "e2e-sink-raw.log"
         raw_log.write_bytes(b"")
-        raw = SinkProcess("raw", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, free_port()), raw_log)
+        raw = sink_process("raw", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, free_port()), raw_log)
         stack.callback(raw.stop, 15.0)
         env = {
             "DESKTRACE_KAFKA_BOOTSTRAP": kafka_bootstrap,

@@ -24,8 +24,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from gateway.testing import running_gateway
 from proto.topics import Topics
+from tests.support.gateway import running_gateway
+from tests.support.kafka import at_least, consume_until
 from tests.test_gateway_legacy import read_topic
 
 pytestmark = [pytest.mark.kafka]
@@ -251,27 +252,8 @@ def test_hostile_corpus_gets_4xx_and_nothing_refused_is_stored(
 
 
 async def _raw_values(bootstrap: str, topic: str, expect: int) -> list[bytes]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    out: list[bytes] = []
-    try:
-        deadline = time.monotonic() + 30
-        quiet = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            got = [r.value for rs in batch.values() for r in rs if r.value is not None]
-            out += got
-            if got:
-                quiet = time.monotonic()
-            elif len(out) >= expect and time.monotonic() - quiet > 1.5:
-                break
-    finally:
-        await consumer.stop()
-    return out
+    records = await consume_until(bootstrap, topic, at_least(expect), 30, settle_s=1.5)
+    return [r.value for r in records if r.value is not None]
 
 
 def test_tokens_in_the_url_are_scoped_and_never_logged(gateway: tuple[str, Path]) -> None:

@@ -3,7 +3,6 @@ StateChange events on the presence topic of a real Kafka: no duplicates, nothing
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,13 +11,13 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from gateway.legacy import legacy_agent_id
-from gateway.testing import running_gateway
 from proto.codec import decode_event
 from proto.events import StateChange
 from proto.topics import Topics
+from tests.support.gateway import running_gateway
+from tests.support.kafka import at_least, consume_until
 
 pytestmark = [pytest.mark.kafka]
 
@@ -54,32 +53,12 @@ def gateway_url(kafka_bootstrap: str, topics: Topics) -> Iterator[str]:
 
 async def read_topic(bootstrap: str, topic: str, expect: int, quiet_s: float = 1.5) -> list[StateChange]:
     """Every record of ``topic``: read until ``expect`` arrived and then ``quiet_s`` passed without more."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
     out: list[StateChange] = []
-    try:
-        deadline = time.monotonic() + 30
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            records = [r for rs in batch.values() for r in rs]
-            for r in records:
-                ev = decode_event(r.value)
-                assert isinstance(ev, StateChange)
-                assert r.key == f"{ev.domain}\\{ev.user}".lower().encode()
-                out.append(ev)
-            if records:
-                quiet_since = time.monotonic()
-            elif len(out) >= expect and time.monotonic() - quiet_since > quiet_s:
-                break
-    finally:
-        await consumer.stop()
+    for r in await consume_until(bootstrap, topic, at_least(expect), 30, settle_s=quiet_s):
+        ev = decode_event(r.value)
+        assert isinstance(ev, StateChange)
+        assert r.key == f"{ev.domain}\\{ev.user}".lower().encode()
+        out.append(ev)
     return out
 
 
@@ -162,7 +141,7 @@ async def test_legacy_day_becomes_state_changes(
 
 async def test_kafka_down_answers_503(tmp_path: Path) -> None:
     """With no broker, a report is answered 503 with a clear message (never a crash or a false success)."""
-    from gateway.testing import free_port
+    from tests.support.process import free_port
 
     env = {
         "DESKTRACE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.auth import hash_password
-from gateway.testing import running_gateway
 from tests.mining_fixture import load_fixture
+from tests.support.gateway import running_gateway
 from tests.test_gateway_browser import ARTIFACTS, chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]

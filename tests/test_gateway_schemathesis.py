@@ -23,10 +23,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.testing import running_gateway, seed_sessions
 from proto.sessions import make_session
 from proto.topics import Topics
 from sinks.migrations import apply_migrations
+from tests.support.gateway import running_gateway, seed_sessions
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 

@@ -21,9 +21,9 @@ from common.settings import SettingsError
 from gateway.app import create_app
 from gateway.auth import hash_password
 from gateway.settings import GatewaySettings
-from gateway.testing import seed_sessions, seed_ui_event
 from proto.sessions import make_session
 from sinks.migrations import apply_migrations
+from tests.support.gateway import seed_sessions, seed_ui_event
 
 pytestmark = pytest.mark.postgres
 

@@ -5,7 +5,6 @@ systemd user unit that `systemd-analyze verify` accepts; secrets never land in e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess
@@ -20,6 +19,7 @@ from agent.install_linux import SecretInCommand, desktop_entry, refuse_secrets, 
 from agent.privacy import PrivacyFilter
 from agent.settings import load_agent_settings
 from common.settings import SettingsError
+from tests.support.ci import fail_or_skip
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the Linux autostart")
 
@@ -35,9 +35,7 @@ def _need(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
         message = f"{tool} missing (Debian: {package}; scripts/setup.sh installs it)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip(message)
     return path
 
 
@@ -204,3 +202,13 @@ def test_a_password_file_from_the_environment_is_passed_on_not_copied(
     out = capsys.readouterr().out
     assert f"--kafka-password-file {pw}" in out and "hunter2" not in out
     assert not (cfg / "desktrace").exists()
+
+
+def test_systemd_quote_escapes_what_execstart_would_read_otherwise() -> None:
+    """systemd.syntax(7)/systemd.service(5): C escapes inside double quotes, ``%`` a specifier, ``$`` a
+    variable; everything else as given (a Windows-style path, spaces, Unicode)."""
+    from agent.install_linux import systemd_quote
+
+    assert systemd_quote('a\\b"c\nd\te%f$g') == '"a\\\\b\\"c\\nd\\te%%f$$g"'
+    assert systemd_quote("/opt/Desk Trace/bin/ä") == '"/opt/Desk Trace/bin/ä"'
+    assert systemd_quote("") == '""'

@@ -32,6 +32,7 @@ from agent.sources.presencelogic import (
     session_type,
     wayland_warning,
 )
+from tests.support.ci import fail_or_skip
 
 SESSION = "/org/freedesktop/login1/session/c7"
 OTHER_SESSION = "/org/freedesktop/login1/session/c9"
@@ -44,9 +45,7 @@ def bus(tmp_path: Path) -> Iterator[str]:
     daemon = shutil.which("dbus-daemon")
     if daemon is None:
         message = "dbus-daemon missing (Debian: dbus; scripts/setup.sh installs it)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip(message)
     proc = subprocess.Popen(
         [daemon, "--session", "--nofork", "--nopidfile", "--print-address=1",
          f"--address=unix:path={tmp_path / 'bus'}"],

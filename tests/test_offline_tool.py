@@ -115,7 +115,7 @@ def test_bounded_buffers_and_spilled_sessions_give_the_same_output() -> None:
     three days of four users, in order."""
     from datetime import UTC, datetime, timedelta
 
-    from stream.testing import generate_events
+    from tests.support.events import generate_events
 
     events = []
     for d in range(3):

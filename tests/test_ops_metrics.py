@@ -19,8 +19,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from devstack.pipeline import LocalPipeline
-from devstack.samples import every_event_type
 from proto import Topics, encode_event, event_user_key
+from tests.support.events import every_event_type
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 import generate

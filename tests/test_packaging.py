@@ -36,3 +36,23 @@ def test_agent_extra_installs_without_server_side_packages(tmp_path: Path) -> No
         [str(env_dir / "bin" / "desktrace-agent"), "--help"], capture_output=True, text=True, timeout=60
     )
     assert helped.returncode == 0 and "simulate" in helped.stdout
+
+
+SHIPPED = ("proto", "common", "agent", "stream", "sinks", "gateway", "reports", "devstack")
+
+
+def test_shipped_packages_import_nothing_from_the_test_kit() -> None:
+    """Test code stays out of the wheel: no shipped module imports ``tests`` (the kit is tests/support/)."""
+    import ast
+
+    offenders = []
+    for package in SHIPPED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = (
+                    [a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                )
+                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "tests"]
+            assert path.name != "testing.py", f"test helpers belong in tests/support/: {path}"
+    assert not offenders, offenders

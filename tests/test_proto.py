@@ -8,11 +8,11 @@ import msgspec
 import pytest
 
 import proto
-from devstack.samples import every_event_type, sample_event, sample_fields
 from proto import EventDecodeError
 from proto.events import EVENT_TYPES, Heartbeat, Logon, to_utc_ms
 from proto.schema import stale_files
 from proto.sessions import Session, SessionRetraction
+from tests.support.events import every_event_type, sample_event, sample_fields
 
 CET = timezone(timedelta(hours=1))
 

@@ -17,8 +17,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 import proto
-from devstack.samples import sample_event, sample_fields
 from proto import Topics
+from tests.support.events import sample_event, sample_fields
 
 pytestmark = pytest.mark.kafka
 

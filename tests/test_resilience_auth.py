@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.pipeline import _script, free_port
 from devstack.secure import AGENT, GATEWAY, SINK, STREAM, SecureKafka
+from tests.support.process import free_port, script
 from tests.test_agent_cli import simulated_agent_run
 from tests.test_secure_stack import PREFIX, secure, state_dir  # noqa: F401 - the module's fixtures
 
@@ -51,7 +51,7 @@ def test_stream_exits_naming_the_authentication_failure(
     secure: SecureKafka, tmp_path: Path  # noqa: F811
 ) -> None:
     env = {**wrong_env(secure, STREAM, tmp_path), "DESKTRACE_METRICS_ADDR": "127.0.0.1:0"}
-    proc = subprocess.run([_script("desktrace-stream")], env=env, capture_output=True, text=True,
+    proc = subprocess.run([script("desktrace-stream")], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 1
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
@@ -68,12 +68,12 @@ def test_sink_and_gateway_name_it_in_log_and_readiness(
     procs = []
     with open(sink_log, "wb") as s_out, open(gw_log, "wb") as g_out:
         procs.append(subprocess.Popen(
-            [_script("desktrace-sink"), "raw"], stdout=s_out, stderr=subprocess.STDOUT,
+            [script("desktrace-sink"), "raw"], stdout=s_out, stderr=subprocess.STDOUT,
             env={**wrong_env(secure, SINK, tmp_path), "DESKTRACE_PG_DSN": pg_dsn,
                  "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{sink_port}"},
         ))
         procs.append(subprocess.Popen(
-            [_script("desktrace-gateway")], stdout=g_out, stderr=subprocess.STDOUT,
+            [script("desktrace-gateway")], stdout=g_out, stderr=subprocess.STDOUT,
             env={**wrong_env(secure, GATEWAY, tmp_path), "DESKTRACE_PG_DSN": pg_dsn,
                  "DESKTRACE_HTTP_ADDR": f"127.0.0.1:{gw_port}"},
         ))

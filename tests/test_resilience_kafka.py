@@ -20,14 +20,14 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from proto.deadletter import header_map
 from proto.topics import Topics
-from stream.testing import (
+from tests.support.events import generate_events
+from tests.support.kafka import at_least, consume_until, publish_events
+from tests.support.process import ServiceHandle, worker_process
+from tests.support.stream import (
     SessionView,
-    WorkerProcess,
     delete_internal_topics,
     describe_difference,
-    generate_events,
     offline_sessions,
-    publish,
     worker_env,
 )
 
@@ -77,30 +77,15 @@ async def publish_big(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -
 
 
 async def read_topic(bootstrap: str, topic: str, want: int, within_s: float) -> list[Any]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + within_s
-        while len(records) < want and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        for batch in (await consumer.getmany(timeout_ms=300)).values():
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
+    return await consume_until(bootstrap, topic, at_least(want), within_s, settle_s=0.3)
 
 
 @pytest.fixture
-def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[WorkerProcess]:
+def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[ServiceHandle]:
     # Default app id and metrics address: both derive from the test's topic prefix.
     env = worker_env(kafka_bootstrap, topics, tmp_path / "data")
     del env["DESKTRACE_STREAM_APP_ID"]
-    w = WorkerProcess(env, tmp_path / "worker.log")
+    w = worker_process(env, tmp_path / "worker.log")
     w.start()
     yield w
     w.stop()
@@ -112,15 +97,15 @@ def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[Wor
 
 
 async def test_stream_dead_letters_records_up_to_the_broker_limit_without_dying(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, worker: WorkerProcess
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, worker: ServiceHandle
 ) -> None:
     events = generate_events(seed=31, users=2, hours=2)
     expected = offline_sessions(events, tmp_path)
     big = [*big_records(topics, events[0]), at_broker_limit(topics.hid, b"corp\\user1")]
     half = len(events) // 2
-    await publish(kafka_bootstrap, topics, events[:half])
+    await publish_events(kafka_bootstrap, topics, events[:half])
     await publish_big(kafka_bootstrap, [b[:3] for b in big])
-    await publish(kafka_bootstrap, topics, events[half:])
+    await publish_events(kafka_bootstrap, topics, events[half:])
 
     async with SessionView(kafka_bootstrap, topics) as view:
         ok = await view.wait_equal(expected, 90)
@@ -162,8 +147,10 @@ async def test_sink_skips_dead_letters_the_broker_refuses_for_good_and_keeps_wri
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from devstack.topics import delete_topics, ensure_topics
-    from sinks.testing import event_mix, event_records, fetchval, running, settings_for, wait_until
     from sinks.writers import RawWriter
+    from tests.support.events import event_mix
+    from tests.support.kafka import event_records
+    from tests.support.sinks import fetchval, running, settings_for, wait_until
 
     topics = Topics(f"t{uuid.uuid4().hex[:12]}.")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -217,14 +204,14 @@ async def test_failover_with_the_default_session_timeout_and_readiness_during_it
         env = worker_env(kafka_bootstrap, topics, tmp_path / f"data-{name}",
                          DESKTRACE_BATCH_SIZE="20", DESKTRACE_BATCH_WITHIN="0.05")
         del env["DESKTRACE_SESSION_TIMEOUT"], env["DESKTRACE_STREAM_APP_ID"]  # defaults: 10 s, from prefix
-        workers.append(WorkerProcess(env, tmp_path / f"worker-{name}.log"))
+        workers.append(worker_process(env, tmp_path / f"worker-{name}.log"))
     a, b = workers
     try:
         a.start(ready_timeout=90)
         b.start(ready_timeout=90)
-        await publish(kafka_bootstrap, topics, events[: len(events) // 2])
+        await publish_events(kafka_bootstrap, topics, events[: len(events) // 2])
         await asyncio.sleep(3)
-        await publish(kafka_bootstrap, topics, events[len(events) // 2:])
+        await publish_events(kafka_bootstrap, topics, events[len(events) // 2:])
         a.kill()
         killed = time.monotonic()
         states: list[tuple[float, int]] = []
@@ -273,16 +260,16 @@ async def test_stream_skips_output_the_broker_refuses_for_good_and_keeps_running
     await ensure_topics(kafka_bootstrap, topics, partitions=3)
     env = worker_env(kafka_bootstrap, topics, tmp_path / "data")
     del env["DESKTRACE_STREAM_APP_ID"]
-    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker = worker_process(env, tmp_path / "worker.log")
     try:
         worker.start(ready_timeout=90)
         events = generate_events(seed=17, users=2, hours=2)
         expected = offline_sessions(events, tmp_path)
         half = len(events) // 2
-        await publish(kafka_bootstrap, topics, events[:half])
+        await publish_events(kafka_bootstrap, topics, events[:half])
         await publish_big(kafka_bootstrap, [(topics.ui, b"corp\\user0", b"\xc1" + b"g" * 200_000),
                                             (topics.hid, b"corp\\user1", b"\xc1 small")])
-        await publish(kafka_bootstrap, topics, events[half:])
+        await publish_events(kafka_bootstrap, topics, events[half:])
         async with SessionView(kafka_bootstrap, topics) as view:
             ok = await view.wait_equal(expected, 90)
             assert ok, describe_difference(view.sessions, expected) + "\n" + worker.tail()
@@ -312,8 +299,8 @@ def test_a_broker_outage_is_two_log_lines_per_service(tmp_path: Path, fresh_pg_d
     import subprocess
 
     from devstack.kafka import KafkaInstance
-    from devstack.pipeline import _script, free_port
     from devstack.topics import ensure_topics
+    from tests.support.process import free_port, script
 
     kafka = KafkaInstance(tmp_path / "kafka", free_port(), free_port(), partitions=3,
                           heap=("-Xms128m", "-Xmx384m"), progress=lambda _: None)
@@ -327,7 +314,7 @@ def test_a_broker_outage_is_two_log_lines_per_service(tmp_path: Path, fresh_pg_d
         env.update({"DESKTRACE_KAFKA_BOOTSTRAP": kafka.bootstrap, "DESKTRACE_PG_DSN": fresh_pg_dsn,
                     "DESKTRACE_TOPIC_PREFIX": "o.", "DESKTRACE_METRICS_ADDR": f"127.0.0.1:{free_port()}"})
         with open(log, "wb") as out:
-            sink = subprocess.Popen([_script("desktrace-sink"), "raw"], env=env, stdout=out,
+            sink = subprocess.Popen([script("desktrace-sink"), "raw"], env=env, stdout=out,
                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while "sink started" not in log.read_text(errors="replace") and time.monotonic() < deadline:

@@ -20,7 +20,6 @@ import asyncpg
 import msgspec
 import pytest
 
-from devstack.pipeline import ServiceProcess, _script, free_port
 from devstack.postgres import with_database
 from devstack.topics import delete_topics, ensure_topics
 from proto.deadletter import header_map
@@ -28,7 +27,10 @@ from proto.sessions import make_session
 from proto.topics import Topics
 from sinks.settings import default_metrics_addr
 from stream.settings import default_app_id, load_settings
-from stream.testing import SESSIONIZER_ENV, delete_internal_topics, generate_events, offline_sessions, publish
+from tests.support.events import generate_events
+from tests.support.kafka import at_least, consume_until, publish_events
+from tests.support.process import ServiceHandle, free_port, script
+from tests.support.stream import SESSIONIZER_ENV, delete_internal_topics, offline_sessions
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -95,14 +97,14 @@ class Pipeline:
             "gateway": f"http://127.0.0.1:{free_port()}",
         }
         argv = {
-            "stream": [_script("desktrace-stream")],
-            "sink-raw": [_script("desktrace-sink"), "raw"],
-            "sink-sessions": [_script("desktrace-sink"), "sessions"],
-            "gateway": [_script("desktrace-gateway")],
+            "stream": [script("desktrace-stream")],
+            "sink-raw": [script("desktrace-sink"), "raw"],
+            "sink-sessions": [script("desktrace-sink"), "sessions"],
+            "gateway": [script("desktrace-gateway")],
         }
         log_dir.mkdir(parents=True, exist_ok=True)
         self.services = {
-            name: ServiceProcess(
+            name: ServiceHandle(
                 name, argv[name],
                 {**common, **({"DESKTRACE_HTTP_ADDR": urls[name][7:]} if name == "gateway" else {})},
                 log_dir / f"{name}.log", health_url=urls[name] + "/healthz",
@@ -198,20 +200,7 @@ async def publish_big(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -
 
 
 async def read_all(bootstrap: str, topic: str, want: int, within_s: float) -> list[Any]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 << 20)
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + within_s
-        while len(out) < want and time.monotonic() < deadline:
-            for recs in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(recs)
-    finally:
-        await consumer.stop()
-    return out
+    return await consume_until(bootstrap, topic, at_least(want), within_s, max_partition_fetch_bytes=4 << 20)
 
 
 async def stored(dsn: str) -> tuple[int, int, dict[str, tuple[Any, ...]]]:
@@ -253,9 +242,9 @@ def test_two_prefixed_pipelines_complete_with_big_records_among_good_events(
     half = len(events) // 2
     for p in two_pipelines:
         big = big_records(p.topics, events[0])
-        asyncio.run(publish(kafka_bootstrap, p.topics, events[:half]))
+        asyncio.run(publish_events(kafka_bootstrap, p.topics, events[:half]))
         asyncio.run(publish_big(kafka_bootstrap, [b[:3] for b in big]))
-        asyncio.run(publish(kafka_bootstrap, p.topics, events[half:]))
+        asyncio.run(publish_events(kafka_bootstrap, p.topics, events[half:]))
 
     for p in two_pipelines:
         deadline = time.monotonic() + 180

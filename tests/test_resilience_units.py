@@ -34,7 +34,7 @@ from proto import deadletter as D
 from proto.codec import EventDecodeError, decode_events, encode_event
 from proto.topics import Topics
 from stream.metrics import StreamMetrics
-from stream.testing import generate_events
+from tests.support.events import generate_events
 
 # ---- bounded dead letters ------------------------------------------------------------------------------
 

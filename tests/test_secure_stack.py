@@ -35,7 +35,6 @@ from aiokafka.errors import (
 
 from devstack._proc import DevstackError, quiet, run_sync
 from devstack.pipeline import free_port
-from devstack.samples import every_event_type, sample_fields
 from devstack.secure import (
     ADMIN,
     AGENT,
@@ -53,11 +52,12 @@ from devstack.secure import (
 from devstack.topics import ensure_topics
 from proto import Topics, encode_event, event_user_key
 from proto.events import EVENT_TYPES
+from tests.support.ci import IN_CI
+from tests.support.events import every_event_type, sample_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "sec."
 TOPICS = Topics(PREFIX)
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 # ---- the ACLs mirror production (no broker) ------------------------------------------------------------

@@ -30,11 +30,11 @@ from agent.spool import integrity_ok
 from devstack.pipeline import free_port
 from proto.codec import decode_event
 from proto.topics import Topics
+from tests.support.ci import IN_CI
 from tests.test_agent_cli import simulated_agent_run
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 OUTAGE_S = float(os.environ.get("DESKTRACE_TEST_OUTAGE_S", "25"))
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from agent.shipper import Backoff, Shipper, producer_factory
+from agent.shipper import Shipper, producer_factory
 from agent.spool import Spool, SpoolRecord
+from common.backoff import Backoff
 from proto.topics import Topics
 
 pytestmark = pytest.mark.kafka

@@ -21,23 +21,20 @@ from proto.events import HardwareKeyboardEvent, Heartbeat
 from proto.sessions import SessionRetraction, make_session
 from proto.topics import Topics
 from sinks.runner import SinkRunner
-from sinks.testing import (
-    SinkProcess,
+from sinks.writers import RawWriter, SessionWriter
+from tests.support.events import event_mix
+from tests.support.kafka import event_records, publish
+from tests.support.metrics import sample, scrape
+from tests.support.process import free_port, sink_process
+from tests.support.sinks import (
     dead_letters,
-    event_mix,
-    event_records,
     fetchval,
-    free_port,
-    publish,
     running,
-    sample,
-    scrape,
     session_records,
     settings_for,
     sink_env,
     wait_until,
 )
-from sinks.writers import RawWriter, SessionWriter
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -263,7 +260,7 @@ async def test_sessions_sink_command_runs_serves_health_and_stops_cleanly(
     retract = [SessionRetraction(session_id=s.session_id, user_key=s.user_key) for s in sessions[::5]]
     await publish(kafka_bootstrap, session_records(topics, [*sessions, *retract]))
     port = free_port()
-    sink = SinkProcess("sessions", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, port), tmp_path / "s.log")
+    sink = sink_process("sessions", sink_env(kafka_bootstrap, fresh_pg_dsn, topics, port), tmp_path / "s.log")
     try:
 
         async def written() -> bool:
@@ -284,6 +281,6 @@ async def test_sessions_sink_command_runs_serves_health_and_stops_cleanly(
     finally:
         code = await asyncio.to_thread(sink.stop)
     assert code == 0
-    lines = [json.loads(line) for line in sink.log.read_text().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in sink.log_path.read_text().splitlines() if line.startswith("{")]
     assert any(entry["msg"] == "sink stopped" for entry in lines)
     assert all(entry["service"] == "sink-sessions" for entry in lines)

@@ -18,18 +18,11 @@ import pytest
 
 from proto.topics import Topics
 from sinks.partitions import partition_name
-from sinks.testing import (
-    SinkProcess,
-    event_mix,
-    event_records,
-    fetchval,
-    free_port,
-    publish,
-    sample,
-    scrape,
-    sink_env,
-    wait_until,
-)
+from tests.support.events import event_mix
+from tests.support.kafka import event_records, publish
+from tests.support.metrics import sample, scrape
+from tests.support.process import ServiceHandle, free_port, sink_process
+from tests.support.sinks import fetchval, sink_env, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -37,8 +30,8 @@ OUTAGE_S = float(os.environ.get("DESKTRACE_TEST_PG_OUTAGE_S", "30"))
 
 
 @pytest.fixture
-def sinks() -> Iterator[list[SinkProcess]]:
-    started: list[SinkProcess] = []
+def sinks() -> Iterator[list[ServiceHandle]]:
+    started: list[ServiceHandle] = []
     yield started
     for s in started:
         if s.proc.poll() is None:
@@ -49,7 +42,7 @@ async def count(dsn: str) -> int:
     return int(await fetchval(dsn, "SELECT count(*) FROM raw_events"))  # type: ignore[call-overload]
 
 
-async def assert_all_written_exactly_once(dsn: str, expected: int, sink: SinkProcess) -> None:
+async def assert_all_written_exactly_once(dsn: str, expected: int, sink: ServiceHandle) -> None:
     """Wait (90 s at most) until ``expected`` rows are in, settle, then: no row lost, none duplicated."""
 
     async def all_written() -> bool:
@@ -67,13 +60,13 @@ async def assert_all_written_exactly_once(dsn: str, expected: int, sink: SinkPro
 
 
 async def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
-    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics, tmp_path: Path, sinks: list[SinkProcess]
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics, tmp_path: Path, sinks: list[ServiceHandle]
 ) -> None:
     events = event_mix(12000, agents=6)
     await publish(kafka_bootstrap, event_records(topics, events))
     port = free_port()
     env = sink_env(kafka_bootstrap, fresh_pg_dsn, topics, port, batch_size=150)
-    first = SinkProcess("raw", env, tmp_path / "sink1.log")
+    first = sink_process("raw", env, tmp_path / "sink1.log")
     sinks.append(first)
 
     async def some_written() -> bool:
@@ -84,7 +77,7 @@ async def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     at_kill = await count(fresh_pg_dsn)
     assert 0 < at_kill < len(events), "the kill must land mid-stream"
 
-    second = SinkProcess("raw", env, tmp_path / "sink2.log")
+    second = sink_process("raw", env, tmp_path / "sink2.log")
     sinks.append(second)
 
     await assert_all_written_exactly_once(fresh_pg_dsn, len(events), second)
@@ -112,14 +105,14 @@ def private_pg(tmp_path: Path) -> Iterator[object]:
 
 
 async def test_postgres_down_30s_under_load_retries_and_loses_nothing(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, sinks: list[SinkProcess], private_pg: object
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, sinks: list[ServiceHandle], private_pg: object
 ) -> None:
     from devstack.postgres import PostgresInstance
 
     assert isinstance(private_pg, PostgresInstance)
     dsn = private_pg.dsn
     port = free_port()
-    sink = SinkProcess(
+    sink = sink_process(
         "raw", sink_env(kafka_bootstrap, dsn, topics, port, batch_size=200), tmp_path / "sink.log"
     )
     sinks.append(sink)

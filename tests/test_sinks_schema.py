@@ -18,8 +18,9 @@ from proto.events import Heartbeat, WindowSwitch
 from proto.topics import Topics
 from sinks.migrations import apply_migrations, discover
 from sinks.partitions import PartitionCache, list_partitions, partition_name
-from sinks.testing import dead_letters, fetchval, publish, running, settings_for, wait_until
 from sinks.writers import RawWriter
+from tests.support.kafka import publish
+from tests.support.sinks import dead_letters, fetchval, running, settings_for, wait_until
 
 pytestmark = pytest.mark.postgres
 

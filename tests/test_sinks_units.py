@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.health import HealthServer, parse_addr
+from common.urls import url_host
 from proto.codec import encode_event
 from proto.events import Heartbeat, Lock, WindowSwitch
 from proto.sessions import Session, SessionRetraction, make_session
@@ -71,7 +72,10 @@ def test_raw_row_columns_and_details() -> None:
     [
         ("", None),
         ("about:blank", None),
-        ("relative/path", None),
+        # no scheme, as Chrome and Edge address bars show URLs and the agent records them: the agent's host
+        ("mail.example.com/inbox?x=1", "mail.example.com"),
+        ("Intranet:8080/wiki", "intranet"),
+        ("alice:pw@bank.example/acct", "bank.example"),
         ("http://[::1", None),
         ("https://A.B.example/", "a.b.example"),
         ("file:///C:/x", None),
@@ -79,6 +83,17 @@ def test_raw_row_columns_and_details() -> None:
 )
 def test_url_domain(url: str, host: str | None) -> None:
     assert url_domain(url) == host
+    assert url_domain(url) == (url_host(url) or None)  # the agent and the sink read one host
+
+
+def test_a_scheme_less_url_reaches_the_domains_report_column() -> None:
+    """The agent records address-bar URLs without ``https://``; the sink's ``url_domain`` column (what the
+    "domains only" reports group by) must hold their host, not NULL."""
+    from tests.support.events import sample_event
+
+    event = msgspec.structs.replace(sample_event("WindowSwitch"), url="docs.example.org/page")
+    row = dict(zip(RAW_COLUMNS, raw_row(event), strict=True))
+    assert row["url_domain"] == "docs.example.org"
 
 
 def _apply(messages: list[Session | SessionRetraction]) -> dict[str, Session]:
@@ -261,3 +276,20 @@ async def test_runner_retrying_backs_off_counts_and_stops() -> None:
     runner.stop()
     with pytest.raises(Stopped):
         await runner._retrying(down, lambda e: isinstance(e, OSError), "kafka", "x failed")
+
+
+def test_common_backoff_doubles_caps_resets_and_jitters_within_its_ceiling() -> None:
+    """The one backoff (common/backoff.py): sinks without jitter, the agents' fleet with it."""
+    import random
+
+    from common.backoff import Backoff as CommonBackoff
+
+    plain = CommonBackoff(0.5, 3.0)
+    assert [plain.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    plain.reset()
+    assert plain.next() == 0.5
+    jittered = CommonBackoff(0.5, 30.0, jitter=True, rng=random.Random(3))
+    delays = [jittered.next() for _ in range(12)]
+    ceilings = [min(30.0, 0.5 * 2**n) for n in range(12)]
+    assert all(0.25 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert len(set(delays)) == len(delays)  # not in step

@@ -34,6 +34,7 @@ from agent.sources.x11logic import (
     xtest_device_ids,
 )
 from agent.throttle import HID_TYPE_FOR, HidThrottle
+from tests.support.ci import fail_or_skip
 
 TOOLS = ("Xvfb", "openbox", "xdotool", "xterm")
 
@@ -49,9 +50,7 @@ def _need_tools() -> None:
     missing = _missing_tools()
     if missing:
         message = f"X11 test tools missing: {', '.join(missing)} (Debian: xvfb openbox xdotool xterm)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip(message)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -3,16 +3,15 @@ records on a topic are rejected with a clear error while the good ones around th
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 import proto
-from devstack.samples import every_event_type, sample_event
 from proto import EventDecodeError, Topics
+from tests.support.events import every_event_type, sample_event
+from tests.support.kafka import at_least, consume_until
 
 pytestmark = pytest.mark.kafka
 
@@ -20,25 +19,7 @@ pytestmark = pytest.mark.kafka
 async def consume(
     bootstrap: str, topic_names: tuple[str, ...], count: int, wait_s: float = 20.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    consumer = AIOKafkaConsumer(
-        *topic_names,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while len(records) < count and loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                records.extend(recs)
-    finally:
-        await consumer.stop()
-    return records
+    return await consume_until(bootstrap, topic_names, at_least(count), wait_s)
 
 
 async def test_every_event_type_round_trips_through_kafka(kafka_bootstrap: str, topics: Topics) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,15 +18,15 @@ from proto import events as E
 from proto.codec import encode_event
 from proto.deadletter import header_map
 from proto.topics import Topics
-from stream.testing import (
+from tests.support.events import generate_events
+from tests.support.kafka import at_least, consume_until, publish_events
+from tests.support.process import ServiceHandle, worker_process
+from tests.support.stream import (
     SessionView,
-    WorkerProcess,
     app_id_for,
     delete_internal_topics,
     describe_difference,
-    generate_events,
     offline_sessions,
-    publish,
     worker_env,
 )
 
@@ -35,8 +34,8 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(worker_env(kafka_bootstrap, topics, tmp_path / "data"), tmp_path / "worker.log")
+def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[ServiceHandle]:
+    w = worker_process(worker_env(kafka_bootstrap, topics, tmp_path / "data"), tmp_path / "worker.log")
     w.start()
     yield w
     w.stop()
@@ -63,28 +62,11 @@ def bad_records(topics: Topics, template: E.Envelope) -> list[tuple[str, bytes |
 
 
 async def read_deadletters(bootstrap: str, topics: Topics, want: int, within_s: float) -> list[Any]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topics.deadletter, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + within_s
-        while len(records) < want and time.monotonic() < deadline:
-            got = await consumer.getmany(timeout_ms=500)
-            for batch in got.values():
-                records.extend(batch)
-        got = await consumer.getmany(timeout_ms=300)  # nothing more than expected
-        for batch in got.values():
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
+    return await consume_until(bootstrap, topics.deadletter, at_least(want), within_s, settle_s=0.3)
 
 
 async def test_bad_records_on_every_raw_topic_are_dead_lettered_and_good_ones_processed(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, worker: WorkerProcess
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, worker: ServiceHandle
 ) -> None:
     events = generate_events(seed=21, users=2, hours=2)
     expected = offline_sessions(events, tmp_path)
@@ -94,7 +76,7 @@ async def test_bad_records_on_every_raw_topic_are_dead_lettered_and_good_ones_pr
     rng.shuffle(records)
     for rec in bad:  # bad records in between the good ones
         records.insert(rng.randrange(len(records)), rec[:3])
-    await publish(kafka_bootstrap, topics, records)
+    await publish_events(kafka_bootstrap, topics, records)
 
     async with SessionView(kafka_bootstrap, topics) as view:
         ok = await view.wait_equal(expected, 45)
@@ -106,7 +88,7 @@ async def test_bad_records_on_every_raw_topic_are_dead_lettered_and_good_ones_pr
         next(e for e in events if e.user == "user0" and isinstance(e, E.Heartbeat)),
         seq=99_999, ts=latest - timedelta(days=4),
     )
-    await publish(kafka_bootstrap, topics, [late])
+    await publish_events(kafka_bootstrap, topics, [late])
     wanted = [*bad, (topics.presence, b"corp\\user0", encode_event(late), "late")]
 
     dead = await read_deadletters(kafka_bootstrap, topics, len(wanted), 30)
@@ -133,7 +115,7 @@ async def test_bad_records_on_every_raw_topic_are_dead_lettered_and_good_ones_pr
 
 
 
-def test_http_endpoint_serves_metrics_and_health_but_no_table_views(worker: WorkerProcess) -> None:
+def test_http_endpoint_serves_metrics_and_health_but_no_table_views(worker: ServiceHandle) -> None:
     assert worker.get("/healthz")[0] == 200
     assert worker.get("/readyz")[0] == 200
     status, text = worker.get("/metrics")

@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 
 from proto.topics import Topics
-from stream.testing import (
+from tests.support.events import generate_events, shuffled_with_duplicates
+from tests.support.kafka import publish_events
+from tests.support.process import ServiceHandle, worker_process
+from tests.support.stream import (
     SessionView,
-    WorkerProcess,
     app_id_for,
     delete_internal_topics,
     describe_difference,
-    generate_events,
     offline_sessions,
-    publish,
-    shuffled_with_duplicates,
     worker_env,
 )
 
@@ -31,9 +30,9 @@ OUTPUT_WAIT_S = 45.0
 
 
 @pytest.fixture
-def workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+def workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[list[ServiceHandle]]:
     """Worker processes started by a test; stopped (and their internal topics removed) afterwards."""
-    started: list[WorkerProcess] = []
+    started: list[ServiceHandle] = []
     yield started
     for w in started:
         w.stop()
@@ -43,16 +42,16 @@ def workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[li
         pass
 
 
-def new_worker(workers: list[WorkerProcess], kafka_bootstrap: str, topics: Topics, tmp_path: Path,
-               **extra: str) -> WorkerProcess:
+def new_worker(workers: list[ServiceHandle], kafka_bootstrap: str, topics: Topics, tmp_path: Path,
+               **extra: str) -> ServiceHandle:
     env = worker_env(kafka_bootstrap, topics, tmp_path / "data", **extra)
-    w = WorkerProcess(env, tmp_path / "worker.log")
+    w = worker_process(env, tmp_path / "worker.log")
     workers.append(w)
     return w.start()
 
 
 async def test_shuffled_duplicated_stream_equals_offline_result(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: list[WorkerProcess]
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: list[ServiceHandle]
 ) -> None:
     events = generate_events(seed=3, users=4, hours=3)
     expected = offline_sessions(events, tmp_path)
@@ -61,7 +60,7 @@ async def test_shuffled_duplicated_stream_equals_offline_result(
 
     worker = new_worker(workers, kafka_bootstrap, topics, tmp_path)
     sent = shuffled_with_duplicates(events, seed=5)
-    await publish(kafka_bootstrap, topics, sent)
+    await publish_events(kafka_bootstrap, topics, sent)
     async with SessionView(kafka_bootstrap, topics) as view:
         ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
         assert ok, describe_difference(view.sessions, expected) + "\n" + worker.tail()
@@ -74,7 +73,7 @@ async def test_shuffled_duplicated_stream_equals_offline_result(
 
 
 async def test_sigkill_halfway_and_restart_gives_the_same_result(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: list[WorkerProcess]
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: list[ServiceHandle]
 ) -> None:
     events = generate_events(seed=8, users=4, hours=3)
     expected = offline_sessions(events, tmp_path)
@@ -83,10 +82,10 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     small_batches = {"DESKTRACE_BATCH_SIZE": "20", "DESKTRACE_BATCH_WITHIN": "0.05"}
 
     worker = new_worker(workers, kafka_bootstrap, topics, tmp_path, **small_batches)
-    await publish(kafka_bootstrap, topics, first)
+    await publish_events(kafka_bootstrap, topics, first)
     assert await wait_metric(worker, "desktrace_stream_events_total", len(first), 30)
     await asyncio.sleep(2.5)  # > commit interval: the first half's offsets and state are committed
-    await publish(kafka_bootstrap, topics, second)
+    await publish_events(kafka_bootstrap, topics, second)
     # kill it while it works through the second half (small batches: commits lag behind)
     assert await wait_metric(worker, "desktrace_stream_events_total", len(first) + len(second) * 0.3, 30)
     worker.kill()
@@ -102,7 +101,7 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     assert restarted.metric("desktrace_stream_users") == len({s.user_key for s in expected.values()})
 
 
-async def wait_metric(worker: WorkerProcess, name: str, at_least: float, within_s: float) -> bool:
+async def wait_metric(worker: ServiceHandle, name: str, at_least: float, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if worker.metric(name) >= at_least:

@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 
 from proto.topics import Topics
-from stream.testing import (
+from tests.support.events import generate_events, shuffled_with_duplicates
+from tests.support.kafka import publish_events
+from tests.support.process import ServiceHandle, worker_process
+from tests.support.stream import (
     SessionView,
-    WorkerProcess,
     app_id_for,
     delete_internal_topics,
     describe_difference,
-    generate_events,
     offline_sessions,
-    publish,
-    shuffled_with_duplicates,
     worker_env,
 )
 
@@ -30,8 +29,8 @@ OUTPUT_WAIT_S = 60.0
 
 
 @pytest.fixture
-def started(kafka_bootstrap: str, topics: Topics) -> Iterator[list[WorkerProcess]]:
-    workers: list[WorkerProcess] = []
+def started(kafka_bootstrap: str, topics: Topics) -> Iterator[list[ServiceHandle]]:
+    workers: list[ServiceHandle] = []
     yield workers
     for w in workers:
         w.stop()
@@ -41,28 +40,28 @@ def started(kafka_bootstrap: str, topics: Topics) -> Iterator[list[WorkerProcess
         pass
 
 
-def start_worker(started: list[WorkerProcess], bootstrap: str, topics: Topics, tmp_path: Path,
-                 name: str) -> WorkerProcess:
+def start_worker(started: list[ServiceHandle], bootstrap: str, topics: Topics, tmp_path: Path,
+                 name: str) -> ServiceHandle:
     env = worker_env(bootstrap, topics, tmp_path / f"data-{name}", DESKTRACE_BATCH_SIZE="50")
-    w = WorkerProcess(env, tmp_path / f"{name}.log")
+    w = worker_process(env, tmp_path / f"{name}.log")
     started.append(w)
     return w.start(ready_timeout=90)
 
 
 async def test_a_worker_joining_and_one_leaving_give_the_offline_result(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, started: list[WorkerProcess]
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, started: list[ServiceHandle]
 ) -> None:
     events = generate_events(seed=21, users=6, hours=3)
     expected = offline_sessions(events, tmp_path)
     sent = shuffled_with_duplicates(events, seed=22)
     third = len(sent) // 3
     first = start_worker(started, kafka_bootstrap, topics, tmp_path, "first")
-    await publish(kafka_bootstrap, topics, sent[:third])
+    await publish_events(kafka_bootstrap, topics, sent[:third])
     second = start_worker(started, kafka_bootstrap, topics, tmp_path, "second")  # rebalance: split
-    await publish(kafka_bootstrap, topics, sent[third : 2 * third])
+    await publish_events(kafka_bootstrap, topics, sent[third : 2 * third])
     await asyncio.sleep(2)
     assert first.stop() == 0  # graceful leave while work may be uncommitted: rebalance again
-    await publish(kafka_bootstrap, topics, sent[2 * third :])
+    await publish_events(kafka_bootstrap, topics, sent[2 * third :])
     async with SessionView(kafka_bootstrap, topics) as view:
         ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
         assert ok, describe_difference(view.sessions, expected) + "\n" + second.tail()

@@ -10,7 +10,7 @@ import pytest
 
 from agent.observations import WindowSnapshot
 from agent.privacy import PASSWORD_NAME, PrivacyFilter, PrivacySettingsError
-from agent.urlprivacy import clean_url, clean_urls_in_text, domain_matches, host_key, url_host
+from common.urls import clean_url, clean_urls_in_text, domain_matches, host_key, url_host
 from proto.events import FieldValue
 
 T0 = datetime(2024, 5, 6, 9, 0, 0, tzinfo=UTC)

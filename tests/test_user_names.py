@@ -21,13 +21,13 @@ from litestar import Litestar
 from gateway.app import create_app
 from gateway.auth import hash_password
 from gateway.settings import GatewaySettings
-from gateway.testing import seed_sessions
 from proto.codec import decode_event, encode_event
 from proto.events import StateChange
 from proto.sessions import make_session
 from reports.names import resolve
 from sinks.migrations import apply_migrations
 from sinks.rows import RAW_COLUMNS, raw_row
+from tests.support.gateway import seed_sessions
 
 REPORT = str(Path(sys.executable).parent / "desktrace-report")
 DAY = "2025-03-10"

@@ -73,29 +73,28 @@ class PresenceDeduper:
     awake and a second Logoff are dropped; before the first signal the state is unknown, so the first one
     of each pair passes (the agent may start while the screen is locked)."""
 
+    #: Each pair of opposite signals, by the state its first member sets.
+    _PAIRS: Final = {"Lock": ("locked", True), "Unlock": ("locked", False),
+                     "Suspend": ("asleep", True), "Resume": ("asleep", False)}
+
     def __init__(self) -> None:
-        self._locked: bool | None = None
-        self._asleep: bool | None = None
+        self._state: dict[str, bool] = {}  # "locked", "asleep": absent until the first signal
         self._logged_off = False
 
     def accept(self, kind: PresenceKind) -> bool:
-        if kind in ("Lock", "Unlock"):
-            locked = kind == "Lock"
-            if self._locked is locked:
+        pair = self._PAIRS.get(kind)
+        if pair is not None:
+            name, value = pair
+            if self._state.get(name) is value:
                 return False
-            self._locked = locked
-            return True
-        if kind in ("Suspend", "Resume"):
-            asleep = kind == "Suspend"
-            if self._asleep is asleep:
-                return False
-            self._asleep = asleep
+            self._state[name] = value
             return True
         if kind == "Logoff":
             if self._logged_off:
                 return False
             self._logged_off = True
             return True
+        return True
         return True
 
 

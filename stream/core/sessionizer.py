@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import msgspec
 
-from proto.events import Envelope
+from proto.clock import epoch_ms, from_epoch_ms
+from proto.events import BREAK_TYPES, PRESENCE_ENDING_TYPES, Envelope, Lock
 from proto.sessions import InactiveReason, Session, SessionRetraction, make_session
 from stream.core.compute import ACTIVE, Checkpoint, Computed, compute, details
 from stream.core.config import SessionizerConfig
@@ -30,13 +31,12 @@ from stream.core.state import (
     column,
 )
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NEVER = 1 << 62  #: "no new fact" for close()
+#: The fact flags of each break type, from the contract's type sets (sessions.md rules 2 and 4): every break
+#: breaks, the presence-ending ones end presence, a ``Lock`` starts a locked period.
 _FLAGS: dict[str, int] = {
-    "Lock": BRK | LOCK,
-    "Logoff": BRK | PEND,
-    "Suspend": BRK | PEND,
-    "AgentStop": BRK | PEND,
+    name: BRK | (PEND if name in PRESENCE_ENDING_TYPES else 0) | (LOCK if name == Lock.__name__ else 0)
+    for name in BREAK_TYPES
 }
 
 
@@ -49,15 +49,6 @@ class Update(msgspec.Struct):
     retractions: list[SessionRetraction]
     late: list[Envelope]
     duplicates: int
-
-
-def ms_of(ts: datetime) -> int:
-    """Milliseconds since the epoch of an aware, millisecond-precise datetime."""
-    return round(ts.timestamp() * 1000)
-
-
-def dt_of(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def _fingerprint(det: tuple[bool, tuple[str, ...], str]) -> int:
@@ -134,7 +125,7 @@ class Sessionizer:
     ) -> tuple[UserState, Update]:
         """Apply a batch of one user's events (any order, duplicates allowed); ``state`` None = new user."""
         st = state if state is not None else UserState()
-        stamped = [(ms_of(e.ts), e) for e in events]
+        stamped = [(epoch_ms(e.ts), e) for e in events]
         if not stamped:
             return st, Update([], [], [], 0)
         latest = max(st.latest, max(t for t, _ in stamped))
@@ -177,7 +168,7 @@ class Sessionizer:
 
     def latest_event_ts(self, state: UserState) -> datetime | None:
         """The time of the user's latest event, or None before the first."""
-        return None if state.latest == NO_TIME else dt_of(state.latest)
+        return None if state.latest == NO_TIME else from_epoch_ms(state.latest)
 
     # ---- internals ----------------------------------------------------------------------------------------
 
@@ -204,7 +195,7 @@ class Sessionizer:
         elif name == "Heartbeat":
             lit = e.last_input_ts  # type: ignore[attr-defined]
             if lit is not None:
-                p = ms_of(lit)
+                p = epoch_ms(lit)
                 if p >= st.floor:
                     pts = st.pts
                     k = bisect_left(pts, p)
@@ -329,15 +320,16 @@ class Sessionizer:
     def _sid(user_key: str, key: int) -> str:
         from proto.sessions import session_id
 
-        return session_id(user_key, "active" if key % 2 == ACTIVE else "inactive", dt_of(key >> 1))
+        return session_id(user_key, "active" if key % 2 == ACTIVE else "inactive", from_epoch_ms(key >> 1))
 
     @staticmethod
     def _session(user_key: str, c: Computed, det: tuple[bool, tuple[str, ...], str]) -> Session:
         locked, hosts, tz = det
+        start, end = from_epoch_ms(c.start), from_epoch_ms(c.end)
         if c.kind == ACTIVE:
-            return make_session(user_key, "active", dt_of(c.start), dt_of(c.end), list(hosts), None, tz)
+            return make_session(user_key, "active", start, end, list(hosts), None, tz)
         reason: InactiveReason = "locked" if locked else "idle"
-        return make_session(user_key, "inactive", dt_of(c.start), dt_of(c.end), list(hosts), reason, tz)
+        return make_session(user_key, "inactive", start, end, list(hosts), reason, tz)
 
     def _prune(self, st: UserState, cutoff: int) -> None:
         """Forget whole periods that ended more than max(G, P) before the horizon, and old seq ranges."""

@@ -1,5 +1,5 @@
-"""Helpers for the gateway's tests (and anyone driving a real gateway): run ``desktrace-gateway`` as a
-subprocess on a free loopback port, and seed the report tables."""
+"""The gateway's test kit: run ``desktrace-gateway`` as a subprocess on a free loopback port, and seed the
+report tables."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import asyncpg
 
-from devstack.pipeline import ServiceProcess
-from devstack.pipeline import free_port as free_port  # re-exported for the tests
 from proto.sessions import Session
+from tests.support.process import ServiceHandle, free_port
 
 
 def gateway_command() -> list[str]:
@@ -42,16 +41,16 @@ def running_gateway(
             log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "gateway.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_bytes(b"")
-        service = ServiceProcess(
+        service = ServiceHandle(
             "desktrace-gateway",
             gateway_command(),
             {**env, "DESKTRACE_HTTP_ADDR": f"127.0.0.1:{port}"},
             log_path,
-            health_url=f"{base}/healthz",
+            port=port,
+            ready_path="/healthz",
         )
         stack.callback(service.stop, 10.0)
-        service.start()
-        service.wait_healthy(timeout_s)
+        service.start(timeout_s)
         yield base
 
 

@@ -1,4 +1,8 @@
-"""What of a URL may be recorded: the rules in one place. Pure: no I/O, no clock.
+"""What of a URL may be recorded, and its host: the rules in one place. Pure: no I/O, no clock.
+
+Shared by the agent (what it records) and the raw sink (the ``url_domain`` column the "domains only" reports
+read): both read a URL's host with :func:`url_host`, so a scheme-less address-bar URL
+(``mail.example.com/inbox``) has the same host everywhere.
 
 :func:`clean_url` is applied to every URL the agent records (a browser's address bar) and, through
 :func:`clean_urls_in_text`, to every URL found inside a window title or tab title. What it guarantees:

@@ -1,0 +1,87 @@
+"""Kafka I/O for tests and benchmarks: publish records, and the one consumer-until-done helper."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from proto import events as E
+from proto.codec import encode_event
+from proto.keys import event_user_key
+from proto.topics import Topics
+
+Record = tuple[str, bytes | None, bytes | None]
+
+
+def event_records(topics: Topics, events: Iterable[E.Envelope]) -> list[Record]:
+    """Each event as ``(its raw topic, user key, msgpack bytes)``, as the agent's shipper sends it."""
+    return [(topics.for_event(e), event_user_key(e).encode(), encode_event(e)) for e in events]
+
+
+async def publish(bootstrap: str, records: Iterable[Record], **options: Any) -> int:
+    """Publish ``(topic, key, value)`` records in order (acks=all); returns how many."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **options)
+    await producer.start()
+    n = 0
+    try:
+        futures = []
+        for topic, key, value in records:
+            futures.append(await producer.send(topic, value=value, key=key))
+            n += 1
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return n
+
+
+async def publish_events(
+    bootstrap: str, topics: Topics, items: Iterable[E.Envelope | Record], **options: Any
+) -> int:
+    """Publish events (to their raw topic, keyed by user key) and literal ``(topic, key, value)`` records."""
+    records = [item if isinstance(item, tuple) else event_records(topics, [item])[0] for item in items]
+    return await publish(bootstrap, records, **options)
+
+
+async def consume_until(
+    bootstrap: str,
+    topics: str | Sequence[str],
+    done: Callable[[Sequence[Any]], bool],
+    within: float = 15.0,
+    settle_s: float = 0.0,
+    **options: Any,
+) -> list[Any]:
+    """The records of ``topics`` from their start (no consumer group), read until ``done(records so far)``
+    or ``within`` seconds; then, with ``settle_s``, on until ``settle_s`` pass without a record (so that a
+    test sees what came beyond what it expected). ``options`` go to the consumer."""
+    from aiokafka import AIOKafkaConsumer
+
+    names = (topics,) if isinstance(topics, str) else tuple(topics)
+    consumer = AIOKafkaConsumer(
+        *names, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        group_id=None, **options,
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        while not done(out) and loop.time() < end:
+            for recs in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(recs)
+        while settle_s > 0 and loop.time() < end + settle_s:
+            batch = await consumer.getmany(timeout_ms=int(settle_s * 1000))
+            got = [r for recs in batch.values() for r in recs]
+            if not got:
+                break
+            out.extend(got)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def at_least(n: int) -> Callable[[Sequence[Any]], bool]:
+    """A ``done`` for :func:`consume_until`: ``n`` records or more."""
+    return lambda got: len(got) >= n
