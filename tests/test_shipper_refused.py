@@ -48,7 +48,7 @@ async def test_a_refused_event_is_dropped_counted_and_the_rest_shipped(
     spool.append(records, next_seq=len(records))
     shipper = Shipper(
         spool, producer_factory({"bootstrap_servers": kafka_bootstrap}), batch_size=500, poll_s=0.1,
-        backoff=Backoff(base=0.1, cap=0.5),
+        backoff=Backoff(0.1, 0.5, jitter=True),
     )
     task = asyncio.create_task(shipper.run())
     try:
