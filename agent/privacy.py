@@ -204,8 +204,7 @@ class PrivacyFilter:
         """Read ``privacy_include_apps``, ``privacy_exclude_apps``, ``privacy_include_domains``,
         ``privacy_exclude_domains``, ``privacy_redact``, ``privacy_default_redact_off``,
         ``privacy_keep_query`` and ``extended_mode`` from an object's attributes or a mapping's keys (missing
-        ones take their defaults). The agent settings' ``exclude_apps`` / ``exclude_domains`` are read too
-        and add to the privacy_* lists."""
+        ones take their defaults)."""
 
         def get(name: str) -> Any:
             if isinstance(settings, Mapping):
@@ -214,9 +213,9 @@ class PrivacyFilter:
 
         return cls.create(
             include_apps=_as_list(get("privacy_include_apps")),
-            exclude_apps=_as_list(get("privacy_exclude_apps")) + _as_list(get("exclude_apps")),
+            exclude_apps=_as_list(get("privacy_exclude_apps")),
             include_domains=_as_list(get("privacy_include_domains")),
-            exclude_domains=_as_list(get("privacy_exclude_domains")) + _as_list(get("exclude_domains")),
+            exclude_domains=_as_list(get("privacy_exclude_domains")),
             redact=_as_patterns(get("privacy_redact")),
             keep_query=_as_bool(get("privacy_keep_query")),
             extended_mode=_as_bool(get("extended_mode")),

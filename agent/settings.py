@@ -9,26 +9,34 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Literal
 
-from common.settings import HELP, CommonSettings, SettingsError, add_arguments, load
+from msgspec import Meta
+
+from common.settings import (
+    HELP,
+    KafkaSettings,
+    NonNegativeFloat,
+    PositiveFloat,
+    SettingsError,
+    add_arguments,
+    load,
+)
 
 SECTION = "agent"
 
 
-class AgentSettings(CommonSettings, kw_only=True):
-    """Everything ``desktrace-agent`` reads. Lists may be given as TOML arrays or comma-separated text."""
+class AgentSettings(KafkaSettings, kw_only=True):
+    """Everything ``desktrace-agent`` reads (Kafka, never PostgreSQL). Lists may be given as TOML arrays or
+    comma-separated text. Bad values are refused when the settings are built (msgspec constraints)."""
 
     state_dir: str = ""
-    spool_max_bytes: int = 64 * 1024 * 1024
-    heartbeat_s: float = 60.0
-    hid_interval_s: float = 60.0
+    spool_max_bytes: Annotated[int, Meta(ge=64 * 1024)] = 64 * 1024 * 1024
+    heartbeat_s: PositiveFloat = 60.0
+    hid_interval_s: PositiveFloat = 60.0
     extended_mode: bool = False
-    field_max_chars: int = 256
+    field_max_chars: Annotated[int, Meta(ge=1)] = 256
     extended_web_fields: bool = False
-    # short names of privacy_exclude_apps / privacy_exclude_domains (docs/privacy.md): agent.privacy reads
-    # both pairs and joins them
-    exclude_apps: str | list[str] = ""
-    exclude_domains: str | list[str] = ""
     privacy_include_apps: str | list[str] = ""
     privacy_exclude_apps: str | list[str] = ""
     privacy_include_domains: str | list[str] = ""
@@ -36,27 +44,13 @@ class AgentSettings(CommonSettings, kw_only=True):
     privacy_redact: str | list[str] = ""
     privacy_keep_query: bool = False
     privacy_default_redact_off: str | list[str] = ""
-    compression_type: str = "gzip"
-    batch_size: int = 500
-    retry_max_s: float = 30.0
-    linger_s: float = 300.0
+    compression_type: Literal["gzip", "none", "lz4", "zstd", "snappy"] = "gzip"
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    retry_max_s: PositiveFloat = 30.0
+    linger_s: NonNegativeFloat = 300.0
     source: str = "auto"
     sim_speed: float = 10.0
     sim_seed: int = 1
-
-    def __post_init__(self) -> None:
-        if self.spool_max_bytes < 64 * 1024:
-            raise ValueError("spool_max_bytes must be at least 65536")
-        if self.heartbeat_s <= 0 or self.hid_interval_s <= 0 or self.retry_max_s <= 0:
-            raise ValueError("heartbeat_s, hid_interval_s and retry_max_s must be positive")
-        if self.compression_type not in ("gzip", "none", "lz4", "zstd", "snappy"):
-            raise ValueError("compression_type must be gzip, none, lz4, zstd or snappy")
-        if self.field_max_chars < 1:
-            raise ValueError("field_max_chars must be at least 1")
-        if self.linger_s < 0:
-            raise ValueError("linger_s must be 0 or positive")
-        if not 1 <= self.batch_size <= 10_000:
-            raise ValueError("batch_size must be between 1 and 10000")
 
     @property
     def state_path(self) -> Path:
@@ -84,14 +78,10 @@ AGENT_HELP: dict[str, str] = {
     "extended_mode": "also record editable field values (never passwords)",
     "field_max_chars": "extended mode: longest field value recorded, in characters (longer values are cut)",
     "extended_web_fields": "extended mode: also read fields inside web pages (off: browser UI only)",
-    "exclude_apps": "comma-separated program names whose windows are never recorded (short name of "
-    "privacy_exclude_apps; both lists apply)",
-    "exclude_domains": "comma-separated web domains whose pages are never recorded (short name of "
-    "privacy_exclude_domains; both lists apply)",
     "privacy_include_apps": "if set, only these programs are recorded (comma-separated)",
-    "privacy_exclude_apps": "programs never recorded (comma-separated; adds to exclude_apps)",
+    "privacy_exclude_apps": "programs whose windows are never recorded (comma-separated)",
     "privacy_include_domains": "if set, only pages of these web domains are recorded (comma-separated)",
-    "privacy_exclude_domains": "web domains never recorded (comma-separated; adds to exclude_domains)",
+    "privacy_exclude_domains": "web domains whose pages are never recorded (comma-separated)",
     "privacy_redact": "regexes replaced in titles and URLs (TOML array, JSON array, one per line)",
     "privacy_keep_query": "keep URL query strings (dropped by default)",
     "privacy_default_redact_off": "default redaction rules to turn off (comma-separated): email, url_query, "

@@ -1,4 +1,4 @@
-"""Kafka helpers every service shares: aiokafka client options from :class:`common.settings.CommonSettings`
+"""Kafka helpers every service shares: aiokafka client options from :class:`common.settings.KafkaSettings`
 (TLS and SASL included), the one classifier of produce errors (permanent or transient), the producers'
 request limit, the isolation of names and ports by topic prefix, and :func:`connection_problem`."""
 
@@ -8,7 +8,7 @@ import enum
 import zlib
 from typing import Any, Final
 
-from common.settings import CommonSettings
+from common.settings import KafkaSettings
 
 #: Every producer's ``max_request_size``: the broker's default ``message.max.bytes`` is 1,048,588 bytes
 #: (a record batch), so a single record of up to this estimated size (batch header included) is accepted.
@@ -89,7 +89,7 @@ def is_authentication_problem(reason: str) -> bool:
     return "authentication failed" in reason or "SASL mechanism refused" in reason
 
 
-def client_options(settings: CommonSettings) -> dict[str, Any]:
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
     """Keyword arguments shared by AIOKafkaProducer, AIOKafkaConsumer and the admin client."""
     opts: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
     proto = settings.kafka_security_protocol.upper()
@@ -106,7 +106,7 @@ def client_options(settings: CommonSettings) -> dict[str, Any]:
     return opts
 
 
-async def connection_problem(settings: CommonSettings, wait_s: float = 10.0) -> str:
+async def connection_problem(settings: KafkaSettings, wait_s: float = 10.0) -> str:
     """Why a client with ``settings`` cannot connect, in one line naming the cause and the setting to fix
     ("" when a bootstrap server accepts the connection, TLS handshake and SASL login included).
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 ENV_PREFIX = "DESKTRACE_"
 S = TypeVar("S", bound=msgspec.Struct)
@@ -29,12 +30,36 @@ def spellings(name: str) -> str:
     return f"--{name.replace('_', '-')} / {ENV_PREFIX}{name.upper()} / {name} in the TOML file"
 
 
-class CommonSettings(msgspec.Struct, kw_only=True):
-    """Settings every server-side service reads."""
+#: Constrained field types: validation is by msgspec constraints (checked when the Struct is built from a
+#: file, the environment or flags), not by ``__post_init__``.
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+
+#: Settings that more than one service has with a different meaning (``batch_size`` is events per batch in
+#: the stream, records per transaction in a sink, spooled events per send in the agent): they are read from
+#: the service's own TOML table only; at the top level of the file they are refused with a clear error.
+PER_SERVICE_KEYS = frozenset({"batch_size", "metrics_addr", "retry_max_s"})
+
+#: Former names, refused with a message naming the one name (no aliases: one setting, one name).
+RENAMED = {
+    "exclude_apps": "privacy_exclude_apps",
+    "exclude_domains": "privacy_exclude_domains",
+}
+
+
+class LogSettings(msgspec.Struct, kw_only=True):
+    """How a command logs (structured JSON by default)."""
+
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+
+class KafkaSettings(LogSettings, kw_only=True):
+    """Settings of every Kafka client (the agent, the stream, the sinks, the gateway): no database."""
 
     kafka_bootstrap: str = "127.0.0.1:19092"
-    pg_dsn: str = ""
-    pg_dsn_file: str = ""
     topic_prefix: str = ""
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
@@ -42,8 +67,13 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     kafka_password: str = ""
     kafka_password_file: str = ""
     kafka_ca_file: str = ""
-    log_level: str = "INFO"
-    log_format: str = "json"
+
+
+class CommonSettings(KafkaSettings, kw_only=True):
+    """Settings every server-side service reads: Kafka and PostgreSQL."""
+
+    pg_dsn: str = ""
+    pg_dsn_file: str = ""
 
 
 HELP: dict[str, str] = {
@@ -105,10 +135,23 @@ def load(
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
-        values.update({k: v for k, v in data.items() if not isinstance(v, dict)})
+        top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+        misplaced = sorted(k for k in top if k in PER_SERVICE_KEYS and k in cls.__struct_fields__)
+        if misplaced:
+            raise SettingsError(
+                f"settings file {path}: {', '.join(misplaced)} differs per service; put it in the service's "
+                f"table ([{section or 'service'}]), not at the top level"
+            )
+        values.update(top)
         if section and isinstance(data.get(section), dict):
             values.update(data[section])
+        _refuse_renamed(values, f"settings file {path}", cls.__struct_fields__)
     fields = set(cls.__struct_fields__)
+    _refuse_renamed(
+        {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)},
+        "environment",
+        fields,
+    )
     for name in fields:
         raw = env.get(f"{ENV_PREFIX}{name.upper()}")
         if raw is not None and raw != "":
@@ -129,6 +172,15 @@ def load(
         return msgspec.convert(values, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"bad setting: {exc} (set it with {spellings(_field_of(exc))})") from None
+
+
+def _refuse_renamed(values: Mapping[str, Any], where: str, fields: Collection[str]) -> None:
+    for old, new in RENAMED.items():
+        if new in fields and values.get(old) not in (None, ""):
+            raise SettingsError(
+                f"{where}: {old} is not a setting any more; use {new} ({spellings(new)}), which it was "
+                "another name of"
+            )
 
 
 def _field_of(exc: msgspec.ValidationError) -> str:

@@ -13,44 +13,14 @@ import sys
 from pathlib import Path
 
 from common.kafka import client_options
-from common.settings import HELP, CommonSettings, SettingsError, add_arguments, load
+from common.settings import SettingsError, add_arguments, load
 from devstack._proc import DevstackError, stderr_progress
-from devstack.secure import DEFAULT_SECURE_PORT
+from devstack.settings import LOCAL_HELP, LocalSettings
 from devstack.stack import (
-    DEFAULT_KAFKA_PORT,
-    DEFAULT_PG_PORT,
     LocalStack,
     StackConfig,
     default_state_dir,
 )
-
-
-class LocalSettings(CommonSettings, kw_only=True):
-    """Settings of ``desktrace-local``. An empty ``kafka_bootstrap`` / ``pg_dsn`` means "run our own"."""
-
-    kafka_bootstrap: str = ""
-    local_dir: str = ""
-    local_kafka_port: int = DEFAULT_KAFKA_PORT
-    local_kafka_controller_port: int = 0
-    local_pg_port: int = DEFAULT_PG_PORT
-    partitions: int = 6
-    secure: bool = False
-    local_secure_kafka_port: int = DEFAULT_SECURE_PORT
-
-
-LOCAL_HELP = {
-    **HELP,
-    "kafka_bootstrap": "use this Kafka instead of starting one (empty: run the local one)",
-    "pg_dsn": "use this PostgreSQL instead of starting one (empty: run the local one)",
-    "local_dir": "state directory of the local services (default ~/.local/state/desktrace/local)",
-    "local_kafka_port": "port of the local Kafka broker (127.0.0.1)",
-    "local_kafka_controller_port": "port of the local Kafka controller (127.0.0.1; 0: Kafka's port + 1)",
-    "local_pg_port": "port of the local PostgreSQL (127.0.0.1)",
-    "partitions": "partitions of each topic `up` creates",
-    "secure": "the TLS + SASL/SCRAM Kafka with per-service users and ACLs (docs/security.md) instead of "
-    "the plaintext one; `down --secure` stops only it (PostgreSQL is shared)",
-    "local_secure_kafka_port": "port of the secure local Kafka (127.0.0.1; its controller: this + 1)",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ fresh ``desktrace_demo`` database, so runs never mix.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -24,212 +23,30 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from agent.simulator import DEMO_ZONES, check_zones, last_complete_workday, local_day_window
-from common.settings import SettingsError, add_arguments, load
+from agent.simulator import last_complete_workday, local_day_window
+from common.settings import SettingsError
 from devstack._proc import DevstackError
 from devstack.demo_check import StageCounts, problem
-from devstack.demo_view import DemoView, Mode, say
+from devstack.demo_counts import db_counts, fresh_database, kafka_counts
+from devstack.demo_view import DemoView, say
 from devstack.pipeline import LocalPipeline, _script
-from devstack.postgres import with_database
 from devstack.prometheus import LocalPrometheus, find_prometheus
+from devstack.settings import DemoOptions, load_options
 from devstack.stack import LocalStack, StackConfig, default_state_dir
 from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 
-DEMO_DB = "desktrace_demo"
+__all__ = ["DemoFailed", "choose_day", "load_options", "main", "run"]
 
 
 class DemoFailed(RuntimeError):
     """The pipeline did not hold what the fleet sent; the message names the stage and every count."""
-
-
-async def _fresh_database(dsn: str, name: str) -> str:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(dsn, name)
-
-
-async def _db_counts(dsn: str) -> tuple[int, int]:
-    """Raw rows and sessions in the demo database (0, 0 before the sinks created the tables)."""
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        raw = await conn.fetchval("SELECT count(*) FROM raw_events")
-        sessions = await conn.fetchval("SELECT count(*) FROM sessions")
-        return int(raw), int(sessions)
-    except asyncpg.UndefinedTableError:
-        return 0, 0
-    finally:
-        await conn.close()
-
-
-async def _kafka_counts(bootstrap: str, topics: Topics) -> tuple[int, int]:
-    """Messages in the raw topics and in the dead-letter topic (sums of end offsets: fresh topics)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from common.kafka import client_options
-    from common.settings import CommonSettings, load
-
-    opts = client_options(load(CommonSettings))
-    opts["bootstrap_servers"] = bootstrap
-    admin = AIOKafkaAdminClient(**opts)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([*topics.raw, topics.deadletter])
-    finally:
-        await admin.close()
-    parts = {d["topic"]: [p["partition"] for p in d["partitions"]] for d in described}
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **opts)
-    await consumer.start()
-    try:
-        sums = []
-        for names in (topics.raw, (topics.deadletter,)):
-            tps = [TopicPartition(t, p) for t in names for p in parts.get(t, ())]
-            ends = await consumer.end_offsets(tps) if tps else {}
-            sums.append(sum(ends.values()))
-        return sums[0], sums[1]
-    finally:
-        await consumer.stop()
-
-
-class DemoSettings(msgspec.Struct, kw_only=True):
-    """``desktrace-demo``'s settings: flag ``--close-timeout`` = ``DESKTRACE_CLOSE_TIMEOUT`` = TOML key
-    ``close_timeout`` (top level or in ``[demo]``), as everywhere (``common.settings``)."""
-
-    users: int = 12
-    zones: str = ",".join(DEMO_ZONES)
-    date: str = ""
-    now: str = ""
-    speed: float = 3000.0
-    seed: int = 1
-    close_timeout: float = 5.0
-    database: str = DEMO_DB
-    progress: str = "auto"
-    prometheus: bool = True
-    exit: bool = False
-    web_password: str = ""
-
-
-DEMO_HELP = {
-    "users": "simulated users",
-    "zones": "IANA time zones the users live in, in turn (comma-separated)",
-    "date": "the local date YYYY-MM-DD every user lives through as a working day "
-    "(empty: the most recent Monday-Friday that is over in every zone)",
-    "now": "pretend the current time is this ISO date-time (UTC unless an offset is given) when choosing "
-    "the day, to reproduce a run of another hour (empty: the real clock)",
-    "speed": "simulated seconds per real second (3000: the 20 hours from the first zone's morning to the "
-    "last zone's evening in about 25 s); hours when no simulated agent runs are skipped",
-    "seed": "simulation seed: same seed, same day",
-    "close_timeout": "seconds of silence before the stream closes a user's sessions",
-    "database": "the database (re)created for this run's data",
-    "progress": "auto (bars on a terminal, plain lines otherwise), bar or plain",
-    "prometheus": "start the local Prometheus server",
-    "exit": "stop everything after printing the report",
-    "web_password": "web password for user 'admin' (empty: a random one)",
-}
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """The demo's settings, checked and parsed."""
-
-    users: int
-    zones: tuple[str, ...]
-    date: date | None
-    now: datetime | None
-    speed: float
-    seed: int
-    close_timeout: float
-    database: str
-    progress: Mode
-    prometheus: bool
-    exit: bool
-    web_password: str
-
-
-def parse_now(text: str) -> datetime:
-    """An ISO date-time, UTC unless it has an offset."""
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise SettingsError(f"--now: not an ISO date-time: {text!r} (e.g. 2026-11-28T05:20Z)") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def parse_day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise SettingsError(f"--date: not a date: {text!r} (use YYYY-MM-DD)") from None
-
-
-def options(settings: DemoSettings) -> DemoOptions:
-    """Check and parse ``settings``; a SettingsError names the setting."""
-    if settings.users < 1:
-        raise SettingsError("--users must be at least 1")
-    if settings.speed <= 0:
-        raise SettingsError("--speed must be positive")
-    if settings.progress not in ("auto", "bar", "plain"):
-        raise SettingsError(f"--progress must be auto, bar or plain, not {settings.progress!r}")
-    if not settings.database or '"' in settings.database:
-        raise SettingsError(f"--database: not a usable database name: {settings.database!r}")
-    try:
-        zones = check_zones(settings.zones.split(","))
-    except ValueError as exc:
-        raise SettingsError(f"--zones: {exc}") from None
-    progress: Mode = (
-        "bar" if settings.progress == "bar" else "plain" if settings.progress == "plain" else "auto"
-    )
-    return DemoOptions(
-        users=settings.users,
-        zones=zones,
-        date=parse_day(settings.date) if settings.date else None,
-        now=parse_now(settings.now) if settings.now else None,
-        speed=settings.speed,
-        seed=settings.seed,
-        close_timeout=settings.close_timeout,
-        database=settings.database,
-        progress=progress,
-        prometheus=settings.prometheus,
-        exit=settings.exit,
-        web_password=settings.web_password,
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="desktrace-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--password", dest="web_password", default=None, help="the same as --web-password")
-    add_arguments(p, DemoSettings, DEMO_HELP)
-    return p
-
-
-def load_options(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> DemoOptions:
-    """Flags (``argv``) over ``DESKTRACE_*`` variables over the TOML file over the defaults."""
-    args = build_parser().parse_args(argv)
-    return options(load(DemoSettings, args, section="demo", env=env))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +103,7 @@ def run(args: DemoOptions) -> int:
     prefix = f"demo{int(time.time())}{secrets.token_hex(2)}."
     topics = Topics(prefix)
     asyncio.run(ensure_topics(up.kafka_bootstrap, topics, partitions=3))
-    demo_dsn = asyncio.run(_fresh_database(up.pg_dsn, args.database))
+    demo_dsn = asyncio.run(fresh_database(up.pg_dsn, args.database))
     password = args.web_password or secrets.token_urlsafe(9)
     log_dir = default_state_dir() / "demo" / prefix.rstrip(".")
     say(f"logs of this run: {log_dir}")
@@ -379,7 +196,7 @@ def _demo(
             )
 
         async def deadlettered() -> int:
-            return (await _kafka_counts(bootstrap, topics))[1]
+            return (await kafka_counts(bootstrap, topics))[1]
 
         counts = asyncio.run(
             _wait_stored(
@@ -392,7 +209,7 @@ def _demo(
             )
         )
     try:
-        in_kafka, dead = asyncio.run(_kafka_counts(bootstrap, topics))
+        in_kafka, dead = asyncio.run(kafka_counts(bootstrap, topics))
         counts = replace(counts, in_kafka=in_kafka, deadlettered=dead)
     except Exception as exc:  # the counts of the other stages still tell the story
         say(f"could not count the messages in Kafka ({type(exc).__name__}); going on without")
@@ -457,7 +274,7 @@ async def _run_fleet(
     async def watch_db() -> None:
         while not stop.is_set():
             try:
-                raw, sessions = await _db_counts(dsn)
+                raw, sessions = await db_counts(dsn)
                 view.stored(raw, sent, sessions)
             except OSError:
                 pass
@@ -511,7 +328,7 @@ async def _wait_stored(
     raw = sessions = dead = 0
     polled_dead = 0.0
     while True:
-        raw, sessions = await _db_counts(dsn)
+        raw, sessions = await db_counts(dsn)
         if deadlettered is not None and raw < counts.sent and time.monotonic() - polled_dead >= 3.0:
             polled_dead = time.monotonic()
             with contextlib.suppress(Exception):  # counted again at the end; the wait goes on

@@ -14,6 +14,7 @@ It mirrors the production principals of ``deploy/k8s/base/kafka-users.yaml``:
   :func:`acl_bindings` grants, created through the admin connection right after the broker starts
   (CreateAcls, idempotent).
 
+The principals and ACLs are :mod:`devstack.acls`, the secrets and certificates :mod:`devstack.tls`.
 The state directory (``<state>/kafka-secure``) is mode 0700: ``config/server.properties`` holds the admin
 password (the broker needs it for its own connections).
 """
@@ -22,223 +23,57 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shlex
-import shutil
 import ssl
-import subprocess
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import IntEnum
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from devstack._proc import DevstackError, Progress, run_sync, stderr_progress
+from devstack.acls import (
+    ADMIN,
+    AGENT,
+    GATEWAY,
+    PRINCIPALS,
+    SERVICE_PRINCIPALS,
+    SINK,
+    STREAM,
+    AclBinding,
+    Operation,
+    PatternType,
+    ResourceType,
+    acl_bindings,
+    create_acls,
+)
 from devstack.kafka import KafkaInstance
+from devstack.tls import TlsFiles, ensure_tls, new_password, write_secret
 from proto.topics import Topics
+
+__all__ = [
+    "ADMIN",
+    "AGENT",
+    "DEFAULT_SECURE_PORT",
+    "GATEWAY",
+    "PRINCIPALS",
+    "SERVICE_PRINCIPALS",
+    "SINK",
+    "STREAM",
+    "AclBinding",
+    "Operation",
+    "PatternType",
+    "ResourceType",
+    "SecureKafka",
+    "TlsFiles",
+    "acl_bindings",
+    "create_acls",
+    "ensure_tls",
+    "new_password",
+    "secure_properties",
+]
 
 DEFAULT_SECURE_PORT: Final = 19094
 DEFAULT_SECURE_CONTROLLER_PORT: Final = 19095
 MECHANISM: Final = "SCRAM-SHA-512"
-ADMIN: Final = "admin"
-AGENT: Final = "desktrace-agent"
-GATEWAY: Final = "desktrace-gateway"
-STREAM: Final = "desktrace-stream"
-SINK: Final = "desktrace-sink"
-#: Every SCRAM user of the secure broker.
-PRINCIPALS: Final = (ADMIN, AGENT, GATEWAY, STREAM, SINK)
-#: Which user each console script runs as (``desktrace-sink raw`` and ``sessions`` share one).
-SERVICE_PRINCIPALS: Final[Mapping[str, str]] = {
-    "desktrace-agent": AGENT,
-    "desktrace-replay": AGENT,
-    "desktrace-gateway": GATEWAY,
-    "desktrace-stream": STREAM,
-    "desktrace-sink": SINK,
-}
-#: Prefix of the stream's consumer group and Faust internal topics (its app id starts with it).
-STREAM_APP_PREFIX: Final = "desktrace-stream"
-CERT_DAYS: Final = 825
-
-
-# ---- ACLs (pure) -----------------------------------------------------------------------------------------
-class ResourceType(IntEnum):
-    """Kafka's ``ResourceType`` codes (wire protocol)."""
-
-    TOPIC = 2
-    GROUP = 3
-    CLUSTER = 4
-
-
-class PatternType(IntEnum):
-    """Kafka's ``PatternType`` codes."""
-
-    LITERAL = 3
-    PREFIXED = 4
-
-
-class Operation(IntEnum):
-    """Kafka's ``AclOperation`` codes."""
-
-    READ = 3
-    WRITE = 4
-    CREATE = 5
-    DESCRIBE = 8
-    DESCRIBE_CONFIGS = 10
-    ALTER_CONFIGS = 11
-
-
-ALLOW: Final = 3  # AclPermissionType.ALLOW
-ANY_HOST: Final = "*"
-CLUSTER_NAME: Final = "kafka-cluster"
-
-
-@dataclass(frozen=True, order=True)
-class AclBinding:
-    """One ALLOW rule: ``principal`` may do ``operation`` on the resource (from any host)."""
-
-    principal: str
-    resource_type: ResourceType
-    name: str
-    pattern: PatternType
-    operation: Operation
-
-    @property
-    def principal_name(self) -> str:
-        return f"User:{self.principal}"
-
-    def describe(self) -> str:
-        kind = "prefix" if self.pattern is PatternType.PREFIXED else "literal"
-        return f"{self.principal} {self.operation.name} {self.resource_type.name} {self.name!r} ({kind})"
-
-
-def _grant(
-    principal: str, rtype: ResourceType, names: Sequence[str], ops: Sequence[Operation],
-    pattern: PatternType = PatternType.LITERAL,
-) -> list[AclBinding]:
-    return [AclBinding(principal, rtype, n, pattern, op) for n in names for op in ops]
-
-
-def acl_bindings(topics: Topics) -> list[AclBinding]:
-    """The rights of each service principal, as in ``deploy/k8s/base/kafka-users.yaml`` (topic names from
-    ``topics``, so a topic prefix is honoured; the sinks' group prefix follows their default group id
-    ``<topic prefix>desktrace-sink-<name>``). ``admin`` is a super user and needs none."""
-    T, G, C = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.CLUSTER
-    R, W, D = Operation.READ, Operation.WRITE, Operation.DESCRIBE
-    out: list[AclBinding] = []
-    out += _grant(AGENT, T, topics.raw, (W, D))
-    out += _grant(GATEWAY, T, (topics.presence,), (W, D))
-    out += _grant(STREAM, T, topics.raw, (R, D))
-    out += _grant(STREAM, T, (topics.sessions, topics.deadletter), (W, D))
-    internal = (
-        Operation.CREATE, R, W, D, Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS,
-    )
-    out += _grant(STREAM, T, (STREAM_APP_PREFIX,), internal, PatternType.PREFIXED)
-    out += _grant(STREAM, G, (STREAM_APP_PREFIX,), (R, D), PatternType.PREFIXED)
-    out += _grant(STREAM, C, (CLUSTER_NAME,), (D, Operation.DESCRIBE_CONFIGS))
-    out += _grant(SINK, T, (*topics.raw, topics.sessions), (R, D))
-    out += _grant(SINK, T, (topics.deadletter,), (W, D))
-    out += _grant(SINK, G, (f"{topics.prefix}desktrace-sink-",), (R, D), PatternType.PREFIXED)
-    return out
-
-
-# ---- secrets and certificates ------------------------------------------------------------------------------
-def _write_secret(path: Path, text: str) -> None:
-    """Create ``path`` with mode 0600 from the start (never readable by others, not even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    tmp.replace(path)
-
-
-def new_password() -> str:
-    """48 hex digits (192 random bits): safe in StorageTool's ``[name=..,password=..]`` and JAAS quotes."""
-    return secrets.token_hex(24)
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """The CA certificate clients trust and the broker's PEM keystore (key + chain) and truststore."""
-
-    ca_cert: Path
-    broker_keystore: Path
-    truststore: Path
-
-
-def _openssl() -> str:
-    path = shutil.which("openssl")
-    if not path:
-        raise DevstackError(
-            "`openssl` is not on PATH; the secure stack needs it to make its certificates: "
-            "apt-get install openssl"
-        )
-    return path
-
-
-def _run_openssl(args: Sequence[str], cwd: Path) -> None:
-    proc = subprocess.run(
-        [_openssl(), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
-    if proc.returncode != 0:
-        raise DevstackError(f"openssl {args[0]} failed (exit {proc.returncode}): {proc.stderr.strip()}")
-
-
-def ensure_tls(tls_dir: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> TlsFiles:
-    """Create (once) a local CA and a broker certificate for ``hosts``; keys are PKCS#8, mode 0600."""
-    files = TlsFiles(tls_dir / "ca.pem", tls_dir / "broker-keystore.pem", tls_dir / "ca.pem")
-    if files.ca_cert.exists() and files.broker_keystore.exists():
-        return files
-    tls_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(tls_dir, 0o700)
-    san = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts)
-    with tempfile.TemporaryDirectory(prefix="tls-", dir=tls_dir) as tmp_s:
-        tmp = Path(tmp_s)
-        _run_openssl(
-            [
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-                "-days", str(CERT_DAYS), "-subj", "/CN=desktrace local CA",
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-            tmp,
-        )
-        _run_openssl(
-            [
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
-                "-subj", "/CN=localhost",
-            ],
-            tmp,
-        )
-        (tmp / "ext.cnf").write_text(
-            f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n"
-            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n",
-            encoding="ascii",
-        )
-        _run_openssl(
-            [
-                "x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-set_serial", str(secrets.randbits(63)), "-days", str(CERT_DAYS),
-                "-extfile", "ext.cnf", "-out", "broker.pem",
-            ],
-            tmp,
-        )
-        key = (tmp / "broker.key").read_text(encoding="ascii")
-        if "BEGIN PRIVATE KEY" not in key:
-            raise DevstackError("openssl wrote the broker key in a format other than PKCS#8")
-        chain = (tmp / "broker.pem").read_text(encoding="ascii") + (tmp / "ca.pem").read_text(
-            encoding="ascii"
-        )
-        _write_secret(tls_dir / "ca.key", (tmp / "ca.key").read_text(encoding="ascii"))
-        _write_secret(files.broker_keystore, key + chain)
-        (tls_dir / "ca.pem.tmp").write_text((tmp / "ca.pem").read_text(encoding="ascii"), encoding="ascii")
-        (tls_dir / "ca.pem.tmp").replace(files.ca_cert)
-    return files
-
-
 # ---- broker configuration (pure) ---------------------------------------------------------------------------
 def _jaas(module: str, username: str, password: str, **users: str) -> str:
     extra = "".join(f' user_{name}="{pw}"' for name, pw in users.items())
@@ -358,7 +193,7 @@ class SecureKafka:
                         f"{path} is missing but the secure Kafka in {self.data_dir} was formatted with it: "
                         f"remove {self.data_dir} to start afresh (new users and passwords)"
                     )
-                _write_secret(path, new_password() + "\n")
+                write_secret(path, new_password() + "\n")
             passwords[name] = path.read_text(encoding="utf-8").strip()
         tls = ensure_tls(self.tls_dir)
         inst = self.instance
@@ -440,32 +275,3 @@ class SecureKafka:
         return len(bindings)
 
 
-async def create_acls(bootstrap: str, bindings: Sequence[AclBinding], **client_options: Any) -> None:
-    """Send CreateAcls requests (one per binding, as aiokafka's request class carries one; pipelined on one
-    connection) as a super user; raises :class:`DevstackError` naming the refused bindings. Creating an
-    existing ACL is a no-op. Bound it with ``asyncio.wait_for``."""
-    from aiokafka.client import AIOKafkaClient
-    from aiokafka.protocol.admin import CreateAclsRequest
-
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, **client_options)
-    try:
-        await client.bootstrap()
-        node = client.get_random_node()
-        requests = [
-            CreateAclsRequest(
-                int(b.resource_type), b.name, int(b.pattern), b.principal_name, ANY_HOST,
-                int(b.operation), ALLOW,
-            )
-            for b in bindings
-        ]
-        responses = await asyncio.gather(*(client.send(node, r) for r in requests))
-        refused = [
-            f"{b.describe()}: error {code} {message or ''}".rstrip()
-            for b, resp in zip(bindings, responses, strict=True)
-            for code, message in resp.creation_responses
-            if code != 0
-        ]
-        if refused:
-            raise DevstackError("could not create ACLs: " + "; ".join(refused))
-    finally:
-        await client.close()

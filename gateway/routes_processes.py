@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 from datetime import date, timedelta
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, get
 from litestar.exceptions import ClientException
 from litestar.params import Parameter
 from litestar.response import Template
 
-from common.settings import load
 from gateway.principal import readable_users
 from gateway.routes_web import base_context, notice_for, page_guard, page_scope, parse_range, visible_teams
 from gateway.state import gw
@@ -33,18 +30,6 @@ MAX_DAYS = 31
 TOP_TASKS = 15
 
 Query = Annotated[str | None, Parameter(required=False)]
-
-
-class ProcessPageSettings(msgspec.Struct, kw_only=True):
-    """Settings of the page, read like every setting (``DESKTRACE_*``, TOML top level or ``[gateway]``). Teams
-    come from the gateway's ``teams_file`` like on every other page."""
-
-    gap: float = 300.0
-
-
-@functools.cache
-def page_settings() -> ProcessPageSettings:
-    return load(ProcessPageSettings, section="gateway")
 
 
 def _svg_data_uri(g: flow.Dfg) -> str | None:
@@ -77,7 +62,7 @@ async def processes_page(
     lvl = level or "app"
     if lvl not in flow.LEVELS:
         raise ClientException(detail="level must be app or window")
-    settings = page_settings()
+    settings = g.settings
     filter_user = user.lower() if user else ""  # user keys are lower-case (spec/events.md)
     found = readable_users(request, scope, filter_user or None, team or None)
     users = None if found is None else list(found)

@@ -4,18 +4,29 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from msgspec import Meta
 
 from common import health
 from common.horizon import DEFAULT_RAW_RETENTION_DAYS, DEFAULT_RETENTION_S
-from common.settings import HELP, CommonSettings, SettingsError, spellings
+from common.settings import (
+    HELP,
+    CommonSettings,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SettingsError,
+    spellings,
+)
 
 SECTION = "gateway"
 
 
 class GatewaySettings(CommonSettings, kw_only=True):
-    """Everything ``desktrace-gateway`` reads. Secrets (``*_token*``, ``*password*``, ``web_users``,
-    ``session_secret``) are never logged."""
+    """Everything ``desktrace-gateway`` reads, checked by msgspec constraints when loaded. Secrets
+    (``*_token*``, ``*password*``, ``web_users``, ``session_secret``) are never logged."""
 
     http_addr: str = "127.0.0.1:8080"
     legacy_domain: str = "legacy"
@@ -23,28 +34,29 @@ class GatewaySettings(CommonSettings, kw_only=True):
     legacy_token: str = ""
     legacy_token_file: str = ""
     legacy_networks: str = ""
-    legacy_send_timeout_s: float = 10.0
-    legacy_dedup_window_s: float = 30.0
-    legacy_max_body_bytes: int = 65536
+    legacy_send_timeout_s: PositiveFloat = 10.0
+    legacy_dedup_window_s: PositiveFloat = 30.0
+    legacy_max_body_bytes: Annotated[int, Meta(ge=64, le=16 * 1024 * 1024)] = 65536
     legacy_tokens_file: str = ""
-    retention: float = DEFAULT_RETENTION_S
-    raw_retention_days: int = DEFAULT_RAW_RETENTION_DAYS
+    retention: PositiveFloat = DEFAULT_RETENTION_S
+    raw_retention_days: NonNegativeInt = DEFAULT_RAW_RETENTION_DAYS
     web_users: str = ""
     web_users_file: str = ""
     web_password: str = ""
     web_password_file: str = ""
     web_session_secret: str = ""
     web_session_secret_file: str = ""
-    web_session_hours: float = 12.0
+    web_session_hours: PositiveFloat = 12.0
     web_cookie_secure: bool = False
     api_tokens: str = ""
     api_tokens_file: str = ""
     reports_show_urls: bool = False
-    pg_pool_max: int = 4
+    pg_pool_max: PositiveInt = 4
     teams_file: str = ""
-    login_free_failures: int = 5
-    login_max_delay_s: float = 900.0
+    login_free_failures: NonNegativeInt = 5
+    login_max_delay_s: PositiveFloat = 900.0
     metrics_addr: str = ""
+    gap: PositiveFloat = 300.0
     metrics_token: str = ""
     metrics_token_file: str = ""
 
@@ -84,6 +96,8 @@ GATEWAY_HELP: dict[str, str] = {
     " must wait (1 s, doubling)",
     "login_max_delay_s": "longest wait a run of failed logins imposes",
     "metrics_addr": "host:port of a separate listener for /metrics (then the main listener has no /metrics)",
+    "gap": "G, the idle gap in seconds that splits tasks on the Processes page (the same setting as "
+    "desktrace-stream's)",
     "metrics_token": "Bearer token /metrics on the main listener requires (without it and without"
     " metrics_addr, /metrics answers loopback clients only)",
     "metrics_token_file": "file holding metrics_token",

@@ -61,7 +61,6 @@ class Gateway:
         self.legacy_tokens = (
             load_token_file(settings.legacy_tokens_file) if settings.legacy_tokens_file else TokenScopes({})
         )
-        check_legacy_limits(settings)
         self.publisher = Publisher(settings, self.metrics, timeout_s=settings.legacy_send_timeout_s)
         self._reports: ReportService | None = None
         self._pool: asyncpg.Pool | None = None
@@ -134,18 +133,6 @@ class Gateway:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-
-
-def check_legacy_limits(settings: GatewaySettings) -> None:
-    """The legacy API's numeric settings are sane; raises :class:`SettingsError` naming the bad one."""
-    if not 64 <= settings.legacy_max_body_bytes <= 16 * 1024 * 1024:
-        raise SettingsError(
-            f"legacy_max_body_bytes must be 64..16777216 ({spellings('legacy_max_body_bytes')})"
-        )
-    if settings.retention <= 0:
-        raise SettingsError(f"retention must be positive ({spellings('retention')})")
-    if settings.raw_retention_days < 0:
-        raise SettingsError(f"raw_retention_days must be >= 0 ({spellings('raw_retention_days')})")
 
 
 def gw(connection: ASGIConnection) -> Gateway:

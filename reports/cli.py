@@ -27,25 +27,15 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from common.logs import setup_logging
 from common.settings import HELP, SettingsError, add_arguments, load, spellings
 from reports import render
 from reports.service import ReportService
+from reports.settings import ReportSettings
 from reports.teams import TeamFileError, load_team_file
 
 log = logging.getLogger("reports.cli")
-
-
-class ReportSettings(msgspec.Struct, kw_only=True):
-    """Settings of ``desktrace-report`` (flags = ``DESKTRACE_*`` = TOML keys, ``[report]`` table)."""
-
-    pg_dsn: str = ""
-    pg_dsn_file: str = ""
-    teams_file: str = ""
-    log_level: str = "WARNING"
-    log_format: str = "json"
 
 
 class ReportError(Exception):

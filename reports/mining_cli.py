@@ -45,13 +45,7 @@ class MiningError(Exception):
 
 @functools.cache
 def _settings_cls() -> Any:
-    from reports.cli import ReportSettings
-
-    class MiningSettings(ReportSettings, kw_only=True):
-        """``desktrace-report`` settings plus those of the mining subcommands."""
-
-        reports_show_urls: bool = False
-        gap: float = 300.0
+    from reports.settings import MiningSettings
 
     return MiningSettings
 

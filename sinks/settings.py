@@ -3,17 +3,11 @@ also inside a ``[sink]`` table)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from msgspec import Meta
-
 from common.horizon import DEFAULT_RAW_RETENTION_DAYS
 from common.kafka import prefixed_port
-from common.settings import HELP, CommonSettings
-
-Positive = Annotated[int, Meta(ge=1)]
-NonNegative = Annotated[int, Meta(ge=0)]
-PositiveFloat = Annotated[float, Meta(gt=0)]
+from common.settings import HELP, CommonSettings, PositiveFloat
+from common.settings import NonNegativeInt as NonNegative
+from common.settings import PositiveInt as Positive
 
 SECTION = "sink"
 

@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry
 from common.kafka import MAX_REQUEST_SIZE, client_options
 from proto.topics import Topics
 from stream.batching import BatchConsumer
-from stream.core import Sessionizer, SessionizerConfig
+from stream.core import Sessionizer
 from stream.group import GroupWatch
 from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
@@ -101,7 +101,7 @@ async def inspect_cluster(settings: StreamSettings, topics: Topics) -> ClusterIn
 
 
 def broker_credentials(settings: StreamSettings) -> faust.types.auth.CredentialsT | None:
-    """Faust credentials for the TLS/SASL settings of :class:`common.settings.CommonSettings`."""
+    """Faust credentials for the TLS/SASL settings of :class:`common.settings.KafkaSettings`."""
     opts = client_options(settings)
     protocol = opts.get("security_protocol", "PLAINTEXT")
     if protocol == "SSL":
@@ -133,10 +133,7 @@ class StreamApp:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.metrics = StreamMetrics(registry)
-        config = SessionizerConfig(
-            gap_s=settings.gap, presence_timeout_s=settings.presence_timeout, retention_s=settings.retention,
-            legacy_max_span_s=settings.legacy_max_span,
-        )
+        config = settings.to_config()
         self.processor = Processor(
             self.topics,
             Sessionizer(config),

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from common.kafka import client_options
-from common.settings import CommonSettings
+from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class GroupWatch:
     """Keeps :attr:`reason` ("" when every raw partition is owned by a member of a stable group)."""
 
     def __init__(
-        self, settings: CommonSettings, group_id: str, topics: tuple[str, ...], partitions: int
+        self, settings: KafkaSettings, group_id: str, topics: tuple[str, ...], partitions: int
     ) -> None:
         self.settings = settings
         self.group_id = group_id

@@ -19,46 +19,21 @@ from typing import BinaryIO, Final
 
 import msgspec
 
-from common.horizon import DEFAULT_RETENTION_S
-from common.settings import HELP, SettingsError, add_arguments, load
+from common.settings import SettingsError, add_arguments, load
 from proto.clock import epoch_ms
 from proto.codec import EventDecodeError, encode_session, read_jsonl
 from proto.events import Envelope
 from proto.keys import event_user_key
 from proto.sessions import Session, apply_session_messages
-from stream.core import Sessionizer, SessionizerConfig, Update, UserState
+from stream.core import Sessionizer, Update, UserState
 from stream.core.state import NO_TIME
+from stream.settings import SECTION, SESSIONIZER_HELP, SessionizerSettings
 
-SECTION = "stream"
 BATCH = 2000  #: events buffered per user before they are fed to the core
 MAX_BUFFERED = 50_000  #: events buffered over all users before every buffer is fed to the core
 SPILL_AT = 20_000  #: final sessions kept in memory before a sorted run is written to a temporary file
 _LINE_BITS = 40  #: an event's position is ``file_index << _LINE_BITS | line_number``
 PROGRESS_EVERY = 100_000
-
-
-class OfflineSettings(msgspec.Struct, kw_only=True):
-    """The sessionizer settings, with the same names as ``desktrace-stream``'s."""
-
-    gap: float = 300.0
-    presence_timeout: float = 180.0
-    retention: float = DEFAULT_RETENTION_S
-    legacy_max_span: float = 14400.0
-
-    def __post_init__(self) -> None:
-        for name in ("gap", "presence_timeout", "retention", "legacy_max_span"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-
-
-OFFLINE_HELP = {
-    **HELP,
-    "gap": "G, the idle gap in seconds that splits active sessions",
-    "presence_timeout": "P, seconds without any event after which a presence period ends",
-    "retention": "horizon in seconds back from a user's latest event; older events are rejected as late",
-    "legacy_max_span": "L, seconds a legacy POST /api/report state holds at most when no next report "
-    "ends it sooner (G when the next report repeats the state)",
-}
 
 
 class _Run:
@@ -226,20 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "files", nargs="*", metavar="FILE", help="JSON Lines event files; '-' or none = stdin"
     )
-    add_arguments(parser, OfflineSettings, OFFLINE_HELP)
+    add_arguments(parser, SessionizerSettings, SESSIONIZER_HELP)
     args = parser.parse_args(argv)
     try:
-        settings = load(OfflineSettings, args, section=SECTION)
-    except (SettingsError, ValueError) as exc:
+        settings = load(SessionizerSettings, args, section=SECTION)
+    except SettingsError as exc:
         parser.error(str(exc))
-    core = Sessionizer(
-        SessionizerConfig(
-            gap_s=settings.gap,
-            presence_timeout_s=settings.presence_timeout,
-            retention_s=settings.retention,
-            legacy_max_span_s=settings.legacy_max_span,
-        )
-    )
+    core = Sessionizer(settings.to_config())
     run = _Run(core)
     progress = sys.stderr.isatty()
     rejected = 0

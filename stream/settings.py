@@ -1,18 +1,34 @@
-"""The stream worker's settings: flag ``--close-timeout`` = ``DESKTRACE_CLOSE_TIMEOUT`` = TOML key
-``close_timeout`` (top level or in a ``[stream]`` table), through :mod:`common.settings`.
+"""The stream worker's and the offline tool's settings: flag ``--close-timeout`` = ``DESKTRACE_CLOSE_TIMEOUT``
+= TOML key ``close_timeout`` (top level or in a ``[stream]`` table), through :mod:`common.settings`.
 
-Durations are seconds (floats allowed).
+Durations are seconds (floats allowed). Their names carry no ``_s``: ``gap``, ``presence_timeout``,
+``close_timeout``, ``legacy_max_span`` are fixed interfaces, and ``retention``, ``batch_within``,
+``scan_interval``, ``session_timeout``, ``commit_interval`` are documented operator settings
+(docs/ARCHITECTURE.md, "Settings").
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from typing import Annotated, Protocol
+
+import msgspec
+from msgspec import Meta
 
 from common.health import parse_addr
 from common.horizon import DEFAULT_RETENTION_S
 from common.kafka import prefixed_port
-from common.settings import HELP, CommonSettings, add_arguments, load
+from common.settings import (
+    HELP,
+    KafkaSettings,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    add_arguments,
+    load,
+)
+from stream.core import SessionizerConfig
 
 SECTION = "stream"
 #: The application id and metrics port without a topic prefix.
@@ -26,42 +42,66 @@ def default_app_id(topic_prefix: str) -> str:
     return f"{BASE_APP_ID}-{topic_prefix}" if topic_prefix else BASE_APP_ID
 
 
-class StreamSettings(CommonSettings, kw_only=True):
-    """Everything ``desktrace-stream`` reads; validated when built (a bad value is a clear error)."""
+class _SessionizerFields(Protocol):
+    gap: float
+    presence_timeout: float
+    retention: float
+    legacy_max_span: float
 
-    gap: float = 300.0
-    presence_timeout: float = 180.0
-    close_timeout: float = 600.0
-    retention: float = DEFAULT_RETENTION_S
-    legacy_max_span: float = 14400.0
+
+def sessionizer_config(settings: _SessionizerFields) -> SessionizerConfig:
+    """The one mapping from settings (seconds, as given) to the core's :class:`SessionizerConfig`: the
+    stream and the offline tool both use it, so they round ``retention`` (and G, P, L) the same way (the
+    core rounds each to milliseconds once)."""
+    return SessionizerConfig(
+        gap_s=settings.gap,
+        presence_timeout_s=settings.presence_timeout,
+        retention_s=settings.retention,
+        legacy_max_span_s=settings.legacy_max_span,
+    )
+
+
+class SessionizerSettings(msgspec.Struct, kw_only=True):
+    """The sessionizer's settings (G, P, L, retention; seconds), as ``desktrace-sessionize`` reads them.
+
+    :class:`StreamSettings` has the same four fields with the same types and defaults (a test keeps them
+    equal: msgspec Structs cannot inherit from two field-holding bases)."""
+
+    gap: PositiveFloat = 300.0
+    presence_timeout: PositiveFloat = 180.0
+    retention: PositiveFloat = DEFAULT_RETENTION_S
+    legacy_max_span: PositiveFloat = 14400.0
+
+    def to_config(self) -> SessionizerConfig:
+        return sessionizer_config(self)
+
+
+class StreamSettings(KafkaSettings, kw_only=True):
+    """Everything ``desktrace-stream`` reads (Kafka, no PostgreSQL); validated when built by msgspec
+    constraints (a bad value is a clear error naming the setting)."""
+
+    gap: PositiveFloat = 300.0
+    presence_timeout: PositiveFloat = 180.0
+    retention: PositiveFloat = DEFAULT_RETENTION_S
+    legacy_max_span: PositiveFloat = 14400.0
+    close_timeout: PositiveFloat = 600.0
     stream_app_id: str = ""
     stream_data_dir: str = ""
     metrics_addr: str = ""
-    batch_size: int = 20000
-    batch_within: float = 0.5
-    scan_interval: float = 0.0
-    session_timeout: float = 10.0
-    replication_factor: int = 0
-    agent_versions_max: int = 20
-    state_cache_users: int = 5000
-    commit_interval: float = 1.0
+    batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 20000
+    batch_within: PositiveFloat = 0.5
+    scan_interval: NonNegativeFloat = 0.0
+    session_timeout: PositiveFloat = 10.0
+    replication_factor: NonNegativeInt = 0
+    agent_versions_max: Annotated[int, Meta(ge=1)] = 20
+    state_cache_users: Annotated[int, Meta(ge=1)] = 5000
+    commit_interval: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "gap", "presence_timeout", "close_timeout", "retention", "legacy_max_span", "batch_within",
-            "session_timeout",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if not 1 <= self.batch_size <= 100_000:
-            raise ValueError("batch_size must be between 1 and 100000")
-        if self.scan_interval < 0 or self.replication_factor < 0 or self.agent_versions_max < 1:
-            raise ValueError("scan_interval and replication_factor must be >= 0, agent_versions_max >= 1")
-        if not 0.05 <= self.commit_interval <= 60:
-            raise ValueError("commit_interval must be between 0.05 and 60 seconds")
-        if self.state_cache_users < 1:
-            raise ValueError("state_cache_users must be >= 1")
-        metrics_host_port(self.metrics_address)
+        metrics_host_port(self.metrics_address)  # not expressible as a constraint
+
+    def to_config(self) -> SessionizerConfig:
+        return sessionizer_config(self)
 
     @property
     def app_id(self) -> str:
@@ -88,14 +128,19 @@ class StreamSettings(CommonSettings, kw_only=True):
         return min(30.0, max(0.5, self.close_timeout / 3))
 
 
-STREAM_HELP: dict[str, str] = {
+SESSIONIZER_HELP: dict[str, str] = {
     **HELP,
     "gap": "G, the idle gap in seconds that splits active sessions",
     "presence_timeout": "P, seconds without any event after which a presence period ends",
-    "close_timeout": "seconds of wall-clock silence of a user after which their open sessions are published",
-    "retention": "seconds of event time kept in a user's state; older events are dead-lettered as late",
+    "retention": "seconds of event time kept in a user's state, back from their latest event; older events "
+    "are late (dead-lettered by the stream, rejected by the offline tool)",
     "legacy_max_span": "L, seconds a legacy POST /api/report state holds at most when no next report "
     "ends it sooner (G when the next report repeats the state)",
+}
+
+STREAM_HELP: dict[str, str] = {
+    **SESSIONIZER_HELP,
+    "close_timeout": "seconds of wall-clock silence of a user after which their open sessions are published",
     "stream_app_id": "Faust app id: the consumer group and the prefix of the internal changelog topics "
     "('' = desktrace-stream, or desktrace-stream-<topic prefix> with a prefix)",
     "stream_data_dir": "directory for Faust's local files ('' = ./<app id>-data)",

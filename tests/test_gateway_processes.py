@@ -7,7 +7,7 @@ import base64
 import contextlib
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +15,6 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from gateway import routes_processes
 from gateway.app import create_app
 from gateway.auth import hash_password
 from gateway.settings import GatewaySettings
@@ -25,13 +24,6 @@ pytestmark = pytest.mark.postgres
 
 PASSWORD = "correct horse battery staple"
 PAGE = "/processes?start=2026-03-29&end=2026-03-29&user=corp%5Calice"
-
-
-@pytest.fixture(autouse=True)
-def fresh_page_settings() -> Iterator[None]:
-    routes_processes.page_settings.cache_clear()
-    yield
-    routes_processes.page_settings.cache_clear()
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_installed_entry_runs_the_agent_with_the_exact_settings(
     monkeypatch.setattr(sys, "executable", str(prog))
     state = tmp_path / "state $dir 100%"
     argv = ["install", "--state-dir", str(state), "--privacy-redact", REDACT,
-            "--exclude-domains", "bank.example, health.example", "--heartbeat-s", "30",
+            "--privacy-exclude-domains", "bank.example, health.example", "--heartbeat-s", "30",
             "--kafka-password", SECRET]
     assert main(argv) == 0
     assert "visible to every user in process listings" in capsys.readouterr().err

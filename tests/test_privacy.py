@@ -202,7 +202,9 @@ def test_from_settings_reads_attributes_keys_and_text_forms() -> None:
 
 def test_from_agent_settings_uses_the_agents_exclude_lists() -> None:
     settings = load_agent_settings(env={
-        "DESKTRACE_EXCLUDE_APPS": "KeePass.exe", "DESKTRACE_EXCLUDE_DOMAINS": "bank.example",
+        # one name per setting (issue 19): the former short names exclude_apps / exclude_domains are
+        # refused with a message naming these (tests/test_settings_convention.py)
+        "DESKTRACE_PRIVACY_EXCLUDE_APPS": "KeePass.exe", "DESKTRACE_PRIVACY_EXCLUDE_DOMAINS": "bank.example",
         "DESKTRACE_EXTENDED_MODE": "true",
     })
     f = PrivacyFilter.from_settings(settings)

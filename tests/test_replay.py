@@ -33,7 +33,7 @@ def run_replay(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DESKTRACE_KAFKA_BOOTSTRAP": bootstrap, "DESKTRACE_TOPIC_PREFIX": prefix}
     return subprocess.run(
-        [sys.executable, "-m", "devstack.replay", *args],
+        [sys.executable, "-m", "stream.replay", *args],
         env=env,
         capture_output=True,
         input=stdin.decode() if stdin is not None else None,
@@ -160,7 +160,7 @@ def test_replay_broker_outage_says_where_to_resume_and_resuming_completes(tmp_pa
         src.write_text("".join(lines), encoding="utf-8")
         env = {**os.environ, "DESKTRACE_KAFKA_BOOTSTRAP": kafka.bootstrap, "DESKTRACE_TOPIC_PREFIX": "r."}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "devstack.replay", "-", "--max-wait", "3"], env=env,
+            [sys.executable, "-m", "stream.replay", "-", "--max-wait", "3"], env=env,
             stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         assert proc.stdin is not None

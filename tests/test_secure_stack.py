@@ -294,13 +294,13 @@ def test_replay_with_a_wrong_password_exits_naming_authentication(
     wrong.write_text("not-the-password\n")
     env = {**os.environ, **secure.client_env(AGENT), "DESKTRACE_TOPIC_PREFIX": PREFIX}
     ok = subprocess.run(
-        [sys.executable, "-m", "devstack.replay", str(events)], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "stream.replay", str(events)], env=env, capture_output=True, text=True,
         timeout=60, check=False,
     )
     assert ok.returncode == 0, ok.stderr
     t0 = time.monotonic()
     bad = subprocess.run(
-        [sys.executable, "-m", "devstack.replay", str(events)],
+        [sys.executable, "-m", "stream.replay", str(events)],
         env={**env, "DESKTRACE_KAFKA_PASSWORD_FILE": str(wrong)}, capture_output=True, text=True,
         timeout=60, check=False,
     )

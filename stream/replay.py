@@ -37,7 +37,7 @@ from common.kafka import (
     produce_error_name,
 )
 from common.logs import setup_logging
-from common.settings import CommonSettings, SettingsError, add_arguments, load
+from common.settings import KafkaSettings, SettingsError, add_arguments, load
 from proto.codec import EventDecodeError, encode_event, read_jsonl
 from proto.keys import event_user_key
 from proto.topics import Topics
@@ -272,11 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait", type=float, default=60.0, metavar="SECONDS",
         help="longest total wait for Kafka while retrying transient errors before giving up (default 60)",
     )
-    add_arguments(parser, CommonSettings)
+    add_arguments(parser, KafkaSettings)
     return parser
 
 
-async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
+async def _run(args: argparse.Namespace, settings: KafkaSettings) -> int:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load(CommonSettings, args, section="replay")
+        settings = load(KafkaSettings, args, section="replay")
     except SettingsError as exc:
         print(f"desktrace-replay: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -1,0 +1,285 @@
+"""One batch of the sink runner: fetch (the next one while this one is written), decode, write in one
+transaction (bisecting a failing batch down to its poison records), back off with the partitions paused
+while the database or Kafka is down, dead-letter the rejected, then commit the offsets.
+:class:`BatchLoop` is a part of :class:`sinks.runner.SinkRunner`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from common.backoff import Backoff
+from proto.codec import EventDecodeError
+from sinks.deadletters import DeadLettering, Fetched, Rejected, log
+from sinks.errors import ErrorKind, Reject, classify, reason_of
+from sinks.metrics import SinkMetrics
+from sinks.retry import Stopped, is_expected_failure
+from sinks.settings import SinkSettings
+from sinks.writers import Writer
+
+
+class BatchLoop(DeadLettering):
+    """Consume -> write -> dead-letter -> commit for one batch (part of :class:`sinks.runner.SinkRunner`,
+    which owns the clients, the lifecycle and the retry helpers declared here)."""
+
+    _ahead: asyncio.Task[Fetched] | None
+    _backoff: Backoff
+    _conn: asyncpg.Connection | None
+    _consumer: AIOKafkaConsumer | None
+    _failing: bool
+    clock: Callable[[], float]
+    metrics: SinkMetrics
+    settings: SinkSettings
+    writer: Writer
+
+    if TYPE_CHECKING:  # defined by SinkRunner
+
+        @property
+        def stopping(self) -> bool: ...
+
+    async def step(self) -> int:
+        """Collect one batch (bounded by size and time), write it, dead-letter its poison, commit its
+        offsets; returns the number of records handled (0 when idle)."""
+        return await self._handle(await self._fetch())
+
+    async def _fetch(self) -> Fetched:
+        """Collect one batch and decode it."""
+        records = await self._collect()
+        await self._update_lag()
+        items: list[tuple[ConsumerRecord[bytes, bytes], Any]] = []
+        rejected: list[Rejected] = []
+        if not records:
+            return records, items, rejected
+        self.writer.refresh(datetime.fromtimestamp(self.clock(), UTC))
+        for rec in records:
+            try:
+                items.append((rec, self.writer.decode(rec.value)))
+            except (EventDecodeError, Reject) as exc:
+                rejected.append(Rejected(rec, exc.error_class, str(exc)))
+        return records, items, rejected
+
+    async def _handle(self, fetched: Fetched) -> int:
+        """Write a fetched batch, dead-letter its poison, commit its offsets."""
+        records, items, rejected = fetched
+        if not records:
+            return 0
+        self.metrics.records.labels(self.writer.table).inc(len(records))
+        # The decoder's dead letters travel while the rows are written; all are acknowledged before the
+        # commit.
+        letters = await self._send_dead_letters(rejected)
+        if items:
+            refused = await self._write_with_retry(items)
+            rejected += refused
+            letters += await self._send_dead_letters(refused)
+        if rejected:
+            await self._settle_dead_letters(letters)
+        await self._commit(records)
+        return len(records)
+
+    async def _collect(self) -> list[ConsumerRecord[bytes, bytes]]:
+        assert self._consumer is not None
+        size, wait = self.settings.batch_size, self.settings.batch_wait_ms / 1000
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while len(out) < size and not self.stopping:
+            remaining = wait if deadline is None else deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                got = await self._consumer.getmany(
+                    timeout_ms=int(remaining * 1000), max_records=size - len(out)
+                )
+            except KafkaError as exc:
+                self.metrics.retries.labels(self.writer.table, "kafka").inc()
+                log.warning("kafka fetch failed", extra={"kv": {"error": type(exc).__name__}})
+                await asyncio.sleep(self._backoff.next())
+                break
+            for recs in got.values():
+                out.extend(recs)
+            if not out:
+                break  # idle: let the caller refresh lag and check for stop
+            if deadline is None:
+                deadline = loop.time() + wait
+        return out
+
+    async def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = await asyncio.wait_for(self._consumer.position(tp), 1.0)
+            except (KafkaError, TimeoutError, IllegalStateError):
+                continue
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - pos, 0))
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
+                self.settings.pg_dsn, timeout=10, command_timeout=self.settings.pg_command_timeout_s
+            )
+            await self.writer.prepare(self._conn)
+        return self._conn
+
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 2.0)
+            except Exception:
+                conn.terminate()
+
+    async def _write_once(self, items: Sequence[Any]) -> None:
+        """One attempt: ensure DDL, then the writer's statements in one transaction."""
+        conn = await self._connection()
+        await self.writer.before_write(conn, items)
+        started = time.perf_counter()
+        async with conn.transaction():
+            changed, duplicates = await self.writer.write(conn, items)
+        table = self.writer.table
+        self.metrics.write_seconds.labels(table).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(table).observe(len(items))
+        self.metrics.rows_written.labels(table).inc(changed)
+        if duplicates:
+            self.metrics.rows_duplicate.labels(table).inc(duplicates)
+        self.metrics.last_write.labels(table).set(self.clock())
+        self.metrics.db_up.labels(table).set(1)
+
+    async def _write_isolating(self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]) -> list[Rejected]:
+        """Write ``items``; on a data error bisect until the poison records are found. Connection errors
+        propagate (the caller retries everything: the writes are idempotent)."""
+        try:
+            await self._write_once([item for _, item in items])
+            return []
+        except Exception as exc:
+            kind = classify(exc)
+            if kind is ErrorKind.PARTITION:
+                self.writer.on_partition_missing()
+                raise
+            if kind is not ErrorKind.DATA:
+                raise
+            if self._conn is not None and not self._conn.is_closed() and self._conn.is_in_transaction():
+                await self._close_conn()  # a client-side failure mid-COPY may leave the session unusable
+            if len(items) == 1:
+                rec = items[0][0]
+                return [Rejected(rec, "constraint", reason_of(exc))]
+        mid = len(items) // 2
+        first = await self._write_isolating(items[:mid])
+        return first + await self._write_isolating(items[mid:])
+
+    async def _write_with_retry(
+        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]
+    ) -> list[Rejected]:
+        partition_retries = 0
+        while True:
+            try:
+                rejected = await self._write_isolating(items)
+                if self._failing:
+                    log.info("database writes recovered", extra={"kv": {"table": self.writer.table}})
+                    self._failing = False
+                self._backoff.reset()
+                self._resume()
+                return rejected
+            except Exception as exc:
+                kind = classify(exc)
+                await self._close_conn()
+                self._failing = True
+                self.metrics.db_up.labels(self.writer.table).set(0)
+                if kind is ErrorKind.PARTITION and partition_retries < 3:
+                    partition_retries += 1
+                    continue
+                self.metrics.retries.labels(self.writer.table, "postgres").inc()
+                delay = self._backoff.next()
+                expected = kind is not ErrorKind.RETRY or is_expected_failure(exc)
+                level = logging.WARNING if expected else logging.ERROR
+                log.log(
+                    level,
+                    "database write failed; pausing consumption and retrying",
+                    extra={
+                        "kv": {
+                            "table": self.writer.table,
+                            "error": type(exc).__name__,
+                            "retry_in_s": delay,
+                            "rows": len(items),
+                        }
+                    },
+                )
+                await self._rewind_ahead()
+                await self._paused_wait(delay)
+                if self.stopping:
+                    raise Stopped from exc
+
+    async def _paused_wait(self, delay: float) -> None:
+        """Wait ``delay`` seconds with every partition paused, polling so the group keeps us; anything
+        fetched anyway (partitions newly assigned by a rebalance) is rewound, not processed."""
+        assert self._consumer is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + delay
+        while not self.stopping:
+            self._consumer.pause(*self._consumer.assignment())
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                got = await self._consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+            except KafkaError:
+                await asyncio.sleep(min(remaining, 1.0))
+                continue
+            for tp, recs in got.items():
+                if recs:
+                    self._consumer.seek(tp, recs[0].offset)
+            await self._update_lag()  # lag keeps growing while paused: show it
+
+    def _resume(self) -> None:
+        assert self._consumer is not None
+        paused = self._consumer.paused()
+        if paused:
+            self._consumer.resume(*paused)
+
+    async def _commit(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        assert self._consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
+        assigned = self._consumer.assignment()
+        owned = {tp: off for tp, off in offsets.items() if tp in assigned}
+        if not owned:
+            return
+        try:
+            await self._consumer.commit(owned)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # Rebalanced away (or broker trouble): the new owner re-reads from the last commit; the
+            # writes are idempotent, so nothing is lost or doubled.
+            log.warning(
+                "offset commit failed; records will be redelivered",
+                extra={"kv": {"error": type(exc).__name__}},
+            )
+
+    async def _rewind_ahead(self) -> None:
+        """A write failed: give back the batch fetched ahead (seek its partitions to its first offsets), so
+        that nothing more is consumed while the database is unavailable and the lag shows it."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or self._consumer is None:
+            return
+        try:
+            records, _, _ = await ahead
+        except Exception:
+            return
+        first: dict[TopicPartition, int] = {}
+        for rec in records:
+            first.setdefault(TopicPartition(rec.topic, rec.partition), rec.offset)
+        assigned = self._consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
