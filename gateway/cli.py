@@ -9,7 +9,7 @@ import sys
 
 from common.logs import setup_logging
 from common.settings import SettingsError, add_arguments, load
-from gateway.settings import GATEWAY_HELP, SECTION, GatewaySettings, parse_addr
+from gateway.settings import GATEWAY_HELP, SECTION, GatewaySettings, http_address, parse_addr
 
 log = logging.getLogger("gateway")
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = load(GatewaySettings, args, section=SECTION)
-        host, port = parse_addr(settings.http_addr)
+        host, port = parse_addr(http_address(settings))
         from gateway.app import create_app
 
         app = create_app(settings)

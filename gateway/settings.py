@@ -11,6 +11,7 @@ from msgspec import Meta
 
 from common import health
 from common.horizon import DEFAULT_RAW_RETENTION_DAYS, DEFAULT_RETENTION_S
+from common.kafka import prefixed_port
 from common.settings import (
     HELP,
     CommonSettings,
@@ -28,7 +29,7 @@ class GatewaySettings(CommonSettings, kw_only=True):
     """Everything ``desktrace-gateway`` reads, checked by msgspec constraints when loaded. Secrets
     (``*_token*``, ``*password*``, ``web_users``, ``session_secret``) are never logged."""
 
-    http_addr: str = "127.0.0.1:8080"
+    http_addr: str = ""
     legacy_domain: str = "legacy"
     legacy_tz: str = "UTC"
     legacy_token: str = ""
@@ -63,7 +64,8 @@ class GatewaySettings(CommonSettings, kw_only=True):
 
 GATEWAY_HELP: dict[str, str] = {
     **HELP,
-    "http_addr": "host:port the HTTP server listens on",
+    "http_addr": "host:port the HTTP server listens on ('' = 127.0.0.1:8080, or with a topic prefix a port "
+    "derived from it, so two pipelines on one host differ by the prefix alone)",
     "legacy_domain": "domain of legacy POST /api/report users given without DOMAIN\\",
     "legacy_tz": "IANA time zone of legacy reports: a ts without offset is read in it, and events carry it",
     "legacy_token": "when set, POST /api/report needs 'Authorization: Bearer <token>' or X-Desktrace-Token",
@@ -102,6 +104,15 @@ GATEWAY_HELP: dict[str, str] = {
     " metrics_addr, /metrics answers loopback clients only)",
     "metrics_token_file": "file holding metrics_token",
 }
+
+
+BASE_HTTP_PORT = 8080
+
+
+def http_address(settings: GatewaySettings) -> str:
+    """``http_addr``, or ``127.0.0.1:8080`` without a topic prefix and a port derived from it with one
+    (:func:`common.kafka.prefixed_port`, as the stream's and the sinks' metrics ports)."""
+    return settings.http_addr or f"127.0.0.1:{prefixed_port(BASE_HTTP_PORT, settings.topic_prefix)}"
 
 
 def parse_addr(addr: str) -> tuple[str, int]:

@@ -120,3 +120,16 @@ def test_per_service_keys_only_in_the_service_table(tmp_path: Path) -> None:
     table.write_text("gap = 100\n[stream]\nbatch_size = 100\n[sink]\nbatch_size = 7\n", encoding="utf-8")
     settings, _ = load_settings(["--config", str(table)], env={})
     assert (settings.gap, settings.batch_size) == (100, 100)
+
+
+def test_the_topic_prefix_alone_gives_each_gateway_its_own_default_address() -> None:
+    """Two pipelines on one host that differ only by DESKTRACE_TOPIC_PREFIX must not fight over a port: the
+    gateway's default address follows the prefix like the stream's and the sinks' metrics ports."""
+    from gateway.settings import GatewaySettings, http_address
+
+    plain = http_address(GatewaySettings())
+    a = http_address(GatewaySettings(topic_prefix="a."))
+    b = http_address(GatewaySettings(topic_prefix="b."))
+    assert plain == "127.0.0.1:8080"
+    assert len({plain, a, b}) == 3 and all(x.startswith("127.0.0.1:") for x in (a, b))
+    assert http_address(GatewaySettings(topic_prefix="a.", http_addr="0.0.0.0:9000")) == "0.0.0.0:9000"
