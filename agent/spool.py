@@ -207,14 +207,8 @@ class Spool:
         """Remove events Kafka refused for good (too large, invalid: sending them again cannot succeed) and
         count them as dropped (reported in the next heartbeat's ``spool_dropped``) and as
         ``refused_by_broker``; returns how many went."""
-        removed = 0
         with self._tx():
-            for rid in ids:
-                row = self._db.execute("DELETE FROM events WHERE id = ? RETURNING size", (rid,)).fetchone()
-                if row is not None:
-                    removed += 1
-                    self._count -= 1
-                    self._bytes -= int(row[0])
+            removed = self._delete(ids)
             if removed:
                 for k in ("refused_by_broker", "dropped_total", "dropped_unreported"):
                     self._set(k, str(int(self._meta.get(k, "0")) + removed))
@@ -222,14 +216,18 @@ class Spool:
 
     def ack(self, ids: Iterable[int]) -> int:
         """Remove events Kafka acknowledged (ids already dropped are ignored); returns how many went."""
-        removed = 0
         with self._tx():
-            for rid in ids:
-                row = self._db.execute("DELETE FROM events WHERE id = ? RETURNING size", (rid,)).fetchone()
-                if row is not None:
-                    removed += 1
-                    self._count -= 1
-                    self._bytes -= row[0]
+            return self._delete(ids)
+
+    def _delete(self, ids: Iterable[int]) -> int:
+        """Delete ``ids`` inside the caller's transaction, keeping the in-memory count and bytes."""
+        removed = 0
+        for rid in ids:
+            row = self._db.execute("DELETE FROM events WHERE id = ? RETURNING size", (rid,)).fetchone()
+            if row is not None:
+                removed += 1
+                self._count -= 1
+                self._bytes -= int(row[0])
         return removed
 
     def stats(self) -> SpoolStats:

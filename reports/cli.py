@@ -28,11 +28,10 @@ from typing import Any
 
 import asyncpg
 
-from common.logs import setup_logging
-from common.settings import HELP, SettingsError, add_arguments, load, spellings
+from common.settings import HELP, SettingsError, add_arguments, spellings
 from reports import render
 from reports.service import ReportService
-from reports.settings import ReportSettings
+from reports.settings import ReportSettings, load_report_settings
 from reports.teams import TeamFileError, load_team_file
 
 log = logging.getLogger("reports.cli")
@@ -192,17 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in mining_subcommands().COMMANDS:
         return int(mining_subcommands().run(args))
     try:
-        settings = load(ReportSettings, args, section="report")
+        settings = load_report_settings(ReportSettings, args)
     except SettingsError as exc:
         print(f"desktrace-report: {exc}", file=sys.stderr)
-        return 2
-    setup_logging("report", settings.log_level, settings.log_format)
-    if not settings.pg_dsn:
-        print(
-            f"desktrace-report: no PostgreSQL DSN: set {spellings('pg_dsn')} "
-            "(e.g. postgresql://user:pass@host:5432/desktrace)",
-            file=sys.stderr,
-        )
         return 2
     try:
         text = asyncio.run(_report(args, settings.pg_dsn, settings.teams_file))

@@ -30,8 +30,9 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from common.settings import HELP, SettingsError, add_arguments, load, spellings
+from common.settings import HELP, SettingsError, add_arguments, spellings
 from reports import export, flow, tasks
+from reports.settings import load_report_settings
 from reports.teams import TeamFileError, load_team_file
 
 COMMANDS = ("export", "flow", "tasks")
@@ -294,21 +295,12 @@ async def _export(
 def run(args: argparse.Namespace) -> int:
     """Run one mining subcommand; exit status 2 on a configuration or database error, 1 when ``--user``
     names no user or several."""
-    from common.logs import setup_logging
     from reports.cli import UnknownUser
 
     try:
-        settings = load(_settings_cls(), args, section="report")
+        settings = load_report_settings(_settings_cls(), args)
     except SettingsError as exc:
         print(f"desktrace-report: {exc}", file=sys.stderr)
-        return 2
-    setup_logging("report", settings.log_level, settings.log_format)
-    if not settings.pg_dsn:
-        print(
-            f"desktrace-report: no PostgreSQL DSN: set {spellings('pg_dsn')} "
-            "(e.g. postgresql://user:pass@host:5432/desktrace)",
-            file=sys.stderr,
-        )
         return 2
     try:
         if args.end < args.start:

@@ -5,7 +5,11 @@ The reports read PostgreSQL only: no Kafka settings."""
 
 from __future__ import annotations
 
-from common.settings import LogSettings, PositiveFloat
+import argparse
+from typing import TypeVar
+
+from common.logs import setup_logging
+from common.settings import LogSettings, PositiveFloat, SettingsError, load, spellings
 
 
 class ReportSettings(LogSettings, kw_only=True):
@@ -25,3 +29,18 @@ class MiningSettings(ReportSettings, kw_only=True):
     gap: PositiveFloat = 300.0
 
 
+
+
+S = TypeVar("S", bound=ReportSettings)
+
+
+def load_report_settings(cls: type[S], args: argparse.Namespace) -> S:
+    """``cls`` from flags, ``DESKTRACE_*`` and the TOML file (``[report]``), with logging set up; raises
+    :class:`SettingsError` saying what to set when a setting is wrong or no PostgreSQL DSN is given."""
+    settings = load(cls, args, section="report")
+    setup_logging("report", settings.log_level, settings.log_format)
+    if not settings.pg_dsn:
+        raise SettingsError(
+            f"no PostgreSQL DSN: set {spellings('pg_dsn')} (e.g. postgresql://user:pass@host:5432/desktrace)"
+        )
+    return settings
