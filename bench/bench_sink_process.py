@@ -1,9 +1,9 @@
 """The raw sink as a whole process against a bare consume + COPY of the same rows, in one run (run by hand:
 ``nice .venv/bin/python bench/bench_sink_process.py [--events 200000] [--rounds 2]``).
 
-Publishes ``--events`` raw events (``sinks.testing.event_mix``, ~2 days of 20 agents) to fresh raw topics,
-creates a throw-away database next to ``DESKTRACE_PG_DSN``'s with the migrations and the partitions, then
-alternates, ``--rounds`` times each:
+Publishes ``--events`` raw events (``tests.support.events.event_mix``, ~2 days of 20 agents) to fresh raw
+topics, creates a throw-away database next to ``DESKTRACE_PG_DSN``'s with the migrations and the partitions,
+then alternates, ``--rounds`` times each:
 
 - baseline: a fresh Python process that consumes the topics (aiokafka, no group), decodes each record
   and builds its row exactly as the sink does (``RawWriter.decode``), and COPYs the rows straight into
@@ -34,9 +34,10 @@ from devstack.postgres import with_database
 from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 from sinks.migrations import apply_migrations
-from sinks.testing import event_mix
 from sinks.writers import RawWriter
-from stream.testing import BIN, publish
+from tests.support.events import event_mix
+from tests.support.kafka import publish_events
+from tests.support.process import BIN
 
 _BARE = r"""
 import asyncio, sys
@@ -115,7 +116,7 @@ async def main() -> None:
         bdsn = with_database(a.dsn, db)
         await apply_migrations(bdsn)
         events = event_mix(a.events, agents=20, step_ms=60000)
-        n = await publish(a.bootstrap, topics, events)
+        n = await publish_events(a.bootstrap, topics, events)
         conn = await asyncpg.connect(bdsn)
         writer = RawWriter(retention_days=0)
         await writer.partitions.ensure(conn, {e.ts.date() for e in events})
