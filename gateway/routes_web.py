@@ -180,6 +180,16 @@ async def logout(request: Request) -> Redirect:
     return response
 
 
+def period_context(request: Request, d: date, view: str, today: date, **extra: Any) -> dict[str, Any]:
+    """The page context every period view shares: the period (``first``/``last``), its label, the previous
+    and next period, and today; ``extra`` adds the page's own keys."""
+    first, last = views.period_bounds(d, view)
+    return base_context(
+        request, view=view, d=d, first=first, last=last, today=today, label=views.period_label(d, view),
+        prev=views.step(d, view, -1), next=views.step(d, view, 1), **extra,
+    )
+
+
 def notice_for(g: Gateway, first: date, scope: Scope) -> str:
     """The notice of a period that cannot have data: it starts in the future, or the login reads nobody."""
     if scope.users is not None and not scope.users:
@@ -211,23 +221,18 @@ async def overview(
     desc = dir_ == "desc"
     users = readable_users(request, scope, None, team or None)
     reports = await g.reports()
-    first, last = views.period_bounds(d, view)
-    context = base_context(
+    context = period_context(
         request,
-        view=view,
-        d=d,
-        first=first,
-        last=last,
-        label=views.period_label(d, view),
-        prev=views.step(d, view, -1),
-        next=views.step(d, view, 1),
-        today=today,
+        d,
+        view,
+        today,
         team=team or "",
         teams=visible_teams(g, scope),
         sort=sort_key,
         desc=desc,
-        notice=notice_for(g, first, scope),
     )
+    first, last = context["first"], context["last"]
+    context["notice"] = notice_for(g, first, scope)
     listed: list[Any]
     if view == "day":
         listed = await reports.day(d, users=users)
@@ -268,29 +273,15 @@ async def user_page(
     if len(visible) > 1:
         return Template(
             template_name="user.html",
-            context=base_context(
-                request, user_key=user_key, view=view, d=d, today=today, notice="ambiguous",
-                candidates=visible, tz=g.zone.key, row=None, items=[], rows=[],
-                label=views.period_label(d, view), prev=views.step(d, view, -1), next=views.step(d, view, 1),
-                first=d, last=d, teams_of=[],
+            context=period_context(
+                request, d, view, today, user_key=user_key, notice="ambiguous", candidates=visible,
+                tz=g.zone.key, row=None, items=[], rows=[], teams_of=[],
             ),
             status_code=300,
         )
     check_user(scope, user_key)
-    first, last = views.period_bounds(d, view)
-    context = base_context(
-        request,
-        user_key=user_key,
-        view=view,
-        d=d,
-        first=first,
-        last=last,
-        today=today,
-        label=views.period_label(d, view),
-        prev=views.step(d, view, -1),
-        next=views.step(d, view, 1),
-        teams_of=g.access.teams_of(user_key),
-    )
+    context = period_context(request, d, view, today, user_key=user_key, teams_of=g.access.teams_of(user_key))
+    first, last = context["first"], context["last"]
     if not await reports.user_exists(user_key):
         context.update(notice="unknown-user", tz=g.zone.key, row=None, items=[], rows=[])
         return Template(template_name="user.html", context=context, status_code=404)

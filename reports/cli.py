@@ -31,7 +31,7 @@ import asyncpg
 from common.settings import HELP, SettingsError, add_arguments, spellings
 from reports import render
 from reports.service import ReportService
-from reports.settings import ReportSettings, load_report_settings
+from reports.settings import ReportSettings, database_problem, load_report_settings
 from reports.teams import TeamFileError, load_team_file
 
 log = logging.getLogger("reports.cli")
@@ -176,12 +176,8 @@ async def _report(args: argparse.Namespace, dsn: str, teams_file: str = "") -> s
         if fmt == "csv":
             return render.to_csv(("user_key",), [(u,) for u in users])
         return "\n".join(users) if users else "no users"
-    except asyncpg.UndefinedTableError as exc:
-        raise ReportError(
-            f"the report tables do not exist in this database ({exc}): run `desktrace-sink migrate` first"
-        ) from None
     except asyncpg.PostgresError as exc:
-        raise ReportError(f"query failed ({type(exc).__name__}: {exc})") from None
+        raise ReportError(database_problem(exc, "report")) from None
     finally:
         await pool.close()
 

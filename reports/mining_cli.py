@@ -32,7 +32,7 @@ import asyncpg
 
 from common.settings import HELP, SettingsError, add_arguments, spellings
 from reports import export, flow, tasks
-from reports.settings import load_report_settings
+from reports.settings import database_problem, load_report_settings
 from reports.teams import TeamFileError, load_team_file
 
 COMMANDS = ("export", "flow", "tasks")
@@ -239,12 +239,8 @@ async def _run(args: argparse.Namespace, settings: Any, team: list[str] | None) 
         except ValueError as exc:
             raise MiningError(str(exc)) from None
         return tasks_render(rows, args.format)
-    except asyncpg.UndefinedTableError as exc:
-        raise MiningError(
-            f"the event tables do not exist in this database ({exc}): run `desktrace-sink migrate` first"
-        ) from None
     except asyncpg.PostgresError as exc:
-        raise MiningError(f"query failed ({type(exc).__name__}: {exc})") from None
+        raise MiningError(database_problem(exc, "event")) from None
     finally:
         await conn.close()
 

@@ -44,3 +44,15 @@ def load_report_settings(cls: type[S], args: argparse.Namespace) -> S:
             f"no PostgreSQL DSN: set {spellings('pg_dsn')} (e.g. postgresql://user:pass@host:5432/desktrace)"
         )
     return settings
+
+
+def database_problem(exc: Exception, tables: str) -> str:
+    """What to tell a person about a PostgreSQL error of a report command: missing ``tables`` (run the
+    migrations) or the failed query's error class and message."""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return (
+            f"the {tables} tables do not exist in this database ({exc}): run `desktrace-sink migrate` first"
+        )
+    return f"query failed ({type(exc).__name__}: {exc})"
