@@ -11,7 +11,6 @@ rule queries is exported by a running service.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -292,23 +291,10 @@ def expressions() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true", help="regenerate the files")
-    group.add_argument("--check", action="store_true", help="exit 1 when a generated file is stale")
-    args = parser.parse_args(argv)
-    stale = []
-    for path, text in outputs().items():
-        if args.write:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-        elif not path.exists() or path.read_text(encoding="utf-8") != text:
-            stale.append(path.relative_to(DEPLOY.parent))
-    for p in stale:
-        print(f"stale: {p}: run `python deploy/generate.py --write`", file=sys.stderr)
-    return 1 if stale else 0
+    sys.path.insert(0, str(DEPLOY.parent))  # run as a script: the repo's packages
+    from common.generated import generated_files_main
+
+    return generated_files_main("python deploy/generate.py", __doc__, outputs, argv)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,7 @@ stale (the test suite runs the same comparison).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,30 +34,20 @@ def render(tp: Any) -> str:
 
 def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
     """Names of schema files that are missing or differ from what the Structs generate."""
-    out = []
-    for name, tp in PUBLISHED.items():
-        path = directory / name
-        if not path.exists() or path.read_text(encoding="utf-8") != render(tp):
-            out.append(name)
-    return out
+    from common.generated import stale
+
+    return [p.name for p in stale(outputs(directory))]
+
+
+def outputs(directory: Path = SCHEMA_DIR) -> dict[Path, str]:
+    """Every published schema file and its wanted text."""
+    return {directory / name: render(tp) for name, tp in PUBLISHED.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m proto.schema", description=__doc__)
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true", help="regenerate proto/schemas/")
-    group.add_argument("--check", action="store_true", help="exit 1 when a schema file is stale")
-    args = parser.parse_args(argv)
-    if args.write:
-        SCHEMA_DIR.mkdir(exist_ok=True)
-        for name, tp in PUBLISHED.items():
-            (SCHEMA_DIR / name).write_text(render(tp), encoding="utf-8")
-            print(f"wrote {SCHEMA_DIR / name}", file=sys.stderr)
-        return 0
-    stale = stale_files()
-    for name in stale:
-        print(f"stale: proto/schemas/{name}: run `python -m proto.schema --write`", file=sys.stderr)
-    return 1 if stale else 0
+    from common.generated import generated_files_main
+
+    return generated_files_main("python -m proto.schema", __doc__, outputs, argv)
 
 
 if __name__ == "__main__":
