@@ -13,11 +13,12 @@
   changelog and the table once per commit, just before Faust takes the offsets to commit.
 - Offsets and output: a batch's changes stay in memory (decoded states, and its session records and dead
   letters in an outbox) until the next commit; under the processing lock, right before Faust takes the
-  offsets to commit, the changed users' changelog records and then the outbox are sent and the output's
-  acknowledgements awaited, and Faust flushes the producer before it commits. So a commit never gets
-  ahead of the state and the output, and state and output become durable together: at-least-once, and a
-  re-processed batch is harmless (the core deduplicates events, session ids are deterministic). If output
-  cannot be produced the process exits without committing.
+  offsets to commit, the outbox is sent and its acknowledgements awaited, then the changed users'
+  changelog records are sent, and Faust flushes the producer before it commits. So a commit never gets
+  ahead of the state and the output, and the state never gets ahead of the output (a crash in between
+  leaves the older state, which re-derives the same output): at-least-once, and a re-processed batch is
+  harmless (the core deduplicates events, session ids are deterministic). If output cannot be produced
+  the process exits without committing.
 - A timer scans the locally owned users for ``close_timeout`` of wall-clock silence and publishes their
   open sessions (the silence close).
 - Faust's own web server (and its ``/table`` views, which would expose user data) is disabled;
@@ -269,9 +270,16 @@ class StreamApp:
 
     async def _before_commit(self) -> None:
         """Under the processing lock, before Faust takes the offsets to commit (and flushes its producer):
-        send every user changed since the last commit to the changelog, then the output those changes
-        produced, and wait for the output's acknowledgements. State and output become durable together,
-        so a recovered state never claims a session that was not published, nor misses one that was."""
+        send the output produced since the last commit and wait for its acknowledgements, then send every
+        user changed since then to the changelog (Faust flushes it before it commits the offsets).
+
+        Output first: the two topics are not written atomically, so a crash between them must leave the
+        older state, never a recovered state that claims sessions or retractions that were not published.
+        From the older state the re-read events give the same output again (session ids are deterministic,
+        upserts and retractions idempotent)."""
+        outbox, self._outbox = self._outbox, []
+        if outbox:
+            await self._await_output(await self._write(Result(messages=outbox)))
         table = self.table
 
         def send(f: Flushed) -> None:
@@ -281,9 +289,6 @@ class StreamApp:
         if n:
             self.metrics.state_writes.inc(n)
         self.metrics.state_cached_users.set(len(self.states))
-        outbox, self._outbox = self._outbox, []
-        if outbox:
-            await self._await_output(await self._write(Result(messages=outbox)))
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         """Make everything processed so far durable (state and output, as a commit does; Faust will not
