@@ -38,6 +38,7 @@ from gateway.app import create_app
 from gateway.auth import hash_password
 from gateway.settings import GatewaySettings
 from sinks.migrations import apply_migrations
+from sinks.rows import SESSION_COLUMNS
 
 DAY = date(2025, 3, 12)
 SHAPE = [
@@ -93,17 +94,7 @@ async def main(users: int, repeat: int) -> None:
         await conn.copy_records_to_table(
             "sessions",
             records=rows,
-            columns=[
-                "session_id",
-                "user_key",
-                "kind",
-                "reason",
-                "started_at",
-                "ended_at",
-                "duration_s",
-                "hosts",
-                "tz",
-            ],
+            columns=list(SESSION_COLUMNS),
         )
         await conn.execute("ANALYZE sessions")
         await conn.close()
