@@ -12,6 +12,7 @@ type is a new tagged class, which old consumers reject as an unknown type (dead 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Final, Literal
 
@@ -21,22 +22,44 @@ from msgspec.structs import force_setattr
 
 InputClass = Literal["hardware", "injected", "none"]
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
+#: A character an identity field must not hold: NUL and the other control characters (C0, DEL, C1).
+_CONTROL_CHARS: Final = r"\x00-\x1f\x7f-\x9f"
+_CONTROL: Final = re.compile(f"[{_CONTROL_CHARS}]")
 #: An identity field (agent id, user, domain, host): no NUL or other control character (C0, DEL, C1), which
 #: PostgreSQL refuses in text and which would split one identity into look-alikes, and at most 1024
 #: characters (identities end up in every session record and in the stream's state). Checked on decode.
+#: The published schema states the rule as a ``pattern``; the decoders check it in ``__post_init__``
+#: (:func:`check_identities`) instead of through msgspec's per-field regular expression, which cost about
+#: 3.5 us per event, more than the rest of the decode (``docs/stream-performance.md``).
 IdentityStr = Annotated[
     str,
     Meta(
-        pattern=r"^[^\x00-\x1f\x7f-\x9f]*$",
         max_length=1024,
         description="at most 1024 characters, no NUL or other control characters",
+        extra_json_schema={"pattern": f"^[^{_CONTROL_CHARS}]*$"},
     ),
 ]
+#: The identity fields of every event, in wire order.
+IDENTITY_FIELDS: Final = ("agent_id", "user", "domain", "host", "host_domain")
 #: A short label kept in state and sessions (time zone name, agent version).
 LabelStr = Annotated[str, Meta(max_length=256)]
 
 #: The input classes an event may carry.
 INPUT_CLASSES: Final = ("hardware", "injected", "none")
+
+
+def check_identities(event: Envelope) -> None:
+    """Raise ``ValueError`` naming the first identity field of ``event`` that holds a control character.
+
+    One test of the fields joined: printable ASCII (the common case) needs no regular expression."""
+    joined = event.agent_id + event.user + event.domain + event.host + event.host_domain
+    if (joined.isascii() and joined.isprintable()) or _CONTROL.search(joined) is None:
+        return
+    for name in IDENTITY_FIELDS:
+        if _CONTROL.search(getattr(event, name)) is not None:
+            raise ValueError(
+                f"`{name}` must not contain NUL or other control characters (C0, DEL, C1) - at `$.{name}`"
+            )
 
 
 def to_utc_ms(ts: datetime) -> datetime:
@@ -87,6 +110,7 @@ class Envelope(Struct, tag_field="type", kw_only=True, omit_defaults=True, gc=Fa
 
     def __post_init__(self) -> None:
         force_setattr(self, "ts", to_utc_ms(self.ts))
+        check_identities(self)
 
     @property
     def type(self) -> str:
@@ -229,6 +253,7 @@ class Heartbeat(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=Fa
         force_setattr(self, "ts", to_utc_ms(self.ts))
         if self.last_input_ts is not None:
             force_setattr(self, "last_input_ts", to_utc_ms(self.last_input_ts))
+        check_identities(self)
 
 
 class StateChange(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=False):

@@ -43,6 +43,8 @@ from prometheus_client import CollectorRegistry
 from common.kafka import MAX_REQUEST_SIZE, client_options
 from proto.topics import Topics
 from stream.batching import BatchConsumer
+from stream.changelog import BATCH_BYTES as CHANGELOG_BATCH_BYTES
+from stream.changelog import ChangelogWriter
 from stream.core import Sessionizer
 from stream.group import GroupWatch
 from stream.live import Flushed, LiveStates
@@ -168,6 +170,8 @@ class StreamApp:
             # Faust's default (1,000,000) is below the broker's limit: a dead letter of a record the
             # broker accepted would be refused.
             producer_max_request_size=MAX_REQUEST_SIZE,
+            # Room for the changelog's record batches (stream.changelog) and fewer, larger output batches.
+            producer_max_batch_size=CHANGELOG_BATCH_BYTES,
             key_serializer="raw",
             value_serializer="raw",
         )
@@ -186,6 +190,10 @@ class StreamApp:
         self._outbox: list[Outgoing] = []  #: output of the changes since the last commit
         self.output = OutputWriter(self._send, self.topics, self.metrics)
         self.states = LiveStates(_TableStore(self.table), max_users=settings.state_cache_users)
+        self.changelog = ChangelogWriter(
+            lambda: self.app.producer._ensure_producer(),  # type: ignore[attr-defined]
+            lambda: self.table.changelog_topic.get_topic_name(),
+        )
         # The raw topics' records come to handle_records a fetch at a time; the agent below keeps them
         # subscribed (and co-partitioned with the table) in Faust's eyes.
         self.app.transport.Consumer = BatchConsumer.bound(  # type: ignore[misc]
@@ -280,12 +288,14 @@ class StreamApp:
         outbox, self._outbox = self._outbox, []
         if outbox:
             await self._await_output(await self._write(Result(messages=outbox)))
-        table = self.table
-
-        def send(f: Flushed) -> None:
-            table.send_changelog(f.partition, f.key, f.value)
-
-        n = self.states.flush(send)
+        flushed: list[Flushed] = []
+        n = self.states.flush(flushed.append)
+        if flushed:
+            try:
+                for fut in await self.changelog.write(flushed):
+                    await fut
+            except Exception as exc:
+                self._die(exc, "cannot write state to the changelog")
         if n:
             self.metrics.state_writes.inc(n)
         self.metrics.state_cached_users.set(len(self.states))
@@ -362,11 +372,11 @@ class StreamApp:
         except OutputFailed as exc:
             self._die(exc)
 
-    def _die(self, exc: BaseException) -> None:
+    def _die(self, exc: BaseException, what: str = "cannot produce output") -> None:
         # Returning would let take_events ack the batch; exiting leaves its offsets uncommitted, so the
         # next owner re-processes it (at-least-once; duplicates are harmless).
         log.critical(
-            "cannot produce output (transient Kafka error); exiting without committing the batch",
+            f"{what} (transient Kafka error); exiting without committing the batch",
             extra={"kv": {"exception": str(exc) or type(exc).__name__}},
         )
         for handler in logging.getLogger().handlers:

@@ -11,7 +11,7 @@ long-dead agents look alive.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Final
 
 import msgspec
@@ -34,8 +34,14 @@ class AgentSeen(msgspec.Struct, array_like=True, gc=False):
     spool_dropped: int = -1
 
 
-def observe(agents: MutableMapping[str, AgentSeen], events: Iterable[object], now_ms: int) -> int:
+def observe(
+    agents: MutableMapping[str, AgentSeen],
+    events: Sequence[object],
+    now_ms: int,
+    times: Sequence[int] | None = None,
+) -> int:
     """Fold ``events`` (raw events of one user) into ``agents``; return the spool drops newly reported.
+    ``times``: the events' ``epoch_ms(ts)``, when the caller has them already.
 
     ``spool_dropped`` is read as a per-agent cumulative count that restarts at 0 when the agent restarts:
     the delta is ``new - old``, or ``new`` after a decrease (a restart), or ``new`` for an agent's first
@@ -43,16 +49,20 @@ def observe(agents: MutableMapping[str, AgentSeen], events: Iterable[object], no
     count twice.
     """
     dropped = 0
-    for ev in events:
+    if times is None:
+        times = [epoch_ms(ev.ts) for ev in events]  # type: ignore[attr-defined]
+    for ev, t in zip(events, times, strict=True):
         agent_id: str = ev.agent_id  # type: ignore[attr-defined]
-        ts_ms = min(epoch_ms(ev.ts), now_ms)  # type: ignore[attr-defined]
+        ts_ms = t if t < now_ms else now_ms
         seen = agents.get(agent_id)
         if seen is None:
             seen = agents[agent_id] = AgentSeen(last_ms=ts_ms, version=_version(ev))
         elif ts_ms >= seen.last_ms:
             seen.last_ms = ts_ms
-            seen.version = _version(ev)
-        if type(ev).__name__ == "Heartbeat" and ts_ms > seen.hb_ms:
+            version = ev.agent_version  # type: ignore[attr-defined]
+            if version != seen.version:
+                seen.version = _version(ev)
+        if ts_ms > seen.hb_ms and type(ev).__name__ == "Heartbeat":
             new = max(0, int(ev.spool_dropped))  # type: ignore[attr-defined]
             old = seen.spool_dropped
             dropped += new - old if 0 <= old <= new else new

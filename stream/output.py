@@ -57,13 +57,18 @@ class OutputWriter:
     async def settle(self, pending: Pending) -> None:
         """Await every acknowledgement. A permanently refused record is sent again alone (the producer
         may have refused a whole batch for one record of it), then replaced, each try awaited alone."""
-        if not pending:
-            return
-        results = await asyncio.gather(*(_awaited(fut) for _, fut in pending), return_exceptions=True)
         refused: list[Outgoing] = []
-        for (msg, _), result in zip(pending, results, strict=True):
-            if not isinstance(result, BaseException):
-                continue
+        # Awaited one after the other, not gathered: the acknowledgements arrive by the producer's batch,
+        # and a task per record cost more than the send itself (thousands of records per commit).
+        for msg, fut in pending:
+            if isinstance(fut, BaseException):
+                result: BaseException = fut
+            else:
+                try:
+                    await fut
+                    continue
+                except Exception as exc:
+                    result = exc
             if produce_error_kind(result) is ProduceErrorKind.TRANSIENT:
                 raise OutputFailed(produce_error_name(result)) from result
             refused.append(msg)

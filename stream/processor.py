@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from proto.clock import epoch_ms
 from proto.codec import EventDecodeError, decode_events, encode_session
 from proto.deadletter import deadletter_headers, deadletter_record
 from proto.events import Envelope
@@ -60,6 +61,14 @@ class StateWrite(NamedTuple):
     value: bytes
 
 
+class _UserBatch(NamedTuple):
+    """One user's records of a batch, their decoded events and the events' times (epoch ms), aligned."""
+
+    records: list[Incoming]
+    events: list[Envelope]
+    times: list[int]
+
+
 @dataclass
 class Result:
     """What one batch or one scan produced, in the order it must be written."""
@@ -97,6 +106,9 @@ class Processor:
         self.close_timeout_s = close_timeout_s
         self.versions_max = versions_max
         self._user_keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key, a cache
+        kinds = ("active", "inactive")
+        self._published_by_kind = {k: metrics.sessions_published.labels(k) for k in kinds}
+        self._corrections_by_kind = {k: metrics.corrections.labels(k) for k in kinds}
 
     # ---- batches ---------------------------------------------------------------------------------------
 
@@ -118,8 +130,8 @@ class Processor:
         m = self.metrics
         m.batch_size.observe(len(batch))
         out = Result()
-        groups: dict[str, list[tuple[Incoming, Envelope]]] = {}
-        counts: Counter[tuple[str, str]] = Counter()
+        groups: dict[str, _UserBatch] = {}
+        counts: Counter[tuple[str, type]] = Counter()
         ukeys = self._user_keys
         if len(ukeys) > 100_000:
             ukeys.clear()
@@ -127,49 +139,52 @@ class Processor:
             if isinstance(ev, EventDecodeError):
                 self._deadletter(out, rec, str(ev), ev.error_class)
                 continue
-            counts[(rec.topic, type(ev).__name__)] += 1
+            counts[(rec.topic, type(ev))] += 1
             ukey = ukeys.get((ev.domain, ev.user))
             if ukey is None:
                 ukey = ukeys[(ev.domain, ev.user)] = event_user_key(ev)
             group = groups.get(ukey)
             if group is None:
-                groups[ukey] = [(rec, ev)]
-            else:
-                group.append((rec, ev))
-        for (topic, type_), n in counts.items():
-            m.events.labels(topic, type_).inc(n)
+                group = groups[ukey] = _UserBatch([], [], [])
+            group.records.append(rec)
+            group.events.append(ev)
+            group.times.append(epoch_ms(ev.ts))
+        for (topic, cls), n in counts.items():
+            m.events.labels(topic, cls.__name__).inc(n)
         now_ms = int(now * 1000)
-        for ukey, items in groups.items():
-            self._handle_user(out, ukey, items, states, now, now_ms)
+        for ukey, group in groups.items():
+            self._handle_user(out, ukey, group, states, now, now_ms)
         return out
 
     def _handle_user(
         self,
         out: Result,
         ukey: str,
-        items: list[tuple[Incoming, Envelope]],
+        group: _UserBatch,
         states: LiveStates,
         now: float,
         now_ms: int,
     ) -> None:
         key = ukey.encode()
         live = states.get(key)
-        events = [ev for _, ev in items]
+        events = group.events
         try:
-            new_state, update = self.sessionizer.apply(ukey, live.core if live is not None else None, events)
+            new_state, update = self.sessionizer.apply(
+                ukey, live.core if live is not None else None, events, group.times
+            )
             open_sessions = self.sessionizer.open_sessions(new_state)
             latest = self.sessionizer.latest_event_ts(new_state)
         except Exception as exc:
             # A sessionizer bug must not stop the other users: keep this user's events for a replay. The
             # core may have changed the decoded state part-way: the user goes back to its stored state.
             log.exception("sessionizer failed for one user; events dead-lettered", extra={"kv": {
-                "error_class": "other", "events": len(items), "exception": type(exc).__name__}})
+                "error_class": "other", "events": len(events), "exception": type(exc).__name__}})
             self.metrics.user_errors.inc()
             states.forget(key)
-            for rec, _ in items:
+            for rec in group.records:
                 self._deadletter(out, rec, f"sessionizer failed: {type(exc).__name__}", "other")
             return
-        partition = items[-1][0].partition
+        partition = group.records[-1].partition
         if live is None:
             live = LiveUser(UserRecord(core=b"", partition=partition, last_seen=now), new_state)
         else:
@@ -177,19 +192,23 @@ class Processor:
         record = live.record
         record.partition, record.last_seen, record.closed = partition, now, False
         record.open_sessions = open_sessions
-        dropped = fleet.observe(record.agents, events, now_ms)
+        dropped = fleet.observe(record.agents, events, now_ms, group.times)
         if dropped:
             self.metrics.spool_dropped.inc(dropped)
         fleet.prune(record.agents, now_ms)
         self._emit(out, key, update, record, now)
         if update.late:
-            self._deadletter_late(out, items, update.late)
+            self._deadletter_late(out, group, update.late)
         if update.duplicates:
             self.metrics.duplicates.inc(update.duplicates)
         if latest is not None and (update.upserts or update.retractions):
-            horizon = fleet.epoch_ms(latest) - self.retention_ms - _PUBLISHED_MARGIN_MS
-            for sid in [s for s, start in record.published.items() if start < horizon]:
-                del record.published[sid]
+            horizon = epoch_ms(latest) - self.retention_ms - _PUBLISHED_MARGIN_MS
+            published = record.published
+            # Scanned only when its oldest entry (ids are added in publication order, which is about start
+            # order) is past the horizon: an out-of-order entry waits at most one horizon more.
+            if published and next(iter(published.values())) < horizon:
+                for sid in [s for s, start in published.items() if start < horizon]:
+                    del published[sid]
         states.put(key, live)
 
     def _load(self, key: bytes, raw: bytes | None) -> UserRecord | None:
@@ -205,26 +224,29 @@ class Processor:
     def _emit(self, out: Result, key: bytes, update: Update, record: UserRecord, now: float) -> None:
         m = self.metrics
         topic = self.topics.sessions
-        upserted = {s.session_id for s in update.upserts}
-        for r in update.retractions:
-            if r.session_id in upserted:
-                continue
-            out.messages.append(Outgoing(topic, key, encode_session(r)))
-            record.published.pop(r.session_id, None)
-            m.retractions.inc()
+        messages = out.messages
+        published = record.published
+        if update.retractions:
+            upserted = {s.session_id for s in update.upserts}
+            for r in update.retractions:
+                if r.session_id in upserted:
+                    continue
+                messages.append(Outgoing(topic, key, encode_session(r)))
+                published.pop(r.session_id, None)
+                m.retractions.inc()
         for s in update.upserts:
-            out.messages.append(Outgoing(topic, key, encode_session(s)))
-            m.sessions_published.labels(s.kind).inc()
-            if s.session_id in record.published:
-                m.corrections.labels(s.kind).inc()
-            record.published[s.session_id] = fleet.epoch_ms(s.start)
+            messages.append(Outgoing(topic, key, encode_session(s)))
+            kind = s.kind
+            self._published_by_kind[kind].inc()
+            sid = s.session_id
+            if sid in published:
+                self._corrections_by_kind[kind].inc()
+            published[sid] = epoch_ms(s.start)
             m.close_lag.observe(max(0.0, now - s.end.timestamp()))
 
-    def _deadletter_late(
-        self, out: Result, items: list[tuple[Incoming, Envelope]], late: Iterable[Envelope]
-    ) -> None:
+    def _deadletter_late(self, out: Result, group: _UserBatch, late: Iterable[Envelope]) -> None:
         by_id: dict[tuple[str, int], list[Incoming]] = defaultdict(list)
-        for rec, ev in items:
+        for rec, ev in zip(group.records, group.events, strict=True):
             by_id[(ev.agent_id, ev.seq)].append(rec)
         for ev in late:
             self.metrics.late.inc()

@@ -88,7 +88,7 @@ class StreamSettings(KafkaSettings, kw_only=True):
     stream_app_id: str = ""
     stream_data_dir: str = ""
     metrics_addr: str = ""
-    batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 20000
+    batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 50000
     batch_within: PositiveFloat = 0.5
     scan_interval: NonNegativeFloat = 0.0
     session_timeout: PositiveFloat = 10.0

@@ -92,10 +92,10 @@ def test_a_failing_user_goes_back_to_its_stored_state_and_the_others_go_on() -> 
     states.flush()
     real_apply = proc.sessionizer.apply
 
-    def apply(user_key: str, state: object, events: list) -> object:
+    def apply(user_key: str, state: object, events: list, times: list | None = None) -> object:
         if user_key == "corp\\ann":
             raise RuntimeError("bug")
-        return real_apply(user_key, state, events)  # type: ignore[arg-type]
+        return real_apply(user_key, state, events, times)  # type: ignore[arg-type]
 
     proc.sessionizer.apply = apply  # type: ignore[method-assign,assignment]
     result = proc.handle_batch(clicks("ann", range(2, 4), seq0=2) + clicks("bob", range(2, 4), seq0=2),

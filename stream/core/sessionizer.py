@@ -11,8 +11,16 @@ from datetime import datetime
 import msgspec
 
 from proto.clock import epoch_ms, from_epoch_ms
-from proto.events import BREAK_TYPES, PRESENCE_ENDING_TYPES, Envelope, Lock
-from proto.sessions import InactiveReason, Session, SessionRetraction, make_session
+from proto.events import (
+    BREAK_TYPES,
+    EVENT_TYPES,
+    PRESENCE_ENDING_TYPES,
+    Envelope,
+    Heartbeat,
+    Lock,
+    StateChange,
+)
+from proto.sessions import InactiveReason, Session, SessionRetraction, session_from_ms, session_id_ms
 from stream.core.compute import ACTIVE, Checkpoint, Computed, compute, details
 from stream.core.config import SessionizerConfig
 from stream.core.state import (
@@ -38,6 +46,8 @@ _FLAGS: dict[str, int] = {
     name: BRK | (PEND if name in PRESENCE_ENDING_TYPES else 0) | (LOCK if name == Lock.__name__ else 0)
     for name in BREAK_TYPES
 }
+#: The same per event class (a class lookup is cheaper than its name's); classes not listed have none.
+_CLASS_FLAGS: dict[type, int] = {cls: _FLAGS[name] for name, cls in EVENT_TYPES.items() if name in _FLAGS}
 
 
 class Update(msgspec.Struct):
@@ -121,28 +131,42 @@ class Sessionizer:
     # ---- public API ---------------------------------------------------------------------------------------
 
     def apply(
-        self, user_key: str, state: UserState | None, events: Sequence[Envelope]
+        self,
+        user_key: str,
+        state: UserState | None,
+        events: Sequence[Envelope],
+        times: Sequence[int] | None = None,
     ) -> tuple[UserState, Update]:
-        """Apply a batch of one user's events (any order, duplicates allowed); ``state`` None = new user."""
+        """Apply a batch of one user's events (any order, duplicates allowed); ``state`` None = new user.
+        ``times``: the events' ``epoch_ms(ts)``, when the caller has them already."""
         st = state if state is not None else UserState()
-        stamped = [(epoch_ms(e.ts), e) for e in events]
-        if not stamped:
+        if not events:
             return st, Update([], [], [], 0)
-        latest = max(st.latest, max(t for t, _ in stamped))
+        if times is None:
+            times = [epoch_ms(e.ts) for e in events]
+        latest = max(st.latest, max(times))
         cutoff = latest - self._retention
+        floor = st.floor
+        if cutoff < floor:
+            cutoff = floor
         late: list[Envelope] = []
         dups = 0
         t_aff: int | None = None
-        for t, e in stamped:
-            ranges = st.seen.get(e.agent_id)
-            if ranges is not None and _is_seen(ranges, e.seq):
+        seen = st.seen
+        for t, e in zip(times, events, strict=True):
+            agent = e.agent_id
+            ranges = seen.get(agent)
+            if ranges is None:
+                if t < cutoff:
+                    late.append(e)
+                    continue
+                ranges = seen[agent] = []
+            elif _is_seen(ranges, e.seq):
                 dups += 1
                 continue
-            if t < cutoff or t < st.floor:
+            elif t < cutoff:
                 late.append(e)
                 continue
-            if ranges is None:
-                ranges = st.seen[e.agent_id] = []
             _mark_seen(ranges, e.seq, t)
             aff = self._add_fact(st, t, e)
             if t_aff is None or aff < t_aff:
@@ -151,7 +175,7 @@ class Sessionizer:
         if t_aff is None:
             return st, Update([], [], late, dups)
         upserts, retractions = self._recompute(user_key, st, t_aff, False)
-        self._prune(st, cutoff)
+        self._prune(st, latest - self._retention)
         return st, Update(upserts, retractions, late, dups)
 
     def close(self, user_key: str, state: UserState) -> tuple[UserState, Update]:
@@ -174,12 +198,12 @@ class Sessionizer:
 
     def _add_fact(self, st: UserState, t: int, e: Envelope) -> int:
         """Insert the fact(s) of ``e``; return the earliest time whose computation they can change."""
-        name = type(e).__name__
-        flags = _FLAGS.get(name, 0)
+        cls = type(e)
+        flags = _CLASS_FLAGS.get(cls, 0)
         if e.input == "hardware":
             flags |= HW
         aff = t
-        if name == "StateChange":
+        if cls is StateChange:
             working = e.state == "working"  # type: ignore[attr-defined]
             flags |= SCW if working else SCS
             sc = st.sc
@@ -192,7 +216,7 @@ class Sessionizer:
             k2 = bisect_left(sc, key)
             if k2 == len(sc) or sc[k2] != key:
                 sc.insert(k2, key)
-        elif name == "Heartbeat":
+        elif cls is Heartbeat:
             lit = e.last_input_ts  # type: ignore[attr-defined]
             if lit is not None:
                 p = epoch_ms(lit)
@@ -206,11 +230,20 @@ class Sessionizer:
                             aff = p
                     if p > st.latest_eb:
                         st.latest_eb = p
-        if flags & (HW | BRK) and t > st.latest_eb:
+        if flags & (HW | BRK | SCW) and t > st.latest_eb:
             st.latest_eb = t
-        if flags & SCW and t > st.latest_eb:
-            st.latest_eb = t
-        code = flags | (_intern(st.hosts, e.host) << HOST_SHIFT) | (_intern(st.tzs, e.tz) << TZ_SHIFT)
+        hosts, tzs = st.hosts, st.tzs
+        host, tz = e.host, e.tz
+        # Most users have one host and one zone: the last interned ones, no search.
+        if hosts and hosts[-1] == host:
+            h = len(hosts) - 1
+        else:
+            h = _intern(hosts, host)
+        if tzs and tzs[-1] == tz:
+            z = len(tzs) - 1
+        else:
+            z = _intern(tzs, tz)
+        code = flags | (h << HOST_SHIFT) | (z << TZ_SHIFT)
         ts = st.ts
         if not ts or t > ts[-1]:  # in order: the common case
             ts.append(t)
@@ -318,18 +351,15 @@ class Sessionizer:
 
     @staticmethod
     def _sid(user_key: str, key: int) -> str:
-        from proto.sessions import session_id
-
-        return session_id(user_key, "active" if key % 2 == ACTIVE else "inactive", from_epoch_ms(key >> 1))
+        return session_id_ms(user_key, "active" if key % 2 == ACTIVE else "inactive", key >> 1)
 
     @staticmethod
     def _session(user_key: str, c: Computed, det: tuple[bool, tuple[str, ...], str]) -> Session:
         locked, hosts, tz = det
-        start, end = from_epoch_ms(c.start), from_epoch_ms(c.end)
         if c.kind == ACTIVE:
-            return make_session(user_key, "active", start, end, list(hosts), None, tz)
+            return session_from_ms(user_key, "active", c.start, c.end, hosts, None, tz)
         reason: InactiveReason = "locked" if locked else "idle"
-        return make_session(user_key, "inactive", start, end, list(hosts), reason, tz)
+        return session_from_ms(user_key, "inactive", c.start, c.end, hosts, reason, tz)
 
     def _prune(self, st: UserState, cutoff: int) -> None:
         """Forget whole periods that ended more than max(G, P) before the horizon, and old seq ranges."""
