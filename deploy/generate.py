@@ -203,6 +203,20 @@ SESSIONS: list[list[Panel]] = [
                 ),
             ],
         ),
+        (
+            "Event to session published p50 / p99",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.5, sum by (le) (rate(desktrace_stream_publish_latency_seconds_bucket[5m])))",
+                    "p50",
+                ),
+                (
+                    "histogram_quantile(0.99, sum by (le) (rate(desktrace_stream_publish_latency_seconds_bucket[5m])))",
+                    "p99",
+                ),
+            ],
+        ),
         ("Late events /min", "short", [("sum(rate(desktrace_stream_late_events_total[5m])) * 60", "late")]),
     ],
 ]

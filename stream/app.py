@@ -188,7 +188,10 @@ class StreamApp:
         )
         self._lock: asyncio.Lock | None = None
         self._outbox: list[Outgoing] = []  #: output of the changes since the last commit
-        self.output = OutputWriter(self._send, self.topics, self.metrics)
+        self.output = OutputWriter(
+            self._send, self.topics, self.metrics,
+            batch_producer=lambda: self.app.producer._ensure_producer(),  # type: ignore[attr-defined]
+        )
         self.states = LiveStates(_TableStore(self.table), max_users=settings.state_cache_users)
         self.changelog = ChangelogWriter(
             lambda: self.app.producer._ensure_producer(),  # type: ignore[attr-defined]
@@ -288,6 +291,11 @@ class StreamApp:
         outbox, self._outbox = self._outbox, []
         if outbox:
             await self._await_output(await self._write(Result(messages=outbox)))
+            acked_ms = time.time() * 1000
+            observe = self.metrics.publish_latency.observe
+            for msg in outbox:
+                if msg.source_ms is not None:
+                    observe(max(0.0, acked_ms - msg.source_ms) / 1000)
         flushed: list[Flushed] = []
         n = self.states.flush(flushed.append)
         if flushed:

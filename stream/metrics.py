@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 _CLOSE_LAG_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 _BATCH_SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -63,6 +64,12 @@ class StreamMetrics:
         self.close_lag = Histogram(
             f"{p}_close_lag_seconds", "Wall clock of publication minus the session's end",
             buckets=_CLOSE_LAG_BUCKETS, registry=registry,
+        )
+        self.publish_latency = Histogram(
+            f"{p}_publish_latency_seconds",
+            "Wall clock when a session record was acknowledged minus the Kafka timestamp of the earliest "
+            "record of its user in the batch that produced it (event to session published)",
+            buckets=_LATENCY_BUCKETS, registry=registry,
         )
         self.batch_size = Histogram(
             f"{p}_batch_size", "Records per handled batch", buckets=_BATCH_SIZE_BUCKETS, registry=registry,

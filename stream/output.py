@@ -1,6 +1,7 @@
 """Producing a batch's output (session records and dead letters) without ever stalling on one record.
 
-:class:`OutputWriter` sends every message of a batch without waiting, then awaits them together. A send
+:class:`OutputWriter` sends every message of a batch without waiting (in record batches, one per topic
+partition, when it is given the producer), then awaits them together. A send
 that fails for good (:func:`common.kafka.produce_error_kind` says permanent: too large, invalid,
 unauthorized topic) is sent once more on its own (a batch can be refused for one of its records), then
 replaced, never retried as is: a dead letter by its bounded head
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 #: ``send(message)`` schedules one record and returns an awaitable of its acknowledgement.
 Send = Callable[[Outgoing], Awaitable[Awaitable[Any]]]
-Pending = list[tuple[Outgoing, "asyncio.Future[Any] | Awaitable[Any] | BaseException"]]
+#: Messages sent together (one record, or one record batch) and their acknowledgement, or the error.
+Pending = list[tuple[tuple[Outgoing, ...], "asyncio.Future[Any] | Awaitable[Any] | BaseException"]]
 
 
 class OutputFailed(Exception):
@@ -37,22 +39,66 @@ class OutputWriter:
     """Sends messages in batches; guarantees that a permanently refused record never fails the batch (it
     is replaced as described in the module docstring), and that a transient failure is raised, not hidden."""
 
-    def __init__(self, send: Send, topics: Topics, metrics: StreamMetrics) -> None:
+    def __init__(
+        self,
+        send: Send,
+        topics: Topics,
+        metrics: StreamMetrics,
+        batch_producer: Callable[[], Any] | None = None,
+    ) -> None:
         self._send = send
         self.topics = topics
         self.metrics = metrics
+        #: An ``aiokafka.AIOKafkaProducer`` to send record batches with; None: one record at a time.
+        self._batch_producer = batch_producer
 
     async def enqueue(self, messages: Sequence[Outgoing]) -> Pending:
-        """Schedule every message; a permanent client-side refusal is kept for :meth:`settle` to replace."""
+        """Schedule every message; a permanent client-side refusal is kept for :meth:`settle` to replace.
+
+        With a batch producer, the messages go in one record batch per topic partition (partitioned as the
+        producer's own ``send`` would: the same partitioner, so a key's records stay on one partition and
+        in order), one producer call per batch instead of per record."""
         pending: Pending = []
+        if self._batch_producer is not None:
+            await self._enqueue_batches(self._batch_producer(), messages, pending)
+            return pending
         for msg in messages:
             try:
-                pending.append((msg, await self._send(msg)))
+                pending.append(((msg,), await self._send(msg)))
             except Exception as exc:
                 if produce_error_kind(exc) is ProduceErrorKind.TRANSIENT:
                     raise OutputFailed(produce_error_name(exc)) from exc
-                pending.append((msg, exc))
+                pending.append(((msg,), exc))
         return pending
+
+    async def _enqueue_batches(self, producer: Any, messages: Sequence[Outgoing], pending: Pending) -> None:
+        groups: dict[tuple[str, int], list[Outgoing]] = {}
+        try:
+            for topic in {m.topic for m in messages}:
+                await producer.client._wait_on_metadata(topic)
+            for msg in messages:
+                partition = producer._partition(msg.topic, None, None, None, msg.key, msg.value)
+                groups.setdefault((msg.topic, partition), []).append(msg)
+            for (topic, partition), msgs in groups.items():
+                batch = producer.create_batch()
+                held: list[Outgoing] = []
+                for msg in msgs:
+                    if not _append(batch, msg):
+                        if held:
+                            fut = await producer.send_batch(batch, topic, partition=partition)
+                            pending.append((tuple(held), fut))
+                        batch, held = producer.create_batch(), []
+                        if not _append(batch, msg):  # not expected: an empty batch takes any record
+                            pending.append(((msg,), _Alone()))
+                            continue
+                    held.append(msg)
+                if held:
+                    fut = await producer.send_batch(batch, topic, partition=partition)
+                    pending.append((tuple(held), fut))
+        except Exception as exc:
+            if produce_error_kind(exc) is ProduceErrorKind.TRANSIENT:
+                raise OutputFailed(produce_error_name(exc)) from exc
+            raise
 
     async def settle(self, pending: Pending) -> None:
         """Await every acknowledgement. A permanently refused record is sent again alone (the producer
@@ -60,7 +106,10 @@ class OutputWriter:
         refused: list[Outgoing] = []
         # Awaited one after the other, not gathered: the acknowledgements arrive by the producer's batch,
         # and a task per record cost more than the send itself (thousands of records per commit).
-        for msg, fut in pending:
+        for msgs, fut in pending:
+            if isinstance(fut, _Alone):
+                refused.extend(msgs)  # sent alone below
+                continue
             if isinstance(fut, BaseException):
                 result: BaseException = fut
             else:
@@ -71,7 +120,7 @@ class OutputWriter:
                     result = exc
             if produce_error_kind(result) is ProduceErrorKind.TRANSIENT:
                 raise OutputFailed(produce_error_name(result)) from result
-            refused.append(msg)
+            refused.extend(msgs)
         for msg in refused:  # rare: one at a time, so a refusal concerns that record only
             await self._alone(msg)
 
@@ -118,6 +167,15 @@ class OutputWriter:
         self.metrics.output_refused.labels(reason, "skipped").inc()
         log.error("record refused by Kafka even as a bounded dead letter; skipped", extra={"kv": {
             "reason": reason, "topic": msg.topic, "bytes": len(msg.value)}})
+
+
+class _Alone(Exception):
+    """Marks a message :meth:`OutputWriter.settle` must send on its own."""
+
+
+def _append(batch: Any, msg: Outgoing) -> bool:
+    """Add ``msg`` to an aiokafka record batch; False when the batch is full."""
+    return batch.append(key=msg.key, value=msg.value, timestamp=None, headers=msg.headers or []) is not None
 
 
 async def _awaited(fut: Any) -> Any:

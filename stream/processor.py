@@ -42,15 +42,19 @@ class Incoming(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes
+    timestamp: int | None = None  #: Kafka record timestamp (ms), when known
 
 
 class Outgoing(NamedTuple):
-    """One record to produce (a session message or a dead letter)."""
+    """One record to produce (a session message or a dead letter). ``source_ms``: for a session record,
+    the Kafka timestamp of the earliest record of its user in the batch that produced it (the publish
+    latency metric's start)."""
 
     topic: str
     key: bytes | None
     value: bytes
     headers: Headers | None = None
+    source_ms: int | None = None
 
 
 class StateWrite(NamedTuple):
@@ -196,7 +200,11 @@ class Processor:
         if dropped:
             self.metrics.spool_dropped.inc(dropped)
         fleet.prune(record.agents, now_ms)
-        self._emit(out, key, update, record, now)
+        source_ms = None
+        if update.upserts:
+            stamps = [ts for r in group.records if (ts := getattr(r, "timestamp", None)) is not None]
+            source_ms = min(stamps) if stamps else None
+        self._emit(out, key, update, record, now, source_ms)
         if update.late:
             self._deadletter_late(out, group, update.late)
         if update.duplicates:
@@ -221,7 +229,15 @@ class Processor:
             log.error("unreadable state record replaced", extra={"kv": {"bytes": len(raw)}})
             return None
 
-    def _emit(self, out: Result, key: bytes, update: Update, record: UserRecord, now: float) -> None:
+    def _emit(
+        self,
+        out: Result,
+        key: bytes,
+        update: Update,
+        record: UserRecord,
+        now: float,
+        source_ms: int | None = None,
+    ) -> None:
         m = self.metrics
         topic = self.topics.sessions
         messages = out.messages
@@ -235,7 +251,7 @@ class Processor:
                 published.pop(r.session_id, None)
                 m.retractions.inc()
         for s in update.upserts:
-            messages.append(Outgoing(topic, key, encode_session(s)))
+            messages.append(Outgoing(topic, key, encode_session(s), None, source_ms))
             kind = s.kind
             self._published_by_kind[kind].inc()
             sid = s.session_id

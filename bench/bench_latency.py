@@ -1,0 +1,136 @@
+"""Event to session published latency of one ``desktrace-stream`` worker under a steady offered load.
+
+    nice .venv/bin/python bench/bench_latency.py [--rate 20000] [--seconds 40] [--users 2000]
+
+Publishes generated events (``tests.support.events.generate_events``, about 10% out of order, 5%
+duplicates) to fresh raw topics (6 partitions) at ``--rate`` events/s, paced by the wall clock, while one
+worker consumes them. The latency is the worker's own ``desktrace_stream_publish_latency_seconds``
+histogram: the wall clock when a session record was acknowledged minus the Kafka timestamp of the
+earliest record of its user in the batch that produced it (an upper bound of the time from the event that
+closed the session). The first ``--warmup`` seconds are left out (bucket counts are differenced). Prints
+the offered and achieved rates, the worker's CPU use and final lag, and p50/p90/p99 as the upper bounds
+of the histogram buckets that hold them. Needs a broker (``DESKTRACE_KAFKA_BOOTSTRAP``); creates and
+deletes its own topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_offline import disorder
+from bench.bench_stream import _cpu_of
+from devstack.topics import delete_topics, ensure_topics
+from proto.topics import Topics
+from tests.support.events import generate_events
+from tests.support.kafka import event_records
+from tests.support.process import ServiceHandle, worker_process
+from tests.support.stream import worker_env
+
+METRIC = "desktrace_stream_publish_latency_seconds"
+BUCKETS = ("0.05", "0.1", "0.25", "0.5", "0.75", "1.0", "1.5", "2.0", "3.0", "5.0", "10.0", "30.0", "60.0", "+Inf")
+
+
+def buckets(worker: ServiceHandle) -> dict[str, float]:
+    """Cumulative bucket counts of the latency histogram."""
+    return {le: worker.metric(f"{METRIC}_bucket", le=le) for le in BUCKETS}
+
+
+def quantile(before: dict[str, float], after: dict[str, float], q: float) -> str:
+    """The upper bound of the bucket holding quantile ``q`` of the observations between two scrapes."""
+    total = after["+Inf"] - before["+Inf"]
+    if total <= 0:
+        return "n/a"
+    for le in BUCKETS:
+        if after[le] - before[le] >= q * total:
+            return f"<= {le} s"
+    return "> 60 s"
+
+
+async def offer(bootstrap: str, records: list[tuple[str, bytes, bytes]], rate: float, seconds: float) -> float:
+    """Send ``records`` at ``rate`` per second for at most ``seconds``; returns the achieved rate."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    sent = 0
+    started = time.perf_counter()
+    try:
+        limit = min(len(records), int(rate * seconds))
+        while sent < limit:
+            due = min(limit, int(rate * (time.perf_counter() - started)) + 1)
+            while sent < due:
+                topic, key, value = records[sent]
+                await producer.send(topic, value, key=key)
+                sent += 1
+            await asyncio.sleep(0.005)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent / (time.perf_counter() - started)
+
+
+async def run(args: argparse.Namespace) -> None:
+    topics = Topics(f"lat{uuid.uuid4().hex[:8]}.")
+    await ensure_topics(args.bootstrap, topics, partitions=6)
+    try:
+        need = int(args.rate * args.seconds * 1.05)
+        hours = max(1.2, need / args.users / 108)
+        t = time.perf_counter()
+        events = disorder(generate_events(seed=1, users=args.users, hours=hours), random.Random(2))
+        records = event_records(topics, events)
+        print(f"{len(records):,} events of {args.users} users generated in {time.perf_counter() - t:.0f}s",
+              flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            env = worker_env(args.bootstrap, topics, Path(tmp) / "data", DESKTRACE_CLOSE_TIMEOUT="600",
+                             DESKTRACE_COMMIT_INTERVAL=str(args.commit_interval))
+            worker = worker_process(env, Path(tmp) / "worker.log")
+            worker.start(ready_timeout=120)
+            assert worker.proc is not None
+            pid = worker.proc.pid
+            try:
+                sender = asyncio.create_task(offer(args.bootstrap, records, args.rate, args.seconds))
+                await asyncio.sleep(args.warmup)
+                before, cpu0, t0 = buckets(worker), _cpu_of(pid), time.perf_counter()
+                achieved = await sender
+                lag = worker.metric("desktrace_stream_consumer_lag")
+                cpu = (_cpu_of(pid) - cpu0) / (time.perf_counter() - t0)
+                deadline = time.monotonic() + 120
+                while worker.metric("desktrace_stream_consumer_lag") > 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                await asyncio.sleep(args.commit_interval + 1)
+                after = buckets(worker)
+            finally:
+                worker.stop()
+        n = after["+Inf"] - before["+Inf"]
+        print(f"offered {args.rate:,.0f} events/s for {args.seconds:g}s: sent at {achieved:,.0f} events/s; "
+              f"worker CPU {cpu * 100:.0f}% of a core; lag when the producer stopped {lag:,.0f} records")
+        print(f"event to session published ({n:,.0f} sessions after the {args.warmup:g}s warm-up): "
+              f"p50 {quantile(before, after, 0.5)}, p90 {quantile(before, after, 0.9)}, "
+              f"p99 {quantile(before, after, 0.99)}")
+    finally:
+        await delete_topics(args.bootstrap, topics)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=20_000, help="offered events/s (default 20,000)")
+    parser.add_argument("--seconds", type=float, default=40, help="how long to offer them (default 40)")
+    parser.add_argument("--warmup", type=float, default=10, help="seconds left out at the start (default 10)")
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--commit-interval", type=float, default=1.0)
+    parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
