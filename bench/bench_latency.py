@@ -37,7 +37,9 @@ from tests.support.process import ServiceHandle, worker_process
 from tests.support.stream import worker_env
 
 METRIC = "desktrace_stream_publish_latency_seconds"
-BUCKETS = ("0.05", "0.1", "0.25", "0.5", "0.75", "1.0", "1.5", "2.0", "3.0", "5.0", "10.0", "30.0", "60.0", "+Inf")
+BUCKETS = (
+    "0.05", "0.1", "0.25", "0.5", "0.75", "1.0", "1.5", "2.0", "3.0", "5.0", "10.0", "30.0", "60.0", "+Inf",
+)
 
 
 def buckets(worker: ServiceHandle) -> dict[str, float]:
@@ -56,7 +58,9 @@ def quantile(before: dict[str, float], after: dict[str, float], q: float) -> str
     return "> 60 s"
 
 
-async def offer(bootstrap: str, records: list[tuple[str, bytes, bytes]], rate: float, seconds: float) -> float:
+async def offer(
+    bootstrap: str, records: list[tuple[str, bytes, bytes]], rate: float, seconds: float
+) -> float:
     """Send ``records`` at ``rate`` per second for at most ``seconds``; returns the achieved rate."""
     from aiokafka import AIOKafkaProducer
 
@@ -105,7 +109,7 @@ async def run(args: argparse.Namespace) -> None:
                 lag = worker.metric("desktrace_stream_consumer_lag")
                 cpu = (_cpu_of(pid) - cpu0) / (time.perf_counter() - t0)
                 deadline = time.monotonic() + 120
-                while worker.metric("desktrace_stream_consumer_lag") > 0 and time.monotonic() < deadline:
+                while worker.metric("desktrace_stream_consumer_lag") > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls another process
                     await asyncio.sleep(0.5)
                 await asyncio.sleep(args.commit_interval + 1)
                 after = buckets(worker)
@@ -122,7 +126,9 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rate", type=float, default=20_000, help="offered events/s (default 20,000)")
     parser.add_argument("--seconds", type=float, default=40, help="how long to offer them (default 40)")
     parser.add_argument("--warmup", type=float, default=10, help="seconds left out at the start (default 10)")

@@ -51,6 +51,9 @@ class OutputWriter:
         self.metrics = metrics
         #: An ``aiokafka.AIOKafkaProducer`` to send record batches with; None: one record at a time.
         self._batch_producer = batch_producer
+        #: Per topic: its partition count and the partition of each key seen (the partitioner is a
+        #: pure-Python murmur2 hash, a cost per record otherwise).
+        self._partitions: dict[str, tuple[int, dict[bytes | None, int]]] = {}
 
     async def enqueue(self, messages: Sequence[Outgoing]) -> Pending:
         """Schedule every message; a permanent client-side refusal is kept for :meth:`settle` to replace.
@@ -74,10 +77,21 @@ class OutputWriter:
     async def _enqueue_batches(self, producer: Any, messages: Sequence[Outgoing], pending: Pending) -> None:
         groups: dict[tuple[str, int], list[Outgoing]] = {}
         try:
+            cached: dict[str, dict[bytes | None, int]] = {}
             for topic in {m.topic for m in messages}:
                 await producer.client._wait_on_metadata(topic)
+                count = len(producer._metadata.partitions_for_topic(topic))
+                known = self._partitions.get(topic)
+                if known is None or known[0] != count:  # first use, or the topic's partitions changed
+                    known = self._partitions[topic] = (count, {})
+                cached[topic] = known[1]
             for msg in messages:
-                partition = producer._partition(msg.topic, None, None, None, msg.key, msg.value)
+                by_key = cached[msg.topic]
+                partition = by_key.get(msg.key) if msg.key is not None else None
+                if partition is None:
+                    partition = producer._partition(msg.topic, None, None, None, msg.key, msg.value)
+                    if msg.key is not None and len(by_key) < _PARTITION_CACHE_KEYS:
+                        by_key[msg.key] = partition
                 groups.setdefault((msg.topic, partition), []).append(msg)
             for (topic, partition), msgs in groups.items():
                 batch = producer.create_batch()
@@ -167,6 +181,9 @@ class OutputWriter:
         self.metrics.output_refused.labels(reason, "skipped").inc()
         log.error("record refused by Kafka even as a bounded dead letter; skipped", extra={"kv": {
             "reason": reason, "topic": msg.topic, "bytes": len(msg.value)}})
+
+
+_PARTITION_CACHE_KEYS = 200_000  #: keys whose partition is remembered, per topic
 
 
 class _Alone(Exception):

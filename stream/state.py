@@ -1,11 +1,13 @@
 """What the worker stores per user in its changelog-backed table: the core's state plus the edge's own
 bookkeeping (where the user's events arrive, when they were last heard, what was published, fleet info).
 
-The table's key is the user key (UTF-8 bytes) and its value the msgpack bytes of :class:`UserRecord`,
-zlib-compressed (level 1: a day of heartbeats compresses about 3.5x, for about a third of the encoding
-time), so the changelog topic holds everything a restarted or rebalanced worker needs to continue exactly
-and the in-memory table of 100,000 users fits in a few hundred MB. Uncompressed values (written by earlier
-versions) are still read.
+The table's key is the user key (UTF-8 bytes) and its value :func:`encode_record`'s bytes: the msgpack of
+:class:`UserRecord` without its core, zlib-compressed (level 1), beside the core's own bytes, which
+``stream.core.encode_state`` compresses by chunk and mostly reuses from the previous write. So the
+changelog topic holds everything a restarted or rebalanced worker needs to continue exactly, the in-memory
+table of 100,000 users fits in a few hundred MB, and writing a changed user costs its recent part rather
+than its whole retention horizon. Values written by earlier versions (one compressed or plain msgpack
+record) are still read.
 """
 
 from __future__ import annotations
@@ -50,17 +52,45 @@ _decoder: Final = msgspec.msgpack.Decoder(UserRecord)
 _ZLIB_HEAD: Final = 0x78
 
 
+class _Split(msgspec.Struct, array_like=True):
+    """A table value since version 2: ``[2, zlib(msgpack(record without core)), core]``. The core's bytes
+    (``stream.core.encode_state``) are compressed by chunk already: compressing them again would cost more
+    than the rest of the encoding."""
+
+    v: int
+    rest: bytes
+    core: bytes
+
+
+_split_decoder: Final = msgspec.msgpack.Decoder(_Split)
+#: First byte of a :class:`_Split` value (a 3-element msgpack array).
+_SPLIT_HEAD: Final = 0x93
+
+
 def encode_record(record: UserRecord) -> bytes:
-    """The table value of ``record`` (compressed msgpack)."""
-    return zlib.compress(_encoder.encode(record), 1)
+    """The table value of ``record``: :class:`_Split`."""
+    core, record.core = record.core, b""
+    try:
+        rest = zlib.compress(_encoder.encode(record), 1)
+    finally:
+        record.core = core
+    return _encoder.encode(_Split(2, rest, core))
 
 
 def decode_record(data: bytes) -> UserRecord:
-    """The :class:`UserRecord` of a table value, compressed or not; raises ``msgspec.DecodeError`` or
-    ``ValueError`` on foreign bytes."""
-    if data[:1] and data[0] == _ZLIB_HEAD:
-        try:
+    """The :class:`UserRecord` of a table value (split, compressed or plain, as every version wrote them);
+    raises ``msgspec.DecodeError`` or ``ValueError`` on foreign bytes."""
+    head = data[0] if data else -1
+    try:
+        if head == _SPLIT_HEAD:
+            split = _split_decoder.decode(data)
+            if split.v != 2:
+                raise ValueError(f"state record version {split.v} is not 2")
+            record = _decoder.decode(zlib.decompress(split.rest))
+            record.core = split.core
+            return record
+        if head == _ZLIB_HEAD:
             data = zlib.decompress(data)
-        except zlib.error as exc:
-            raise ValueError(f"not a compressed state record: {exc}") from None
+    except zlib.error as exc:
+        raise ValueError(f"not a compressed state record: {exc}") from None
     return _decoder.decode(data)

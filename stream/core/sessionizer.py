@@ -225,6 +225,8 @@ class Sessionizer:
                     k = bisect_left(pts, p)
                     if k == len(pts) or pts[k] != p:
                         pts.insert(k, p)
+                        if k < st.edit_pts:
+                            st.edit_pts = k
                         # A point where evidence already is changes nothing (heartbeats repeat it).
                         if p < aff and not self._hw_at(st, p):
                             aff = p
@@ -254,6 +256,8 @@ class Sessionizer:
         if code not in st.code[i:j]:
             ts.insert(j, t)
             st.code.insert(j, code)
+            if j < st.edit_ts:
+                st.edit_ts = j
         return aff
 
     @staticmethod
@@ -389,6 +393,7 @@ class Sessionizer:
         del st.ts[:i]
         del st.code[:i]
         del st.pts[: bisect_left(st.pts, q)]
+        st.edit_ts = st.edit_pts = 0  # every index moved: nothing encoded before is reusable
         del st.sc[: bisect_left(st.sc, 2 * q)]
         del st.comps[: bisect_left(st.comps[0::2], q) * 2]
         st.cks = column([v for i in range(0, len(st.cks), 6) if st.cks[i] > q for v in st.cks[i : i + 6]])
@@ -412,6 +417,7 @@ class Sessionizer:
             return
         hmap = {old: new for new, old in enumerate(used_h)}
         tmap = {old: new for new, old in enumerate(used_t)}
+        st.edit_ts = 0  # every code rewritten
         st.code = column([
             (c & FLAG_MASK)
             | (hmap[(c >> HOST_SHIFT) & HOST_MASK] << HOST_SHIFT)

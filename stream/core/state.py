@@ -12,10 +12,12 @@ The per-fact sequences are compact columns (``array('q')``: 8 bytes per value in
 
 from __future__ import annotations
 
+import zlib
 from array import array
 from collections.abc import Sequence
 from itertools import accumulate
 from operator import sub
+from typing import Any, Final
 
 import msgspec
 
@@ -68,6 +70,11 @@ class UserState(msgspec.Struct, kw_only=True):
     cks: array[int] = msgspec.field(default_factory=column)
     pub: dict[int, list[int]] = msgspec.field(default_factory=dict)
     seen: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    # Not state: what the encoder may reuse (see encode_state). ``edit_ts``/``edit_pts``: the lowest index
+    # of ``ts``/``code`` and of ``pts`` changed other than by appending since ``cache`` was made (0: all).
+    edit_ts: int = 0
+    edit_pts: int = 0
+    cache: Any = None
 
 
 class _Wire(msgspec.Struct, array_like=True):
@@ -94,6 +101,78 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Wire)
 
 
+class _Light(msgspec.Struct, array_like=True):
+    """Version 2 without its sealed chunks: what changes at every update."""
+
+    latest: int
+    latest_eb: int
+    floor: int
+    open_from: int | None
+    n_open: int
+    hosts: list[str]
+    tzs: list[str]
+    ts: list[int]  #: the facts after the sealed chunks: times delta-encoded (the first one absolute)
+    code: list[int]
+    pts: list[int]  #: the points after the sealed chunks, delta-encoded likewise
+    sc: list[int]
+    comps: list[int]
+    cks: list[int]
+    pub: dict[int, list[int]]
+    seen: dict[str, list[int]]
+
+
+class _WireV2(msgspec.Struct, array_like=True):
+    """Version 2: ``[2, zlib(msgpack(_Light)), ts chunks, pts chunks]``. A chunk is the zlib-compressed
+    msgpack of ``[delta-encoded times (the first absolute), codes]`` (``pts`` chunks: the times only) of a
+    run of old facts; it is encoded once and its bytes reused by every later encoding while those facts
+    are unchanged, so writing a user's state costs its recent part, not its whole retention horizon."""
+
+    v: int
+    light: bytes
+    ts_chunks: list[bytes]
+    pts_chunks: list[bytes]
+
+
+_light_decoder: Final = msgspec.msgpack.Decoder(_Light)
+_v2_decoder: Final = msgspec.msgpack.Decoder(_WireV2)
+_chunk_decoder: Final = msgspec.msgpack.Decoder(list[list[int]])
+SEAL_AT: Final = 512  #: unsealed facts (or points) that make the encoder seal a chunk
+KEEP_OPEN: Final = 128  #: most recent facts never sealed (late events land among them)
+
+
+class _ChunkCache:
+    """Sealed chunks of one column: ``ends[i]``: the index after chunk ``i``; ``blobs[i]``: its bytes."""
+
+    __slots__ = ("blobs", "ends")
+
+    def __init__(self, ends: list[int], blobs: list[bytes]) -> None:
+        self.ends = ends
+        self.blobs = blobs
+
+    def valid_up_to(self, edit: int) -> None:
+        """Drop the chunks that hold index ``edit`` or later."""
+        ends = self.ends
+        k = len(ends)
+        while k and ends[k - 1] > edit:
+            k -= 1
+        del ends[k:], self.blobs[k:]
+
+    @property
+    def sealed(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+
+def _seal(cache: _ChunkCache, cols: tuple[array[int], ...]) -> None:
+    """Seal chunks of ``SEAL_AT - KEEP_OPEN`` or more facts while more than ``SEAL_AT`` are unsealed."""
+    n = len(cols[0])
+    while n - cache.sealed > SEAL_AT:
+        lo = cache.sealed
+        hi = n - KEEP_OPEN
+        parts = [_delta(cols[0][lo:hi]), *(c[lo:hi].tolist() for c in cols[1:])]
+        cache.blobs.append(zlib.compress(_encoder.encode(parts), 1))
+        cache.ends.append(hi)
+
+
 def _delta(xs: array[int]) -> list[int]:
     if not xs:
         return []
@@ -106,31 +185,55 @@ def _undelta(xs: list[int]) -> array[int]:
 
 
 def encode_state(state: UserState) -> bytes:
-    """Compact msgpack bytes of ``state`` (sorted time lists delta-encoded)."""
+    """Compact bytes of ``state``: version 2 (:class:`_WireV2`). Sealed chunks are reused from
+    ``state.cache`` while ``state.edit_ts``/``edit_pts`` say their facts are unchanged, and new ones are
+    sealed as the state grows; the cache is updated (it is not part of the state)."""
+    cache = state.cache
+    if cache is None:
+        cache = state.cache = (_ChunkCache([], []), _ChunkCache([], []))
+    ts_cache, pts_cache = cache
+    ts_cache.valid_up_to(state.edit_ts)
+    pts_cache.valid_up_to(state.edit_pts)
+    _seal(ts_cache, (state.ts, state.code))
+    _seal(pts_cache, (state.pts,))
+    state.edit_ts, state.edit_pts = len(state.ts), len(state.pts)
+    a, b = ts_cache.sealed, pts_cache.sealed
+    light = _Light(
+        state.latest,
+        state.latest_eb,
+        state.floor,
+        state.open_from,
+        state.n_open,
+        state.hosts,
+        state.tzs,
+        _delta(state.ts[a:]),
+        state.code[a:].tolist(),
+        _delta(state.pts[b:]),
+        _delta(state.sc),
+        state.comps.tolist(),
+        state.cks.tolist(),
+        state.pub,
+        state.seen,
+    )
     return _encoder.encode(
-        _Wire(
-            _WIRE_VERSION,
-            state.latest,
-            state.latest_eb,
-            state.floor,
-            state.open_from,
-            state.n_open,
-            state.hosts,
-            state.tzs,
-            _delta(state.ts),
-            state.code.tolist(),
-            _delta(state.pts),
-            _delta(state.sc),
-            state.comps.tolist(),
-            state.cks.tolist(),
-            state.pub,
-            state.seen,
-        )
+        _WireV2(2, zlib.compress(_encoder.encode(light), 1), list(ts_cache.blobs), list(pts_cache.blobs))
     )
 
 
+def _join(chunks: list[list[int]], tail: list[int]) -> array[int]:
+    """One time column from its chunks' and tail's delta lists (each chunk's first value absolute)."""
+    out = array("q")
+    for deltas in chunks:
+        out.extend(accumulate(deltas))
+    out.extend(accumulate(tail))
+    return out
+
+
 def decode_state(data: bytes) -> UserState:
-    """The inverse of :func:`encode_state`; raises ``ValueError`` on bytes it did not write."""
+    """The inverse of :func:`encode_state` (versions 1 and 2); raises ``ValueError`` on bytes it did not
+    write. The decoded state's chunks are its encoder cache."""
+    if data[:1] == b"\x94":
+        return _decode_v2(data)
     try:
         w = _decoder.decode(data)
     except msgspec.DecodeError as exc:
@@ -155,4 +258,48 @@ def decode_state(data: bytes) -> UserState:
         cks=array("q", w.cks),
         pub=w.pub,
         seen=w.seen,
+    )
+
+
+def _decode_v2(data: bytes) -> UserState:
+    try:
+        w = _v2_decoder.decode(data)
+        if w.v != 2:
+            raise ValueError(f"sessionizer state version {w.v} is not 2")
+        light = _light_decoder.decode(zlib.decompress(w.light))
+        ts_parts = [_chunk_decoder.decode(zlib.decompress(b)) for b in w.ts_chunks]
+        pts_parts = [_chunk_decoder.decode(zlib.decompress(b)) for b in w.pts_chunks]
+    except (msgspec.DecodeError, zlib.error) as exc:
+        raise ValueError(f"not a sessionizer state: {exc}") from None
+    if any(len(p) != 2 or len(p[0]) != len(p[1]) for p in ts_parts) or any(len(p) != 1 for p in pts_parts):
+        raise ValueError("sessionizer state is inconsistent (chunks)")
+    ts = _join([p[0] for p in ts_parts], light.ts)
+    code = array("q")
+    for p in ts_parts:
+        code.extend(p[1])
+    code.extend(light.code)
+    if len(ts) != len(code):
+        raise ValueError("sessionizer state is inconsistent (facts)")
+    pts = _join([p[0] for p in pts_parts], light.pts)
+    ts_ends = list(accumulate(len(p[0]) for p in ts_parts))
+    pts_ends = list(accumulate(len(p[0]) for p in pts_parts))
+    return UserState(
+        latest=light.latest,
+        latest_eb=light.latest_eb,
+        floor=light.floor,
+        open_from=light.open_from,
+        n_open=light.n_open,
+        hosts=light.hosts,
+        tzs=light.tzs,
+        ts=ts,
+        code=code,
+        pts=pts,
+        sc=_undelta(light.sc),
+        comps=array("q", light.comps),
+        cks=array("q", light.cks),
+        pub=light.pub,
+        seen=light.seen,
+        edit_ts=len(ts),
+        edit_pts=len(pts),
+        cache=(_ChunkCache(ts_ends, list(w.ts_chunks)), _ChunkCache(pts_ends, list(w.pts_chunks))),
     )
