@@ -78,6 +78,9 @@ class UserState(msgspec.Struct, kw_only=True):
 
 
 class _Wire(msgspec.Struct, array_like=True):
+    """Version 1 (written before the chunked version 2; now only read). A frozen wire format: its field
+    list is declared again, not shared with :class:`_Light`, so that neither can change the other."""
+
     v: int
     latest: int
     latest_eb: int
@@ -242,23 +245,7 @@ def decode_state(data: bytes) -> UserState:
         raise ValueError(f"sessionizer state version {w.v} is not {_WIRE_VERSION}")
     if len(w.ts) != len(w.code):
         raise ValueError("sessionizer state is inconsistent (facts)")
-    return UserState(
-        latest=w.latest,
-        latest_eb=w.latest_eb,
-        floor=w.floor,
-        open_from=w.open_from,
-        n_open=w.n_open,
-        hosts=w.hosts,
-        tzs=w.tzs,
-        ts=_undelta(w.ts),
-        code=array("q", w.code),
-        pts=_undelta(w.pts),
-        sc=_undelta(w.sc),
-        comps=array("q", w.comps),
-        cks=array("q", w.cks),
-        pub=w.pub,
-        seen=w.seen,
-    )
+    return _state(w, _undelta(w.ts), array("q", w.code), _undelta(w.pts))
 
 
 def _decode_v2(data: bytes) -> UserState:
@@ -283,23 +270,28 @@ def _decode_v2(data: bytes) -> UserState:
     pts = _join([p[0] for p in pts_parts], light.pts)
     ts_ends = list(accumulate(len(p[0]) for p in ts_parts))
     pts_ends = list(accumulate(len(p[0]) for p in pts_parts))
+    state = _state(light, ts, code, pts)
+    state.edit_ts, state.edit_pts = len(ts), len(pts)
+    state.cache = (_ChunkCache(ts_ends, list(w.ts_chunks)), _ChunkCache(pts_ends, list(w.pts_chunks)))
+    return state
+
+
+def _state(w: _Wire | _Light, ts: array[int], code: array[int], pts: array[int]) -> UserState:
+    """A :class:`UserState` of decoded wire fields and its fact columns."""
     return UserState(
-        latest=light.latest,
-        latest_eb=light.latest_eb,
-        floor=light.floor,
-        open_from=light.open_from,
-        n_open=light.n_open,
-        hosts=light.hosts,
-        tzs=light.tzs,
+        latest=w.latest,
+        latest_eb=w.latest_eb,
+        floor=w.floor,
+        open_from=w.open_from,
+        n_open=w.n_open,
+        hosts=w.hosts,
+        tzs=w.tzs,
         ts=ts,
         code=code,
         pts=pts,
-        sc=_undelta(light.sc),
-        comps=array("q", light.comps),
-        cks=array("q", light.cks),
-        pub=light.pub,
-        seen=light.seen,
-        edit_ts=len(ts),
-        edit_pts=len(pts),
-        cache=(_ChunkCache(ts_ends, list(w.ts_chunks)), _ChunkCache(pts_ends, list(w.pts_chunks))),
+        sc=_undelta(w.sc),
+        comps=array("q", w.comps),
+        cks=array("q", w.cks),
+        pub=w.pub,
+        seen=w.seen,
     )
