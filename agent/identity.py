@@ -17,6 +17,7 @@ import getpass
 import logging
 import os
 import platform
+import re
 import socket
 import sys
 import uuid
@@ -28,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 AGENT_VERSION = "0.1.0"
 
 log = logging.getLogger("desktrace.agent")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +101,20 @@ def detect_identity(agent_id: str, env: Mapping[str, str] | None = None) -> Iden
         # a local account: the computer name stands for the domain (events.md)
         domain = env.get("DESKTRACE_ACCOUNT_DOMAIN") or host
     return Identity(
-        agent_id=agent_id, user=user, domain=domain, host=host, host_domain=host_domain, tz=detect_tz(env)
+        agent_id=agent_id,
+        user=identity_text(user),
+        domain=identity_text(domain),
+        host=identity_text(host),
+        host_domain=identity_text(host_domain),
+        tz=detect_tz(env),
     )
+
+
+def identity_text(value: str) -> str:
+    """``value`` as an identity field may hold it (``proto.events.IdentityStr``): control characters
+    replaced by U+FFFD and at most 1,024 characters. An event is refused when it is built with one, and a
+    broker-side consumer would dead-letter all of them: better one odd but consistent name."""
+    return _CONTROL.sub("\ufffd", value)[:1024]
 
 
 def _windows_workgroup() -> str:  # pragma: no cover - Windows only

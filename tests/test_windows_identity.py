@@ -47,3 +47,23 @@ def test_windows_tz_uses_tzlocal_and_falls_back_to_utc(monkeypatch: pytest.Monke
 
 def test_no_wmic() -> None:
     assert "wmic" not in Path(identity.__file__).read_text(encoding="utf-8").replace("``wmic`` is gone", "")
+
+
+def test_control_characters_in_the_os_identity_do_not_stop_the_agent() -> None:
+    """Event construction refuses an identity field with a control character (as every consumer's decoder
+    does): the agent replaces them once, when it reads its identity, instead of failing every event."""
+    from datetime import UTC, datetime
+
+    from proto.events import Heartbeat
+
+    odd = "corp\x07lab\x85"
+    env = {"DESKTRACE_ACCOUNT_DOMAIN": odd, "USERDOMAIN": odd, "USERNAME": "ann", "COMPUTERNAME": "pc",
+           "USERDNSDOMAIN": "corp.example", "TZ": "UTC"}  # the Linux and the Windows names
+    ident = identity.detect_identity("a-1", env)
+    assert ident.domain == "corp\ufffdlab\ufffd"
+    assert identity.identity_text("x" * 2000) == "x" * 1024
+    Heartbeat(agent_id=ident.agent_id, seq=1, ts=datetime(2026, 3, 2, tzinfo=UTC), input="none",
+              user=ident.user, domain=ident.domain, host=ident.host, last_input_ts=None)
+    with pytest.raises(ValueError, match="domain"):
+        Heartbeat(agent_id="a-1", seq=1, ts=datetime(2026, 3, 2, tzinfo=UTC), input="none",
+                  user="ann", domain="corp\x07", host="pc", last_input_ts=None)
