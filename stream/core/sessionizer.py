@@ -40,6 +40,7 @@ from stream.core.state import (
 )
 
 _NEVER = 1 << 62  #: "no new fact" for close()
+_SOFT_STEP = 6 * 3_600_000  #: at least this much of a period is cut at once (Sessionizer._soft_cut)
 #: The fact flags of each break type, from the contract's type sets (sessions.md rules 2 and 4): every break
 #: breaks, the presence-ending ones end presence, a ``Lock`` starts a locked period.
 _FLAGS: dict[str, int] = {
@@ -385,10 +386,17 @@ class Sessionizer:
             # Everything is older than the horizon and there is nothing open: drop it all.
             if comps and comps[-1] < cutoff - self._margin and st.open_from is None:
                 q = cutoff
-            else:
+        soft = False
+        if q is None or q <= st.floor:
+            q = self._soft_cut(st, limit)
+            if q is None:
                 return
-        if q <= st.floor:
-            return
+            soft = True
+        period_end = None
+        if soft:  # the presence period holding q continues from q (see _soft_cut)
+            k = bisect_right(comps[0::2], q) - 1
+            if k >= 0 and comps[2 * k] < q <= comps[2 * k + 1]:
+                period_end = comps[2 * k + 1]
         i = bisect_left(st.ts, q)
         del st.ts[:i]
         del st.code[:i]
@@ -396,7 +404,14 @@ class Sessionizer:
         st.edit_ts = st.edit_pts = 0  # every index moved: nothing encoded before is reusable
         del st.sc[: bisect_left(st.sc, 2 * q)]
         del st.comps[: bisect_left(st.comps[0::2], q) * 2]
-        st.cks = column([v for i in range(0, len(st.cks), 6) if st.cks[i] > q for v in st.cks[i : i + 6]])
+        if period_end is not None:
+            st.comps[0:0] = column([q, period_end])
+        cks = [v for i in range(0, len(st.cks), 6) if st.cks[i] > q for v in st.cks[i : i + 6]]
+        if soft:
+            for i in range(4, len(cks), 6):  # their period now starts at q
+                if cks[i] < q:
+                    cks[i] = q
+        st.cks = column(cks)
         for key in [k for k in st.pub if k < 2 * q]:
             del st.pub[key]
         st.floor = q
@@ -408,6 +423,33 @@ class Sessionizer:
             else:
                 del st.seen[agent]
         self._reintern(st)
+
+    def _soft_cut(self, st: UserState, limit: int) -> int | None:
+        """A cut inside a presence period, for a user who never leaves presence (a desk logged on and
+        locked overnight, with heartbeats, has one period for days and so never a hard cut): the start
+        ``s`` of the latest published active session at or before ``limit``, once it is ``_SOFT_STEP``
+        past the oldest fact kept (so that cuts are rare).
+
+        Nothing before ``s`` can change anything from ``s`` on: ``s`` starts a chain, so no evidence before
+        it chains into it (rule 3); events before the new floor are late, so none can come between; the
+        presence items before ``s`` are points before it, so the period from ``s`` on has the same items and
+        the same end (rule 4) and no inactive part before its first chain (rule 5); the sessions before
+        ``s`` are published and final. Users with legacy reports are left alone (a report's span may
+        reach past ``s``)."""
+        if st.sc or not st.ts:
+            return None
+        oldest = st.ts[0]
+        if limit - oldest < _SOFT_STEP:
+            return None
+        best = None
+        for key in st.pub:
+            if key & 1 == ACTIVE:
+                start = key >> 1
+                if start <= limit and (best is None or start > best):
+                    best = start
+        if best is None or best - oldest < _SOFT_STEP or best <= st.floor:
+            return None
+        return best
 
     @staticmethod
     def _reintern(st: UserState) -> None:
