@@ -160,3 +160,33 @@ def test_user_key_rule() -> None:
     assert proto.event_user_key(sample_event("Lock", 1, user="alice", domain="CORP")) == proto.event_user_key(
         sample_event("Unlock", 2, user="Alice", domain="corp")
     )
+
+
+def test_session_ids_and_records_from_milliseconds_equal_the_datetime_ones() -> None:
+    """The stream builds session records from epoch milliseconds (``session_from_ms``, its uuid5 from
+    SHA-1 directly): the ids and records must be exactly those of ``uuid.uuid5`` and ``make_session``."""
+    import random
+    import uuid
+
+    from proto.clock import from_epoch_ms
+    from proto.sessions import (
+        SESSION_ID_NAMESPACE,
+        InactiveReason,
+        SessionKind,
+        make_session,
+        session_from_ms,
+        session_id_ms,
+    )
+
+    rng = random.Random(9)
+    for _ in range(5000):
+        user = rng.choice(["corp\\ann", "zoë\\名前", "x" * rng.randint(0, 60)])
+        kind: SessionKind = rng.choice(["active", "inactive"])
+        start = rng.randint(0, 4 * 10**12)
+        end = start + rng.randint(0, 10**8)
+        expected_id = uuid.uuid5(SESSION_ID_NAMESPACE, f"{user}\x1f{kind}\x1f{start}")
+        assert session_id_ms(user, kind, start) == str(expected_id)
+        hosts = rng.sample(["pc-b", "pc-a", "laptop"], rng.randint(0, 3))
+        reason: InactiveReason | None = rng.choice([None, "idle", "locked"])
+        old = make_session(user, kind, from_epoch_ms(start), from_epoch_ms(end), hosts, reason, "Asia/Tokyo")
+        assert session_from_ms(user, kind, start, end, hosts, reason, "Asia/Tokyo") == old
