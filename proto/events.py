@@ -250,10 +250,9 @@ class Heartbeat(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=Fa
     spool_dropped: int = 0
 
     def __post_init__(self) -> None:
-        force_setattr(self, "ts", to_utc_ms(self.ts))
+        super().__post_init__()
         if self.last_input_ts is not None:
             force_setattr(self, "last_input_ts", to_utc_ms(self.last_input_ts))
-        check_identities(self)
 
 
 class StateChange(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=False):

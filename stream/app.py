@@ -43,7 +43,6 @@ from prometheus_client import CollectorRegistry
 from common.kafka import MAX_REQUEST_SIZE, client_options
 from proto.topics import Topics
 from stream.batching import BatchConsumer
-from stream.changelog import BATCH_BYTES as CHANGELOG_BATCH_BYTES
 from stream.changelog import ChangelogWriter
 from stream.core import Sessionizer
 from stream.group import GroupWatch
@@ -51,6 +50,7 @@ from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
 from stream.output import OutputFailed, OutputWriter, Pending
 from stream.processor import Incoming, Outgoing, Processor, Result
+from stream.record_batches import BATCH_BYTES
 from stream.settings import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,8 @@ class StreamApp:
             # Faust's default (1,000,000) is below the broker's limit: a dead letter of a record the
             # broker accepted would be refused.
             producer_max_request_size=MAX_REQUEST_SIZE,
-            # Room for the changelog's record batches (stream.changelog) and fewer, larger output batches.
-            producer_max_batch_size=CHANGELOG_BATCH_BYTES,
+            # Record batches of the changelog and the output (stream.record_batches).
+            producer_max_batch_size=BATCH_BYTES,
             key_serializer="raw",
             value_serializer="raw",
         )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 
+from common.collector import tune_for_throughput
 from common.logs import setup_logging
 from common.settings import SettingsError
 from proto.topics import Topics
@@ -68,11 +68,7 @@ def run(settings: StreamSettings) -> int:
     # Faust's start-up spinner writes terminal controls ("\b\x1b[?25h") into the log stream even when it
     # is not a terminal, which breaks JSON lines: our logs report the progress instead.
     worker.spinner = None
-    # A worker allocates millions of short-lived, acyclic objects per second (records, decoded events):
-    # the default collector thresholds ran a collection every 700 of them, about 10% of the worker's CPU
-    # (bench/bench_stream.py). Start-up objects are frozen out of the collections; cycles are still found.
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    tune_for_throughput()
     worker.execute_from_commandline()  # exits the process
     return 0
 

@@ -9,7 +9,6 @@ counted; the exit status is 1 when any line was rejected.
 from __future__ import annotations
 
 import argparse
-import gc
 import heapq
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from typing import BinaryIO, Final
 
 import msgspec
 
+from common.collector import tune_for_throughput
 from common.settings import SettingsError, add_arguments, load
 from proto.clock import epoch_ms
 from proto.codec import EventDecodeError, encode_session, read_jsonl
@@ -208,10 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     core = Sessionizer(settings.to_config())
     run = _Run(core)
-    # Millions of short-lived, acyclic objects (decoded events): collections every 700 allocations cost
-    # about 7% of the run (the stream worker does the same, stream/cli.py).
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    tune_for_throughput()
     progress = sys.stderr.isatty()
     rejected = 0
     total = 0

@@ -22,6 +22,7 @@ from proto.deadletter import HEADER_TRUNCATED, deadletter_headers, deadletter_re
 from proto.topics import Topics
 from stream.metrics import StreamMetrics
 from stream.processor import SERVICE, Outgoing
+from stream.record_batches import Record, send_in_batches
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +95,7 @@ class OutputWriter:
                         by_key[msg.key] = partition
                 groups.setdefault((msg.topic, partition), []).append(msg)
             for (topic, partition), msgs in groups.items():
-                batch = producer.create_batch()
-                held: list[Outgoing] = []
-                for msg in msgs:
-                    if not _append(batch, msg):
-                        if held:
-                            fut = await producer.send_batch(batch, topic, partition=partition)
-                            pending.append((tuple(held), fut))
-                        batch, held = producer.create_batch(), []
-                        if not _append(batch, msg):  # not expected: an empty batch takes any record
-                            pending.append(((msg,), _Alone()))
-                            continue
-                    held.append(msg)
-                if held:
-                    fut = await producer.send_batch(batch, topic, partition=partition)
+                for held, fut in await send_in_batches(producer, topic, partition, msgs, _record):
                     pending.append((tuple(held), fut))
         except Exception as exc:
             if produce_error_kind(exc) is ProduceErrorKind.TRANSIENT:
@@ -121,9 +109,6 @@ class OutputWriter:
         # Awaited one after the other, not gathered: the acknowledgements arrive by the producer's batch,
         # and a task per record cost more than the send itself (thousands of records per commit).
         for msgs, fut in pending:
-            if isinstance(fut, _Alone):
-                refused.extend(msgs)  # sent alone below
-                continue
             if isinstance(fut, BaseException):
                 result: BaseException = fut
             else:
@@ -186,13 +171,8 @@ class OutputWriter:
 _PARTITION_CACHE_KEYS = 200_000  #: keys whose partition is remembered, per topic
 
 
-class _Alone(Exception):
-    """Marks a message :meth:`OutputWriter.settle` must send on its own."""
-
-
-def _append(batch: Any, msg: Outgoing) -> bool:
-    """Add ``msg`` to an aiokafka record batch; False when the batch is full."""
-    return batch.append(key=msg.key, value=msg.value, timestamp=None, headers=msg.headers or []) is not None
+def _record(msg: Outgoing) -> Record:
+    return msg.key, msg.value, msg.headers or []
 
 
 async def _awaited(fut: Any) -> Any:

@@ -18,13 +18,16 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from proto.topics import Topics
 from tests.support.ci import fail_or_skip
+
+if TYPE_CHECKING:
+    from tests.support.stream import WorkerPool
 
 
 def _unavailable(what: str, why: str) -> None:
@@ -149,6 +152,16 @@ def topics(kafka_bootstrap: str) -> Iterator[Topics]:
         _run(lambda: asyncio.wait_for(delete_topics(kafka_bootstrap, t, **opts), 10))
     except Exception:  # clean-up is best effort: a leftover test topic harms nobody
         pass
+
+
+@pytest.fixture
+def stream_workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[WorkerPool]:
+    """``desktrace-stream`` processes on this test's topics, stopped afterwards."""
+    from tests.support.stream import WorkerPool
+
+    pool = WorkerPool(kafka_bootstrap, topics, tmp_path)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture

@@ -33,6 +33,22 @@ from tests.support.stream import (
 
 pytestmark = pytest.mark.kafka
 
+async def topics_with_small_deadletter(bootstrap: str, topics: Topics) -> None:
+    """``topics``, the dead-letter topic refusing records over 20,000 bytes (one partition)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from devstack.topics import ensure_topics
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        small = NewTopic(topics.deadletter, 1, 1, topic_configs={"max.message.bytes": "20000"})
+        await admin.create_topics([small])
+    finally:
+        await admin.close()
+    await ensure_topics(bootstrap, topics, partitions=3)
+
+
 #: The broker's (and the topics') record batch limit in devstack: Kafka's default message.max.bytes.
 BROKER_LIMIT = 1_048_588
 
@@ -144,23 +160,14 @@ async def test_sink_skips_dead_letters_the_broker_refuses_for_good_and_keeps_wri
     neither retries for ever nor stops; it counts and logs the refusal and writes every good row."""
     import uuid
 
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from devstack.topics import delete_topics, ensure_topics
+    from devstack.topics import delete_topics
     from sinks.writers import RawWriter
     from tests.support.events import event_mix
     from tests.support.kafka import event_records
     from tests.support.sinks import fetchval, running, settings_for, wait_until
 
     topics = Topics(f"t{uuid.uuid4().hex[:12]}.")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        small = NewTopic(topics.deadletter, 1, 1, topic_configs={"max.message.bytes": "20000"})
-        await admin.create_topics([small])
-    finally:
-        await admin.close()
-    await ensure_topics(kafka_bootstrap, topics, partitions=3)
+    await topics_with_small_deadletter(kafka_bootstrap, topics)
     try:
         events = event_mix(300, agents=3)
         records: list[Any] = event_records(topics, events)
@@ -245,19 +252,10 @@ async def test_stream_skips_output_the_broker_refuses_for_good_and_keeps_running
     restart): it counts and logs the refusal and the good events' sessions still equal the offline tool's."""
     import uuid
 
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from devstack.topics import delete_topics, ensure_topics
+    from devstack.topics import delete_topics
 
     topics = Topics(f"t{uuid.uuid4().hex[:12]}.")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        small = NewTopic(topics.deadletter, 1, 1, topic_configs={"max.message.bytes": "20000"})
-        await admin.create_topics([small])
-    finally:
-        await admin.close()
-    await ensure_topics(kafka_bootstrap, topics, partitions=3)
+    await topics_with_small_deadletter(kafka_bootstrap, topics)
     env = worker_env(kafka_bootstrap, topics, tmp_path / "data")
     del env["DESKTRACE_STREAM_APP_ID"]
     worker = worker_process(env, tmp_path / "worker.log")

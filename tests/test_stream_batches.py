@@ -106,3 +106,42 @@ def test_a_failing_user_goes_back_to_its_stored_state_and_the_others_go_on() -> 
     ann, bob = states.get(b"corp\\ann"), states.get(b"corp\\bob")
     assert ann is not None and ann.core is not None and len(ann.core.ts) == 2  # as stored
     assert bob is not None and bob.core is not None and len(bob.core.ts) == 4
+
+
+async def test_records_go_in_order_in_as_few_record_batches_as_the_batch_size_allows() -> None:
+    """``send_in_batches`` with aiokafka's own record batch builder (what the worker's producer creates):
+    a batch is sent when the next record does not fit, every record lands once and in order, and a record
+    larger than the batch size still goes (alone)."""
+    import asyncio
+
+    from aiokafka.producer.message_accumulator import BatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+
+    from stream.record_batches import send_in_batches
+
+    class Producer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, int, list[bytes]]] = []
+
+        def create_batch(self) -> BatchBuilder:
+            return BatchBuilder(1000, 0)
+
+        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[int]:
+            records = MemoryRecords(bytes(batch._build()))  # the bytes Kafka receives, read by aiokafka
+            values: list[bytes] = []
+            while (read := records.next_batch()) is not None:
+                values += [r.value for r in read]
+            self.sent.append((topic, partition, values))
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            fut.set_result(len(self.sent))
+            return fut
+
+    producer = Producer()
+    values = [bytes([65 + i % 26]) * (120 if i != 7 else 3000) for i in range(20)]
+    sent = await send_in_batches(producer, "t", 2, values, lambda v: (b"k", v, []))
+    assert [v for _, _, vs in producer.sent for v in vs] == values
+    assert [items for items, _ in sent] == [vs for _, _, vs in producer.sent]
+    assert all(t == "t" and p == 2 for t, p, _ in producer.sent)
+    assert 3 <= len(producer.sent) < len(values)  # split by size, not one per record
+    assert [values[7]] in [vs for _, _, vs in producer.sent]  # the large one alone
+    assert [await fut for _, fut in sent] == list(range(1, len(producer.sent) + 1))

@@ -4,9 +4,7 @@ serves /metrics, /healthz and /readyz and no Faust /table view (which would expo
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,29 +18,20 @@ from proto.deadletter import header_map
 from proto.topics import Topics
 from tests.support.events import generate_events
 from tests.support.kafka import at_least, consume_until, publish_events
-from tests.support.process import ServiceHandle, worker_process
+from tests.support.process import ServiceHandle
 from tests.support.stream import (
     SessionView,
-    app_id_for,
-    delete_internal_topics,
+    WorkerPool,
     describe_difference,
     offline_sessions,
-    worker_env,
 )
 
 pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[ServiceHandle]:
-    w = worker_process(worker_env(kafka_bootstrap, topics, tmp_path / "data"), tmp_path / "worker.log")
-    w.start()
-    yield w
-    w.stop()
-    try:
-        asyncio.run(asyncio.wait_for(delete_internal_topics(kafka_bootstrap, app_id_for(topics)), 10))
-    except Exception:  # best effort
-        pass
+def worker(stream_workers: WorkerPool) -> ServiceHandle:
+    return stream_workers.start()
 
 
 def bad_records(topics: Topics, template: E.Envelope) -> list[tuple[str, bytes | None, bytes, str]]:

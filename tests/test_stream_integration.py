@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,12 @@ import pytest
 from proto.topics import Topics
 from tests.support.events import generate_events, shuffled_with_duplicates
 from tests.support.kafka import publish_events
-from tests.support.process import ServiceHandle, worker_process
+from tests.support.process import ServiceHandle
 from tests.support.stream import (
     SessionView,
-    app_id_for,
-    delete_internal_topics,
+    WorkerPool,
     describe_difference,
     offline_sessions,
-    worker_env,
 )
 
 pytestmark = pytest.mark.kafka
@@ -29,36 +26,15 @@ pytestmark = pytest.mark.kafka
 OUTPUT_WAIT_S = 45.0
 
 
-@pytest.fixture
-def workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[list[ServiceHandle]]:
-    """Worker processes started by a test; stopped (and their internal topics removed) afterwards."""
-    started: list[ServiceHandle] = []
-    yield started
-    for w in started:
-        w.stop()
-    try:
-        asyncio.run(asyncio.wait_for(delete_internal_topics(kafka_bootstrap, app_id_for(topics)), 10))
-    except Exception:  # best effort: a leftover test topic harms nobody
-        pass
-
-
-def new_worker(workers: list[ServiceHandle], kafka_bootstrap: str, topics: Topics, tmp_path: Path,
-               **extra: str) -> ServiceHandle:
-    env = worker_env(kafka_bootstrap, topics, tmp_path / "data", **extra)
-    w = worker_process(env, tmp_path / "worker.log")
-    workers.append(w)
-    return w.start()
-
-
 async def test_shuffled_duplicated_stream_equals_offline_result(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: list[ServiceHandle]
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
 ) -> None:
     events = generate_events(seed=3, users=4, hours=3)
     expected = offline_sessions(events, tmp_path)
     assert len(expected) > 20 and {s.kind for s in expected.values()} == {"active", "inactive"}
     assert {s.reason for s in expected.values()} >= {"idle", "locked"}
 
-    worker = new_worker(workers, kafka_bootstrap, topics, tmp_path)
+    worker = stream_workers.start()
     sent = shuffled_with_duplicates(events, seed=5)
     await publish_events(kafka_bootstrap, topics, sent)
     async with SessionView(kafka_bootstrap, topics) as view:
@@ -73,7 +49,7 @@ async def test_shuffled_duplicated_stream_equals_offline_result(
 
 
 async def test_sigkill_halfway_and_restart_gives_the_same_result(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: list[ServiceHandle]
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
 ) -> None:
     events = generate_events(seed=8, users=4, hours=3)
     expected = offline_sessions(events, tmp_path)
@@ -81,7 +57,7 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     first, second = sent[: len(sent) // 2], sent[len(sent) // 2 :]
     small_batches = {"DESKTRACE_BATCH_SIZE": "20", "DESKTRACE_BATCH_WITHIN": "0.05"}
 
-    worker = new_worker(workers, kafka_bootstrap, topics, tmp_path, **small_batches)
+    worker = stream_workers.start(**small_batches)
     await publish_events(kafka_bootstrap, topics, first)
     assert await wait_metric(worker, "desktrace_stream_events_total", len(first), 30)
     await asyncio.sleep(2.5)  # > commit interval: the first half's offsets and state are committed
@@ -90,7 +66,7 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     assert await wait_metric(worker, "desktrace_stream_events_total", len(first) + len(second) * 0.3, 30)
     worker.kill()
 
-    restarted = new_worker(workers, kafka_bootstrap, topics, tmp_path, **small_batches)
+    restarted = stream_workers.start(**small_batches)
     async with SessionView(kafka_bootstrap, topics) as view:
         ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
         assert ok, describe_difference(view.sessions, expected) + "\n" + restarted.tail()

@@ -150,3 +150,18 @@ def test_state_writes_reuse_old_chunks_and_always_read_back_the_whole_state() ->
         st = decode_state(data) if i % (97 * 11) == 0 else st  # sometimes continue from the stored bytes
     assert st is not None and len(st.cache[0].blobs) >= 1 and reused > 30, (len(st.ts), reused)
     assert st.floor > 0  # the horizon pruned the first day
+
+
+def test_a_state_written_in_version_1_still_reads() -> None:
+    """Changelogs written before the chunked format hold version 1 states: a worker started on them must
+    read them as they were."""
+    from stream.core.state import _delta, _encoder, _Wire
+
+    core, _ = CORE.apply("corp\\ann", None, clicks("ann", 1500))
+    v1 = _encoder.encode(_Wire(
+        1, core.latest, core.latest_eb, core.floor, core.open_from, core.n_open, core.hosts, core.tzs,
+        _delta(core.ts), core.code.tolist(), _delta(core.pts), _delta(core.sc), core.comps.tolist(),
+        core.cks.tolist(), core.pub, core.seen,
+    ))
+    assert v1[:1] != encode_state(core)[:1]
+    assert _columns(decode_state(v1)) == _columns(core)

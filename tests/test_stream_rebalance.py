@@ -5,7 +5,6 @@ first one leaves; the sessions topic still ends up exactly as the offline tool c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,11 @@ import pytest
 from proto.topics import Topics
 from tests.support.events import generate_events, shuffled_with_duplicates
 from tests.support.kafka import publish_events
-from tests.support.process import ServiceHandle, worker_process
 from tests.support.stream import (
     SessionView,
-    app_id_for,
-    delete_internal_topics,
+    WorkerPool,
     describe_difference,
     offline_sessions,
-    worker_env,
 )
 
 pytestmark = pytest.mark.kafka
@@ -28,36 +24,16 @@ pytestmark = pytest.mark.kafka
 OUTPUT_WAIT_S = 60.0
 
 
-@pytest.fixture
-def started(kafka_bootstrap: str, topics: Topics) -> Iterator[list[ServiceHandle]]:
-    workers: list[ServiceHandle] = []
-    yield workers
-    for w in workers:
-        w.stop()
-    try:
-        asyncio.run(asyncio.wait_for(delete_internal_topics(kafka_bootstrap, app_id_for(topics)), 10))
-    except Exception:  # best effort: a leftover test topic harms nobody
-        pass
-
-
-def start_worker(started: list[ServiceHandle], bootstrap: str, topics: Topics, tmp_path: Path,
-                 name: str) -> ServiceHandle:
-    env = worker_env(bootstrap, topics, tmp_path / f"data-{name}", DESKTRACE_BATCH_SIZE="50")
-    w = worker_process(env, tmp_path / f"{name}.log")
-    started.append(w)
-    return w.start(ready_timeout=90)
-
-
 async def test_a_worker_joining_and_one_leaving_give_the_offline_result(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, started: list[ServiceHandle]
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
 ) -> None:
     events = generate_events(seed=21, users=6, hours=3)
     expected = offline_sessions(events, tmp_path)
     sent = shuffled_with_duplicates(events, seed=22)
     third = len(sent) // 3
-    first = start_worker(started, kafka_bootstrap, topics, tmp_path, "first")
+    first = stream_workers.start("first", ready_timeout=90, DESKTRACE_BATCH_SIZE="50")
     await publish_events(kafka_bootstrap, topics, sent[:third])
-    second = start_worker(started, kafka_bootstrap, topics, tmp_path, "second")  # rebalance: split
+    second = stream_workers.start("second", ready_timeout=90, DESKTRACE_BATCH_SIZE="50")  # rebalance: split
     await publish_events(kafka_bootstrap, topics, sent[third : 2 * third])
     await asyncio.sleep(2)
     assert first.stop() == 0  # graceful leave while work may be uncommitted: rebalance again

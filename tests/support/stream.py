@@ -3,6 +3,7 @@ and the offline oracle (``desktrace-sessionize``, the same core in batch mode)."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -15,6 +16,7 @@ from proto.codec import decode_session_message, event_to_json
 from proto.sessions import Session, SessionRetraction, fold_sessions
 from proto.topics import Topics
 from tests.support.process import BIN as BIN
+from tests.support.process import ServiceHandle, worker_process
 
 
 def write_jsonl(events: Iterable[E.Envelope], path: Path) -> None:
@@ -145,3 +147,29 @@ async def delete_internal_topics(bootstrap: str, app_id: str, **client_options: 
     finally:
         await admin.close()
 
+
+
+class WorkerPool:
+    """The ``desktrace-stream`` processes one test starts on its topics (each name its own data directory
+    and log under ``tmp_path``; the same name again is a restart on the same state). :meth:`close` stops
+    them and removes the app's internal topics (best effort)."""
+
+    def __init__(self, bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.tmp_path = tmp_path
+        self.started: list[ServiceHandle] = []
+
+    def start(self, name: str = "worker", ready_timeout: float = 60.0, **extra: str) -> ServiceHandle:
+        env = worker_env(self.bootstrap, self.topics, self.tmp_path / f"data-{name}", **extra)
+        worker = worker_process(env, self.tmp_path / f"{name}.log")
+        self.started.append(worker)
+        return worker.start(ready_timeout=ready_timeout)
+
+    def close(self) -> None:
+        for worker in self.started:
+            worker.stop()
+        try:
+            asyncio.run(asyncio.wait_for(delete_internal_topics(self.bootstrap, app_id_for(self.topics)), 10))
+        except Exception:
+            pass
