@@ -6,9 +6,11 @@ length changes), prints the wall time and peak RSS of
 
 - the baseline: a fresh Python process that reads the file line by line and decodes every line with the
   same msgspec JSON decoder (``proto.codec.read_jsonl``), keeping nothing;
-- the subject: the ``desktrace-sessionize`` console script on the same file, output to ``/dev/null``;
+- the subject: the ``desktrace-sessionize`` console script on the same file, output to ``/dev/null``, once
+  per ``--jobs`` value (by default 1, then 0 = one job per CPU);
 
-and their ratios (target: time <= 4x the baseline; peak memory independent of the file's length). The
+and their ratios (target: time <= 4x the baseline; peak memory independent of the file's length: compare
+a file longer than the 3-day retention horizon with one twice as long, e.g. ``--days 1 4 8``). The
 events are the users of ``tests.support.events.generate_events``, with about 10% of each user's events
 displaced by up to a few minutes (out of order) and 5% duplicates. Files are cached in ``--dir``.
 """
@@ -90,37 +92,44 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="pairs per file (the best of each side is kept)")
     p.add_argument("--dir", type=Path, default=Path("/tmp/desktrace-bench-offline"))
     p.add_argument("--retention", type=float, help="passed to desktrace-sessionize (seconds)")
+    p.add_argument("--jobs", type=int, nargs="+", default=[1, 0],
+                   help="--jobs values to run the tool with (0: all CPUs; the first one's peak RSS is "
+                   "compared across file lengths: with several jobs it is the largest job's)")
     a = p.parse_args()
     a.dir.mkdir(parents=True, exist_ok=True)
     tool = str(BIN / "desktrace-sessionize")
     rows = []
     for days in a.days:
         path, n = make_file(a.dir, a.users, a.hours, days)
-        base_t = tool_t = base_c = tool_c = float("inf")
-        base_m = tool_m = 0.0
         extra = ["--retention", str(a.retention)] if a.retention else []
-        for _ in range(a.repeat):  # alternate, so both sides see the same load
+        base = [float("inf"), float("inf"), 0.0]  # wall, CPU, peak MiB
+        tools = {jobs: [float("inf"), float("inf"), 0.0] for jobs in a.jobs}
+        for _ in range(a.repeat):  # alternate, so every side sees the same load
             t, c, m, _rc = measure([sys.executable, "-c", _BARE, str(path)])
-            base_t, base_c, base_m = min(base_t, t), min(base_c, c), max(base_m, m)
-            t, c, m, rc = measure([tool, *extra, str(path)])
-            if rc not in (0, 1):
-                raise SystemExit(f"desktrace-sessionize failed with {rc}")
-            tool_t, tool_c, tool_m = min(tool_t, t), min(tool_c, c), max(tool_m, m)
-        rows.append((days, n, base_t, base_m, tool_t, tool_m))
+            base = [min(base[0], t), min(base[1], c), max(base[2], m)]
+            for jobs, best in tools.items():
+                t, c, m, rc = measure([tool, "--jobs", str(jobs), *extra, str(path)])
+                if rc not in (0, 1):
+                    raise SystemExit(f"desktrace-sessionize failed with {rc}")
+                tools[jobs] = [min(best[0], t), min(best[1], c), max(best[2], m)]
         print(
-            f"{a.users} users x {days} day(s), {n:,} events: bare read+decode {base_t:6.2f}s "
-            f"({base_c:.2f}s CPU) {base_m:6.1f} MiB | desktrace-sessionize {tool_t:6.2f}s "
-            f"({tool_c:.2f}s CPU) "
-            f"{tool_m:6.1f} MiB | ratio wall {tool_t / base_t:.2f}x, CPU {tool_c / base_c:.2f}x",
+            f"{a.users} users x {days} day(s), {n:,} events: bare read+decode {base[0]:6.2f}s "
+            f"({base[1]:.2f}s CPU) {base[2]:6.1f} MiB",
             flush=True,
         )
+        for jobs, (t, c, m) in tools.items():
+            print(
+                f"  desktrace-sessionize --jobs {jobs}{' (all CPUs)' if jobs == 0 else ''}: {t:6.2f}s "
+                f"({c:.2f}s CPU) {m:6.1f} MiB | ratio wall {t / base[0]:.2f}x, CPU {c / base[1]:.2f}x",
+                flush=True,
+            )
+        rows.append((days, n, tools[a.jobs[0]][2]))
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         print(
-            f"peak RSS {last[5]:.1f} MiB for {last[1]:,} events vs {first[5]:.1f} MiB for {first[1]:,} "
-            f"(x{last[5] / first[5]:.2f} for x{last[1] / first[1]:.2f} the events)"
+            f"peak RSS of --jobs {a.jobs[0]}: {last[2]:.1f} MiB for {last[1]:,} events vs {first[2]:.1f} MiB "
+            f"for {first[1]:,} (x{last[2] / first[2]:.2f} for x{last[1] / first[1]:.2f} the events)"
         )
-
 
 if __name__ == "__main__":
     main()

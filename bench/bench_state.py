@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_sessionizer import user_day
 
-from proto.sessions import session_id
 from stream.core import Sessionizer, encode_state
 from stream.fleet import AgentSeen
 from stream.state import UserRecord, encode_record
@@ -69,14 +68,10 @@ def main() -> None:
     values = []
     for u in range(a.distinct):
         key = f"corp\\user{u}"
-        state, update = core.apply(key, None, user_day(u, rng))
-        state, closed = core.close(key, state)
-        published = {
-            session_id(key, s.kind, s.start): int(s.start.timestamp() * 1000)
-            for s in update.upserts + closed.upserts
-        }
+        state, _ = core.apply(key, None, user_day(u, rng))
+        state, _ = core.close(key, state)
         record = UserRecord(
-            core=encode_state(state), partition=u % 6, last_seen=1.0, published=published,
+            core=encode_state(state), partition=u % 6, last_seen=1.0,
             agents={f"agent-{u}": AgentSeen(last_ms=1, version="1.5.0", hb_ms=1, spool_dropped=0)},
         )
         values.append(encode_record(record))

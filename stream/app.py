@@ -141,7 +141,6 @@ class StreamApp:
             self.topics,
             Sessionizer(config),
             self.metrics,
-            retention_s=settings.retention,
             close_timeout_s=settings.close_timeout,
             versions_max=settings.agent_versions_max,
         )

@@ -12,7 +12,7 @@ import argparse
 import heapq
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from operator import itemgetter
 from typing import BinaryIO, Final
@@ -28,7 +28,8 @@ from proto.keys import event_user_key
 from proto.sessions import Session, apply_session_messages
 from stream.core import Sessionizer, Update, UserState
 from stream.core.state import NO_TIME
-from stream.settings import SECTION, SESSIONIZER_HELP, SessionizerSettings
+from stream.offline_jobs import default_jobs, run_jobs
+from stream.settings import OFFLINE_HELP, SECTION, OfflineSettings
 
 BATCH = 2000  #: events buffered per user before they are fed to the core
 MAX_BUFFERED = 50_000  #: events buffered over all users before every buffer is fed to the core
@@ -60,16 +61,28 @@ class _Run:
         self.late = 0
         self.late_where: list[int] = []
         self._keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key
+        self.newest: dict[str, int] = {}  #: per user: the newest event time read so far (ms)
+        self.retention = core.config.retention_ms
 
     def add(self, where: int, event: Envelope) -> None:
-        """Buffer ``event`` (``where``: its position, see :func:`main`) for its user."""
+        """Buffer ``event`` (``where``: its position, see :func:`main`) for its user, or count it late: older
+        than the retention horizon behind an event of the same user earlier in the input. So what is late
+        depends on the input order only, never on how the events are batched (nor on ``--jobs``)."""
         key = self._keys.get((event.domain, event.user))
         if key is None:
             key = self._keys[(event.domain, event.user)] = event_user_key(event)
+        t = epoch_ms(event.ts)
+        newest = self.newest.get(key)
+        if newest is None or t > newest:
+            self.newest[key] = t
+        elif t < newest - self.retention:
+            self.late += 1
+            self.late_where.append(where)
+            return
         buf = self.buffers.get(key)
         if buf is None:
             buf = self.buffers[key] = []
-        buf.append((epoch_ms(event.ts), where, event))
+        buf.append((t, where, event))
         self.buffered += 1
         if len(buf) >= BATCH:
             self.flush(key)
@@ -85,11 +98,12 @@ class _Run:
         if not buf:
             return
         self.buffered -= len(buf)
+        # In time order: the core then finds none of them late (add() has decided that, by input order).
         buf.sort(key=_time_and_position)
         events = [e for _, _, e in buf]
         state, update = self.core.apply(key, self.states.get(key), events, [t for t, _, _ in buf])
         self.states[key] = state
-        if update.late:
+        if update.late:  # not expected (see above): counted all the same
             where_of = {id(e): w for _, w, e in buf}
             for e in update.late:
                 self.late += 1
@@ -122,14 +136,67 @@ class _Run:
             start, kind, line = held.pop(sid)
             self.spill.add((key, start, kind, line))
 
-    def results(self) -> Iterator[bytes]:
-        """The JSON lines of the final sessions, sorted by user key, start and kind."""
+    def records(self) -> Iterator[tuple[str, int, str, bytes]]:
+        """``(user key, start ms, kind, JSON line)`` of every final session, in that order."""
         for key, held in self.sessions.items():
             for start, kind, line in held.values():
                 self.spill.add((key, start, kind, line))
         self.sessions.clear()
-        for _key, _start, _kind, line in self.spill.merged():
+        yield from self.spill.merged()
+
+    def results(self) -> Iterator[bytes]:
+        """The JSON lines of the final sessions, sorted by user key, start and kind."""
+        for _key, _start, _kind, line in self.records():
             yield line
+
+
+class Feeder:
+    """Reads JSON Lines into a :class:`_Run`: counts the lines, reports each rejected one through
+    ``rejected(position, message)`` (its file and number, never its content), and gives the late ones'
+    messages at the end. One per process (``--jobs``: one per job, on the lines it owns)."""
+
+    def __init__(
+        self,
+        core: Sessionizer,
+        labels: Sequence[str],
+        rejected: Callable[[int, str], None],
+        progress: bool = False,
+    ) -> None:
+        self.run = _Run(core)
+        self.labels = labels
+        self._rejected = rejected
+        self.progress = progress
+        self.total = 0  #: non-blank lines read
+        self.rejected = 0  #: lines rejected, late ones included once :meth:`finish` has run
+
+    def feed(self, file_index: int, lines: Iterable[bytes]) -> None:
+        """Every line of the file ``labels[file_index]``."""
+        base = file_index << _LINE_BITS
+        label = self.labels[file_index]
+        add = self.run.add
+        progress = self.progress
+        for n, item in read_jsonl(lines):
+            self.total += 1
+            if isinstance(item, EventDecodeError):
+                self.rejected += 1
+                self._rejected(base | n, f"{label}:{n}: rejected ({item.error_class}): {item}")
+                continue
+            add(base | n, item)
+            if progress and self.total % PROGRESS_EVERY == 0:
+                print(f"... {self.total} lines, {self.rejected} rejected", file=sys.stderr)
+
+    def finish(self) -> None:
+        self.run.finish()
+        self.rejected += self.run.late
+
+    def late_messages(self) -> Iterator[tuple[int, str]]:
+        """``(position, message)`` of each late line, in input order."""
+        line_mask = (1 << _LINE_BITS) - 1
+        for where in sorted(self.run.late_where):
+            yield where, (
+                f"{self.labels[where >> _LINE_BITS]}:{where & line_mask}: rejected (late): older than the "
+                "retention horizon"
+            )
 
 
 class _Spill:
@@ -200,63 +267,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "files", nargs="*", metavar="FILE", help="JSON Lines event files; '-' or none = stdin"
     )
-    add_arguments(parser, SessionizerSettings, SESSIONIZER_HELP)
+    add_arguments(parser, OfflineSettings, OFFLINE_HELP)
     args = parser.parse_args(argv)
     try:
-        settings = load(SessionizerSettings, args, section=SECTION)
+        settings = load(OfflineSettings, args, section=SECTION)
     except SettingsError as exc:
         parser.error(str(exc))
-    core = Sessionizer(settings.to_config())
-    run = _Run(core)
-    tune_for_throughput()
-    progress = sys.stderr.isatty()
-    rejected = 0
-    total = 0
+    config = settings.to_config()
     names = args.files or ["-"]
-    labels: list[str] = []
-    with ExitStack() as stack:
-        for name in names:
-            if name == "-":
-                stream: BinaryIO = sys.stdin.buffer
-                label = "stdin"
-            else:
-                try:
-                    stream = stack.enter_context(open(name, "rb"))
-                except OSError as exc:
-                    print(f"desktrace-sessionize: cannot read {name}: {exc.strerror}", file=sys.stderr)
-                    return 2
-                label = name
-            base = len(labels) << _LINE_BITS
-            labels.append(label)
-            add = run.add
-            for n, item in read_jsonl(stream):
-                total += 1
-                if isinstance(item, EventDecodeError):
-                    rejected += 1
-                    print(f"{label}:{n}: rejected ({item.error_class}): {item}", file=sys.stderr)
-                    continue
-                add(base | n, item)
-                if progress and total % PROGRESS_EVERY == 0:
-                    print(f"... {total} lines, {rejected} rejected", file=sys.stderr)
-    run.finish()
-    line_mask = (1 << _LINE_BITS) - 1
-    for where in run.late_where:
-        print(
-            f"{labels[where >> _LINE_BITS]}:{where & line_mask}: rejected (late): older than the retention "
-            "horizon",
-            file=sys.stderr,
-        )
-    rejected += run.late
+    for name in names:  # every file readable before any work starts
+        if name != "-":
+            try:
+                open(name, "rb").close()
+            except OSError as exc:
+                print(f"desktrace-sessionize: cannot read {name}: {exc.strerror}", file=sys.stderr)
+                return 2
+    jobs = settings.jobs or default_jobs()
+    progress = sys.stderr.isatty()
     out = sys.stdout.buffer
-    count = 0
-    for line in run.results():
-        out.write(line)
-        out.write(b"\n")
-        count += 1
-    out.flush()
+    if jobs > 1 and "-" not in names:
+        try:
+            total, rejected, count = run_jobs(jobs, names, config, out)
+        except RuntimeError as exc:
+            print(f"desktrace-sessionize: {exc}", file=sys.stderr)
+            return 2
+    else:  # one process (stdin cannot be read by several)
+        tune_for_throughput()
+        labels = ["stdin" if n == "-" else n for n in names]
+        feeder = Feeder(Sessionizer(config), labels, _print_rejected, progress)
+        with ExitStack() as stack:
+            for file_index, name in enumerate(names):
+                stream = sys.stdin.buffer if name == "-" else stack.enter_context(open(name, "rb"))
+                feeder.feed(file_index, stream)
+        feeder.finish()
+        for _where, text in feeder.late_messages():
+            print(text, file=sys.stderr)
+        total, rejected = feeder.total, feeder.rejected
+        count = 0
+        for line in feeder.run.results():
+            out.write(line)
+            out.write(b"\n")
+            count += 1
+        out.flush()
     if rejected or progress:
         print(f"desktrace-sessionize: {total} lines, {rejected} rejected, {count} sessions", file=sys.stderr)
     return 1 if rejected else 0
+
+
+def _print_rejected(_where: int, text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 if __name__ == "__main__":

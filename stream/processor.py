@@ -81,8 +81,6 @@ class Result:
     messages: list[Outgoing] = field(default_factory=list)
 
 
-_PUBLISHED_MARGIN_MS = 86_400_000
-
 
 class Processor:
     """Applies batches to per-user state through the pure sessionizer and says what to publish.
@@ -99,14 +97,12 @@ class Processor:
         sessionizer: Sessionizer,
         metrics: StreamMetrics,
         *,
-        retention_s: float,
         close_timeout_s: float,
         versions_max: int = 20,
     ) -> None:
         self.topics = topics
         self.sessionizer = sessionizer
         self.metrics = metrics
-        self.retention_ms = int(retention_s * 1000)
         self.close_timeout_s = close_timeout_s
         self.versions_max = versions_max
         self._user_keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key, a cache
@@ -177,7 +173,6 @@ class Processor:
                 ukey, live.core if live is not None else None, events, group.times
             )
             open_sessions = self.sessionizer.open_sessions(new_state)
-            latest = self.sessionizer.latest_event_ts(new_state)
         except Exception as exc:
             # A sessionizer bug must not stop the other users: keep this user's events for a replay. The
             # core may have changed the decoded state part-way: the user goes back to its stored state.
@@ -204,19 +199,11 @@ class Processor:
         if update.upserts:
             stamps = [ts for r in group.records if (ts := getattr(r, "timestamp", None)) is not None]
             source_ms = min(stamps) if stamps else None
-        self._emit(out, key, update, record, now, source_ms)
+        self._emit(out, key, update, now, source_ms)
         if update.late:
             self._deadletter_late(out, group, update.late)
         if update.duplicates:
             self.metrics.duplicates.inc(update.duplicates)
-        if latest is not None and (update.upserts or update.retractions):
-            horizon = epoch_ms(latest) - self.retention_ms - _PUBLISHED_MARGIN_MS
-            published = record.published
-            # Scanned only when its oldest entry (ids are added in publication order, which is about start
-            # order) is past the horizon: an out-of-order entry waits at most one horizon more.
-            if published and next(iter(published.values())) < horizon:
-                for sid in [s for s, start in published.items() if start < horizon]:
-                    del published[sid]
         states.put(key, live)
 
     def _load(self, key: bytes, raw: bytes | None) -> UserRecord | None:
@@ -234,30 +221,26 @@ class Processor:
         out: Result,
         key: bytes,
         update: Update,
-        record: UserRecord,
         now: float,
         source_ms: int | None = None,
     ) -> None:
         m = self.metrics
         topic = self.topics.sessions
         messages = out.messages
-        published = record.published
         if update.retractions:
             upserted = {s.session_id for s in update.upserts}
             for r in update.retractions:
                 if r.session_id in upserted:
                     continue
                 messages.append(Outgoing(topic, key, encode_session(r)))
-                published.pop(r.session_id, None)
                 m.retractions.inc()
+        corrected = update.corrected
         for s in update.upserts:
             messages.append(Outgoing(topic, key, encode_session(s), None, source_ms))
             kind = s.kind
             self._published_by_kind[kind].inc()
-            sid = s.session_id
-            if sid in published:
+            if corrected and s.session_id in corrected:
                 self._corrections_by_kind[kind].inc()
-            published[sid] = epoch_ms(s.start)
             m.close_lag.observe(max(0.0, now - s.end.timestamp()))
 
     def _deadletter_late(self, out: Result, group: _UserBatch, late: Iterable[Envelope]) -> None:
@@ -339,7 +322,7 @@ class Processor:
                 # closed all the same: do not retry every scan; the next event retries through apply
             else:
                 self.metrics.silence_closes.inc()
-                self._emit(out, key, update, record, now)
+                self._emit(out, key, update, now)
         record.closed = True
 
 

@@ -76,6 +76,13 @@ class SessionizerSettings(msgspec.Struct, kw_only=True):
         return sessionizer_config(self)
 
 
+class OfflineSettings(SessionizerSettings, kw_only=True):
+    """What ``desktrace-sessionize`` reads: the sessionizer block, and how many processes share the work
+    (``jobs``; 0: the CPUs this process may run on, at most 8)."""
+
+    jobs: Annotated[int, Meta(ge=0, le=64)] = 0
+
+
 class StreamSettings(KafkaSettings, kw_only=True):
     """Everything ``desktrace-stream`` reads (Kafka, no PostgreSQL); validated when built by msgspec
     constraints (a bad value is a clear error naming the setting)."""
@@ -136,6 +143,12 @@ SESSIONIZER_HELP: dict[str, str] = {
     "are late (dead-lettered by the stream, rejected by the offline tool)",
     "legacy_max_span": "L, seconds a legacy POST /api/report state holds at most when no next report "
     "ends it sooner (G when the next report repeats the state)",
+}
+
+OFFLINE_HELP: dict[str, str] = {
+    **SESSIONIZER_HELP,
+    "jobs": "processes that share the users (each reads every file and processes its own users; 0: the "
+    "CPUs available, at most 8; 1: this process only; stdin is always read by one)",
 }
 
 STREAM_HELP: dict[str, str] = {

@@ -1,5 +1,5 @@
 """What the worker stores per user in its changelog-backed table: the core's state plus the edge's own
-bookkeeping (where the user's events arrive, when they were last heard, what was published, fleet info).
+bookkeeping (where the user's events arrive, when they were last heard, fleet info).
 
 The table's key is the user key (UTF-8 bytes) and its value :func:`encode_record`'s bytes: the msgpack of
 :class:`UserRecord` without its core, zlib-compressed (level 1), beside the core's own bytes, which
@@ -29,8 +29,6 @@ class UserRecord(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     - ``last_seen``: wall clock (Unix seconds) when this worker last consumed an event of the user;
     - ``closed``: the silence close ran after the latest event (so it runs once per silence);
     - ``open_sessions``: the core's open session count after the latest update (for the gauge);
-    - ``published``: ids of sessions published and not retracted, with their start (Unix ms), to count
-      corrections; entries older than the retention horizon are pruned;
     - ``agents``: fleet-health bookkeeping per agent id (``stream.fleet``).
     """
 
@@ -39,7 +37,6 @@ class UserRecord(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     last_seen: float
     closed: bool = False
     open_sessions: int = 0
-    published: dict[str, int] = msgspec.field(default_factory=dict)
     agents: dict[str, AgentSeen] = msgspec.field(default_factory=dict)
 
 

@@ -137,6 +137,10 @@ def test_bounded_buffers_and_spilled_sessions_give_the_same_output() -> None:
     spilled, early, _ = _run_all(events, 300, 7, 86400)
     assert early > 3
     assert spilled == kept
+    # What is late depends on the input order, not on the buffers: three days held in one buffer give
+    # the same sessions (the first two days are not late behind the third).
+    whole, _, _ = _run_all(events, 10**9, 10**9, 86400)
+    assert whole == kept
 
 
 def test_legacy_max_span_from_the_environment_and_flag(tmp_path: Path) -> None:
@@ -158,3 +162,71 @@ def test_legacy_max_span_from_the_environment_and_flag(tmp_path: Path) -> None:
     assert got[0] == ("active", None, "Fri 09:00", "Fri 10:00")
     assert ("active", None, "Tue 08:00", "Tue 09:00") in got
     assert run("--legacy-max-span", "0").returncode == 2
+
+
+def _mixed_corpus(tmp_path: Path) -> list[Path]:
+    """Two files of twelve users over two days (out of order, duplicated), with every kind of bad line: not
+    JSON, blank, no identity, a valid identity in an invalid event, and events older than a one-day
+    retention horizon (late)."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from bench.bench_offline import disorder
+    from tests.support.events import generate_events
+
+    events = []
+    for d in range(2):
+        start = datetime(2026, 3, 2, 7, 30, tzinfo=UTC) + timedelta(days=d)
+        events += generate_events(seed=40 + d, users=12, hours=3, start=start)
+    events.sort(key=lambda e: e.ts)
+    lines = [event_to_json(e) for e in disorder(events, random.Random(3))]
+    # Late: the first user's first events once more, with new sequence numbers, at the very end.
+    first = [e for e in events if e.user == events[0].user][:3]
+    import msgspec
+
+    lines += [event_to_json(msgspec.structs.replace(e, seq=10**9 + i)) for i, e in enumerate(first)]
+    lines.insert(10, b"not json at all")
+    lines.insert(20, b"")
+    lines.insert(30, b'{"type":"Heartbeat"}')
+    lines.insert(40, b'{"type":"Heartbeat","domain":"CORP","user":"u3","seq":"secret-title"}')
+    half = len(lines) // 2
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(b"\n".join(lines[:half]) + b"\n")
+    b.write_bytes(b"\n".join(lines[half:]) + b"\n\n")
+    return [a, b]
+
+
+def test_jobs_give_the_output_and_messages_of_one_process(tmp_path: Path) -> None:
+    """``--jobs N`` splits the users between N processes; the sessions on stdout, the rejected and late
+    lines on stderr (in input order) and the exit status are those of one process, whatever N."""
+    files = [str(f) for f in _mixed_corpus(tmp_path)]
+    one = run("--jobs", "1", "--retention", "86400", *files)
+    assert one.returncode == 1, one.stderr
+    err = one.stderr.decode()
+    assert f"{files[0]}:11: rejected (undecodable)" in err
+    assert f"{files[0]}:31: rejected" in err and f"{files[0]}:41: rejected" in err
+    assert err.count("rejected (late)") == 3
+    assert "secret-title" not in err
+    users = {s.user_key for s in sessions_of(one.stdout)}
+    assert len(users) >= 12
+    for jobs in ("2", "3", "5"):
+        many = run("--jobs", jobs, "--retention", "86400", *files)
+        assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr), jobs
+    env = run(*files, env={"DESKTRACE_JOBS": "3", "DESKTRACE_RETENTION": "86400"})
+    assert (env.stdout, env.stderr) == (one.stdout, one.stderr)
+    # stdin is read by one process whatever --jobs says; the same sessions.
+    whole = b"".join(Path(f).read_bytes() for f in files)
+    piped = run("--jobs", "3", "--retention", "86400", "-", stdin=whole)
+    assert piped.stdout == one.stdout
+
+
+def test_a_user_belongs_to_one_job_whatever_its_spelling() -> None:
+    from stream.offline_jobs import owner_of, owner_of_key
+
+    upper = b'{"type":"Heartbeat","domain":"CORP","user":"Ann","seq":1}'
+    lower = b'{"user":"ann","domain":"corp","type":"Heartbeat"}'
+    for jobs in (2, 3, 7):
+        assert owner_of(upper, jobs) == owner_of(lower, jobs) == owner_of_key("corp\\ann", jobs)
+        assert owner_of(b"{not json", jobs) == owner_of(b"", jobs) == owner_of(b'{"user":"x"}', jobs) == 0
+    spread = {owner_of_key(f"corp\\user{i}", 4) for i in range(40)}
+    assert spread == {0, 1, 2, 3}

@@ -80,6 +80,7 @@ def test_example_3_late_input_corrects_published_sessions() -> None:
     consumer = Consumer()
     state, update = core.apply(USER, None, early)
     consumer.apply(update.upserts, update.retractions)
+    assert update.corrected == []
     assert brief(update.upserts) == [
         ("inactive", "idle", "08:59:00", "09:00:00"),
         ("active", None, "09:00:00", "09:00:00"),
@@ -94,6 +95,7 @@ def test_example_3_late_input_corrects_published_sessions() -> None:
     # Same user/kind/start: the active session keeps its id and is corrected; the others are retracted.
     assert brief(update.upserts) == [("active", None, "09:00:00", "09:06:00")]
     assert update.upserts[0].session_id == session_id(USER, "active", at(9, 0))
+    assert update.corrected == [update.upserts[0].session_id]  # published before: a correction
     retracted = {r.session_id for r in update.retractions}
     assert retracted == {session_id(USER, "active", at(9, 6)), session_id(USER, "inactive", at(9, 0))}
     assert retracted <= set(published)
@@ -142,6 +144,34 @@ def test_late_events_beyond_the_horizon_are_returned_not_applied() -> None:
     # A replay of a pruned event is late, never re-applied.
     state, update = core.apply(USER, state, [b.events[0]])
     assert update.late == [b.events[0]] and update.upserts == [] and update.retractions == []
+
+
+def test_what_is_late_depends_on_the_order_of_the_events_not_on_their_batches() -> None:
+    """An event is late when it is older than the horizon behind a newer event that came before it: the
+    same events in one batch or one at a time give the same late events and the same sessions (a
+    backlog spanning more than the horizon, read in one fetch, loses nothing)."""
+    b = Builder()
+    old = b.add("HardwareKeyboardEvent", at(9, 0), input_="hardware")
+    b.add("HardwareKeyboardEvent", at(11, 0), input_="hardware")
+    stale = b.add("HardwareKeyboardEvent", at(9, 30), input_="hardware")
+    b.add("HardwareKeyboardEvent", at(11, 30), input_="hardware")
+    outcomes = []
+    for batches in ([b.events], [[e] for e in b.events], [b.events[:2], b.events[2:]]):
+        core = Sessionizer(SessionizerConfig(retention_s=3600))
+        state, late, consumer = None, [], Consumer()
+        for batch in batches:
+            state, update = core.apply(USER, state, batch)
+            late += update.late
+            consumer.apply(update.upserts, update.retractions)
+        assert state is not None
+        state, update = core.close(USER, state)
+        consumer.apply(update.upserts, update.retractions)
+        outcomes.append((late, brief(consumer.final())))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    late, sessions = outcomes[0]
+    assert late == [stale]  # 09:30 came after 11:00; 09:00 came first
+    assert ("active", None, "09:00:00", "09:00:00") in sessions
+    assert old.ts == at(9, 0)
 
 
 def test_state_stays_bounded_over_many_days() -> None:

@@ -26,7 +26,7 @@ def processor() -> tuple[Processor, CollectorRegistry]:
     registry = CollectorRegistry()
     return Processor(
         TOPICS, Sessionizer(SessionizerConfig(gap_s=300, presence_timeout_s=180, retention_s=86400)),
-        StreamMetrics(registry), retention_s=86400, close_timeout_s=60,
+        StreamMetrics(registry), close_timeout_s=60,
     ), registry
 
 

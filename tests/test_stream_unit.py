@@ -128,7 +128,7 @@ def test_fleet_summary_counts_recent_silent_and_caps_versions() -> None:
 
 
 def test_user_record_round_trip() -> None:
-    rec = UserRecord(core=b"\x01\x02", partition=2, last_seen=12.5, published={"id": 5},
+    rec = UserRecord(core=b"\x01\x02", partition=2, last_seen=12.5,
                      agents={"a": fleet.AgentSeen(last_ms=1, version="v", hb_ms=1, spool_dropped=0)})
     assert decode_record(encode_record(rec)) == rec
 
@@ -164,7 +164,7 @@ def proc_env() -> tuple[object, CollectorRegistry, Topics]:
     topics = Topics("u.")
     processor = Processor(
         topics, Sessionizer(SessionizerConfig(gap_s=300, presence_timeout_s=180, retention_s=86400)),
-        StreamMetrics(registry), retention_s=86400, close_timeout_s=60,
+        StreamMetrics(registry), close_timeout_s=60,
     )
     return processor, registry, topics
 

@@ -54,12 +54,14 @@ _CLASS_FLAGS: dict[type, int] = {cls: _FLAGS[name] for name, cls in EVENT_TYPES.
 class Update(msgspec.Struct):
     """What one call produced: sessions to publish (closed, new or corrected, in start order), ids to
     retract (published earlier, no longer existing), late events (older than the horizon: not applied;
-    the caller dead-letters and counts them) and how many events were duplicates of ones already seen."""
+    the caller dead-letters and counts them), how many events were duplicates of ones already seen, and
+    the ids among ``upserts`` that were published before (corrections)."""
 
     upserts: list[Session]
     retractions: list[SessionRetraction]
     late: list[Envelope]
     duplicates: int
+    corrected: list[str] = msgspec.field(default_factory=list)
 
 
 def _fingerprint(det: tuple[bool, tuple[str, ...], str]) -> int:
@@ -145,9 +147,13 @@ class Sessionizer:
             return st, Update([], [], [], 0)
         if times is None:
             times = [epoch_ms(e.ts) for e in events]
-        latest = max(st.latest, max(times))
-        cutoff = latest - self._retention
+        # An event is late when it is older than the horizon behind the newest event before it (in this
+        # batch's order, after the earlier batches), or than the pruned floor: what is late does not
+        # depend on how the events were batched.
+        latest = st.latest
+        retention = self._retention
         floor = st.floor
+        cutoff = latest - retention
         if cutoff < floor:
             cutoff = floor
         late: list[Envelope] = []
@@ -155,6 +161,11 @@ class Sessionizer:
         t_aff: int | None = None
         seen = st.seen
         for t, e in zip(times, events, strict=True):
+            if t > latest:
+                latest = t
+                cutoff = t - retention
+                if cutoff < floor:
+                    cutoff = floor
             agent = e.agent_id
             ranges = seen.get(agent)
             if ranges is None:
@@ -175,17 +186,17 @@ class Sessionizer:
         st.latest = latest
         if t_aff is None:
             return st, Update([], [], late, dups)
-        upserts, retractions = self._recompute(user_key, st, t_aff, False)
+        upserts, retractions, corrected = self._recompute(user_key, st, t_aff, False)
         self._prune(st, latest - self._retention)
-        return st, Update(upserts, retractions, late, dups)
+        return st, Update(upserts, retractions, late, dups, corrected)
 
     def close(self, user_key: str, state: UserState) -> tuple[UserState, Update]:
         """The user has been silent for the close timeout (decided by the caller): publish every session
         still open."""
         if state.open_from is None:
             return state, Update([], [], [], 0)
-        upserts, retractions = self._recompute(user_key, state, _NEVER, True)
-        return state, Update(upserts, retractions, [], 0)
+        upserts, retractions, corrected = self._recompute(user_key, state, _NEVER, True)
+        return state, Update(upserts, retractions, [], 0, corrected)
 
     def open_sessions(self, state: UserState) -> int:
         """Computed sessions not yet published as they now are."""
@@ -284,9 +295,10 @@ class Sessionizer:
 
     def _recompute(
         self, user_key: str, st: UserState, t_aff: int, all_closed: bool
-    ) -> tuple[list[Session], list[SessionRetraction]]:
+    ) -> tuple[list[Session], list[SessionRetraction], list[str]]:
         """Recompute from the latest usable checkpoint at or before ``t_aff`` (the earliest position the new
-        facts change), else from a hard cut, and diff against what was published there."""
+        facts change), else from a hard cut, and diff against what was published there; the third list:
+        the upserts' ids that were published before."""
         open_from = st.open_from
         carry = self._checkpoint_for(st, t_aff, open_from)
         latest_fact = st.ts[-1] if st.ts else NO_TIME
@@ -307,6 +319,7 @@ class Sessionizer:
         st.cks = column(res.checkpoints)
         upserts: list[Session] = []
         retractions: list[SessionRetraction] = []
+        corrected: list[str] = []
         pub = st.pub
         keys = {s.key for s in res.sessions}
         for key in sorted(k_ for k_ in pub if k_ >= 2 * region and k_ not in keys):
@@ -328,14 +341,17 @@ class Sessionizer:
                 fp = _fingerprint(det)
             if s.closed:
                 pub[s.key] = [s.end, fp]
-                upserts.append(self._session(user_key, s, det))
+                session = self._session(user_key, s, det)
+                upserts.append(session)
+                if old is not None:
+                    corrected.append(session.session_id)
             else:
                 n_open += 1
                 if new_open is None:
                     new_open = s.start
         st.open_from = new_open
         st.n_open = n_open
-        return upserts, retractions
+        return upserts, retractions, corrected
 
     def _checkpoint_for(self, st: UserState, t_aff: int, open_from: int | None) -> Checkpoint | None:
         cks = st.cks
