@@ -47,9 +47,15 @@ def main() -> None:
     )
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--batch", type=int, default=20, help="events per update (default 20)")
+    parser.add_argument("--compare-seal", nargs="+", metavar="SEAL:KEEP",
+                        help="instead: the mean write cost over the whole run for each chunk setting "
+                        "(stream.core.state SEAL_AT:KEEP_OPEN, e.g. 512:128 256:64), 3 rounds, one process")
     args = parser.parse_args()
     rng = random.Random(1)
     events = [e for day in range(args.days) for e in user_day(1, rng, day)]
+    if args.compare_seal:
+        compare_seal(events, args.days, args.batch, args.compare_seal)
+        return
     core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * args.days))
     state: UserState | None = None
     print(f"{len(events):,} events of one user over {args.days} days, written after every {args.batch}")
@@ -65,6 +71,36 @@ def main() -> None:
             print(f"{len(state.ts):8,} {reuse:12,.0f} us {fresh:9,.0f} us {fresh / reuse:6.1f}")
             next_report *= 2
             writes = []
+
+def compare_seal(events: list, days: int, batch: int, settings: list[str]) -> None:
+    """Mean CPU per write over the whole run for each ``SEAL:KEEP`` chunk setting, rounds interleaved;
+    the first setting is the baseline of the printed ratios."""
+    from stream.core import state as core_state
+
+    results: dict[str, list[float]] = {s: [] for s in settings}
+    sizes: dict[str, int] = {}
+    for _ in range(3):
+        for setting in settings:
+            seal, keep = (int(x) for x in setting.split(":"))
+            core_state.SEAL_AT, core_state.KEEP_OPEN = seal, keep  # type: ignore[misc]
+            core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * days))
+            state: UserState | None = None
+            spent = 0.0
+            n = 0
+            for i in range(0, len(events), batch):
+                state, _ = core.apply("corp\\user1", state, events[i : i + batch])
+                t = time.process_time()
+                value = encode_record(UserRecord(core=encode_state(state), partition=0, last_seen=0.0))
+                spent += time.process_time() - t
+                n += 1
+            results[setting].append(spent / n * 1e6)
+            sizes[setting] = len(value)
+    base = min(results[settings[0]])
+    print(f"{len(events):,} events of one user over {days} days, written after every {batch}")
+    for setting, runs in results.items():
+        print(f"SEAL_AT:KEEP_OPEN {setting:>8}: {min(runs):6.0f} us CPU per write (best of 3), final value "
+              f"{sizes[setting]:,} B, cost ratio {min(runs) / base:.2f}")
+
 
 if __name__ == "__main__":
     main()

@@ -139,8 +139,11 @@ class _WireV2(msgspec.Struct, array_like=True):
 _light_decoder: Final = msgspec.msgpack.Decoder(_Light)
 _v2_decoder: Final = msgspec.msgpack.Decoder(_WireV2)
 _chunk_decoder: Final = msgspec.msgpack.Decoder(list[list[int]])
-SEAL_AT: Final = 512  #: unsealed facts (or points) that make the encoder seal a chunk
-KEEP_OPEN: Final = 128  #: most recent facts never sealed (late events land among them)
+#: Unsealed facts (or points) that make the encoder seal a chunk. Every write encodes and compresses the
+#: unsealed part again: 256/64 against 512/128 cost 27% less per write of a 3-day user (136 against 184 us)
+#: for values 12-15% larger (smaller chunks compress less well); chunk sizes are not part of the format.
+SEAL_AT: Final = 256
+KEEP_OPEN: Final = 64  #: most recent facts never sealed (late events land among them: about half an hour)
 
 
 class _ChunkCache:
