@@ -144,15 +144,20 @@ def _job(index: int, jobs: int, names: Sequence[str], config: SessionizerConfig,
 
 
 def run_jobs(
-    jobs: int, names: Sequence[str], config: SessionizerConfig, out: BinaryIO, err: BinaryIO | None = None
+    jobs: int,
+    names: Sequence[str],
+    config: SessionizerConfig,
+    out: BinaryIO,
+    err: BinaryIO | None = None,
+    start_method: str | None = None,
 ) -> tuple[int, int, int]:
     """Run ``jobs`` processes over the files ``names``; write the merged sessions to ``out`` and the
     messages to ``err`` (stderr by default). Returns ``(lines, rejected, sessions)``; raises
-    ``RuntimeError`` naming the job when one fails."""
-    # fork: the jobs start at once with what this process imported (no threads run here); spawn elsewhere.
-    ctx: Any = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
+    ``RuntimeError`` naming the job when one fails. ``start_method``: ``fork`` where the platform has it
+    (the jobs start at once with what this process imported; no threads run here), else ``spawn``."""
+    if start_method is None:
+        start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx: Any = multiprocessing.get_context(start_method)
     with tempfile.TemporaryDirectory(prefix="desktrace-sessionize-") as tmp:
         files = [
             _Files(*(os.path.join(tmp, f"{i}.{what}") for what in ("sessions", "messages", "summary")))

@@ -230,3 +230,34 @@ def test_a_user_belongs_to_one_job_whatever_its_spelling() -> None:
         assert owner_of(b"{not json", jobs) == owner_of(b"", jobs) == owner_of(b'{"user":"x"}', jobs) == 0
     spread = {owner_of_key(f"corp\\user{i}", 4) for i in range(40)}
     assert spread == {0, 1, 2, 3}
+
+
+def test_jobs_started_by_spawn_give_the_same_output(tmp_path: Path) -> None:
+    """Where there is no fork (Windows, and macOS by default) the jobs are spawned: fresh interpreters that
+    import the job function and get its arguments pickled. The same sessions and messages."""
+    import io
+
+    from stream.core import SessionizerConfig
+    from stream.offline_jobs import run_jobs
+
+    files = [str(f) for f in _mixed_corpus(tmp_path)]
+    one = run("--jobs", "1", "--retention", "86400", *files)
+    out, err = io.BytesIO(), io.BytesIO()
+    lines, rejected, count = run_jobs(2, files, SessionizerConfig(retention_s=86400), out, err, "spawn")
+    assert out.getvalue() == one.stdout
+    summary = f"desktrace-sessionize: {lines} lines, {rejected} rejected, {count} sessions\n"
+    assert err.getvalue() + summary.encode() == one.stderr
+
+
+def test_a_failed_job_is_an_error_not_a_partial_output(tmp_path: Path) -> None:
+    import io
+
+    import pytest
+
+    from stream.core import SessionizerConfig
+    from stream.offline_jobs import run_jobs
+
+    out = io.BytesIO()
+    with pytest.raises(RuntimeError, match=r"job \d of 2 failed \(exit status 1\)"):
+        run_jobs(2, [str(tmp_path / "vanished.jsonl")], SessionizerConfig(), out, io.BytesIO())
+    assert out.getvalue() == b""
