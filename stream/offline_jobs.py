@@ -10,9 +10,9 @@ the same :class:`stream.offline.Feeder` as the single-process run. A line whose 
 Each job writes its final sessions, sorted by user key, start and kind, to a temporary file, and its
 messages (rejected and late lines, with their numbers) to another; the parent merges the sorted files (a
 user is in one job only, so the merge is the global order) and prints the messages, rejected lines first,
-then late ones, each in input order. The output is the single-process run's whenever the retention horizon
-is longer than the input (batching cannot change what is late then); each job's memory is bounded as the
-single-process run's is, by its own users.
+then late ones, each in input order. The output is the single-process run's: what is late is decided by
+each user's input order (:meth:`stream.offline._Run.add`), which a split by user does not change; each
+job's memory is bounded as the single-process run's is, by its own users.
 """
 
 from __future__ import annotations
@@ -172,7 +172,10 @@ def run_jobs(
                 for other in procs:
                     if other.is_alive():
                         other.terminate()
-                raise RuntimeError(f"job {i} of {jobs} failed (exit status {p.exitcode})")
+                raise RuntimeError(
+                    f"job {i} of {jobs} failed (exit status {p.exitcode}; its error is above); --jobs 1 runs "
+                    "everything in this process"
+                )
         stderr = err if err is not None else sys.stderr.buffer
         for _kind, _where, text in heapq.merge(*(_read_records(f.messages, _message_dec) for f in files)):
             stderr.write(text.encode("utf-8", "replace") + b"\n")

@@ -258,6 +258,6 @@ def test_a_failed_job_is_an_error_not_a_partial_output(tmp_path: Path) -> None:
     from stream.offline_jobs import run_jobs
 
     out = io.BytesIO()
-    with pytest.raises(RuntimeError, match=r"job \d of 2 failed \(exit status 1\)"):
+    with pytest.raises(RuntimeError, match=r"job \d of 2 failed \(exit status 1; its error is above\)"):
         run_jobs(2, [str(tmp_path / "vanished.jsonl")], SessionizerConfig(), out, io.BytesIO())
     assert out.getvalue() == b""
