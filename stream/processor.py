@@ -81,7 +81,6 @@ class Result:
     messages: list[Outgoing] = field(default_factory=list)
 
 
-
 class Processor:
     """Applies batches to per-user state through the pure sessionizer and says what to publish.
 

@@ -167,7 +167,7 @@ def test_legacy_max_span_from_the_environment_and_flag(tmp_path: Path) -> None:
 def _mixed_corpus(tmp_path: Path) -> list[Path]:
     """Two files of twelve users over two days (out of order, duplicated), with every kind of bad line: not
     JSON, blank, no identity, a valid identity in an invalid event, and events older than a one-day
-    retention horizon (late)."""
+    retention horizon (late); the second file with CRLF line ends."""
     import random
     from datetime import UTC, datetime, timedelta
 
@@ -192,7 +192,7 @@ def _mixed_corpus(tmp_path: Path) -> list[Path]:
     half = len(lines) // 2
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_bytes(b"\n".join(lines[:half]) + b"\n")
-    b.write_bytes(b"\n".join(lines[half:]) + b"\n\n")
+    b.write_bytes(b"\r\n".join(lines[half:]) + b"\r\n\r\n")  # as written on Windows
     return [a, b]
 
 
