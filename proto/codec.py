@@ -7,9 +7,11 @@ consumer can dead-letter the record and go on.
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import msgspec
 
@@ -107,9 +109,50 @@ def event_from_json(line: bytes | str) -> Envelope:
         raise _classify(exc, "JSON event") from None
 
 
+_UTF8_BOM: Final = codecs.BOM_UTF8
+_UTF16_BOMS: Final = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+@overload
+def jsonl_lines(lines: Iterable[bytes]) -> Iterator[bytes]: ...
+@overload
+def jsonl_lines(lines: Iterable[str]) -> Iterator[str]: ...
+@overload
+def jsonl_lines(lines: Iterable[bytes | str]) -> Iterator[bytes | str]: ...
+def jsonl_lines(lines: Iterable[bytes | str]) -> Iterator[bytes | str]:
+    """The lines of one JSON Lines file as written by Windows tools too, one for one (line numbers stay):
+    a leading UTF-8 byte order mark (Notepad, PowerShell's ``Out-File -Encoding utf8``) is dropped; a file
+    that starts with a UTF-16 byte order mark (Windows PowerShell 5.1's ``>`` and ``Out-File``) is
+    transcoded to UTF-8, with U+FFFD for any invalid code unit. Any other line is passed on as it is."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, str):
+        return itertools.chain((first.removeprefix("\ufeff"),), it)
+    if first.startswith(_UTF16_BOMS):
+        return _from_utf16(itertools.chain((first,), it))  # type: ignore[arg-type]
+    return itertools.chain((first.removeprefix(_UTF8_BOM),), it)
+
+
+def _from_utf16(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """UTF-8 lines of a UTF-16 stream cut anywhere (a binary file's lines split at the byte 0x0A)."""
+    decoder = codecs.getincrementaldecoder("utf-16")(errors="replace")  # the BOM picks the byte order
+    pending = ""
+    for chunk in chunks:
+        pending += decoder.decode(chunk)
+        *done, pending = pending.split("\n")
+        for line in done:
+            yield line.encode("utf-8", "surrogatepass") + b"\n"
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending.encode("utf-8", "surrogatepass")
+
+
 def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, Envelope | EventDecodeError]]:
-    """``(line_number, event or error)`` for every non-blank line, numbered from 1."""
-    for n, line in enumerate(lines, 1):
+    """``(line_number, event or error)`` for every non-blank line of one file, numbered from 1 (a byte
+    order mark is dealt with as :func:`jsonl_lines` says)."""
+    for n, line in enumerate(jsonl_lines(lines), 1):
         if not line.strip():
             continue
         try:

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Final, NamedTuple, TypeVar
 import msgspec
 
 from common.collector import tune_for_throughput
+from proto.codec import jsonl_lines
 from proto.keys import user_key
 from stream.core import Sessionizer, SessionizerConfig
 
@@ -86,7 +87,7 @@ def owned_lines(lines: Iterable[bytes], index: int, jobs: int, progress: bool = 
     """``lines`` with every line that another job owns replaced by an empty one (so line numbers stay);
     ``progress``: print the count of lines read every ``PROGRESS_EVERY`` lines."""
     known: dict[tuple[str, str], int] = {}
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(jsonl_lines(lines), 1):
         yield line if owner_of(line, jobs, known) == index else b""
         if len(known) > 100_000:  # bounded: a file of ever new identities
             known.clear()

@@ -220,6 +220,25 @@ def test_jobs_give_the_output_and_messages_of_one_process(tmp_path: Path) -> Non
     assert piped.stdout == one.stdout
 
 
+def test_files_with_a_byte_order_mark_give_the_sessions_of_plain_utf8(tmp_path: Path) -> None:
+    """Windows tools write JSON Lines with a byte order mark: Notepad and ``Out-File -Encoding utf8`` a
+    UTF-8 one, Windows PowerShell 5.1's ``>`` UTF-16LE with CRLF line ends. Each file gives the sessions and
+    the messages (same line numbers) of its plain UTF-8 copy, in one process and in jobs; before, the first
+    line of each was rejected (and with UTF-16 every line)."""
+    a, b = _mixed_corpus(tmp_path)
+    win = tmp_path / "win"
+    win.mkdir()
+    (win / a.name).write_bytes(b"\xef\xbb\xbf" + a.read_bytes())
+    (win / b.name).write_bytes(b.read_bytes().decode("utf-8").encode("utf-16"))  # BOM + native (LE) order
+    assert (win / b.name).read_bytes()[:2] == b"\xff\xfe"
+    plain = run("--jobs", "1", "--retention", "86400", str(a), str(b))
+    for jobs in ("1", "2"):
+        got = run("--jobs", jobs, "--retention", "86400", str(win / a.name), str(win / b.name))
+        assert got.returncode == plain.returncode
+        assert got.stdout == plain.stdout, jobs
+        assert got.stderr.replace(str(win).encode(), str(tmp_path).encode()) == plain.stderr, jobs
+
+
 def test_a_user_belongs_to_one_job_whatever_its_spelling() -> None:
     from stream.offline_jobs import owner_of, owner_of_key
 

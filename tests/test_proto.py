@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
@@ -105,6 +106,38 @@ def test_decode_events_keeps_good_records_around_bad_ones() -> None:
     out = list(proto.decode_events([proto.encode_event(good[0]), b"\x00junk", proto.encode_event(good[1])]))
     assert out[0] == good[0] and out[2] == good[1]
     assert isinstance(out[1], EventDecodeError)
+
+
+def test_json_lines_with_a_byte_order_mark_read_as_plain_utf8() -> None:
+    """A JSON Lines file from a Windows tool: a UTF-8 BOM is dropped; UTF-16 (either byte order, as
+    PowerShell 5.1 writes) is transcoded line for line however a binary reader cut it at the byte 0x0A."""
+    from proto.codec import jsonl_lines, read_jsonl
+
+    events = [sample_event("Lock", i) for i in range(3)]
+    events[1] = msgspec.structs.replace(events[1], user="J\u00fcrgen \U0001f600")  # a surrogate pair
+    text = "\r\n".join(proto.event_to_json(e).decode() for e in events) + "\r\n"
+    plain = [e for _, e in read_jsonl(text.encode().splitlines(keepends=True))]
+    assert plain == events
+    assert [e for _, e in read_jsonl(codecs_bom(text, "utf-8-sig").splitlines(keepends=True))] == events
+    assert [e for _, e in read_jsonl(["\ufeff" + line for line in text.splitlines()][:1])] == events[:1]
+    for encoding in ("utf-16-le", "utf-16-be"):
+        data = codecs_bom(text, encoding)
+        for cut in (list(io.BytesIO(data)), [data[i : i + 7] for i in range(0, len(data), 7)]):
+            got = list(read_jsonl(cut))
+            assert [n for n, _ in got] == [1, 2, 3] and [e for _, e in got] == events, encoding
+    # A bad code unit is replaced, so its line is still read (or rejected on its own), never its neighbours.
+    broken = codecs_bom(text, "utf-16-le").replace("J".encode("utf-16-le"), b"\x00\xdc")
+    mended = [e for _, e in read_jsonl([broken])]
+    assert mended[0] == events[0] and mended[2] == events[2] and "\ufffd" in mended[1].user  # type: ignore[union-attr]
+    assert list(jsonl_lines([])) == [] and list(jsonl_lines([b"\xef\xbb\xbf"])) == [b""]
+
+
+def codecs_bom(text: str, encoding: str) -> bytes:
+    """``text`` encoded with the byte order mark a Windows tool writes first."""
+    import codecs
+
+    bom = {"utf-8-sig": b"", "utf-16-le": codecs.BOM_UTF16_LE, "utf-16-be": codecs.BOM_UTF16_BE}[encoding]
+    return bom + text.encode(encoding)
 
 
 def test_session_record_and_retraction_round_trip() -> None:
