@@ -72,13 +72,17 @@ PIPELINE: list[list[Panel]] = [
             ],
         ),
         (
-            "Stream batch processing p95",
+            "Stream batch processing and commit p95",
             "s",
             [
                 (
                     "histogram_quantile(0.95, sum by (le) (rate(desktrace_stream_batch_processing_seconds_bucket[5m])))",
                     "p95",
-                )
+                ),
+                (
+                    "histogram_quantile(0.95, sum by (le) (rate(desktrace_stream_commit_seconds_bucket[5m])))",
+                    "commit p95",
+                ),
             ],
         ),
     ],

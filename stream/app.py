@@ -199,7 +199,8 @@ class StreamApp:
         # The raw topics' records come to handle_records a fetch at a time; the agent below keeps them
         # subscribed (and co-partitioned with the table) in Faust's eyes.
         self.app.transport.Consumer = BatchConsumer.bound(  # type: ignore[misc]
-            self.topics.raw, self.handle_records, self._before_commit, lambda: self.lock
+            self.topics.raw, self.handle_records, self._before_commit, lambda: self.lock,
+            self.metrics.commit_seconds.observe,
         )
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)

@@ -5,26 +5,35 @@ Faust hands every record to its agents one at a time: a ``Message`` object, the 
 the stream iterator, an ack, the monitor's callbacks. At tens of thousands of events per second that
 machinery costs more than the sessionizer. :class:`BatchConsumer` keeps Faust's consumer (group membership,
 assignment, rebalance callbacks, table recovery, offset commits) and replaces only its fetch loop: the
-records of the raw topics each fetch returns go to one handler call as a list, as received; records of any
-other topic (the table's changelog during recovery) still take Faust's per-message path.
+records of the raw topics it fetches are gathered until the next commit is due (at most ``batch_size`` of
+them) and go to one handler call as a list, in fetch order; records of any other topic (the table's
+changelog during recovery) still take Faust's per-message path. Right after the handler returns, if the
+commit is due, the loop commits: a batch's sessions are published as soon as it is handled, and a worker
+that keeps up handles one batch per commit interval (the sessionizer's fixed cost per user and batch paid
+once per interval, not once per fetch).
 
-Offsets: after the handler returned (the caller makes the batch's output durable before it returns), the
-batch's partitions are marked processed up to their last record. Faust's periodic commit commits those
-offsets; just before it takes them, :attr:`BatchConsumer.before_commit` runs (the worker writes the
-changelog records of every user changed since the last commit there), and Faust flushes the producer before
-it commits. Both run under the processing lock, so a commit never includes a batch whose state was not
-written, and never writes the state of a batch still in progress.
+Offsets: after the handler returned, the batch's partitions are marked processed up to their last record.
+The commit takes those offsets; just before, :attr:`BatchConsumer.before_commit` runs (the worker sends the
+output of the batches since the last commit and waits for it, then writes the changelog records of every
+user changed since), and Faust flushes the producer before it commits. Both run under the processing lock,
+so a commit never includes a batch whose state was not written, and never writes the state of a batch
+still in progress. Faust's commit timer still runs, as a safety net (it commits when the loop has not for
+three intervals).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from time import monotonic
 from typing import Any, ClassVar, cast
 
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
 from mode import Service
+
+log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
@@ -43,10 +52,12 @@ class BatchConsumer(AIOKafkaFaustConsumer):
     batch_handler: ClassVar[BatchHandler | None] = None
     before_commit: ClassVar[Callable[[], Awaitable[None]] | None] = None
     lock_of: ClassVar[Callable[[], asyncio.Lock] | None] = None
+    on_commit: ClassVar[Callable[[float], None] | None] = None  #: seconds each commit took
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._processed: dict[TP, int] = {}  #: next offset to commit, per batch-topic partition
+        self._committed_at = monotonic()  #: when the latest commit started
 
     @classmethod
     def bound(
@@ -55,6 +66,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         handler: BatchHandler,
         before_commit: Callable[[], Awaitable[None]],
         lock_of: Callable[[], asyncio.Lock],
+        on_commit: Callable[[float], None] | None = None,
     ) -> type[BatchConsumer]:
         """A subclass delivering ``topics`` to ``handler`` (Faust instantiates the consumer class itself)."""
         return cast(
@@ -67,6 +79,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     "batch_handler": staticmethod(handler),
                     "before_commit": staticmethod(before_commit),
                     "lock_of": staticmethod(lock_of),
+                    "on_commit": None if on_commit is None else staticmethod(on_commit),
                 },
             ),
         )
@@ -92,69 +105,157 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         if lock_of is None:
             return bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
         async with lock_of():
+            started = self._committed_at = monotonic()
             before = type(self).before_commit
             if before is not None:
                 await before()
-            return bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
+            done = bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
+            on_commit = type(self).on_commit
+            if on_commit is not None:
+                on_commit(monotonic() - started)
+            return done
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._processed.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
+    @Service.task
+    async def _commit_handler(self) -> None:
+        """Faust's periodic commit, now a safety net: the fetch loop commits at the commit interval right
+        after the batch it gathered until then (or with nothing to handle), so that a batch's output is
+        published as soon as it is handled; this commits only when the loop has not for three intervals."""
+        interval = float(self.commit_interval)
+        await self.sleep(interval)
+        async for _ in self.itertimer(interval, name="commit"):
+            if monotonic() - self._committed_at >= 3 * interval:
+                await self.commit()
+
     # ---- the fetch loop -------------------------------------------------------------------------------
 
+    async def _take(self, records: Any, active: set[TP] | None, gather: _Gather) -> None:
+        """Add one fetch's records of the batch topics to ``gather`` (at most its room; the rest waits in it
+        for the next batch); records of other topics (changelog recovery) take Faust's per-message path."""
+        read_offset = self._read_offset
+        for tp, recs in records.items():
+            if not (active is None or tp in active or tp in self._buffered_partitions):
+                continue
+            r_offset = read_offset[tp]
+            if r_offset is not None and recs and recs[0].offset < r_offset:
+                recs = [r for r in recs if r.offset >= r_offset]
+            if not recs:
+                continue
+            if tp.topic in self.batch_topics:
+                gather.add(tp, recs)
+                continue
+            for record in recs:
+                message = self._to_message(tp, record)
+                await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                read_offset[tp] = record.offset
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
-        callback = self.callback
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-        read_offset = self._read_offset
-        batch_topics = self.batch_topics
         handler = type(self).batch_handler
         assert handler is not None
+        limit = max(1, int(self.app.conf.broker_max_poll_records or 1))
+        interval = float(self.commit_interval)
+        due = monotonic() + interval
+        gather = _Gather(limit)
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                records, active = await self._wait_next_records(1.0)
-                await asyncio.sleep(0)
-                if not records or self.should_stop:
-                    continue
-                if not self.flow_active:
-                    await self.perform_seek()
-                    continue
-                generation = self.app.consumer_generation_id
-                batch: list[Any] = []
-                last: dict[TP, int] = {}
-                for tp, recs in records.items():
-                    if not (active is None or tp in active or tp in self._buffered_partitions):
+                if gather.generation != self.app.consumer_generation_id or not self.flow_active:
+                    gather.reset()  # an older assignment: Faust seeks back to the committed offsets
+                if not gather.full:
+                    records, active = await self._wait_next_records(min(1.0, max(0.0, due - monotonic())))
+                    await asyncio.sleep(0)
+                    if self.should_stop:
                         continue
-                    r_offset = read_offset[tp]
-                    if r_offset is not None and recs and recs[0].offset < r_offset:
-                        recs = [r for r in recs if r.offset >= r_offset]
-                    if not recs:
+                    if not self.flow_active:
+                        try:  # the assignment may change under the seek: the next rebalance seeks again
+                            await self.perform_seek()
+                        except Exception as exc:  # as Faust's own fetch loop does
+                            log.warning("seek to the committed offsets failed (the assignment changed)",
+                                        extra={"kv": {"exception": type(exc).__name__}})
                         continue
-                    if tp.topic in batch_topics:
-                        batch.extend(recs)
-                        last[tp] = recs[-1].offset
-                        continue
-                    for record in recs:  # other topics (changelog recovery): Faust's per-message path
-                        message = self._to_message(tp, record)
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                        read_offset[tp] = record.offset
-                if not batch:
+                    if records:
+                        if gather.generation is None:
+                            gather.generation = self.app.consumer_generation_id
+                        await self._take(records, active, gather)
+                # A batch is handled when the next commit is due (so its output and state are written
+                # right after it) or when it is full; until then it gathers what arrives.
+                if not gather.batch or (monotonic() < due and not gather.full):
+                    if monotonic() >= due and not gather.batch:  # idle: commit what the scan produced
+                        due = max(due + interval, monotonic())
+                        await self.commit()
                     continue
+                batch, last, generation = gather.take()
                 await handler(batch)
-                if self.app.consumer_generation_id != generation or not self.flow_active:
-                    continue  # rebalanced meanwhile: Faust seeks back to the committed offsets
-                assignment = self.assignment()
-                for tp, offset in last.items():
-                    if tp in assignment:
-                        read_offset[tp] = offset
-                        self._processed[tp] = offset + 1
+                if self.app.consumer_generation_id == generation and self.flow_active:
+                    assignment = self.assignment()
+                    read_offset = self._read_offset
+                    for tp, offset in last.items():
+                        if tp in assignment:
+                            read_offset[tp] = offset
+                            self._processed[tp] = offset + 1
+                # else: rebalanced meanwhile; Faust seeks back to the committed offsets
+                if monotonic() >= due:
+                    # Commits keep their pace (gathering takes what the handling and the commit leave of
+                    # the interval); past it, the next batch is what has arrived meanwhile.
+                    due = max(due + interval, monotonic())
+                    await self.commit()
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
             raise
+
         except asyncio.CancelledError:
             if self.transport.app.should_stop:
                 return
             raise
+
+
+class _Gather:
+    """The records of the batch being gathered, at most ``limit``, with the last offset taken per partition
+    and the consumer generation they were fetched in; records past the limit wait for the next batch, in
+    order. Pure bookkeeping (no Kafka)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.batch: list[Any] = []
+        self.last: dict[Any, int] = {}
+        self.waiting: list[tuple[Any, list[Any]]] = []  #: fetched past the limit, in fetch order
+        self.generation: int | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.batch) >= self.limit
+
+    def add(self, tp: Any, recs: list[Any]) -> None:
+        if self.waiting:  # an earlier fetch's records go first, whatever the room
+            self.waiting.append((tp, recs))
+            return
+        room = self.limit - len(self.batch)
+        if room <= 0:
+            self.waiting.append((tp, recs))
+            return
+        taken = recs[:room]
+        self.batch.extend(taken)
+        self.last[tp] = taken[-1].offset
+        if len(recs) > room:
+            self.waiting.append((tp, recs[room:]))
+
+    def take(self) -> tuple[list[Any], dict[Any, int], int | None]:
+        """The batch, its last offsets and generation; the waiting records start the next batch."""
+        out = (self.batch, self.last, self.generation)
+        waiting, self.waiting = self.waiting, []
+        self.batch, self.last = [], {}
+        for tp, recs in waiting:
+            self.add(tp, recs)
+        if not self.batch:
+            self.generation = None
+        return out
+
+    def reset(self) -> None:
+        """Drop everything (a rebalance: the records are fetched again from the committed offsets)."""
+        self.batch, self.last, self.waiting, self.generation = [], {}, [], None

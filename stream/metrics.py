@@ -78,6 +78,11 @@ class StreamMetrics:
             f"{p}_batch_processing_seconds", "Time to handle one batch, output sends included",
             buckets=_SECONDS_BUCKETS, registry=registry,
         )
+        self.commit_seconds = Histogram(
+            f"{p}_commit_seconds",
+            "Time of one commit: the output acknowledged, changed users' state written, offsets committed",
+            buckets=_SECONDS_BUCKETS, registry=registry,
+        )
         self.scan_seconds = Histogram(
             f"{p}_scan_seconds", "Time of one scan for silent users", buckets=_SECONDS_BUCKETS,
             registry=registry,

@@ -159,14 +159,17 @@ STREAM_HELP: dict[str, str] = {
     "stream_data_dir": "directory for Faust's local files ('' = ./<app id>-data)",
     "metrics_addr": "host:port of the /metrics, /healthz and /readyz HTTP endpoint (port 0: any free port; "
     "'' = 0.0.0.0:6066, or a port derived from the topic prefix with one)",
-    "batch_size": "maximum events handled as one batch (one fetch; one state update per user per batch)",
-    "batch_within": "seconds to wait for a batch to fill before handling what has arrived",
+    "batch_size": "maximum events handled as one batch (the events gathered until the next commit; one "
+    "state update per user per batch)",
+    "batch_within": "seconds Faust's per-record path (not used for the raw topics, which are gathered until "
+    "each commit) waits for a batch to fill",
     "scan_interval": "seconds between scans for silent users (0: a third of close_timeout, 0.5..30 s)",
     "session_timeout": "consumer group session timeout in seconds (how soon a dead worker's partitions move)",
     "replication_factor": "replication factor of the internal changelog topics (0: min(3, brokers))",
     "agent_versions_max": "distinct agent_version label values on the fleet gauge before 'other'",
-    "commit_interval": "seconds between offset commits; changed users' state and the sessions they produced "
-    "are written at each commit (longer: less state encoding per event, later sessions)",
+    "commit_interval": "seconds between commits; the events gathered meanwhile are handled as one batch "
+    "right before each, then the sessions they produced and the changed users' state are written (longer: "
+    "fewer, larger batches and less state encoding per event; later sessions)",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
 }
