@@ -77,6 +77,41 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     assert restarted.metric("desktrace_stream_users") == len({s.user_key for s in expected.values()})
 
 
+async def test_sigkill_while_a_batch_is_gathering_and_restart_gives_the_same_result(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
+) -> None:
+    """With the default batch size the worker gathers what it fetches until the next commit is due. Killed
+    during a steady trickle, it has records gathered but not handled, records handled but not committed,
+    and records committed; the restarted worker, fed the rest of the trickle, gives the offline result."""
+    from aiokafka import AIOKafkaProducer
+
+    events = generate_events(seed=13, users=4, hours=3)
+    expected = offline_sessions(events, tmp_path)
+    sent = event_records(topics, shuffled_with_duplicates(events, seed=14))
+    first, second = sent[: len(sent) // 3], sent[len(sent) // 3 :]
+    worker = stream_workers.start("worker", ready_timeout=60)
+    await publish_events(kafka_bootstrap, topics, first)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        chunks = [second[i : i + 10] for i in range(0, len(second), 10)]
+        for n, chunk in enumerate(chunks):
+            for topic, key, value in chunk:
+                await producer.send(topic, value, key=key)
+            await producer.flush()
+            await asyncio.sleep(0.05)  # about 200 events/s: most batches are gathered until the commit
+            if n == len(chunks) // 3:
+                assert worker.metric("desktrace_stream_batch_size_count") > 0
+                worker.kill()
+            if n == 2 * len(chunks) // 3:
+                restarted = stream_workers.start("restarted", ready_timeout=60)
+    finally:
+        await producer.stop()
+    async with SessionView(kafka_bootstrap, topics) as view:
+        ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
+        assert ok, describe_difference(view.sessions, expected) + "\n" + restarted.tail()
+
+
 async def wait_metric(worker: ServiceHandle, name: str, at_least: float, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
