@@ -208,7 +208,6 @@ class BatchConsumer(AIOKafkaFaustConsumer):
             if self.transport.app.should_stop:
                 return
             raise
-
         except asyncio.CancelledError:
             if self.transport.app.should_stop:
                 return
