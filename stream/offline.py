@@ -17,8 +17,6 @@ from contextlib import ExitStack
 from operator import itemgetter
 from typing import BinaryIO, Final
 
-import msgspec
-
 from common.collector import tune_for_throughput
 from common.settings import SettingsError, add_arguments, load
 from proto.clock import epoch_ms
@@ -28,6 +26,7 @@ from proto.keys import event_user_key
 from proto.sessions import Session, apply_session_messages
 from stream.core import Sessionizer, Update, UserState
 from stream.core.state import NO_TIME
+from stream.framed import SessionRecord, read_records, session_records, write_records
 from stream.offline_jobs import default_jobs, run_jobs
 from stream.settings import OFFLINE_HELP, SECTION, OfflineSettings
 
@@ -136,7 +135,7 @@ class _Run:
             start, kind, line = held.pop(sid)
             self.spill.add((key, start, kind, line))
 
-    def records(self) -> Iterator[tuple[str, int, str, bytes]]:
+    def records(self) -> Iterator[SessionRecord]:
         """``(user key, start ms, kind, JSON line)`` of every final session, in that order."""
         for key, held in self.sessions.items():
             for start, kind, line in held.values():
@@ -205,11 +204,11 @@ class _Spill:
 
     def __init__(self, spill_at: int) -> None:
         self.spill_at = spill_at
-        self.records: list[tuple[str, int, str, bytes]] = []
+        self.records: list[SessionRecord] = []
         self.runs: list[BinaryIO] = []
         self.written = 0  #: runs written so far
 
-    def add(self, record: tuple[str, int, str, bytes]) -> None:
+    def add(self, record: SessionRecord) -> None:
         self.records.append(record)
         if len(self.records) >= self.spill_at:
             self._write_run()
@@ -217,35 +216,21 @@ class _Spill:
     def _write_run(self) -> None:
         self.records.sort()
         run = tempfile.TemporaryFile(prefix="desktrace-sessionize-")
-        enc = _run_encoder.encode
-        for record in self.records:
-            data = enc(record)
-            run.write(len(data).to_bytes(4, "little"))
-            run.write(data)
+        write_records(run, self.records)
         run.seek(0)
         self.runs.append(run)
         self.written += 1
         self.records = []
 
-    @staticmethod
-    def _read_run(run: BinaryIO) -> Iterator[tuple[str, int, str, bytes]]:
-        dec = _run_decoder.decode
-        while head := run.read(4):  # a TemporaryFile is buffered
-            yield dec(run.read(int.from_bytes(head, "little")))
-
-    def merged(self) -> Iterator[tuple[str, int, str, bytes]]:
+    def merged(self) -> Iterator[SessionRecord]:
         self.records.sort()
         try:
-            yield from heapq.merge(self.records, *(self._read_run(run) for run in self.runs))
+            yield from heapq.merge(self.records, *(read_records(run, session_records) for run in self.runs))
         finally:
             for run in self.runs:
                 run.close()
             self.runs = []
             self.records = []
-
-
-_run_encoder: Final = msgspec.msgpack.Encoder()
-_run_decoder: Final = msgspec.msgpack.Decoder(tuple[str, int, str, bytes])
 
 
 def _held_line(s: Session) -> tuple[int, str, bytes]:

@@ -25,7 +25,6 @@ import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any, BinaryIO, Final, NamedTuple, TypeVar
 
 import msgspec
@@ -34,6 +33,7 @@ from common.collector import tune_for_throughput
 from proto.codec import jsonl_lines
 from proto.keys import user_key
 from stream.core import Sessionizer, SessionizerConfig
+from stream.framed import read_records, session_records, write_records
 
 PROGRESS_EVERY: Final = 100_000
 MAX_JOBS: Final = 8  #: ``--jobs 0`` uses the CPUs this process may run on, at most this many
@@ -101,22 +101,13 @@ class _Files(NamedTuple):
     summary: str
 
 
-_enc: Final = msgspec.msgpack.Encoder()
-_session_dec: Final = msgspec.msgpack.Decoder(tuple[str, int, str, bytes])
 _message_dec: Final = msgspec.msgpack.Decoder(tuple[int, int, str])
 _summary_dec: Final = msgspec.msgpack.Decoder(tuple[int, int])
 
 
-def _write_record(out: BinaryIO, record: object) -> None:
-    data = _enc.encode(record)
-    out.write(len(data).to_bytes(4, "little"))
-    out.write(data)
-
-
-def _read_records(path: str, decode: msgspec.msgpack.Decoder[T]) -> Iterator[T]:
+def _read_file(path: str, decoder: msgspec.msgpack.Decoder[T]) -> Iterator[T]:
     with open(path, "rb") as f:
-        while head := f.read(4):
-            yield decode.decode(f.read(int.from_bytes(head, "little")))
+        yield from read_records(f, decoder)
 
 
 def _job(index: int, jobs: int, names: Sequence[str], config: SessionizerConfig, files: _Files) -> None:
@@ -128,7 +119,7 @@ def _job(index: int, jobs: int, names: Sequence[str], config: SessionizerConfig,
     with open(files.messages, "wb", buffering=1 << 16) as messages:
 
         def rejected(where: int, text: str) -> None:
-            _write_record(messages, (0, where, text))
+            write_records(messages, ((0, where, text),))
 
         feeder = Feeder(Sessionizer(config), names, rejected)
         with ExitStack() as stack:
@@ -136,12 +127,11 @@ def _job(index: int, jobs: int, names: Sequence[str], config: SessionizerConfig,
                 stream = stack.enter_context(open(name, "rb"))
                 feeder.feed(file_index, owned_lines(stream, index, jobs, progress))
         feeder.finish()
-        for where, text in feeder.late_messages():
-            _write_record(messages, (1, where, text))
+        write_records(messages, ((1, where, text) for where, text in feeder.late_messages()))
     with open(files.sessions, "wb", buffering=1 << 16) as sessions:
-        for record in feeder.run.records():
-            _write_record(sessions, record)
-    Path(files.summary).write_bytes(_enc.encode((feeder.total, feeder.rejected)))
+        write_records(sessions, feeder.run.records())
+    with open(files.summary, "wb") as summary:
+        write_records(summary, ((feeder.total, feeder.rejected),))
 
 
 def run_jobs(
@@ -178,11 +168,11 @@ def run_jobs(
                     "everything in this process"
                 )
         stderr = err if err is not None else sys.stderr.buffer
-        for _kind, _where, text in heapq.merge(*(_read_records(f.messages, _message_dec) for f in files)):
+        for _kind, _where, text in heapq.merge(*(_read_file(f.messages, _message_dec) for f in files)):
             stderr.write(text.encode("utf-8", "replace") + b"\n")
         stderr.flush()
         count = 0
-        merged = heapq.merge(*(_read_records(f.sessions, _session_dec) for f in files))
+        merged = heapq.merge(*(_read_file(f.sessions, session_records) for f in files))
         for _key, _start, _kind2, line in merged:
             out.write(line)
             out.write(b"\n")
@@ -190,6 +180,6 @@ def run_jobs(
         out.flush()
         lines = rejected = 0
         for f in files:
-            n, r = _summary_dec.decode(Path(f.summary).read_bytes())
+            n, r = next(_read_file(f.summary, _summary_dec))
             lines, rejected = lines + n, rejected + r
     return lines, rejected, count
