@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +102,14 @@ def dev_properties(
     }
 
 
-def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what ``random-uuid`` prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what ``random-uuid`` prints).
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with ``-`` (1 in 64 would): the storage
+    tool's argument parser takes such a value for an option and refuses to format."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
