@@ -4,12 +4,14 @@ optional ``bench`` extra), a Faust agent that only decodes (Faust's floor) and a
 only decodes (the consumer's floor). Prints events/s and CPU microseconds per event of each, and the ratios.
 
     nice .venv/bin/python bench/bench_stream.py [--users 433 2000] [--events 260000] [--rounds 2]
+        [--commit-intervals 1] [--fetch-waits 0.1 1.5]
 
 For each user count, the same ~``--events`` events (``tests.support.events.generate_events`` users, about 10%
 of them out of order, 5% duplicates) are published once to fresh raw topics (6 partitions); then every subject
 consumes them all from the start, in rounds (each round runs every subject once, alternating, so that all see
 the same machine load); the best round of each is kept. Every subject is its own process with its own consumer
-group, timed from its first consumed event to the last. Needs a broker (``DESKTRACE_KAFKA_BOOTSTRAP``);
+group, timed from its first consumed event to the last; for the worker, the time split (handling, committing,
+the rest) and its main thread's CPU are printed too. Needs a broker (``DESKTRACE_KAFKA_BOOTSTRAP``);
 creates and deletes its own topics. """
 
 from __future__ import annotations
@@ -35,17 +37,24 @@ from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 from tests.support.events import generate_events
 from tests.support.kafka import publish_events
-from tests.support.process import worker_process
+from tests.support.process import ServiceHandle, worker_process
 from tests.support.stream import worker_env
 
 PEERS = Path(__file__).resolve().parent / "stream_peers.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_of(pid: int, task: int | None = None) -> float:
+    """User + system CPU seconds of a live process (or of one of its threads, ``task``)."""
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _main_thread_cpu(pid: int) -> float:
+    """CPU seconds of the process's main thread (the event loop; the rest is Faust's consumer thread and
+    the client libraries' threads)."""
+    return _cpu_of(pid, pid)
 
 
 def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tuple[float, float]:
@@ -66,12 +75,13 @@ def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tup
 
 
 def worker_rate(
-    bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int, commit_s: float
+    bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int, commit_s: float,
+    fetch_wait_s: float,
 ) -> tuple[float, float]:
     """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
-                     DESKTRACE_COMMIT_INTERVAL=str(commit_s))
+                     DESKTRACE_COMMIT_INTERVAL=str(commit_s), DESKTRACE_FETCH_MAX_WAIT_S=str(fetch_wait_s))
     worker = worker_process(env, workdir / "worker.log")
     try:
         worker.start(ready_timeout=120)
@@ -84,14 +94,40 @@ def worker_rate(
             count = worker.metric("desktrace_stream_events_total")
             if count and not first:
                 first, first_count, cpu0 = time.perf_counter(), count, _cpu_of(pid)
+                split0 = _time_split(worker)
+                main0 = _main_thread_cpu(pid)
             time.sleep(0.2)
         if count < n:
             raise RuntimeError(f"worker consumed {count} of {n} events:\n{worker.tail()}")
         elapsed = time.perf_counter() - first
         cpu = _cpu_of(pid) - cpu0
+        _print_time_split(split0, _time_split(worker), elapsed, cpu, _main_thread_cpu(pid) - main0)
         return (n - first_count) / elapsed, cpu / (n - first_count) * 1e6
     finally:
         worker.stop()
+
+
+def _time_split(worker: ServiceHandle) -> dict[str, float]:
+    p = "desktrace_stream_"
+    names = ("batch_size_count", "batch_size_sum", "batch_processing_seconds_sum", "commit_seconds_count",
+             "commit_seconds_sum")
+    return {n: worker.metric(p + n) for n in names}
+
+
+def _print_time_split(
+    before: dict[str, float], after: dict[str, float], elapsed: float, cpu: float, main_cpu: float
+) -> None:
+    """Where the worker's wall time went while measured: handling batches, committing, and the rest (waiting
+    for fetches, Faust), with the batch count and mean size."""
+    d = {k: after[k] - before[k] for k in after}
+    batches = d["batch_size_count"]
+    size = d["batch_size_sum"] / max(batches, 1)
+    handle, commit = d["batch_processing_seconds_sum"], d["commit_seconds_sum"]
+    commits = d["commit_seconds_count"]
+    print(f"    worker: {batches:.0f} batches of {size:,.0f} records, {commits:.0f} commits; "
+          f"of {elapsed:.1f} s wall (CPU {cpu:.1f} s, main thread {main_cpu:.1f} s): "
+          f"handling {handle:.1f} s, committing {commit:.1f} s, "
+          f"the rest (fetching, Faust) {elapsed - handle - commit:.1f} s", flush=True)
 
 
 async def _cleanup(bootstrap: str, prefix: str) -> None:
@@ -118,21 +154,21 @@ async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[flo
         n = await publish_events(args.bootstrap, topics, events)
         print(f"\n{users} users: published {n:,} events in {time.perf_counter() - t:.1f}s", flush=True)
         best: dict[str, tuple[float, float]] = {}
-        workers = [f"desktrace@{c:g}s" for c in args.commit_intervals]
+        workers = [f"desktrace@{c:g}s/{w:g}s" for c in args.commit_intervals for w in args.fetch_waits]
         subjects = ["aiokafka", "faust", *([] if args.no_quix else ["quix"]), *workers]
         for r in range(args.rounds):
             order = subjects if r % 2 == 0 else subjects[::-1]
             for s in order:
                 if s.startswith("desktrace"):
-                    commit_s = float(s.split("@")[1].rstrip("s"))
+                    commit_s, wait_s = (float(v.rstrip("s")) for v in s.split("@")[1].split("/"))
                     with tempfile.TemporaryDirectory() as tmp:
                         rate, cpu = worker_rate(
-                            args.bootstrap, topics, f"{prefix}stream{r}{len(s)}{commit_s:g}", n, Path(tmp),
-                            args.batch_size, commit_s,
+                            args.bootstrap, topics, f"{prefix}stream{r}{len(s)}{commit_s:g}{wait_s:g}", n,
+                            Path(tmp), args.batch_size, commit_s, wait_s,
                         )
                 else:
                     rate, cpu = peer_rate(s, args.bootstrap, prefix, n, args.batch_size)
-                print(f"  round {r + 1}: {s:10s} {rate:10,.0f} events/s  {cpu:7.1f} us CPU/event", flush=True)
+                print(f"  round {r + 1}: {s:16s} {rate:10,.0f} events/s  {cpu:7.1f} us CPU/event", flush=True)
                 if s not in best or rate > best[s][0]:
                     best[s] = (rate, cpu)
         return best
@@ -152,6 +188,9 @@ async def main() -> None:
     parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer")
     parser.add_argument("--commit-intervals", type=float, nargs="+", default=[1.0],
                         help="worker commit_interval values to measure (one worker run each)")
+    parser.add_argument("--fetch-waits", type=float, nargs="+", default=[0.1],
+                        help="worker fetch_max_wait_s values to measure (one worker run each per commit "
+                        "interval; Faust's own is 1.5)")
     parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
     if not args.no_quix and importlib.util.find_spec("quixstreams") is None:
@@ -163,8 +202,9 @@ async def main() -> None:
         for name, (d_rate, d_cpu) in best.items():
             if not name.startswith("desktrace"):
                 continue
-            print(f"{users} users: desktrace-stream (commit_interval {name.split('@')[1]}) {d_rate:,.0f} "
-                  f"events/s, {d_cpu:.1f} us/event")
+            commit, wait = name.split("@")[1].split("/")
+            print(f"{users} users: desktrace-stream (commit_interval {commit}, fetch_max_wait_s {wait}) "
+                  f"{d_rate:,.0f} events/s, {d_cpu:.1f} us/event")
             for peer in ("quix", "faust", "aiokafka"):
                 if peer in best:
                     rate, cpu = best[peer]

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from time import monotonic
 from typing import Any, ClassVar, cast
 
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
 from mode import Service
@@ -53,6 +54,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
     before_commit: ClassVar[Callable[[], Awaitable[None]] | None] = None
     lock_of: ClassVar[Callable[[], asyncio.Lock] | None] = None
     on_commit: ClassVar[Callable[[float], None] | None] = None  #: seconds each commit took
+    fetch_max_wait_ms: ClassVar[int | None] = None  #: the broker's longest hold of a fetch (None: Faust's)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,6 +69,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         before_commit: Callable[[], Awaitable[None]],
         lock_of: Callable[[], asyncio.Lock],
         on_commit: Callable[[float], None] | None = None,
+        fetch_max_wait_s: float | None = None,
     ) -> type[BatchConsumer]:
         """A subclass delivering ``topics`` to ``handler`` (Faust instantiates the consumer class itself)."""
         return cast(
@@ -80,9 +83,13 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     "before_commit": staticmethod(before_commit),
                     "lock_of": staticmethod(lock_of),
                     "on_commit": None if on_commit is None else staticmethod(on_commit),
+                    "fetch_max_wait_ms": None if fetch_max_wait_s is None else round(fetch_max_wait_s * 1000),
                 },
             ),
         )
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return _FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     # ---- offsets --------------------------------------------------------------------------------------
 
@@ -212,6 +219,26 @@ class BatchConsumer(AIOKafkaFaustConsumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+
+class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread, its aiokafka consumer holding fetches at most the consumer class's
+    :attr:`BatchConsumer.fetch_max_wait_ms` (Faust fixes 1.5 s).
+
+    Why it matters: aiokafka keeps one fetch in flight per broker, for the partitions that have nothing
+    buffered. When some of them are caught up (a quiet topic), the broker holds that fetch for the whole
+    wait, and the partitions with a backlog, consumed meanwhile, cannot be fetched until it returns: the
+    worker stalls, catching up and live alike (docs/stream-performance.md)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait = getattr(self.consumer, "fetch_max_wait_ms", None)
+        if wait is not None:
+            if not hasattr(consumer, "_fetch_max_wait_ms"):  # read by the fetcher aiokafka builds on start
+                raise RuntimeError("this aiokafka has no _fetch_max_wait_ms: pin aiokafka as pyproject.toml "
+                                   "says, or update stream/batching.py")
+            consumer._fetch_max_wait_ms = wait
+        return consumer
 
 
 class _Gather:

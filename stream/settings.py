@@ -103,6 +103,7 @@ class StreamSettings(KafkaSettings, kw_only=True):
     agent_versions_max: Annotated[int, Meta(ge=1)] = 20
     state_cache_users: Annotated[int, Meta(ge=1)] = 5000
     commit_interval: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
+    fetch_max_wait_s: Annotated[float, Meta(ge=0.01, le=30)] = 0.1
 
     def __post_init__(self) -> None:
         metrics_host_port(self.metrics_address)  # not expressible as a constraint
@@ -170,6 +171,10 @@ STREAM_HELP: dict[str, str] = {
     "commit_interval": "seconds between commits; the events gathered meanwhile are handled as one batch "
     "right before each, then the sessions they produced and the changed users' state are written (longer: "
     "fewer, larger batches and less state encoding per event; later sessions)",
+    "fetch_max_wait_s": "seconds the broker may hold a fetch that finds no new records (Kafka's "
+    "fetch.max.wait.ms). One fetch per broker is in flight, for every partition with nothing buffered: while "
+    "it waits on caught-up partitions, the others wait too (longer: fewer idle fetches, slower catch-up and "
+    "later sessions)",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
 }

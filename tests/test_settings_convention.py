@@ -79,6 +79,7 @@ def test_fixed_names_keep_working() -> None:
     [
         ({"DESKTRACE_GAP": "0"}, "gap"),
         ({"DESKTRACE_COMMIT_INTERVAL": "61"}, "commit_interval"),
+        ({"DESKTRACE_FETCH_MAX_WAIT_S": "0"}, "fetch_max_wait_s"),
         ({"DESKTRACE_BATCH_SIZE": "0"}, "batch_size"),
         ({"DESKTRACE_STATE_CACHE_USERS": "0"}, "state_cache_users"),
     ],
