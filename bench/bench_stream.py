@@ -83,6 +83,9 @@ def worker_rate(
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
                      DESKTRACE_COMMIT_INTERVAL=str(commit_s), DESKTRACE_FETCH_MAX_WAIT_S=str(fetch_wait_s))
     worker = worker_process(env, workdir / "worker.log")
+    # Watched from its metrics endpoint's start, not from /readyz: the worker handles records before its
+    # group watch reports it ready (every 2 s), and a run of a few seconds would be measured from its middle.
+    worker.ready_path = "/metrics"
     try:
         worker.start(ready_timeout=120)
         assert worker.proc is not None
