@@ -102,6 +102,9 @@ def worker_rate(
             time.sleep(0.2)
         if count < n:
             raise RuntimeError(f"worker consumed {count} of {n} events:\n{worker.tail()}")
+        if first_count >= n:
+            raise RuntimeError(f"the worker handled all {n:,} events in its first batch, which is not timed: "
+                               "raise --events (or lower --batch-size)")
         elapsed = time.perf_counter() - first
         cpu = _cpu_of(pid) - cpu0
         _print_time_split(split0, _time_split(worker), elapsed, cpu, _main_thread_cpu(pid) - main0)

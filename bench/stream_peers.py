@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -109,9 +110,11 @@ def run_faust(bootstrap: str, topics: Topics, target: int, batch: int) -> None:
     import faust
 
     counter = Counter(target)
+    datadir = tempfile.mkdtemp(prefix="faustfloor-")  # not ./<app id>-data in the caller's directory
     app = faust.App(
         f"{topics.prefix}faustfloor-{uuid.uuid4().hex[:6]}",
         broker=f"kafka://{bootstrap}",
+        datadir=datadir,
         store="memory://",
         autodiscover=False,
         web_enabled=False,
@@ -132,6 +135,7 @@ def run_faust(bootstrap: str, topics: Topics, target: int, batch: int) -> None:
             sum(1 for _ in decode_events([e.message.value for e in events]))
             if counter.add(len(events)):
                 counter.report()
+                shutil.rmtree(datadir, ignore_errors=True)
                 os._exit(0)  # the measurement is done; no graceful shutdown needed
 
     worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False, override_logging=False)

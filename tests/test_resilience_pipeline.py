@@ -107,7 +107,7 @@ class Pipeline:
             name: ServiceHandle(
                 name, argv[name],
                 {**common, **({"DESKTRACE_HTTP_ADDR": urls[name][7:]} if name == "gateway" else {})},
-                log_dir / f"{name}.log", health_url=urls[name] + "/healthz",
+                log_dir / f"{name}.log", health_url=urls[name] + "/healthz", cwd=log_dir,
             )
             for name in argv
         }
@@ -258,6 +258,8 @@ def test_two_prefixed_pipelines_complete_with_big_records_among_good_events(
         raw, distinct, sessions = got
         assert raw == distinct == len(events), p.logs()
         assert sessions == expected, p.logs()
+        # Each stream keeps its own default data directory, under its working directory.
+        assert (p.cwd / f"{default_app_id(p.topics.prefix)}-data").is_dir()
 
     for p in two_pipelines:
         big = big_records(p.topics, events[0])

@@ -36,11 +36,13 @@ class ServiceHandle(ServiceProcess):
 
     ``start()`` returns once ``ready_path`` answers 200 (or at once when it is empty) and raises with the
     log's tail when the process exits first. ``port`` is given, or read from the service's
-    ``http endpoints listening`` log line. With ``inherit_env`` false the process sees ``env`` only."""
+    ``http endpoints listening`` log line. With ``inherit_env`` false the process sees ``env`` only. A service
+    left to its defaults writes relative paths (the stream's ``./<app id>-data``) under ``cwd``."""
 
     port: int | None = None
     ready_path: str = ""
     inherit_env: bool = True
+    cwd: Path | None = None  #: the working directory (None: this process's)
 
     def __post_init__(self) -> None:
         self._port_given = self.port is not None
@@ -52,6 +54,7 @@ class ServiceHandle(ServiceProcess):
             self.proc = subprocess.Popen(
                 self.argv, env={**os.environ, **self.env} if self.inherit_env else dict(self.env),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=self.cwd,
             )
         if not self.ready_path:
             return self
