@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_offline import disorder
-from bench.bench_stream import _cpu_of
+from bench.bench_stream import WORKER_TOTALS, _cpu_of, worker_totals
 from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 from tests.support.events import generate_events
@@ -58,20 +58,6 @@ async def scrape(worker: ServiceHandle) -> str:
 def buckets(text: str) -> dict[str, float]:
     """Cumulative bucket counts of the latency histogram."""
     return {le: metric_sum(text, f"{METRIC}_bucket", le=le) for le in BUCKETS}
-
-
-def batch_totals(text: str) -> tuple[float, ...]:
-    """Batches handled, their records and their seconds so far; commits and their seconds."""
-    return tuple(
-        metric_sum(text, name)
-        for name in (
-            "desktrace_stream_batch_size_count",
-            "desktrace_stream_batch_size_sum",
-            "desktrace_stream_batch_processing_seconds_sum",
-            "desktrace_stream_commit_seconds_count",
-            "desktrace_stream_commit_seconds_sum",
-        )
-    )
 
 
 def quantile(before: dict[str, float], after: dict[str, float], q: float) -> str:
@@ -152,7 +138,8 @@ async def run(args: argparse.Namespace) -> None:
                 before, cpu0, t0 = buckets(first), _cpu_of(pid), time.perf_counter()
                 achieved = await sender
                 last = await scrape(worker)
-                batches = [b - a for a, b in zip(batch_totals(first), batch_totals(last), strict=True)]
+                t_first, t_last = worker_totals(first), worker_totals(last)
+                batches = [t_last[n] - t_first[n] for n in WORKER_TOTALS]
                 lag = metric_sum(last, "desktrace_stream_consumer_lag")
                 cpu = (_cpu_of(pid) - cpu0) / (time.perf_counter() - t0)
                 deadline = time.monotonic() + 120
