@@ -14,8 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
-from operator import itemgetter
-from typing import BinaryIO, Final
+from typing import BinaryIO
 
 from common.collector import tune_for_throughput
 from common.settings import SettingsError, add_arguments, load
@@ -24,123 +23,151 @@ from proto.codec import EventDecodeError, encode_session, read_jsonl
 from proto.events import Envelope
 from proto.keys import event_user_key
 from proto.sessions import Session, apply_session_messages
-from stream.core import Sessionizer, Update, UserState
+from stream.core import Intake, Sessionizer, Update, UserState
 from stream.core.state import NO_TIME
 from stream.framed import SessionRecord, read_records, session_records, write_records
 from stream.offline_jobs import default_jobs, run_jobs
 from stream.settings import OFFLINE_HELP, SECTION, OfflineSettings
 
-BATCH = 2000  #: events buffered per user before they are fed to the core
-MAX_BUFFERED = 50_000  #: events buffered over all users before every buffer is fed to the core
+BATCH = 2000  #: events of one user taken before that user is settled
+MAX_BUFFERED = 200_000  #: events taken over all users before every user is settled, if ...
+SETTLE_PER_USER = 400  #: ... that makes at least this many per user with events waiting, on average
 SPILL_AT = 20_000  #: final sessions kept in memory before a sorted run is written to a temporary file
 _LINE_BITS = 40  #: an event's position is ``file_index << _LINE_BITS | line_number``
 PROGRESS_EVERY = 100_000
 
 
-class _Run:
-    """Feeds events to the core per user, in bounded batches, and keeps the sessions a consumer would hold.
+class _User:
+    """One user's part of a :class:`_Run`: the core's state, the events taken into it and not yet settled
+    (see :class:`stream.core.Intake`), and the sessions the core may still change."""
 
-    Memory is bounded by the users, not by the input: at most ``max_buffered`` decoded events wait in the
-    per-user buffers (all buffers are fed to the core when it is reached), each user's state is bounded by
-    the retention horizon, and a session the core can no longer change (it starts before the user's pruned
-    floor) leaves memory for a sorted spill file (:class:`_Spill`) as the JSON line it will be written as.
+    __slots__ = ("floor", "held", "intake", "key", "state", "taken")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.state: UserState | None = None
+        self.intake: Intake | None = None  #: events taken since the last settle, or None
+        self.taken = 0  #: how many
+        self.floor = NO_TIME  #: the core's pruned floor when last looked at
+        #: session_id -> (start ms, kind, JSON line) of the sessions the core may still change
+        self.held: dict[str, tuple[int, str, bytes]] = {}
+
+
+class _Run:
+    """Feeds events to the core per user and keeps the sessions a consumer would hold.
+
+    Each event is taken into its user's facts as it is read (:meth:`stream.core.Sessionizer.take`), in
+    input order, as a consumer of the topic would see them; the sessions are recomputed (settled) per user
+    every ``BATCH`` events of that user, and for every user once ``max_buffered`` events wait, if that
+    makes at least ``per_user`` for each user with events waiting, on average. (Settling every user at once
+    is about 15% cheaper than settling each one on its own, and a few hundred events per user and
+    settlement are cheaper than a few: ``docs/stream-performance.md``.) The result is the core's, which
+    depends neither on the order nor on the batching.
+
+    Memory is bounded by the users, not by the input: no event is kept once taken, each user's state is
+    bounded by the retention horizon, and a session the core can no longer change (it starts before the
+    user's pruned floor) leaves memory for a sorted spill file (:class:`_Spill`) as the JSON line it will be
+    written as.
     """
 
-    def __init__(self, core: Sessionizer, max_buffered: int = MAX_BUFFERED, spill_at: int = SPILL_AT) -> None:
+    def __init__(
+        self,
+        core: Sessionizer,
+        max_buffered: int = MAX_BUFFERED,
+        spill_at: int = SPILL_AT,
+        per_user: int = SETTLE_PER_USER,
+    ) -> None:
         self.core = core
-        self.states: dict[str, UserState | None] = {}
-        self.floors: dict[str, int] = {}
-        #: per user: the buffered events as ``(epoch ms, position, event)``
-        self.buffers: dict[str, list[tuple[int, int, Envelope]]] = {}
-        self.buffered = 0
+        self.users: dict[str, _User] = {}  #: user key -> that user's part
+        #: domain -> user -> the part of its user key, as spelled in the events: a small dict that stays in
+        #: the CPU's caches, then one string to look up (a tuple key costs more misses with many users)
+        self.by_domain: dict[str, dict[str, _User]] = {}
+        self.pending: list[_User] = []  #: the users with events taken and not settled
+        self.buffered = 0  #: events taken and not settled
         self.max_buffered = max_buffered
-        # per user: session_id -> (start ms, kind, JSON line) of the sessions the core may still change
-        self.sessions: dict[str, dict[str, tuple[int, str, bytes]]] = {}
+        self.per_user = per_user
         self.spill = _Spill(spill_at)
         self.late = 0
         self.late_where: list[int] = []
-        self._keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key
-        self.newest: dict[str, int] = {}  #: per user: the newest event time read so far (ms)
-        self.retention = core.config.retention_ms
+        self._take_one = core.take_one  # bound once: it runs for every event
 
     def add(self, where: int, event: Envelope) -> None:
-        """Buffer ``event`` (``where``: its position, see :func:`main`) for its user, or count it late: older
-        than the retention horizon behind an event of the same user earlier in the input. So what is late
-        depends on the input order only, never on how the events are batched (nor on ``--jobs``)."""
-        key = self._keys.get((event.domain, event.user))
-        if key is None:
-            key = self._keys[(event.domain, event.user)] = event_user_key(event)
-        t = epoch_ms(event.ts)
-        newest = self.newest.get(key)
-        if newest is None or t > newest:
-            self.newest[key] = t
-        elif t < newest - self.retention:
+        """Take ``event`` (``where``: its position, see :func:`main`) into its user's facts, or count it
+        late: older than the retention horizon behind an event of the same user earlier in the input (or
+        than what the core has pruned, which is older). So what is late depends on the input order only,
+        never on how the events are batched (nor on ``--jobs``)."""
+        names = self.by_domain.get(event.domain)
+        user = names.get(event.user) if names is not None else None
+        if user is None:
+            user = self._user(event)
+        intake = user.intake
+        if intake is None:
+            intake = user.intake = self.core.intake(user.state)
+            self.pending.append(user)
+        if not self._take_one(intake, epoch_ms(event.ts), event):
             self.late += 1
             self.late_where.append(where)
             return
-        buf = self.buffers.get(key)
-        if buf is None:
-            buf = self.buffers[key] = []
-        buf.append((t, where, event))
+        user.taken += 1
         self.buffered += 1
-        if len(buf) >= BATCH:
-            self.flush(key)
-        elif self.buffered >= self.max_buffered:
-            self.flush_all()
+        if user.taken >= BATCH:
+            self.settle(user)
+        elif self.buffered >= self.max_buffered and self.buffered >= self.per_user * len(self.pending):
+            self.settle_all()
 
-    def flush_all(self) -> None:
-        for key in list(self.buffers):
-            self.flush(key)
+    def _user(self, event: Envelope) -> _User:
+        """The part of ``event``'s user key, for the first event of this spelling of it."""
+        key = event_user_key(event)
+        user = self.users.get(key)
+        if user is None:
+            user = self.users[key] = _User(key)
+        self.by_domain.setdefault(event.domain, {})[event.user] = user
+        return user
 
-    def flush(self, key: str) -> None:
-        buf = self.buffers.pop(key, None)
-        if not buf:
+    def settle_all(self) -> None:
+        pending, self.pending = self.pending, []
+        for user in pending:
+            self.settle(user)
+
+    def settle(self, user: _User) -> None:
+        intake = user.intake
+        if intake is None:
             return
-        self.buffered -= len(buf)
-        # In time order: the core then finds none of them late (add() has decided that, by input order).
-        buf.sort(key=_time_and_position)
-        events = [e for _, _, e in buf]
-        state, update = self.core.apply(key, self.states.get(key), events, [t for t, _, _ in buf])
-        self.states[key] = state
-        if update.late:  # not expected (see above): counted all the same
-            where_of = {id(e): w for _, w, e in buf}
-            for e in update.late:
-                self.late += 1
-                self.late_where.append(where_of[id(e)])
-        self._apply(key, update)
-        if state.floor != self.floors.get(key, NO_TIME):
-            self.floors[key] = state.floor
-            self._finalise(key, state.floor)
+        user.intake = None
+        self.buffered -= user.taken
+        user.taken = 0
+        state, update = self.core.settle(user.key, intake)
+        user.state = state
+        self._apply(user, update)
+        if state.floor != user.floor:
+            user.floor = state.floor
+            self._finalise(user)
 
     def finish(self) -> None:
-        self.flush_all()
-        for key, state in self.states.items():
-            if state is not None:
-                self.states[key], update = self.core.close(key, state)
-                self._apply(key, update)
+        self.settle_all()
+        for user in self.users.values():
+            if user.state is not None:
+                user.state, update = self.core.close(user.key, user.state)
+                self._apply(user, update)
 
-    def _apply(self, key: str, update: Update) -> None:
-        if not update.retractions and not update.upserts:
-            return
-        apply_session_messages(
-            self.sessions.setdefault(key, {}), [*update.retractions, *update.upserts], _held_line
-        )
+    @staticmethod
+    def _apply(user: _User, update: Update) -> None:
+        if update.retractions or update.upserts:
+            apply_session_messages(user.held, [*update.retractions, *update.upserts], _held_line)
 
-    def _finalise(self, key: str, floor: int) -> None:
-        """Spill the sessions of ``key`` that start before the core's floor: they can no longer change."""
-        held = self.sessions.get(key)
-        if not held:
-            return
+    def _finalise(self, user: _User) -> None:
+        """Spill the sessions of ``user`` that start before the core's floor: they can no longer change."""
+        held, floor = user.held, user.floor
         for sid in [sid for sid, (start, _, _) in held.items() if start < floor]:
             start, kind, line = held.pop(sid)
-            self.spill.add((key, start, kind, line))
+            self.spill.add((user.key, start, kind, line))
 
     def records(self) -> Iterator[SessionRecord]:
         """``(user key, start ms, kind, JSON line)`` of every final session, in that order."""
-        for key, held in self.sessions.items():
-            for start, kind, line in held.values():
-                self.spill.add((key, start, kind, line))
-        self.sessions.clear()
+        for user in self.users.values():
+            for start, kind, line in user.held.values():
+                self.spill.add((user.key, start, kind, line))
+            user.held = {}
         yield from self.spill.merged()
 
     def results(self) -> Iterator[bytes]:
@@ -192,10 +219,8 @@ class Feeder:
         """``(position, message)`` of each late line, in input order."""
         line_mask = (1 << _LINE_BITS) - 1
         for where in sorted(self.run.late_where):
-            yield where, (
-                f"{self.labels[where >> _LINE_BITS]}:{where & line_mask}: rejected (late): older than the "
-                "retention horizon"
-            )
+            label = self.labels[where >> _LINE_BITS]
+            yield where, f"{label}:{where & line_mask}: rejected (late): older than the retention horizon"
 
 
 class _Spill:
@@ -236,10 +261,6 @@ class _Spill:
 def _held_line(s: Session) -> tuple[int, str, bytes]:
     """What the run holds of a session: its start (ms), kind and the JSON line it will be written as."""
     return epoch_ms(s.start), s.kind, encode_session(s)
-
-
-#: Buffered events in time order, ties in input order (as a stable sort by time).
-_time_and_position: Final = itemgetter(0, 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

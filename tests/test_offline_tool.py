@@ -100,10 +100,10 @@ def _run_all(
     from stream.core import Sessionizer, SessionizerConfig
     from stream.offline import _Run
 
-    run = _Run(Sessionizer(SessionizerConfig(retention_s=retention_s)), max_buffered, spill_at)
+    run = _Run(Sessionizer(SessionizerConfig(retention_s=retention_s)), max_buffered, spill_at, per_user=0)
     for n, e in enumerate(events, 1):
         run.add(n, e)
-        assert run.buffered <= max_buffered
+        assert run.buffered < max(max_buffered, 1)
     run.finish()
     early = run.spill.written
     out = list(run.results())
@@ -111,7 +111,7 @@ def _run_all(
 
 
 def test_bounded_buffers_and_spilled_sessions_give_the_same_output() -> None:
-    """The memory bounds (buffered events, final sessions spilled to sorted runs) do not change the output:
+    """How often users are settled and the final sessions spilled to sorted runs do not change the output:
     three days of four users, in order."""
     from datetime import UTC, datetime, timedelta
 
@@ -141,6 +141,22 @@ def test_bounded_buffers_and_spilled_sessions_give_the_same_output() -> None:
     # the same sessions (the first two days are not late behind the third).
     whole, _, _ = _run_all(events, 10**9, 10**9, 86400)
     assert whole == kept
+
+
+def test_when_users_are_settled_does_not_change_the_output() -> None:
+    """Each event is taken into its user's facts as it is read and the sessions are recomputed now and then
+    (per user every ``BATCH`` events, for every user once ``max_buffered`` are taken): settling after every
+    event gives the sessions of settling only at the end, on out-of-order input with duplicates."""
+    import random
+
+    from bench.bench_offline import disorder
+    from tests.support.events import generate_events
+
+    events = disorder(sorted(generate_events(seed=3, users=5, hours=3), key=lambda e: e.ts), random.Random(4))
+    every_event, _, _ = _run_all(events, 1, 10**9, 86400)
+    at_the_end, _, _ = _run_all(events, 10**9, 10**9, 86400)
+    assert len(at_the_end) > 50
+    assert every_event == at_the_end
 
 
 def test_legacy_max_span_from_the_environment_and_flag(tmp_path: Path) -> None:
@@ -249,6 +265,27 @@ def test_a_user_belongs_to_one_job_whatever_its_spelling() -> None:
         assert owner_of(b"{not json", jobs) == owner_of(b"", jobs) == owner_of(b'{"user":"x"}', jobs) == 0
     spread = {owner_of_key(f"corp\\user{i}", 4) for i in range(40)}
     assert spread == {0, 1, 2, 3}
+
+
+def test_the_spellings_of_one_user_are_one_user() -> None:
+    """The user key is ``domain\\login`` lower-cased (sessions.md): events spelled ``CORP``/``Ann`` and
+    ``corp``/``ann``, alternating, are one user's, with the sessions of the same events spelled one way."""
+    import msgspec
+
+    from tests.support.events import generate_events
+
+    events = sorted(generate_events(seed=7, users=1, hours=2), key=lambda e: e.ts)
+    events = [e for e in events if e.user != "legacy"] or events
+    assert len({(e.domain, e.user) for e in events}) == 1
+    mixed = [
+        msgspec.structs.replace(e, domain=e.domain.upper(), user=e.user.title()) if i % 2 else e
+        for i, e in enumerate(events)
+    ]
+    assert len({(e.domain, e.user) for e in mixed}) == 2
+    one_way, _, _ = _run_all(events, 10**9, 10**9, 86400)
+    both_ways, _, _ = _run_all(mixed, 10**9, 10**9, 86400)
+    assert len(one_way) > 5
+    assert both_ways == one_way
 
 
 def test_jobs_started_by_spawn_give_the_same_output(tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proto.clock import epoch_ms
 from proto.events import Envelope
 from stream.core import Sessionizer, SessionizerConfig, decode_state, encode_state
 from tests.reference_sessions import reference_sessions
@@ -177,3 +179,31 @@ def test_legacy_span_end_equals_reference(specs: list[dict[str, Any]], data: Any
     core = Sessionizer(SessionizerConfig(legacy_max_span_s=cap))
     consumer = feed(core, events, order, cuts, [], data.draw(st.booleans()))
     assert consumer.final() == reference_sessions(USER, events, legacy_max_span_s=cap)
+
+
+@settings(max_examples=120, deadline=None)
+@given(specs=event_specs(), data=st.data())
+def test_taking_events_one_by_one_then_settling_is_applying_the_batch(
+    specs: list[dict[str, Any]], data: Any
+) -> None:
+    """``desktrace-sessionize`` takes each event into its user's facts as it reads it and settles now and
+    then; the stream applies whole batches. Both give the same updates (sessions, retractions, late events,
+    duplicates) and the same state, batch after batch, on shuffled input with duplicates and a retention
+    short enough that some events are late."""
+    events = build(specs)
+    n = len(events)
+    stream = [events[i] for i in data.draw(st.permutations(range(n)))]
+    stream += [events[i] for i in data.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=6))] if n else []
+    cuts = [*sorted(set(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))), len(stream)]
+    core = Sessionizer(SessionizerConfig(retention_s=1800.0))
+    whole = parts = None
+    start = 0
+    for cut in cuts:
+        batch, start = stream[start:cut], max(start, cut)
+        whole, want = core.apply(USER, whole, batch)
+        intake = core.intake(parts)
+        late = [e for e in batch if not core.take_one(intake, epoch_ms(e.ts), e)]
+        parts, got = core.settle(USER, intake)
+        assert late == want.late
+        assert got == msgspec.structs.replace(want, late=[])  # the late ones stay with the caller
+        assert encode_state(parts) == encode_state(whole)

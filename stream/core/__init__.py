@@ -2,7 +2,15 @@
 (``shared/spec/sessions.md``). No faust, no aiokafka, no clock, no I/O."""
 
 from stream.core.config import SessionizerConfig
-from stream.core.sessionizer import Sessionizer, Update
+from stream.core.sessionizer import Intake, Sessionizer, Update
 from stream.core.state import UserState, decode_state, encode_state
 
-__all__ = ["Sessionizer", "SessionizerConfig", "Update", "UserState", "decode_state", "encode_state"]
+__all__ = [
+    "Intake",
+    "Sessionizer",
+    "SessionizerConfig",
+    "Update",
+    "UserState",
+    "decode_state",
+    "encode_state",
+]

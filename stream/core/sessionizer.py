@@ -114,6 +114,19 @@ def _is_seen(ranges: list[int], seq: int) -> bool:
     return False
 
 
+class Intake:
+    """One user's events taken into its state since :meth:`Sessionizer.intake`, not yet settled: the late
+    ones (not applied), how many were duplicates, and the earliest time the new facts can change."""
+
+    __slots__ = ("dups", "late", "state", "t_aff")
+
+    def __init__(self, state: UserState) -> None:
+        self.state = state
+        self.late: list[Envelope] = []
+        self.dups = 0
+        self.t_aff = _NEVER  #: the earliest time the taken facts can change (``_NEVER``: none taken)
+
+
 class Sessionizer:
     """Turns one user's raw events into published session records.
 
@@ -142,53 +155,71 @@ class Sessionizer:
     ) -> tuple[UserState, Update]:
         """Apply a batch of one user's events (any order, duplicates allowed); ``state`` None = new user.
         ``times``: the events' ``epoch_ms(ts)``, when the caller has them already."""
-        st = state if state is not None else UserState()
+        intake = self.intake(state)
         if not events:
-            return st, Update([], [], [], 0)
+            return intake.state, Update([], [], [], 0)
+        self.take(intake, events, times)
+        return self.settle(user_key, intake)
+
+    def intake(self, state: UserState | None) -> Intake:
+        """Start taking one user's events into ``state`` (None = new user): :meth:`take` them (any number of
+        times), then :meth:`settle` once. :meth:`apply` is the three in one call."""
+        return Intake(state if state is not None else UserState())
+
+    def take(self, intake: Intake, events: Sequence[Envelope], times: Sequence[int] | None = None) -> None:
+        """:meth:`take_one` for each of ``events`` in turn. ``times``: the events' ``epoch_ms(ts)``, when
+        the caller has them already."""
         if times is None:
             times = [epoch_ms(e.ts) for e in events]
-        # An event is late when it is older than the horizon behind the newest event before it (in this
-        # batch's order, after the earlier batches), or than the pruned floor: what is late does not
-        # depend on how the events were batched.
-        latest = st.latest
-        retention = self._retention
-        floor = st.floor
-        cutoff = latest - retention
-        if cutoff < floor:
-            cutoff = floor
-        late: list[Envelope] = []
-        dups = 0
-        t_aff: int | None = None
-        seen = st.seen
+        take_one = self.take_one
+        late = intake.late
         for t, e in zip(times, events, strict=True):
-            if t > latest:
-                latest = t
-                cutoff = t - retention
-                if cutoff < floor:
-                    cutoff = floor
-            agent = e.agent_id
-            ranges = seen.get(agent)
-            if ranges is None:
-                if t < cutoff:
-                    late.append(e)
-                    continue
-                ranges = seen[agent] = []
-            elif _is_seen(ranges, e.seq):
-                dups += 1
-                continue
-            elif t < cutoff:
+            if not take_one(intake, t, e):
                 late.append(e)
-                continue
-            _mark_seen(ranges, e.seq, t)
-            aff = self._add_fact(st, t, e)
-            if t_aff is None or aff < t_aff:
-                t_aff = aff
-        st.latest = latest
-        if t_aff is None:
-            return st, Update([], [], late, dups)
-        upserts, retractions, corrected = self._recompute(user_key, st, t_aff, False)
-        self._prune(st, latest - self._retention)
-        return st, Update(upserts, retractions, late, dups, corrected)
+
+    def take_one(self, intake: Intake, t: int, e: Envelope) -> bool:
+        """Add the facts of ``e`` (``t``: its ``epoch_ms(ts)``) to the intake's state, unless it is a
+        duplicate of an event taken before (counted in the intake); False if it is late: older than the
+        horizon behind the newest event taken before it or than the pruned floor (not applied; the caller
+        keeps it). What is late depends on the order of the events only, not on how they are batched."""
+        st = intake.state
+        latest = st.latest
+        if t > latest:
+            st.latest = latest = t
+        late = t < latest - self._retention or t < st.floor
+        seq = e.seq
+        seen = st.seen
+        ranges = seen.get(e.agent_id)
+        if ranges is None:
+            if late:
+                return False
+            seen[e.agent_id] = [seq, seq, t]
+        elif ranges and ranges[-2] + 1 == seq:  # the agent's next: not seen before (the common case)
+            if late:
+                return False
+            ranges[-2] = seq
+            if t > ranges[-1]:
+                ranges[-1] = t
+        elif _is_seen(ranges, seq):
+            intake.dups += 1
+            return True
+        elif late:
+            return False
+        else:
+            _mark_seen(ranges, seq, t)
+        aff = self._add_fact(st, t, e)
+        if aff < intake.t_aff:
+            intake.t_aff = aff
+        return True
+
+    def settle(self, user_key: str, intake: Intake) -> tuple[UserState, Update]:
+        """Recompute the sessions the taken events changed: what :meth:`apply` returns for them."""
+        st = intake.state
+        if intake.t_aff == _NEVER:
+            return st, Update([], [], intake.late, intake.dups)
+        upserts, retractions, corrected = self._recompute(user_key, st, intake.t_aff, False)
+        self._prune(st, st.latest - self._retention)
+        return st, Update(upserts, retractions, intake.late, intake.dups, corrected)
 
     def close(self, user_key: str, state: UserState) -> tuple[UserState, Update]:
         """The user has been silent for the close timeout (decided by the caller): publish every session
@@ -234,14 +265,22 @@ class Sessionizer:
                 p = epoch_ms(lit)
                 if p >= st.floor:
                     pts = st.pts
-                    k = bisect_left(pts, p)
-                    if k == len(pts) or pts[k] != p:
-                        pts.insert(k, p)
-                        if k < st.edit_pts:
-                            st.edit_pts = k
-                        # A point where evidence already is changes nothing (heartbeats repeat it).
-                        if p < aff and not self._hw_at(st, p):
-                            aff = p
+                    last = pts[-1] if pts else NO_TIME
+                    if p > last:  # in order: the common case
+                        pts.append(p)
+                        added = True
+                    elif p == last:  # the same last input as the heartbeat before: often
+                        added = False
+                    else:
+                        k = bisect_left(pts, p)
+                        added = pts[k] != p  # k < len(pts): p <= pts[-1]
+                        if added:
+                            pts.insert(k, p)
+                            if k < st.edit_pts:
+                                st.edit_pts = k
+                    # A point where evidence already is changes nothing (heartbeats repeat it).
+                    if added and p < aff and not self._hw_at(st, p):
+                        aff = p
                     if p > st.latest_eb:
                         st.latest_eb = p
         if flags & (HW | BRK | SCW) and t > st.latest_eb:
@@ -469,6 +508,8 @@ class Sessionizer:
 
     @staticmethod
     def _reintern(st: UserState) -> None:
+        if st.code and len(st.hosts) <= 1 and len(st.tzs) <= 1:
+            return  # one host and one zone, both used (the common case)
         used_h = sorted({(c >> HOST_SHIFT) & HOST_MASK for c in st.code})
         used_t = sorted({c >> TZ_SHIFT for c in st.code})
         if len(used_h) == len(st.hosts) and len(used_t) == len(st.tzs):
