@@ -50,11 +50,17 @@ def main() -> None:
     parser.add_argument("--compare-seal", nargs="+", metavar="SEAL:KEEP",
                         help="instead: the mean write cost over the whole run for each chunk setting "
                         "(stream.core.state SEAL_AT:KEEP_OPEN, e.g. 512:128 256:64), 3 rounds, one process")
+    parser.add_argument("--compare-formats", nargs="+", type=int, metavar="VERSION",
+                        help="instead: the mean write cost over the whole run for each state format (the "
+                        "worker's state_format setting, e.g. 2 3), 3 rounds, one process")
     args = parser.parse_args()
     rng = random.Random(1)
     events = [e for day in range(args.days) for e in user_day(1, rng, day)]
     if args.compare_seal:
         compare_seal(events, args.days, args.batch, args.compare_seal)
+        return
+    if args.compare_formats:
+        compare_formats(events, args.days, args.batch, args.compare_formats)
         return
     core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * args.days))
     state: UserState | None = None
@@ -72,6 +78,24 @@ def main() -> None:
             next_report *= 2
             writes = []
 
+def mean_write(events: list, days: int, batch: int, version: int = 2) -> tuple[float, int]:
+    """Mean CPU microseconds per table value written after every ``batch`` events, in state format
+    ``version``, and the final value's size."""
+    core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * days))
+    state: UserState | None = None
+    spent = 0.0
+    n = 0
+    value = b""
+    for i in range(0, len(events), batch):
+        state, _ = core.apply("corp\\user1", state, events[i : i + batch])
+        t = time.process_time()
+        record = UserRecord(core=encode_state(state, version), partition=0, last_seen=0.0)
+        value = encode_record(record, version)
+        spent += time.process_time() - t
+        n += 1
+    return spent / n * 1e6, len(value)
+
+
 def compare_seal(events: list, days: int, batch: int, settings: list[str]) -> None:
     """Mean CPU per write over the whole run for each ``SEAL:KEEP`` chunk setting, rounds interleaved;
     the first setting is the baseline of the printed ratios."""
@@ -83,23 +107,29 @@ def compare_seal(events: list, days: int, batch: int, settings: list[str]) -> No
         for setting in settings:
             seal, keep = (int(x) for x in setting.split(":"))
             core_state.SEAL_AT, core_state.KEEP_OPEN = seal, keep  # type: ignore[misc]
-            core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * days))
-            state: UserState | None = None
-            spent = 0.0
-            n = 0
-            for i in range(0, len(events), batch):
-                state, _ = core.apply("corp\\user1", state, events[i : i + batch])
-                t = time.process_time()
-                value = encode_record(UserRecord(core=encode_state(state), partition=0, last_seen=0.0))
-                spent += time.process_time() - t
-                n += 1
-            results[setting].append(spent / n * 1e6)
-            sizes[setting] = len(value)
+            us, sizes[setting] = mean_write(events, days, batch)
+            results[setting].append(us)
     base = min(results[settings[0]])
     print(f"{len(events):,} events of one user over {days} days, written after every {batch}")
     for setting, runs in results.items():
         print(f"SEAL_AT:KEEP_OPEN {setting:>8}: {min(runs):6.0f} us CPU per write (best of 3), final value "
               f"{sizes[setting]:,} B, cost ratio {min(runs) / base:.2f}")
+
+
+def compare_formats(events: list, days: int, batch: int, versions: list[int]) -> None:
+    """Mean CPU per write over the whole run for each state format (the ``state_format`` setting), rounds
+    interleaved; the first is the baseline of the printed ratios."""
+    results: dict[int, list[float]] = {v: [] for v in versions}
+    sizes: dict[int, int] = {}
+    for _ in range(3):
+        for version in versions:
+            us, sizes[version] = mean_write(events, days, batch, version)
+            results[version].append(us)
+    base = min(results[versions[0]])
+    print(f"{len(events):,} events of one user over {days} days, written after every {batch}")
+    for version, runs in results.items():
+        print(f"state format {version}: {min(runs):6.0f} us CPU per write (best of 3), final value "
+              f"{sizes[version]:,} B, cost ratio {min(runs) / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -191,7 +191,9 @@ class StreamApp:
             self._send, self.topics, self.metrics,
             batch_producer=lambda: self.app.producer._ensure_producer(),  # type: ignore[attr-defined]
         )
-        self.states = LiveStates(_TableStore(self.table), max_users=settings.state_cache_users)
+        self.states = LiveStates(
+            _TableStore(self.table), max_users=settings.state_cache_users, state_format=settings.state_format
+        )
         self.changelog = ChangelogWriter(
             lambda: self.app.producer._ensure_producer(),  # type: ignore[attr-defined]
             lambda: self.table.changelog_topic.get_topic_name(),

@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 
-from stream.core import UserState, decode_state, encode_state
+from stream.core import WRITE_VERSIONS, UserState, decode_state, encode_state
 from stream.state import UserRecord, decode_record, encode_record
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,16 @@ class LiveStates:
     in between; at most ``max_users`` unchanged users stay decoded (the least recently used are dropped
     after a flush, their bytes being in the store); :meth:`drop_partitions` forgets cached users of revoked
     partitions without writing them (their changes are re-derived by whoever re-processes the uncommitted
-    events).
+    events). Values are written in state format ``state_format`` (2 or 3, ``stream.core.WRITE_VERSIONS``)
+    and read in any.
     """
 
-    def __init__(self, store: Store, max_users: int = 5_000) -> None:
+    def __init__(self, store: Store, max_users: int = 5_000, state_format: int = 2) -> None:
+        if state_format not in WRITE_VERSIONS:
+            raise ValueError(f"state format {state_format} is not one of {WRITE_VERSIONS}")
         self.store = store
         self.max_users = max_users
+        self.state_format = state_format
         self._cache: OrderedDict[bytes, LiveUser] = OrderedDict()
         self._dirty: set[bytes] = set()
         self.unreadable = 0  #: stored values that could not be decoded (the user starts afresh)
@@ -115,8 +119,8 @@ class LiveStates:
                 continue
             record = live.record
             if live.core is not None:
-                record.core = encode_state(live.core)
-            value = encode_record(record)
+                record.core = encode_state(live.core, self.state_format)
+            value = encode_record(record, self.state_format)
             store[key] = value
             if write is not None:
                 write(Flushed(key, record.partition, value))

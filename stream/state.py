@@ -17,6 +17,7 @@ from typing import Final
 
 import msgspec
 
+from stream.core.state import WRITE_VERSIONS
 from stream.fleet import AgentSeen
 
 
@@ -50,9 +51,10 @@ _ZLIB_HEAD: Final = 0x78
 
 
 class _Split(msgspec.Struct, array_like=True):
-    """A table value since version 2: ``[2, zlib(msgpack(record without core)), core]``. The core's bytes
-    (``stream.core.encode_state``) are compressed by chunk already: compressing them again would cost more
-    than the rest of the encoding."""
+    """A table value since version 2: ``[2, zlib(msgpack(record without core)), core]``; version 3 is the
+    same with the record's msgpack not compressed (about 120 bytes that zlib hardly shrinks). The core's
+    bytes (``stream.core.encode_state``) are compressed by chunk already: compressing them again would cost
+    more than the rest of the encoding."""
 
     v: int
     rest: bytes
@@ -64,14 +66,19 @@ _split_decoder: Final = msgspec.msgpack.Decoder(_Split)
 _SPLIT_HEAD: Final = 0x93
 
 
-def encode_record(record: UserRecord) -> bytes:
-    """The table value of ``record``: :class:`_Split`."""
+def encode_record(record: UserRecord, version: int = 2) -> bytes:
+    """The table value of ``record``: :class:`_Split`, version 2 or 3 (``stream.core.WRITE_VERSIONS``;
+    the worker writes both parts in the version of its ``state_format`` setting)."""
+    if version not in WRITE_VERSIONS:
+        raise ValueError(f"state record version {version} is not one of {WRITE_VERSIONS}")
     core, record.core = record.core, b""
     try:
-        rest = zlib.compress(_encoder.encode(record), 1)
+        rest = _encoder.encode(record)
     finally:
         record.core = core
-    return _encoder.encode(_Split(2, rest, core))
+    if version == 2:
+        rest = zlib.compress(rest, 1)
+    return _encoder.encode(_Split(version, rest, core))
 
 
 def decode_record(data: bytes) -> UserRecord:
@@ -81,9 +88,9 @@ def decode_record(data: bytes) -> UserRecord:
     try:
         if head == _SPLIT_HEAD:
             split = _split_decoder.decode(data)
-            if split.v != 2:
-                raise ValueError(f"state record version {split.v} is not 2")
-            record = _decoder.decode(zlib.decompress(split.rest))
+            if split.v not in (2, 3):
+                raise ValueError(f"state record version {split.v} is not 2 or 3")
+            record = _decoder.decode(zlib.decompress(split.rest) if split.v == 2 else split.rest)
             record.core = split.core
             return record
         if head == _ZLIB_HEAD:

@@ -82,6 +82,7 @@ def test_fixed_names_keep_working() -> None:
         ({"DESKTRACE_FETCH_MAX_WAIT_S": "0"}, "fetch_max_wait_s"),
         ({"DESKTRACE_BATCH_SIZE": "0"}, "batch_size"),
         ({"DESKTRACE_STATE_CACHE_USERS": "0"}, "state_cache_users"),
+        ({"DESKTRACE_STATE_FORMAT": "4"}, "state_format"),
     ],
 )
 def test_constraints_name_the_bad_setting(env: dict[str, str], name: str) -> None:

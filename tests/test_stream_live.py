@@ -9,6 +9,7 @@ import zlib
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 
 from bench.bench_sessionizer import user_day
 from proto import events as E
@@ -124,11 +125,12 @@ def _columns(st: UserState) -> tuple[list[int], ...]:
             st.pub, st.seen)  # type: ignore[return-value]
 
 
-def test_state_writes_reuse_old_chunks_and_always_read_back_the_whole_state() -> None:
+@pytest.mark.parametrize("version", [2, 3])
+def test_state_writes_reuse_old_chunks_and_always_read_back_the_whole_state(version: int) -> None:
     """Three days of a user's events in batches, some late (inserted among old facts), with pruning past
-    the retention horizon: every encoding, reusing the sealed chunks of the one before, decodes to exactly
-    the state, and equals the encoding of a copy made without any reuse; an update that only appends keeps
-    the old chunks' bytes."""
+    the retention horizon: every encoding (in both state formats), reusing the sealed chunks of the one
+    before, decodes to exactly the state, and equals the encoding of a copy made without any reuse; an
+    update that only appends keeps the old chunks' bytes."""
     rng = random.Random(4)
     core = Sessionizer(SessionizerConfig(retention_s=86_400))
     evs: list[E.Envelope] = []
@@ -145,10 +147,11 @@ def test_state_writes_reuse_old_chunks_and_always_read_back_the_whole_state() ->
             batch, held = batch + held, []
         before = list(st.cache[0].blobs) if st is not None and st.cache is not None else []
         st, _ = core.apply("corp\\user1", st, batch)
-        data = encode_state(st)
+        data = encode_state(st, version)
+        assert data[:2] == bytes([0x94, version])
         assert _columns(decode_state(data)) == _columns(st)
         fresh = msgspec.structs.replace(st, cache=None, edit_ts=0, edit_pts=0)
-        assert decode_state(encode_state(fresh)).ts == st.ts
+        assert _columns(decode_state(encode_state(fresh, version))) == _columns(st)
         after = st.cache[0].blobs
         reused += sum(1 for a, b in zip(before, after, strict=False) if a is b)
         st = decode_state(data) if i % (97 * 11) == 0 else st  # sometimes continue from the stored bytes
@@ -169,3 +172,31 @@ def test_a_state_written_in_version_1_still_reads() -> None:
     ))
     assert v1[:1] != encode_state(core)[:1]
     assert _columns(decode_state(v1)) == _columns(core)
+
+
+def test_state_format_3_is_read_always_and_written_only_when_set() -> None:
+    """Format 3 (the recent part and the record's rest without zlib) is read whatever the setting, so a
+    worker of this release reads what any other writes; it is written only when ``state_format`` is 3
+    (releases before it cannot read it), and format 2 by default."""
+    core, _ = CORE.apply("corp\\ann", None, clicks("ann", 3000))
+    rec = UserRecord(core=encode_state(core), partition=3, last_seen=1.5)
+    assert rec.core[:2] == b"\x94\x02" and encode_record(rec)[:2] == b"\x93\x02"
+    with pytest.raises(ValueError, match="version 4"):
+        encode_state(core, 4)
+    with pytest.raises(ValueError, match="state format 4"):
+        LiveStates({}, state_format=4)
+    store: dict[bytes, bytes] = {}
+    writer = LiveStates(store, state_format=3)
+    writer.put(b"corp\\ann", LiveUser(UserRecord(core=b"", partition=3, last_seen=1.5), core))
+    assert writer.flush() == 1
+    value = store[b"corp\\ann"]
+    assert value[:2] == b"\x93\x03" and decode_record(value).core[:2] == b"\x94\x03"
+    assert len(value) > len(encode_record(rec))  # uncompressed: larger
+    reader = LiveStates(store)  # format 2: reads 3, writes 2
+    live = reader.get(b"corp\\ann")
+    assert live is not None and live.core is not None and _columns(live.core) == _columns(core)
+    assert live.record.partition == 3 and live.record.last_seen == 1.5
+    reader.put(b"corp\\ann", live)
+    reader.flush()
+    assert store[b"corp\\ann"][:2] == b"\x93\x02"
+    assert _columns(decode_state(decode_record(store[b"corp\\ann"]).core)) == _columns(core)

@@ -3,9 +3,10 @@
 
 from stream.core.config import SessionizerConfig
 from stream.core.sessionizer import Intake, Sessionizer, Update
-from stream.core.state import UserState, decode_state, encode_state
+from stream.core.state import WRITE_VERSIONS, UserState, decode_state, encode_state
 
 __all__ = [
+    "WRITE_VERSIONS",
     "Intake",
     "Sessionizer",
     "SessionizerConfig",
