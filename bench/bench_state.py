@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--cache", type=int, default=5_000, help="decoded users (state_cache_users)")
     p.add_argument("--distinct", type=int, default=64, help="distinct user-days generated")
+    p.add_argument("--state-format", type=int, default=2, choices=(2, 3),
+                   help="format of the table values (the worker's state_format setting)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -71,14 +73,14 @@ def main() -> None:
         state, _ = core.apply(key, None, user_day(u, rng))
         state, _ = core.close(key, state)
         record = UserRecord(
-            core=encode_state(state), partition=u % 6, last_seen=1.0,
+            core=encode_state(state, a.state_format), partition=u % 6, last_seen=1.0,
             agents={f"agent-{u}": AgentSeen(last_ms=1, version="1.5.0", hb_ms=1, spool_dropped=0)},
         )
-        values.append(encode_record(record))
+        values.append(encode_record(record, a.state_format))
     path = Path("/tmp/desktrace-bench-state.bin")
     path.write_bytes(b"\n--SPLIT--\n".join(values))
     mean = sum(len(v) for v in values) / len(values)
-    print(f"{a.distinct} distinct user-days, compressed table value mean {mean:,.0f} B")
+    print(f"{a.distinct} distinct user-days, table value (format {a.state_format}) mean {mean:,.0f} B")
     try:
         runs = {}
         for label, users, cache in (("baseline (nothing held)", 0, 0), ("worker state", a.users, a.cache)):

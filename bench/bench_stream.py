@@ -4,7 +4,7 @@ optional ``bench`` extra), a Faust agent that only decodes (Faust's floor) and a
 only decodes (the consumer's floor). Prints events/s and CPU microseconds per event of each, and the ratios.
 
     nice .venv/bin/python bench/bench_stream.py [--users 433 2000] [--events 260000] [--rounds 2]
-        [--commit-intervals 1] [--fetch-waits 0.1 1.5]
+        [--commit-intervals 1] [--fetch-waits 0.1 1.5] [--state-formats 2 3]
 
 For each user count, the same ~``--events`` events (``tests.support.events.generate_events`` users, about 10%
 of them out of order, 5% duplicates) are published once to fresh raw topics (6 partitions); then every subject
@@ -77,12 +77,13 @@ def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tup
 
 def worker_rate(
     bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int, commit_s: float,
-    fetch_wait_s: float,
+    fetch_wait_s: float, state_format: int = 2,
 ) -> tuple[float, float]:
     """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
-                     DESKTRACE_COMMIT_INTERVAL=str(commit_s), DESKTRACE_FETCH_MAX_WAIT_S=str(fetch_wait_s))
+                     DESKTRACE_COMMIT_INTERVAL=str(commit_s), DESKTRACE_FETCH_MAX_WAIT_S=str(fetch_wait_s),
+                     DESKTRACE_STATE_FORMAT=str(state_format))
     worker = worker_process(env, workdir / "worker.log")
     # Watched from its metrics endpoint's start, not from /readyz: the worker handles records before its
     # group watch reports it ready (every 2 s), and a run of a few seconds would be measured from its middle.
@@ -172,17 +173,21 @@ async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[flo
         n = await publish_events(args.bootstrap, topics, events)
         print(f"\n{users} users: published {n:,} events in {time.perf_counter() - t:.1f}s", flush=True)
         best: dict[str, tuple[float, float]] = {}
-        workers = [f"desktrace@{c:g}s/{w:g}s" for c in args.commit_intervals for w in args.fetch_waits]
+        workers = {
+            f"desktrace@{c:g}s/{w:g}s/v{f}": (c, w, f)
+            for c in args.commit_intervals for w in args.fetch_waits for f in args.state_formats
+        }
         subjects = ["aiokafka", "faust", *([] if args.no_quix else ["quix"]), *workers]
         for r in range(args.rounds):
             order = subjects if r % 2 == 0 else subjects[::-1]
             for s in order:
-                if s.startswith("desktrace"):
-                    commit_s, wait_s = (float(v.rstrip("s")) for v in s.split("@")[1].split("/"))
+                if s in workers:
+                    commit_s, wait_s, fmt = workers[s]
                     with tempfile.TemporaryDirectory() as tmp:
+                        app_id = f"{prefix}stream{r}{len(s)}{commit_s:g}{wait_s:g}v{fmt}"
                         rate, cpu = worker_rate(
-                            args.bootstrap, topics, f"{prefix}stream{r}{len(s)}{commit_s:g}{wait_s:g}", n,
-                            Path(tmp), args.batch_size, commit_s, wait_s,
+                            args.bootstrap, topics, app_id, n, Path(tmp), args.batch_size, commit_s, wait_s,
+                            fmt,
                         )
                 else:
                     rate, cpu = peer_rate(s, args.bootstrap, prefix, n, args.batch_size)
@@ -209,6 +214,9 @@ async def main() -> None:
     parser.add_argument("--fetch-waits", type=float, nargs="+", default=[0.1],
                         help="worker fetch_max_wait_s values to measure (one worker run each per commit "
                         "interval; Faust's own is 1.5)")
+    parser.add_argument("--state-formats", type=int, nargs="+", default=[2],
+                        help="worker state_format values to measure (one worker run each per commit interval "
+                        "and fetch wait)")
     parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
     if not args.no_quix and importlib.util.find_spec("quixstreams") is None:
@@ -220,8 +228,9 @@ async def main() -> None:
         for name, (d_rate, d_cpu) in best.items():
             if not name.startswith("desktrace"):
                 continue
-            commit, wait = name.split("@")[1].split("/")
-            print(f"{users} users: desktrace-stream (commit_interval {commit}, fetch_max_wait_s {wait}) "
+            commit, wait, fmt = name.split("@")[1].split("/")
+            print(f"{users} users: desktrace-stream (commit_interval {commit}, fetch_max_wait_s {wait}, "
+                  f"state_format {fmt[1:]}) "
                   f"{d_rate:,.0f} events/s, {d_cpu:.1f} us/event")
             for peer in ("quix", "faust", "aiokafka"):
                 if peer in best:
