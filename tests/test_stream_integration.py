@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from proto.topics import Topics
+from stream.app import TABLE_NAME
 from tests.support.events import generate_events, shuffled_with_duplicates
-from tests.support.kafka import event_records, publish_events
+from tests.support.kafka import consume_until, event_records, publish_events
 from tests.support.process import ServiceHandle
 from tests.support.stream import (
     SessionView,
     WorkerPool,
+    app_id_for,
     describe_difference,
     offline_sessions,
 )
@@ -48,16 +50,33 @@ async def test_shuffled_duplicated_stream_equals_offline_result(
     assert worker.metric("desktrace_stream_sessions_published_total") >= len(expected)
 
 
+@pytest.mark.parametrize(
+    ("killed_format", "restarted_format"),
+    [(None, None), ("3", None), (None, "3")],
+    ids=["default", "format-3-then-2", "format-2-then-3"],
+)
 async def test_sigkill_halfway_and_restart_gives_the_same_result(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
+    kafka_bootstrap: str,
+    topics: Topics,
+    tmp_path: Path,
+    stream_workers: WorkerPool,
+    killed_format: str | None,
+    restarted_format: str | None,
 ) -> None:
+    """Also across state formats (``state_format``): the restarted worker recovers the state the killed
+    one wrote in the other format, as during a rolling change of the setting."""
     events = generate_events(seed=8, users=4, hours=3)
     expected = offline_sessions(events, tmp_path)
     sent = shuffled_with_duplicates(events, seed=9)
     first, second = sent[: len(sent) // 2], sent[len(sent) // 2 :]
     small_batches = {"DESKTRACE_BATCH_SIZE": "20", "DESKTRACE_BATCH_WITHIN": "0.05"}
 
-    worker = stream_workers.start(**small_batches)
+    def settings(state_format: str | None) -> dict[str, str]:
+        if state_format is None:
+            return small_batches
+        return {**small_batches, "DESKTRACE_STATE_FORMAT": state_format}
+
+    worker = stream_workers.start("worker", 60.0, **settings(killed_format))
     await publish_events(kafka_bootstrap, topics, first)
     assert await wait_metric(worker, "desktrace_stream_events_total", len(first), 30)
     await asyncio.sleep(2.5)  # > commit interval: the first half's offsets and state are committed
@@ -66,7 +85,7 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     assert await wait_metric(worker, "desktrace_stream_events_total", len(first) + len(second) * 0.3, 30)
     worker.kill()
 
-    restarted = stream_workers.start(**small_batches)
+    restarted = stream_workers.start("worker", 60.0, **settings(restarted_format))
     async with SessionView(kafka_bootstrap, topics) as view:
         ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
         assert ok, describe_difference(view.sessions, expected) + "\n" + restarted.tail()
@@ -75,6 +94,11 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     # the killed worker commits every second, so part of the second half may be committed already.)
     assert 0 < restarted.metric("desktrace_stream_events_total") < len(sent)
     assert restarted.metric("desktrace_stream_users") == len({s.user_key for s in expected.values()})
+    # The table values in the changelog are in the formats the two workers were set to write.
+    changelog = f"{app_id_for(topics)}-{TABLE_NAME}-changelog"
+    values = await consume_until(kafka_bootstrap, changelog, lambda _: False, within=3.0)
+    written = {r.value[:2] for r in values if r.value}
+    assert written == {bytes([0x93, int(f or "2")]) for f in (killed_format, restarted_format)}, written
 
 
 async def test_sigkill_while_a_batch_is_gathering_and_restart_gives_the_same_result(
