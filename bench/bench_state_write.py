@@ -14,9 +14,11 @@ format). Prints both per state size and their ratio.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -96,40 +98,44 @@ def mean_write(events: list, days: int, batch: int, version: int = 2) -> tuple[f
     return spent / n * 1e6, len(value)
 
 
-def compare_seal(events: list, days: int, batch: int, settings: list[str]) -> None:
-    """Mean CPU per write over the whole run for each ``SEAL:KEEP`` chunk setting, rounds interleaved;
-    the first setting is the baseline of the printed ratios."""
-    from stream.core import state as core_state
+Variant = Callable[[], tuple[float, int]]  #: one mean_write run under a setting: (us per write, value size)
 
-    results: dict[str, list[float]] = {s: [] for s in settings}
+
+def compare(events: list, days: int, batch: int, variants: dict[str, Variant]) -> None:
+    """Run each variant (a :func:`mean_write` call under its setting) in 3 interleaved rounds and print its
+    best mean CPU per write, final value size and cost ratio; the first variant is the baseline."""
+    results: dict[str, list[float]] = {name: [] for name in variants}
     sizes: dict[str, int] = {}
     for _ in range(3):
-        for setting in settings:
+        for name, run in variants.items():
+            us, sizes[name] = run()
+            results[name].append(us)
+    base = min(next(iter(results.values())))
+    print(f"{len(events):,} events of one user over {days} days, written after every {batch}")
+    for name, runs in results.items():
+        print(f"{name}: {min(runs):6.0f} us CPU per write (best of 3), final value {sizes[name]:,} B, "
+              f"cost ratio {min(runs) / base:.2f}")
+
+
+def compare_seal(events: list, days: int, batch: int, settings: list[str]) -> None:
+    """:func:`compare` for each ``SEAL:KEEP`` chunk setting (``stream.core.state``)."""
+    from stream.core import state as core_state
+
+    def under(setting: str) -> Variant:
+        def run() -> tuple[float, int]:
             seal, keep = (int(x) for x in setting.split(":"))
             core_state.SEAL_AT, core_state.KEEP_OPEN = seal, keep  # type: ignore[misc]
-            us, sizes[setting] = mean_write(events, days, batch)
-            results[setting].append(us)
-    base = min(results[settings[0]])
-    print(f"{len(events):,} events of one user over {days} days, written after every {batch}")
-    for setting, runs in results.items():
-        print(f"SEAL_AT:KEEP_OPEN {setting:>8}: {min(runs):6.0f} us CPU per write (best of 3), final value "
-              f"{sizes[setting]:,} B, cost ratio {min(runs) / base:.2f}")
+            return mean_write(events, days, batch)
+        return run
+
+    compare(events, days, batch, {f"SEAL_AT:KEEP_OPEN {s:>8}": under(s) for s in settings})
 
 
 def compare_formats(events: list, days: int, batch: int, versions: list[int]) -> None:
-    """Mean CPU per write over the whole run for each state format (the ``state_format`` setting), rounds
-    interleaved; the first is the baseline of the printed ratios."""
-    results: dict[int, list[float]] = {v: [] for v in versions}
-    sizes: dict[int, int] = {}
-    for _ in range(3):
-        for version in versions:
-            us, sizes[version] = mean_write(events, days, batch, version)
-            results[version].append(us)
-    base = min(results[versions[0]])
-    print(f"{len(events):,} events of one user over {days} days, written after every {batch}")
-    for version, runs in results.items():
-        print(f"state format {version}: {min(runs):6.0f} us CPU per write (best of 3), final value "
-              f"{sizes[version]:,} B, cost ratio {min(runs) / base:.2f}")
+    """:func:`compare` for each state format (the ``state_format`` setting)."""
+    compare(events, days, batch, {
+        f"state format {v}": functools.partial(mean_write, events, days, batch, v) for v in versions
+    })
 
 
 if __name__ == "__main__":
