@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--compare-formats", nargs="+", type=int, metavar="VERSION",
                         help="instead: the mean write cost over the whole run for each state format (the "
                         "worker's state_format setting, e.g. 2 3), 3 rounds, one process")
+    parser.add_argument("--compare-levels", nargs="+", type=int, metavar="LEVEL",
+                        help="instead: the same for each zlib level of the parts format 2 rewrites on every "
+                        "write (stream.core.state STORED, e.g. 1 0: level 1 is what releases before 0 did)")
     args = parser.parse_args()
     rng = random.Random(1)
     events = [e for day in range(args.days) for e in user_day(1, rng, day)]
@@ -63,6 +66,9 @@ def main() -> None:
         return
     if args.compare_formats:
         compare_formats(events, args.days, args.batch, args.compare_formats)
+        return
+    if args.compare_levels:
+        compare_levels(events, args.days, args.batch, args.compare_levels)
         return
     core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * args.days))
     state: UserState | None = None
@@ -136,6 +142,20 @@ def compare_formats(events: list, days: int, batch: int, versions: list[int]) ->
     compare(events, days, batch, {
         f"state format {v}": functools.partial(mean_write, events, days, batch, v) for v in versions
     })
+
+
+def compare_levels(events: list, days: int, batch: int, levels: list[int]) -> None:
+    """:func:`compare` for each zlib level of format 2's rewritten parts (``stream.core.state.STORED``)."""
+    from stream import state as record_state
+    from stream.core import state as core_state
+
+    def under(level: int) -> Variant:
+        def run() -> tuple[float, int]:
+            core_state.STORED = record_state.STORED = level  # type: ignore[misc]
+            return mean_write(events, days, batch)
+        return run
+
+    compare(events, days, batch, {f"format 2, zlib level {lvl}": under(lvl) for lvl in levels})
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 bookkeeping (where the user's events arrive, when they were last heard, fleet info).
 
 The table's key is the user key (UTF-8 bytes) and its value :func:`encode_record`'s bytes: the msgpack of
-:class:`UserRecord` without its core, zlib-compressed (level 1), beside the core's own bytes, which
-``stream.core.encode_state`` compresses by chunk and mostly reuses from the previous write. So the
-changelog topic holds everything a restarted or rebalanced worker needs to continue exactly, the in-memory
-table of 100,000 users fits in a few hundred MB, and writing a changed user costs its recent part rather
-than its whole retention horizon. Values written by earlier versions (one compressed or plain msgpack
-record) are still read.
+:class:`UserRecord` without its core, zlib-framed (stored blocks: ``stream.core.state.STORED``), beside
+the core's own bytes, which ``stream.core.encode_state`` compresses by chunk and mostly reuses from the
+previous write. So the changelog topic holds everything a restarted or rebalanced worker needs to continue
+exactly, the in-memory table of 100,000 users fits in a few hundred MB, and writing a changed user costs
+its recent part rather than its whole retention horizon. Values written by earlier versions (one
+compressed or plain msgpack record) are still read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Final
 
 import msgspec
 
-from stream.core.state import WRITE_VERSIONS
+from stream.core.state import STORED, WRITE_VERSIONS
 from stream.fleet import AgentSeen
 
 
@@ -77,7 +77,7 @@ def encode_record(record: UserRecord, version: int = 2) -> bytes:
     finally:
         record.core = core
     if version == 2:
-        rest = zlib.compress(rest, 1)
+        rest = zlib.compress(rest, STORED)
     return _encoder.encode(_Split(version, rest, core))
 
 
