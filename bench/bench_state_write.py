@@ -146,12 +146,11 @@ def compare_formats(events: list, days: int, batch: int, versions: list[int]) ->
 
 def compare_levels(events: list, days: int, batch: int, levels: list[int]) -> None:
     """:func:`compare` for each zlib level of format 2's rewritten parts (``stream.core.state.STORED``)."""
-    from stream import state as record_state
     from stream.core import state as core_state
 
     def under(level: int) -> Variant:
         def run() -> tuple[float, int]:
-            core_state.STORED = record_state.STORED = level  # type: ignore[misc]
+            core_state.STORED = level  # type: ignore[misc]
             return mean_write(events, days, batch)
         return run
 

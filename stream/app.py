@@ -192,7 +192,8 @@ class StreamApp:
             batch_producer=lambda: self.app.producer._ensure_producer(),  # type: ignore[attr-defined]
         )
         self.states = LiveStates(
-            _TableStore(self.table), max_users=settings.state_cache_users, state_format=settings.state_format
+            _TableStore(self.table), max_users=settings.state_cache_users, state_format=settings.state_format,
+            max_value_bytes=settings.state_max_bytes, shed=self.processor.sessionizer.shed,
         )
         self.changelog = ChangelogWriter(
             lambda: self.app.producer._ensure_producer(),  # type: ignore[attr-defined]
@@ -308,6 +309,9 @@ class StreamApp:
                 self._die(exc, "cannot write state to the changelog")
         if n:
             self.metrics.state_writes.inc(n)
+        shed, self.states.shed_users = self.states.shed_users, 0
+        if shed:
+            self.metrics.state_shed.inc(shed)
         self.metrics.state_cached_users.set(len(self.states))
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:

@@ -22,6 +22,9 @@ RECENT_MS: Final = 5 * 60 * 1000
 SILENT_MS: Final = 60 * 60 * 1000
 KEEP_MS: Final = 24 * 60 * 60 * 1000
 VERSION_MAX_LEN: Final = 40
+#: Agents remembered per user (the most recently heard): a user has a few desktops; without a bound, events
+#: under ever new agent ids (a misconfigured image, a hostile sender) grew the user's record without end.
+MAX_AGENTS: Final = 256
 
 
 class AgentSeen(msgspec.Struct, array_like=True, gc=False):
@@ -71,10 +74,15 @@ def observe(
     return dropped
 
 
-def prune(agents: MutableMapping[str, AgentSeen], now_ms: int) -> None:
-    """Forget agents not heard from for 24 hours (they count in no gauge any more)."""
+def prune(agents: MutableMapping[str, AgentSeen], now_ms: int, keep: int = MAX_AGENTS) -> None:
+    """Forget agents not heard from for 24 hours (they count in no gauge any more), and all but the ``keep``
+    most recently heard."""
     for agent_id in [a for a, s in agents.items() if now_ms - s.last_ms > KEEP_MS]:
         del agents[agent_id]
+    if len(agents) > keep:
+        by_age = sorted(agents.items(), key=lambda item: item[1].last_ms)
+        for agent_id, _ in by_age[: len(agents) - keep]:
+            del agents[agent_id]
 
 
 def _version(ev: object) -> str:

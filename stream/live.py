@@ -60,18 +60,31 @@ class LiveStates:
     after a flush, their bytes being in the store); :meth:`drop_partitions` forgets cached users of revoked
     partitions without writing them (their changes are re-derived by whoever re-processes the uncommitted
     events). Values are written in state format ``state_format`` (2 or 3, ``stream.core.WRITE_VERSIONS``)
-    and read in any.
+    and read in any. With ``max_value_bytes`` and ``shed`` (``Sessionizer.shed``), no value written is
+    larger: a user whose value would be is made to fit first (:meth:`_fit`), so that the changelog never
+    refuses it (a refused state write stops the worker, which would then stop again on the same events).
     """
 
-    def __init__(self, store: Store, max_users: int = 5_000, state_format: int = 2) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_users: int = 5_000,
+        state_format: int = 2,
+        max_value_bytes: int | None = None,
+        shed: Callable[[UserState, int], int] | None = None,
+    ) -> None:
         if state_format not in WRITE_VERSIONS:
             raise ValueError(f"state format {state_format} is not one of {WRITE_VERSIONS}")
         self.store = store
         self.max_users = max_users
         self.state_format = state_format
+        self.max_value_bytes = max_value_bytes
+        self._shed = shed
         self._cache: OrderedDict[bytes, LiveUser] = OrderedDict()
         self._dirty: set[bytes] = set()
         self.unreadable = 0  #: stored values that could not be decoded (the user starts afresh)
+        self.shed_users = 0  #: values made to fit ``max_value_bytes`` (one per user and flush)
+        self.oversized = 0  #: values still larger after all that could go went (written as they are)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -121,6 +134,8 @@ class LiveStates:
             if live.core is not None:
                 record.core = encode_state(live.core, self.state_format)
             value = encode_record(record, self.state_format)
+            if self.max_value_bytes is not None and len(value) > self.max_value_bytes:
+                value = self._fit(live, value)
             store[key] = value
             if write is not None:
                 write(Flushed(key, record.partition, value))
@@ -129,6 +144,37 @@ class LiveStates:
         while len(cache) > self.max_users:
             cache.popitem(last=False)
         return n
+
+    def _fit(self, live: LiveUser, value: bytes) -> bytes:
+        """Shrink ``live`` until its value fits ``max_value_bytes``: halve its facts (the oldest go, see
+        ``Sessionizer.shed``) while there are some, then halve the agents it remembers, then start its
+        core afresh (its sessions published so far stay published). Returns the value to write."""
+        limit = self.max_value_bytes
+        assert limit is not None
+        record = live.record
+        before, facts, reset = len(value), 0, False
+        while len(value) > limit:
+            core = live.core
+            dropped = self._shed(core, len(core.ts) // 2) if core is not None and self._shed else 0
+            if dropped:
+                facts += dropped
+            elif len(record.agents) > 1:
+                newest = sorted(record.agents.items(), key=lambda item: item[1].last_ms)
+                record.agents = dict(newest[len(newest) // 2 :])
+            elif core is not None:
+                live.core, reset = None, True
+            else:
+                self.oversized += 1
+                log.error("user state larger than state_max_bytes even when emptied; written as it is",
+                          extra={"kv": {"bytes": len(value), "limit": limit}})
+                return value
+            record.core = encode_state(live.core, self.state_format) if live.core is not None else b""
+            value = encode_record(record, self.state_format)
+        self.shed_users += 1
+        log.warning("user state over state_max_bytes: its oldest facts were dropped to fit", extra={"kv": {
+            "bytes_before": before, "bytes_after": len(value), "facts_dropped": facts,
+            "core_reset": reset}})
+        return value
 
     def forget(self, key: bytes) -> None:
         """Drop ``key`` from the cache without writing it (the next :meth:`get` reads the store)."""

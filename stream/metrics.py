@@ -91,6 +91,12 @@ class StreamMetrics:
             f"{p}_state_writes_total",
             "User states written to the changelog (once per changed user per commit)", registry=registry,
         )
+        self.state_shed = Counter(
+            f"{p}_state_shed_total",
+            "User states cut to fit state_max_bytes before a write: the user's oldest facts were dropped "
+            "(a flood of events within the retention horizon; docs/sessions.md, 'Bounds against floods')",
+            registry=registry,
+        )
         self.state_cached_users = Gauge(
             f"{p}_state_cached_users", "Users whose state is kept decoded in memory", registry=registry,
         )

@@ -18,7 +18,7 @@ from msgspec import Meta
 
 from common.health import parse_addr
 from common.horizon import DEFAULT_RETENTION_S
-from common.kafka import prefixed_port
+from common.kafka import MAX_REQUEST_SIZE, prefixed_port
 from common.settings import (
     HELP,
     KafkaSettings,
@@ -33,6 +33,9 @@ from stream.core import SessionizerConfig
 SECTION = "stream"
 #: The application id and metrics port without a topic prefix.
 BASE_APP_ID = "desktrace-stream"
+#: The largest ``state_max_bytes``: a value this large with the longest user key (two 1,024-character
+#: identity fields in UTF-8) still fits one producer request (``common.kafka.MAX_REQUEST_SIZE``).
+STATE_MAX_BYTES_LIMIT = MAX_REQUEST_SIZE - 9 * 1024
 BASE_METRICS_PORT = 6066
 
 
@@ -105,6 +108,7 @@ class StreamSettings(KafkaSettings, kw_only=True):
     commit_interval: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
     fetch_max_wait_s: Annotated[float, Meta(ge=0.01, le=30)] = 0.1
     state_format: Annotated[int, Meta(ge=2, le=3)] = 2
+    state_max_bytes: Annotated[int, Meta(ge=16_384, le=STATE_MAX_BYTES_LIMIT)] = 1_000_000
 
     def __post_init__(self) -> None:
         metrics_host_port(self.metrics_address)  # not expressible as a constraint
@@ -178,11 +182,14 @@ STREAM_HELP: dict[str, str] = {
     "later sessions)",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
+    "state_max_bytes": "largest state table value this worker writes: a user whose state would be larger "
+    "has its oldest facts dropped first (counted in desktrace_stream_state_shed_total). Keep it below the "
+    "changelog topic's max.message.bytes (the broker's default is 1048588)",
     "state_format": "version of the state table values this worker writes (it reads 2 and 3). 2 keeps "
-    "their recent part in stored (uncompressed) zlib blocks; 3 drops that framing too, 12-20% less CPU "
-    "per write. Releases before this "
-    "one cannot read 3: set it only once every worker runs this release, and back to 2 (and wait until "
-    "every user has been written again) before going back to an older release (docs/operations.md)",
+    "their recent part in stored (uncompressed) zlib blocks; 3 drops that framing too, up to a fifth "
+    "less CPU per write. Releases before this one cannot read 3: set it only once every worker runs this "
+    "release, and back to 2 (and wait until every user has been written again) before going back to an "
+    "older release (docs/operations.md)",
 }
 
 

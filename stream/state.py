@@ -17,7 +17,7 @@ from typing import Final
 
 import msgspec
 
-from stream.core.state import STORED, WRITE_VERSIONS
+from stream.core.state import WRITE_VERSIONS, zlib_framed
 from stream.fleet import AgentSeen
 
 
@@ -77,7 +77,7 @@ def encode_record(record: UserRecord, version: int = 2) -> bytes:
     finally:
         record.core = core
     if version == 2:
-        rest = zlib.compress(rest, STORED)
+        rest = zlib_framed(rest)
     return _encoder.encode(_Split(version, rest, core))
 
 

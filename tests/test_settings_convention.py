@@ -83,6 +83,7 @@ def test_fixed_names_keep_working() -> None:
         ({"DESKTRACE_BATCH_SIZE": "0"}, "batch_size"),
         ({"DESKTRACE_STATE_CACHE_USERS": "0"}, "state_cache_users"),
         ({"DESKTRACE_STATE_FORMAT": "4"}, "state_format"),
+        ({"DESKTRACE_STATE_MAX_BYTES": "1048576"}, "state_max_bytes"),
     ],
 )
 def test_constraints_name_the_bad_setting(env: dict[str, str], name: str) -> None:

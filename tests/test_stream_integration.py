@@ -172,3 +172,44 @@ async def test_a_trickle_is_gathered_into_one_batch_per_commit(
     commits = worker.metric("desktrace_stream_commit_seconds_count")
     assert 2 <= batches <= 8, (batches, worker.tail())  # about 4 s of events: 4 or 5 batches
     assert commits >= batches  # each batch is followed by its commit
+
+
+async def test_a_user_whose_state_outgrows_the_changelog_is_shed_and_the_worker_goes_on(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
+) -> None:
+    """One desk floods window events under 2,500 different 1,000-character host names (a broken image, or a
+    hostile sender) in between three ordinary users. Its state would be larger than the broker accepts in
+    one changelog record (1 MB by default): before, the refused state write stopped the worker, and the
+    restarted worker stopped again on the same events. Now the user's oldest facts are shed to fit
+    ``state_max_bytes`` (default), every changelog record is within it, the worker keeps running, and the
+    ordinary users' sessions are exactly the offline tool's."""
+    import random
+    from datetime import timedelta
+
+    from proto import events as E
+
+    events = generate_events(seed=21, users=3, hours=2)
+    expected = offline_sessions(events, tmp_path)
+    rng = random.Random(4)
+    t0 = min(e.ts for e in events)
+    flood = [
+        E.WindowSwitch(agent_id="flood-1", seq=i + 1, ts=t0 + timedelta(milliseconds=500 * i), input="none",
+                       user="flood", domain="corp", host=rng.randbytes(500).hex())
+        for i in range(2_500)
+    ]
+    worker = stream_workers.start("worker", 60.0)
+    await publish_events(kafka_bootstrap, topics, flood + events)
+    async with SessionView(kafka_bootstrap, topics) as view:
+        deadline = time.monotonic() + OUTPUT_WAIT_S
+        ordinary: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            await view.poll(0.5)
+            ordinary = {k: s for k, s in view.sessions.items() if s.user_key != "corp\\flood"}
+            if ordinary == expected:
+                break
+        assert ordinary == expected, describe_difference(ordinary, expected) + "\n" + worker.tail()  # type: ignore[arg-type]
+    assert await wait_metric(worker, "desktrace_stream_state_shed_total", 1, 10), worker.tail()
+    assert worker.proc is not None and worker.proc.poll() is None, worker.tail()  # still running
+    changelog = f"{app_id_for(topics)}-{TABLE_NAME}-changelog"
+    values = await consume_until(kafka_bootstrap, changelog, lambda _: False, within=3.0)
+    assert values and max(len(r.value or b"") for r in values) <= 1_000_000

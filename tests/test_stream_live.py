@@ -13,6 +13,7 @@ import pytest
 
 from bench.bench_sessionizer import user_day
 from proto import events as E
+from proto.clock import epoch_ms
 from stream.core import Sessionizer, SessionizerConfig, UserState, decode_state, encode_state
 from stream.live import Flushed, LiveStates, LiveUser
 from stream.state import UserRecord, decode_record, encode_record
@@ -220,3 +221,95 @@ def test_state_format_3_is_read_always_and_written_only_when_set() -> None:
     reader.flush()
     assert store[b"corp\\ann"][:2] == b"\x93\x02"
     assert _columns(decode_state(decode_record(store[b"corp\\ann"]).core)) == _columns(core)
+
+
+def _flood(n: int, user: str = "zed") -> list[E.Envelope]:
+    """``n`` window events of one user a second apart, each from a new agent id and with a seq gap: the
+    facts, the seq ranges and the fleet's agents all grow with ``n``."""
+    return [
+        E.WindowSwitch(agent_id=f"agent-{i % 5000}", seq=7 * i + 1, ts=T0 + timedelta(seconds=i),
+                       input="none", user=user, domain="corp", host=f"pc{i % 300}", title="t")
+        for i in range(n)
+    ]
+
+
+def test_no_value_written_is_larger_than_the_limit_and_normal_users_are_untouched() -> None:
+    """A flooding user's value is made to fit ``max_value_bytes`` before it is written (its oldest facts go,
+    the newest stay), so the changelog never refuses it; a normal user in the same flush is written whole,
+    and the flooding user's state goes on taking events afterwards."""
+    from stream import fleet
+
+    store: dict[bytes, bytes] = {}
+    limit = 40_000
+    states = LiveStates(store, max_value_bytes=limit, shed=CORE.shed)
+    flood = _flood(20_000)
+    for i in range(0, len(flood), 2_000):
+        key = b"corp\\zed"
+        live = states.get(key) or LiveUser(UserRecord(core=b"", partition=0, last_seen=0.0), None)
+        part = flood[i : i + 2_000]
+        live.core, _ = CORE.apply("corp\\zed", live.core, part)
+        fleet.observe(live.record.agents, part, 10**13)
+        states.put(key, live)
+        apply(states, "ann", clicks("ann", 20, start=i // 100))
+        states.flush()
+        assert max(len(v) for v in store.values()) <= limit
+    assert states.shed_users >= 1 and states.oversized == 0
+    zed = decode_record(store[b"corp\\zed"])
+    core = decode_state(zed.core)
+    assert core.ts[-1] == epoch_ms(flood[-1].ts)  # the newest facts are kept
+    assert 0 < len(core.ts) < 20_000 and core.floor > epoch_ms(flood[0].ts)
+    ann = decode_state(decode_record(store[b"corp\\ann"]).core)
+    all_ann = [e for i in range(0, 20_000, 2_000) for e in clicks("ann", 20, i // 100)]
+    whole, _ = CORE.apply("corp\\ann", None, all_ann)
+    assert (ann.ts.tolist(), ann.code.tolist(), ann.floor) == (whole.ts.tolist(), whole.code.tolist(),
+                                                               whole.floor)
+    unlimited: dict[bytes, bytes] = {}
+    plain = LiveStates(unlimited)  # without the limit the same flood is written whole: the limit did it
+    live = LiveUser(UserRecord(core=b"", partition=0, last_seen=0.0), CORE.apply("corp\\zed", None, flood)[0])
+    fleet.observe(live.record.agents, flood, 10**13)
+    plain.put(b"corp\\zed", live)
+    plain.flush()
+    assert len(unlimited[b"corp\\zed"]) > limit
+
+
+def test_a_record_too_large_for_its_facts_loses_its_least_recent_agents() -> None:
+    """What cannot be shed as facts (the agents remembered, then the core itself) goes next, in that order;
+    the value always ends up within the limit."""
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store, max_value_bytes=16_384, shed=CORE.shed)
+    from stream.fleet import AgentSeen
+
+    rng = random.Random(6)  # agent ids that do not compress
+    record = UserRecord(core=b"", partition=1, last_seen=0.0,
+                        agents={rng.randbytes(100).hex(): AgentSeen(last_ms=i) for i in range(200)})
+    core, _ = CORE.apply("corp\\ann", None, clicks("ann", 10))
+    states.put(b"corp\\ann", LiveUser(record, core))
+    states.flush()
+    value = store[b"corp\\ann"]
+    assert len(value) <= 16_384 and states.shed_users == 1
+    kept = decode_record(value)
+    assert 0 < len(kept.agents) < 200
+    assert max(a.last_ms for a in kept.agents.values()) == 199  # the most recently heard stay
+    assert decode_state(kept.core).ts.tolist() == core.ts.tolist()  # its few facts were not the problem
+
+
+def test_a_core_that_cannot_be_shed_is_started_afresh_to_fit() -> None:
+    """Facts that all share one instant cannot be cut by time: the core itself goes (the user starts
+    afresh; what was published stays published) rather than a value the changelog would refuse."""
+    rng = random.Random(7)
+    burst = [
+        E.WindowSwitch(agent_id="a-1", seq=i + 1, ts=T0, input="none", user="bob", domain="corp",
+                       host=rng.randbytes(100).hex())
+        for i in range(300)
+    ]
+    core, _ = CORE.apply("corp\\bob", None, burst)
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store, max_value_bytes=16_384, shed=CORE.shed)
+    states.put(b"corp\\bob", LiveUser(UserRecord(core=b"", partition=2, last_seen=0.0), core))
+    states.flush()
+    value = store[b"corp\\bob"]
+    assert len(value) <= 16_384 and states.shed_users == 1
+    record = decode_record(value)
+    assert record.core == b"" and record.partition == 2
+    live = states.get(b"corp\\bob")
+    assert live is not None and live.core is None

@@ -127,6 +127,19 @@ def test_fleet_summary_counts_recent_silent_and_caps_versions() -> None:
     assert "gone" not in agents and "recent" in agents
 
 
+def test_a_user_remembers_at_most_max_agents_the_most_recently_heard() -> None:
+    """Events under ever new agent ids (a cloned image, a hostile sender) must not grow the user's record
+    without end: past ``MAX_AGENTS`` the agents heard from longest ago are forgotten."""
+    now = fleet.epoch_ms(T0 + timedelta(hours=2))
+    agents: dict[str, fleet.AgentSeen] = {}
+    for i in range(fleet.MAX_AGENTS + 40):
+        fleet.observe(agents, [hb(1, i * 0.1, 0, agent=f"a{i}")], now)
+    fleet.prune(agents, now)
+    assert len(agents) == fleet.MAX_AGENTS
+    assert "a0" not in agents and f"a{fleet.MAX_AGENTS + 39}" in agents
+    assert min(int(a[1:]) for a in agents) == 40
+
+
 def test_user_record_round_trip() -> None:
     rec = UserRecord(core=b"\x01\x02", partition=2, last_seen=12.5,
                      agents={"a": fleet.AgentSeen(last_ms=1, version="v", hb_ms=1, spool_dropped=0)})

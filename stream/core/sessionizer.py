@@ -41,6 +41,13 @@ from stream.core.state import (
 
 _NEVER = 1 << 62  #: "no new fact" for close()
 _SOFT_STEP = 6 * 3_600_000  #: at least this much of a period is cut at once (Sessionizer._soft_cut)
+#: The most seq ranges a user's state keeps for duplicate detection (``UserState.seen``). An agent that
+#: sends its seqs in order has one; gaps (events still to come, or an agent that numbers wrongly) add one
+#: each. Beyond this the ranges heard from longest ago are dropped, down to half: an event of a dropped
+#: range that comes again is taken again, which changes nothing (a user's facts are a set), only the
+#: duplicates count misses it. Without a bound, one agent with random seqs grew a state by about 12 bytes
+#: per event over the whole horizon.
+MAX_SEEN_RANGES = 4096
 #: The fact flags of each break type, from the contract's type sets (sessions.md rules 2 and 4): every break
 #: breaks, the presence-ending ones end presence, a ``Lock`` starts a locked period.
 _FLAGS: dict[str, int] = {
@@ -105,6 +112,27 @@ def _mark_seen(ranges: list[int], seq: int, t: int) -> bool:
         return True
     ranges[3 * i + 3 : 3 * i + 3] = [seq, seq, t]
     return True
+
+
+def _bound_seen(seen: dict[str, list[int]]) -> None:
+    """Keep at most :data:`MAX_SEEN_RANGES` ranges in ``seen``: past it, the newest half (by their latest
+    event time, ties by agent and position) stays."""
+    n = 0
+    for ranges in seen.values():
+        n += len(ranges)
+    if n <= 3 * MAX_SEEN_RANGES:
+        return
+    order = sorted((r[i + 2], agent, i) for agent, r in seen.items() for i in range(0, len(r), 3))
+    drop: dict[str, set[int]] = {}
+    for _, agent, i in order[: len(order) - MAX_SEEN_RANGES // 2]:
+        drop.setdefault(agent, set()).add(i)
+    for agent, gone in drop.items():
+        r = seen[agent]
+        kept = [x for i in range(0, len(r), 3) if i not in gone for x in r[i : i + 3]]
+        if kept:
+            seen[agent] = kept
+        else:
+            del seen[agent]
 
 
 def _is_seen(ranges: list[int], seq: int) -> bool:
@@ -219,6 +247,7 @@ class Sessionizer:
             return st, Update([], [], intake.late, intake.dups)
         upserts, retractions, corrected = self._recompute(user_key, st, intake.t_aff, False)
         self._prune(st, st.latest - self._retention)
+        _bound_seen(st.seen)
         return st, Update(upserts, retractions, intake.late, intake.dups, corrected)
 
     def close(self, user_key: str, state: UserState) -> tuple[UserState, Update]:
@@ -228,6 +257,42 @@ class Sessionizer:
             return state, Update([], [], [], 0)
         upserts, retractions, corrected = self._recompute(user_key, state, _NEVER, True)
         return state, Update(upserts, retractions, [], 0, corrected)
+
+    def shed(self, state: UserState, keep: int) -> int:
+        """Forget all but about the newest ``keep`` facts of ``state`` and everything older than them; return
+        how many facts went. For a user whose state would not fit where it is stored (the worker's
+        ``state_max_bytes``): a flood of events within the horizon (``docs/sessions.md``, "Bounds against
+        floods").
+
+        The cut is made at the start of the latest published active session before those facts when there
+        is one (nothing before such a start can change anything after it: see :meth:`_soft_cut`), else at
+        the oldest kept fact; events older than the cut are late from then on. In the second case a
+        published session the cut goes through may be published again from the cut on."""
+        ts = state.ts
+        n = len(ts)
+        if n == 0 or keep >= n:
+            return 0
+        limit = ts[n - max(keep, 1)]
+        soft_limit = limit
+        if state.open_from is not None and state.open_from < soft_limit:
+            soft_limit = state.open_from  # nothing open may start before a soft cut
+        q = None
+        if not state.sc:
+            for key in state.pub:
+                if key & 1 == ACTIVE:
+                    start = key >> 1
+                    if state.floor < start <= soft_limit and (q is None or start > q):
+                        q = start
+            if q is not None and bisect_left(ts, q) == 0:
+                q = None  # nothing before it to forget
+        forced = q is None
+        if forced:
+            q = limit
+        assert q is not None
+        self._cut_at(state, q, True, q)
+        if forced:
+            state.cks = column([])  # their chains may reach before the cut: the next update starts from it
+        return n - len(state.ts)
 
     def open_sessions(self, state: UserState) -> int:
         """Computed sessions not yet published as they now are."""
@@ -447,8 +512,15 @@ class Sessionizer:
             if q is None:
                 return
             soft = True
+        self._cut_at(st, q, soft, cutoff)
+
+    def _cut_at(self, st: UserState, q: int, inside: bool, seen_cutoff: int) -> None:
+        """Forget the facts before ``q`` (the new floor), the periods, checkpoints and published keys before
+        it, and the seq ranges last heard before ``seen_cutoff``. ``inside``: ``q`` may fall inside a
+        presence period, which then continues from ``q``."""
+        comps = st.comps
         period_end = None
-        if soft:  # the presence period holding q continues from q (see _soft_cut)
+        if inside:
             k = bisect_right(comps[0::2], q) - 1
             if k >= 0 and comps[2 * k] < q <= comps[2 * k + 1]:
                 period_end = comps[2 * k + 1]
@@ -462,7 +534,7 @@ class Sessionizer:
         if period_end is not None:
             st.comps[0:0] = column([q, period_end])
         cks = [v for i in range(0, len(st.cks), 6) if st.cks[i] > q for v in st.cks[i : i + 6]]
-        if soft:
+        if inside:
             for i in range(4, len(cks), 6):  # their period now starts at q
                 if cks[i] < q:
                     cks[i] = q
@@ -472,7 +544,7 @@ class Sessionizer:
         st.floor = q
         for agent in list(st.seen):
             r = st.seen[agent]
-            keep = [x for i3 in range(0, len(r), 3) if r[i3 + 2] >= cutoff for x in r[i3 : i3 + 3]]
+            keep = [x for i3 in range(0, len(r), 3) if r[i3 + 2] >= seen_cutoff for x in r[i3 : i3 + 3]]
             if keep:
                 st.seen[agent] = keep
             else:

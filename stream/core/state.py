@@ -196,10 +196,20 @@ def _undelta(xs: list[int]) -> array[int]:
 #: The state format versions :func:`encode_state` writes (:func:`decode_state` reads 1, 2 and 3).
 WRITE_VERSIONS: Final = (2, 3)
 #: zlib level of the parts of a version-2 value that every write encodes again (the light part here, the
-#: record in ``stream.state``): 0, stored blocks. Any zlib reader (every release that reads version 2)
-#: inflates them, and they cost about 5 us instead of 40-60 us at level 1, which only halved 1-2 KB;
-#: sealed chunks, encoded once and reused, stay at level 1. Version 3 drops the zlib framing too.
+#: record in ``stream.state``) up to :data:`STORE_UP_TO` bytes: 0, stored blocks. Any zlib reader (every
+#: release that reads version 2) inflates them, and they cost about 5 us instead of 40-60 us at level 1,
+#: which only halved 1-3 KB; sealed chunks, encoded once and reused, stay at level 1. Version 3 drops the
+#: zlib framing too.
 STORED: Final = 0
+#: Larger parts (a user with thousands of legacy reports or of seq gaps in the horizon) are deflated at
+#: level 1 as before: they shrink 2-100x, and an uncompressed one would bring the value nearer the
+#: changelog's record limit (``stream.live``).
+STORE_UP_TO: Final = 8192
+
+
+def zlib_framed(data: bytes) -> bytes:
+    """``data`` as a zlib stream: stored blocks up to :data:`STORE_UP_TO` bytes, else deflated (level 1)."""
+    return zlib.compress(data, STORED if len(data) <= STORE_UP_TO else 1)
 
 
 def encode_state(state: UserState, version: int = 2) -> bytes:
@@ -238,7 +248,7 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
     )
     light_bytes = _encoder.encode(light)
     if version == 2:
-        light_bytes = zlib.compress(light_bytes, STORED)
+        light_bytes = zlib_framed(light_bytes)
     return _encoder.encode(_WireV2(version, light_bytes, list(ts_cache.blobs), list(pts_cache.blobs)))
 
 
