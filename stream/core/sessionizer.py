@@ -135,6 +135,27 @@ def _bound_seen(seen: dict[str, list[int]]) -> None:
             del seen[agent]
 
 
+def _older_checkpoints(cks: Sequence[int], start: int, targets: tuple[int, ...]) -> list[int]:
+    """The checkpoints of ``cks`` (flat) worth keeping from before a computation that started at ``start``
+    (its checkpoint or cut): those are still exact, since no fact before ``start`` changed. For each of
+    ``targets`` and one hour before the first, the latest at or before it (a computation from a checkpoint
+    makes only the one at its latest fact, and an event just before that one would otherwise need a
+    computation from the start of the presence period, which can be days back)."""
+    olds = [i for i in range(0, len(cks), 6) if cks[i] <= start]
+    if not olds:
+        return []
+    keep: list[int] = []
+    for bound in (*targets, targets[0] - 3_600_000 if targets else NO_TIME):
+        best = -1
+        for i in olds:
+            x = cks[i]
+            if x <= bound and (best < 0 or x > cks[best]):
+                best = i
+        if best >= 0 and best not in keep:
+            keep.append(best)
+    return [v for i in keep for v in cks[i : i + 6]]
+
+
 def _is_seen(ranges: list[int], seq: int) -> bool:
     for i in range(len(ranges) - 3, -1, -3):
         if ranges[i] <= seq:
@@ -408,7 +429,8 @@ class Sessionizer:
         latest_fact = st.ts[-1] if st.ts else NO_TIME
         targets = (latest_fact, latest_fact - 60_000, latest_fact - 600_000)
         if carry is not None:
-            res = compute(st, carry.x, self._gap, self._presence, all_closed, carry, targets, self._cap)
+            c = carry.x
+            res = compute(st, c, self._gap, self._presence, all_closed, carry, targets, self._cap)
         else:
             t = t_aff - self._margin
             if open_from is not None and open_from < t:
@@ -420,7 +442,7 @@ class Sessionizer:
         first = res.comps[0] if res.comps else region
         k = bisect_left(st.comps[0::2], min(first, region)) * 2
         st.comps[k:] = column(res.comps)
-        st.cks = column(res.checkpoints)
+        st.cks = column(_older_checkpoints(st.cks, c, targets) + res.checkpoints)
         upserts: list[Session] = []
         retractions: list[SessionRetraction] = []
         corrected: list[str] = []

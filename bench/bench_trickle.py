@@ -1,0 +1,108 @@
+"""The core's CPU per event when events trickle in (run by hand: ``nice .venv/bin/python
+bench/bench_trickle.py [--days 3]``).
+
+A worker at ordinary load gathers about one event per user per commit, so ``Sessionizer.apply`` runs once
+per event, with a user's whole history behind it. Its three raw topics are consumed at slightly different
+paces, so an event often lands a little before the latest fact already taken (here: each presence event,
+heartbeats included, arrives up to ``--lag`` seconds after the others of its time). The cost of such an
+event depends on the checkpoint the core resumes from: without one at or before the event, the core
+recomputes from the start of the presence period, which for a desk that stays logged on (locked at night,
+heartbeats all day) is the whole retention horizon.
+
+For one user with ``--days`` of realistic events (``bench_sessionizer.user_day``; all but the last day applied
+in batches first), prints the CPU per trickled event of the last day and the facts the computations
+scanned, with the older checkpoints kept (``stream.core.sessionizer._older_checkpoints``, the current
+core) and, as the baseline in the same run, without them (only the checkpoints of the latest
+computation, as before session 8), and their ratio. Best of ``--repeat`` interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from bisect import bisect_left
+from datetime import timedelta
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_sessionizer import user_day
+from proto.events import Envelope
+from stream.core import Sessionizer, SessionizerConfig, UserState
+from stream.core import compute as compute_module
+from stream.core import sessionizer as core_module
+
+
+def trickled(days: int, lag_s: float, seed: int) -> tuple[list[Envelope], list[Envelope]]:
+    """The history (every day but the last, in time order) and the last day as it arrives: presence
+    events up to ``lag_s`` late."""
+    rng = random.Random(seed)
+    history = [e for day in range(days - 1) for e in user_day(1, rng, day)]
+    last = user_day(1, rng, days - 1)
+    keyed = [
+        (e.ts + timedelta(seconds=rng.uniform(0, lag_s) if type(e).category == "presence" else 0), i, e)
+        for i, e in enumerate(last)
+    ]
+    return history, [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+def run(history: list[Envelope], last: list[Envelope], days: int) -> tuple[float, int, int]:
+    """CPU seconds of trickling ``last`` one event per call, facts scanned, computations without a
+    checkpoint."""
+    core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * (days + 1)))
+    st: UserState | None = None
+    for i in range(0, len(history), 200):
+        st, _ = core.apply("corp\\user1", st, history[i : i + 200])
+    scanned = [0, 0]
+    real = compute_module.compute
+
+    def counting(state: UserState, c: int, *args: object, **kwargs: object) -> compute_module.Result:
+        scanned[0] += len(state.ts) - bisect_left(state.ts, c)
+        if args[3] is None:  # no checkpoint to resume from
+            scanned[1] += 1
+        return real(state, c, *args, **kwargs)  # type: ignore[arg-type]
+
+    with mock.patch.object(core_module, "compute", counting):
+        t = time.process_time()
+        for e in last:
+            st, _ = core.apply("corp\\user1", st, [e])
+        spent = time.process_time() - t
+    return spent, scanned[0], scanned[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--days", type=int, default=3, help="days of history, the last one trickled")
+    parser.add_argument("--lag", type=float, default=20.0, help="presence events arrive up to this late (s)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    history, last = trickled(args.days, args.lag, args.seed)
+    variants = {
+        "latest computation's checkpoints only (baseline)": lambda: mock.patch.object(
+            core_module, "_older_checkpoints", lambda *a: []),
+        "older checkpoints kept (current)": lambda: mock.patch.object(
+            core_module, "_older_checkpoints", core_module._older_checkpoints),
+    }
+    best: dict[str, tuple[float, int, int]] = {}
+    for _ in range(args.repeat):
+        for name, patch in variants.items():
+            with patch():
+                result = run(history, last, args.days)
+            if name not in best or result[0] < best[name][0]:
+                best[name] = result
+    print(f"{len(history):,} events of history, {len(last):,} trickled one per call "
+          f"(presence up to {args.lag:g} s late); best of {args.repeat}")
+    base = next(iter(best.values()))[0]
+    for name, (spent, facts, hard) in best.items():
+        print(f"{name:50s} {spent / len(last) * 1e6:8.1f} us/event  {facts / len(last):8.1f} facts "
+              f"scanned/event  {hard:5d} computations from a cut  ratio {spent / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
