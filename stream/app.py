@@ -40,7 +40,13 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import EventT, StreamT
 from prometheus_client import CollectorRegistry
 
-from common.kafka import MAX_REQUEST_SIZE, client_options
+from common.kafka import (
+    MAX_REQUEST_SIZE,
+    ProduceErrorKind,
+    client_options,
+    produce_error_kind,
+    produce_error_name,
+)
 from proto.topics import Topics
 from stream.batching import BatchConsumer
 from stream.changelog import ChangelogWriter
@@ -389,10 +395,20 @@ class StreamApp:
     def _die(self, exc: BaseException, what: str = "cannot produce output") -> None:
         # Returning would let take_events ack the batch; exiting leaves its offsets uncommitted, so the
         # next owner re-processes it (at-least-once; duplicates are harmless).
-        log.critical(
-            f"{what} (transient Kafka error); exiting without committing the batch",
-            extra={"kv": {"exception": str(exc) or type(exc).__name__}},
-        )
+        if produce_error_kind(exc) is ProduceErrorKind.PERMANENT:
+            # Only the state write can get here with a permanent error (output records are replaced):
+            # restarting cannot help, the same value would be refused again.
+            log.critical(
+                f"{what}: Kafka refused it for good; exiting without committing the batch. If the error "
+                "is a size error, set state_max_bytes (DESKTRACE_STATE_MAX_BYTES) below the changelog "
+                "topic's max.message.bytes",
+                extra={"kv": {"exception": produce_error_name(exc)}},
+            )
+        else:
+            log.critical(
+                f"{what} (transient Kafka error); exiting without committing the batch",
+                extra={"kv": {"exception": str(exc) or type(exc).__name__}},
+            )
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stderr.flush()
