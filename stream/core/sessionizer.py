@@ -141,18 +141,16 @@ def _older_checkpoints(cks: Sequence[int], start: int, targets: tuple[int, ...])
     ``targets`` and one hour before the first, the latest at or before it (a computation from a checkpoint
     makes only the one at its latest fact, and an event just before that one would otherwise need a
     computation from the start of the presence period, which can be days back)."""
-    olds = [i for i in range(0, len(cks), 6) if cks[i] <= start]
+    olds = sorted(((cks[i], i) for i in range(0, len(cks), 6) if cks[i] <= start), reverse=True)
     if not olds:
         return []
     keep: list[int] = []
     for bound in (*targets, targets[0] - 3_600_000 if targets else NO_TIME):
-        best = -1
-        for i in olds:
-            x = cks[i]
-            if x <= bound and (best < 0 or x > cks[best]):
-                best = i
-        if best >= 0 and best not in keep:
-            keep.append(best)
+        for x, i in olds:  # latest first
+            if x <= bound:
+                if i not in keep:
+                    keep.append(i)
+                break
     return [v for i in keep for v in cks[i : i + 6]]
 
 
@@ -481,15 +479,16 @@ class Sessionizer:
 
     def _checkpoint_for(self, st: UserState, t_aff: int, open_from: int | None) -> Checkpoint | None:
         cks = st.cks
+        floor = st.floor
         best: Checkpoint | None = None
         for i in range(0, len(cks), 6):
-            ck = Checkpoint(*cks[i : i + 6])
-            if ck.x > t_aff or ck.x <= st.floor:
+            x = cks[i]
+            if x > t_aff or x <= floor or (best is not None and x <= best.x):
                 continue
+            ck = Checkpoint(*cks[i : i + 6])
             if open_from is not None and open_from < ck.region_start:
                 continue
-            if best is None or ck.x > best.x:
-                best = ck
+            best = ck
         if best is None:
             return None
         if st.sc and (st.sc[-1] >> 1) >= best.p0:
