@@ -79,6 +79,11 @@ def prune(agents: MutableMapping[str, AgentSeen], now_ms: int, keep: int = MAX_A
     most recently heard."""
     for agent_id in [a for a, s in agents.items() if now_ms - s.last_ms > KEEP_MS]:
         del agents[agent_id]
+    keep_latest(agents, keep)
+
+
+def keep_latest(agents: MutableMapping[str, AgentSeen], keep: int) -> None:
+    """Forget all but the ``keep`` most recently heard agents."""
     if len(agents) > keep:
         by_age = sorted(agents.items(), key=lambda item: item[1].last_ms)
         for agent_id, _ in by_age[: len(agents) - keep]:

@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 
+from stream import fleet
 from stream.core import WRITE_VERSIONS, UserState, decode_state, encode_state
 from stream.state import UserRecord, decode_record, encode_record
 
@@ -159,8 +160,7 @@ class LiveStates:
             if dropped:
                 facts += dropped
             elif len(record.agents) > 1:
-                newest = sorted(record.agents.items(), key=lambda item: item[1].last_ms)
-                record.agents = dict(newest[len(newest) // 2 :])
+                fleet.keep_latest(record.agents, len(record.agents) // 2)
             elif core is not None:
                 live.core, reset = None, True
             else:

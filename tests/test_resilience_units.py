@@ -62,6 +62,20 @@ def test_dead_letter_of_any_size_fits_the_request_limit(size: int) -> None:
     assert dl.truncated == (size > 1_048_000)
 
 
+def test_the_largest_state_value_with_the_longest_user_key_fits_one_request() -> None:
+    """``state_max_bytes`` may be set up to ``STATE_MAX_BYTES_LIMIT``: a table value that large under the
+    longest user key the contract allows (two 1,024-character identity fields, 4 UTF-8 bytes each, and
+    the separator) must pass aiokafka's own size check against ``max_request_size``, with less than 1 KiB
+    to spare (the bound is the request's, not an arbitrary lower one)."""
+    from stream.settings import STATE_MAX_BYTES_LIMIT
+
+    key = ("\U0001f600" * 1024 + "\\" + "\U0001f600" * 1024).encode()
+    assert len(key) == 8 * 1024 + 1
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, b"v" * STATE_MAX_BYTES_LIMIT, [])
+    assert size <= MAX_REQUEST_SIZE
+    assert MAX_REQUEST_SIZE - size < 1024
+
+
 def test_forced_head_and_small_records() -> None:
     small = D.deadletter_record(None, b"abc", HEADERS)
     assert small == D.DeadLetter(None, b"abc", HEADERS, False)

@@ -295,15 +295,7 @@ class Sessionizer:
         soft_limit = limit
         if state.open_from is not None and state.open_from < soft_limit:
             soft_limit = state.open_from  # nothing open may start before a soft cut
-        q = None
-        if not state.sc:
-            for key in state.pub:
-                if key & 1 == ACTIVE:
-                    start = key >> 1
-                    if state.floor < start <= soft_limit and (q is None or start > q):
-                        q = start
-            if q is not None and bisect_left(ts, q) == 0:
-                q = None  # nothing before it to forget
+        q = self._soft_cut(state, soft_limit, step=1)  # any such start after the oldest fact will do
         forced = q is None
         if forced:
             q = limit
@@ -572,11 +564,11 @@ class Sessionizer:
                 del st.seen[agent]
         self._reintern(st)
 
-    def _soft_cut(self, st: UserState, limit: int) -> int | None:
+    def _soft_cut(self, st: UserState, limit: int, step: int = _SOFT_STEP) -> int | None:
         """A cut inside a presence period, for a user who never leaves presence (a desk logged on and
         locked overnight, with heartbeats, has one period for days and so never a hard cut): the start
-        ``s`` of the latest published active session at or before ``limit``, once it is ``_SOFT_STEP``
-        past the oldest fact kept (so that cuts are rare).
+        ``s`` of the latest published active session at or before ``limit``, once it is ``step`` past the
+        oldest fact kept (by default ``_SOFT_STEP``, so that cuts are rare; :meth:`shed` takes any).
 
         Nothing before ``s`` can change anything from ``s`` on: ``s`` starts a chain, so no evidence before
         it chains into it (rule 3); events before the new floor are late, so none can come between; the
@@ -587,7 +579,7 @@ class Sessionizer:
         if st.sc or not st.ts:
             return None
         oldest = st.ts[0]
-        if limit - oldest < _SOFT_STEP:
+        if limit - oldest < step:
             return None
         best = None
         for key in st.pub:
@@ -595,7 +587,7 @@ class Sessionizer:
                 start = key >> 1
                 if start <= limit and (best is None or start > best):
                     best = start
-        if best is None or best - oldest < _SOFT_STEP or best <= st.floor:
+        if best is None or best - oldest < step or best <= st.floor:
             return None
         return best
 

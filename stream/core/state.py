@@ -128,10 +128,10 @@ class _WireV2(msgspec.Struct, array_like=True):
     """Version 2: ``[2, zlib(msgpack(_Light)), ts chunks, pts chunks]`` (the light part in stored zlib
     blocks since this release, see :data:`STORED`; any level reads the same); version 3 is the same with
     the light part's msgpack without zlib framing (``[3, msgpack(_Light), ...]``). A chunk is the
-    zlib-compressed
-    msgpack of ``[delta-encoded times (the first absolute), codes]`` (``pts`` chunks: the times only) of a
-    run of old facts; it is encoded once and its bytes reused by every later encoding while those facts
-    are unchanged, so writing a user's state costs its recent part, not its whole retention horizon."""
+    zlib-compressed msgpack of ``[delta-encoded times (the first absolute), codes]`` (``pts`` chunks: the
+    times only) of a run of old facts; it is encoded once and its bytes reused by every later encoding
+    while those facts are unchanged, so writing a user's state costs its recent part, not its whole
+    retention horizon."""
 
     v: int
     light: bytes
