@@ -77,13 +77,13 @@ def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tup
 
 def worker_rate(
     bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int, commit_s: float,
-    fetch_wait_s: float, state_format: int = 2,
+    fetch_wait_s: float, state_format: int = 2, align_wait_s: float = 1.0,
 ) -> tuple[float, float]:
     """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
                      DESKTRACE_COMMIT_INTERVAL=str(commit_s), DESKTRACE_FETCH_MAX_WAIT_S=str(fetch_wait_s),
-                     DESKTRACE_STATE_FORMAT=str(state_format))
+                     DESKTRACE_STATE_FORMAT=str(state_format), DESKTRACE_ALIGN_WAIT_S=str(align_wait_s))
     worker = worker_process(env, workdir / "worker.log")
     # Watched from its metrics endpoint's start, not from /readyz: the worker handles records before its
     # group watch reports it ready (every 2 s), and a run of a few seconds would be measured from its middle.
@@ -174,20 +174,21 @@ async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[flo
         print(f"\n{users} users: published {n:,} events in {time.perf_counter() - t:.1f}s", flush=True)
         best: dict[str, tuple[float, float]] = {}
         workers = {
-            f"desktrace@{c:g}s/{w:g}s/v{f}": (c, w, f)
+            f"desktrace@{c:g}s/{w:g}s/v{f}/a{a:g}": (c, w, f, a)
             for c in args.commit_intervals for w in args.fetch_waits for f in args.state_formats
+            for a in args.align_waits
         }
         subjects = ["aiokafka", "faust", *([] if args.no_quix else ["quix"]), *workers]
         for r in range(args.rounds):
             order = subjects if r % 2 == 0 else subjects[::-1]
             for s in order:
                 if s in workers:
-                    commit_s, wait_s, fmt = workers[s]
+                    commit_s, wait_s, fmt, align_s = workers[s]
                     with tempfile.TemporaryDirectory() as tmp:
-                        app_id = f"{prefix}stream{r}{len(s)}{commit_s:g}{wait_s:g}v{fmt}"
+                        app_id = f"{prefix}stream{r}{len(s)}{commit_s:g}{wait_s:g}v{fmt}a{align_s:g}"
                         rate, cpu = worker_rate(
                             args.bootstrap, topics, app_id, n, Path(tmp), args.batch_size, commit_s, wait_s,
-                            fmt,
+                            fmt, align_s,
                         )
                 else:
                     rate, cpu = peer_rate(s, args.bootstrap, prefix, n, args.batch_size)
@@ -217,6 +218,9 @@ async def main() -> None:
     parser.add_argument("--state-formats", type=int, nargs="+", default=[2],
                         help="worker state_format values to measure (one worker run each per commit interval "
                         "and fetch wait)")
+    parser.add_argument("--align-waits", type=float, nargs="+", default=[1.0],
+                        help="worker align_wait_s values to measure (one worker run each per commit "
+                        "interval, fetch wait and state format; 0: records in fetch order)")
     parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
     if not args.no_quix and importlib.util.find_spec("quixstreams") is None:
@@ -228,9 +232,9 @@ async def main() -> None:
         for name, (d_rate, d_cpu) in best.items():
             if not name.startswith("desktrace"):
                 continue
-            commit, wait, fmt = name.split("@")[1].split("/")
+            commit, wait, fmt, align = name.split("@")[1].split("/")
             print(f"{users} users: desktrace-stream (commit_interval {commit}, fetch_max_wait_s {wait}, "
-                  f"state_format {fmt[1:]}) "
+                  f"state_format {fmt[1:]}, align_wait_s {align[1:]}) "
                   f"{d_rate:,.0f} events/s, {d_cpu:.1f} us/event")
             for peer in ("quix", "faust", "aiokafka"):
                 if peer in best:

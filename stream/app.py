@@ -209,7 +209,8 @@ class StreamApp:
         # subscribed (and co-partitioned with the table) in Faust's eyes.
         self.app.transport.Consumer = BatchConsumer.bound(  # type: ignore[misc]
             self.topics.raw, self.handle_records, self._before_commit, lambda: self.lock,
-            self.metrics.commit_seconds.observe, settings.fetch_max_wait_s,
+            self.metrics.commit_seconds.observe, settings.fetch_max_wait_s, settings.align_wait_s,
+            self.metrics.records_aligned.inc,
         )
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)

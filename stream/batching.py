@@ -26,13 +26,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from time import monotonic
+from time import monotonic, time
 from typing import Any, ClassVar, cast
 
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
 from mode import Service
+
+from stream.gather import BatchGather
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class BatchConsumer(AIOKafkaFaustConsumer):
     lock_of: ClassVar[Callable[[], asyncio.Lock] | None] = None
     on_commit: ClassVar[Callable[[float], None] | None] = None  #: seconds each commit took
     fetch_max_wait_ms: ClassVar[int | None] = None  #: the broker's longest hold of a fetch (None: Faust's)
+    align_wait_s: ClassVar[float] = 0.0  #: see :class:`stream.gather.BatchGather` (0: no alignment)
+    on_aligned: ClassVar[Callable[[int], None] | None] = None  #: records handled after waiting for alignment
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -70,6 +74,8 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         lock_of: Callable[[], asyncio.Lock],
         on_commit: Callable[[float], None] | None = None,
         fetch_max_wait_s: float | None = None,
+        align_wait_s: float = 0.0,
+        on_aligned: Callable[[int], None] | None = None,
     ) -> type[BatchConsumer]:
         """A subclass delivering ``topics`` to ``handler`` (Faust instantiates the consumer class itself)."""
         return cast(
@@ -84,6 +90,8 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     "lock_of": staticmethod(lock_of),
                     "on_commit": None if on_commit is None else staticmethod(on_commit),
                     "fetch_max_wait_ms": None if fetch_max_wait_s is None else round(fetch_max_wait_s * 1000),
+                    "align_wait_s": align_wait_s,
+                    "on_aligned": None if on_aligned is None else staticmethod(on_aligned),
                 },
             ),
         )
@@ -140,10 +148,13 @@ class BatchConsumer(AIOKafkaFaustConsumer):
 
     # ---- the fetch loop -------------------------------------------------------------------------------
 
-    async def _take(self, records: Any, active: set[TP] | None, gather: _Gather) -> None:
-        """Add one fetch's records of the batch topics to ``gather`` (at most its room; the rest waits in it
-        for the next batch); records of other topics (changelog recovery) take Faust's per-message path."""
+    async def _take(
+        self, records: Any, active: set[TP] | None, gather: BatchGather, now: float, now_ms: int
+    ) -> None:
+        """Add one fetch's records of the batch topics to ``gather`` (they wait there until it lets them into
+        a batch); records of other topics (changelog recovery) take Faust's per-message path."""
         read_offset = self._read_offset
+        generation = self.app.consumer_generation_id
         for tp, recs in records.items():
             if not (active is None or tp in active or tp in self._buffered_partitions):
                 continue
@@ -153,12 +164,38 @@ class BatchConsumer(AIOKafkaFaustConsumer):
             if not recs:
                 continue
             if tp.topic in self.batch_topics:
-                gather.add(tp, recs)
+                gather.add(tp, recs, generation, now, now_ms)
                 continue
             for record in recs:
                 message = self._to_message(tp, record)
                 await self.wait_first(self.callback(message), self.suspend_flow.wait())
                 read_offset[tp] = record.offset
+
+    async def _wait_records(self, wait_s: float, holding: set[TP]) -> tuple[Any, set[TP] | None]:
+        """Faust's ``_wait_next_records`` without the partitions in ``holding``: their fetched records wait
+        in the gather, and aiokafka fetches a partition again only once its buffered records are taken."""
+        if not holding:
+            return cast("tuple[Any, set[TP] | None]", await self._wait_next_records(wait_s))
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)  # type: ignore[arg-type]
+        active = self._get_active_partitions() - holding
+        if not active:
+            await asyncio.sleep(min(wait_s, 0.05))
+            return {}, active
+        return await self._getmany(active_partitions=active, timeout=wait_s), active
+
+    def _lag(self, tp: TP) -> int | None:
+        """Records of ``tp`` still to be fetched (the highwater of its latest fetch response less the
+        position after the records taken), None if not known. Read from the consumer thread's aiokafka
+        state: two integers, each read atomically."""
+        consumer = self._thread._consumer
+        subscription = None if consumer is None else consumer._subscription.subscription
+        if subscription is None:
+            return None
+        state = subscription.assignment.state_value(tp)
+        if state is None or state.highwater is None or not state.has_valid_position:
+            return None
+        return max(0, int(state.highwater) - int(state.position))
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         consumer_should_stop = cast(Service, self)._stopped.is_set
@@ -168,13 +205,17 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         limit = max(1, int(self.app.conf.broker_max_poll_records or 1))
         interval = float(self.commit_interval)
         due = monotonic() + interval
-        gather = _Gather(limit)
+        gather = BatchGather(limit, type(self).align_wait_s)
+        handling = 0.0  #: seconds spent handling and committing: the gather's clock does not count them
+        on_aligned = type(self).on_aligned
+        aligned = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                if gather.generation != self.app.consumer_generation_id or not self.flow_active:
+                if gather.generation not in (None, self.app.consumer_generation_id) or not self.flow_active:
                     gather.reset()  # an older assignment: Faust seeks back to the committed offsets
                 if not gather.full:
-                    records, active = await self._wait_next_records(min(1.0, max(0.0, due - monotonic())))
+                    timeout = min(1.0, max(0.0, due - monotonic()))
+                    records, active = await self._wait_records(timeout, gather.holding())
                     await asyncio.sleep(0)
                     if self.should_stop:
                         continue
@@ -186,9 +227,10 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                                         extra={"kv": {"exception": type(exc).__name__}})
                         continue
                     if records:
-                        if gather.generation is None:
-                            gather.generation = self.app.consumer_generation_id
-                        await self._take(records, active, gather)
+                        await self._take(records, active, gather, monotonic() - handling, int(time() * 1000))
+                if gather.held:
+                    raw = [tp for tp in self.assignment() if tp.topic in self.batch_topics]
+                    gather.release(raw, self._lag, monotonic() - handling, int(time() * 1000))
                 # A batch is handled when the next commit is due (so its output and state are written
                 # right after it) or when it is full; until then it gathers what arrives.
                 if not gather.batch or (monotonic() < due and not gather.full):
@@ -197,6 +239,10 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                         await self.commit()
                     continue
                 batch, last, generation = gather.take()
+                if gather.aligned_total != aligned and on_aligned is not None:
+                    on_aligned(gather.aligned_total - aligned)
+                    aligned = gather.aligned_total
+                started = monotonic()
                 await handler(batch)
                 if self.app.consumer_generation_id == generation and self.flow_active:
                     assignment = self.assignment()
@@ -211,6 +257,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     # the interval); past it, the next batch is what has arrived meanwhile.
                     due = max(due + interval, monotonic())
                     await self.commit()
+                handling += monotonic() - started
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -239,49 +286,3 @@ class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
                                    "says, or update stream/batching.py")
             consumer._fetch_max_wait_ms = wait
         return consumer
-
-
-class _Gather:
-    """The records of the batch being gathered, at most ``limit``, with the last offset taken per partition
-    and the consumer generation they were fetched in; records past the limit wait for the next batch, in
-    order. Pure bookkeeping (no Kafka)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.batch: list[Any] = []
-        self.last: dict[Any, int] = {}
-        self.waiting: list[tuple[Any, list[Any]]] = []  #: fetched past the limit, in fetch order
-        self.generation: int | None = None
-
-    @property
-    def full(self) -> bool:
-        return len(self.batch) >= self.limit
-
-    def add(self, tp: Any, recs: list[Any]) -> None:
-        if self.waiting:  # an earlier fetch's records go first, whatever the room
-            self.waiting.append((tp, recs))
-            return
-        room = self.limit - len(self.batch)
-        if room <= 0:
-            self.waiting.append((tp, recs))
-            return
-        taken = recs[:room]
-        self.batch.extend(taken)
-        self.last[tp] = taken[-1].offset
-        if len(recs) > room:
-            self.waiting.append((tp, recs[room:]))
-
-    def take(self) -> tuple[list[Any], dict[Any, int], int | None]:
-        """The batch, its last offsets and generation; the waiting records start the next batch."""
-        out = (self.batch, self.last, self.generation)
-        waiting, self.waiting = self.waiting, []
-        self.batch, self.last = [], {}
-        for tp, recs in waiting:
-            self.add(tp, recs)
-        if not self.batch:
-            self.generation = None
-        return out
-
-    def reset(self) -> None:
-        """Drop everything (a rebalance: the records are fetched again from the committed offsets)."""
-        self.batch, self.last, self.waiting, self.generation = [], {}, [], None

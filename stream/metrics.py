@@ -97,6 +97,12 @@ class StreamMetrics:
             "(a flood of events within the retention horizon; docs/sessions.md, 'Bounds against floods')",
             registry=registry,
         )
+        self.records_aligned = Counter(
+            f"{p}_records_aligned_total",
+            "Raw records that waited for the same partition of another raw topic, behind in record time, "
+            "before being handled (a worker catching up handles its backlog in time order: align_wait_s)",
+            registry=registry,
+        )
         self.state_cached_users = Gauge(
             f"{p}_state_cached_users", "Users whose state is kept decoded in memory", registry=registry,
         )

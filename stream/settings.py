@@ -107,6 +107,7 @@ class StreamSettings(KafkaSettings, kw_only=True):
     state_cache_users: Annotated[int, Meta(ge=1)] = 5000
     commit_interval: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
     fetch_max_wait_s: Annotated[float, Meta(ge=0.01, le=30)] = 0.1
+    align_wait_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
     state_format: Annotated[int, Meta(ge=2, le=3)] = 2
     state_max_bytes: Annotated[int, Meta(ge=16_384, le=STATE_MAX_BYTES_LIMIT)] = 1_000_000
 
@@ -180,6 +181,11 @@ STREAM_HELP: dict[str, str] = {
     "fetch.max.wait.ms). One fetch per broker is in flight, for every partition with nothing buffered: while "
     "it waits on caught-up partitions, the others wait too (longer: fewer idle fetches, slower catch-up and "
     "later sessions)",
+    "align_wait_s": "a worker catching up handles its backlog in time order across the raw topics: records "
+    "of a raw topic that are ahead in record time of the same partition of another raw topic still behind "
+    "(1000 or more records to fetch) wait for it, so that each user's events come after the ones it has "
+    "settled (docs/stream-performance.md). A partition that delivers nothing for this many seconds stops "
+    "holding the others back; a worker that keeps up never holds a record (0: records in fetch order)",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
     "state_max_bytes": "largest state table value this worker writes: a user whose state would be larger "

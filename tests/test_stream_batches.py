@@ -145,34 +145,3 @@ async def test_records_go_in_order_in_as_few_record_batches_as_the_batch_size_al
     assert 3 <= len(producer.sent) < len(values)  # split by size, not one per record
     assert [values[7]] in [vs for _, _, vs in producer.sent]  # the large one alone
     assert [await fut for _, fut in sent] == list(range(1, len(producer.sent) + 1))
-
-
-def test_a_gathered_batch_holds_at_most_its_limit_and_the_rest_starts_the_next_in_order() -> None:
-    """``stream.batching._Gather``: the fetch loop adds each fetch's records per partition; a batch never
-    exceeds the limit (``batch_size``), the records past it start the next batch in their order (also
-    when more fetches come meanwhile), and each batch's last offsets are those of the records it holds."""
-    from types import SimpleNamespace
-
-    from stream.batching import _Gather
-
-    def recs(tp: str, lo: int, hi: int) -> list[SimpleNamespace]:
-        return [SimpleNamespace(tp=tp, offset=o) for o in range(lo, hi)]
-
-    g = _Gather(limit=5)
-    g.generation = 7
-    g.add("p0", recs("p0", 0, 3))
-    assert not g.full
-    g.add("p1", recs("p1", 10, 14))  # 2 fit, 2 wait
-    assert g.full
-    g.add("p0", recs("p0", 3, 5))  # waits behind p1's rest
-    batch, last, generation = g.take()
-    assert [(r.tp, r.offset) for r in batch] == [("p0", 0), ("p0", 1), ("p0", 2), ("p1", 10), ("p1", 11)]
-    assert last == {"p0": 2, "p1": 11} and generation == 7
-    assert g.generation == 7  # the waiting records were fetched in it
-    batch, last, _ = g.take()
-    assert [(r.tp, r.offset) for r in batch] == [("p1", 12), ("p1", 13), ("p0", 3), ("p0", 4)]
-    assert last == {"p1": 13, "p0": 4}
-    assert g.take()[0] == [] and g.generation is None
-    g.add("p0", recs("p0", 5, 20))
-    g.reset()  # a rebalance: everything is fetched again from the committed offsets
-    assert (g.batch, g.waiting, g.last, g.generation) == ([], [], {}, None)
