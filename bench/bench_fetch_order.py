@@ -109,6 +109,7 @@ def aligned_batches(recs: list[Record], fetch_bytes: int, batch: int) -> list[li
         logs[_TP(r.topic, r.partition)].append(r)
     pos = dict.fromkeys(logs, 0)
     gather = BatchGather(limit=BATCH_SIZE, align_wait_s=1.0)
+    now_ms = T0_MS + len(recs)  # the wall clock: every record was sent before
     out = []
     now = 0.0
     while any(pos[tp] < len(log) for tp, log in logs.items()) or gather.held:
@@ -122,9 +123,9 @@ def aligned_batches(recs: list[Record], fetch_bytes: int, batch: int) -> list[li
             while i < len(log) and size < fetch_bytes:
                 size += len(log[i].value)
                 i += 1
-            gather.add(tp, log[start:i], 1, now, T0_MS)
+            gather.add(tp, log[start:i], 1, now, now_ms)
             pos[tp] = i
-        gather.release(list(logs), lambda tp: len(logs[tp]) - pos[tp], now, T0_MS + len(recs))
+        gather.release(list(logs), lambda tp: len(logs[tp]) - pos[tp], now, now_ms)
         if len(gather.batch) >= batch or not any(pos[tp] < len(log) for tp, log in logs.items()):
             out.append(gather.take()[0])
     return [b for b in out if b]

@@ -330,6 +330,7 @@ class StreamApp:
         # processed meanwhile.
         raw = self.topics.raw
         partitions = {tp.partition for tp in revoked if tp.topic in raw}
+        self.group.moved()
         await self._before_commit()
         await self.app.producer.flush()
         if partitions:

@@ -34,7 +34,11 @@ def unowned(state: str, assignments: Iterable[Iterable[tuple[str, Iterable[int]]
 
 
 class GroupWatch:
-    """Keeps :attr:`reason` ("" when every raw partition is owned by a member of a stable group)."""
+    """Keeps :attr:`reason` ("" when every raw partition is owned by a member of a stable group).
+
+    After :meth:`moved` (this worker's partitions were revoked: a rebalance began) the reason stays set
+    until a check that started after it found the group healthy again: a rebalance always shows, however
+    short, and a check begun before it cannot clear it with an older answer."""
 
     def __init__(
         self, settings: KafkaSettings, group_id: str, topics: tuple[str, ...], partitions: int
@@ -45,11 +49,18 @@ class GroupWatch:
         self.partitions = partitions
         self.reason = "not checked yet"
         self._admin: Any = None
+        self._moves = 0  #: how many times :meth:`moved` was called
+
+    def moved(self) -> None:
+        """This worker's partitions were revoked (a rebalance began): not ready until checked again."""
+        self._moves += 1
+        self.reason = "partitions moved: the group is checked again"
 
     async def check(self) -> str:
         from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
+        moves = self._moves
         try:
             if self._admin is None:
                 admin = AIOKafkaAdminClient(**client_options(self.settings), request_timeout_ms=5000)
@@ -68,7 +79,9 @@ class GroupWatch:
                 if raw:
                     decoded = ConsumerProtocolMemberAssignment.decode(raw)
                     assignments.append([(t, ps) for t, ps in decoded.assignment])
-            self.reason, _ = unowned(state, assignments, self.topics, self.partitions)
+            reason, _ = unowned(state, assignments, self.topics, self.partitions)
+            if moves == self._moves:  # else a rebalance began meanwhile: this answer may be older
+                self.reason = reason
         except Exception as exc:
             self.reason = f"cannot describe the consumer group: {type(exc).__name__}"
             await self.close()

@@ -352,6 +352,47 @@ def test_group_readiness_needs_a_stable_group_owning_every_raw_partition() -> No
     assert unowned("Empty", [], raw, 3)[1] == 9
 
 
+async def test_readiness_after_a_revocation_waits_for_a_check_that_began_after_it() -> None:
+    """A rebalance must show on /readyz however short it is (a rollout gate, and the failover test, poll
+    every 0.2 s; the group is checked every 2 s): after this worker's partitions are revoked it is not ready
+    until a check that started after the revocation found the group healthy; an answer begun before cannot
+    clear it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    from common.settings import KafkaSettings
+    from stream.group import GroupWatch
+
+    raw = ("t.ui", "t.hid", "t.presence")
+    owned = ConsumerProtocolMemberAssignment(0, [(t, [0]) for t in raw], b"").encode()
+    gate = asyncio.Event()
+    gate.set()
+
+    class Admin:
+        async def describe_consumer_groups(self, ids: list[str]) -> list[SimpleNamespace]:
+            await gate.wait()
+            member = ("m", "c", "h", b"", owned)
+            return [SimpleNamespace(groups=[(0, ids[0], "Stable", "consumer", "range", [member])])]
+
+        async def close(self) -> None:
+            pass
+
+    watch = GroupWatch(KafkaSettings(), "g", raw, 1)
+    watch._admin = Admin()
+    assert await watch.check() == ""
+    watch.moved()
+    assert watch.reason  # not ready from the revocation on
+    gate.clear()
+    started = asyncio.create_task(watch.check())  # began before the next revocation
+    await asyncio.sleep(0)
+    watch.moved()
+    gate.set()
+    assert await started and watch.reason  # its (older) answer does not clear the revocation
+    assert await watch.check() == ""
+
+
 def test_postgres_program_limit_errors_are_poison_records_not_retries() -> None:
     import asyncpg
 
