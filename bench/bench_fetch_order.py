@@ -60,73 +60,76 @@ class Record(NamedTuple):
     timestamp: int
 
 
-def records(users: int, events: int) -> list[Record]:
-    """The bench's events as raw records in publishing order, timestamped 1 ms apart."""
-    hours = max(1.2, events / users / 108)
-    evs = disorder(generate_events(seed=1, users=users, hours=hours), random.Random(2))
-    topics = Topics("")
-    offsets: dict[tuple[str, int], int] = defaultdict(int)
-    out = []
-    for i, e in enumerate(evs):
-        key = event_user_key(e).encode()
-        tp = (topics.for_event(e), zlib.crc32(key) % PARTITIONS)
-        out.append(Record(tp[0], tp[1], offsets[tp], key, encode_event(e), T0_MS + i))
-        offsets[tp] += 1
-    return out
-
-
-def fetches(recs: list[Record], fetch_bytes: int) -> list[list[tuple[tuple[str, int], list[Record]]]]:
-    """Polls as a consumer catching up gets them: each partition's next ``fetch_bytes`` in every poll."""
-    logs: dict[tuple[str, int], list[Record]] = defaultdict(list)
-    for r in recs:
-        logs[(r.topic, r.partition)].append(r)
-    pos = dict.fromkeys(logs, 0)
-    polls = []
-    while any(pos[tp] < len(log) for tp, log in logs.items()):
-        poll = []
-        for tp, log in logs.items():
-            i, size = pos[tp], 0
-            start = i
-            while i < len(log) and size < fetch_bytes:
-                size += len(log[i].value)
-                i += 1
-            if i > start:
-                poll.append((tp, log[start:i]))
-            pos[tp] = i
-        polls.append(poll)
-    return polls
-
-
 class _TP(NamedTuple):
     topic: str
     partition: int
 
 
+def records(users: int, events: int) -> list[Record]:
+    """The bench's events as raw records in publishing order, timestamped 1 ms apart."""
+    hours = max(1.2, events / users / 108)
+    evs = disorder(generate_events(seed=1, users=users, hours=hours), random.Random(2))
+    topics = Topics("")
+    offsets: dict[_TP, int] = defaultdict(int)
+    out = []
+    for i, e in enumerate(evs):
+        key = event_user_key(e).encode()
+        tp = _TP(topics.for_event(e), zlib.crc32(key) % PARTITIONS)
+        out.append(Record(tp.topic, tp.partition, offsets[tp], key, encode_event(e), T0_MS + i))
+        offsets[tp] += 1
+    return out
+
+
+class _Partitions:
+    """The records as the broker's partitions hold them, fetched ``fetch_bytes`` at most per partition and
+    fetch (aiokafka's ``max_partition_fetch_bytes``)."""
+
+    def __init__(self, recs: list[Record], fetch_bytes: int) -> None:
+        self.logs: dict[_TP, list[Record]] = defaultdict(list)
+        for r in recs:
+            self.logs[_TP(r.topic, r.partition)].append(r)
+        self.pos = dict.fromkeys(self.logs, 0)
+        self.fetch_bytes = fetch_bytes
+
+    def pending(self) -> bool:
+        return any(self.pos[tp] < len(log) for tp, log in self.logs.items())
+
+    def fetch(self, tp: _TP) -> list[Record]:
+        log = self.logs[tp]
+        i = start = self.pos[tp]
+        size = 0
+        while i < len(log) and size < self.fetch_bytes:
+            size += len(log[i].value)
+            i += 1
+        self.pos[tp] = i
+        return log[start:i]
+
+
+def fetch_order(recs: list[Record], fetch_bytes: int) -> list[Record]:
+    """The records as a consumer catching up gets them: each partition's next fetch in every poll."""
+    parts = _Partitions(recs, fetch_bytes)
+    out: list[Record] = []
+    while parts.pending():
+        for tp in parts.logs:
+            out.extend(parts.fetch(tp))
+    return out
+
+
 def aligned_batches(recs: list[Record], fetch_bytes: int, batch: int) -> list[list[Record]]:
     """The batches ``BatchGather`` (alignment on) makes of the same fetches, a held partition not fetched."""
-    logs: dict[_TP, list[Record]] = defaultdict(list)
-    for r in recs:
-        logs[_TP(r.topic, r.partition)].append(r)
-    pos = dict.fromkeys(logs, 0)
+    parts = _Partitions(recs, fetch_bytes)
     gather = BatchGather(limit=BATCH_SIZE, align_wait_s=1.0)
     now_ms = T0_MS + len(recs)  # the wall clock: every record was sent before
     out = []
     now = 0.0
-    while any(pos[tp] < len(log) for tp, log in logs.items()) or gather.held:
+    while parts.pending() or gather.held:
         now += 0.01
         holding = gather.holding()
-        for tp, log in logs.items():
-            if tp in holding or pos[tp] >= len(log):
-                continue
-            i = start = pos[tp]
-            size = 0
-            while i < len(log) and size < fetch_bytes:
-                size += len(log[i].value)
-                i += 1
-            gather.add(tp, log[start:i], 1, now, now_ms)
-            pos[tp] = i
-        gather.release(list(logs), lambda tp: len(logs[tp]) - pos[tp], now, now_ms)
-        if len(gather.batch) >= batch or not any(pos[tp] < len(log) for tp, log in logs.items()):
+        for tp in parts.logs:
+            if tp not in holding:
+                gather.add(tp, parts.fetch(tp), 1, now, now_ms)
+        gather.release(list(parts.logs), lambda tp: len(parts.logs[tp]), now, now_ms)  # offsets 0 .. len-1
+        if len(gather.batch) >= batch or not parts.pending():
             out.append(gather.take()[0])
     return [b for b in out if b]
 
@@ -154,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     for users in args.users:
         recs = records(users, args.events)
-        by_fetch = [r for poll in fetches(recs, args.fetch_bytes) for _, rs in poll for r in rs]
+        by_fetch = fetch_order(recs, args.fetch_bytes)
         orders = {
             "time order": [recs[i:i + args.batch] for i in range(0, len(recs), args.batch)],
             "fetch order": [by_fetch[i:i + args.batch] for i in range(0, len(by_fetch), args.batch)],

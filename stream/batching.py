@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from time import monotonic, time
 from typing import Any, ClassVar, cast
 
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
@@ -184,18 +185,15 @@ class BatchConsumer(AIOKafkaFaustConsumer):
             return {}, active
         return await self._getmany(active_partitions=active, timeout=wait_s), active
 
-    def _lag(self, tp: TP) -> int | None:
-        """Records of ``tp`` still to be fetched (the highwater of its latest fetch response less the
-        position after the records taken), None if not known. Read from the consumer thread's aiokafka
-        state: two integers, each read atomically."""
-        consumer = self._thread._consumer
-        subscription = None if consumer is None else consumer._subscription.subscription
-        if subscription is None:
+    def _highwater(self, tp: TP) -> int | None:
+        """The highwater of ``tp`` from its latest fetch response (Faust's ``Consumer.highwater``, read
+        from the consumer thread's aiokafka state), None if not known: no response yet, or ``tp`` no longer
+        assigned (the consumer thread may change the assignment meanwhile; aiokafka asserts it)."""
+        try:
+            hw = self.highwater(tp)
+        except (AssertionError, AttributeError, ConsumerNotStarted):
             return None
-        state = subscription.assignment.state_value(tp)
-        if state is None or state.highwater is None or not state.has_valid_position:
-            return None
-        return max(0, int(state.highwater) - int(state.position))
+        return None if hw is None else int(hw)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         consumer_should_stop = cast(Service, self)._stopped.is_set
@@ -208,7 +206,8 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         gather = BatchGather(limit, type(self).align_wait_s)
         handling = 0.0  #: seconds spent handling and committing: the gather's clock does not count them
         on_aligned = type(self).on_aligned
-        aligned = 0
+        raw: list[TP] = []  #: the batch topics' assigned partitions, in consumer generation ``raw_of``
+        raw_of: int | None = None
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if gather.generation not in (None, self.app.consumer_generation_id) or not self.flow_active:
@@ -229,8 +228,10 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     if records:
                         await self._take(records, active, gather, monotonic() - handling, int(time() * 1000))
                 if gather.held:
-                    raw = [tp for tp in self.assignment() if tp.topic in self.batch_topics]
-                    gather.release(raw, self._lag, monotonic() - handling, int(time() * 1000))
+                    if raw_of != gather.generation:  # the assignment changes with the generation only
+                        raw_of = gather.generation
+                        raw = [tp for tp in self.assignment() if tp.topic in self.batch_topics]
+                    gather.release(raw, self._highwater, monotonic() - handling, int(time() * 1000))
                 # A batch is handled when the next commit is due (so its output and state are written
                 # right after it) or when it is full; until then it gathers what arrives.
                 if not gather.batch or (monotonic() < due and not gather.full):
@@ -239,9 +240,9 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                         await self.commit()
                     continue
                 batch, last, generation = gather.take()
-                if gather.aligned_total != aligned and on_aligned is not None:
-                    on_aligned(gather.aligned_total - aligned)
-                    aligned = gather.aligned_total
+                if gather.aligned and on_aligned is not None:
+                    on_aligned(gather.aligned)
+                    gather.aligned = 0
                 started = monotonic()
                 await handler(batch)
                 if self.app.consumer_generation_id == generation and self.flow_active:

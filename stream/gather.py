@@ -5,10 +5,10 @@ which partitions to fetch next. Why the alignment: the three raw topics carry th
 ``p`` of each holds the same users) but very different volumes. A worker that catches up on a backlog gets
 each partition's records one fetch (up to ``max_partition_fetch_bytes``) at a time, so the small topic's
 whole backlog arrives first and the large topic's an hour of event time later. Every user then gets events
-older than the facts it already settled, and the sessionizer recomputes from far back on every batch: in
-process, 28.6 against 17.2 us per event for the same records in time order (433 users,
-``docs/stream-performance.md``). Kafka Streams avoids the same cost by choosing, among a task's partitions,
-the record with the lowest timestamp; this does the same per batch.
+older than the facts it already settled, and the sessionizer recomputes from far back on every batch
+(measured in ``docs/stream-performance.md``, "Catching up in time order"). Kafka Streams avoids the same
+cost by choosing, among a task's partitions, the record with the lowest timestamp; this does the same per
+batch.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class _TopicPartition(Protocol):
     def partition(self) -> int: ...
 
 
-Lag = Callable[[Any], "int | None"]
+Highwater = Callable[[Any], "int | None"]
 
 
 class BatchGather:
@@ -68,9 +68,11 @@ class BatchGather:
         #: with a usable timestamp (it holds nobody back)
         self._time: dict[Any, int | None] = {}
         self._progress: dict[Any, float] = {}  #: per partition, when it last delivered records (``now``)
+        self._next: dict[Any, int] = {}  #: per partition, the offset after the last record added
         self._waited: dict[Any, int] = {}  #: per partition, the last offset held back for alignment
-        #: records that went into a batch after being held back for alignment (a count that only grows)
-        self.aligned_total = 0
+        #: records that went into a batch after being held back for alignment, since the owner last set it
+        #: back to 0
+        self.aligned = 0
 
     @property
     def full(self) -> bool:
@@ -88,8 +90,7 @@ class BatchGather:
         if self.generation is None:
             self.generation = generation
             if self._times_of != generation:  # another assignment: other positions
-                self._time.clear()
-                self._progress.clear()
+                self._forget_positions()
                 self._times_of = generation
         held = self.held.get(tp)
         if held is None:
@@ -97,6 +98,7 @@ class BatchGather:
         else:
             held.extend(recs)
         self._progress[tp] = now
+        self._next[tp] = recs[-1].offset + 1
         latest = self._time.get(tp)
         horizon = now_ms + FUTURE_SLACK_MS
         for r in recs:
@@ -105,14 +107,17 @@ class BatchGather:
                 latest = ts
         self._time[tp] = latest
 
-    def release(self, assigned: Iterable[_TopicPartition], lag: Lag, now: float, now_ms: int) -> None:
+    def release(
+        self, assigned: Iterable[_TopicPartition], highwater: Highwater, now: float, now_ms: int
+    ) -> None:
         """Move the waiting records that may go into the batch there (at most its room).
 
-        ``assigned``: the raw partitions this worker owns; ``lag(tp)``: how many records of ``tp`` are
-        still to be fetched, ``None`` if not known yet."""
+        ``assigned``: the raw partitions this worker owns; ``highwater(tp)``: the offset after the last
+        record of ``tp`` in the broker as of its latest fetch, ``None`` if not known: what is still to be
+        fetched is that less the offset after the last record added here."""
         if not self.held:
             return
-        frontier = self._frontiers(assigned, lag, now) if self.align_wait_s > 0 else None
+        frontier = self._frontiers(assigned, highwater, now) if self.align_wait_s > 0 else None
         horizon = now_ms + FUTURE_SLACK_MS
         for tp in list(self.held):
             room = self.limit - len(self.batch)
@@ -128,7 +133,7 @@ class BatchGather:
                 end = min(room, len(recs))
                 while n < end:
                     ts = recs[n].timestamp
-                    if ts is not None and limit < ts <= horizon and ts >= 0:
+                    if ts is not None and limit < ts <= horizon:  # (the limit is a usable time, >= 0)
                         stopped = True
                         break
                     n += 1
@@ -140,7 +145,7 @@ class BatchGather:
             if not n:
                 continue
             if waited is not None:
-                self.aligned_total += bisect_right(recs, waited, 0, n, key=_offset)
+                self.aligned += bisect_right(recs, waited, 0, n, key=_offset)
             self.batch.extend(recs[:n] if n < len(recs) else recs)
             self.last[tp] = recs[n - 1].offset
             if n < len(recs):
@@ -148,16 +153,20 @@ class BatchGather:
             else:
                 del self.held[tp]
 
-    def _frontiers(self, assigned: Iterable[_TopicPartition], lag: Lag, now: float) -> dict[int, float]:
+    def _frontiers(
+        self, assigned: Iterable[_TopicPartition], highwater: Highwater, now: float
+    ) -> dict[int, float]:
         """Per partition number, the record time up to which every raw partition of that number that is
         behind has delivered (no entry when none is)."""
         out: dict[int, float] = {}
         wait = self.align_wait_s
         for tp in assigned:
-            behind = lag(tp)
             latest = self._time.get(tp)
-            if behind is None or behind < ALIGN_MIN_LAG or latest is None or now - self._progress[tp] > wait:
-                continue  # (nearly) caught up, not known yet, without a usable time, or not delivering
+            if latest is None or now - self._progress[tp] > wait:
+                continue  # nothing delivered yet, nothing with a usable time, or not delivering
+            hw = highwater(tp)
+            if hw is None or hw - self._next[tp] < ALIGN_MIN_LAG:
+                continue  # (nearly) caught up, or not known yet
             p = tp.partition
             if latest < out.get(p, _INF):
                 out[p] = latest
@@ -174,8 +183,12 @@ class BatchGather:
     def reset(self) -> None:
         """Drop everything (a rebalance: the records are fetched again from the committed offsets)."""
         self.batch, self.last, self.held, self.generation, self._times_of = [], {}, {}, None, None
+        self._forget_positions()
+
+    def _forget_positions(self) -> None:
         self._time.clear()
         self._progress.clear()
+        self._next.clear()
         self._waited.clear()
 
 
