@@ -10,7 +10,9 @@ them) and go to one handler call as a list, in fetch order; records of any other
 changelog during recovery) still take Faust's per-message path. Right after the handler returns, if the
 commit is due, the loop commits: a batch's sessions are published as soon as it is handled, and a worker
 that keeps up handles one batch per commit interval (the sessionizer's fixed cost per user and batch paid
-once per interval, not once per fetch).
+once per interval, not once per fetch). A worker catching up handles full batches as they are gathered;
+at the end of the backlog (after a full batch, every raw partition fetched to its highwater) it handles
+and commits the last records at once rather than at the next due commit.
 
 Offsets: after the handler returned, the batch's partitions are marked processed up to their last record.
 The commit takes those offsets; just before, :attr:`BatchConsumer.before_commit` runs (the worker sends the
@@ -40,6 +42,9 @@ from stream.gather import BatchGather
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
+
+#: The longest wait for the consumer thread to say where a partition is read from.
+POSITION_TIMEOUT_S = 1.0
 
 
 class BatchConsumer(AIOKafkaFaustConsumer):
@@ -195,6 +200,22 @@ class BatchConsumer(AIOKafkaFaustConsumer):
             return None
         return None if hw is None else int(hw)
 
+    async def _fetched_all(self, gather: BatchGather, raw: list[TP], positions: dict[TP, int | None]) -> bool:
+        """Whether the raw partitions ``raw`` are fetched to their highwaters (``BatchGather.fetched_all``).
+        ``positions``: where the partitions that delivered nothing in this generation are read from (the
+        consumer thread's answers, kept for the generation: such a partition's position does not move)."""
+        if any(self._highwater(tp) is None for tp in raw):
+            return False
+        for tp in gather.undelivered(raw):
+            if tp not in positions:
+                try:
+                    positions[tp] = await asyncio.wait_for(self.position(tp), POSITION_TIMEOUT_S)
+                except Exception as exc:  # not assigned any more, no position yet: not known
+                    log.debug("no position for a raw partition", extra={"kv": {
+                        "exception": type(exc).__name__}})
+                    positions[tp] = None
+        return gather.fetched_all(raw, self._highwater, positions.get)
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
@@ -208,6 +229,17 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         on_aligned = type(self).on_aligned
         raw: list[TP] = []  #: the batch topics' assigned partitions, in consumer generation ``raw_of``
         raw_of: int | None = None
+        catching_up = False  #: the latest batch was full: the worker is working through a backlog
+        positions: dict[TP, int | None] = {}  #: where partitions that delivered nothing are read from
+
+        def raw_partitions() -> list[TP]:
+            nonlocal raw, raw_of
+            if raw_of != gather.generation:  # the assignment changes with the generation only
+                raw_of = gather.generation
+                raw = [tp for tp in self.assignment() if tp.topic in self.batch_topics]
+                positions.clear()
+            return raw
+
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if gather.generation not in (None, self.app.consumer_generation_id) or not self.flow_active:
@@ -228,10 +260,11 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     if records:
                         await self._take(records, active, gather, monotonic() - handling, int(time() * 1000))
                 if gather.held:
-                    if raw_of != gather.generation:  # the assignment changes with the generation only
-                        raw_of = gather.generation
-                        raw = [tp for tp in self.assignment() if tp.topic in self.batch_topics]
-                    gather.release(raw, self._highwater, monotonic() - handling, int(time() * 1000))
+                    now = monotonic() - handling
+                    gather.release(raw_partitions(), self._highwater, now, int(time() * 1000))
+                if (catching_up and gather.batch and not gather.full and monotonic() < due
+                        and await self._fetched_all(gather, raw_partitions(), positions)):
+                    due = monotonic()  # the end of a backlog: its last records are handled and committed now
                 # A batch is handled when the next commit is due (so its output and state are written
                 # right after it) or when it is full; until then it gathers what arrives.
                 if not gather.batch or (monotonic() < due and not gather.full):
@@ -240,6 +273,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                         await self.commit()
                     continue
                 batch, last, generation = gather.take()
+                catching_up = len(batch) >= limit
                 if gather.aligned and on_aligned is not None:
                     on_aligned(gather.aligned)
                     gather.aligned = 0

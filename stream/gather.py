@@ -172,6 +172,32 @@ class BatchGather:
                 out[p] = latest
         return out
 
+    def fetched_all(
+        self, assigned: Iterable[Any], highwater: Highwater, position: Callable[[Any], int | None]
+    ) -> bool:
+        """Whether every partition of ``assigned`` is known to have nothing left to fetch: its highwater
+        (``highwater(tp)``, as in :meth:`release`) is known and reached by the offset after the last record
+        added here or, for a partition that delivered nothing in the current consumer generation, by
+        ``position(tp)`` (the offset the consumer reads next, None if not known). False when anything is
+        not known: the caller then does what it does while records may still come."""
+        current = self.generation is not None and self._times_of == self.generation
+        for tp in assigned:
+            hw = highwater(tp)
+            if hw is None:
+                return False
+            nxt = self._next.get(tp) if current else None
+            if nxt is None:
+                nxt = position(tp)
+            if nxt is None or nxt < hw:
+                return False
+        return True
+
+    def undelivered(self, assigned: Iterable[Any]) -> list[Any]:
+        """The partitions of ``assigned`` that delivered no record in the current consumer generation: for
+        these :meth:`fetched_all` asks where the consumer reads next."""
+        current = self.generation is not None and self._times_of == self.generation
+        return [tp for tp in assigned if not current or tp not in self._next]
+
     def take(self) -> tuple[list[Any], dict[Any, int], int | None]:
         """The batch, its last offsets and generation; the waiting records stay for the next batch."""
         out = (self.batch, self.last, self.generation)

@@ -210,3 +210,23 @@ def test_a_backlog_is_handled_whole_in_offset_order_and_in_time_order_across_the
         # fetch) can come after later records of its siblings: at most that many per topic and partition
         assert _went_back(aligned) <= 2 * 2 * BEHIND
         assert _went_back(plain) > 5 * _went_back(aligned)
+
+
+def test_everything_is_fetched_only_when_every_partitions_highwater_is_known_and_reached() -> None:
+    """What lets the fetch loop handle a backlog's last records at once (and commit them) instead of
+    waiting for the commit interval: never said while anything may still be fetched or is not known."""
+    g = BatchGather(limit=100)
+    positions: dict[Any, int | None] = {C: 40}  # C delivered nothing in this generation: read from 40
+    g.add(A, recs(0, 10), 3, 0.0, NOW_MS)
+    g.add(B, recs(5, 8), 3, 0.0, NOW_MS)
+    hw: dict[Any, int | None] = {A: 10, B: 8, C: 40}
+    assert g.fetched_all([A, B, C], hw.get, positions.get)
+    assert not g.fetched_all([A, B, C], {**hw, A: 11}.get, positions.get)  # one record of A still to fetch
+    assert not g.fetched_all([A, B, C], {**hw, C: 41}.get, positions.get)  # C has one from 40
+    assert not g.fetched_all([A, B, C], {**hw, B: None}.get, positions.get)  # B's highwater not known yet
+    assert not g.fetched_all([A, B, C], hw.get, {}.get)  # where C is read from is not known
+    g.release([A, B, C], hw.get, 0.0, NOW_MS)
+    g.take()
+    g.add(A, recs(10, 12), 4, 0.0, NOW_MS)  # a new generation: the offsets of the old one do not count
+    assert not g.fetched_all([A, B, C], {**hw, A: 12}.get, positions.get)  # B's position is not known
+    assert g.fetched_all([A, B, C], {**hw, A: 12}.get, {**positions, B: 8}.get)

@@ -174,6 +174,28 @@ async def test_a_trickle_is_gathered_into_one_batch_per_commit(
     assert commits >= batches  # each batch is followed by its commit
 
 
+async def test_the_end_of_a_backlog_is_handled_and_committed_without_waiting_for_the_commit_interval(
+    kafka_bootstrap: str, topics: Topics, stream_workers: WorkerPool
+) -> None:
+    """A worker catching up handles full batches back to back; the backlog's last records (a batch that is
+    not full) used to wait for the next commit, up to a whole commit interval, before they were handled
+    and their sessions published. Now, once every raw partition is fetched to its end after a full batch,
+    they are handled and committed at once: with a 30 s commit interval, the backlog's sessions are out
+    within seconds (and the commits keep their interval afterwards)."""
+    events = generate_events(seed=9, users=3, hours=5)
+    await publish_events(kafka_bootstrap, topics, events)
+    worker = stream_workers.start("worker", ready_timeout=60, DESKTRACE_COMMIT_INTERVAL="30",
+                                  DESKTRACE_BATCH_SIZE="400")
+    assert len(events) > 3 * 400  # full batches, then a last one that is not
+    handled = await wait_metric(worker, "desktrace_stream_events_total", len(events), 20)
+    assert handled, (worker.metric("desktrace_stream_events_total"), len(events), worker.tail())
+    assert await wait_metric(worker, "desktrace_stream_commit_seconds_count", 1, 10), worker.tail()
+    assert worker.metric("desktrace_stream_sessions_published_total") > 0, worker.tail()
+    assert worker.metric("desktrace_stream_events_total") == len(events)
+    await asyncio.sleep(2)
+    assert worker.metric("desktrace_stream_commit_seconds_count") == 1  # live again: the interval holds
+
+
 async def test_a_backlog_is_caught_up_in_time_order_across_the_raw_topics(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
 ) -> None:
