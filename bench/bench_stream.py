@@ -4,15 +4,16 @@ optional ``bench`` extra), a Faust agent that only decodes (Faust's floor) and a
 only decodes (the consumer's floor). Prints events/s and CPU microseconds per event of each, and the ratios.
 
     nice .venv/bin/python bench/bench_stream.py [--users 433 2000] [--events 260000] [--rounds 2]
-        [--commit-intervals 1] [--fetch-waits 0.1 1.5] [--state-formats 2 3]
+        [--commit-intervals 1] [--fetch-waits 0.1 1.5] [--state-formats 2 3] [--partitions 6]
+        [--log-append-time]
 
 For each user count, the same ~``--events`` events (``tests.support.events.generate_events`` users, about 10%
-of them out of order, 5% duplicates) are published once to fresh raw topics (6 partitions); then every subject
-consumes them all from the start, in rounds (each round runs every subject once, alternating, so that all see
-the same machine load); the best round of each is kept. Every subject is its own process with its own consumer
-group, timed from its first consumed event to the last; for the worker, the time split (handling, committing,
-the rest) and its main thread's CPU are printed too. Needs a broker (``DESKTRACE_KAFKA_BOOTSTRAP``);
-creates and deletes its own topics. """
+of them out of order, 5% duplicates) are published once to fresh raw topics (``--partitions``, 6); then
+every subject consumes them all from the start, in rounds (each round runs every subject once, alternating,
+so that all see the same machine load); the best round of each is kept. Every subject is its own process
+with its own consumer group, timed from its first consumed event to the last; for the worker, the time
+split (handling, committing, the rest) and its main thread's CPU are printed too. Needs a broker
+(``DESKTRACE_KAFKA_BOOTSTRAP``); creates and deletes its own topics. """
 
 from __future__ import annotations
 
@@ -165,7 +166,8 @@ async def _cleanup(bootstrap: str, prefix: str) -> None:
 async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[float, float]]:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     topics = Topics(prefix)
-    await ensure_topics(args.bootstrap, topics, partitions=6)
+    raw_configs = {"message.timestamp.type": "LogAppendTime"} if args.log_append_time else None
+    await ensure_topics(args.bootstrap, topics, partitions=args.partitions, raw_configs=raw_configs)
     try:
         hours = max(1.2, args.events / users / 108)  # ~108 events per user-hour
         events = disorder(generate_events(seed=1, users=users, hours=hours), random.Random(2))
@@ -221,6 +223,10 @@ async def main() -> None:
     parser.add_argument("--align-waits", type=float, nargs="+", default=[1.0],
                         help="worker align_wait_s values to measure (one worker run each per commit "
                         "interval, fetch wait and state format; 0: records in fetch order)")
+    parser.add_argument("--partitions", type=int, default=6, help="partitions of each raw topic")
+    parser.add_argument("--log-append-time", action="store_true",
+                        help="raw topics stamped by the broker (message.timestamp.type=LogAppendTime), not "
+                        "by the producer")
     parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
     if not args.no_quix and importlib.util.find_spec("quixstreams") is None:

@@ -8,6 +8,7 @@ topic keeps 14 days; raw topics keep the broker's default (7 days).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -42,15 +43,19 @@ async def ensure_topics(
     topics: Topics,
     partitions: int = 6,
     replication_factor: int = 1,
+    raw_configs: Mapping[str, str] | None = None,
     **client_options: Any,
 ) -> list[str]:
     """Create whichever of ``topics.all`` is missing, every one with ``partitions`` partitions; return the
-    names created. Existing topics are left as they are (idempotent)."""
+    names created. Existing topics are left as they are (idempotent). ``raw_configs``: settings added to the
+    raw topics' (a bench's ``message.timestamp.type``, say)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         configs = topic_configs(topics)
+        for name in topics.raw:
+            configs[name].update(raw_configs or {})
         new = [
             NewTopic(
                 name=name,
