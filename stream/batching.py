@@ -203,17 +203,18 @@ class BatchConsumer(AIOKafkaFaustConsumer):
     async def _fetched_all(self, gather: BatchGather, raw: list[TP], positions: dict[TP, int | None]) -> bool:
         """Whether the raw partitions ``raw`` are fetched to their highwaters (``BatchGather.fetched_all``).
         ``positions``: where the partitions that delivered nothing in this generation are read from (the
-        consumer thread's answers, kept for the generation: such a partition's position does not move)."""
+        consumer thread's answers, kept for the generation: such a partition's position does not move; one
+        not known is asked again next time)."""
         if any(self._highwater(tp) is None for tp in raw):
             return False
         for tp in gather.undelivered(raw):
-            if tp not in positions:
+            if positions.get(tp) is None:
                 try:
                     positions[tp] = await asyncio.wait_for(self.position(tp), POSITION_TIMEOUT_S)
-                except Exception as exc:  # not assigned any more, no position yet: not known
+                except Exception as exc:  # not assigned any more, no position yet: not known (asked again)
                     log.debug("no position for a raw partition", extra={"kv": {
                         "exception": type(exc).__name__}})
-                    positions[tp] = None
+                    return False
         return gather.fetched_all(raw, self._highwater, positions.get)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker

@@ -220,6 +220,7 @@ def test_everything_is_fetched_only_when_every_partitions_highwater_is_known_and
     g.add(A, recs(0, 10), 3, 0.0, NOW_MS)
     g.add(B, recs(5, 8), 3, 0.0, NOW_MS)
     hw: dict[Any, int | None] = {A: 10, B: 8, C: 40}
+    assert g.undelivered([A, B, C]) == [C]
     assert g.fetched_all([A, B, C], hw.get, positions.get)
     assert not g.fetched_all([A, B, C], {**hw, A: 11}.get, positions.get)  # one record of A still to fetch
     assert not g.fetched_all([A, B, C], {**hw, C: 41}.get, positions.get)  # C has one from 40
@@ -228,5 +229,6 @@ def test_everything_is_fetched_only_when_every_partitions_highwater_is_known_and
     g.release([A, B, C], hw.get, 0.0, NOW_MS)
     g.take()
     g.add(A, recs(10, 12), 4, 0.0, NOW_MS)  # a new generation: the offsets of the old one do not count
+    assert g.undelivered([A, B, C]) == [B, C]
     assert not g.fetched_all([A, B, C], {**hw, A: 12}.get, positions.get)  # B's position is not known
     assert g.fetched_all([A, B, C], {**hw, A: 12}.get, {**positions, B: 8}.get)
