@@ -210,7 +210,8 @@ async def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[433, 2000])
     parser.add_argument("--events", type=int, default=260_000, help="about this many events per user count")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=50000,
+                        help="the worker's batch_size (its default) and the peers' batch")
     parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer")
     parser.add_argument("--commit-intervals", type=float, nargs="+", default=[1.0],
                         help="worker commit_interval values to measure (one worker run each)")
