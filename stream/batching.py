@@ -205,7 +205,8 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         ``positions``: where the partitions that delivered nothing in this generation are read from (the
         consumer thread's answers, kept for the generation: such a partition's position does not move; one
         not known is asked again next time)."""
-        if any(self._highwater(tp) is None for tp in raw):
+        highwaters = {tp: self._highwater(tp) for tp in raw}  # one read each from the consumer thread's state
+        if None in highwaters.values():
             return False
         for tp in gather.undelivered(raw):
             if positions.get(tp) is None:
@@ -215,7 +216,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     log.debug("no position for a raw partition", extra={"kv": {
                         "exception": type(exc).__name__}})
                     return False
-        return gather.fetched_all(raw, self._highwater, positions.get)
+        return gather.fetched_all(raw, highwaters.get, positions.get)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         consumer_should_stop = cast(Service, self)._stopped.is_set

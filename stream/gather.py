@@ -180,12 +180,12 @@ class BatchGather:
         added here or, for a partition that delivered nothing in the current consumer generation, by
         ``position(tp)`` (the offset the consumer reads next, None if not known). False when anything is
         not known: the caller then does what it does while records may still come."""
-        current = self.generation is not None and self._times_of == self.generation
+        delivered = self._delivered()
         for tp in assigned:
             hw = highwater(tp)
             if hw is None:
                 return False
-            nxt = self._next.get(tp) if current else None
+            nxt = delivered.get(tp)
             if nxt is None:
                 nxt = position(tp)
             if nxt is None or nxt < hw:
@@ -195,8 +195,13 @@ class BatchGather:
     def undelivered(self, assigned: Iterable[Any]) -> list[Any]:
         """The partitions of ``assigned`` that delivered no record in the current consumer generation: for
         these :meth:`fetched_all` asks where the consumer reads next."""
+        delivered = self._delivered()
+        return [tp for tp in assigned if tp not in delivered]
+
+    def _delivered(self) -> dict[Any, int]:
+        """Per partition, the offset after the last record added in the current consumer generation."""
         current = self.generation is not None and self._times_of == self.generation
-        return [tp for tp in assigned if not current or tp not in self._next]
+        return self._next if current else {}
 
     def take(self) -> tuple[list[Any], dict[Any, int], int | None]:
         """The batch, its last offsets and generation; the waiting records stay for the next batch."""
