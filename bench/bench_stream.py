@@ -4,13 +4,14 @@ optional ``bench`` extra), a Faust agent that only decodes (Faust's floor) and a
 only decodes (the consumer's floor). Prints events/s and CPU microseconds per event of each, and the ratios.
 
     nice .venv/bin/python bench/bench_stream.py [--users 433 2000] [--events 260000] [--rounds 2]
-        [--commit-intervals 1] [--fetch-waits 0.1 1.5] [--state-formats 2 3] [--partitions 6]
-        [--log-append-time]
+        [--commit-intervals 1] [--catchup-intervals 1 5] [--fetch-waits 0.1 1.5] [--state-formats 2 3]
+        [--partitions 6] [--log-append-time] [--hours 5]
 
-For each user count, the same ~``--events`` events (``tests.support.events.generate_events`` users, about 10%
-of them out of order, 5% duplicates) are published once to fresh raw topics (``--partitions``, 6); then
-every subject consumes them all from the start, in rounds (each round runs every subject once, alternating,
-so that all see the same machine load); the best round of each is kept. Every subject is its own process
+For each user count, the same ~``--events`` events (or ``--hours`` of events per user;
+``tests.support.events.generate_events`` users, about 10% of them out of order, 5% duplicates) are
+published once to fresh raw topics (``--partitions``, 6); then every subject consumes them all from the
+start, in rounds (each round runs every subject once, alternating, so that all see the same machine load);
+the best round of each is kept. Every subject is its own process
 with its own consumer group, timed from its first consumed event to the last; for the worker, the time
 split (handling, committing, the rest) and its main thread's CPU are printed too. Needs a broker
 (``DESKTRACE_KAFKA_BOOTSTRAP``); creates and deletes its own topics. """
@@ -78,13 +79,14 @@ def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tup
 
 def worker_rate(
     bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int, commit_s: float,
-    fetch_wait_s: float, state_format: int = 2, align_wait_s: float = 1.0,
+    fetch_wait_s: float, state_format: int = 2, align_wait_s: float = 1.0, catchup_s: float = 5.0,
 ) -> tuple[float, float]:
     """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
                      DESKTRACE_COMMIT_INTERVAL=str(commit_s), DESKTRACE_FETCH_MAX_WAIT_S=str(fetch_wait_s),
-                     DESKTRACE_STATE_FORMAT=str(state_format), DESKTRACE_ALIGN_WAIT_S=str(align_wait_s))
+                     DESKTRACE_STATE_FORMAT=str(state_format), DESKTRACE_ALIGN_WAIT_S=str(align_wait_s),
+                     DESKTRACE_CATCHUP_COMMIT_INTERVAL_S=str(catchup_s))
     worker = worker_process(env, workdir / "worker.log")
     # Watched from its metrics endpoint's start, not from /readyz: the worker handles records before its
     # group watch reports it ready (every 2 s), and a run of a few seconds would be measured from its middle.
@@ -169,28 +171,30 @@ async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[flo
     raw_configs = {"message.timestamp.type": "LogAppendTime"} if args.log_append_time else None
     await ensure_topics(args.bootstrap, topics, partitions=args.partitions, raw_configs=raw_configs)
     try:
-        hours = max(1.2, args.events / users / 108)  # ~108 events per user-hour
+        # ~108 events per user-hour
+        hours = args.hours if args.hours is not None else max(1.2, args.events / users / 108)
         events = disorder(generate_events(seed=1, users=users, hours=hours), random.Random(2))
         t = time.perf_counter()
         n = await publish_events(args.bootstrap, topics, events)
         print(f"\n{users} users: published {n:,} events in {time.perf_counter() - t:.1f}s", flush=True)
         best: dict[str, tuple[float, float]] = {}
         workers = {
-            f"desktrace@{c:g}s/{w:g}s/v{f}/a{a:g}": (c, w, f, a)
+            f"desktrace@{c:g}s/{w:g}s/v{f}/a{a:g}/k{k:g}": (c, w, f, a, k)
             for c in args.commit_intervals for w in args.fetch_waits for f in args.state_formats
-            for a in args.align_waits
+            for a in args.align_waits for k in args.catchup_intervals
         }
         subjects = ["aiokafka", "faust", *([] if args.no_quix else ["quix"]), *workers]
         for r in range(args.rounds):
             order = subjects if r % 2 == 0 else subjects[::-1]
             for s in order:
                 if s in workers:
-                    commit_s, wait_s, fmt, align_s = workers[s]
+                    commit_s, wait_s, fmt, align_s, catchup_s = workers[s]
                     with tempfile.TemporaryDirectory() as tmp:
-                        app_id = f"{prefix}stream{r}{len(s)}{commit_s:g}{wait_s:g}v{fmt}a{align_s:g}"
+                        app_id = (f"{prefix}stream{r}{len(s)}{commit_s:g}{wait_s:g}v{fmt}a{align_s:g}"
+                                  f"k{catchup_s:g}")
                         rate, cpu = worker_rate(
                             args.bootstrap, topics, app_id, n, Path(tmp), args.batch_size, commit_s, wait_s,
-                            fmt, align_s,
+                            fmt, align_s, catchup_s,
                         )
                 else:
                     rate, cpu = peer_rate(s, args.bootstrap, prefix, n, args.batch_size)
@@ -224,6 +228,12 @@ async def main() -> None:
     parser.add_argument("--align-waits", type=float, nargs="+", default=[1.0],
                         help="worker align_wait_s values to measure (one worker run each per commit "
                         "interval, fetch wait and state format; 0: records in fetch order)")
+    parser.add_argument("--catchup-intervals", type=float, nargs="+", default=[5.0],
+                        help="worker catchup_commit_interval_s values to measure (one worker run each per "
+                        "commit interval, fetch wait, state format and align wait; 0: commit_interval)")
+    parser.add_argument("--hours", type=float, default=None,
+                        help="hours of events per user, for every user count (instead of about --events "
+                        "events per user count): the same events per user whatever the number of users")
     parser.add_argument("--partitions", type=int, default=6, help="partitions of each raw topic")
     parser.add_argument("--log-append-time", action="store_true",
                         help="raw topics stamped by the broker (message.timestamp.type=LogAppendTime), not "
@@ -239,9 +249,10 @@ async def main() -> None:
         for name, (d_rate, d_cpu) in best.items():
             if not name.startswith("desktrace"):
                 continue
-            commit, wait, fmt, align = name.split("@")[1].split("/")
+            commit, wait, fmt, align, catchup = name.split("@")[1].split("/")
             print(f"{users} users: desktrace-stream (commit_interval {commit}, fetch_max_wait_s {wait}, "
-                  f"state_format {fmt[1:]}, align_wait_s {align[1:]}) "
+                  f"state_format {fmt[1:]}, align_wait_s {align[1:]}, catchup_commit_interval_s "
+                  f"{catchup[1:]}s) "
                   f"{d_rate:,.0f} events/s, {d_cpu:.1f} us/event")
             for peer in ("quix", "faust", "aiokafka"):
                 if peer in best:

@@ -210,7 +210,7 @@ class StreamApp:
         self.app.transport.Consumer = BatchConsumer.bound(  # type: ignore[misc]
             self.topics.raw, self.handle_records, self._before_commit, lambda: self.lock,
             self.metrics.commit_seconds.observe, settings.fetch_max_wait_s, settings.align_wait_s,
-            self.metrics.records_aligned.inc,
+            self.metrics.records_aligned.inc, settings.catchup_commit_interval_s,
         )
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)

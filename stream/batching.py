@@ -10,9 +10,11 @@ them) and go to one handler call as a list, in fetch order; records of any other
 changelog during recovery) still take Faust's per-message path. Right after the handler returns, if the
 commit is due, the loop commits: a batch's sessions are published as soon as it is handled, and a worker
 that keeps up handles one batch per commit interval (the sessionizer's fixed cost per user and batch paid
-once per interval, not once per fetch). A worker catching up handles full batches as they are gathered;
-at the end of the backlog (after a full batch, every raw partition fetched to its highwater) it handles
-and commits the last records at once rather than at the next due commit.
+once per interval, not once per fetch). A worker catching up handles full batches as they are gathered
+and commits at most every ``catchup_commit_interval_s`` (each commit writes every changed user's state: with
+thousands of users, committing every second cost a sixth of a backlog's time); at the end of the backlog
+(after a full batch, every raw partition fetched to its highwater) it handles and commits the last records at
+once rather than at the next due commit.
 
 Offsets: after the handler returned, the batch's partitions are marked processed up to their last record.
 The commit takes those offsets; just before, :attr:`BatchConsumer.before_commit` runs (the worker sends the
@@ -20,7 +22,7 @@ output of the batches since the last commit and waits for it, then writes the ch
 user changed since), and Faust flushes the producer before it commits. Both run under the processing lock,
 so a commit never includes a batch whose state was not written, and never writes the state of a batch
 still in progress. Faust's commit timer still runs, as a safety net (it commits when the loop has not for
-three intervals).
+three intervals, or three catch-up intervals when that is longer).
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class BatchConsumer(AIOKafkaFaustConsumer):
     on_commit: ClassVar[Callable[[float], None] | None] = None  #: seconds each commit took
     fetch_max_wait_ms: ClassVar[int | None] = None  #: the broker's longest hold of a fetch (None: Faust's)
     align_wait_s: ClassVar[float] = 0.0  #: see :class:`stream.gather.BatchGather` (0: no alignment)
+    #: Seconds between the commits of a worker working through a backlog (its batches full); the commit
+    #: interval when shorter.
+    catchup_commit_interval_s: ClassVar[float] = 0.0
     on_aligned: ClassVar[Callable[[int], None] | None] = None  #: records handled after waiting for alignment
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -82,6 +87,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         fetch_max_wait_s: float | None = None,
         align_wait_s: float = 0.0,
         on_aligned: Callable[[int], None] | None = None,
+        catchup_commit_interval_s: float = 0.0,
     ) -> type[BatchConsumer]:
         """A subclass delivering ``topics`` to ``handler`` (Faust instantiates the consumer class itself)."""
         return cast(
@@ -98,6 +104,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     "fetch_max_wait_ms": None if fetch_max_wait_s is None else round(fetch_max_wait_s * 1000),
                     "align_wait_s": align_wait_s,
                     "on_aligned": None if on_aligned is None else staticmethod(on_aligned),
+                    "catchup_commit_interval_s": catchup_commit_interval_s,
                 },
             ),
         )
@@ -145,11 +152,13 @@ class BatchConsumer(AIOKafkaFaustConsumer):
     async def _commit_handler(self) -> None:
         """Faust's periodic commit, now a safety net: the fetch loop commits at the commit interval right
         after the batch it gathered until then (or with nothing to handle), so that a batch's output is
-        published as soon as it is handled; this commits only when the loop has not for three intervals."""
+        published as soon as it is handled; this commits only when the loop has not for three intervals (of
+        the longer of the commit and catch-up intervals)."""
         interval = float(self.commit_interval)
+        stalled = 3 * max(interval, type(self).catchup_commit_interval_s)
         await self.sleep(interval)
         async for _ in self.itertimer(interval, name="commit"):
-            if monotonic() - self._committed_at >= 3 * interval:
+            if monotonic() - self._committed_at >= stalled:
                 await self.commit()
 
     # ---- the fetch loop -------------------------------------------------------------------------------
@@ -225,6 +234,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         assert handler is not None
         limit = max(1, int(self.app.conf.broker_max_poll_records or 1))
         interval = float(self.commit_interval)
+        catchup_interval = max(interval, type(self).catchup_commit_interval_s)
         due = monotonic() + interval
         gather = BatchGather(limit, type(self).align_wait_s)
         handling = 0.0  #: seconds spent handling and committing: the gather's clock does not count them
@@ -246,6 +256,9 @@ class BatchConsumer(AIOKafkaFaustConsumer):
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if gather.generation not in (None, self.app.consumer_generation_id) or not self.flow_active:
                     gather.reset()  # an older assignment: Faust seeks back to the committed offsets
+                if gather.held and not gather.full:  # what waits here may fill the batch: then no wait
+                    now = monotonic() - handling
+                    gather.release(raw_partitions(), self._highwater, now, int(time() * 1000))
                 if not gather.full:
                     timeout = min(1.0, max(0.0, due - monotonic()))
                     records, active = await self._wait_records(timeout, gather.holding())
@@ -290,10 +303,16 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                             self._processed[tp] = offset + 1
                 # else: rebalanced meanwhile; Faust seeks back to the committed offsets
                 if monotonic() >= due:
-                    # Commits keep their pace (gathering takes what the handling and the commit leave of
-                    # the interval); past it, the next batch is what has arrived meanwhile.
-                    due = max(due + interval, monotonic())
-                    await self.commit()
+                    catchup_due = self._committed_at + catchup_interval
+                    if catching_up and monotonic() < catchup_due:
+                        # Working through a backlog: full batches, and fewer commits (each writes every
+                        # changed user's state). The end of the backlog still commits at once (above).
+                        due = catchup_due
+                    else:
+                        # Commits keep their pace (gathering takes what the handling and the commit leave
+                        # of the interval); past it, the next batch is what has arrived meanwhile.
+                        due = max(due + interval, monotonic())
+                        await self.commit()
                 handling += monotonic() - started
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

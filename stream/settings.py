@@ -108,6 +108,7 @@ class StreamSettings(KafkaSettings, kw_only=True):
     commit_interval: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
     fetch_max_wait_s: Annotated[float, Meta(ge=0.01, le=30)] = 0.1
     align_wait_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
+    catchup_commit_interval_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
     state_format: Annotated[int, Meta(ge=2, le=3)] = 2
     state_max_bytes: Annotated[int, Meta(ge=16_384, le=STATE_MAX_BYTES_LIMIT)] = 1_000_000
 
@@ -186,6 +187,10 @@ STREAM_HELP: dict[str, str] = {
     "(1000 or more records to fetch) wait for it, so that each user's events come after the ones it has "
     "settled (docs/stream-performance.md). A partition that delivers nothing for this many seconds stops "
     "holding the others back; a worker that keeps up never holds a record (0: records in fetch order)",
+    "catchup_commit_interval_s": "seconds between the commits of a worker working through a backlog (its "
+    "batches full): each commit writes every changed user's state, which with thousands of users costs more "
+    "than the batch. A crash re-reads up to this much of the backlog, and its sessions are published at "
+    "these commits; the end of a backlog is committed at once. Below commit_interval: commit_interval",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
     "state_max_bytes": "largest state table value this worker writes: a user whose state would be larger "
