@@ -10,11 +10,12 @@ them) and go to one handler call as a list, in fetch order; records of any other
 changelog during recovery) still take Faust's per-message path. Right after the handler returns, if the
 commit is due, the loop commits: a batch's sessions are published as soon as it is handled, and a worker
 that keeps up handles one batch per commit interval (the sessionizer's fixed cost per user and batch paid
-once per interval, not once per fetch). A worker catching up handles full batches as they are gathered
-and commits at most every ``catchup_commit_interval_s`` (each commit writes every changed user's state: with
-thousands of users, committing every second cost a sixth of a backlog's time); at the end of the backlog
-(after a full batch, every raw partition fetched to its highwater) it handles and commits the last records at
-once rather than at the next due commit.
+once per interval, not once per fetch). A worker catching up handles full batches as they are gathered;
+while at least another full batch is known to be waiting (records held or still to fetch below the
+highwaters), it commits at most every ``catchup_commit_interval_s`` (each commit writes every changed user's
+state: with thousands of users, committing every second cost a sixth of a backlog's time); at the end of
+the backlog (after a full batch, every raw partition fetched to its highwater) it handles and commits the
+last records at once rather than at the next due commit.
 
 Offsets: after the handler returned, the batch's partitions are marked processed up to their last record.
 The commit takes those offsets; just before, :attr:`BatchConsumer.before_commit` runs (the worker sends the
@@ -241,7 +242,9 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         on_aligned = type(self).on_aligned
         raw: list[TP] = []  #: the batch topics' assigned partitions, in consumer generation ``raw_of``
         raw_of: int | None = None
-        catching_up = False  #: the latest batch was full: the worker is working through a backlog
+        catching_up = False  #: the latest batch was full: the worker may be working through a backlog
+        #: ... and at least another full batch was still to take then: commits come every catch-up interval
+        behind = False
         positions: dict[TP, int | None] = {}  #: where partitions that delivered nothing are read from
 
         def raw_partitions() -> list[TP]:
@@ -287,8 +290,10 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                         due = max(due + interval, monotonic())
                         await self.commit()
                     continue
+                catching_up = gather.full
+                # (known before the take: the records still to take, counted from this generation's offsets)
+                behind = catching_up and gather.backlog(raw_partitions(), self._highwater) >= limit
                 batch, last, generation = gather.take()
-                catching_up = len(batch) >= limit
                 if gather.aligned and on_aligned is not None:
                     on_aligned(gather.aligned)
                     gather.aligned = 0
@@ -304,7 +309,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                 # else: rebalanced meanwhile; Faust seeks back to the committed offsets
                 if monotonic() >= due:
                     catchup_due = self._committed_at + catchup_interval
-                    if catching_up and monotonic() < catchup_due:
+                    if behind and monotonic() < catchup_due:
                         # Working through a backlog: full batches, and fewer commits (each writes every
                         # changed user's state). The end of the backlog still commits at once (above).
                         due = catchup_due
@@ -313,6 +318,8 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                         # of the interval); past it, the next batch is what has arrived meanwhile.
                         due = max(due + interval, monotonic())
                         await self.commit()
+                        if behind:  # the next batches fill (or the backlog ends) before the next one
+                            due = max(due, self._committed_at + catchup_interval)
                 handling += monotonic() - started
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

@@ -192,6 +192,20 @@ class BatchGather:
                 return False
         return True
 
+    def backlog(self, assigned: Iterable[Any], highwater: Highwater) -> int:
+        """Records known to be still to take: those waiting here, and those of the partitions of ``assigned``
+        that delivered records in the current consumer generation up to their highwater (as in
+        :meth:`release`). A lower bound: partitions that delivered nothing, or whose highwater is not known,
+        count none."""
+        n = sum(len(recs) for recs in self.held.values())
+        delivered = self._delivered()
+        for tp in assigned:
+            nxt = delivered.get(tp)
+            hw = highwater(tp) if nxt is not None else None
+            if hw is not None and nxt is not None and hw > nxt:
+                n += hw - nxt
+        return n
+
     def undelivered(self, assigned: Iterable[Any]) -> list[Any]:
         """The partitions of ``assigned`` that delivered no record in the current consumer generation: for
         these :meth:`fetched_all` asks where the consumer reads next."""

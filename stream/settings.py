@@ -188,9 +188,10 @@ STREAM_HELP: dict[str, str] = {
     "settled (docs/stream-performance.md). A partition that delivers nothing for this many seconds stops "
     "holding the others back; a worker that keeps up never holds a record (0: records in fetch order)",
     "catchup_commit_interval_s": "seconds between the commits of a worker working through a backlog (its "
-    "batches full): each commit writes every changed user's state, which with thousands of users costs more "
-    "than the batch. A crash re-reads up to this much of the backlog, and its sessions are published at "
-    "these commits; the end of a backlog is committed at once. Below commit_interval: commit_interval",
+    "batches full, another full batch waiting): each commit writes every changed user's state, which with "
+    "thousands of users costs more than the batch. A crash re-reads up to this much of the backlog, and its "
+    "sessions are published at these commits; the end of a backlog is committed at once. Below "
+    "commit_interval: commit_interval",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
     "state_max_bytes": "largest state table value this worker writes: a user whose state would be larger "

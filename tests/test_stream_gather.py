@@ -232,3 +232,25 @@ def test_everything_is_fetched_only_when_every_partitions_highwater_is_known_and
     assert g.undelivered([A, B, C]) == [B, C]
     assert not g.fetched_all([A, B, C], {**hw, A: 12}.get, positions.get)  # B's position is not known
     assert g.fetched_all([A, B, C], {**hw, A: 12}.get, {**positions, B: 8}.get)
+
+
+def test_the_backlog_counts_the_records_waiting_and_those_still_to_fetch_that_are_known() -> None:
+    """What tells the fetch loop that another full batch is still to come (then it commits at the catch-up
+    interval): the records held here plus, for each partition that delivered in this generation, its
+    highwater less the offset after its last record; nothing is guessed for the others."""
+    g = BatchGather(limit=5)
+    g.add(A, recs(0, 10), 3, 0.0, NOW_MS)
+    g.add(B, recs(100, 103), 3, 0.0, NOW_MS)
+    hw: dict[Any, int | None] = {A: 50, B: None, C: 900}  # B's highwater not known; C delivered nothing
+    assert g.backlog([A, B, C], hw.get) == 13 + 40  # 13 held, 40 of A to fetch
+    g.release([A, B, C], hw.get, 0.0, NOW_MS)  # 5 into the batch
+    assert g.backlog([A, B, C], hw.get) == 8 + 40
+    g.take()
+    assert g.backlog([A, B, C], {**hw, B: 110}.get) == 8 + 40 + 7
+    g.release([A, B, C], hw.get, 0.0, NOW_MS)
+    g.take()
+    g.release([A, B, C], hw.get, 0.0, NOW_MS)
+    g.take()
+    assert g.backlog([A, B, C], {A: 10, B: 103, C: 900}.get) == 0  # all taken, all fetched
+    g.add(A, recs(10, 12), 4, 0.0, NOW_MS)  # a new generation: the old one's offsets do not count
+    assert g.backlog([A, B, C], {A: 30, B: 110, C: 900}.get) == 2 + 18

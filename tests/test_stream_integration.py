@@ -222,6 +222,36 @@ async def test_a_worker_working_through_a_backlog_commits_at_the_catch_up_interv
     assert worker.metric("desktrace_stream_sessions_published_total") > 0, worker.tail()
 
 
+async def test_a_worker_that_keeps_up_commits_every_commit_interval_even_when_its_batches_are_full(
+    kafka_bootstrap: str, topics: Topics, stream_workers: WorkerPool
+) -> None:
+    """Full batches alone do not mean a backlog: with a ``batch_size`` below what arrives at once, a worker
+    that keeps up fills its batches, yet has nothing more waiting. It must still commit (and so publish
+    its sessions) every commit interval, not at the catch-up interval: a record every 40 ms, batches of 5,
+    a 1 s commit interval and a 30 s catch-up interval give a commit about every second (deferred as while
+    catching up, there would be one or none within the 30 s)."""
+    from aiokafka import AIOKafkaProducer
+
+    worker = stream_workers.start("worker", ready_timeout=60, DESKTRACE_COMMIT_INTERVAL="1",
+                                  DESKTRACE_BATCH_SIZE="5", DESKTRACE_CATCHUP_COMMIT_INTERVAL_S="30")
+    records = event_records(topics, generate_events(seed=8, users=2, hours=1)[:80])
+    before = worker.metric("desktrace_stream_commit_seconds_count")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    started = time.monotonic()
+    try:
+        for topic, key, value in records:
+            await producer.send(topic, value, key=key)
+            await asyncio.sleep(0.04)
+    finally:
+        await producer.stop()
+    assert await wait_metric(worker, "desktrace_stream_events_total", len(records), 20), worker.tail()
+    elapsed = time.monotonic() - started
+    batches = worker.metric("desktrace_stream_batch_size_count")
+    assert len(records) / batches >= 2, (batches, worker.tail())  # several records a batch, some full
+    assert worker.metric("desktrace_stream_commit_seconds_count") - before >= elapsed - 2, worker.tail()
+
+
 async def test_a_backlog_is_caught_up_in_time_order_across_the_raw_topics(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
 ) -> None:
