@@ -67,8 +67,8 @@ class BatchConsumer(AIOKafkaFaustConsumer):
     on_commit: ClassVar[Callable[[float], None] | None] = None  #: seconds each commit took
     fetch_max_wait_ms: ClassVar[int | None] = None  #: the broker's longest hold of a fetch (None: Faust's)
     align_wait_s: ClassVar[float] = 0.0  #: see :class:`stream.gather.BatchGather` (0: no alignment)
-    #: Seconds between the commits of a worker working through a backlog (its batches full); the commit
-    #: interval when shorter.
+    #: Seconds between the commits of a worker working through a backlog (its batches full, another full
+    #: batch known to be waiting); the commit interval when shorter.
     catchup_commit_interval_s: ClassVar[float] = 0.0
     on_aligned: ClassVar[Callable[[int], None] | None] = None  #: records handled after waiting for alignment
 
