@@ -14,7 +14,7 @@ from proto.keys import event_user_key
 from proto.topics import Topics
 from stream.app import TABLE_NAME
 from tests.support.events import generate_events, shuffled_with_duplicates
-from tests.support.kafka import consume_until, event_records, publish_events
+from tests.support.kafka import Record, consume_until, event_records, publish_events
 from tests.support.process import ServiceHandle
 from tests.support.stream import (
     SessionView,
@@ -138,6 +138,20 @@ async def test_sigkill_while_a_batch_is_gathering_and_restart_gives_the_same_res
         assert ok, describe_difference(view.sessions, expected) + "\n" + restarted.tail()
 
 
+async def trickle(bootstrap: str, records: list[Record], every_s: float) -> None:
+    """Send ``records`` (topic, key, value) one at a time, each acknowledged, ``every_s`` apart."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for topic, key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+            await asyncio.sleep(every_s)
+    finally:
+        await producer.stop()
+
+
 async def wait_metric(worker: ServiceHandle, name: str, at_least: float, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -154,18 +168,9 @@ async def test_a_trickle_is_gathered_into_one_batch_per_commit(
     before that commit, which publishes their sessions: one state update per user per commit interval,
     and no batch waits a whole interval for the commit after it. Before, every fetch was a batch (a record
     every 100 ms made about ten batches a second, each user's state recomputed for each)."""
-    from aiokafka import AIOKafkaProducer
-
     worker = stream_workers.start("worker", ready_timeout=60, DESKTRACE_COMMIT_INTERVAL="1")
     records = event_records(topics, generate_events(seed=8, users=2, hours=1)[:40])
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for topic, key, value in records:
-            await producer.send_and_wait(topic, value, key=key)
-            await asyncio.sleep(0.1)
-    finally:
-        await producer.stop()
+    await trickle(kafka_bootstrap, records, 0.1)
     deadline = time.monotonic() + 20
     while worker.metric("desktrace_stream_events_total") < len(records) and time.monotonic() < deadline:  # noqa: ASYNC110 - another process
         await asyncio.sleep(0.2)
@@ -227,24 +232,15 @@ async def test_a_worker_that_keeps_up_commits_every_commit_interval_even_when_it
 ) -> None:
     """Full batches alone do not mean a backlog: with a ``batch_size`` below what arrives at once, a worker
     that keeps up fills its batches, yet has nothing more waiting. It must still commit (and so publish
-    its sessions) every commit interval, not at the catch-up interval: a record every 40 ms, batches of 5,
+    its sessions) every commit interval, not at the catch-up interval: a record every 40-50 ms, batches of 5,
     a 1 s commit interval and a 30 s catch-up interval give a commit about every second (deferred as while
     catching up, there would be one or none within the 30 s)."""
-    from aiokafka import AIOKafkaProducer
-
     worker = stream_workers.start("worker", ready_timeout=60, DESKTRACE_COMMIT_INTERVAL="1",
                                   DESKTRACE_BATCH_SIZE="5", DESKTRACE_CATCHUP_COMMIT_INTERVAL_S="30")
     records = event_records(topics, generate_events(seed=8, users=2, hours=1)[:80])
     before = worker.metric("desktrace_stream_commit_seconds_count")
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await producer.start()
     started = time.monotonic()
-    try:
-        for topic, key, value in records:
-            await producer.send(topic, value, key=key)
-            await asyncio.sleep(0.04)
-    finally:
-        await producer.stop()
+    await trickle(kafka_bootstrap, records, 0.04)
     assert await wait_metric(worker, "desktrace_stream_events_total", len(records), 20), worker.tail()
     elapsed = time.monotonic() - started
     batches = worker.metric("desktrace_stream_batch_size_count")
