@@ -1,5 +1,5 @@
 """The raw sink as a whole process against a bare consume + COPY of the same rows, in one run (run by hand:
-``nice .venv/bin/python bench/bench_sink_process.py [--events 200000] [--rounds 2]``).
+``nice .venv/bin/python bench/bench_sink_process.py [--events 200000] [--rounds 2] [--processes 2]``).
 
 Publishes ``--events`` raw events (``tests.support.events.event_mix``, ~2 days of 20 agents) to fresh raw
 topics, creates a throw-away database next to ``DESKTRACE_PG_DSN``'s with the migrations and the partitions,
@@ -8,8 +8,8 @@ then alternates, ``--rounds`` times each:
 - baseline: a fresh Python process that consumes the topics (aiokafka, no group), decodes each record
   and builds its row exactly as the sink does (``RawWriter.decode``), and COPYs the rows straight into
   ``raw_events`` in batches (not idempotent, no staging, no offsets);
-- subject: the ``desktrace-sink raw`` console script (its own consumer group), until every row is in
-  ``raw_events``.
+- subject: the ``desktrace-sink raw`` console script (``--processes`` of them, in one consumer group of
+  their own), until every row is in ``raw_events``.
 
 Each is timed from its first row in the table to the last (the table is emptied between runs) and the
 ratio subject/baseline is printed (target >= 0.7).
@@ -80,8 +80,8 @@ async def _count(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM raw_events"))
 
 
-async def timed_fill(conn: asyncpg.Connection, proc: subprocess.Popen[bytes], n: int) -> float:
-    """Seconds from the first row in ``raw_events`` to the ``n``-th."""
+async def timed_fill(conn: asyncpg.Connection, procs: list[subprocess.Popen[bytes]], n: int) -> float:
+    """Seconds from the first row in ``raw_events`` to the ``n``-th, written by ``procs``."""
     first = 0.0
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -91,8 +91,9 @@ async def timed_fill(conn: asyncpg.Connection, proc: subprocess.Popen[bytes], n:
             first = now
         if got >= n:
             return now - first
-        if proc.poll() is not None and proc.returncode not in (0, None):
-            raise RuntimeError(f"process exited with {proc.returncode}")
+        for proc in procs:
+            if proc.poll() is not None and proc.returncode not in (0, None):
+                raise RuntimeError(f"process exited with {proc.returncode}")
         await asyncio.sleep(0.1)
     raise TimeoutError(f"{n} rows not written in time")
 
@@ -102,6 +103,8 @@ async def main() -> None:
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=0, help="the sink's batch_size (0: its default)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="sink processes in one consumer group (the sink scales out by partitions; 6 here)")
     p.add_argument("--baseline-batch", type=int, default=2000, help="records per COPY of the baseline")
     p.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     p.add_argument("--dsn", default=os.environ.get("DESKTRACE_PG_DSN", ""))
@@ -121,7 +124,8 @@ async def main() -> None:
         writer = RawWriter(retention_days=0)
         await writer.partitions.ensure(conn, {e.ts.date() for e in events})
         batch = a.baseline_batch
-        best = {"bare consume + COPY": 0.0, "desktrace-sink raw": 0.0}
+        subject = "desktrace-sink raw" + (f" x{a.processes}" if a.processes > 1 else "")
+        best = {"bare consume + COPY": 0.0, subject: 0.0}
         env = {**os.environ, "DESKTRACE_PG_DSN": bdsn, "DESKTRACE_TOPIC_PREFIX": prefix,
                "DESKTRACE_KAFKA_BOOTSTRAP": a.bootstrap, "DESKTRACE_METRICS_ADDR": "off",
                "DESKTRACE_RAW_RETENTION_DAYS": "0", "DESKTRACE_LOG_LEVEL": "WARNING"}
@@ -136,17 +140,19 @@ async def main() -> None:
                 else:
                     cmd = [str(BIN / "desktrace-sink"), "raw"]
                     penv = {**env, "DESKTRACE_GROUP_ID": f"{prefix}sink{r}"}
-                proc = _spawn(cmd, penv)
+                procs = [_spawn(cmd, penv) for _ in range(1 if name.startswith("bare") else a.processes)]
                 try:
-                    dt = await timed_fill(conn, proc, n)
+                    dt = await timed_fill(conn, procs, n)
                 finally:
-                    proc.terminate()
-                    proc.wait(20)
+                    for proc in procs:
+                        proc.terminate()
+                    for proc in procs:
+                        proc.wait(20)
                 rate = n / dt
                 best[name] = max(best[name], rate)
                 print(f"round {r + 1}: {name:20s} {rate:10,.0f} rows/s", flush=True)
-        base, sink = best["bare consume + COPY"], best["desktrace-sink raw"]
-        print(f"{n:,} rows: bare consume + COPY {base:,.0f} rows/s, desktrace-sink raw {sink:,.0f} rows/s, "
+        base, sink = best["bare consume + COPY"], best[subject]
+        print(f"{n:,} rows: bare consume + COPY {base:,.0f} rows/s, {subject} {sink:,.0f} rows/s, "
               f"ratio {sink / base:.2f}")
         await conn.close()
     finally:
