@@ -1,6 +1,6 @@
 """Event to session published latency of one ``desktrace-stream`` worker under a steady offered load.
 
-    nice .venv/bin/python bench/bench_latency.py [--rate 20000] [--seconds 40] [--users 2000]
+    nice .venv/bin/python bench/bench_latency.py [--rate 20000] [--seconds 40] [--users 2000] [--start-late 10]
 
 Publishes generated events (``tests.support.events.generate_events``, about 10% out of order, 5%
 duplicates) to fresh raw topics (6 partitions) at ``--rate`` events/s, paced by the wall clock, while one
@@ -128,11 +128,16 @@ async def run(args: argparse.Namespace) -> None:
             env = worker_env(args.bootstrap, topics, Path(tmp) / "data", DESKTRACE_CLOSE_TIMEOUT="600",
                              DESKTRACE_COMMIT_INTERVAL=str(args.commit_interval))
             worker = worker_process(env, Path(tmp) / "worker.log")
-            worker.start(ready_timeout=120)
+            sender = None
+            if args.start_late:  # a worker (re)started with a backlog while the agents keep sending
+                sender = asyncio.create_task(offer(args.bootstrap, records, args.rate, args.seconds, 6))
+                await asyncio.sleep(args.start_late)
+            await asyncio.to_thread(worker.start, ready_timeout=120)
             assert worker.proc is not None
             pid = worker.proc.pid
             try:
-                sender = asyncio.create_task(offer(args.bootstrap, records, args.rate, args.seconds, 6))
+                if sender is None:
+                    sender = asyncio.create_task(offer(args.bootstrap, records, args.rate, args.seconds, 6))
                 await asyncio.sleep(args.warmup)
                 first = await scrape(worker)
                 before, cpu0, t0 = buckets(first), _cpu_of(pid), time.perf_counter()
@@ -172,6 +177,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40, help="how long to offer them (default 40)")
     parser.add_argument("--warmup", type=float, default=10, help="seconds left out at the start (default 10)")
     parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--start-late", type=float, default=0,
+                        help="start the worker this many seconds after the load (a restart with a backlog "
+                        "while the agents keep sending; the warm-up counts from the worker's start)")
     parser.add_argument("--commit-interval", type=float, default=1.0)
     parser.add_argument("--bootstrap", default=os.environ.get("DESKTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     asyncio.run(run(parser.parse_args()))
