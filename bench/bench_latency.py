@@ -1,6 +1,7 @@
 """Event to session published latency of one ``desktrace-stream`` worker under a steady offered load.
 
-    nice .venv/bin/python bench/bench_latency.py [--rate 20000] [--seconds 40] [--users 2000] [--start-late 10]
+    nice .venv/bin/python bench/bench_latency.py [--rate 20000] [--seconds 40] [--users 2000]
+        [--start-late 10]
 
 Publishes generated events (``tests.support.events.generate_events``, about 10% out of order, 5%
 duplicates) to fresh raw topics (6 partitions) at ``--rate`` events/s, paced by the wall clock, while one
