@@ -255,13 +255,15 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                 positions.clear()
             return raw
 
+        def release_held() -> None:  # the gathering clock stops while batches are handled
+            gather.release(raw_partitions(), self._highwater, monotonic() - handling, int(time() * 1000))
+
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if gather.generation not in (None, self.app.consumer_generation_id) or not self.flow_active:
                     gather.reset()  # an older assignment: Faust seeks back to the committed offsets
                 if gather.held and not gather.full:  # what waits here may fill the batch: then no wait
-                    now = monotonic() - handling
-                    gather.release(raw_partitions(), self._highwater, now, int(time() * 1000))
+                    release_held()
                 if not gather.full:
                     timeout = min(1.0, max(0.0, due - monotonic()))
                     records, active = await self._wait_records(timeout, gather.holding())
@@ -278,8 +280,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     if records:
                         await self._take(records, active, gather, monotonic() - handling, int(time() * 1000))
                 if gather.held:
-                    now = monotonic() - handling
-                    gather.release(raw_partitions(), self._highwater, now, int(time() * 1000))
+                    release_held()
                 if (catching_up and gather.batch and not gather.full and monotonic() < due
                         and await self._fetched_all(gather, raw_partitions(), positions)):
                     due = monotonic()  # the end of a backlog: its last records are handled and committed now

@@ -201,8 +201,10 @@ class BatchGather:
         delivered = self._delivered()
         for tp in assigned:
             nxt = delivered.get(tp)
-            hw = highwater(tp) if nxt is not None else None
-            if hw is not None and nxt is not None and hw > nxt:
+            if nxt is None:
+                continue
+            hw = highwater(tp)
+            if hw is not None and hw > nxt:
                 n += hw - nxt
         return n
 
