@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from proto.clock import epoch_ms
 from proto.events import Envelope
 from stream.core import Sessionizer, SessionizerConfig, decode_state, encode_state
+from stream.core.state import NO_TIME
 from tests.reference_sessions import reference_sessions
 from tests.sessionizer_helpers import USER, Builder, Consumer, at
 
@@ -102,6 +103,8 @@ def feed(
             continue
         state, update = core.apply(USER, state, batch)
         assert not update.late
+        # The bound that spares reading the published keys is never below one of them.
+        assert state.pub_bound >= max(state.pub, default=NO_TIME)
         consumer.apply(update.upserts, update.retractions)
         if roundtrip:
             state = decode_state(encode_state(state))

@@ -437,10 +437,15 @@ class Sessionizer:
         retractions: list[SessionRetraction] = []
         corrected: list[str] = []
         pub = st.pub
-        keys = {s.key for s in res.sessions}
-        for key in sorted(k_ for k_ in pub if k_ >= 2 * region and k_ not in keys):
-            del pub[key]
-            retractions.append(SessionRetraction(session_id=self._sid(user_key, key), user_key=user_key))
+        hi = 2 * region
+        # Published from the region on and no longer computed: retracted. Usually nothing published starts
+        # in the region (it starts at the open chain): the bound tells so without reading the keys.
+        if pub and st.pub_bound >= hi:
+            keys = {s.key for s in res.sessions}
+            for key in sorted(k_ for k_ in pub if k_ >= hi and k_ not in keys):
+                del pub[key]
+                retractions.append(SessionRetraction(session_id=self._sid(user_key, key), user_key=user_key))
+            st.pub_bound = max(pub) if pub else NO_TIME
         new_open: int | None = None
         n_open = 0
         for s in res.sessions:
@@ -457,6 +462,8 @@ class Sessionizer:
                 fp = _fingerprint(det)
             if s.closed:
                 pub[s.key] = [s.end, fp]
+                if s.key > st.pub_bound:
+                    st.pub_bound = s.key
                 session = self._session(user_key, s, det)
                 upserts.append(session)
                 if old is not None:
@@ -470,19 +477,21 @@ class Sessionizer:
         return upserts, retractions, corrected
 
     def _checkpoint_for(self, st: UserState, t_aff: int, open_from: int | None) -> Checkpoint | None:
+        # The latest checkpoint in (floor, t_aff] whose region starts at or before open_from; read in place
+        # (a Checkpoint is made for that one only: this runs once per user and batch).
         cks = st.cks
-        floor = st.floor
-        best: Checkpoint | None = None
+        best_i, best_x = -1, st.floor
         for i in range(0, len(cks), 6):
             x = cks[i]
-            if x > t_aff or x <= floor or (best is not None and x <= best.x):
-                continue
-            ck = Checkpoint(*cks[i : i + 6])
-            if open_from is not None and open_from < ck.region_start:
-                continue
-            best = ck
-        if best is None:
+            if best_x < x <= t_aff:
+                if open_from is not None:
+                    s, p0 = cks[i + 1], cks[i + 4]
+                    if open_from < (s if s >= p0 else p0):  # Checkpoint.region_start
+                        continue
+                best_i, best_x = i, x
+        if best_i < 0:
             return None
+        best = Checkpoint(*cks[best_i : best_i + 6])
         if st.sc and (st.sc[-1] >> 1) >= best.p0:
             return None  # legacy reports in this period: no checkpoints
         return best

@@ -34,6 +34,7 @@ HOST_MASK = (1 << 14) - 1
 TZ_SHIFT = 20
 
 NO_TIME = -(1 << 62)  #: "never" for the time fields below
+PUB_UNBOUNDED = 1 << 62  #: ``UserState.pub_bound`` when no bound is known (above every key)
 
 Column = array  #: ``array('q')``: one sorted column of 64-bit integers
 
@@ -75,6 +76,10 @@ class UserState(msgspec.Struct, kw_only=True):
     edit_ts: int = 0
     edit_pts: int = 0
     cache: Any = None
+    # Not state either: a bound at or above every key of ``pub`` (``PUB_UNBOUNDED``: not known), so that a
+    # computation need not read every published key to learn that none starts in its region (reading them
+    # cost a sixth of a user's update: a user's keys are scattered in memory).
+    pub_bound: int = PUB_UNBOUNDED
 
 
 class _Wire(msgspec.Struct, array_like=True):
