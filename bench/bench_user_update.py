@@ -1,0 +1,113 @@
+"""The worker's fixed cost per user and batch, in process (run by hand:
+``.venv/bin/python bench/bench_user_update.py [--users 2000] [--hours 8] [--rounds 10]``).
+
+Builds the state of ``--users`` users with ``--hours`` of events each (``tests.support.events``, 10% out
+of order) through ``stream.processor.Processor`` with the worker's ``LiveStates``, then times rounds of
+one heartbeat per user (a minute later each round, with input 30 s before it): what a batch costs per
+user when each user has one new event, i.e. the cost paid once per user and batch whatever its number of
+events. The baseline, measured in the same run on the same states, is the cost per event of a batch of
+``--per-user`` (20) events per user: the ratio says how many of those events one user's update costs.
+Prints the minimum and median over rounds (this machine's speed varies by the minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import msgspec
+from bench_offline import disorder
+from prometheus_client import CollectorRegistry
+
+from proto.codec import encode_event
+from proto.events import Envelope, Heartbeat
+from proto.keys import event_user_key
+from proto.topics import Topics
+from stream.core import Sessionizer
+from stream.live import LiveStates
+from stream.metrics import StreamMetrics
+from stream.processor import Incoming, Processor
+from tests.support.events import generate_events
+
+
+def records(events: list[Envelope], first_offset: int) -> list[Incoming]:
+    out = []
+    for i, e in enumerate(events):
+        key = event_user_key(e).encode()
+        out.append(Incoming("raw", hash(key) % 18, first_offset + i, key, encode_event(e), 0))
+    return out
+
+
+def heartbeats(last: dict[str, Heartbeat], seqs: dict[str, int], minutes: int) -> list[Envelope]:
+    """One heartbeat per agent, ``minutes`` after its last one, with input 30 s before it."""
+    return [
+        msgspec.structs.replace(h, seq=seqs[a] + minutes, ts=h.ts + timedelta(minutes=minutes),
+                                last_input_ts=h.ts + timedelta(minutes=minutes, seconds=-30))
+        for a, h in last.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--hours", type=float, default=8.0, help="hours of events per user before the rounds")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of one heartbeat per user")
+    parser.add_argument("--per-user", type=int, default=20, help="events per user in the baseline's batches")
+    args = parser.parse_args()
+
+    events = disorder(generate_events(seed=1, users=args.users, hours=args.hours + 1), random.Random(2))
+    cut = max(e.ts for e in events) - timedelta(hours=1.2)  # mid-day: before the logoffs at the end
+    events = [e for e in events if e.ts < cut]
+    proc = Processor(Topics(""), Sessionizer(), StreamMetrics(CollectorRegistry()), close_timeout_s=1e9)
+    live = LiveStates({}, max_users=10 * args.users)
+    recs = records(events, 0)
+    print(f"building the state of {args.users:,} users from {len(recs):,} events ...", flush=True)
+    for i in range(0, len(recs), 50_000):
+        proc.handle_batch(recs[i : i + 50_000], live, 1000.0)
+    last: dict[str, Heartbeat] = {}
+    seqs: dict[str, int] = {}
+    for e in events:
+        seqs[e.agent_id] = max(seqs.get(e.agent_id, 0), e.seq)
+        if isinstance(e, Heartbeat) and (e.agent_id not in last or e.seq > last[e.agent_id].seq):
+            last[e.agent_id] = e
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)  # the worker's collector settings
+
+    one: list[float] = []
+    many_: list[float] = []
+    minute = 0
+    for _ in range(args.rounds):
+        minute += 1
+        batch = records(heartbeats(last, seqs, minute), 10_000_000 * minute)
+        t = time.perf_counter()
+        proc.handle_batch(batch, live, 2000.0 + minute)
+        one.append((time.perf_counter() - t) / len(batch) * 1e6)
+        # the baseline: --per-user heartbeats per user in one batch (as many minutes of each user), per event
+        k = args.per_user
+        many = [e for m in range(1, k + 1) for e in heartbeats(last, seqs, minute + m)]
+        minute += k
+        batch = records(many, 10_000_000 * minute)
+        t = time.perf_counter()
+        proc.handle_batch(batch, live, 2000.0 + minute)
+        many_.append((time.perf_counter() - t) / len(batch) * 1e6)
+    one_min, one_med = min(one), statistics.median(one)
+    many_min, many_med = min(many_), statistics.median(many_)
+    print(f"one event per user:  {one_min:7.1f} us per user (median {one_med:.1f})")
+    print(f"{args.per_user} events per user: {many_min:7.1f} us per event (median {many_med:.1f}), "
+          "the baseline")
+    print(f"ratio (one user's update in events of the baseline): {one_min / many_min:.1f} "
+          f"(medians {one_med / many_med:.1f})")
+
+
+if __name__ == "__main__":
+    main()
