@@ -28,23 +28,23 @@ import msgspec
 from bench_offline import disorder
 from prometheus_client import CollectorRegistry
 
-from proto.codec import encode_event
 from proto.events import Envelope, Heartbeat
-from proto.keys import event_user_key
 from proto.topics import Topics
 from stream.core import Sessionizer
 from stream.live import LiveStates
 from stream.metrics import StreamMetrics
 from stream.processor import Incoming, Processor
 from tests.support.events import generate_events
+from tests.support.kafka import event_records
+
+TOPICS = Topics("")
 
 
 def records(events: list[Envelope], first_offset: int) -> list[Incoming]:
-    out = []
-    for i, e in enumerate(events):
-        key = event_user_key(e).encode()
-        out.append(Incoming("raw", hash(key) % 18, first_offset + i, key, encode_event(e), 0))
-    return out
+    """The events as the worker receives them (``tests.support.kafka.event_records``: raw topic, user key,
+    msgpack bytes), at offsets from ``first_offset`` (one partition: the processor does not mind)."""
+    return [Incoming(topic, 0, first_offset + i, key, value, 0)
+            for i, (topic, key, value) in enumerate(event_records(TOPICS, events))]
 
 
 def heartbeats(last: dict[str, Heartbeat], seqs: dict[str, int], minutes: int) -> list[Envelope]:
@@ -67,7 +67,7 @@ def main() -> None:
     events = disorder(generate_events(seed=1, users=args.users, hours=args.hours + 1), random.Random(2))
     cut = max(e.ts for e in events) - timedelta(hours=1.2)  # mid-day: before the logoffs at the end
     events = [e for e in events if e.ts < cut]
-    proc = Processor(Topics(""), Sessionizer(), StreamMetrics(CollectorRegistry()), close_timeout_s=1e9)
+    proc = Processor(TOPICS, Sessionizer(), StreamMetrics(CollectorRegistry()), close_timeout_s=1e9)
     live = LiveStates({}, max_users=10 * args.users)
     recs = records(events, 0)
     print(f"building the state of {args.users:,} users from {len(recs):,} events ...", flush=True)
