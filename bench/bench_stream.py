@@ -118,9 +118,10 @@ def worker_rate(
         worker.stop()
 
 
-#: The worker's batch and commit totals: batches handled, their records and seconds; commits, their seconds.
+#: The worker's totals: batches handled, their records and seconds; commits, their seconds; the seconds spent
+#: settling users (in commits and scans); the silence scans and their seconds.
 WORKER_TOTALS = ("batch_size_count", "batch_size_sum", "batch_processing_seconds_sum", "commit_seconds_count",
-                 "commit_seconds_sum")
+                 "commit_seconds_sum", "settle_seconds_sum", "scan_seconds_count", "scan_seconds_sum")
 
 
 def worker_totals(metrics_text: str) -> dict[str, float]:
@@ -149,7 +150,9 @@ def _print_time_split(
     print(f"    worker: {batches:.0f} batches of {size:,.0f} records, {commits:.0f} commits; "
           f"of {elapsed:.1f} s wall (CPU {cpu:.1f} s, main thread {main_cpu:.1f} s): "
           f"handling {handle:.1f} s, committing {commit:.1f} s, "
-          f"the rest (fetching, Faust) {elapsed - handle - commit:.1f} s", flush=True)
+          f"the rest (fetching, Faust) {elapsed - handle - commit:.1f} s, of which "
+          f"{d['scan_seconds_count']:.0f} silence scans {d['scan_seconds_sum']:.1f} s; settling (in commits "
+          f"and scans) {d['settle_seconds_sum']:.1f} s", flush=True)
 
 
 async def _cleanup(bootstrap: str, prefix: str) -> None:
@@ -183,7 +186,8 @@ async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[flo
             for c in args.commit_intervals for w in args.fetch_waits for f in args.state_formats
             for a in args.align_waits for k in args.catchup_intervals
         }
-        subjects = ["aiokafka", "faust", *([] if args.no_quix else ["quix"]), *workers]
+        peers = [p for p in args.peers if p != "quix" or not args.no_quix]
+        subjects = [*peers, *workers]
         for r in range(args.rounds):
             order = subjects if r % 2 == 0 else subjects[::-1]
             for s in order:
@@ -217,6 +221,10 @@ async def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50000,
                         help="the worker's batch_size (its default) and the peers' batch")
     parser.add_argument("--no-quix", action="store_true", help="skip the quixstreams peer")
+    parser.add_argument("--peers", nargs="*", choices=("aiokafka", "faust", "quix"),
+                        default=["aiokafka", "faust", "quix"],
+                        help="the peers to run besides the worker (all three by default; none: the worker "
+                        "alone, to compare two versions of it run after one another on the same hour)")
     parser.add_argument("--commit-intervals", type=float, nargs="+", default=[1.0],
                         help="worker commit_interval values to measure (one worker run each)")
     parser.add_argument("--fetch-waits", type=float, nargs="+", default=[0.1],

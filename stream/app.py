@@ -3,8 +3,9 @@
 - The three raw topics (same key, same partition count, so they are co-partitioned with the state table)
   are subscribed through a Faust agent, but their records reach :meth:`StreamApp.handle_records` a whole
   fetch at a time (:class:`stream.batching.BatchConsumer`, Faust's consumer with a batch fetch loop), not
-  through Faust's per-event stream; :class:`stream.processor.Processor` does the rest. Every user's state
-  is updated once per batch (see ``docs/stream-performance.md``).
+  through Faust's per-event stream; :class:`stream.processor.Processor` does the rest. A batch's events
+  are taken into their users' states as it comes; each changed user's sessions are recomputed once per
+  commit, just before the output is sent (see ``docs/stream-performance.md``).
 - State: a Faust ``Table`` on the in-memory store (RocksDB is not installed) backed by its compacted
   changelog topic ``<app id>-user-state-changelog``; a restarted or rebalanced worker rebuilds the table
   from the changelog before it processes events. Values are :class:`stream.state.UserRecord` bytes
@@ -13,7 +14,8 @@
   changelog and the table once per commit, just before Faust takes the offsets to commit.
 - Offsets and output: a batch's changes stay in memory (decoded states, and its session records and dead
   letters in an outbox) until the next commit; under the processing lock, right before Faust takes the
-  offsets to commit, the outbox is sent and its acknowledgements awaited, then the changed users'
+  offsets to commit, the changed users are settled (their sessions recomputed into the outbox), the outbox
+  is sent and its acknowledgements awaited, then the changed users'
   changelog records are sent, and Faust flushes the producer before it commits. So a commit never gets
   ahead of the state and the output, and the state never gets ahead of the output (a crash in between
   leaves the older state, which re-derives the same output): at-least-once, and a re-processed batch is
@@ -278,7 +280,7 @@ class StreamApp:
         ``value``): applied to the decoded states; its output waits in the outbox for the next commit."""
         started = time.perf_counter()
         async with self.lock:
-            result = self.processor.handle_batch(records, self.states, time.time())
+            result = self.processor.handle_batch(records, self.states, time.time(), settle=False)
             self._stage(result)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
@@ -291,13 +293,16 @@ class StreamApp:
 
     async def _before_commit(self) -> None:
         """Under the processing lock, before Faust takes the offsets to commit (and flushes its producer):
-        send the output produced since the last commit and wait for its acknowledgements, then send every
-        user changed since then to the changelog (Faust flushes it before it commits the offsets).
+        settle the users changed since the last commit (their sessions are recomputed once per commit, not
+        once per batch), send the output produced since the last commit and wait for its acknowledgements,
+        then send every user changed since then to the changelog (Faust flushes it before it commits the
+        offsets).
 
         Output first: the two topics are not written atomically, so a crash between them must leave the
         older state, never a recovered state that claims sessions or retractions that were not published.
         From the older state the re-read events give the same output again (session ids are deterministic,
         upserts and retractions idempotent)."""
+        self._settle()
         outbox, self._outbox = self._outbox, []
         if outbox:
             await self._await_output(await self._write(Result(messages=outbox)))
@@ -320,6 +325,14 @@ class StreamApp:
         if shed:
             self.metrics.state_shed.inc(shed)
         self.metrics.state_cached_users.set(len(self.states))
+
+    def _settle(self) -> None:
+        """Under the processing lock: recompute the sessions of the users changed since the last settle; their
+        output joins the outbox."""
+        if self.processor.unsettled:
+            started = time.perf_counter()
+            self._stage(self.processor.settle(self.states, time.time()))
+            self.metrics.settle_seconds.observe(time.perf_counter() - started)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         """Make everything processed so far durable (state and output, as a commit does; Faust will not

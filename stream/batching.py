@@ -9,21 +9,22 @@ records of the raw topics it fetches are gathered until the next commit is due (
 them) and go to one handler call as a list, in fetch order; records of any other topic (the table's
 changelog during recovery) still take Faust's per-message path. Right after the handler returns, if the
 commit is due, the loop commits: a batch's sessions are published as soon as it is handled, and a worker
-that keeps up handles one batch per commit interval (the sessionizer's fixed cost per user and batch paid
-once per interval, not once per fetch). A worker catching up handles full batches as they are gathered;
-while at least another full batch is known to be waiting (records held or still to fetch below the
-highwaters), it commits at most every ``catchup_commit_interval_s`` (each commit writes every changed user's
-state: with thousands of users, committing every second cost a sixth of a backlog's time); at the end of
-the backlog (after a full batch, every raw partition fetched to its highwater) it handles and commits the
-last records at once rather than at the next due commit.
+that keeps up handles one batch per commit interval (the sessionizer's fixed cost per user paid once per
+interval, not once per fetch). A worker catching up handles full batches as they are gathered; while at
+least another full batch is known to be waiting (records held or still to fetch below the highwaters),
+whether or not the latest batch filled, it commits at most every ``catchup_commit_interval_s`` (each commit
+settles and writes every changed user: with thousands of users, committing every second cost a sixth of a
+backlog's time); at the end of the backlog (every raw partition fetched to its highwater) it handles and
+commits the last records at once rather than at the next due commit.
 
 Offsets: after the handler returned, the batch's partitions are marked processed up to their last record.
-The commit takes those offsets; just before, :attr:`BatchConsumer.before_commit` runs (the worker sends the
-output of the batches since the last commit and waits for it, then writes the changelog records of every
-user changed since), and Faust flushes the producer before it commits. Both run under the processing lock,
-so a commit never includes a batch whose state was not written, and never writes the state of a batch
-still in progress. Faust's commit timer still runs, as a safety net (it commits when the loop has not for
-three intervals, or three catch-up intervals when that is longer).
+The commit takes those offsets; just before, :attr:`BatchConsumer.before_commit` runs (the worker settles
+the users changed since the last commit, sends the output of the batches since then and waits for it, then
+writes the changelog records of every user changed since), and Faust flushes the producer before it
+commits. Both run under the processing lock, so a commit never includes a batch whose state was not
+written, and never writes the state of a batch still in progress. Faust's commit timer still runs, as a
+safety net (it commits when the loop has not for three intervals, or three catch-up intervals when that is
+longer).
 """
 
 from __future__ import annotations
@@ -242,8 +243,10 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         on_aligned = type(self).on_aligned
         raw: list[TP] = []  #: the batch topics' assigned partitions, in consumer generation ``raw_of``
         raw_of: int | None = None
-        catching_up = False  #: the latest batch was full: the worker may be working through a backlog
-        #: ... and at least another full batch was still to take then: commits come every catch-up interval
+        #: the latest batch was full or behind: the worker may be working through a backlog
+        catching_up = False
+        #: at least another full batch was still to take before the latest batch: commits come every
+        #: catch-up interval
         behind = False
         positions: dict[TP, int | None] = {}  #: where partitions that delivered nothing are read from
 
@@ -291,9 +294,11 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                         due = max(due + interval, monotonic())
                         await self.commit()
                     continue
-                catching_up = gather.full
-                # (known before the take: the records still to take, counted from this generation's offsets)
-                behind = catching_up and gather.backlog(raw_partitions(), self._highwater) >= limit
+                # Behind: another full batch is known to be waiting (counted before the take, from this
+                # generation's offsets), whether or not this batch filled: a worker that commits every
+                # second gathers less than a batch between commits, and would never get out of that.
+                behind = gather.backlog(raw_partitions(), self._highwater) >= limit
+                catching_up = gather.full or behind
                 batch, last, generation = gather.take()
                 if gather.aligned and on_aligned is not None:
                     on_aligned(gather.aligned)

@@ -83,6 +83,11 @@ class StreamMetrics:
             "Time of one commit: the output acknowledged, changed users' state written, offsets committed",
             buckets=_SECONDS_BUCKETS, registry=registry,
         )
+        self.settle_seconds = Histogram(
+            f"{p}_settle_seconds",
+            "Time to recompute the sessions of the users changed since the last commit (once per commit, "
+            "part of the commit's time)", buckets=_SECONDS_BUCKETS, registry=registry,
+        )
         self.scan_seconds = Histogram(
             f"{p}_scan_seconds", "Time of one scan for silent users", buckets=_SECONDS_BUCKETS,
             registry=registry,

@@ -1,9 +1,15 @@
 """The worker's batch logic without Kafka: records in, state writes and output messages out.
 
-:class:`Processor` turns one consumed batch (bytes as received) into per-user state updates (one per user
-per batch), session upserts/retractions and dead letters, and scans the stored states for users silent for
-``close_timeout`` of wall-clock time. The Faust wiring (``stream.app``) feeds it and writes what it returns;
-the clock is passed in, so everything here is testable without a broker.
+:class:`Processor` turns consumed batches (bytes as received) into per-user state updates, session
+upserts/retractions and dead letters, and scans the stored states for users silent for ``close_timeout``
+of wall-clock time. The Faust wiring (``stream.app``) feeds it and writes what it returns; the clock is
+passed in, so everything here is testable without a broker.
+
+A batch's events are taken into their users' states at once; the sessions they change are recomputed when
+the processor *settles* (:meth:`Processor.settle`): at the end of the batch, or, for a caller that holds
+its output until the next commit anyway (the worker), once per commit for every user taken since the last
+one. A user's recomputation costs about as much as five of its events whatever their number, so a user
+with events in every batch pays it once per commit instead of once per batch.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from proto.events import Envelope
 from proto.keys import event_user_key
 from proto.topics import Topics
 from stream import fleet
-from stream.core import Sessionizer, Update
+from stream.core import Intake, Sessionizer, Update
 from stream.live import LiveStates, LiveUser
 from stream.metrics import StreamMetrics
 from stream.state import UserRecord, decode_record
@@ -73,6 +79,20 @@ class _UserBatch(NamedTuple):
     times: list[int]
 
 
+class _Taken:
+    """One user's events taken into its state since the last settle: the state being built, the records
+    they came from (dead-lettered should the sessionizer fail on the user) and the earliest Kafka timestamp
+    among them (the publish latency's start)."""
+
+    __slots__ = ("intake", "live", "records", "source_ms")
+
+    def __init__(self, intake: Intake, live: LiveUser) -> None:
+        self.intake = intake
+        self.live = live
+        self.records: list[Incoming] = []
+        self.source_ms: int | None = None
+
+
 @dataclass
 class Result:
     """What one batch or one scan produced, in the order it must be written."""
@@ -87,7 +107,10 @@ class Processor:
     Guarantees: every record of a batch is either folded into its user's state or dead-lettered with its
     bytes as received (undecodable, invalid, unknown type, late, or a sessionizer failure for that user);
     one bad record or one failing user never stops the others. The output of a state change is returned
-    together with the state write, so the caller can make both durable before committing offsets.
+    together with the state write, so the caller can make both durable before committing offsets. A user's
+    events taken and not yet settled (``handle_batch(..., settle=False)``) are in its decoded state only:
+    the caller settles (:meth:`settle`, which :meth:`scan` also does first) before it writes any state, and
+    the published sessions are the same whether it settles after every batch or after several.
     """
 
     def __init__(
@@ -98,30 +121,47 @@ class Processor:
         *,
         close_timeout_s: float,
         versions_max: int = 20,
+        max_taken_records: int = 200_000,
     ) -> None:
         self.topics = topics
         self.sessionizer = sessionizer
         self.metrics = metrics
         self.close_timeout_s = close_timeout_s
         self.versions_max = versions_max
+        #: ``handle_batch(settle=False)`` settles all the same once this many records wait (their records
+        #: are kept until then, for the dead-letter topic should the sessionizer fail on their user).
+        self.max_taken_records = max_taken_records
         self._user_keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key, a cache
+        self._taken: dict[bytes, _Taken] = {}  #: users taken since the last settle, in the order taken
+        self._taken_records = 0
         kinds = ("active", "inactive")
         self._published_by_kind = {k: metrics.sessions_published.labels(k) for k in kinds}
         self._corrections_by_kind = {k: metrics.corrections.labels(k) for k in kinds}
 
     # ---- batches ---------------------------------------------------------------------------------------
 
+    @property
+    def unsettled(self) -> int:
+        """Users whose events were taken since the last settle."""
+        return len(self._taken)
+
     def handle_batch(
         self,
         batch: Sequence[Incoming],
         states: LiveStates | Callable[[bytes], bytes | None],
         now: float,
+        *,
+        settle: bool = True,
     ) -> Result:
         """Handle ``batch`` (records with ``topic``, ``partition``, ``offset``, ``key``, ``value``).
 
         ``states``: the worker's :class:`stream.live.LiveStates` (state changes stay there until its next
         flush; ``Result.writes`` is empty), or a lookup of stored table values (then every changed user's
-        new value is in ``Result.writes``, one per user).
+        new value is in ``Result.writes``, one per user, and the batch is settled).
+
+        ``settle``: recompute the changed users' sessions now (their output is in the result). False: take
+        the events only (dead letters are in the result, sessions come with a later :meth:`settle`), unless
+        more than ``max_taken_records`` records are waiting.
         """
         if not isinstance(states, LiveStates):
             stored = LiveStates(_LookupStore(states))
@@ -152,10 +192,19 @@ class Processor:
             m.events.labels(topic, cls.__name__).inc(n)
         now_ms = int(now * 1000)
         for ukey, group in groups.items():
-            self._handle_user(out, ukey, group, states, now, now_ms)
+            self._take_user(out, ukey, group, states, now, now_ms)
+        if settle or self._taken_records >= self.max_taken_records:
+            self._settle_into(out, states, now)
         return out
 
-    def _handle_user(
+    def settle(self, states: LiveStates, now: float) -> Result:
+        """Recompute the sessions of every user whose events were taken since the last settle: their
+        upserts and retractions (and the dead letters of a user the sessionizer fails on)."""
+        out = Result()
+        self._settle_into(out, states, now)
+        return out
+
+    def _take_user(
         self,
         out: Result,
         ukey: str,
@@ -165,45 +214,89 @@ class Processor:
         now_ms: int,
     ) -> None:
         key = ukey.encode()
-        live = states.get(key)
-        events = group.events
+        taken = self._taken.get(key)
+        records = group.records
         try:
-            new_state, update = self.sessionizer.apply(
-                ukey, live.core if live is not None else None, events, group.times
-            )
-            open_sessions = self.sessionizer.open_sessions(new_state)
+            if taken is None:
+                live = states.get(key)
+                intake = self.sessionizer.intake(live.core if live is not None else None)
+                if live is None:
+                    record = UserRecord(core=b"", partition=records[-1].partition, last_seen=now)
+                    live = LiveUser(record, None)
+                taken = _Taken(intake, live)
+            intake = taken.intake
+            dups = intake.dups
+            self.sessionizer.take(intake, group.events, group.times)
         except Exception as exc:
-            # A sessionizer bug must not stop the other users: keep this user's events for a replay. The
-            # core may have changed the decoded state part-way: the user goes back to its stored state.
-            log.exception("sessionizer failed for one user; events dead-lettered", extra={"kv": {
-                "error_class": "other", "events": len(events), "exception": type(exc).__name__}})
-            self.metrics.user_errors.inc()
-            states.forget(key)
-            for rec in group.records:
-                self._deadletter(out, rec, f"sessionizer failed: {type(exc).__name__}", "other")
+            self._user_failed(out, states, key, taken, records, exc)
             return
-        partition = group.records[-1].partition
-        if live is None:
-            live = LiveUser(UserRecord(core=b"", partition=partition, last_seen=now), new_state)
-        else:
-            live.core = new_state
+        if taken.live.core is None:
+            taken.live.core = intake.state
+        if key not in self._taken:
+            self._taken[key] = taken
+        for r in records:
+            ts = getattr(r, "timestamp", None)
+            if ts is not None and (taken.source_ms is None or ts < taken.source_ms):
+                taken.source_ms = ts
+        live = taken.live
         record = live.record
-        record.partition, record.last_seen, record.closed = partition, now, False
-        record.open_sessions = open_sessions
-        dropped = fleet.observe(record.agents, events, now_ms, group.times)
+        record.partition, record.last_seen, record.closed = records[-1].partition, now, False
+        dropped = fleet.observe(record.agents, group.events, now_ms, group.times)
         if dropped:
             self.metrics.spool_dropped.inc(dropped)
-        fleet.prune(record.agents, now_ms)
-        source_ms = None
-        if update.upserts:
-            stamps = [ts for r in group.records if (ts := getattr(r, "timestamp", None)) is not None]
-            source_ms = min(stamps) if stamps else None
-        self._emit(out, key, update, now, source_ms)
-        if update.late:
-            self._deadletter_late(out, group, update.late)
-        if update.duplicates:
-            self.metrics.duplicates.inc(update.duplicates)
+        if intake.late:
+            gone = {id(r) for r in self._deadletter_late(out, group, intake.late)}
+            intake.late.clear()
+            records = [r for r in records if id(r) not in gone]
+        taken.records += records
+        self._taken_records += len(records)
+        if intake.dups > dups:
+            self.metrics.duplicates.inc(intake.dups - dups)
         states.put(key, live)
+
+    def _settle_into(self, out: Result, states: LiveStates, now: float) -> None:
+        taken, self._taken, self._taken_records = self._taken, {}, 0
+        now_ms = int(now * 1000)
+        for key, t in taken.items():
+            self._settle_user(out, states, key, t, now, now_ms)
+
+    def _settle_user(
+        self, out: Result, states: LiveStates, key: bytes, t: _Taken, now: float, now_ms: int
+    ) -> None:
+        try:
+            new_state, update = self.sessionizer.settle(key.decode(), t.intake)
+            n_open = self.sessionizer.open_sessions(new_state)
+        except Exception as exc:
+            self._user_failed(out, states, key, None, t.records, exc)
+            return
+        live = t.live
+        live.core = new_state
+        live.record.open_sessions = n_open
+        fleet.prune(live.record.agents, now_ms)
+        self._emit(out, key, update, now, t.source_ms if update.upserts else None)
+
+    def _user_failed(
+        self,
+        out: Result,
+        states: LiveStates,
+        key: bytes,
+        taken: _Taken | None,
+        records: list[Incoming],
+        exc: Exception,
+    ) -> None:
+        """A sessionizer bug must not stop the other users: this user's events since its stored state are
+        dead-lettered for a replay, and it goes back to that state (the core may have changed the decoded
+        state part-way)."""
+        if taken is not None and taken.records:
+            records = taken.records + records
+            self._taken_records -= len(taken.records)
+        self._taken.pop(key, None)
+        log.exception("sessionizer failed for one user; events dead-lettered", extra={"kv": {
+            "error_class": "other", "events": len(records), "exception": type(exc).__name__}})
+        self.metrics.user_errors.inc()
+        states.forget(key)
+        for rec in records:
+            self._deadletter(out, rec, f"sessionizer failed: {type(exc).__name__}", "other")
 
     def _load(self, key: bytes, raw: bytes | None) -> UserRecord | None:
         if raw is None:
@@ -242,7 +335,9 @@ class Processor:
                 self._corrections_by_kind[kind].inc()
             m.close_lag.observe(max(0.0, now - s.end.timestamp()))
 
-    def _deadletter_late(self, out: Result, group: _UserBatch, late: Iterable[Envelope]) -> None:
+    def _deadletter_late(self, out: Result, group: _UserBatch, late: Iterable[Envelope]) -> list[Incoming]:
+        """Dead-letter the records of ``late`` (events of ``group``); returns those records."""
+        gone: list[Incoming] = []
         by_id: dict[tuple[str, int], list[Incoming]] = defaultdict(list)
         for rec, ev in zip(group.records, group.events, strict=True):
             by_id[(ev.agent_id, ev.seq)].append(rec)
@@ -250,11 +345,14 @@ class Processor:
             self.metrics.late.inc()
             recs = by_id.get((ev.agent_id, ev.seq))
             if recs:
+                rec = recs.pop(0)
+                gone.append(rec)
                 self._deadletter(
-                    out, recs.pop(0),
+                    out, rec,
                     "event older than the user's retention horizon (retention setting): not sessionized",
                     "late",
                 )
+        return gone
 
     def _deadletter(self, out: Result, rec: Incoming, error: str, error_class: str) -> None:
         headers = deadletter_headers(error, error_class, SERVICE, rec.topic, rec.partition, rec.offset)
@@ -272,8 +370,9 @@ class Processor:
         partitions: Container[int],
         now: float,
     ) -> Result:
-        """Close users silent for ``close_timeout`` (wall clock) among the users of ``partitions``, and
-        refresh the gauges (open sessions, users, fleet) from them.
+        """Close users silent for ``close_timeout`` (wall clock) among the users of ``partitions`` (one whose
+        events were taken and not settled is settled first), and refresh the gauges (open sessions, users,
+        fleet) from them (the open sessions as of each user's latest settle).
 
         ``states``: the worker's :class:`stream.live.LiveStates` (closed users are changed there), or the
         stored table items (then the closed users' new values are in ``Result.writes``)."""
@@ -293,6 +392,11 @@ class Processor:
             if not record.closed and now - record.last_seen >= self.close_timeout_s:
                 if live is None:
                     live = states.get(key)
+                taken = self._taken.pop(key, None)
+                if taken is not None:  # taken since the last commit (a close_timeout below it): settle
+                    self._taken_records -= len(taken.records)
+                    self._settle_user(out, states, key, taken, now, now_ms)
+                    live = states.get(key)  # as stored if the sessionizer failed on it
                 if live is not None:
                     self._close(out, key, live, now)
                     states.put(key, live)

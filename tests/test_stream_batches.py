@@ -9,10 +9,11 @@ from prometheus_client import CollectorRegistry
 
 from proto import events as E
 from proto.codec import decode_session_message, encode_event
+from proto.deadletter import HEADER_SOURCE_OFFSET
 from proto.keys import event_user_key
 from proto.sessions import Session
 from proto.topics import Topics
-from stream.core import Sessionizer, SessionizerConfig
+from stream.core import Intake, Sessionizer, SessionizerConfig
 from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
 from stream.processor import Incoming, Processor
@@ -85,27 +86,130 @@ def test_scan_closes_cached_and_stored_users_and_leaves_them_changed() -> None:
     assert all(decode_record(v).closed for v in store.values())
 
 
+def _published(messages: list) -> dict[str, object]:
+    """The sessions a consumer of ``messages`` holds at the end: upserts applied, retractions removed."""
+    held: dict[str, object] = {}
+    for m in messages:
+        if m.topic != TOPICS.sessions:
+            continue
+        s = decode_session_message(m.value)
+        if isinstance(s, Session):
+            held[s.session_id] = s
+        else:
+            held.pop(s.session_id, None)
+    return held
+
+
+def test_settled_once_per_commit_the_same_sessions_as_settled_per_batch() -> None:
+    """The worker takes batches and settles once per commit: what it publishes in the end is what settling
+    every batch publishes (sessions closing across batches, events out of order), with no more records."""
+    minutes = [m for b in range(8) for m in range(b * 20, b * 20 + 6)]  # 6 clicks, then a 14-minute gap
+    order = minutes[::2] + minutes[1::2]  # half of them come late
+    recs: list[Incoming] = []
+    for user, part in (("ann", 0), ("bob", 1)):
+        every = clicks(user, range(0, 160), part)
+        recs += [every[m] for m in order]
+    batches = [recs[i : i + 7] for i in range(0, len(recs), 7)]
+    each, _ = processor()
+    each_states = LiveStates({})
+    each_msgs = [m for b in batches for m in each.handle_batch(b, each_states, now=1000.0).messages]
+    once, _ = processor()
+    once_states = LiveStates({})
+    once_msgs = []
+    for i, b in enumerate(batches):
+        once_msgs += once.handle_batch(b, once_states, now=1000.0, settle=False).messages
+        assert once.unsettled > 0
+        if i % 5 == 4:
+            once_msgs += once.settle(once_states, now=1000.0).messages
+            assert once.unsettled == 0
+    once_msgs += once.settle(once_states, now=1000.0).messages
+    assert all(m.topic == TOPICS.sessions for m in once_msgs + each_msgs)  # no dead letters
+    assert len(_published(each_msgs)) >= 7 * 2  # sessions closed on the way, for both users
+    assert _published(once_msgs) == _published(each_msgs)
+    assert len(once_msgs) <= len(each_msgs)
+    # And a silence close publishes the same open sessions from either.
+    each_msgs += each.scan(each_states, {0, 1}, now=2000.0).messages
+    once_msgs += once.scan(once_states, {0, 1}, now=2000.0).messages
+    assert _published(once_msgs) == _published(each_msgs)
+
+
+def test_the_scan_settles_the_users_it_closes_and_only_those() -> None:
+    """A silence close needs the user's taken events settled first; the other users wait for the commit
+    (the scan runs often: settling everyone there would settle once per scan instead of once per commit)."""
+    proc, _ = processor()
+    states = LiveStates({})
+    taken = proc.handle_batch(clicks("ann", range(0, 3)), states, now=1000.0, settle=False)
+    assert taken.messages == [] and proc.unsettled == 1
+    proc.handle_batch(clicks("bob", range(0, 3), partition=1), states, now=1050.0, settle=False)
+    closed = proc.scan(states, {0, 1}, now=1061.0)  # ann silent for close_timeout, bob not
+    assert proc.unsettled == 1
+    sessions = _published(closed.messages).values()
+    assert [(s.user_key, s.kind) for s in sessions] == [("corp\\ann", "active")]  # type: ignore[attr-defined]
+    assert _published(proc.settle(states, now=1062.0).messages) == {}  # bob's session is still open
+
+
+def test_taken_records_past_the_limit_are_settled_with_the_batch() -> None:
+    proc, _ = processor()
+    proc.max_taken_records = 5
+    states = LiveStates({})
+    proc.handle_batch(clicks("ann", range(0, 3)), states, now=1000.0, settle=False)
+    assert proc.unsettled == 1
+    proc.handle_batch(clicks("ann", range(30, 33), seq0=3), states, now=1000.0, settle=False)
+    assert proc.unsettled == 0  # 6 records waited: settled
+    live = states.get(b"corp\\ann")
+    assert live is not None and live.record.open_sessions == 1 and live.core is not None
+    assert live.core.open_from is not None  # the 09:30 session is open, the 09:00 one was published
+
+
 def test_a_failing_user_goes_back_to_its_stored_state_and_the_others_go_on() -> None:
     proc, registry = processor()
     states = LiveStates({})
     proc.handle_batch(clicks("ann", range(0, 2)) + clicks("bob", range(0, 2)), states, now=1000.0)
     states.flush()
-    real_apply = proc.sessionizer.apply
+    real_settle = proc.sessionizer.settle
 
-    def apply(user_key: str, state: object, events: list, times: list | None = None) -> object:
+    def settle(user_key: str, intake: Intake) -> object:
         if user_key == "corp\\ann":
             raise RuntimeError("bug")
-        return real_apply(user_key, state, events, times)  # type: ignore[arg-type]
+        return real_settle(user_key, intake)
 
-    proc.sessionizer.apply = apply  # type: ignore[method-assign,assignment]
-    result = proc.handle_batch(clicks("ann", range(2, 4), seq0=2) + clicks("bob", range(2, 4), seq0=2),
-                               states, now=1001.0)
+    proc.sessionizer.settle = settle  # type: ignore[method-assign,assignment]
+    # Two batches taken, then settled: every record of the failing user since its stored state goes.
+    dead = []
+    for m0 in (2, 4):
+        result = proc.handle_batch(
+            clicks("ann", range(m0, m0 + 2), seq0=m0) + clicks("bob", range(m0, m0 + 2), seq0=m0),
+            states, now=1001.0, settle=False,
+        )
+        dead += [m for m in result.messages if m.topic == TOPICS.deadletter]
+    assert dead == []
+    result = proc.settle(states, now=1002.0)
     dead = [m for m in result.messages if m.topic == TOPICS.deadletter]
-    assert len(dead) == 2 and all(m.key == b"corp\\ann" for m in dead)
+    assert len(dead) == 4 and all(m.key == b"corp\\ann" for m in dead)
+    assert sorted(int(dict(m.headers or [])[HEADER_SOURCE_OFFSET]) for m in dead) == [2, 3, 4, 5]
     assert registry.get_sample_value("desktrace_stream_sessionizer_errors_total") == 1
     ann, bob = states.get(b"corp\\ann"), states.get(b"corp\\bob")
     assert ann is not None and ann.core is not None and len(ann.core.ts) == 2  # as stored
-    assert bob is not None and bob.core is not None and len(bob.core.ts) == 4
+    assert bob is not None and bob.core is not None and len(bob.core.ts) == 6
+
+
+def test_a_user_failing_while_taken_loses_nothing_taken_before() -> None:
+    proc, registry = processor()
+    states = LiveStates({})
+    proc.handle_batch(clicks("ann", range(0, 2)), states, now=1000.0, settle=False)
+    real_take = proc.sessionizer.take
+
+    def take(intake: Intake, events: list, times: list | None = None) -> None:
+        if events[0].seq == 3:
+            raise RuntimeError("bug")
+        real_take(intake, events, times)
+
+    proc.sessionizer.take = take  # type: ignore[method-assign,assignment]
+    result = proc.handle_batch(clicks("ann", range(2, 4), seq0=2), states, now=1001.0, settle=False)
+    dead = [m for m in result.messages if m.topic == TOPICS.deadletter]
+    assert sorted(int(dict(m.headers or [])[HEADER_SOURCE_OFFSET]) for m in dead) == [0, 1, 2, 3]
+    assert registry.get_sample_value("desktrace_stream_sessionizer_errors_total") == 1
+    assert proc.unsettled == 0 and states.get(b"corp\\ann") is None  # nothing stored yet: starts afresh
 
 
 async def test_records_go_in_order_in_as_few_record_batches_as_the_batch_size_allows() -> None:
