@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace) -> None:
                 achieved = await sender
                 last = await scrape(worker)
                 t_first, t_last = worker_totals(first), worker_totals(last)
-                batches = [t_last[n] - t_first[n] for n in WORKER_TOTALS]
+                totals = {n: t_last[n] - t_first[n] for n in WORKER_TOTALS}
                 lag = metric_sum(last, "desktrace_stream_consumer_lag")
                 cpu = (_cpu_of(pid) - cpu0) / (time.perf_counter() - t0)
                 deadline = time.monotonic() + 120
@@ -161,11 +161,14 @@ async def run(args: argparse.Namespace) -> None:
         print(f"event to session published ({n:,.0f} sessions after the {args.warmup:g}s warm-up): "
               f"p50 {quantile(before, after, 0.5)}, p90 {quantile(before, after, 0.9)}, "
               f"p99 {quantile(before, after, 0.99)}")
-        if batches[0]:
-            n_b, n_r, b_s, n_c, c_s = batches
+        n_b = totals["batch_size_count"]
+        if n_b:
+            n_r, b_s = totals["batch_size_sum"], totals["batch_processing_seconds_sum"]
+            n_c, c_s = totals["commit_seconds_count"], totals["commit_seconds_sum"]
             print(f"while offered: {n_b:,.0f} batches of {n_r / n_b:,.0f} records on average, "
                   f"{b_s / n_b:.3f} s each ({b_s / n_r * 1e6:.1f} us per record); "
-                  f"{n_c:,.0f} commits of {c_s / max(1.0, n_c):.3f} s on average")
+                  f"{n_c:,.0f} commits of {c_s / max(1.0, n_c):.3f} s on average, "
+                  f"{totals['settle_seconds_sum'] / max(1.0, n_c):.3f} s of it settling")
     finally:
         await delete_topics(args.bootstrap, topics)
 
