@@ -109,8 +109,8 @@ class Processor:
     one bad record or one failing user never stops the others. The output of a state change is returned
     together with the state write, so the caller can make both durable before committing offsets. A user's
     events taken and not yet settled (``handle_batch(..., settle=False)``) are in its decoded state only:
-    the caller settles (:meth:`settle`, which :meth:`scan` also does first) before it writes any state, and
-    the published sessions are the same whether it settles after every batch or after several.
+    the caller settles (:meth:`settle`; :meth:`scan` settles the users it closes) before it writes any
+    state, and the published sessions are the same whether it settles after every batch or after several.
     """
 
     def __init__(
