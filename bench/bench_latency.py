@@ -7,7 +7,7 @@ Publishes generated events (``tests.support.events.generate_events``, about 10% 
 duplicates) to fresh raw topics (6 partitions) at ``--rate`` events/s, paced by the wall clock, while one
 worker consumes them. The latency is the worker's own ``desktrace_stream_publish_latency_seconds``
 histogram: the wall clock when a session record was acknowledged minus the Kafka timestamp of the
-earliest record of its user in the batch that produced it (an upper bound of the time from the event that
+earliest record of its user among those settled together (an upper bound of the time from the event that
 closed the session). The first ``--warmup`` seconds are left out (bucket counts are differenced). Prints
 the offered and achieved rates, the worker's CPU use and final lag, and p50/p90/p99 as the upper bounds
 of the histogram buckets that hold them. Needs a broker (``DESKTRACE_KAFKA_BOOTSTRAP``); creates and

@@ -118,8 +118,8 @@ def worker_rate(
         worker.stop()
 
 
-#: The worker's totals: batches handled, their records and seconds; commits, their seconds; the seconds spent
-#: settling users (in commits and scans); the silence scans and their seconds.
+#: The worker's totals: batches handled, their records and seconds; commits, their seconds; the seconds of the
+#: commits spent settling users; the silence scans and their seconds.
 WORKER_TOTALS = ("batch_size_count", "batch_size_sum", "batch_processing_seconds_sum", "commit_seconds_count",
                  "commit_seconds_sum", "settle_seconds_sum", "scan_seconds_count", "scan_seconds_sum")
 
@@ -151,8 +151,8 @@ def _print_time_split(
           f"of {elapsed:.1f} s wall (CPU {cpu:.1f} s, main thread {main_cpu:.1f} s): "
           f"handling {handle:.1f} s, committing {commit:.1f} s, "
           f"the rest (fetching, Faust) {elapsed - handle - commit:.1f} s, of which "
-          f"{d['scan_seconds_count']:.0f} silence scans {d['scan_seconds_sum']:.1f} s; settling (in commits "
-          f"and scans) {d['settle_seconds_sum']:.1f} s", flush=True)
+          f"{d['scan_seconds_count']:.0f} silence scans {d['scan_seconds_sum']:.1f} s; settling (part of "
+          f"committing) {d['settle_seconds_sum']:.1f} s", flush=True)
 
 
 async def _cleanup(bootstrap: str, prefix: str) -> None:

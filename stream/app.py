@@ -15,12 +15,11 @@
 - Offsets and output: a batch's changes stay in memory (decoded states, and its session records and dead
   letters in an outbox) until the next commit; under the processing lock, right before Faust takes the
   offsets to commit, the changed users are settled (their sessions recomputed into the outbox), the outbox
-  is sent and its acknowledgements awaited, then the changed users'
-  changelog records are sent, and Faust flushes the producer before it commits. So a commit never gets
-  ahead of the state and the output, and the state never gets ahead of the output (a crash in between
-  leaves the older state, which re-derives the same output): at-least-once, and a re-processed batch is
-  harmless (the core deduplicates events, session ids are deterministic). If output cannot be produced
-  the process exits without committing.
+  is sent and its acknowledgements awaited, then the changed users' changelog records are sent, and Faust
+  flushes the producer before it commits. So a commit never gets ahead of the state and the output, and
+  the state never gets ahead of the output (a crash in between leaves the older state, which re-derives
+  the same output): at-least-once, and a re-processed batch is harmless (the core deduplicates events,
+  session ids are deterministic). If output cannot be produced the process exits without committing.
 - A timer scans the locally owned users for ``close_timeout`` of wall-clock silence and publishes their
   open sessions (the silence close).
 - Faust's own web server (and its ``/table`` views, which would expose user data) is disabled;

@@ -68,7 +68,7 @@ class StreamMetrics:
         self.publish_latency = Histogram(
             f"{p}_publish_latency_seconds",
             "Wall clock when a session record was acknowledged minus the Kafka timestamp of the earliest "
-            "record of its user in the batch that produced it (event to session published)",
+            "record of its user among those settled together (event to session published)",
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
         self.batch_size = Histogram(
@@ -80,13 +80,15 @@ class StreamMetrics:
         )
         self.commit_seconds = Histogram(
             f"{p}_commit_seconds",
-            "Time of one commit: the output acknowledged, changed users' state written, offsets committed",
+            "Time of one commit: changed users settled, the output acknowledged, changed users' state "
+            "written, offsets committed",
             buckets=_SECONDS_BUCKETS, registry=registry,
         )
         self.settle_seconds = Histogram(
             f"{p}_settle_seconds",
             "Time to recompute the sessions of the users changed since the last commit (once per commit, "
-            "part of the commit's time)", buckets=_SECONDS_BUCKETS, registry=registry,
+            "part of the commit's time; a settle forced by too many records waiting for one is part of the "
+            "batch's)", buckets=_SECONDS_BUCKETS, registry=registry,
         )
         self.scan_seconds = Histogram(
             f"{p}_scan_seconds", "Time of one scan for silent users", buckets=_SECONDS_BUCKETS,

@@ -53,7 +53,7 @@ class Incoming(NamedTuple):
 
 class Outgoing(NamedTuple):
     """One record to produce (a session message or a dead letter). ``source_ms``: for a session record,
-    the Kafka timestamp of the earliest record of its user in the batch that produced it (the publish
+    the Kafka timestamp of the earliest record of its user among those settled with it (the publish
     latency metric's start)."""
 
     topic: str
