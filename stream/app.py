@@ -129,8 +129,9 @@ def broker_credentials(settings: StreamSettings) -> faust.types.auth.Credentials
 class StreamApp:
     """The Faust app of one worker and its processing logic.
 
-    Guarantees: per batch, every user's state is written once, together with what the change published;
-    offsets are committed only after both are durable (at-least-once); a worker that takes over partitions
+    Guarantees: per commit, every changed user's state is written once, then what the change published
+    (the state holding that output until it is acknowledged); offsets are committed only after both are
+    durable (at-least-once); a worker that takes over partitions
     continues from the changelog exactly where the previous owner's last committed batch left off.
     """
 
@@ -150,6 +151,7 @@ class StreamApp:
             self.metrics,
             close_timeout_s=settings.close_timeout,
             versions_max=settings.agent_versions_max,
+            keep_unsent=True,
         )
         heartbeat = max(0.5, min(3.0, settings.session_timeout / 3))
         self.app = faust.App(
@@ -293,15 +295,20 @@ class StreamApp:
     async def _before_commit(self) -> None:
         """Under the processing lock, before Faust takes the offsets to commit (and flushes its producer):
         settle the users changed since the last commit (their sessions are recomputed once per commit, not
-        once per batch), send the output produced since the last commit and wait for its acknowledgements,
-        then send every user changed since then to the changelog (Faust flushes it before it commits the
-        offsets).
+        once per batch), send every user changed since then to the changelog and wait for it, then send the
+        output produced since the last commit and wait for its acknowledgements (Faust commits the offsets
+        after this).
 
-        Output first: the two topics are not written atomically, so a crash between them must leave the
-        older state, never a recovered state that claims sessions or retractions that were not published.
-        From the older state the re-read events give the same output again (session ids are deterministic,
-        upserts and retractions idempotent)."""
+        State first, holding the output it may not have delivered: the two topics are not written
+        atomically. Written the other way round, a crash between them left the older state, which did not
+        know the sessions just published: re-reading the events in other batches, the next owner could not
+        retract the ones the new events no longer gave. Now a crash between them leaves a state that has the
+        events (their re-reading finds duplicates) and the values of the messages not known to be delivered
+        (``UserRecord.unsent``), which the next owner sends again before any newer output of the user. Once
+        the output is acknowledged those values are dropped, and the users written again at the next
+        commit."""
         self._settle()
+        await self._write_states()
         outbox, self._outbox = self._outbox, []
         if outbox:
             await self._await_output(await self._write(Result(messages=outbox)))
@@ -310,6 +317,10 @@ class StreamApp:
             for msg in outbox:
                 if msg.source_ms is not None:
                     observe(max(0.0, acked_ms - msg.source_ms) / 1000)
+        self.processor.confirm(self.states)
+
+    async def _write_states(self) -> None:
+        """Send every user changed since the last write to the changelog and wait for the acknowledgements."""
         flushed: list[Flushed] = []
         n = self.states.flush(flushed.append)
         if flushed:
@@ -344,6 +355,7 @@ class StreamApp:
         partitions = {tp.partition for tp in revoked if tp.topic in raw}
         self.group.moved()
         await self._before_commit()
+        await self._write_states()  # users whose output was just confirmed: the next owner need not resend
         await self.app.producer.flush()
         if partitions:
             self.states.drop_partitions(partitions)

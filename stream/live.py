@@ -147,7 +147,8 @@ class LiveStates:
         return n
 
     def _fit(self, live: LiveUser, value: bytes) -> bytes:
-        """Shrink ``live`` until its value fits ``max_value_bytes``: halve its facts (the oldest go, see
+        """Shrink ``live`` until its value fits ``max_value_bytes``: forget its unconfirmed output (still
+        sent; only a crash before its acknowledgement loses it), halve its facts (the oldest go, see
         ``Sessionizer.shed``) while there are some, then halve the agents it remembers, then start its
         core afresh (its sessions published so far stay published). Returns the value to write."""
         limit = self.max_value_bytes
@@ -156,6 +157,10 @@ class LiveStates:
         before, facts, reset = len(value), 0, False
         while len(value) > limit:
             core = live.core
+            if record.unsent:  # first what only a crash before the output's acknowledgement would need
+                record.unsent = []
+                value = encode_record(record, self.state_format)
+                continue
             dropped = self._shed(core, len(core.ts) // 2) if core is not None and self._shed else 0
             if dropped:
                 facts += dropped

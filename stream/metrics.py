@@ -33,6 +33,11 @@ class StreamMetrics:
             f"{p}_late_events_total", "Events older than the retention horizon (dead-lettered as late)",
             registry=registry,
         )
+        self.resent = Counter(
+            f"{p}_resent_total", "Session messages sent again by a new owner of their user (after a crash or "
+            "a rebalance) because the stored state did not know they were delivered",
+            registry=registry,
+        )
         self.sessions_published = Counter(
             f"{p}_sessions_published_total", "Session records published (first publications and corrections)",
             ["kind"], registry=registry,
@@ -80,8 +85,8 @@ class StreamMetrics:
         )
         self.commit_seconds = Histogram(
             f"{p}_commit_seconds",
-            "Time of one commit: changed users settled, the output acknowledged, changed users' state "
-            "written, offsets committed",
+            "Time of one commit: changed users settled, changed users' state written, the output "
+            "acknowledged, offsets committed",
             buckets=_SECONDS_BUCKETS, registry=registry,
         )
         self.settle_seconds = Histogram(

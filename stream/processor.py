@@ -122,6 +122,7 @@ class Processor:
         close_timeout_s: float,
         versions_max: int = 20,
         max_taken_records: int = 200_000,
+        keep_unsent: bool = False,
     ) -> None:
         self.topics = topics
         self.sessionizer = sessionizer
@@ -131,6 +132,11 @@ class Processor:
         #: ``handle_batch(settle=False)`` settles all the same once this many records wait (their records
         #: are kept until then, for the dead-letter topic should the sessionizer fail on their user).
         self.max_taken_records = max_taken_records
+        #: Keep each user's session output in its record (``UserRecord.unsent``) until :meth:`confirm`, and
+        #: re-send what a stored record holds when a user is loaded with some: for a caller that writes the
+        #: state before the output (the worker).
+        self.keep_unsent = keep_unsent
+        self._unsent: set[bytes] = set()  #: users whose ``unsent`` is this worker's own, not yet confirmed
         self._user_keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key, a cache
         self._taken: dict[bytes, _Taken] = {}  #: users taken since the last settle, in the order taken
         self._taken_records = 0
@@ -219,6 +225,8 @@ class Processor:
         try:
             if taken is None:
                 live = states.get(key)
+                if live is not None and live.record.unsent:
+                    self._resend(out, key, live.record)
                 intake = self.sessionizer.intake(live.core if live is not None else None)
                 if live is None:
                     record = UserRecord(core=b"", partition=records[-1].partition, last_seen=now)
@@ -273,7 +281,7 @@ class Processor:
         live.core = new_state
         live.record.open_sessions = n_open
         fleet.prune(live.record.agents, now_ms)
-        self._emit(out, key, update, now, t.source_ms if update.upserts else None)
+        self._emit(out, key, update, now, t.source_ms if update.upserts else None, live.record)
 
     def _user_failed(
         self,
@@ -315,10 +323,14 @@ class Processor:
         update: Update,
         now: float,
         source_ms: int | None = None,
+        record: UserRecord | None = None,
     ) -> None:
+        """Add ``update``'s messages to ``out`` (and, with :attr:`keep_unsent`, their values to
+        ``record.unsent``)."""
         m = self.metrics
         topic = self.topics.sessions
         messages = out.messages
+        first = len(messages)
         if update.retractions:
             upserted = {s.session_id for s in update.upserts}
             for r in update.retractions:
@@ -334,6 +346,31 @@ class Processor:
             if corrected and s.session_id in corrected:
                 self._corrections_by_kind[kind].inc()
             m.close_lag.observe(max(0.0, now - s.end.timestamp()))
+        if self.keep_unsent and record is not None and len(messages) > first:
+            record.unsent.extend(msg.value for msg in messages[first:])
+            self._unsent.add(key)
+
+    def _resend(self, out: Result, key: bytes, record: UserRecord) -> None:
+        """A user loaded with output its stored state does not know was delivered (its owner stopped between
+        writing the state and the output's acknowledgement): send that output again, before any newer one
+        of the user. Nothing to do for this worker's own unconfirmed output, which is in its outbox."""
+        if not self.keep_unsent or key in self._unsent:
+            return
+        topic = self.topics.sessions
+        out.messages.extend(Outgoing(topic, key, value) for value in record.unsent)
+        self.metrics.resent.inc(len(record.unsent))
+        self._unsent.add(key)
+
+    def confirm(self, states: LiveStates) -> int:
+        """The output so far is acknowledged: empty the ``unsent`` of every user that had some (those users
+        are written again at the next flush). Returns how many users."""
+        users, self._unsent = self._unsent, set()
+        for key in users:
+            live = states.get(key)
+            if live is not None and live.record.unsent:
+                live.record.unsent = []
+                states.put(key, live)
+        return len(users)
 
     def _deadletter_late(self, out: Result, group: _UserBatch, late: Iterable[Envelope]) -> list[Incoming]:
         """Dead-letter the records of ``late`` (events of ``group``); returns those records."""
@@ -389,6 +426,8 @@ class Processor:
                 continue
             users += 1
             summary.add(record.agents)
+            if record.unsent and self.keep_unsent and key not in self._unsent:
+                self._resend(out, key, record)
             if not record.closed and now - record.last_seen >= self.close_timeout_s:
                 if live is None:
                     live = states.get(key)
@@ -425,7 +464,7 @@ class Processor:
                 # closed all the same: do not retry every scan; the next event retries through apply
             else:
                 self.metrics.silence_closes.inc()
-                self._emit(out, key, update, now)
+                self._emit(out, key, update, now, None, record)
         record.closed = True
 
 

@@ -30,7 +30,12 @@ class UserRecord(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     - ``last_seen``: wall clock (Unix seconds) when this worker last consumed an event of the user;
     - ``closed``: the silence close ran after the latest event (so it runs once per silence);
     - ``open_sessions``: the core's open session count after the latest update (for the gauge);
-    - ``agents``: fleet-health bookkeeping per agent id (``stream.fleet``).
+    - ``agents``: fleet-health bookkeeping per agent id (``stream.fleet``);
+    - ``unsent``: the values of the user's session messages (upserts and retractions, in the order sent)
+      whose delivery this record does not know of. The worker writes a user's state before its output, so
+      that a crash in between leaves a state that knows what it may not have published: a later owner
+      re-sends these values before any newer output of the user. Empty once the output is acknowledged
+      (``stream.processor.Processor.confirm``).
     """
 
     core: bytes
@@ -39,6 +44,7 @@ class UserRecord(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     closed: bool = False
     open_sessions: int = 0
     agents: dict[str, AgentSeen] = msgspec.field(default_factory=dict)
+    unsent: list[bytes] = msgspec.field(default_factory=list)
 
 
 _encoder: Final = msgspec.msgpack.Encoder()

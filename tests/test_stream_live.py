@@ -293,6 +293,21 @@ def test_a_record_too_large_for_its_facts_loses_its_least_recent_agents() -> Non
     assert decode_state(kept.core).ts.tolist() == core.ts.tolist()  # its few facts were not the problem
 
 
+def test_unconfirmed_output_goes_first_when_a_record_is_too_large() -> None:
+    """What only a crash before the output's acknowledgement would need (``UserRecord.unsent``) goes before
+    any fact: the output is still sent, the facts would be lost for good."""
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store, max_value_bytes=16_384, shed=CORE.shed)
+    rng = random.Random(8)
+    record = UserRecord(core=b"", partition=1, last_seen=0.0, unsent=[rng.randbytes(400) for _ in range(60)])
+    core, _ = CORE.apply("corp\\ann", None, clicks("ann", 10))
+    states.put(b"corp\\ann", LiveUser(record, core))
+    states.flush()
+    kept = decode_record(store[b"corp\\ann"])
+    assert kept.unsent == [] and states.shed_users == 1
+    assert decode_state(kept.core).ts.tolist() == core.ts.tolist()
+
+
 def test_a_core_that_cannot_be_shed_is_started_afresh_to_fit() -> None:
     """Facts that all share one instant cannot be cut by time: the core itself goes (the user starts
     afresh; what was published stays published) rather than a value the changelog would refuse."""

@@ -85,3 +85,31 @@ async def consume_until(
 def at_least(n: int) -> Callable[[Sequence[Any]], bool]:
     """A ``done`` for :func:`consume_until`: ``n`` records or more."""
     return lambda got: len(got) >= n
+
+
+async def wait_committed(bootstrap: str, group: str, topics: Sequence[str], within: float = 15.0) -> bool:
+    """Whether consumer group ``group`` has committed every partition of ``topics`` up to its end offset
+    within ``within`` seconds (partitions with no records need no commit)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics
+                      for p in sorted(consumer.partitions_for_topic(t) or ())]
+        assert partitions, f"no partitions known for {topics}"
+        ends = {tp: end for tp, end in (await consumer.end_offsets(partitions)).items() if end > 0}
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
+            if all(tp in committed and committed[tp].offset >= end for tp, end in ends.items()):
+                return True
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+        await consumer.stop()
