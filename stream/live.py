@@ -83,6 +83,7 @@ class LiveStates:
         self._shed = shed
         self._cache: OrderedDict[bytes, LiveUser] = OrderedDict()
         self._dirty: set[bytes] = set()
+        self._records: set[bytes] = set()  #: users whose record changed and core did not (:meth:`put_record`)
         self.unreadable = 0  #: stored values that could not be decoded (the user starts afresh)
         self.shed_users = 0  #: values made to fit ``max_value_bytes`` (one per user and flush)
         self.oversized = 0  #: values still larger after all that could go went (written as they are)
@@ -93,7 +94,7 @@ class LiveStates:
     @property
     def changed(self) -> int:
         """Users changed since the last flush."""
-        return len(self._dirty)
+        return len(self._dirty | self._records)
 
     def get(self, key: bytes) -> LiveUser | None:
         """The decoded state of ``key`` (None for a user never seen, or whose stored bytes are unreadable)."""
@@ -122,25 +123,36 @@ class LiveStates:
         self._cache.move_to_end(key)
         self._dirty.add(key)
 
+    def put_record(self, key: bytes, live: LiveUser) -> None:
+        """Cache ``live`` as the state of ``key`` and mark its record changed but not its core, which has
+        not changed since it was read or last flushed: the next :meth:`flush` writes the core's bytes as
+        they are (``record.core``) instead of encoding the core again."""
+        self._cache[key] = live
+        self._cache.move_to_end(key)
+        if key not in self._dirty:
+            self._records.add(key)
+
     def flush(self, write: Callable[[Flushed], None] | None = None) -> int:
         """Encode every changed user, store it and pass it to ``write`` (the changelog send); then drop the
         least recently used unchanged users beyond ``max_users``. Returns the number of users written."""
         cache, store = self._cache, self.store
         n = 0
-        for key in self._dirty:
-            live = cache.get(key)
-            if live is None:
-                continue
-            record = live.record
-            if live.core is not None:
-                record.core = encode_state(live.core, self.state_format)
-            value = encode_record(record, self.state_format)
-            if self.max_value_bytes is not None and len(value) > self.max_value_bytes:
-                value = self._fit(live, value)
-            store[key] = value
-            if write is not None:
-                write(Flushed(key, record.partition, value))
-            n += 1
+        records, self._records = self._records, set()
+        for keys, core_changed in ((self._dirty, True), (records - self._dirty, False)):
+            for key in keys:
+                live = cache.get(key)
+                if live is None:
+                    continue
+                record = live.record
+                if core_changed and live.core is not None:
+                    record.core = encode_state(live.core, self.state_format)
+                value = encode_record(record, self.state_format)
+                if self.max_value_bytes is not None and len(value) > self.max_value_bytes:
+                    value = self._fit(live, value)
+                store[key] = value
+                if write is not None:
+                    write(Flushed(key, record.partition, value))
+                n += 1
         self._dirty.clear()
         while len(cache) > self.max_users:
             cache.popitem(last=False)
@@ -185,6 +197,7 @@ class LiveStates:
         """Drop ``key`` from the cache without writing it (the next :meth:`get` reads the store)."""
         self._cache.pop(key, None)
         self._dirty.discard(key)
+        self._records.discard(key)
 
     def drop_partitions(self, partitions: Container[int]) -> int:
         """Forget the cached users of ``partitions`` (changed or not); returns how many."""
@@ -192,11 +205,13 @@ class LiveStates:
         for key in doomed:
             del self._cache[key]
             self._dirty.discard(key)
+            self._records.discard(key)
         return len(doomed)
 
     def clear(self) -> None:
         self._cache.clear()
         self._dirty.clear()
+        self._records.clear()
 
     def users(self) -> Iterator[tuple[bytes, LiveUser | None, bytes | None]]:
         """Every user, cached or stored: ``(key, live or None, stored bytes or None)``; a cached user is

@@ -362,14 +362,15 @@ class Processor:
         self._unsent.add(key)
 
     def confirm(self, states: LiveStates) -> int:
-        """The output so far is acknowledged: empty the ``unsent`` of every user that had some (those users
-        are written again at the next flush). Returns how many users."""
+        """The output so far is acknowledged: empty the ``unsent`` of every user that had some (those users'
+        records are written again at the next flush, their cores' bytes as they are). Returns how many
+        users."""
         users, self._unsent = self._unsent, set()
         for key in users:
             live = states.get(key)
             if live is not None and live.record.unsent:
                 live.record.unsent = []
-                states.put(key, live)
+                states.put_record(key, live)
         return len(users)
 
     def _deadletter_late(self, out: Result, group: _UserBatch, late: Iterable[Envelope]) -> list[Incoming]:

@@ -328,3 +328,36 @@ def test_a_core_that_cannot_be_shed_is_started_afresh_to_fit() -> None:
     assert record.core == b"" and record.partition == 2
     live = states.get(b"corp\\bob")
     assert live is not None and live.core is None
+
+
+def test_a_record_only_change_writes_the_core_bytes_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``put_record`` (the confirmation of a user's output empties ``unsent``): the next flush writes the
+    record with its core's bytes from the last write, without encoding the core again; a ``put`` in the
+    same interval (the core changed) still encodes it."""
+    import stream.live
+
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store)
+    core, _ = CORE.apply("corp\\ann", None, clicks("ann", 10))
+    states.put(b"corp\\ann", LiveUser(UserRecord(core=b"", partition=0, last_seen=0.0, unsent=[b"x"]), core))
+    states.flush()
+    core_bytes = decode_record(store[b"corp\\ann"]).core
+    live = states.get(b"corp\\ann")
+    assert live is not None
+    live.record.unsent = []
+    states.put_record(b"corp\\ann", live)
+    assert states.changed == 1
+
+    def no_encode(*args: object) -> bytes:
+        raise AssertionError("the core was encoded again")
+
+    monkeypatch.setattr(stream.live, "encode_state", no_encode)
+    assert states.flush() == 1
+    written = decode_record(store[b"corp\\ann"])
+    assert written.unsent == [] and written.core == core_bytes
+    monkeypatch.undo()
+    live.core, _ = CORE.apply("corp\\ann", live.core, clicks("ann", 3, start=30))
+    states.put(b"corp\\ann", live)
+    states.put_record(b"corp\\ann", live)  # the core changed too: encoded
+    states.flush()
+    assert decode_state(decode_record(store[b"corp\\ann"]).core).ts.tolist() == live.core.ts.tolist()
