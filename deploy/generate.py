@@ -186,11 +186,12 @@ SESSIONS: list[list[Panel]] = [
     ],
     [
         (
-            "Corrections and retractions per minute",
+            "Corrections, retractions and re-sent records per minute",
             "short",
             [
                 ("sum(rate(desktrace_stream_corrections_total[5m])) * 60", "corrections"),
                 ("sum(rate(desktrace_stream_retractions_total[5m])) * 60", "retractions"),
+                ("sum(rate(desktrace_stream_resent_total[5m])) * 60", "re-sent after a restart or rebalance"),
             ],
         ),
         (

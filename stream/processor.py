@@ -111,6 +111,8 @@ class Processor:
     events taken and not yet settled (``handle_batch(..., settle=False)``) are in its decoded state only:
     the caller settles (:meth:`settle`; :meth:`scan` settles the users it closes) before it writes any
     state, and the published sessions are the same whether it settles after every batch or after several.
+    With ``keep_unsent``, a user's record holds the values of its session messages until :meth:`confirm`,
+    and a user loaded with values an earlier owner did not confirm has them re-sent before its new output.
     """
 
     def __init__(
