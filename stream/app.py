@@ -131,8 +131,9 @@ class StreamApp:
 
     Guarantees: per commit, every changed user's state is written once, then what the change published
     (the state holding that output until it is acknowledged); offsets are committed only after both are
-    durable (at-least-once); a worker that takes over partitions
-    continues from the changelog exactly where the previous owner's last committed batch left off.
+    durable (at-least-once); a worker that takes over partitions continues from the changelog exactly
+    where the previous owner's last committed batch left off, and first re-sends what the previous owner
+    may not have delivered.
     """
 
     def __init__(
