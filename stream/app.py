@@ -60,6 +60,9 @@ from stream.processor import Incoming, Outgoing, Processor, Result
 from stream.record_batches import BATCH_BYTES
 from stream.settings import StreamSettings
 
+#: The environment variable of the tests' failpoint (:meth:`StreamApp._before_commit`).
+EXIT_AFTER_STATE_WRITE_ENV = "DESKTRACE_TEST_EXIT_AFTER_STATE_WRITE"
+
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "user-state"
@@ -197,6 +200,12 @@ class StreamApp:
         )
         self._lock: asyncio.Lock | None = None
         self._outbox: list[Outgoing] = []  #: output of the changes since the last commit
+        #: A failpoint for the tests against the real broker (not a setting): exit as a kill would, right
+        #: after the state write of the Nth commit that has session output to send, before that output.
+        self._exit_after_state_write = int(os.environ.get(EXIT_AFTER_STATE_WRITE_ENV, "0") or 0)
+        if self._exit_after_state_write:
+            log.warning("test failpoint set: the worker will exit in the middle of a commit", extra={"kv": {
+                "variable": EXIT_AFTER_STATE_WRITE_ENV, "commit": self._exit_after_state_write}})
         self.output = OutputWriter(
             self._send, self.topics, self.metrics,
             batch_producer=lambda: self.app.producer._ensure_producer(),  # type: ignore[attr-defined]
@@ -311,6 +320,10 @@ class StreamApp:
         self._settle()
         await self._write_states()
         outbox, self._outbox = self._outbox, []
+        if self._exit_after_state_write and any(m.topic == self.topics.sessions for m in outbox):
+            self._exit_after_state_write -= 1
+            if not self._exit_after_state_write:
+                os._exit(137)  # the failpoint: no cleanup, no flush, as after SIGKILL
         if outbox:
             await self._await_output(await self._write(Result(messages=outbox)))
             acked_ms = time.time() * 1000

@@ -109,6 +109,34 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     assert written == {bytes([0x93, int(f or "2")]) for f in (killed_format, restarted_format)}, written
 
 
+async def test_a_worker_dying_between_its_state_write_and_its_output_loses_and_leaves_nothing(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
+) -> None:
+    """The failpoint ``DESKTRACE_TEST_EXIT_AFTER_STATE_WRITE`` makes the worker exit (as a kill would) at its
+    second commit with session output, after the state write and before the output. The restarted worker
+    recovers a state that has the events and the output that was never sent (``UserRecord.unsent``): it
+    sends that output again, then the rest, and the topic ends as the offline result. Without the re-send,
+    the sessions of that commit would be missing for good (the re-read events are duplicates of the
+    state's), and with the output written before the state, sessions a later event changes would stay
+    published beside their corrections (``tests/test_stream_unsent.py``)."""
+    events = generate_events(seed=21, users=4, hours=8)
+    expected = offline_sessions(events, tmp_path)
+    sent = shuffled_with_duplicates(events, seed=22)
+    first, second = sent[: len(sent) // 2], sent[len(sent) // 2 :]
+    worker = stream_workers.start("worker", 60.0, DESKTRACE_TEST_EXIT_AFTER_STATE_WRITE="2",
+                                  DESKTRACE_BATCH_SIZE="200", DESKTRACE_CATCHUP_COMMIT_INTERVAL_S="1")
+    await publish_events(kafka_bootstrap, topics, first)
+    assert worker.proc is not None
+    exit_code = await asyncio.to_thread(worker.proc.wait, 60)  # raises if it did not exit
+    assert exit_code == 137, worker.tail()
+    await publish_events(kafka_bootstrap, topics, second)
+    restarted = stream_workers.start("restarted", 60.0)
+    async with SessionView(kafka_bootstrap, topics) as view:
+        ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
+        assert ok, describe_difference(view.sessions, expected) + "\n" + restarted.tail()
+    assert restarted.metric("desktrace_stream_resent_total") > 0, restarted.tail()
+
+
 async def test_sigkill_while_a_batch_is_gathering_and_restart_gives_the_same_result(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
 ) -> None:
