@@ -429,7 +429,7 @@ class Processor:
                 continue
             users += 1
             summary.add(record.agents)
-            if record.unsent and self.keep_unsent and key not in self._unsent:
+            if record.unsent:
                 self._resend(out, key, record)
             if not record.closed and now - record.last_seen >= self.close_timeout_s:
                 if live is None:
