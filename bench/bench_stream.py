@@ -80,10 +80,12 @@ def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tup
 def worker_rate(
     bootstrap: str, topics: Topics, app_id: str, n: int, workdir: Path, batch_size: int, commit_s: float,
     fetch_wait_s: float, state_format: int = 2, align_wait_s: float = 1.0, catchup_s: float = 5.0,
+    scan_s: float = 0.0,
 ) -> tuple[float, float]:
     """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
+                     DESKTRACE_SCAN_INTERVAL=str(scan_s),  # 0: the default, a third of the close timeout
                      DESKTRACE_COMMIT_INTERVAL=str(commit_s), DESKTRACE_FETCH_MAX_WAIT_S=str(fetch_wait_s),
                      DESKTRACE_STATE_FORMAT=str(state_format), DESKTRACE_ALIGN_WAIT_S=str(align_wait_s),
                      DESKTRACE_CATCHUP_COMMIT_INTERVAL_S=str(catchup_s))
@@ -198,7 +200,7 @@ async def run_users(args: argparse.Namespace, users: int) -> dict[str, tuple[flo
                                   f"k{catchup_s:g}")
                         rate, cpu = worker_rate(
                             args.bootstrap, topics, app_id, n, Path(tmp), args.batch_size, commit_s, wait_s,
-                            fmt, align_s, catchup_s,
+                            fmt, align_s, catchup_s, args.scan_interval,
                         )
                 else:
                     rate, cpu = peer_rate(s, args.bootstrap, prefix, n, args.batch_size)
@@ -243,6 +245,9 @@ async def main() -> None:
                         help="hours of events per user, for every user count (instead of about --events "
                         "events per user count): the same events per user whatever the number of users")
     parser.add_argument("--partitions", type=int, default=6, help="partitions of each raw topic")
+    parser.add_argument("--scan-interval", type=float, default=0.0,
+                        help="the worker's scan_interval (default 0: its own default, a third of the 600 s "
+                        "close timeout; before session 15 the benches ran the tests' 0.5 s)")
     parser.add_argument("--log-append-time", action="store_true",
                         help="raw topics stamped by the broker (message.timestamp.type=LogAppendTime), not "
                         "by the producer")

@@ -109,7 +109,9 @@ class Envelope(Struct, tag_field="type", kw_only=True, omit_defaults=True, gc=Fa
     agent_version: LabelStr = ""
 
     def __post_init__(self) -> None:
-        force_setattr(self, "ts", to_utc_ms(self.ts))
+        ts = self.ts
+        if ts.tzinfo is not UTC or ts.microsecond % 1000:  # not already UTC to the millisecond (rare)
+            force_setattr(self, "ts", to_utc_ms(ts))
         check_identities(self)
 
     @property
@@ -250,9 +252,10 @@ class Heartbeat(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=Fa
     spool_dropped: int = 0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.last_input_ts is not None:
-            force_setattr(self, "last_input_ts", to_utc_ms(self.last_input_ts))
+        Envelope.__post_init__(self)
+        lit = self.last_input_ts
+        if lit is not None and (lit.tzinfo is not UTC or lit.microsecond % 1000):
+            force_setattr(self, "last_input_ts", to_utc_ms(lit))
 
 
 class StateChange(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=False):

@@ -17,6 +17,7 @@ from typing import Final
 import msgspec
 
 from proto.clock import epoch_ms
+from proto.events import Heartbeat
 
 RECENT_MS: Final = 5 * 60 * 1000
 SILENT_MS: Final = 60 * 60 * 1000
@@ -55,18 +56,16 @@ def observe(
     if times is None:
         times = [epoch_ms(ev.ts) for ev in events]  # type: ignore[attr-defined]
     for ev, t in zip(events, times, strict=True):
-        agent_id: str = ev.agent_id  # type: ignore[attr-defined]
         ts_ms = t if t < now_ms else now_ms
-        seen = agents.get(agent_id)
+        seen = agents.get(ev.agent_id)  # type: ignore[attr-defined]
         if seen is None:
-            seen = agents[agent_id] = AgentSeen(last_ms=ts_ms, version=_version(ev))
+            seen = agents[ev.agent_id] = AgentSeen(last_ms=ts_ms, version=_version(ev))  # type: ignore[attr-defined]
         elif ts_ms >= seen.last_ms:
             seen.last_ms = ts_ms
-            version = ev.agent_version  # type: ignore[attr-defined]
-            if version != seen.version:
+            if ev.agent_version != seen.version:  # type: ignore[attr-defined]
                 seen.version = _version(ev)
-        if ts_ms > seen.hb_ms and type(ev).__name__ == "Heartbeat":
-            new = max(0, int(ev.spool_dropped))  # type: ignore[attr-defined]
+        if type(ev) is Heartbeat and ts_ms > seen.hb_ms:
+            new = max(0, int(ev.spool_dropped))
             old = seen.spool_dropped
             dropped += new - old if 0 <= old <= new else new
             seen.hb_ms = ts_ms

@@ -18,6 +18,9 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
+from operator import attrgetter, is_not
 from typing import NamedTuple
 
 import msgspec
@@ -69,6 +72,11 @@ class StateWrite(NamedTuple):
     key: bytes
     partition: int
     value: bytes
+
+
+_topic = attrgetter("topic")
+_timestamp = attrgetter("timestamp")
+_known = partial(is_not, None)
 
 
 class _UserBatch(NamedTuple):
@@ -178,7 +186,6 @@ class Processor:
         m.batch_size.observe(len(batch))
         out = Result()
         groups: dict[str, _UserBatch] = {}
-        counts: Counter[tuple[str, type]] = Counter()
         ukeys = self._user_keys
         if len(ukeys) > 100_000:
             ukeys.clear()
@@ -186,7 +193,6 @@ class Processor:
             if isinstance(ev, EventDecodeError):
                 self._deadletter(out, rec, str(ev), ev.error_class)
                 continue
-            counts[(rec.topic, type(ev))] += 1
             ukey = ukeys.get((ev.domain, ev.user))
             if ukey is None:
                 ukey = ukeys[(ev.domain, ev.user)] = event_user_key(ev)
@@ -196,6 +202,12 @@ class Processor:
             group.records.append(rec)
             group.events.append(ev)
             group.times.append(epoch_ms(ev.ts))
+        # Counted in C (a Counter of an iterable), not one dict update per event.
+        counts = Counter(zip(
+            map(_topic, chain.from_iterable(g.records for g in groups.values())),
+            map(type, chain.from_iterable(g.events for g in groups.values())),
+            strict=True,
+        ))
         for (topic, cls), n in counts.items():
             m.events.labels(topic, cls.__name__).inc(n)
         now_ms = int(now * 1000)
@@ -244,10 +256,13 @@ class Processor:
             taken.live.core = intake.state
         if key not in self._taken:
             self._taken[key] = taken
-        for r in records:
-            ts = getattr(r, "timestamp", None)
-            if ts is not None and (taken.source_ms is None or ts < taken.source_ms):
-                taken.source_ms = ts
+        try:  # the earliest record timestamp, in C: a record may have none (None, or no such attribute)
+            first = min(filter(_known, map(_timestamp, records)), default=None)
+        except AttributeError:
+            stamps = (getattr(r, "timestamp", None) for r in records)
+            first = min((t for t in stamps if t is not None), default=None)
+        if first is not None and (taken.source_ms is None or first < taken.source_ms):
+            taken.source_ms = first
         live = taken.live
         record = live.record
         record.partition, record.last_seen, record.closed = records[-1].partition, now, False

@@ -50,6 +50,14 @@ def test_times_normalise_to_utc_milliseconds() -> None:
     assert isinstance(hb, Heartbeat) and hb.last_input_ts is not None
     assert hb.last_input_ts.tzinfo is UTC and hb.last_input_ts.microsecond % 1000 == 0
     assert to_utc_ms(local) == event.ts
+    # Already UTC but finer than a millisecond: truncated too (the decoders skip the work only for UTC
+    # times whole to the millisecond).
+    utc_us = Logon(
+        agent_id="a", seq=1, ts=local.astimezone(UTC), input="none", user="u", domain="d", host="h"
+    )
+    assert utc_us.ts == event.ts
+    hb_local = msgspec.structs.replace(hb, last_input_ts=local)
+    assert hb_local.last_input_ts == event.ts and hb_local.last_input_ts.tzinfo is UTC
 
 
 def test_naive_times_are_rejected() -> None:
