@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from proto import events as E
 from proto.codec import decode_session_message, encode_event
-from proto.deadletter import HEADER_SOURCE_OFFSET
+from proto.deadletter import HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC
 from proto.keys import event_user_key
 from proto.sessions import Session
 from proto.topics import Topics
@@ -176,10 +176,11 @@ def test_a_failing_user_goes_back_to_its_stored_state_and_the_others_go_on() -> 
     proc.sessionizer.settle = settle  # type: ignore[method-assign,assignment]
     # Two batches taken, then settled: every record of the failing user since its stored state goes.
     dead = []
+    ann_records: list[Incoming] = []
     for m0 in (2, 4):
+        ann_records += clicks("ann", range(m0, m0 + 2), 2, m0)
         result = proc.handle_batch(
-            clicks("ann", range(m0, m0 + 2), seq0=m0) + clicks("bob", range(m0, m0 + 2), seq0=m0),
-            states, now=1001.0, settle=False,
+            ann_records[-2:] + clicks("bob", range(m0, m0 + 2), seq0=m0), states, now=1001.0, settle=False,
         )
         dead += [m for m in result.messages if m.topic == TOPICS.deadletter]
     assert dead == []
@@ -187,6 +188,12 @@ def test_a_failing_user_goes_back_to_its_stored_state_and_the_others_go_on() -> 
     dead = [m for m in result.messages if m.topic == TOPICS.deadletter]
     assert len(dead) == 4 and all(m.key == b"corp\\ann" for m in dead)
     assert sorted(int(dict(m.headers or [])[HEADER_SOURCE_OFFSET]) for m in dead) == [2, 3, 4, 5]
+    # Each dead letter is its record whole, with where it came from: the records were held until the
+    # settle, and nothing a replay needs may be lost there.
+    assert [m.value for m in dead] == [r.value for r in ann_records]
+    headers = [dict(m.headers or []) for m in dead]
+    assert [h[HEADER_SOURCE_TOPIC] for h in headers] == [r.topic.encode() for r in ann_records]
+    assert [h[HEADER_SOURCE_PARTITION] for h in headers] == [str(r.partition).encode() for r in ann_records]
     assert registry.get_sample_value("desktrace_stream_sessionizer_errors_total") == 1
     ann, bob = states.get(b"corp\\ann"), states.get(b"corp\\bob")
     assert ann is not None and ann.core is not None and len(ann.core.ts) == 2  # as stored
