@@ -252,7 +252,7 @@ class Heartbeat(PresenceEvent, tag=True, kw_only=True, omit_defaults=True, gc=Fa
     spool_dropped: int = 0
 
     def __post_init__(self) -> None:
-        Envelope.__post_init__(self)
+        super().__post_init__()
         lit = self.last_input_ts
         if lit is not None and (lit.tzinfo is not UTC or lit.microsecond % 1000):
             force_setattr(self, "last_input_ts", to_utc_ms(lit))
