@@ -18,9 +18,8 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import chain
-from operator import attrgetter, is_not
+from operator import attrgetter
 from typing import NamedTuple
 
 import msgspec
@@ -75,8 +74,6 @@ class StateWrite(NamedTuple):
 
 
 _topic = attrgetter("topic")
-_timestamp = attrgetter("timestamp")
-_known = partial(is_not, None)
 
 
 class _UserBatch(NamedTuple):
@@ -256,13 +253,10 @@ class Processor:
             taken.live.core = intake.state
         if key not in self._taken:
             self._taken[key] = taken
-        try:  # the earliest record timestamp, in C: a record may have none (None, or no such attribute)
-            first = min(filter(_known, map(_timestamp, records)), default=None)
-        except AttributeError:
-            stamps = (getattr(r, "timestamp", None) for r in records)
-            first = min((t for t in stamps if t is not None), default=None)
-        if first is not None and (taken.source_ms is None or first < taken.source_ms):
-            taken.source_ms = first
+        for r in records:
+            ts = getattr(r, "timestamp", None)
+            if ts is not None and (taken.source_ms is None or ts < taken.source_ms):
+                taken.source_ms = ts
         live = taken.live
         record = live.record
         record.partition, record.last_seen, record.closed = records[-1].partition, now, False
