@@ -316,14 +316,18 @@ def details(st: UserState, kind: int, start: int, end: int) -> tuple[bool, tuple
     ts, code = st.ts, st.code
     i = bisect_left(ts, start)
     j = bisect_right(ts, end)
-    hidx: set[int] = set()
     locked = False
-    for k in range(i, j):
-        f = code[k]
-        hidx.add((f >> HOST_SHIFT) & HOST_MASK)
-        if f & LOCK and kind == INACTIVE and ts[k] < end:
-            locked = True
-    hosts = tuple(sorted(st.hosts[h] for h in hidx))
+    if kind == INACTIVE:
+        for k in range(i, j):
+            if code[k] & LOCK and ts[k] < end:
+                locked = True
+                break
+    if i == j:
+        hosts: tuple[str, ...] = ()
+    elif len(st.hosts) == 1:  # one host (most users): every fact has it, no need to read them
+        hosts = (st.hosts[0],)
+    else:
+        hosts = tuple(sorted({st.hosts[(code[k] >> HOST_SHIFT) & HOST_MASK] for k in range(i, j)}))
     tz = "UTC"
     if j > 0:
         t = ts[j - 1]

@@ -144,32 +144,67 @@ class _WireV2(msgspec.Struct, array_like=True):
     pts_chunks: list[bytes]
 
 
+class _LightOut(msgspec.Struct, array_like=True):
+    """:class:`_Light` as the encoder writes it: the same fields, the unsealed fact columns given as their
+    msgpack arrays (see :func:`_tail`). Declared apart from :class:`_Light` for the same reason as
+    :class:`_Wire`; ``tests/test_stream_live.py`` checks that both give the same bytes."""
+
+    latest: int
+    latest_eb: int
+    floor: int
+    open_from: int | None
+    n_open: int
+    hosts: list[str]
+    tzs: list[str]
+    ts: msgspec.Raw
+    code: msgspec.Raw
+    pts: msgspec.Raw
+    sc: list[int]
+    comps: list[int]
+    cks: list[int]
+    pub: dict[int, list[int]]
+    seen: dict[str, list[int]]
+
+
 _light_decoder: Final = msgspec.msgpack.Decoder(_Light)
 _v2_decoder: Final = msgspec.msgpack.Decoder(_WireV2)
 _chunk_decoder: Final = msgspec.msgpack.Decoder(list[list[int]])
-#: Unsealed facts (or points) that make the encoder seal a chunk. Every write encodes and compresses the
-#: unsealed part again: 256/64 against 512/128 cost 27% less per write of a 3-day user (136 against 184 us)
-#: for values 12-15% larger (smaller chunks compress less well); chunk sizes are not part of the format.
+#: Unsealed facts (or points) that make the encoder seal a chunk. 256/64 against 512/128 cost 27% less per
+#: write of a 3-day user (136 against 184 us) when every write encoded its whole unsealed part; since the
+#: encoded tail is cached (:func:`_tail`), a write encodes only the facts appended since the previous one,
+#: and the chunk size hardly changes the CPU (``bench/bench_state_write.py --compare-seal``, one user's 3
+#: days written after every event: 512/128 31 us, 256/64 29, 128/32 29, 96/24 35) but smaller chunks
+#: compress less well (14.5 KB at 256/64, 16.2 KB at 128/32, 17.0 KB at 96/24). Chunk sizes are not part
+#: of the format: any release reads values written with any of them.
 SEAL_AT: Final = 256
 KEEP_OPEN: Final = 64  #: most recent facts never sealed (late events land among them: about half an hour)
 
 
 class _ChunkCache:
-    """Sealed chunks of one column: ``ends[i]``: the index after chunk ``i``; ``blobs[i]``: its bytes."""
+    """What the encoder reuses of one column group (``ts`` and ``code``, or ``pts``): its sealed chunks
+    (``ends[i]``: the index after chunk ``i``; ``blobs[i]``: its bytes), and the msgpack items of the
+    unsealed facts encoded by earlier writes (``tails``, one per column, without their array header:
+    the first ``tail_n`` facts from ``tail_at``), so that a write encodes only the facts appended since."""
 
-    __slots__ = ("blobs", "ends")
+    __slots__ = ("blobs", "ends", "raws", "tail_at", "tail_n", "tails")
 
     def __init__(self, ends: list[int], blobs: list[bytes]) -> None:
         self.ends = ends
         self.blobs = blobs
+        self.tail_at = -1  #: the index ``tails`` start at (-1: nothing encoded)
+        self.tail_n = 0
+        self.tails: list[bytearray] = []
+        self.raws: list[msgspec.Raw] | None = None  #: ``tails`` as the encoder takes them (None: to build)
 
     def valid_up_to(self, edit: int) -> None:
-        """Drop the chunks that hold index ``edit`` or later."""
+        """Drop what holds index ``edit`` or later: chunks, and the encoded tail."""
         ends = self.ends
         k = len(ends)
         while k and ends[k - 1] > edit:
             k -= 1
         del ends[k:], self.blobs[k:]
+        if self.tail_at + self.tail_n > edit:
+            self.tail_at = -1
 
     @property
     def sealed(self) -> int:
@@ -185,6 +220,43 @@ def _seal(cache: _ChunkCache, cols: tuple[array[int], ...]) -> None:
         parts = [_delta(cols[0][lo:hi]), *(c[lo:hi].tolist() for c in cols[1:])]
         cache.blobs.append(zlib.compress(_encoder.encode(parts), 1))
         cache.ends.append(hi)
+
+
+def _array_head(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` items, in the form msgspec writes it (the smallest)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _items(values: list[int]) -> bytes:
+    """The msgpack items of ``values``, without their array header."""
+    return _encoder.encode(values)[len(_array_head(len(values))) :]
+
+
+def _tail(cache: _ChunkCache, cols: tuple[array[int], ...]) -> list[msgspec.Raw]:
+    """The unsealed part of ``cols`` as encoded msgpack arrays, the first column delta-encoded (its first
+    value absolute): the items cached by earlier writes, plus those of the facts appended since."""
+    a = cache.sealed
+    n = len(cols[0])
+    if cache.tail_at != a or a + cache.tail_n > n:
+        cache.tail_at, cache.tail_n, cache.tails = a, 0, [bytearray() for _ in cols]
+        cache.raws = None
+    k = a + cache.tail_n
+    if k < n:
+        cache.raws = None
+        new = cols[0][k:n].tolist()
+        first = new[0] - cols[0][k - 1] if k > a else new[0]
+        cache.tails[0] += _items([first, *map(sub, new[1:], new)])
+        for col, tail in zip(cols[1:], cache.tails[1:], strict=True):
+            tail += _items(col[k:n].tolist())
+        cache.tail_n = n - a
+    if cache.raws is None:  # (a heartbeat's point column often has nothing new)
+        head = _array_head(n - a)
+        cache.raws = [msgspec.Raw(head + tail) for tail in cache.tails]
+    return cache.raws
 
 
 def _delta(xs: array[int]) -> list[int]:
@@ -233,8 +305,9 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
     _seal(ts_cache, (state.ts, state.code))
     _seal(pts_cache, (state.pts,))
     state.edit_ts, state.edit_pts = len(state.ts), len(state.pts)
-    a, b = ts_cache.sealed, pts_cache.sealed
-    light = _Light(
+    ts, code = _tail(ts_cache, (state.ts, state.code))
+    (pts,) = _tail(pts_cache, (state.pts,))
+    light = _LightOut(
         state.latest,
         state.latest_eb,
         state.floor,
@@ -242,9 +315,9 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
         state.n_open,
         state.hosts,
         state.tzs,
-        _delta(state.ts[a:]),
-        state.code[a:].tolist(),
-        _delta(state.pts[b:]),
+        ts,
+        code,
+        pts,
         _delta(state.sc),
         state.comps.tolist(),
         state.cks.tolist(),
