@@ -182,19 +182,18 @@ KEEP_OPEN: Final = 64  #: most recent facts never sealed (late events land among
 
 class _ChunkCache:
     """What the encoder reuses of one column group (``ts`` and ``code``, or ``pts``): its sealed chunks
-    (``ends[i]``: the index after chunk ``i``; ``blobs[i]``: its bytes), and the msgpack items of the
-    unsealed facts encoded by earlier writes (``tails``, one per column, without their array header:
-    the first ``tail_n`` facts from ``tail_at``), so that a write encodes only the facts appended since."""
+    (``ends[i]``: the index after chunk ``i``; ``blobs[i]``: its bytes), and the unsealed facts as earlier
+    writes encoded them (``tails``: one msgpack array per column of the first ``tail_n`` facts from
+    ``tail_at``), so that a write encodes only the facts appended since."""
 
-    __slots__ = ("blobs", "ends", "raws", "tail_at", "tail_n", "tails")
+    __slots__ = ("blobs", "ends", "tail_at", "tail_n", "tails")
 
     def __init__(self, ends: list[int], blobs: list[bytes]) -> None:
         self.ends = ends
         self.blobs = blobs
         self.tail_at = -1  #: the index ``tails`` start at (-1: nothing encoded)
         self.tail_n = 0
-        self.tails: list[bytearray] = []
-        self.raws: list[msgspec.Raw] | None = None  #: ``tails`` as the encoder takes them (None: to build)
+        self.tails: list[bytes] = []
 
     def valid_up_to(self, edit: int) -> None:
         """Drop what holds index ``edit`` or later: chunks, and the encoded tail."""
@@ -231,32 +230,32 @@ def _array_head(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _items(values: list[int]) -> bytes:
+def _items(values: list[int]) -> memoryview:
     """The msgpack items of ``values``, without their array header."""
-    return _encoder.encode(values)[len(_array_head(len(values))) :]
+    return memoryview(_encoder.encode(values))[len(_array_head(len(values))) :]
 
 
 def _tail(cache: _ChunkCache, cols: tuple[array[int], ...]) -> list[msgspec.Raw]:
     """The unsealed part of ``cols`` as encoded msgpack arrays, the first column delta-encoded (its first
-    value absolute): the items cached by earlier writes, plus those of the facts appended since."""
+    value absolute): the arrays cached by earlier writes, extended by the facts appended since."""
     a = cache.sealed
     n = len(cols[0])
     if cache.tail_at != a or a + cache.tail_n > n:
-        cache.tail_at, cache.tail_n, cache.tails = a, 0, [bytearray() for _ in cols]
-        cache.raws = None
+        cache.tail_at, cache.tail_n, cache.tails = a, 0, [_EMPTY_ARRAY] * len(cols)
     k = a + cache.tail_n
     if k < n:
-        cache.raws = None
+        old = len(_array_head(k - a))
+        head = _array_head(n - a)
         new = cols[0][k:n].tolist()
         first = new[0] - cols[0][k - 1] if k > a else new[0]
-        cache.tails[0] += _items([first, *map(sub, new[1:], new)])
-        for col, tail in zip(cols[1:], cache.tails[1:], strict=True):
-            tail += _items(col[k:n].tolist())
+        items = [_items([first, *map(sub, new[1:], new)]), *(_items(c[k:n].tolist()) for c in cols[1:])]
+        tails = zip(cache.tails, items, strict=True)
+        cache.tails = [b"".join((head, memoryview(tail)[old:], more)) for tail, more in tails]
         cache.tail_n = n - a
-    if cache.raws is None:  # (a heartbeat's point column often has nothing new)
-        head = _array_head(n - a)
-        cache.raws = [msgspec.Raw(head + tail) for tail in cache.tails]
-    return cache.raws
+    return [msgspec.Raw(tail) for tail in cache.tails]  # (a Raw of bytes refers to them: no copy)
+
+
+_EMPTY_ARRAY: Final = _array_head(0)
 
 
 def _delta(xs: array[int]) -> list[int]:
