@@ -5,8 +5,10 @@ Builds the state of ``--users`` users with ``--hours`` of events each (``tests.s
 of order) through ``stream.processor.Processor`` with the worker's ``LiveStates``, then times rounds of
 one heartbeat per user (a minute later each round, with input 30 s before it): what a batch costs per
 user when each user has one new event, i.e. the cost paid once per user and batch whatever its number of
-events. The baseline, measured in the same run on the same states, is the cost per event of a batch of
-``--per-user`` (20) events per user: the ratio says how many of those events one user's update costs.
+events; then what writing the changed users' table values costs (``LiveStates.flush``, which the worker
+does once per commit). The baseline, measured in the same run on the same states, is the cost per event of
+a batch of ``--per-user`` (20) events per user: the ratio says how many of those events one user's update
+costs.
 Prints the minimum and median over rounds (this machine's speed varies by the minute).
 """
 
@@ -73,6 +75,7 @@ def main() -> None:
     print(f"building the state of {args.users:,} users from {len(recs):,} events ...", flush=True)
     for i in range(0, len(recs), 50_000):
         proc.handle_batch(recs[i : i + 50_000], live, 1000.0)
+        live.flush()  # as the worker's commits do: the encoders' caches as they are in a running worker
     last: dict[str, Heartbeat] = {}
     seqs: dict[str, int] = {}
     for e in events:
@@ -84,7 +87,9 @@ def main() -> None:
     gc.set_threshold(50_000, 50, 100)  # the worker's collector settings
 
     one: list[float] = []
+    one_write: list[float] = []
     many_: list[float] = []
+    many_write: list[float] = []
     minute = 0
     for _ in range(args.rounds):
         minute += 1
@@ -92,6 +97,9 @@ def main() -> None:
         t = time.perf_counter()
         proc.handle_batch(batch, live, 2000.0 + minute)
         one.append((time.perf_counter() - t) / len(batch) * 1e6)
+        t = time.perf_counter()
+        live.flush()
+        one_write.append((time.perf_counter() - t) / len(batch) * 1e6)
         # the baseline: --per-user heartbeats per user in one batch (as many minutes of each user), per event
         k = args.per_user
         many = [e for m in range(1, k + 1) for e in heartbeats(last, seqs, minute + m)]
@@ -100,6 +108,9 @@ def main() -> None:
         t = time.perf_counter()
         proc.handle_batch(batch, live, 2000.0 + minute)
         many_.append((time.perf_counter() - t) / len(batch) * 1e6)
+        t = time.perf_counter()
+        live.flush()
+        many_write.append((time.perf_counter() - t) / len(batch) * 1e6)
     one_min, one_med = min(one), statistics.median(one)
     many_min, many_med = min(many_), statistics.median(many_)
     print(f"one event per user:  {one_min:7.1f} us per user (median {one_med:.1f})")
@@ -107,6 +118,9 @@ def main() -> None:
           "the baseline")
     print(f"ratio (one user's update in events of the baseline): {one_min / many_min:.1f} "
           f"(medians {one_med / many_med:.1f})")
+    print(f"writing the changed users' values: {min(one_write):.1f} us per user after one event each "
+          f"(median {statistics.median(one_write):.1f}); {min(many_write):.1f} us per event after "
+          f"{args.per_user} each (median {statistics.median(many_write):.1f})")
 
 
 if __name__ == "__main__":
