@@ -144,10 +144,11 @@ class _WireV2(msgspec.Struct, array_like=True):
     pts_chunks: list[bytes]
 
 
-class _LightOut(msgspec.Struct, array_like=True):
-    """:class:`_Light` as the encoder writes it: the same fields, the unsealed fact columns given as their
-    msgpack arrays (see :func:`_tail`). Declared apart from :class:`_Light` for the same reason as
-    :class:`_Wire`; ``tests/test_stream_live.py`` checks that both give the same bytes."""
+class _LightRaw(msgspec.Struct, array_like=True):
+    """:class:`_Light` with its unsealed fact columns as their msgpack arrays (see :func:`_tail`): how the
+    encoder writes it, and how the decoder first reads it (the arrays are then decoded, and kept as the
+    encoder's cache). Declared apart from :class:`_Light` for the same reason as :class:`_Wire`;
+    ``tests/test_stream_live.py`` checks that both give the same bytes."""
 
     latest: int
     latest_eb: int
@@ -166,7 +167,8 @@ class _LightOut(msgspec.Struct, array_like=True):
     seen: dict[str, list[int]]
 
 
-_light_decoder: Final = msgspec.msgpack.Decoder(_Light)
+_light_decoder: Final = msgspec.msgpack.Decoder(_LightRaw)
+_ints_decoder: Final = msgspec.msgpack.Decoder(list[int])
 _v2_decoder: Final = msgspec.msgpack.Decoder(_WireV2)
 _chunk_decoder: Final = msgspec.msgpack.Decoder(list[list[int]])
 #: Unsealed facts (or points) that make the encoder seal a chunk. 256/64 against 512/128 cost 27% less per
@@ -243,7 +245,12 @@ def _tail(cache: _ChunkCache, cols: tuple[array[int], ...]) -> list[msgspec.Raw]
     if cache.tail_at != a or a + cache.tail_n > n:
         cache.tail_at, cache.tail_n, cache.tails = a, 0, [_EMPTY_ARRAY] * len(cols)
     k = a + cache.tail_n
-    if k < n:
+    if k == a < n:  # nothing cached: the arrays as the encoder writes them
+        new = cols[0][a:n].tolist()
+        cache.tails = [_encoder.encode([new[0], *map(sub, new[1:], new)])]
+        cache.tails += (_encoder.encode(c[a:n].tolist()) for c in cols[1:])
+        cache.tail_n = n - a
+    elif k < n:
         old = len(_array_head(k - a))
         head = _array_head(n - a)
         new = cols[0][k:n].tolist()
@@ -306,7 +313,7 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
     state.edit_ts, state.edit_pts = len(state.ts), len(state.pts)
     ts, code = _tail(ts_cache, (state.ts, state.code))
     (pts,) = _tail(pts_cache, (state.pts,))
-    light = _LightOut(
+    light = _LightRaw(
         state.latest,
         state.latest_eb,
         state.floor,
@@ -360,29 +367,40 @@ def _decode_v2(data: bytes) -> UserState:
         if w.v not in (2, 3):
             raise ValueError(f"sessionizer state version {w.v} is not 2 or 3")
         light = _light_decoder.decode(zlib.decompress(w.light) if w.v == 2 else w.light)
+        light_ts, light_code, light_pts = (_ints_decoder.decode(r) for r in (light.ts, light.code, light.pts))
         ts_parts = [_chunk_decoder.decode(zlib.decompress(b)) for b in w.ts_chunks]
         pts_parts = [_chunk_decoder.decode(zlib.decompress(b)) for b in w.pts_chunks]
     except (msgspec.DecodeError, zlib.error) as exc:
         raise ValueError(f"not a sessionizer state: {exc}") from None
     if any(len(p) != 2 or len(p[0]) != len(p[1]) for p in ts_parts) or any(len(p) != 1 for p in pts_parts):
         raise ValueError("sessionizer state is inconsistent (chunks)")
-    ts = _join([p[0] for p in ts_parts], light.ts)
+    ts = _join([p[0] for p in ts_parts], light_ts)
     code = array("q")
     for p in ts_parts:
         code.extend(p[1])
-    code.extend(light.code)
+    code.extend(light_code)
     if len(ts) != len(code):
         raise ValueError("sessionizer state is inconsistent (facts)")
-    pts = _join([p[0] for p in pts_parts], light.pts)
+    pts = _join([p[0] for p in pts_parts], light_pts)
     ts_ends = list(accumulate(len(p[0]) for p in ts_parts))
     pts_ends = list(accumulate(len(p[0]) for p in pts_parts))
     state = _state(light, ts, code, pts)
     state.edit_ts, state.edit_pts = len(ts), len(pts)
-    state.cache = (_ChunkCache(ts_ends, list(w.ts_chunks)), _ChunkCache(pts_ends, list(w.pts_chunks)))
+    ts_cache, pts_cache = _ChunkCache(ts_ends, list(w.ts_chunks)), _ChunkCache(pts_ends, list(w.pts_chunks))
+    # The unsealed arrays as read: the encoder's tail, so that the first write after a decode (a user not
+    # kept decoded between commits) encodes only what was appended since.
+    # (Only arrays with the header msgspec writes: _tail replaces it by its length.)
+    tails = [bytes(light.ts), bytes(light.code)]
+    if all(t.startswith(_array_head(len(light_ts))) for t in tails):
+        ts_cache.tail_at, ts_cache.tail_n, ts_cache.tails = ts_cache.sealed, len(light_ts), tails
+    tails = [bytes(light.pts)]
+    if tails[0].startswith(_array_head(len(light_pts))):
+        pts_cache.tail_at, pts_cache.tail_n, pts_cache.tails = pts_cache.sealed, len(light_pts), tails
+    state.cache = (ts_cache, pts_cache)
     return state
 
 
-def _state(w: _Wire | _Light, ts: array[int], code: array[int], pts: array[int]) -> UserState:
+def _state(w: _Wire | _LightRaw, ts: array[int], code: array[int], pts: array[int]) -> UserState:
     """A :class:`UserState` of decoded wire fields and its fact columns."""
     return UserState(
         latest=w.latest,
