@@ -144,68 +144,32 @@ class _WireV2(msgspec.Struct, array_like=True):
     pts_chunks: list[bytes]
 
 
-class _LightRaw(msgspec.Struct, array_like=True):
-    """:class:`_Light` with its unsealed fact columns as their msgpack arrays (see :func:`_tail`): how the
-    encoder writes it, and how the decoder first reads it (the arrays are then decoded, and kept as the
-    encoder's cache). Declared apart from :class:`_Light` for the same reason as :class:`_Wire`;
-    ``tests/test_stream_live.py`` checks that both give the same bytes."""
-
-    latest: int
-    latest_eb: int
-    floor: int
-    open_from: int | None
-    n_open: int
-    hosts: list[str]
-    tzs: list[str]
-    ts: msgspec.Raw
-    code: msgspec.Raw
-    pts: msgspec.Raw
-    sc: list[int]
-    comps: list[int]
-    cks: list[int]
-    pub: dict[int, list[int]]
-    seen: dict[str, list[int]]
-
-
-_light_decoder: Final = msgspec.msgpack.Decoder(_LightRaw)
-_ints_decoder: Final = msgspec.msgpack.Decoder(list[int])
+_light_decoder: Final = msgspec.msgpack.Decoder(_Light)
 _v2_decoder: Final = msgspec.msgpack.Decoder(_WireV2)
 _chunk_decoder: Final = msgspec.msgpack.Decoder(list[list[int]])
-#: Unsealed facts (or points) that make the encoder seal a chunk. 256/64 against 512/128 cost 27% less per
-#: write of a 3-day user (136 against 184 us) when every write encoded its whole unsealed part; since the
-#: encoded tail is cached (:func:`_tail`), a write encodes only the facts appended since the previous one,
-#: and the chunk size hardly changes the CPU (``bench/bench_state_write.py --compare-seal``, one user's 3
-#: days written after every event: 512/128 31 us, 256/64 29, 128/32 29, 96/24 35) but smaller chunks
-#: compress less well (14.5 KB at 256/64, 16.2 KB at 128/32, 17.0 KB at 96/24). Chunk sizes are not part
-#: of the format: any release reads values written with any of them.
+#: Unsealed facts (or points) that make the encoder seal a chunk. Every write encodes and compresses the
+#: unsealed part again: 256/64 against 512/128 cost 27% less per write of a 3-day user (136 against 184 us)
+#: for values 12-15% larger (smaller chunks compress less well); chunk sizes are not part of the format.
 SEAL_AT: Final = 256
 KEEP_OPEN: Final = 64  #: most recent facts never sealed (late events land among them: about half an hour)
 
 
 class _ChunkCache:
-    """What the encoder reuses of one column group (``ts`` and ``code``, or ``pts``): its sealed chunks
-    (``ends[i]``: the index after chunk ``i``; ``blobs[i]``: its bytes), and the unsealed facts as earlier
-    writes encoded them (``tails``: one msgpack array per column of the first ``tail_n`` facts from
-    ``tail_at``), so that a write encodes only the facts appended since."""
+    """Sealed chunks of one column: ``ends[i]``: the index after chunk ``i``; ``blobs[i]``: its bytes."""
 
-    __slots__ = ("blobs", "ends", "tail_at", "tail_n", "tails")
+    __slots__ = ("blobs", "ends")
 
     def __init__(self, ends: list[int], blobs: list[bytes]) -> None:
         self.ends = ends
         self.blobs = blobs
-        self.tail_at = -1  #: the index ``tails`` start at (-1: nothing encoded)
-        self.tail_n = 0
-        self.tails: list[bytes] = []
 
     def valid_up_to(self, edit: int) -> None:
-        """Drop what holds index ``edit`` or later: chunks, and the encoded tail."""
+        """Drop the chunks that hold index ``edit`` or later."""
         ends = self.ends
         k = len(ends)
         while k and ends[k - 1] > edit:
             k -= 1
         del ends[k:], self.blobs[k:]
-        if self.tail_at + self.tail_n > edit:
-            self.tail_at = -1
 
     @property
     def sealed(self) -> int:
@@ -221,48 +185,6 @@ def _seal(cache: _ChunkCache, cols: tuple[array[int], ...]) -> None:
         parts = [_delta(cols[0][lo:hi]), *(c[lo:hi].tolist() for c in cols[1:])]
         cache.blobs.append(zlib.compress(_encoder.encode(parts), 1))
         cache.ends.append(hi)
-
-
-def _array_head(n: int) -> bytes:
-    """The msgpack header of an array of ``n`` items, in the form msgspec writes it (the smallest)."""
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 0x10000:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
-
-
-def _items(values: list[int]) -> memoryview:
-    """The msgpack items of ``values``, without their array header."""
-    return memoryview(_encoder.encode(values))[len(_array_head(len(values))) :]
-
-
-def _tail(cache: _ChunkCache, cols: tuple[array[int], ...]) -> list[msgspec.Raw]:
-    """The unsealed part of ``cols`` as encoded msgpack arrays, the first column delta-encoded (its first
-    value absolute): the arrays cached by earlier writes, extended by the facts appended since."""
-    a = cache.sealed
-    n = len(cols[0])
-    if cache.tail_at != a or a + cache.tail_n > n:
-        cache.tail_at, cache.tail_n, cache.tails = a, 0, [_EMPTY_ARRAY] * len(cols)
-    k = a + cache.tail_n
-    if k == a < n:  # nothing cached: the arrays as the encoder writes them
-        new = cols[0][a:n].tolist()
-        cache.tails = [_encoder.encode([new[0], *map(sub, new[1:], new)])]
-        cache.tails += (_encoder.encode(c[a:n].tolist()) for c in cols[1:])
-        cache.tail_n = n - a
-    elif k < n:
-        old = len(_array_head(k - a))
-        head = _array_head(n - a)
-        new = cols[0][k:n].tolist()
-        first = new[0] - cols[0][k - 1] if k > a else new[0]
-        items = [_items([first, *map(sub, new[1:], new)]), *(_items(c[k:n].tolist()) for c in cols[1:])]
-        tails = zip(cache.tails, items, strict=True)
-        cache.tails = [b"".join((head, memoryview(tail)[old:], more)) for tail, more in tails]
-        cache.tail_n = n - a
-    return [msgspec.Raw(tail) for tail in cache.tails]  # (a Raw of bytes refers to them: no copy)
-
-
-_EMPTY_ARRAY: Final = _array_head(0)
 
 
 def _delta(xs: array[int]) -> list[int]:
@@ -311,9 +233,8 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
     _seal(ts_cache, (state.ts, state.code))
     _seal(pts_cache, (state.pts,))
     state.edit_ts, state.edit_pts = len(state.ts), len(state.pts)
-    ts, code = _tail(ts_cache, (state.ts, state.code))
-    (pts,) = _tail(pts_cache, (state.pts,))
-    light = _LightRaw(
+    a, b = ts_cache.sealed, pts_cache.sealed
+    light = _Light(
         state.latest,
         state.latest_eb,
         state.floor,
@@ -321,9 +242,9 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
         state.n_open,
         state.hosts,
         state.tzs,
-        ts,
-        code,
-        pts,
+        _delta(state.ts[a:]),
+        state.code[a:].tolist(),
+        _delta(state.pts[b:]),
         _delta(state.sc),
         state.comps.tolist(),
         state.cks.tolist(),
@@ -367,40 +288,29 @@ def _decode_v2(data: bytes) -> UserState:
         if w.v not in (2, 3):
             raise ValueError(f"sessionizer state version {w.v} is not 2 or 3")
         light = _light_decoder.decode(zlib.decompress(w.light) if w.v == 2 else w.light)
-        light_ts, light_code, light_pts = (_ints_decoder.decode(r) for r in (light.ts, light.code, light.pts))
         ts_parts = [_chunk_decoder.decode(zlib.decompress(b)) for b in w.ts_chunks]
         pts_parts = [_chunk_decoder.decode(zlib.decompress(b)) for b in w.pts_chunks]
     except (msgspec.DecodeError, zlib.error) as exc:
         raise ValueError(f"not a sessionizer state: {exc}") from None
     if any(len(p) != 2 or len(p[0]) != len(p[1]) for p in ts_parts) or any(len(p) != 1 for p in pts_parts):
         raise ValueError("sessionizer state is inconsistent (chunks)")
-    ts = _join([p[0] for p in ts_parts], light_ts)
+    ts = _join([p[0] for p in ts_parts], light.ts)
     code = array("q")
     for p in ts_parts:
         code.extend(p[1])
-    code.extend(light_code)
+    code.extend(light.code)
     if len(ts) != len(code):
         raise ValueError("sessionizer state is inconsistent (facts)")
-    pts = _join([p[0] for p in pts_parts], light_pts)
+    pts = _join([p[0] for p in pts_parts], light.pts)
     ts_ends = list(accumulate(len(p[0]) for p in ts_parts))
     pts_ends = list(accumulate(len(p[0]) for p in pts_parts))
     state = _state(light, ts, code, pts)
     state.edit_ts, state.edit_pts = len(ts), len(pts)
-    ts_cache, pts_cache = _ChunkCache(ts_ends, list(w.ts_chunks)), _ChunkCache(pts_ends, list(w.pts_chunks))
-    # The unsealed arrays as read: the encoder's tail, so that the first write after a decode (a user not
-    # kept decoded between commits) encodes only what was appended since.
-    # (Only arrays with the header msgspec writes: _tail replaces it by its length.)
-    tails = [bytes(light.ts), bytes(light.code)]
-    if all(t.startswith(_array_head(len(light_ts))) for t in tails):
-        ts_cache.tail_at, ts_cache.tail_n, ts_cache.tails = ts_cache.sealed, len(light_ts), tails
-    tails = [bytes(light.pts)]
-    if tails[0].startswith(_array_head(len(light_pts))):
-        pts_cache.tail_at, pts_cache.tail_n, pts_cache.tails = pts_cache.sealed, len(light_pts), tails
-    state.cache = (ts_cache, pts_cache)
+    state.cache = (_ChunkCache(ts_ends, list(w.ts_chunks)), _ChunkCache(pts_ends, list(w.pts_chunks)))
     return state
 
 
-def _state(w: _Wire | _LightRaw, ts: array[int], code: array[int], pts: array[int]) -> UserState:
+def _state(w: _Wire | _Light, ts: array[int], code: array[int], pts: array[int]) -> UserState:
     """A :class:`UserState` of decoded wire fields and its fact columns."""
     return UserState(
         latest=w.latest,
