@@ -134,8 +134,8 @@ def _light_part(data: bytes) -> bytes:
 
 
 def _light_of_lists(st: UserState) -> bytes:
-    """The light part of ``st`` encoded from plain lists, every unsealed fact delta-encoded afresh (what
-    every write did before the encoded tail was cached)."""
+    """The light part of ``st`` encoded from plain lists, every unsealed fact delta-encoded afresh: what
+    the stored value must hold, however an encoder gets there."""
     from stream.core.state import _delta, _encoder, _Light
 
     assert st.cache is not None
