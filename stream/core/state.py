@@ -261,8 +261,8 @@ def _join(chunks: list[list[int]], tail: list[int]) -> array[int]:
     """One time column from its chunks' and tail's delta lists (each chunk's first value absolute)."""
     out = array("q")
     for deltas in chunks:
-        out.extend(accumulate(deltas))
-    out.extend(accumulate(tail))
+        out.fromlist(list(accumulate(deltas)))  # (from a list: about twice as fast as extend)
+    out.fromlist(list(accumulate(tail)))
     return out
 
 
@@ -297,8 +297,8 @@ def _decode_v2(data: bytes) -> UserState:
     ts = _join([p[0] for p in ts_parts], light.ts)
     code = array("q")
     for p in ts_parts:
-        code.extend(p[1])
-    code.extend(light.code)
+        code.fromlist(p[1])
+    code.fromlist(light.code)
     if len(ts) != len(code):
         raise ValueError("sessionizer state is inconsistent (facts)")
     pts = _join([p[0] for p in pts_parts], light.pts)
