@@ -104,6 +104,20 @@ def test_unreadable_stored_values_start_the_user_afresh() -> None:
     assert states.unreadable == 2
 
 
+def test_a_stored_state_with_an_integer_beyond_64_bits_starts_the_user_afresh() -> None:
+    """msgpack holds integers up to 2**64 - 1, a state column 64-bit signed ones: such a value is unreadable
+    (counted, the user starts afresh), not an error that stops the worker."""
+    from stream.core.state import _encoder, _Light, _WireV2
+
+    light = _encoder.encode(_Light(0, 0, 0, None, 0, ["pc1"], ["UTC"], [1], [2**63], [], [], [], [], {}, {}))
+    core = _encoder.encode(_WireV2(3, light, [], []))
+    with pytest.raises(ValueError, match="64-bit"):
+        decode_state(core)
+    states = LiveStates({b"corp\\cy": encode_record(UserRecord(core=core, partition=0, last_seen=0.0), 3)})
+    assert states.get(b"corp\\cy") is None
+    assert states.unreadable == 1
+
+
 def test_table_values_are_compressed_and_old_values_still_read() -> None:
     core, _ = CORE.apply("corp\\ann", None, clicks("ann", 3000))
     rec = UserRecord(core=encode_state(core), partition=3, last_seen=1.5)

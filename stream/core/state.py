@@ -269,8 +269,15 @@ def _join(chunks: list[list[int]], tail: list[int]) -> array[int]:
 def decode_state(data: bytes) -> UserState:
     """The inverse of :func:`encode_state` (versions 1, 2 and 3); raises ``ValueError`` on bytes it did not
     write. The decoded state's chunks are its encoder cache."""
-    if data[:1] == b"\x94":
-        return _decode_v2(data)
+    try:
+        if data[:1] == b"\x94":
+            return _decode_v2(data)
+        return _decode_v1(data)
+    except OverflowError:  # an integer msgpack holds and a 64-bit column does not
+        raise ValueError("not a sessionizer state: an integer out of the 64-bit range") from None
+
+
+def _decode_v1(data: bytes) -> UserState:
     try:
         w = _decoder.decode(data)
     except msgspec.DecodeError as exc:
