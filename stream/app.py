@@ -58,6 +58,7 @@ from stream.metrics import StreamMetrics
 from stream.output import OutputFailed, OutputWriter, Pending
 from stream.processor import Incoming, Outgoing, Processor, Result
 from stream.record_batches import BATCH_BYTES
+from stream.recovery import RecoveryWatch
 from stream.settings import StreamSettings
 
 #: The environment variable of the tests' failpoint (:meth:`StreamApp._before_commit`).
@@ -68,11 +69,15 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "user-state"
 #: Exit status when output cannot be produced: the batch is not committed and will be re-processed.
 EX_OUTPUT_FAILED = 75
+#: Exit status when the table recovery read nothing for ``recovery_stall_s``: a restart recovers afresh.
+EX_RECOVERY_STALLED = 70
 
 
 LAG_INTERVAL_S = 10.0
 #: How often the consumer group's ownership of the raw partitions is checked for /readyz.
 GROUP_INTERVAL_S = 2.0
+#: How often a table recovery's progress is looked at (at most; a quarter of ``recovery_stall_s`` if less).
+RECOVERY_INTERVAL_S = 5.0
 
 
 class ClusterInfo:
@@ -231,6 +236,10 @@ class StreamApp:
         self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._report_lag)
         self.group = GroupWatch(settings, settings.app_id, self.topics.raw, cluster.partitions)
         self.app.timer(GROUP_INTERVAL_S, name="group-watch")(self._watch_group)
+        self.recovery_watch = RecoveryWatch(settings.recovery_stall_s)
+        if settings.recovery_stall_s > 0:
+            interval = min(RECOVERY_INTERVAL_S, max(0.1, settings.recovery_stall_s / 4))
+            self.app.timer(interval, name="recovery-watch")(self._watch_recovery)
 
     # ---- readiness -------------------------------------------------------------------------------------
 
@@ -253,6 +262,31 @@ class StreamApp:
                 "reason": reason}})
         elif not reason and before and before != "not checked yet":
             log.info("ready again: the group processes every partition")
+
+    async def _watch_recovery(self) -> None:
+        """Exit (status 70) when the table recovery has read nothing for ``recovery_stall_s`` while it still
+        has changelog records to read (:class:`stream.recovery.RecoveryWatch`)."""
+        try:
+            recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+            recovering = bool(recovery.in_recovery and recovery.need_recovery())
+            progress = sum(v for v in recovery.active_offsets.values() if v is not None)
+            remaining = sum(1 for v in recovery.active_remaining().values() if v > 0) if recovering else 0
+        except Exception as exc:  # Faust's recovery not set up yet
+            log.debug("no recovery to watch", extra={"kv": {"exception": type(exc).__name__}})
+            return
+        now = time.monotonic()
+        if not self.recovery_watch.stalled(now, recovering, progress):
+            return
+        log.critical(
+            "the state recovery read no changelog record for recovery_stall_s seconds while some remain; "
+            "exiting so that the worker is restarted and the group recovers these partitions afresh",
+            extra={"kv": {"stalled_s": round(self.recovery_watch.stalled_for(now), 1),
+                          "partitions_waiting": remaining}},
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(EX_RECOVERY_STALLED)
 
     def alive(self) -> bool:
         """The app has not crashed."""

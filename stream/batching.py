@@ -7,7 +7,8 @@ machinery costs more than the sessionizer. :class:`BatchConsumer` keeps Faust's 
 assignment, rebalance callbacks, table recovery, offset commits) and replaces only its fetch loop: the
 records of the raw topics it fetches are gathered until the next commit is due (at most ``batch_size`` of
 them) and go to one handler call as a list, in fetch order; records of any other topic (the table's
-changelog during recovery) still take Faust's per-message path. Right after the handler returns, if the
+changelog during recovery) still take Faust's per-message path, and those a rebalance keeps from it are
+put back (:meth:`BatchConsumer._put_back`), not dropped. Right after the handler returns, if the
 commit is due, the loop commits: a batch's sessions are published as soon as it is handled, and a worker
 that keeps up handles one batch per commit interval (the sessionizer's fixed cost per user paid once per
 interval, not once per fetch). A worker catching up handles full batches as they are gathered; while at
@@ -31,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from time import monotonic, time
 from typing import Any, ClassVar, cast
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
@@ -172,8 +174,11 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         a batch); records of other topics (changelog recovery) take Faust's per-message path."""
         read_offset = self._read_offset
         generation = self.app.consumer_generation_id
+        undelivered: dict[TP, int] = {}
         for tp, recs in records.items():
             if not (active is None or tp in active or tp in self._buffered_partitions):
+                if recs and tp.topic not in self.batch_topics:
+                    undelivered[tp] = recs[0].offset
                 continue
             r_offset = read_offset[tp]
             if r_offset is not None and recs and recs[0].offset < r_offset:
@@ -184,9 +189,53 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                 gather.add(tp, recs, generation, now, now_ms)
                 continue
             for record in recs:
-                message = self._to_message(tp, record)
-                await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                delivery = self.callback(self._to_message(tp, record))
+                waited = await self.wait_first(delivery, self.suspend_flow.wait())
+                if delivery not in waited.done:  # the flow stopped first (a rebalance): not delivered
+                    undelivered[tp] = record.offset
+                    break
                 read_offset[tp] = record.offset
+        await self._put_back(undelivered)
+
+    async def _drop_fetch(self, records: Any) -> None:
+        """A fetch that returned while the flow is stopped (a rebalance): none of its records is delivered.
+        As Faust's own fetch loop does, every partition is sought to its committed offset; the records of
+        other topics than the batch topics (no committed offset: the table's changelog) are put back
+        (:meth:`_put_back`)."""
+        batch = self.batch_topics
+        fetched = records or {}
+        await self._put_back({tp: rs[0].offset for tp, rs in fetched.items() if rs and tp.topic not in batch})
+        try:  # the assignment may change under the seek: the next rebalance seeks again
+            await self.perform_seek()
+        except Exception as exc:
+            log.warning("seek to the committed offsets failed (the assignment changed)",
+                        extra={"kv": {"exception": type(exc).__name__}})
+
+    async def _put_back(self, undelivered: dict[TP, int]) -> None:
+        """Fetched records of other topics than the batch topics (the table's changelog) that were not
+        delivered: ``{tp: offset of the first}``. The consumer thread has moved past them, so each such
+        partition is sought back to its first undelivered record, unless it was sought elsewhere since (its
+        position is no longer the one the fetch left, :attr:`_FetchWaitConsumerThread.fetched_to`).
+
+        Why: a fetch in flight when a rebalance starts can return the changelog records of a partition just
+        assigned (Faust's active partition set is updated in place), after the recovery sought that partition
+        to where it starts reading and before it resumed the flow. Dropped then, the recovery would never see
+        them and wait forever for that partition ("No event received for active tp ... since recovery
+        start"). The batch topics need none of this: Faust seeks them to their committed offsets."""
+        if not undelivered:
+            return
+        try:
+            thread = cast(_FetchWaitConsumerThread, self._thread)
+            fetched_to = thread.fetched_to
+            back = {tp: (first, fetched_to[tp]) for tp, first in undelivered.items() if fetched_to.get(tp)}
+            moved = await thread.call_thread(_put_back_in_thread, thread._ensure_consumer(), back)
+        except Exception as exc:  # not started, stopping, assignment gone: the next recovery seeks anew
+            log.warning("could not seek changelog partitions back to records not delivered", extra={"kv": {
+                "partitions": len(undelivered), "exception": type(exc).__name__}})
+            return
+        if moved:
+            log.info("changelog records fetched during a rebalance will be read again", extra={"kv": {
+                "partitions": moved}})
 
     async def _wait_records(self, wait_s: float, holding: set[TP]) -> tuple[Any, set[TP] | None]:
         """Faust's ``_wait_next_records`` without the partitions in ``holding``: their fetched records wait
@@ -274,11 +323,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                     if self.should_stop:
                         continue
                     if not self.flow_active:
-                        try:  # the assignment may change under the seek: the next rebalance seeks again
-                            await self.perform_seek()
-                        except Exception as exc:  # as Faust's own fetch loop does
-                            log.warning("seek to the committed offsets failed (the assignment changed)",
-                                        extra={"kv": {"exception": type(exc).__name__}})
+                        await self._drop_fetch(records)
                         continue
                     if records:
                         await self._take(records, active, gather, monotonic() - handling, int(time() * 1000))
@@ -337,6 +382,36 @@ class BatchConsumer(AIOKafkaFaustConsumer):
             raise
 
 
+def put_back_unmoved(consumer: AIOKafkaConsumer, undelivered: Mapping[TP, tuple[int, int]]) -> int:
+    """In the consumer's own loop: seek each assigned partition of ``undelivered`` (``{tp: (first, end)}``:
+    records from ``first`` fetched but not delivered, ``end`` the position that fetch left) back to ``first``
+    if its position is still ``end`` (nothing sought it elsewhere since, nor consumed more); returns how many
+    were sought back. Synchronous: nothing else of the consumer's loop runs between reading a position and
+    seeking."""
+    moved = 0
+    for tp, (first, end) in undelivered.items():
+        partition = TopicPartition(tp.topic, tp.partition)
+        if position_now(consumer, partition) == end:
+            consumer.seek(partition, first)
+            moved += 1
+    return moved
+
+
+async def _put_back_in_thread(consumer: AIOKafkaConsumer, undelivered: Mapping[TP, tuple[int, int]]) -> int:
+    return put_back_unmoved(consumer, undelivered)  # the consumer thread awaits what it is given
+
+
+def position_now(consumer: AIOKafkaConsumer, partition: TopicPartition) -> int | None:
+    """The consumer's position of ``partition`` as it is now (aiokafka's ``position()`` waits for a valid
+    one, and awaits): None if not assigned or not valid (a reset is pending)."""
+    subscription = consumer._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    if assignment is None or partition not in assignment.tps:
+        return None
+    state = assignment.state_value(partition)
+    return int(state.position) if state is not None and state.has_valid_position else None
+
+
 class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
     """Faust's consumer thread, its aiokafka consumer holding fetches at most the consumer class's
     :attr:`BatchConsumer.fetch_max_wait_ms` (Faust fixes 1.5 s).
@@ -344,7 +419,29 @@ class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
     Why it matters: aiokafka keeps one fetch in flight per broker, for the partitions that have nothing
     buffered. When some of them are caught up (a quiet topic), the broker holds that fetch for the whole
     wait, and the partitions with a backlog, consumed meanwhile, cannot be fetched until it returns: the
-    worker stalls, catching up and live alike (docs/stream-performance.md)."""
+    worker stalls, catching up and live alike (docs/stream-performance.md).
+
+    It also keeps where each fetch left its partitions (:attr:`fetched_to`), for
+    :meth:`BatchConsumer._put_back`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The position of each partition of the latest fetch's records, read right after that fetch in
+        #: the consumer's loop (nothing runs in between): changelog records not delivered are sought back
+        #: only if their partition is still there. Not the last record's offset + 1: compaction leaves gaps
+        #: at the end of record batches, which aiokafka skips.
+        self.fetched_to: dict[TP, int | None] = {}
+
+    async def _fetch_records(
+        self,
+        consumer: AIOKafkaConsumer,
+        active_partitions: set[TP],
+        timeout: float | None = None,  # noqa: ASYNC109 - Faust's signature, overridden
+        max_records: int | None = None,
+    ) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout, max_records)
+        self.fetched_to = {tp: position_now(consumer, tp) for tp in records or ()}
+        return records
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

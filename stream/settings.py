@@ -111,6 +111,7 @@ class StreamSettings(KafkaSettings, kw_only=True):
     catchup_commit_interval_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
     state_format: Annotated[int, Meta(ge=2, le=3)] = 2
     state_max_bytes: Annotated[int, Meta(ge=16_384, le=STATE_MAX_BYTES_LIMIT)] = 1_000_000
+    recovery_stall_s: Annotated[float, Meta(ge=0, le=3600)] = 120.0
 
     def __post_init__(self) -> None:
         metrics_host_port(self.metrics_address)  # not expressible as a constraint
@@ -192,6 +193,9 @@ STREAM_HELP: dict[str, str] = {
     "thousands of users costs more than the batch. A crash re-reads up to this much of the backlog, and its "
     "sessions are published at these commits; the end of a backlog is committed at once. Below "
     "commit_interval: commit_interval",
+    "recovery_stall_s": "seconds a state recovery may go without reading a changelog record while it still "
+    "has some to read; then the worker exits (status 70) so that its supervisor restarts it and the group "
+    "recovers those partitions afresh (0: wait for ever)",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
     "state_max_bytes": "largest state table value this worker writes: a user whose state would be larger "
