@@ -5,11 +5,12 @@ fetched again."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from proto.topics import Topics
@@ -17,7 +18,6 @@ from stream.app import ClusterInfo, StreamApp
 from stream.batching import BatchConsumer, _FetchWaitConsumerThread, position_now, put_back_unmoved
 from stream.gather import BatchGather
 from stream.settings import load_settings
-from tests.support.kafka import publish
 
 pytestmark = pytest.mark.kafka
 
@@ -50,8 +50,18 @@ async def test_changelog_records_a_rebalance_kept_from_the_recovery_are_fetched_
     """A fetch in flight when a rebalance stops the flow can return the changelog records of a partition the
     recovery has just sought. The worker does not deliver them then; unless the partition is put back, the
     recovery never sees them and waits for that partition for ever (seen as "No event received for active
-    tp ... since recovery start"). Put back only if nothing sought the partition elsewhere since."""
-    await publish(kafka_bootstrap, [(topics.sessions, b"user", b"%d" % i) for i in range(12)])
+    tp ... since recovery start"). Put back only if nothing sought the partition elsewhere since.
+
+    The records are written in a transaction: its commit marker takes offset 12, so a fetch leaves the
+    position at 13, not at the last record's offset + 1 (as gaps of compaction do)."""
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topics.prefix}tx")
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for i in range(12):
+                await producer.send(topics.sessions, key=b"user", value=b"%d" % i)
+    finally:
+        await producer.stop()
     settings, _ = load_settings([], env={
         "DESKTRACE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DESKTRACE_STREAM_DATA_DIR": str(tmp_path)})
     worker = StreamApp(settings, ClusterInfo(partitions=3, replication=1), CollectorRegistry())
@@ -78,11 +88,15 @@ async def test_changelog_records_a_rebalance_kept_from_the_recovery_are_fetched_
 
     try:
         consumer.assign(list(partitions))
+        for _ in range(100):  # the commit marker is written after the commit returns
+            if 13 in (await consumer.end_offsets(list(partitions))).values():
+                break
+            await asyncio.sleep(0.05)
         await consumer.seek_to_beginning(*partitions)
         batch_consumer.resume_flow()
         tp, recs = await fetch(12)
         assert [r.offset for r in recs] == list(range(12))
-        assert thread.fetched_to[tp] == position_now(consumer, tp) == 12
+        assert thread.fetched_to[tp] == position_now(consumer, tp) == 13
 
         # The fetch returned while the flow was stopped: none delivered, all fetched again.
         batch_consumer.stop_flow()
@@ -100,7 +114,7 @@ async def test_changelog_records_a_rebalance_kept_from_the_recovery_are_fetched_
 
         # Sought elsewhere since that fetch (the recovery's own seek): left there.
         consumer.seek(tp, 9)
-        assert put_back_unmoved(consumer, {tp: (4, 12)}) == 0
+        assert put_back_unmoved(consumer, {tp: (4, 13)}) == 0
         assert position_now(consumer, tp) == 9
         # Not assigned: nothing to do.
         assert put_back_unmoved(consumer, {TopicPartition(topics.presence, 0): (0, 1)}) == 0
