@@ -2,7 +2,8 @@
 
 ``KafkaInstance(data_dir, port, controller_port)`` formats ``data_dir`` on first start and runs
 ``kafka.Kafka`` detached (its own session, a pid file, output to files in ``data_dir``), so it outlives the
-process that started it; any later process can find it (``is_running``) or stop it (``stop``).
+process that started it; any later process can find it (``is_running``) or stop it (``stop``). With
+``controller=False`` it is a broker only, of another instance's controller (``devstack.cluster``).
 """
 
 from __future__ import annotations
@@ -63,15 +64,26 @@ rootLogger.appenderRef.file.ref = FILE
 
 
 def dev_properties(
-    port: int, controller_port: int, log_dir: Path, host: str = "127.0.0.1", partitions: int = 6
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    host: str = "127.0.0.1",
+    partitions: int = 6,
+    node_id: int = 1,
+    controller: bool = True,
 ) -> dict[str, str]:
-    """server.properties of a one-node development cluster: loopback only, replication factor 1."""
+    """server.properties of a development cluster's node: loopback only, replication factor 1 (a
+    multi-node cluster overrides the replication settings, ``devstack.cluster``). ``controller`` false: a
+    broker only, whose controller listens on ``controller_port``."""
+    listeners = f"PLAINTEXT://{host}:{port}"
+    if controller:
+        listeners += f",CONTROLLER://{host}:{controller_port}"
     return {
-        "process.roles": "broker,controller",
-        "node.id": "1",
+        "process.roles": "broker,controller" if controller else "broker",
+        "node.id": str(node_id),
         "controller.quorum.bootstrap.servers": f"{host}:{controller_port}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        "listeners": listeners,
+        "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -166,6 +178,9 @@ class KafkaInstance:
         probe_options: Mapping[str, Any] | None = None,
         cache_dir: Path | None = None,
         progress: Progress = stderr_progress,
+        node_id: int = 1,
+        controller: bool = True,
+        cluster_id: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port
@@ -179,6 +194,9 @@ class KafkaInstance:
         self.probe_options = dict(probe_options or {})
         self.cache_dir = cache_dir
         self.progress = progress
+        self.node_id = node_id
+        self.controller = controller  #: false: a broker only, of the controller on ``controller_port``
+        self.cluster_id = cluster_id  #: None: a new one when first formatted
 
     # ---- paths ---------------------------------------------------------------------------------------
     @property
@@ -223,7 +241,8 @@ class KafkaInstance:
         if self.is_running():
             self._wait_ready(timeout, None)
             return
-        busy = [p for p in (self.port, self.controller_port) if port_open(self.host, p)]
+        own_ports = (self.port, self.controller_port) if self.controller else (self.port,)
+        busy = [p for p in own_ports if port_open(self.host, p)]
         if busy:
             raise DevstackError(
                 f"cannot start Kafka in {self.data_dir}: {self.host}:{busy[0]} is already in use by another "
@@ -304,7 +323,8 @@ class KafkaInstance:
         config.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         props = dev_properties(
-            self.port, self.controller_port, self.data_dir / "kraft", self.host, self.partitions
+            self.port, self.controller_port, self.data_dir / "kraft", self.host, self.partitions,
+            node_id=self.node_id, controller=self.controller,
         )
         props.update(self.extra_properties)
         text = "# Written by devstack/kafka.py on every start; edit extra_properties instead.\n"
@@ -328,7 +348,7 @@ class KafkaInstance:
                     f"{self.controller_port}: use that port or remove {self.data_dir} to start afresh"
                 )
             return
-        cluster_id = new_cluster_id()
+        cluster_id = self.cluster_id or new_cluster_id()
         self.progress(f"formatting Kafka storage in {self.data_dir / 'kraft'} (cluster {cluster_id})")
         proc = subprocess.run(
             [
@@ -343,7 +363,7 @@ class KafkaInstance:
                 cluster_id,
                 "-c",
                 str(self.properties_file),
-                "--standalone",
+                "--standalone" if self.controller else "--no-initial-controllers",
                 *self.format_args,
             ],
             capture_output=True,

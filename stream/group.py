@@ -10,13 +10,19 @@ out (``session_timeout``), which is why that timeout is short (10 s by default).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from common.kafka import client_options
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+#: Seconds the group may go undescribed before the answer is "cannot describe": after a broker is lost,
+#: the admin client sends some requests to it until its metadata drops it, and /readyz flapped between
+#: ready and not ready every few seconds (tests/test_stream_brokers.py). A revocation still shows at once.
+DESCRIBE_GRACE_S = 10.0
 
 
 def unowned(state: str, assignments: Iterable[Iterable[tuple[str, Iterable[int]]]],
@@ -38,10 +44,16 @@ class GroupWatch:
 
     After :meth:`moved` (this worker's partitions were revoked: a rebalance began) the reason stays set
     until a check that started after it found the group healthy again: a rebalance always shows, however
-    short, and a check begun before it cannot clear it with an older answer."""
+    short, and a check begun before it cannot clear it with an older answer. A group that cannot be
+    described keeps its latest answer for :data:`DESCRIBE_GRACE_S`, then is "cannot describe"."""
 
     def __init__(
-        self, settings: KafkaSettings, group_id: str, topics: tuple[str, ...], partitions: int
+        self,
+        settings: KafkaSettings,
+        group_id: str,
+        topics: tuple[str, ...],
+        partitions: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -50,6 +62,8 @@ class GroupWatch:
         self.reason = "not checked yet"
         self._admin: Any = None
         self._moves = 0  #: how many times :meth:`moved` was called
+        self._clock = clock
+        self._failing_since: float | None = None  #: when describing the group began to fail
 
     def moved(self) -> None:
         """This worker's partitions were revoked (a rebalance began): not ready until checked again."""
@@ -57,15 +71,12 @@ class GroupWatch:
         self.reason = "partitions moved: the group is checked again"
 
     async def check(self) -> str:
-        from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
         moves = self._moves
         try:
             if self._admin is None:
-                admin = AIOKafkaAdminClient(**client_options(self.settings), request_timeout_ms=5000)
-                await admin.start()
-                self._admin = admin
+                self._admin = await self._new_admin()
             responses = await self._admin.describe_consumer_groups([self.group_id])
             groups = [g for r in responses for g in r.groups]
             if not groups:
@@ -82,10 +93,25 @@ class GroupWatch:
             reason, _ = unowned(state, assignments, self.topics, self.partitions)
             if moves == self._moves:  # else a rebalance began meanwhile: this answer may be older
                 self.reason = reason
+            self._failing_since = None
         except Exception as exc:
-            self.reason = f"cannot describe the consumer group: {type(exc).__name__}"
-            await self.close()
+            await self.close()  # a new client next time
+            now = self._clock()
+            if self._failing_since is None:
+                self._failing_since = now
+            if now - self._failing_since >= DESCRIBE_GRACE_S:
+                self.reason = f"cannot describe the consumer group: {type(exc).__name__}"
+            else:  # the latest answer stands for now (a revocation meanwhile has set its own reason)
+                log.debug("describing the consumer group failed; trying again", extra={"kv": {
+                    "exception": type(exc).__name__}})
         return self.reason
+
+    async def _new_admin(self) -> Any:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**client_options(self.settings), request_timeout_ms=5000)
+        await admin.start()
+        return admin
 
     async def close(self) -> None:
         admin, self._admin = self._admin, None

@@ -401,3 +401,51 @@ def test_postgres_program_limit_errors_are_poison_records_not_retries() -> None:
     too_big = asyncpg.exceptions.ProgramLimitExceededError("index row size 1048100 exceeds btree maximum")
     assert classify(too_big) is ErrorKind.DATA
     assert classify(asyncpg.exceptions.CannotConnectNowError("starting")) is ErrorKind.RETRY
+
+
+async def test_readiness_does_not_flap_when_the_group_cannot_be_described_for_a_moment() -> None:
+    """After a broker is lost the admin client sends some requests to it until its metadata drops it;
+    /readyz went 503 and 200 every few seconds (tests/test_stream_brokers.py). Failures for less than
+    DESCRIBE_GRACE_S keep the latest answer; longer, the worker is not ready; a revocation shows at once."""
+    from types import SimpleNamespace
+
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+    from aiokafka.errors import NodeNotReadyError
+
+    from common.settings import KafkaSettings
+    from stream.group import DESCRIBE_GRACE_S, GroupWatch
+
+    raw = ("t.ui", "t.hid", "t.presence")
+    owned = ConsumerProtocolMemberAssignment(0, [(t, [0]) for t in raw], b"").encode()
+    failing = False
+
+    class Admin:
+        async def describe_consumer_groups(self, ids: list[str]) -> list[SimpleNamespace]:
+            if failing:
+                raise NodeNotReadyError("the lost broker")
+            member = ("m", "c", "h", b"", owned)
+            return [SimpleNamespace(groups=[(0, ids[0], "Stable", "consumer", "range", [member])])]
+
+        async def close(self) -> None:
+            pass
+
+    now = 100.0
+    watch = GroupWatch(KafkaSettings(), "g", raw, 1, clock=lambda: now)
+
+    async def new_admin() -> Admin:
+        return Admin()
+
+    watch._new_admin = new_admin  # type: ignore[method-assign]
+    assert await watch.check() == ""
+    failing = True
+    assert await watch.check() == ""
+    now += DESCRIBE_GRACE_S - 0.1
+    assert await watch.check() == ""
+    now += 0.1
+    assert await watch.check() == "cannot describe the consumer group: NodeNotReadyError"
+    failing = False
+    assert await watch.check() == ""  # described again: the count starts afresh
+    failing = True
+    now += 1
+    watch.moved()
+    assert await watch.check() == "partitions moved: the group is checked again"

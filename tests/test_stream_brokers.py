@@ -1,0 +1,106 @@
+"""The pipeline on a cluster of three brokers (``devstack.cluster``), one of them lost halfway: raw topics
+and the worker's changelog replicated three times, ``min.insync.replicas`` 2. The broker killed (SIGKILL,
+as a lost machine) may lead partitions of any topic and be the group's coordinator; the producers and the
+worker move to the others, and the sessions topic still ends up exactly as the offline tool computes it.
+Real brokers, a real ``desktrace-stream`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from devstack.cluster import KafkaCluster
+from devstack.topics import ensure_topics
+from proto.topics import Topics
+from stream.app import TABLE_NAME
+from tests.support.events import generate_events, shuffled_with_duplicates
+from tests.support.kafka import publish_events
+from tests.support.process import ServiceHandle
+from tests.support.stream import SessionView, WorkerPool, app_id_for, describe_difference, offline_sessions
+
+pytestmark = pytest.mark.kafka
+
+BROKERS = 3
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports (a cluster's brokers take consecutive ones)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count >= 65535:
+            continue
+        taken = False
+        for port in range(base, base + count + 1):  # and one more for the controller
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise RuntimeError("no consecutive free ports")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
+    base = _free_ports(BROKERS)
+    kafka = KafkaCluster(tmp_path / "kafka", base, base + BROKERS, brokers=BROKERS, progress=lambda _: None)
+    kafka.start()
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+async def _replicas(bootstrap: str, topic: str) -> set[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return {len(p["replicas"]) for p in described["partitions"]}
+
+
+async def test_a_broker_lost_halfway_loses_no_session(cluster: KafkaCluster, tmp_path: Path) -> None:
+    topics = Topics(prefix="brokers.")
+    await ensure_topics(cluster.bootstrap, topics, partitions=3, replication_factor=BROKERS)
+    events = generate_events(seed=31, users=6, hours=3)
+    expected = offline_sessions(events, tmp_path)
+    sent = shuffled_with_duplicates(events, seed=32)
+    half = len(sent) // 2
+    pool = WorkerPool(cluster.bootstrap, topics, tmp_path)
+    try:
+        worker = pool.start("worker", ready_timeout=90)
+        await publish_events(cluster.bootstrap, topics, sent[:half])
+        changelog = f"{app_id_for(topics)}-{TABLE_NAME}-changelog"
+        assert await _replicas(cluster.bootstrap, changelog) == {BROKERS}  # the default: min(3, brokers)
+        cluster.kill(BROKERS)
+        await publish_events(cluster.bootstrap, topics, sent[half:])
+        async with SessionView(cluster.bootstrap, topics) as view:
+            ok = await view.wait_equal(expected, 90.0)
+            assert ok, describe_difference(view.sessions, expected) + "\n" + worker.tail()
+        assert worker.proc.poll() is None, worker.tail()  # the worker kept running
+        assert await _ready_within(worker, 60.0), worker.tail()  # and says so again
+    finally:
+        for started in pool.started:
+            started.stop()
+
+
+async def _ready_within(worker: ServiceHandle, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status, _ = await asyncio.to_thread(worker.get, "/readyz")
+        if status == 200:
+            return True
+        await asyncio.sleep(0.5)
+    return False
