@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from devstack._proc import stderr_progress
+from devstack._proc import stderr_progress, terminate
 from devstack.kafka import KafkaInstance, new_cluster_id
 
 
@@ -34,8 +34,8 @@ def replicated_properties(brokers: int) -> dict[str, str]:
 
 
 class KafkaCluster:
-    """``brokers`` Kafka nodes under ``data_dir`` (``node-1``, ``node-2``, ...) on ports ``port``,
-    ``port + 1``, ...; the controller on ``controller_port``.
+    """One Kafka node per port of ``ports`` under ``data_dir`` (``node-1``, ``node-2``, ...); the
+    controller (node 1) also on ``controller_port``.
 
     Guarantees: ``start()`` returns once every broker answers; all nodes share one cluster id (formatted
     together on the first start); ``kill(n)`` stops node ``n`` at once (SIGKILL, no controlled shutdown),
@@ -44,13 +44,12 @@ class KafkaCluster:
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
-        port: int,
+        ports: Sequence[int],
         controller_port: int,
-        brokers: int = 3,
         partitions: int = 3,
         progress: Callable[[str], None] = stderr_progress,
     ) -> None:
-        if brokers < 1:
+        if not ports:
             raise ValueError("a cluster needs at least one broker")
         root = Path(data_dir).absolute()
         cluster_id_file = root / "cluster-id"
@@ -60,14 +59,14 @@ class KafkaCluster:
             root.mkdir(parents=True, exist_ok=True)
             cluster_id = new_cluster_id()
             cluster_id_file.write_text(cluster_id + "\n", encoding="ascii")
-        extra = replicated_properties(brokers)
+        extra = replicated_properties(len(ports))
         self.nodes = [
             KafkaInstance(
-                root / f"node-{n}", port + n - 1, controller_port, partitions=partitions,
+                root / f"node-{n}", port, controller_port, partitions=partitions,
                 extra_properties=extra, node_id=n, controller=n == 1, cluster_id=cluster_id,
                 progress=progress,
             )
-            for n in range(1, brokers + 1)
+            for n, port in enumerate(ports, start=1)
         ]
 
     @property
@@ -89,7 +88,7 @@ class KafkaCluster:
         node = self.nodes[node_id - 1]
         pid = node.pid
         if pid is not None:
-            os.killpg(pid, signal.SIGKILL)  # started in its own session: the JVM and nothing else
+            terminate(pid, 10.0, sig=signal.SIGKILL)  # its own process group: the JVM and nothing else
             node.pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:

@@ -227,7 +227,7 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         try:
             thread = cast(_FetchWaitConsumerThread, self._thread)
             fetched_to = thread.fetched_to
-            back = {tp: (first, fetched_to[tp]) for tp, first in undelivered.items() if fetched_to.get(tp)}
+            back = {tp: (first, fetched_to[tp]) for tp, first in undelivered.items() if tp in fetched_to}
             moved = await thread.call_thread(_put_back_in_thread, thread._ensure_consumer(), back)
         except Exception as exc:  # not started, stopping, assignment gone: the next recovery seeks anew
             log.warning("could not seek changelog partitions back to records not delivered", extra={"kv": {
@@ -428,9 +428,9 @@ class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
         super().__init__(*args, **kwargs)
         #: The position of each partition of the latest fetch's records, read right after that fetch in
         #: the consumer's loop (nothing runs in between): changelog records not delivered are sought back
-        #: only if their partition is still there. Not the last record's offset + 1: compaction leaves gaps
-        #: at the end of record batches, which aiokafka skips.
-        self.fetched_to: dict[TP, int | None] = {}
+        #: only if their partition is still there (a partition with no valid position is left out). Not the
+        #: last record's offset + 1: compaction and transaction markers leave gaps, which aiokafka skips.
+        self.fetched_to: dict[TP, int] = {}
 
     async def _fetch_records(
         self,
@@ -440,7 +440,8 @@ class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
         max_records: int | None = None,
     ) -> Any:
         records = await super()._fetch_records(consumer, active_partitions, timeout, max_records)
-        self.fetched_to = {tp: position_now(consumer, tp) for tp in records or ()}
+        positions = {tp: position_now(consumer, tp) for tp in records or ()}
+        self.fetched_to = {tp: p for tp, p in positions.items() if p is not None}
         return records
 
     def _create_worker_consumer(self, transport: Any) -> Any:

@@ -7,7 +7,6 @@ Real brokers, a real ``desktrace-stream`` process."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from devstack.cluster import KafkaCluster
+from devstack.pipeline import free_port
 from devstack.topics import ensure_topics
 from proto.topics import Topics
 from stream.app import TABLE_NAME
@@ -29,31 +29,10 @@ pytestmark = pytest.mark.kafka
 BROKERS = 3
 
 
-def _free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports (a cluster's brokers take consecutive ones)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65535:
-            continue
-        taken = False
-        for port in range(base, base + count + 1):  # and one more for the controller
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    taken = True
-                    break
-        if not taken:
-            return base
-    raise RuntimeError("no consecutive free ports")
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
-    base = _free_ports(BROKERS)
-    kafka = KafkaCluster(tmp_path / "kafka", base, base + BROKERS, brokers=BROKERS, progress=lambda _: None)
+    ports = [free_port() for _ in range(BROKERS)]
+    kafka = KafkaCluster(tmp_path / "kafka", ports, free_port(), progress=lambda _: None)
     kafka.start()
     try:
         yield kafka
