@@ -3,7 +3,8 @@
 ``KafkaInstance(data_dir, port, controller_port)`` formats ``data_dir`` on first start and runs
 ``kafka.Kafka`` detached (its own session, a pid file, output to files in ``data_dir``), so it outlives the
 process that started it; any later process can find it (``is_running``) or stop it (``stop``). With
-``controller=False`` it is a broker only, of another instance's controller (``devstack.cluster``).
+``controller=False`` it is a broker only, of another instance's controller; with ``initial_controllers``
+it is one controller of a quorum of several (``devstack.cluster``).
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class KafkaInstance:
         node_id: int = 1,
         controller: bool = True,
         cluster_id: str | None = None,
+        initial_controllers: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port
@@ -197,6 +199,9 @@ class KafkaInstance:
         self.node_id = node_id
         self.controller = controller  #: false: a broker only, of the controller on ``controller_port``
         self.cluster_id = cluster_id  #: None: a new one when first formatted
+        #: A controller of a quorum of several: the quorum's voters, ``id@host:port:directory-id``
+        #: comma-separated (``StorageTool format --initial-controllers``); None: this controller alone.
+        self.initial_controllers = initial_controllers
 
     # ---- paths ---------------------------------------------------------------------------------------
     @property
@@ -318,6 +323,14 @@ class KafkaInstance:
         return True
 
     # ---- files ---------------------------------------------------------------------------------------
+    def _quorum_args(self) -> list[str]:
+        """How ``StorageTool format`` sets up the metadata quorum for this node."""
+        if not self.controller:
+            return ["--no-initial-controllers"]
+        if self.initial_controllers:
+            return ["--initial-controllers", self.initial_controllers]
+        return ["--standalone"]
+
     def _write_config(self) -> None:
         config = self.data_dir / "config"
         config.mkdir(parents=True, exist_ok=True)
@@ -363,7 +376,7 @@ class KafkaInstance:
                 cluster_id,
                 "-c",
                 str(self.properties_file),
-                "--standalone" if self.controller else "--no-initial-controllers",
+                *self._quorum_args(),
                 *self.format_args,
             ],
             capture_output=True,

@@ -39,6 +39,7 @@ from typing import Any
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import EventT, StreamT
+from mode import Service
 from prometheus_client import CollectorRegistry
 
 from common.kafka import (
@@ -56,6 +57,7 @@ from stream.group import GroupWatch
 from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
 from stream.output import OutputFailed, OutputWriter, Pending
+from stream.periodic import Periodic
 from stream.processor import Incoming, Outgoing, Processor, Result
 from stream.record_batches import BATCH_BYTES
 from stream.recovery import RecoveryWatch
@@ -237,9 +239,16 @@ class StreamApp:
         self.group = GroupWatch(settings, settings.app_id, self.topics.raw, cluster.partitions)
         self.app.timer(GROUP_INTERVAL_S, name="group-watch")(self._watch_group)
         self.recovery_watch = RecoveryWatch(settings.recovery_stall_s)
+        #: Services the Faust worker runs beside the app (:meth:`services`).
+        self._services: list[Service] = []
         if settings.recovery_stall_s > 0:
+            # Not an app timer: Faust starts those only after the first recovery, the one most worth watching.
             interval = min(RECOVERY_INTERVAL_S, max(0.1, settings.recovery_stall_s / 4))
-            self.app.timer(interval, name="recovery-watch")(self._watch_recovery)
+            self._services.append(Periodic(interval, self._watch_recovery, name="recovery-watch"))
+
+    def services(self) -> list[Service]:
+        """The services to run beside the app in the Faust worker (from its start, not after recovery)."""
+        return list(self._services)
 
     # ---- readiness -------------------------------------------------------------------------------------
 
@@ -271,11 +280,12 @@ class StreamApp:
             recovering = bool(recovery.in_recovery and recovery.need_recovery())
             progress = sum(v for v in recovery.active_offsets.values() if v is not None)
             remaining = sum(1 for v in recovery.active_remaining().values() if v > 0) if recovering else 0
+            generation = int(self.app.consumer_generation_id)
         except Exception as exc:  # Faust's recovery not set up yet
             log.debug("no recovery to watch", extra={"kv": {"exception": type(exc).__name__}})
             return
         now = time.monotonic()
-        if not self.recovery_watch.stalled(now, recovering, progress):
+        if not self.recovery_watch.stalled(now, recovering, progress, generation):
             return
         log.critical(
             "the state recovery read no changelog record for recovery_stall_s seconds while some remain; "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from time import monotonic, time
 from typing import Any, ClassVar, cast
@@ -46,6 +47,11 @@ from mode import Service
 from stream.gather import BatchGather
 
 log = logging.getLogger(__name__)
+
+#: A failpoint for the tests against the real broker (not a setting): "1" makes the fetch loop drop every
+#: changelog record it fetches, as the loop did before the put-back (:meth:`BatchConsumer._put_back`), so a
+#: table recovery waits for ever and the worker's recovery watch must end it (``stream.recovery``).
+DROP_CHANGELOG_ENV = "DESKTRACE_TEST_DROP_CHANGELOG_RECORDS"
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
@@ -79,6 +85,10 @@ class BatchConsumer(AIOKafkaFaustConsumer):
         super().__init__(*args, **kwargs)
         self._processed: dict[TP, int] = {}  #: next offset to commit, per batch-topic partition
         self._committed_at = monotonic()  #: when the latest commit started
+        self._drop_changelog = os.environ.get(DROP_CHANGELOG_ENV) == "1"
+        if self._drop_changelog:
+            log.warning("test failpoint set: every changelog record fetched is dropped", extra={"kv": {
+                "variable": DROP_CHANGELOG_ENV}})
 
     @classmethod
     def bound(
@@ -187,6 +197,8 @@ class BatchConsumer(AIOKafkaFaustConsumer):
                 continue
             if tp.topic in self.batch_topics:
                 gather.add(tp, recs, generation, now, now_ms)
+                continue
+            if self._drop_changelog:
                 continue
             for record in recs:
                 delivery = self.callback(self._to_message(tp, record))

@@ -60,6 +60,7 @@ def run(settings: StreamSettings) -> int:
     worker = faust.Worker(
         stream_app.app,
         http,
+        *stream_app.services(),
         loglevel=settings.log_level,
         quiet=True,
         redirect_stdouts=False,

@@ -16,24 +16,26 @@ class RecoveryWatch:
     records to read.
 
     Guarantees: never stalled while not recovering or with ``stall_s`` 0; any change of ``progress`` (the
-    sum of the offsets read so far) restarts the count; a new recovery (not recovering in between) starts
-    it afresh. A long recovery that keeps reading is never stalled, however long it takes."""
+    sum of the offsets read so far) or of ``generation`` (the consumer group's generation: a rebalance)
+    restarts the count; a new recovery (not recovering in between) starts it afresh. A long recovery that
+    keeps reading is never stalled, however long it takes, nor is a worker in a rebalance storm (every
+    rebalance restarts its recovery; exiting would only add one more)."""
 
     def __init__(self, stall_s: float) -> None:
         self.stall_s = stall_s
-        self._progress: int | None = None
+        self._seen: tuple[int, int] | None = None
         self._since = 0.0
 
-    def stalled(self, now: float, recovering: bool, progress: int) -> bool:
+    def stalled(self, now: float, recovering: bool, progress: int, generation: int = 0) -> bool:
         """Whether the recovery observed at ``now`` (seconds, any monotonic clock) is stalled."""
         if not recovering or self.stall_s <= 0:
-            self._progress = None
+            self._seen = None
             return False
-        if progress != self._progress:
-            self._progress, self._since = progress, now
+        if (generation, progress) != self._seen:
+            self._seen, self._since = (generation, progress), now
             return False
         return now - self._since >= self.stall_s
 
     def stalled_for(self, now: float) -> float:
         """Seconds since the recovery last read something (0 when not recovering)."""
-        return 0.0 if self._progress is None else now - self._since
+        return 0.0 if self._seen is None else now - self._since

@@ -137,6 +137,35 @@ async def test_a_worker_dying_between_its_state_write_and_its_output_loses_and_l
     assert restarted.metric("desktrace_stream_resent_total") > 0, restarted.tail()
 
 
+async def test_a_recovery_that_reads_nothing_ends_the_worker_for_a_restart(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
+) -> None:
+    """A worker whose table recovery gets none of its changelog records (the failpoint
+    ``DESKTRACE_TEST_DROP_CHANGELOG_RECORDS`` drops them as they are fetched, as the fetch loop once did
+    across rebalances) would wait for ever, assigned and never ready. The recovery watch makes it exit with
+    status 70 after ``recovery_stall_s`` without progress, saying why, and the worker restarted without the
+    fault recovers the same state and ends with the offline result."""
+    events = generate_events(seed=23, users=3, hours=3)
+    expected = offline_sessions(events, tmp_path)
+    sent = shuffled_with_duplicates(events, seed=24)
+    first, second = sent[: len(sent) // 2], sent[len(sent) // 2 :]
+    worker = stream_workers.start("worker", 60.0)
+    await publish_events(kafka_bootstrap, topics, first)
+    assert await wait_committed(kafka_bootstrap, app_id_for(topics), topics.raw, 45), worker.tail()
+    worker.stop()  # its state is in the changelog (written before the offsets are committed)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with 70") as exited:
+        stream_workers.start("stalled", 60.0, DESKTRACE_TEST_DROP_CHANGELOG_RECORDS="1",
+                             DESKTRACE_RECOVERY_STALL_S="3")
+    assert time.monotonic() - started < 45.0
+    assert "the state recovery read no changelog record" in str(exited.value), str(exited.value)
+    await publish_events(kafka_bootstrap, topics, second)
+    restarted = stream_workers.start("stalled", 60.0)
+    async with SessionView(kafka_bootstrap, topics) as view:
+        ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
+        assert ok, describe_difference(view.sessions, expected) + "\n" + restarted.tail()
+
+
 async def test_sigkill_while_a_batch_is_gathering_and_restart_gives_the_same_result(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
 ) -> None:

@@ -22,6 +22,14 @@ def test_a_long_recovery_that_keeps_reading_is_never_stalled() -> None:
         assert not watch.stalled(60.0 * minute, recovering=True, progress=minute)
 
 
+def test_a_rebalance_storm_is_not_a_stall() -> None:
+    watch = RecoveryWatch(stall_s=120)
+    for generation in range(1, 40):  # a rebalance every 60 s for 39 minutes, nothing read meanwhile
+        assert not watch.stalled(60.0 * generation, recovering=True, progress=5, generation=generation)
+    assert not watch.stalled(60.0 * 39 + 119, recovering=True, progress=5, generation=39)
+    assert watch.stalled(60.0 * 39 + 120, recovering=True, progress=5, generation=39)  # then one stays
+
+
 def test_each_recovery_counts_afresh_and_none_is_watched_when_off() -> None:
     watch = RecoveryWatch(stall_s=120)
     assert not watch.stalled(0.0, recovering=True, progress=7)

@@ -1,0 +1,40 @@
+"""A coroutine run at a fixed interval for as long as the worker runs, as a ``mode`` service of the Faust
+worker itself. Faust's own ``app.timer`` starts only once the app's first table recovery has completed
+(``App.on_started`` waits for it), so a watch over that recovery cannot be one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mode import Service
+
+log = logging.getLogger(__name__)
+
+
+class Periodic(Service):
+    """Calls ``tick`` every ``interval_s`` seconds from the start of the worker to its stop, one call at a
+    time. Guarantees: an exception in ``tick`` is logged (its type only) and the next tick still comes."""
+
+    def __init__(
+        self, interval_s: float, tick: Callable[[], Awaitable[None]], name: str, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.interval_s = interval_s
+        self.tick = tick
+        self.tick_name = name
+
+    async def on_started(self) -> None:
+        self.add_future(self._run())
+
+    async def _run(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval_s)
+            if self.should_stop:
+                return
+            try:
+                await self.tick()
+            except Exception as exc:
+                log.warning("a periodic task failed; it runs again at its next interval", extra={"kv": {
+                    "task": self.tick_name, "exception": type(exc).__name__}})
