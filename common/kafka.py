@@ -4,6 +4,7 @@ request limit, the isolation of names and ports by topic prefix, and :func:`conn
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import zlib
 from typing import Any, Final
@@ -59,9 +60,11 @@ def produce_error_kind(exc: BaseException) -> ProduceErrorKind:
 
 def produce_error_name(exc: BaseException) -> str:
     """The innermost error class name (``MessageSizeTooLargeError`` rather than ``ProducerSendError``): a
-    bounded, log-safe reason label."""
+    bounded, log-safe reason label. A cancellation is never the reason: ``asyncio.wait_for`` raises its
+    ``TimeoutError`` from the cancellation of what it waited for, and the label is ``TimeoutError``."""
     cur, seen = exc, set()
-    while (cur.__cause__ is not None) and id(cur) not in seen:
+    while (cur.__cause__ is not None) and not isinstance(cur.__cause__, asyncio.CancelledError) \
+            and id(cur) not in seen:
         seen.add(id(cur))
         cur = cur.__cause__
     return type(cur).__name__

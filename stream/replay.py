@@ -5,7 +5,7 @@ Each valid line is encoded with the agents' codec (msgpack), keyed by its user k
 decoder's error (never the line's content), counted, and skipped; the valid lines are still published.
 
 Transient broker trouble (connection lost, timeouts, leader moves) is retried with exponential backoff
-for at most ``--max-wait`` seconds in all; a permanent refusal of one line (too large, invalid, unauthorized
+for at most ``--max-wait`` seconds after the first failure, each attempt waiting at most that long too; a permanent refusal of one line (too large, invalid, unauthorized
 topic: ``common.kafka.produce_error_kind``) rejects that line like an invalid one. If publishing fails for
 good, the tool says how many events were published and the line to resume from (``--from-line N``, lines
 counted across the inputs in the order given); resuming may publish a few events again, which the pipeline
@@ -23,7 +23,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +49,8 @@ EXIT_ERROR = 2
 CHUNK = 1000
 #: How long one send may stay unacknowledged (aiokafka retries inside it) before the replay's own retry.
 REQUEST_TIMEOUT_MS = 15000
+#: The shortest wait for acknowledgements of one attempt, however little of ``--max-wait`` is left.
+MIN_ATTEMPT_S = 1.0
 
 
 class PublishFailed(Exception):
@@ -158,19 +160,36 @@ async def replay(
 
 
 class _RetryBudget:
-    """Backoff delays within a bounded total wait; :meth:`reset` after a success."""
+    """Backoff delays within a bounded total wait, counted from the first failure; :meth:`reset` after a
+    success.
 
-    def __init__(self, max_wait_s: float, initial_s: float, maximum_s: float) -> None:
+    Guarantees, when each attempt waits at most :meth:`wait_bound` for its acknowledgements: an attempt
+    fails within ``max_wait_s`` (and the caller's cap) of its start, and once one has failed, the retries
+    and their delays end within ``max_wait_s`` of that failure (each retry waits at least
+    ``MIN_ATTEMPT_S``). So the tool gives up at most about twice ``max_wait_s`` after Kafka stopped
+    acknowledging, with at least one retry."""
+
+    def __init__(
+        self, max_wait_s: float, initial_s: float, maximum_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_wait_s, self.initial_s, self.maximum_s = max_wait_s, initial_s, maximum_s
+        self.clock = clock
         self.since: float | None = None
         self.delay = initial_s
 
     def reset(self) -> None:
         self.since, self.delay = None, self.initial_s
 
+    def wait_bound(self, cap: float) -> float:
+        """How long an attempt starting now may wait: ``cap``, but no longer than ``max_wait_s`` or, after a
+        failure, than what is left of it (at least ``MIN_ATTEMPT_S``)."""
+        left = self.max_wait_s if self.since is None else self.max_wait_s - (self.clock() - self.since)
+        return min(cap, max(MIN_ATTEMPT_S, left))
+
     def next_delay(self) -> float | None:
         """The next delay, or ``None`` when the total wait since the first failure is spent."""
-        now = time.monotonic()
+        now = self.clock()
         if self.since is None:
             self.since = now
         left = self.max_wait_s - (now - self.since)
@@ -181,7 +200,7 @@ class _RetryBudget:
 
     @property
     def waited_s(self) -> float:
-        return 0.0 if self.since is None else time.monotonic() - self.since
+        return 0.0 if self.since is None else self.clock() - self.since
 
 
 async def _publish_chunk(
@@ -192,21 +211,24 @@ async def _publish_chunk(
     todo = chunk
     while todo:
         futures: list[Any] = []
-        bound = REQUEST_TIMEOUT_MS / 1000 + 5  # aiokafka does not always fail a batch its broker never took
+        # aiokafka does not always fail a batch its broker never took: the attempt has its own bound, within
+        # what is left of --max-wait once an attempt has failed.
+        deadline = time.monotonic() + budget.wait_bound(REQUEST_TIMEOUT_MS / 1000 + 5)
         refused: BaseException | None = None
         for _, topic, key, value in todo:
             if refused is not None:  # the producer cannot take more now: the rest waits for the retry
                 futures.append(refused)
                 continue
             try:
-                futures.append(await asyncio.wait_for(producer.send(topic, value, key=key), bound))
+                left = max(0.01, deadline - time.monotonic())
+                futures.append(await asyncio.wait_for(producer.send(topic, value, key=key), left))
             except Exception as exc:
                 futures.append(exc)
                 if produce_error_kind(exc) is ProduceErrorKind.TRANSIENT:
                     refused = exc
         waiting = [f for f in futures if not isinstance(f, BaseException)]
         if waiting:
-            await asyncio.wait(waiting, timeout=bound)
+            await asyncio.wait(waiting, timeout=max(0.01, deadline - time.monotonic()))
         results = [_result(f) for f in futures]
         again: list[tuple[int, str, bytes, bytes]] = []
         last_error: BaseException | None = None

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,7 @@ def test_replay_broker_outage_says_where_to_resume_and_resuming_completes(tmp_pa
         proc.stdin.flush()
         assert len(consume_all(kafka.bootstrap, topics, 5000).get(topics.hid, [])) == 5000
         kafka.stop()
+        stopped_at = time.monotonic()
 
         def feed_rest() -> None:  # the tool stops reading while it retries: do not block the test on it
             with contextlib.suppress(OSError):
@@ -179,7 +181,13 @@ def test_replay_broker_outage_says_where_to_resume_and_resuming_completes(tmp_pa
             _, err = proc.communicate(timeout=180)
         finally:
             proc.kill()
+        gave_up_after = time.monotonic() - stopped_at
         assert proc.returncode == 2, err
+        # --max-wait bounds the attempt that first fails and then the retries: at most two of it, plus the
+        # diagnosis (5 s) and the producer's stop (at most 10 s). Each attempt used to wait 20 s whatever
+        # --max-wait said: the tool gave up after 60 s.
+        assert gave_up_after < 2 * 3 + 5 + 10 + 5, (gave_up_after, err)
+        assert "TimeoutError" in err and "CancelledError" not in err, err  # the reason, not its mechanics
         match = re.search(
             r"(\d+) events were published .* resume with --from-line (\d+)", err
         )
@@ -197,3 +205,24 @@ def test_replay_broker_outage_says_where_to_resume_and_resuming_completes(tmp_pa
         assert len(got) <= len(lines) + (published - (resume - 1))  # repeats: only lines after the resume
     finally:
         kafka.stop()
+
+
+def test_retry_budget_bounds_each_attempt_and_the_retries_by_max_wait() -> None:
+    """``--max-wait`` 3: the first attempt waits at most 3 s for acknowledgements; after it failed, the
+    retries (each at least ``MIN_ATTEMPT_S``) and their backoff end 3 s later; a success starts afresh."""
+    from stream.replay import MIN_ATTEMPT_S, _RetryBudget
+
+    now = [100.0]
+    budget = _RetryBudget(3.0, 0.5, 10.0, clock=lambda: now[0])
+    assert budget.wait_bound(20.0) == 3.0  # the first attempt
+    assert _RetryBudget(60.0, 0.5, 10.0).wait_bound(20.0) == 20.0  # the client's own cap when shorter
+    now[0] += 3.0  # it failed
+    assert budget.next_delay() == 0.5
+    now[0] += 0.5
+    assert budget.wait_bound(20.0) == 2.5  # a retry: what is left
+    now[0] += 2.5
+    assert budget.next_delay() is None  # spent: give up
+    assert budget.wait_bound(20.0) == MIN_ATTEMPT_S
+    budget.reset()
+    assert budget.wait_bound(20.0) == 3.0
+    assert budget.next_delay() == 0.5

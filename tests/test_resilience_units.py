@@ -127,6 +127,16 @@ def test_produce_error_name_is_the_innermost_class() -> None:
     assert produce_error_name(KafkaTimeoutError()) == "KafkaTimeoutError"
 
 
+async def test_produce_error_name_of_a_send_that_timed_out_is_the_timeout() -> None:
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(TimeoutError) as timed_out:
+        await asyncio.wait_for(never(), 0.01)
+    assert isinstance(timed_out.value.__cause__, asyncio.CancelledError)  # what wait_for does
+    assert produce_error_name(timed_out.value) == "TimeoutError"
+
+
 # ---- isolation by topic prefix ---------------------------------------------------------------------------
 
 
