@@ -5,8 +5,9 @@ Each valid line is encoded with the agents' codec (msgpack), keyed by its user k
 decoder's error (never the line's content), counted, and skipped; the valid lines are still published.
 
 Transient broker trouble (connection lost, timeouts, leader moves) is retried with exponential backoff
-for at most ``--max-wait`` seconds after the first failure, each attempt waiting at most that long too; a permanent refusal of one line (too large, invalid, unauthorized
-topic: ``common.kafka.produce_error_kind``) rejects that line like an invalid one. If publishing fails for
+for at most ``--max-wait`` seconds after the first failure, each attempt waiting at most that long too;
+a permanent refusal of one line (too large, invalid, unauthorized topic:
+``common.kafka.produce_error_kind``) rejects that line like an invalid one. If publishing fails for
 good, the tool says how many events were published and the line to resume from (``--from-line N``, lines
 counted across the inputs in the order given); resuming may publish a few events again, which the pipeline
 deduplicates by ``(agent_id, seq)``.
@@ -292,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-wait", type=float, default=60.0, metavar="SECONDS",
-        help="longest total wait for Kafka while retrying transient errors before giving up (default 60)",
+        help="how long Kafka may go without acknowledging: each attempt waits at most this long, and "
+        "retries stop this long after the first failure (default 60)",
     )
     add_arguments(parser, KafkaSettings)
     return parser
