@@ -206,3 +206,30 @@ def test_private_instances_start_within_a_minute_and_stop_cleanly(
     finally:
         kafka.stop()
         pg.destroy()
+
+
+def test_a_cluster_of_three_controllers_is_formatted_as_one_quorum_and_keeps_it(tmp_path: Path) -> None:
+    """Every controller is formatted with the same voters (one directory id each) and bootstraps from all of
+    them; a second construction on the same directory reads the same identity back, and other controller
+    ports are refused rather than formatted into a second quorum. No JVM is started."""
+    from devstack.cluster import KafkaCluster
+
+    cluster = KafkaCluster(tmp_path, [9001, 9002, 9003], [9101, 9102, 9103], progress=lambda _: None)
+    args = [node._quorum_args() for node in cluster.nodes]
+    assert [a[0] for a in args] == ["--initial-controllers"] * 3
+    assert len({a[1] for a in args}) == 1
+    voters = args[0][1].split(",")
+    assert [v.rsplit(":", 1)[0] for v in voters] == [f"{n}@127.0.0.1:{9100 + n}" for n in (1, 2, 3)]
+    assert len({v.rsplit(":", 1)[1] for v in voters}) == 3  # a directory id per controller
+    for node in cluster.nodes:
+        assert node.extra_properties["controller.quorum.bootstrap.servers"] == (
+            "127.0.0.1:9101,127.0.0.1:9102,127.0.0.1:9103")
+        assert node.controller and node.cluster_id == cluster.nodes[0].cluster_id
+    again = KafkaCluster(tmp_path, [9001, 9002, 9003], [9101, 9102, 9103], progress=lambda _: None)
+    assert [n._quorum_args() for n in again.nodes] == args
+    with pytest.raises(ValueError, match="controller ports"):
+        KafkaCluster(tmp_path, [9001, 9002, 9003], [9201, 9202, 9203], progress=lambda _: None)
+    single = KafkaCluster(tmp_path / "one", [9001, 9002], [9101], progress=lambda _: None)
+    assert [n._quorum_args() for n in single.nodes] == [["--standalone"], ["--no-initial-controllers"]]
+    with pytest.raises(ValueError, match="1 to 2 controllers"):
+        KafkaCluster(tmp_path / "bad", [9001, 9002], [9101, 9102, 9103], progress=lambda _: None)

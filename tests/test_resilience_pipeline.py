@@ -20,17 +20,15 @@ import asyncpg
 import msgspec
 import pytest
 
-from devstack.postgres import with_database
 from devstack.topics import delete_topics, ensure_topics
 from proto.deadletter import header_map
 from proto.sessions import make_session
 from proto.topics import Topics
-from sinks.settings import default_metrics_addr
-from stream.settings import default_app_id, load_settings
+from stream.settings import default_app_id
 from tests.support.events import generate_events
 from tests.support.kafka import at_least, consume_until, publish_events
-from tests.support.process import ServiceHandle, free_port, script
-from tests.support.stream import SESSIONIZER_ENV, delete_internal_topics, offline_sessions
+from tests.support.pipeline import Pipeline, drop_database, fresh_database, stored
+from tests.support.stream import delete_internal_topics, offline_sessions
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -74,92 +72,6 @@ def big_records(topics: Topics, template: Any) -> list[tuple[str, bytes, bytes, 
     return out
 
 
-class Pipeline:
-    """The four services of one pipeline with nothing but bootstrap, DSN and topic prefix set (plus the
-    sessionizer settings the offline oracle uses, a short close timeout, and the gateway's HTTP port,
-    which is an address people type, not derived)."""
-
-    def __init__(self, bootstrap: str, dsn: str, prefix: str, log_dir: Path) -> None:
-        self.topics = Topics(prefix)
-        self.dsn = dsn
-        common = {
-            "DESKTRACE_KAFKA_BOOTSTRAP": bootstrap,
-            "DESKTRACE_PG_DSN": dsn,
-            "DESKTRACE_TOPIC_PREFIX": prefix,
-            "DESKTRACE_CLOSE_TIMEOUT": "3",
-            **SESSIONIZER_ENV,
-        }
-        stream_port = load_settings([], env={"DESKTRACE_TOPIC_PREFIX": prefix})[0].metrics_address
-        urls = {
-            "stream": "http://127.0.0.1:" + stream_port.rsplit(":", 1)[1],
-            "sink-raw": "http://" + default_metrics_addr("raw", prefix),
-            "sink-sessions": "http://" + default_metrics_addr("sessions", prefix),
-            "gateway": f"http://127.0.0.1:{free_port()}",
-        }
-        argv = {
-            "stream": [script("desktrace-stream")],
-            "sink-raw": [script("desktrace-sink"), "raw"],
-            "sink-sessions": [script("desktrace-sink"), "sessions"],
-            "gateway": [script("desktrace-gateway")],
-        }
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.services = {
-            name: ServiceHandle(
-                name, argv[name],
-                {**common, **({"DESKTRACE_HTTP_ADDR": urls[name][7:]} if name == "gateway" else {})},
-                log_dir / f"{name}.log", health_url=urls[name] + "/healthz", cwd=log_dir,
-            )
-            for name in argv
-        }
-        self.urls = urls
-        self.cwd = log_dir
-
-    def start(self) -> None:
-        for s in self.services.values():
-            s.start()
-
-    def wait_ready(self, timeout: float) -> None:
-        for s in self.services.values():
-            s.wait_healthy(timeout)
-
-    def stop(self) -> None:
-        for s in self.services.values():
-            s.stop()
-
-    def dead(self) -> list[str]:
-        return [n for n, s in self.services.items() if not s.alive()]
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {n}\n{s.log_tail(15)}" for n, s in self.services.items())
-
-
-def fresh_database(pg_dsn: str) -> str:
-    name = f"t_{uuid.uuid4().hex[:16]}"
-
-    async def go() -> None:
-        conn = await asyncpg.connect(pg_dsn, timeout=10)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-    return with_database(pg_dsn, name)
-
-
-def drop_database(pg_dsn: str, dsn: str) -> None:
-    name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
-
-    async def go() -> None:
-        conn = await asyncpg.connect(pg_dsn, timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
 @pytest.fixture
 def two_pipelines(kafka_bootstrap: str, pg_dsn: str, tmp_path: Path) -> Iterator[list[Pipeline]]:
     pipelines = []
@@ -201,18 +113,6 @@ async def publish_big(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -
 
 async def read_all(bootstrap: str, topic: str, want: int, within_s: float) -> list[Any]:
     return await consume_until(bootstrap, topic, at_least(want), within_s, max_partition_fetch_bytes=4 << 20)
-
-
-async def stored(dsn: str) -> tuple[int, int, dict[str, tuple[Any, ...]]]:
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        raw = await conn.fetchval("SELECT count(*) FROM raw_events")
-        distinct = await conn.fetchval("SELECT count(DISTINCT (agent_id, seq)) FROM raw_events")
-        rows = await conn.fetch("SELECT session_id, kind, started_at, ended_at, user_key FROM sessions")
-    finally:
-        await conn.close()
-    return raw, distinct, {r["session_id"]: (r["kind"], r["started_at"], r["ended_at"], r["user_key"])
-                           for r in rows}
 
 
 async def legacy_users(dsn: str) -> list[str]:

@@ -1,14 +1,18 @@
-"""The pipeline on a cluster of three nodes (``devstack.cluster``), each a broker and a controller (the
-metadata quorum of a production cluster), one of them lost halfway: raw topics and the worker's changelog
-replicated three times, ``min.insync.replicas`` 2. The node killed (SIGKILL, as a lost machine) is the
-active controller, and may lead partitions of any topic and be the group's coordinator; the quorum elects
-another controller, the producers and the worker move to the other brokers, and the sessions topic still
-ends up exactly as the offline tool computes it. Real brokers, a real ``desktrace-stream`` process."""
+"""The server-side pipeline (stream, both sinks, gateway) on a cluster of three nodes (``devstack.cluster``),
+each a broker and a controller (the metadata quorum of a production cluster), one of them lost halfway: raw
+topics, the sessions topic and the worker's changelog replicated three times, ``min.insync.replicas`` 2.
+The node killed (SIGKILL, as a lost machine) is the active controller, and may lead partitions of any topic
+and be a group's coordinator; the quorum elects another controller, the producers and consumers move to the
+other brokers, and the sessions topic and PostgreSQL still end up exactly as the offline tool computes.
+Real brokers, real processes, a real database."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +24,13 @@ from devstack.pipeline import free_port
 from devstack.topics import ensure_topics
 from proto.topics import Topics
 from stream.app import TABLE_NAME
+from stream.settings import default_app_id
 from tests.support.events import generate_events, shuffled_with_duplicates
 from tests.support.kafka import publish_events
-from tests.support.process import ServiceHandle
-from tests.support.stream import SessionView, WorkerPool, app_id_for, describe_difference, offline_sessions
+from tests.support.pipeline import Pipeline, drop_database, fresh_database, stored
+from tests.support.stream import SessionView, describe_difference, offline_sessions
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 BROKERS = 3
 
@@ -42,6 +47,20 @@ def cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
         kafka.stop(timeout=10.0)
 
 
+@pytest.fixture
+def pipeline(cluster: KafkaCluster, pg_dsn: str, tmp_path: Path) -> Iterator[Pipeline]:
+    prefix = f"b{uuid.uuid4().hex[:10]}."
+    asyncio.run(ensure_topics(cluster.bootstrap, Topics(prefix), partitions=3, replication_factor=BROKERS))
+    started = Pipeline(cluster.bootstrap, fresh_database(pg_dsn), prefix, tmp_path / "pipeline")
+    try:
+        started.start()
+        started.wait_ready(120)
+        yield started
+    finally:
+        started.stop()
+        drop_database(pg_dsn, started.dsn)
+
+
 async def _replicas(bootstrap: str, topic: str) -> set[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -52,41 +71,55 @@ async def _replicas(bootstrap: str, topic: str) -> set[int]:
     return {len(p["replicas"]) for p in described["partitions"]}
 
 
-async def test_the_active_controller_lost_halfway_loses_no_session(
-    cluster: KafkaCluster, tmp_path: Path
+async def test_the_active_controller_lost_halfway_loses_no_session_and_no_row(
+    cluster: KafkaCluster, pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    topics = Topics(prefix="brokers.")
-    await ensure_topics(cluster.bootstrap, topics, partitions=3, replication_factor=BROKERS)
+    topics = pipeline.topics
     events = generate_events(seed=31, users=6, hours=3)
     expected = offline_sessions(events, tmp_path)
     sent = shuffled_with_duplicates(events, seed=32)
     half = len(sent) // 2
-    pool = WorkerPool(cluster.bootstrap, topics, tmp_path)
-    try:
-        worker = pool.start("worker", ready_timeout=90)
-        await publish_events(cluster.bootstrap, topics, sent[:half])
-        changelog = f"{app_id_for(topics)}-{TABLE_NAME}-changelog"
-        assert await _replicas(cluster.bootstrap, changelog) == {BROKERS}  # the default: min(3, brokers)
-        leader = cluster.quorum_leader()
-        assert leader is not None
-        cluster.kill(leader)
-        await publish_events(cluster.bootstrap, topics, sent[half:])
-        async with SessionView(cluster.bootstrap, topics) as view:
-            ok = await view.wait_equal(expected, 90.0)
-            assert ok, describe_difference(view.sessions, expected) + "\n" + worker.tail()
-        assert worker.proc.poll() is None, worker.tail()  # the worker kept running
-        assert await _ready_within(worker, 60.0), worker.tail()  # and says so again
-        assert cluster.quorum_leader() not in (None, leader)  # the quorum has another controller
-    finally:
-        for started in pool.started:
-            started.stop()
+    await publish_events(cluster.bootstrap, topics, sent[:half])
+    changelog = f"{default_app_id(topics.prefix)}-{TABLE_NAME}-changelog"
+    assert await _replicas(cluster.bootstrap, changelog) == {BROKERS}  # the default: min(3, brokers)
+    leader = cluster.quorum_leader()
+    assert leader is not None
+    cluster.kill(leader)
+    await publish_events(cluster.bootstrap, topics, sent[half:])
+    async with SessionView(cluster.bootstrap, topics) as view:
+        ok = await view.wait_equal(expected, 90.0)
+        assert ok, describe_difference(view.sessions, expected) + "\n" + pipeline.logs()
+    # PostgreSQL: every event stored once (the duplicates sent were not stored again), the sessions as
+    # computed offline.
+    rows = {sid: (s.kind, s.start, s.end, s.user_key) for sid, s in expected.items()}
+    deadline = time.monotonic() + 60
+    got = await stored(pipeline.dsn)
+    while (got[1] != len(events) or got[2] != rows) and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        got = await stored(pipeline.dsn)
+    raw, distinct, sessions = got
+    assert raw == distinct == len(events), pipeline.logs()
+    assert sessions == rows, pipeline.logs()
+    assert not pipeline.dead(), pipeline.logs()  # every service kept running
+    for name in ("stream", "sink-raw", "sink-sessions"):  # and says it is ready again
+        assert await _ready_within(pipeline.urls[name] + "/readyz", 60.0), name + "\n" + pipeline.logs()
+    assert cluster.quorum_leader() not in (None, leader)  # the quorum has another controller
 
 
-async def _ready_within(worker: ServiceHandle, seconds: float) -> bool:
+async def _ready_within(url: str, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        status, _ = await asyncio.to_thread(worker.get, "/readyz")
-        if status == 200:
+        if await asyncio.to_thread(_status, url) == 200:
             return True
         await asyncio.sleep(0.5)
     return False
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
