@@ -3,12 +3,14 @@ each a broker and a controller (the metadata quorum of a production cluster), on
 topics, the sessions topic and the worker's changelog replicated three times, ``min.insync.replicas`` 2.
 The node killed (SIGKILL, as a lost machine) is the active controller, and may lead partitions of any topic
 and be a group's coordinator; the quorum elects another controller, the producers and consumers move to the
-other brokers, and the sessions topic and PostgreSQL still end up exactly as the offline tool computes.
+other brokers, and the sessions topic and PostgreSQL still end up exactly as the offline tool computes; a
+legacy client's report sent while the node is gone is stored too.
 Real brokers, real processes, a real database."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -104,6 +107,32 @@ async def test_the_active_controller_lost_halfway_loses_no_session_and_no_row(
     for name in ("stream", "sink-raw", "sink-sessions"):  # and says it is ready again
         assert await _ready_within(pipeline.urls[name] + "/readyz", 60.0), name + "\n" + pipeline.logs()
     assert cluster.quorum_leader() not in (None, leader)  # the quorum has another controller
+    # A legacy client's report, through the gateway, while the node is still gone: stored like any event.
+    answer = await asyncio.to_thread(_post_report, pipeline.urls["gateway"], "legacy.ctl")
+    assert answer == {"success": True}, answer
+    for _ in range(60):
+        if await _legacy_rows(pipeline.dsn, "legacy.ctl"):
+            break
+        await asyncio.sleep(1)
+    assert await _legacy_rows(pipeline.dsn, "legacy.ctl") == 1, pipeline.logs()
+
+
+def _post_report(gateway: str, user: str) -> object:
+    body = json.dumps({"user": user, "state": "working"}).encode()
+    request = urllib.request.Request(gateway + "/api/report", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read())
+
+
+async def _legacy_rows(dsn: str, user: str) -> int:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM raw_events WHERE type = 'StateChange' AND position($1 in user_key) > 0",
+            user))
+    finally:
+        await conn.close()
 
 
 async def _ready_within(url: str, seconds: float) -> bool:
