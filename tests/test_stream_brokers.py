@@ -1,10 +1,10 @@
 """The server-side pipeline (stream, both sinks, gateway) on a cluster of three nodes (``devstack.cluster``),
-each a broker and a controller (the metadata quorum of a production cluster), one of them lost halfway: raw
-topics, the sessions topic and the worker's changelog replicated three times, ``min.insync.replicas`` 2.
-The node killed (SIGKILL, as a lost machine) is the active controller, and may lead partitions of any topic
-and be a group's coordinator; the quorum elects another controller, the producers and consumers move to the
-other brokers, and the sessions topic and PostgreSQL still end up exactly as the offline tool computes; a
-legacy client's report sent while the node is gone is stored too.
+each a broker and a controller (the dual-role node pool of ``deploy/k8s/base/kafka.yaml``), one lost
+halfway: raw topics, the sessions topic and the worker's changelog replicated three times,
+``min.insync.replicas`` 2. The node killed (SIGKILL, as a lost machine) is the active controller, and may
+lead partitions of any topic and be a group's coordinator; the quorum elects another controller, the
+producers and consumers move to the other brokers, and the sessions topic and PostgreSQL still end up
+exactly as the offline tool computes; a legacy client's report sent while the node is gone is stored too.
 Real brokers, real processes, a real database."""
 
 from __future__ import annotations
