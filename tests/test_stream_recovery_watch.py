@@ -47,3 +47,31 @@ def test_the_stall_time_is_a_setting() -> None:
     assert load_settings([], env={})[0].recovery_stall_s == 120.0
     assert load_settings([], env={"DESKTRACE_RECOVERY_STALL_S": "30"})[0].recovery_stall_s == 30.0
     assert load_settings(["--recovery-stall-s", "0"], env={})[0].recovery_stall_s == 0.0
+
+
+async def test_the_watch_runner_ticks_from_its_start_and_survives_a_failing_tick() -> None:
+    """``stream.periodic.Periodic`` (what runs the watch beside the Faust app: Faust's own timers start only
+    after the first recovery) calls its tick at its interval from its start; a tick that raises is logged
+    and the next one still comes; after the stop no tick comes."""
+    import asyncio
+
+    from stream.periodic import Periodic
+
+    ticks: list[int] = []
+
+    async def tick() -> None:
+        ticks.append(len(ticks))
+        if len(ticks) == 1:
+            raise RuntimeError("the first tick fails")
+
+    runner = Periodic(0.01, tick, name="test")
+    await runner.start()
+    for _ in range(200):
+        if len(ticks) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await runner.stop()
+    assert len(ticks) >= 3
+    stopped_at = len(ticks)
+    await asyncio.sleep(0.05)
+    assert len(ticks) == stopped_at
