@@ -167,19 +167,8 @@ def stream_workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iter
 @pytest.fixture
 def fresh_pg_dsn(pg_dsn: str) -> Iterator[str]:
     """DSN of a new, empty database (dropped after the test)."""
-    import asyncpg
+    from tests.support.databases import drop_database, fresh_database
 
-    from devstack.postgres import with_database
-
-    name = f"t_{uuid.uuid4().hex[:16]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_dsn, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    _run(lambda: admin(f'CREATE DATABASE "{name}"'))
-    yield with_database(pg_dsn, name)
-    _run(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    dsn = fresh_database(pg_dsn)
+    yield dsn
+    drop_database(pg_dsn, dsn)

@@ -25,9 +25,10 @@ from proto.deadletter import header_map
 from proto.sessions import make_session
 from proto.topics import Topics
 from stream.settings import default_app_id
+from tests.support.databases import drop_database, fresh_database
 from tests.support.events import generate_events
 from tests.support.kafka import at_least, consume_until, publish_events
-from tests.support.pipeline import Pipeline, drop_database, fresh_database, stored
+from tests.support.pipeline import Pipeline, stored
 from tests.support.stream import delete_internal_topics, offline_sessions
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]

@@ -30,7 +30,7 @@ from stream.app import TABLE_NAME
 from stream.settings import default_app_id
 from tests.support.events import generate_events, shuffled_with_duplicates
 from tests.support.kafka import publish_events
-from tests.support.pipeline import Pipeline, drop_database, fresh_database, stored
+from tests.support.pipeline import Pipeline, stored
 from tests.support.stream import SessionView, describe_difference, offline_sessions
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -51,17 +51,16 @@ def cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
 
 
 @pytest.fixture
-def pipeline(cluster: KafkaCluster, pg_dsn: str, tmp_path: Path) -> Iterator[Pipeline]:
+def pipeline(cluster: KafkaCluster, fresh_pg_dsn: str, tmp_path: Path) -> Iterator[Pipeline]:
     prefix = f"b{uuid.uuid4().hex[:10]}."
     asyncio.run(ensure_topics(cluster.bootstrap, Topics(prefix), partitions=3, replication_factor=BROKERS))
-    started = Pipeline(cluster.bootstrap, fresh_database(pg_dsn), prefix, tmp_path / "pipeline")
+    started = Pipeline(cluster.bootstrap, fresh_pg_dsn, prefix, tmp_path / "pipeline")
     try:
         started.start()
         started.wait_ready(120)
         yield started
     finally:
         started.stop()
-        drop_database(pg_dsn, started.dsn)
 
 
 async def _replicas(bootstrap: str, topic: str) -> set[int]:

@@ -1,16 +1,13 @@
-"""A whole server-side pipeline (stream, both sinks, gateway) as processes, each in its own fresh database
-on the tests' PostgreSQL: for tests that run it against a broker or cluster of their own."""
+"""A whole server-side pipeline (stream, both sinks, gateway) as processes, on a database of its own
+(``tests.support.databases``): for tests that run it against a broker or cluster of their own."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from devstack.postgres import with_database
 from proto.topics import Topics
 from sinks.settings import default_metrics_addr
 from stream.settings import load_settings
@@ -77,35 +74,6 @@ class Pipeline:
         return "\n".join(f"--- {n}\n{s.log_tail(15)}" for n, s in self.services.items())
 
 
-def fresh_database(pg_dsn: str) -> str:
-    """A new, empty database on the server of ``pg_dsn``; its DSN (drop it with :func:`drop_database`)."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-
-    async def go() -> None:
-        conn = await asyncpg.connect(pg_dsn, timeout=10)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-    return with_database(pg_dsn, name)
-
-
-def drop_database(pg_dsn: str, dsn: str) -> None:
-    """Drop the database of ``dsn`` (made by :func:`fresh_database`), its connections closed by force."""
-    name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
-
-    async def go() -> None:
-        conn = await asyncpg.connect(pg_dsn, timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
 async def stored(dsn: str) -> tuple[int, int, dict[str, tuple[Any, ...]]]:
     """``(raw rows, distinct (agent_id, seq) among them, {session_id: (kind, start, end, user_key)})``."""
     conn = await asyncpg.connect(dsn, timeout=10)
@@ -117,5 +85,3 @@ async def stored(dsn: str) -> tuple[int, int, dict[str, tuple[Any, ...]]]:
         await conn.close()
     return raw, distinct, {r["session_id"]: (r["kind"], r["started_at"], r["ended_at"], r["user_key"])
                            for r in rows}
-
-
