@@ -26,19 +26,6 @@ from agent.simulator import DEMO_ZONES
 BIN = Path(sys.executable).parent
 
 
-def _admin(dsn: str, sql: str) -> None:
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
 def _fetch(dsn: str, sql: str) -> list[tuple[object, ...]]:
     import asyncpg
 
@@ -56,10 +43,11 @@ def _fetch(dsn: str, sql: str) -> list[tuple[object, ...]]:
 def demo_db(pg_dsn: str) -> Iterator[tuple[str, str]]:
     """A database name for one demo run (the demo creates it) and its DSN; dropped afterwards."""
     from devstack.postgres import with_database
+    from tests.support.databases import drop_database
 
     name = f"t_demo_{uuid.uuid4().hex[:12]}"
     yield name, with_database(pg_dsn, name)
-    _admin(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_dsn, with_database(pg_dsn, name))
 
 
 @pytest.mark.timeout(400)
