@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,7 +87,13 @@ def _local_service(name: str, request: pytest.FixtureRequest) -> str:
         _unavailable("Kafka" if name == "kafka" else "PostgreSQL", str(exc).splitlines()[0])
         raise AssertionError("unreachable") from None
     if name in result.started:
-        request.addfinalizer(lambda: stack.down(only={name}))
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            # Parallel test processes share it and none knows when the others are done: it stays up
+            # (`desktrace-local down` stops it; scripts/test.sh starts and stops it around the run).
+            print(f"conftest: local {name} started and left running for the other test processes",
+                  file=sys.stderr)
+        else:
+            request.addfinalizer(lambda: stack.down(only={name}))
     return result.kafka_bootstrap if name == "kafka" else result.pg_dsn
 
 

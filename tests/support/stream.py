@@ -15,6 +15,7 @@ from proto import events as E
 from proto.codec import decode_session_message, event_to_json
 from proto.sessions import Session, SessionRetraction, fold_sessions
 from proto.topics import Topics
+from tests.support.kafka import Record
 from tests.support.process import BIN as BIN
 from tests.support.process import ServiceHandle, worker_process
 
@@ -173,3 +174,30 @@ class WorkerPool:
             asyncio.run(asyncio.wait_for(delete_internal_topics(self.bootstrap, app_id_for(self.topics)), 10))
         except Exception:
             pass
+
+
+# ---- driving a worker ---------------------------------------------------------------------------------
+
+
+async def trickle(bootstrap: str, records: list[Record], every_s: float) -> None:
+    """Send ``records`` (topic, key, value) one at a time, each acknowledged, ``every_s`` apart."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for topic, key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+            await asyncio.sleep(every_s)
+    finally:
+        await producer.stop()
+
+
+async def wait_metric(worker: ServiceHandle, name: str, at_least: float, within_s: float) -> bool:
+    """Whether ``worker``'s metric ``name`` reaches ``at_least`` within ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if worker.metric(name) >= at_least:
+            return True
+        await asyncio.sleep(0.05)
+    return False
