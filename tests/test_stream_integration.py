@@ -17,6 +17,7 @@ from stream.app import TABLE_NAME
 from tests.support.events import generate_events, shuffled_with_duplicates
 from tests.support.kafka import consume_until, event_records, publish_events
 from tests.support.stream import (
+    OUTPUT_WAIT_S,
     SessionView,
     WorkerPool,
     app_id_for,
@@ -27,8 +28,6 @@ from tests.support.stream import (
 )
 
 pytestmark = pytest.mark.kafka
-
-OUTPUT_WAIT_S = 45.0
 
 
 async def test_shuffled_duplicated_stream_equals_offline_result(

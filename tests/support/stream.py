@@ -178,6 +178,9 @@ class WorkerPool:
 
 # ---- driving a worker ---------------------------------------------------------------------------------
 
+#: How long a test waits for a worker's sessions topic to equal the offline result.
+OUTPUT_WAIT_S = 45.0
+
 
 async def trickle(bootstrap: str, records: list[Record], every_s: float) -> None:
     """Send ``records`` (topic, key, value) one at a time, each acknowledged, ``every_s`` apart."""
