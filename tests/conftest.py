@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sys
 import uuid
@@ -107,6 +108,21 @@ def _reachable(address: str, default_port: int) -> bool:
 @functools.cache
 def _has_docker() -> bool:
     return _docker_answers()
+
+
+@pytest.fixture(autouse=True)
+def _service_logging_removed() -> Iterator[None]:
+    """A test that runs a service's ``main`` in this process gets its log handler (``setup_logging``: one
+    on the stderr pytest captured for that test, with an ``OutageFilter``); it goes with the test. Left
+    behind, it wrote later tests' records (the filter's "recovered" line, from its timer) to that closed
+    stream: "--- Logging error ---" in the run's output."""
+    from common.logs import OutageFilter
+
+    yield
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if any(isinstance(f, OutageFilter) for f in handler.filters):
+            root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
