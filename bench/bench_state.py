@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--cache", type=int, default=5_000, help="decoded users (state_cache_users)")
     p.add_argument("--distinct", type=int, default=64, help="distinct user-days generated")
-    p.add_argument("--state-format", type=int, default=2, choices=(2, 3),
+    p.add_argument("--state-format", type=int, default=2, choices=(2, 3, 4),
                    help="format of the table values (the worker's state_format setting)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()

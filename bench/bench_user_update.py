@@ -1,5 +1,6 @@
 """The worker's fixed cost per user and batch, in process (run by hand:
-``.venv/bin/python bench/bench_user_update.py [--users 2000] [--hours 8] [--rounds 10]``).
+``.venv/bin/python bench/bench_user_update.py [--users 2000] [--hours 8] [--rounds 10]
+[--state-formats 2 4]``).
 
 Builds the state of ``--users`` users with ``--hours`` of events each (``tests.support.events``, 10% out
 of order) through ``stream.processor.Processor`` with the worker's ``LiveStates``, then times rounds of
@@ -8,7 +9,12 @@ user when each user has one new event, i.e. the cost paid once per user and batc
 events; then what writing the changed users' table values costs (``LiveStates.flush``, which the worker
 does once per commit). The baseline, measured in the same run on the same states, is the cost per event of
 a batch of ``--per-user`` (20) events per user: the ratio says how many of those events one user's update
-costs.
+costs. With several ``--state-formats``, each round runs the one-heartbeat batch and its write once per
+format, on the same users one after the other (the ``state_format`` setting; the first is the baseline of
+the writes' ratios). Last, for each format, ``encode_state`` of every user alone, with the caches a write
+leaves (the published keys' msgpack reused, ``UserState.pub_raw``) against the same with the published
+keys encoded again (the baseline: what a write cost before that reuse), the processor's caches evicted
+before each pass as between two commits.
 Prints the minimum and median over rounds (this machine's speed varies by the minute).
 """
 
@@ -32,7 +38,7 @@ from prometheus_client import CollectorRegistry
 
 from proto.events import Envelope, Heartbeat
 from proto.topics import Topics
-from stream.core import Sessionizer
+from stream.core import Sessionizer, encode_state
 from stream.live import LiveStates
 from stream.metrics import StreamMetrics
 from stream.processor import Incoming, Processor
@@ -64,13 +70,16 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=8.0, help="hours of events per user before the rounds")
     parser.add_argument("--rounds", type=int, default=10, help="rounds of one heartbeat per user")
     parser.add_argument("--per-user", type=int, default=20, help="events per user in the baseline's batches")
+    parser.add_argument("--state-formats", type=int, nargs="+", default=[2], choices=(2, 3, 4),
+                        help="state formats the writes are timed in (the first is the baseline)")
     args = parser.parse_args()
+    formats: list[int] = args.state_formats
 
     events = disorder(generate_events(seed=1, users=args.users, hours=args.hours + 1), random.Random(2))
     cut = max(e.ts for e in events) - timedelta(hours=1.2)  # mid-day: before the logoffs at the end
     events = [e for e in events if e.ts < cut]
     proc = Processor(TOPICS, Sessionizer(), StreamMetrics(CollectorRegistry()), close_timeout_s=1e9)
-    live = LiveStates({}, max_users=10 * args.users)
+    live = LiveStates({}, max_users=10 * args.users, state_format=formats[0])
     recs = records(events, 0)
     print(f"building the state of {args.users:,} users from {len(recs):,} events ...", flush=True)
     for i in range(0, len(recs), 50_000):
@@ -87,19 +96,22 @@ def main() -> None:
     gc.set_threshold(50_000, 50, 100)  # the worker's collector settings
 
     one: list[float] = []
-    one_write: list[float] = []
+    one_write: dict[int, list[float]] = {f: [] for f in formats}
     many_: list[float] = []
     many_write: list[float] = []
     minute = 0
     for _ in range(args.rounds):
-        minute += 1
-        batch = records(heartbeats(last, seqs, minute), 10_000_000 * minute)
-        t = time.perf_counter()
-        proc.handle_batch(batch, live, 2000.0 + minute)
-        one.append((time.perf_counter() - t) / len(batch) * 1e6)
-        t = time.perf_counter()
-        live.flush()
-        one_write.append((time.perf_counter() - t) / len(batch) * 1e6)
+        for f in formats:
+            live.state_format = f
+            minute += 1
+            batch = records(heartbeats(last, seqs, minute), 10_000_000 * minute)
+            t = time.perf_counter()
+            proc.handle_batch(batch, live, 2000.0 + minute)
+            one.append((time.perf_counter() - t) / len(batch) * 1e6)
+            t = time.perf_counter()
+            live.flush()
+            one_write[f].append((time.perf_counter() - t) / len(batch) * 1e6)
+        live.state_format = formats[0]
         # the baseline: --per-user heartbeats per user in one batch (as many minutes of each user), per event
         k = args.per_user
         many = [e for m in range(1, k + 1) for e in heartbeats(last, seqs, minute + m)]
@@ -118,9 +130,39 @@ def main() -> None:
           "the baseline")
     print(f"ratio (one user's update in events of the baseline): {one_min / many_min:.1f} "
           f"(medians {one_med / many_med:.1f})")
-    print(f"writing the changed users' values: {min(one_write):.1f} us per user after one event each "
-          f"(median {statistics.median(one_write):.1f}); {min(many_write):.1f} us per event after "
-          f"{args.per_user} each (median {statistics.median(many_write):.1f})")
+    print(f"writing the changed users' values (format {formats[0]}): {min(one_write[formats[0]]):.1f} us per "
+          f"user after one event each (median {statistics.median(one_write[formats[0]]):.1f}); "
+          f"{min(many_write):.1f} us per event after {args.per_user} each (median "
+          f"{statistics.median(many_write):.1f})")
+    base = statistics.median(one_write[formats[0]])
+    for f in formats[1:]:
+        med = statistics.median(one_write[f])
+        print(f"  in format {f}: {min(one_write[f]):.1f} us per user after one event each "
+              f"(median {med:.1f}), ratio {med / base:.2f} of format {formats[0]}'s median")
+    encode_alone(live, formats, args.rounds)
+
+
+def encode_alone(live: LiveStates, formats: list[int], rounds: int) -> None:
+    """Prints ``encode_state``'s cost per user in each format, reusing the published keys' bytes or not."""
+    cores = [u.core for _, u, _ in live.users() if u is not None and u.core is not None]
+    took: dict[tuple[int, bool], list[float]] = {}
+    for _ in range(rounds):
+        for f in formats:
+            for reuse in (False, True):
+                for core in cores:
+                    if reuse:
+                        encode_state(core, f)  # what the previous write leaves
+                    else:
+                        core.pub_raw = None
+                bytearray(64 << 20)  # out of the CPU caches, as the batch between two commits leaves them
+                t = time.perf_counter()
+                for core in cores:
+                    encode_state(core, f)
+                took.setdefault((f, reuse), []).append((time.perf_counter() - t) / len(cores) * 1e6)
+    for f in formats:
+        again, reused = (statistics.median(took[f, r]) for r in (False, True))
+        print(f"encode_state, format {f}: {reused:.1f} us per user reusing the published keys' bytes, "
+              f"{again:.1f} encoding them again (medians): ratio {reused / again:.2f}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ class LiveStates:
     in between; at most ``max_users`` unchanged users stay decoded (the least recently used are dropped
     after a flush, their bytes being in the store); :meth:`drop_partitions` forgets cached users of revoked
     partitions without writing them (their changes are re-derived by whoever re-processes the uncommitted
-    events). Values are written in state format ``state_format`` (2 or 3, ``stream.core.WRITE_VERSIONS``)
+    events). Values are written in state format ``state_format`` (2, 3 or 4, ``stream.core.WRITE_VERSIONS``)
     and read in any. With ``max_value_bytes`` and ``shed`` (``Sessionizer.shed``), no value written is
     larger: a user whose value would be is made to fit first (:meth:`_fit`), so that the changelog never
     refuses it (a refused state write stops the worker, which would then stop again on the same events).

@@ -109,7 +109,7 @@ class StreamSettings(KafkaSettings, kw_only=True):
     fetch_max_wait_s: Annotated[float, Meta(ge=0.01, le=30)] = 0.1
     align_wait_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
     catchup_commit_interval_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
-    state_format: Annotated[int, Meta(ge=2, le=3)] = 2
+    state_format: Annotated[int, Meta(ge=2, le=4)] = 2
     state_max_bytes: Annotated[int, Meta(ge=16_384, le=STATE_MAX_BYTES_LIMIT)] = 1_000_000
     recovery_stall_s: Annotated[float, Meta(ge=0, le=3600)] = 120.0
 
@@ -201,11 +201,12 @@ STREAM_HELP: dict[str, str] = {
     "state_max_bytes": "largest state table value this worker writes: a user whose state would be larger "
     "has its oldest facts dropped first (counted in desktrace_stream_state_shed_total). Keep it below the "
     "changelog topic's max.message.bytes (the broker's default is 1048588)",
-    "state_format": "version of the state table values this worker writes (it reads 2 and 3). 2 keeps "
+    "state_format": "version of the state table values this worker writes (it reads 2, 3 and 4). 2 keeps "
     "their recent part in stored (uncompressed) zlib blocks; 3 drops that framing too, up to a fifth "
-    "less CPU per write. Releases before this one cannot read 3: set it only once every worker runs this "
-    "release, and back to 2 (and wait until every user has been written again) before going back to an "
-    "older release (docs/operations.md)",
+    "less CPU per write; 4 also writes that part's numbers as raw 64-bit columns (less CPU again, larger "
+    "values). Releases before 3 (or 4) was added cannot read it: set it only once every worker reads it, "
+    "and back to 2 (and wait until every user has been written again) before going back to an older "
+    "release (docs/operations.md)",
 }
 
 

@@ -57,8 +57,9 @@ _ZLIB_HEAD: Final = 0x78
 
 
 class _Split(msgspec.Struct, array_like=True):
-    """A table value since version 2: ``[2, zlib(msgpack(record without core)), core]``; version 3 is the
-    same with the record's msgpack not compressed (about 120 bytes that zlib hardly shrinks). The core's
+    """A table value since version 2: ``[2, zlib(msgpack(record without core)), core]``; versions 3 and 4
+    are the same with the record's msgpack not compressed (about 120 bytes that zlib hardly shrinks); the
+    version is the core's (``stream.core.encode_state``). The core's
     bytes (``stream.core.encode_state``) are compressed by chunk already: compressing them again would cost
     more than the rest of the encoding."""
 
@@ -73,7 +74,7 @@ _SPLIT_HEAD: Final = 0x93
 
 
 def encode_record(record: UserRecord, version: int = 2) -> bytes:
-    """The table value of ``record``: :class:`_Split`, version 2 or 3 (``stream.core.WRITE_VERSIONS``;
+    """The table value of ``record``: :class:`_Split`, version 2, 3 or 4 (``stream.core.WRITE_VERSIONS``;
     the worker writes both parts in the version of its ``state_format`` setting)."""
     if version not in WRITE_VERSIONS:
         raise ValueError(f"state record version {version} is not one of {WRITE_VERSIONS}")
@@ -94,8 +95,8 @@ def decode_record(data: bytes) -> UserRecord:
     try:
         if head == _SPLIT_HEAD:
             split = _split_decoder.decode(data)
-            if split.v not in (2, 3):
-                raise ValueError(f"state record version {split.v} is not 2 or 3")
+            if split.v not in WRITE_VERSIONS:
+                raise ValueError(f"state record version {split.v} is not one of {WRITE_VERSIONS}")
             record = _decoder.decode(zlib.decompress(split.rest) if split.v == 2 else split.rest)
             record.core = split.core
             return record

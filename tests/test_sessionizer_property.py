@@ -105,6 +105,9 @@ def feed(
         assert not update.late
         # The bound that spares reading the published keys is never below one of them.
         assert state.pub_bound >= max(state.pub, default=NO_TIME)
+        # The encoder's copy of the published keys (``UserState.pub_raw``, kept across updates) is never
+        # stale: what is written is what the state holds.
+        assert decode_state(encode_state(state, 4)).pub == state.pub
         consumer.apply(update.upserts, update.retractions)
         if roundtrip:
             state = decode_state(encode_state(state))

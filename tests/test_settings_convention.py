@@ -82,7 +82,7 @@ def test_fixed_names_keep_working() -> None:
         ({"DESKTRACE_FETCH_MAX_WAIT_S": "0"}, "fetch_max_wait_s"),
         ({"DESKTRACE_BATCH_SIZE": "0"}, "batch_size"),
         ({"DESKTRACE_STATE_CACHE_USERS": "0"}, "state_cache_users"),
-        ({"DESKTRACE_STATE_FORMAT": "4"}, "state_format"),
+        ({"DESKTRACE_STATE_FORMAT": "5"}, "state_format"),
         ({"DESKTRACE_STATE_MAX_BYTES": "1048576"}, "state_max_bytes"),
     ],
 )

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.kafka
 
 @pytest.mark.parametrize(
     ("killed_format", "restarted_format"),
-    [(None, None), ("3", None), (None, "3")],
-    ids=["default", "format-3-then-2", "format-2-then-3"],
+    [(None, None), (None, "4"), ("4", None), ("3", "4")],
+    ids=["default", "format-2-then-4", "format-4-then-2", "format-3-then-4"],
 )
 async def test_sigkill_halfway_and_restart_gives_the_same_result(
     kafka_bootstrap: str,

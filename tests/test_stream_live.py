@@ -140,10 +140,10 @@ def _columns(st: UserState) -> tuple[list[int], ...]:
             st.pub, st.seen)  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_state_writes_reuse_old_chunks_and_always_read_back_the_whole_state(version: int) -> None:
     """Three days of a user's events in batches, some late (inserted among old facts), with pruning past
-    the retention horizon: every encoding (in both state formats), reusing the sealed chunks of the one
+    the retention horizon: every encoding (in every state format), reusing the sealed chunks of the one
     before, decodes to exactly the state, and equals the encoding of a copy made without any reuse; an
     update that only appends keeps the old chunks' bytes."""
     rng = random.Random(4)
@@ -165,7 +165,7 @@ def test_state_writes_reuse_old_chunks_and_always_read_back_the_whole_state(vers
         data = encode_state(st, version)
         assert data[:2] == bytes([0x94, version])
         assert _columns(decode_state(data)) == _columns(st)
-        fresh = msgspec.structs.replace(st, cache=None, edit_ts=0, edit_pts=0)
+        fresh = msgspec.structs.replace(st, cache=None, edit_ts=0, edit_pts=0, pub_raw=None)
         assert _columns(decode_state(encode_state(fresh, version))) == _columns(st)
         after = st.cache[0].blobs
         reused += sum(1 for a, b in zip(before, after, strict=False) if a is b)
@@ -217,10 +217,10 @@ def test_state_format_3_is_read_always_and_written_only_when_set() -> None:
     core, _ = CORE.apply("corp\\ann", None, clicks("ann", 3000))
     rec = UserRecord(core=encode_state(core), partition=3, last_seen=1.5)
     assert rec.core[:2] == b"\x94\x02" and encode_record(rec)[:2] == b"\x93\x02"
-    with pytest.raises(ValueError, match="version 4"):
-        encode_state(core, 4)
-    with pytest.raises(ValueError, match="state format 4"):
-        LiveStates({}, state_format=4)
+    with pytest.raises(ValueError, match="version 5"):
+        encode_state(core, 5)
+    with pytest.raises(ValueError, match="state format 5"):
+        LiveStates({}, state_format=5)
     store: dict[bytes, bytes] = {}
     writer = LiveStates(store, state_format=3)
     writer.put(b"corp\\ann", LiveUser(UserRecord(core=b"", partition=3, last_seen=1.5), core))
@@ -235,6 +235,77 @@ def test_state_format_3_is_read_always_and_written_only_when_set() -> None:
     reader.flush()
     assert store[b"corp\\ann"][:2] == b"\x93\x02"
     assert _columns(decode_state(decode_record(store[b"corp\\ann"]).core)) == _columns(core)
+
+
+def _mixed(user: str, n: int, legacy: bool) -> list[E.Envelope]:
+    """``n`` minutes of a user with every kind of fact a state holds: hardware clicks, heartbeats with
+    input times (``pts``), locks, two hosts and two time zones, pauses (presence periods), and with
+    ``legacy`` working/stopped reports (``sc``; the core keeps no checkpoints then)."""
+    out: list[E.Envelope] = []
+    for i in range(n):
+        if i % 200 > 150:  # away: presence periods and their checkpoints
+            continue
+        ts = T0 + timedelta(minutes=i)
+        common = {"agent_id": f"a-{user}-{i % 2}", "seq": i + 1, "ts": ts, "user": user, "domain": "corp",
+                  "host": f"pc{i % 2}", "tz": ("Europe/Paris", "America/New_York")[i % 2], "input": "none"}
+        if legacy and i % 7 == 3:
+            out.append(E.StateChange(**common, state="stopped" if i % 14 == 3 else "working"))
+        elif i % 5 == 1:
+            out.append(E.Heartbeat(**common, last_input_ts=ts - timedelta(seconds=20)))
+        elif i % 97 == 50:
+            out.append(E.Lock(**common))
+        else:
+            out.append(E.HardwareMouseClick(**{**common, "input": "hardware"}))
+    return out
+
+
+def test_format_4_writes_recent_columns_as_raw_little_endian_numbers_and_reads_every_column_back() -> None:
+    """Format 4's light part holds each column as 64-bit little-endian numbers (absolute times): a write
+    copies them instead of building lists of ints and deltas. Every column of a state that has them all
+    (facts, points, legacy reports, periods, checkpoints, ``NO_TIME`` and other negative numbers) reads
+    back; a format-2 reader of this release reads it, and bytes that are not whole numbers are refused as
+    unreadable, never taken as a state."""
+    import struct
+
+    from stream.core.state import _columns_decoder, _v2_decoder
+
+    cores: list[UserState] = []
+    for legacy in (True, False):
+        built: UserState | None = None
+        for part in (_mixed("dee", 600, legacy)[i : i + 50] for i in range(0, 600, 50)):
+            built, _ = CORE.apply("corp\\dee", built, part)
+        assert built is not None and len(built.hosts) == len(built.tzs) == 2
+        data = encode_state(built, 4)
+        assert data[:2] == b"\x94\x04"
+        assert _columns(decode_state(data)) == _columns(built)
+        cores.append(built)
+    assert all(any(len(getattr(c, col)) for c in cores) for col in ("ts", "pts", "sc", "comps", "cks"))
+    core = cores[0]  # the one with legacy reports
+    data = encode_state(core, 4)
+    wire = _v2_decoder.decode(data)
+    light = _columns_decoder.decode(wire.light)
+    tail = len(light.ts) // 8
+    assert tail and tail < len(core.ts)  # the older facts are in sealed chunks, as in formats 2 and 3
+    assert list(struct.unpack(f"<{tail}q", light.ts)) == core.ts[-tail:].tolist()
+    assert list(struct.unpack(f"<{len(core.sc)}q", light.sc)) == core.sc.tolist()
+    assert core.latest_eb == -(1 << 62) or struct.unpack("<q", bytes(light.ts[:8]))[0] > 0
+    # a format-2 worker of this release reads format 4 and writes 2
+    store = {b"corp\\dee": encode_record(UserRecord(core=data, partition=1, last_seen=2.0), 4)}
+    reader = LiveStates(store)
+    live = reader.get(b"corp\\dee")
+    assert live is not None and live.core is not None and _columns(live.core) == _columns(core)
+    reader.put(b"corp\\dee", live)
+    reader.flush()
+    assert store[b"corp\\dee"][:2] == b"\x93\x02"
+    # a column cut mid-number: refused
+    broken = msgspec.structs.replace(light, code=light.code[:-3])
+    from stream.core.state import _encoder, _WireV2
+
+    bad = _encoder.encode(_WireV2(4, _encoder.encode(broken), wire.ts_chunks, wire.pts_chunks))
+    with pytest.raises(ValueError, match="partial numbers"):
+        decode_state(bad)
+    states = LiveStates({b"corp\\dee": encode_record(UserRecord(core=bad, partition=1, last_seen=0.0), 4)})
+    assert states.get(b"corp\\dee") is None and states.unreadable == 1
 
 
 def _flood(n: int, user: str = "zed") -> list[E.Envelope]:

@@ -444,6 +444,7 @@ class Sessionizer:
             keys = {s.key for s in res.sessions}
             for key in sorted(k_ for k_ in pub if k_ >= hi and k_ not in keys):
                 del pub[key]
+                st.pub_raw = None
                 retractions.append(SessionRetraction(session_id=self._sid(user_key, key), user_key=user_key))
             st.pub_bound = max(pub) if pub else NO_TIME
         new_open: int | None = None
@@ -462,6 +463,7 @@ class Sessionizer:
                 fp = _fingerprint(det)
             if s.closed:
                 pub[s.key] = [s.end, fp]
+                st.pub_raw = None
                 if s.key > st.pub_bound:
                     st.pub_bound = s.key
                 session = self._session(user_key, s, det)
@@ -563,6 +565,7 @@ class Sessionizer:
         st.cks = column(cks)
         for key in [k for k in st.pub if k < 2 * q]:
             del st.pub[key]
+            st.pub_raw = None
         st.floor = q
         for agent in list(st.seen):
             r = st.seen[agent]

@@ -12,6 +12,7 @@ The per-fact sequences are compact columns (``array('q')``: 8 bytes per value in
 
 from __future__ import annotations
 
+import sys
 import zlib
 from array import array
 from collections.abc import Sequence
@@ -80,6 +81,11 @@ class UserState(msgspec.Struct, kw_only=True):
     # computation need not read every published key to learn that none starts in its region (reading them
     # cost a sixth of a user's update: a user's keys are scattered in memory).
     pub_bound: int = PUB_UNBOUNDED
+    # Not state: ``pub``'s msgpack as the encoder last wrote it, or None when ``pub`` changed since (every
+    # change of ``pub`` sets it to None). Most updates publish nothing closed, and reading a user's
+    # published keys, scattered in memory, cost a third of a write once the user's other parts were
+    # raw columns (format 4): the encoder reuses these bytes instead.
+    pub_raw: bytes | None = None
 
 
 class _Wire(msgspec.Struct, array_like=True):
@@ -129,10 +135,35 @@ class _Light(msgspec.Struct, array_like=True):
     seen: dict[str, list[int]]
 
 
+class _Columns(msgspec.Struct, array_like=True):
+    """Version 4's light part: :class:`_Light` with every column as its raw bytes (64-bit little-endian
+    integers, times absolute, not delta-encoded). Writing a column is then a copy of its memory instead of
+    a list of Python ints, their deltas and a msgpack integer each; the values are larger (8 bytes per
+    number instead of 1-9), and only the recent facts are in this part."""
+
+    latest: int
+    latest_eb: int
+    floor: int
+    open_from: int | None
+    n_open: int
+    hosts: list[str]
+    tzs: list[str]
+    ts: memoryview  #: the facts after the sealed chunks (decoded as a view of the value's bytes)
+    code: memoryview
+    pts: memoryview  #: the points after the sealed chunks
+    sc: memoryview
+    comps: memoryview
+    cks: memoryview
+    pub: dict[int, list[int]]
+    seen: dict[str, list[int]]
+
+
 class _WireV2(msgspec.Struct, array_like=True):
     """Version 2: ``[2, zlib(msgpack(_Light)), ts chunks, pts chunks]`` (the light part in stored zlib
     blocks since this release, see :data:`STORED`; any level reads the same); version 3 is the same with
-    the light part's msgpack without zlib framing (``[3, msgpack(_Light), ...]``). A chunk is the
+    the light part's msgpack without zlib framing (``[3, msgpack(_Light), ...]``); version 4 has the
+    light part as ``msgpack(_Columns)``, its columns as raw bytes (``[4, msgpack(_Columns), ...]``). A
+    chunk (the same in all three) is the
     zlib-compressed msgpack of ``[delta-encoded times (the first absolute), codes]`` (``pts`` chunks: the
     times only) of a run of old facts; it is encoded once and its bytes reused by every later encoding
     while those facts are unchanged, so writing a user's state costs its recent part, not its whole
@@ -145,6 +176,7 @@ class _WireV2(msgspec.Struct, array_like=True):
 
 
 _light_decoder: Final = msgspec.msgpack.Decoder(_Light)
+_columns_decoder: Final = msgspec.msgpack.Decoder(_Columns)
 _v2_decoder: Final = msgspec.msgpack.Decoder(_WireV2)
 _chunk_decoder: Final = msgspec.msgpack.Decoder(list[list[int]])
 #: Unsealed facts (or points) that make the encoder seal a chunk. Every write encodes and compresses the
@@ -198,8 +230,29 @@ def _undelta(xs: list[int]) -> array[int]:
     return array("q", list(accumulate(xs)))
 
 
-#: The state format versions :func:`encode_state` writes (:func:`decode_state` reads 1, 2 and 3).
-WRITE_VERSIONS: Final = (2, 3)
+#: The state format versions :func:`encode_state` writes (:func:`decode_state` reads 1 to 4).
+WRITE_VERSIONS: Final = (2, 3, 4)
+_LITTLE: Final = sys.byteorder == "little"
+
+
+def _raw(col: array[int], start: int = 0) -> memoryview:
+    """The little-endian bytes of ``col[start:]`` (a view of its memory on a little-endian machine)."""
+    if _LITTLE:
+        return memoryview(col)[start:]
+    copy = col[start:]
+    copy.byteswap()
+    return memoryview(copy)
+
+
+def _unraw(data: memoryview) -> array[int]:
+    """The column of :func:`_raw`'s bytes; ``ValueError`` when they are not whole 64-bit numbers."""
+    if len(data) % 8:
+        raise ValueError("not a sessionizer state: a column of partial numbers")
+    col = array("q")
+    col.frombytes(data)
+    if not _LITTLE:
+        col.byteswap()
+    return col
 #: zlib level of the parts of a version-2 value that every write encodes again (the light part here, the
 #: record in ``stream.state``) up to :data:`STORE_UP_TO` bytes: 0, stored blocks. Any zlib reader (every
 #: release that reads version 2) inflates them, and they cost about 5 us instead of 40-60 us at level 1,
@@ -217,11 +270,20 @@ def zlib_framed(data: bytes) -> bytes:
     return zlib.compress(data, STORED if len(data) <= STORE_UP_TO else 1)
 
 
+def _pub(state: UserState) -> Any:
+    """``state.pub`` for an encoder: a ``msgspec.Raw`` of its msgpack, encoded once per change (see
+    ``UserState.pub_raw``; msgspec writes a Raw's bytes as they are, so the value is the same)."""
+    raw = state.pub_raw
+    if raw is None:
+        raw = state.pub_raw = _encoder.encode(state.pub)
+    return msgspec.Raw(raw)
+
+
 def encode_state(state: UserState, version: int = 2) -> bytes:
-    """Compact bytes of ``state``: version 2 or 3 (:class:`_WireV2`). Sealed chunks are reused from
+    """Compact bytes of ``state``: version 2, 3 or 4 (:class:`_WireV2`). Sealed chunks are reused from
     ``state.cache`` while ``state.edit_ts``/``edit_pts`` say their facts are unchanged, and new ones are
-    sealed as the state grows; the cache is updated (it is not part of the state). Version 3 costs less
-    CPU and takes more bytes; releases before 3 was added cannot read it."""
+    sealed as the state grows; the cache is updated (it is not part of the state). Versions 3 and 4 cost
+    less CPU and take more bytes; releases before them cannot read them."""
     if version not in WRITE_VERSIONS:
         raise ValueError(f"sessionizer state version {version} is not one of {WRITE_VERSIONS}")
     cache = state.cache
@@ -234,6 +296,14 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
     _seal(pts_cache, (state.pts,))
     state.edit_ts, state.edit_pts = len(state.ts), len(state.pts)
     a, b = ts_cache.sealed, pts_cache.sealed
+    if version == 4:
+        columns = _Columns(
+            state.latest, state.latest_eb, state.floor, state.open_from, state.n_open, state.hosts,
+            state.tzs, _raw(state.ts, a), _raw(state.code, a), _raw(state.pts, b), _raw(state.sc),
+            _raw(state.comps), _raw(state.cks), _pub(state), state.seen,
+        )
+        light_bytes = _encoder.encode(columns)
+        return _encoder.encode(_WireV2(4, light_bytes, list(ts_cache.blobs), list(pts_cache.blobs)))
     light = _Light(
         state.latest,
         state.latest_eb,
@@ -248,7 +318,7 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
         _delta(state.sc),
         state.comps.tolist(),
         state.cks.tolist(),
-        state.pub,
+        _pub(state),
         state.seen,
     )
     light_bytes = _encoder.encode(light)
@@ -257,17 +327,17 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
     return _encoder.encode(_WireV2(version, light_bytes, list(ts_cache.blobs), list(pts_cache.blobs)))
 
 
-def _join(chunks: list[list[int]], tail: list[int]) -> array[int]:
-    """One time column from its chunks' and tail's delta lists (each chunk's first value absolute)."""
+def _join(chunks: list[list[int]], tail: array[int]) -> array[int]:
+    """One time column from its chunks' delta lists (each chunk's first value absolute) and its tail."""
     out = array("q")
     for deltas in chunks:
         out.fromlist(list(accumulate(deltas)))  # (from a list: about twice as fast as extend)
-    out.fromlist(list(accumulate(tail)))
+    out.extend(tail)
     return out
 
 
 def decode_state(data: bytes) -> UserState:
-    """The inverse of :func:`encode_state` (versions 1, 2 and 3); raises ``ValueError`` on bytes it did not
+    """The inverse of :func:`encode_state` (versions 1 to 4); raises ``ValueError`` on bytes it did not
     write. The decoded state's chunks are its encoder cache."""
     try:
         if data[:1] == b"\x94":
@@ -286,39 +356,58 @@ def _decode_v1(data: bytes) -> UserState:
         raise ValueError(f"sessionizer state version {w.v} is not {_WIRE_VERSION}")
     if len(w.ts) != len(w.code):
         raise ValueError("sessionizer state is inconsistent (facts)")
-    return _state(w, _undelta(w.ts), array("q", w.code), _undelta(w.pts))
+    return _state(w, _undelta(w.ts), array("q", w.code), _undelta(w.pts), _undelta(w.sc), array("q", w.comps),
+                  array("q", w.cks))
 
 
 def _decode_v2(data: bytes) -> UserState:
     try:
         w = _v2_decoder.decode(data)
-        if w.v not in (2, 3):
-            raise ValueError(f"sessionizer state version {w.v} is not 2 or 3")
-        light = _light_decoder.decode(zlib.decompress(w.light) if w.v == 2 else w.light)
+        if w.v not in (2, 3, 4):
+            raise ValueError(f"sessionizer state version {w.v} is not 2, 3 or 4")
+        light: _Light | _Columns
+        if w.v == 4:
+            light = _columns_decoder.decode(w.light)
+        else:
+            light = _light_decoder.decode(zlib.decompress(w.light) if w.v == 2 else w.light)
         ts_parts = [_chunk_decoder.decode(zlib.decompress(b)) for b in w.ts_chunks]
         pts_parts = [_chunk_decoder.decode(zlib.decompress(b)) for b in w.pts_chunks]
     except (msgspec.DecodeError, zlib.error) as exc:
         raise ValueError(f"not a sessionizer state: {exc}") from None
     if any(len(p) != 2 or len(p[0]) != len(p[1]) for p in ts_parts) or any(len(p) != 1 for p in pts_parts):
         raise ValueError("sessionizer state is inconsistent (chunks)")
-    ts = _join([p[0] for p in ts_parts], light.ts)
+    if isinstance(light, _Columns):
+        tails = [_unraw(light.ts), _unraw(light.code), _unraw(light.pts)]
+        rest = (_unraw(light.sc), _unraw(light.comps), _unraw(light.cks))
+    else:
+        tails = [_undelta(light.ts), array("q", light.code), _undelta(light.pts)]
+        rest = (_undelta(light.sc), array("q", light.comps), array("q", light.cks))
+    ts = _join([p[0] for p in ts_parts], tails[0])
     code = array("q")
     for p in ts_parts:
         code.fromlist(p[1])
-    code.fromlist(light.code)
+    code.extend(tails[1])
     if len(ts) != len(code):
         raise ValueError("sessionizer state is inconsistent (facts)")
-    pts = _join([p[0] for p in pts_parts], light.pts)
+    pts = _join([p[0] for p in pts_parts], tails[2])
     ts_ends = list(accumulate(len(p[0]) for p in ts_parts))
     pts_ends = list(accumulate(len(p[0]) for p in pts_parts))
-    state = _state(light, ts, code, pts)
+    state = _state(light, ts, code, pts, *rest)
     state.edit_ts, state.edit_pts = len(ts), len(pts)
     state.cache = (_ChunkCache(ts_ends, list(w.ts_chunks)), _ChunkCache(pts_ends, list(w.pts_chunks)))
     return state
 
 
-def _state(w: _Wire | _Light, ts: array[int], code: array[int], pts: array[int]) -> UserState:
-    """A :class:`UserState` of decoded wire fields and its fact columns."""
+def _state(
+    w: _Wire | _Light | _Columns,
+    ts: array[int],
+    code: array[int],
+    pts: array[int],
+    sc: array[int],
+    comps: array[int],
+    cks: array[int],
+) -> UserState:
+    """A :class:`UserState` of decoded wire fields and its columns."""
     return UserState(
         latest=w.latest,
         latest_eb=w.latest_eb,
@@ -330,9 +419,9 @@ def _state(w: _Wire | _Light, ts: array[int], code: array[int], pts: array[int])
         ts=ts,
         code=code,
         pts=pts,
-        sc=_undelta(w.sc),
-        comps=array("q", w.comps),
-        cks=array("q", w.cks),
+        sc=sc,
+        comps=comps,
+        cks=cks,
         pub=w.pub,
         seen=w.seen,
     )
