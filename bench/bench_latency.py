@@ -1,7 +1,7 @@
 """Event to session published latency of one ``desktrace-stream`` worker under a steady offered load.
 
     nice .venv/bin/python bench/bench_latency.py [--rate 20000] [--seconds 40] [--users 2000]
-        [--start-late 10]
+        [--start-late 10] [--state-format 4]
 
 Publishes generated events (``tests.support.events.generate_events``, about 10% out of order, 5%
 duplicates) to fresh raw topics (6 partitions) at ``--rate`` events/s, paced by the wall clock, while one
@@ -130,7 +130,8 @@ async def run(args: argparse.Namespace) -> None:
                              # the worker's default scan (a third of the close timeout): the tests' 0.5 s
                              # scan holds the processing lock 60 times as often
                              DESKTRACE_SCAN_INTERVAL=str(args.scan_interval),
-                             DESKTRACE_COMMIT_INTERVAL=str(args.commit_interval))
+                             DESKTRACE_COMMIT_INTERVAL=str(args.commit_interval),
+                             DESKTRACE_STATE_FORMAT=str(args.state_format))
             worker = worker_process(env, Path(tmp) / "worker.log")
             sender = None
             if args.start_late:  # a worker (re)started with a backlog while the agents keep sending
@@ -188,6 +189,8 @@ def main() -> None:
                         help="start the worker this many seconds after the load (a restart with a backlog "
                         "while the agents keep sending; the warm-up counts from the worker's start)")
     parser.add_argument("--commit-interval", type=float, default=1.0)
+    parser.add_argument("--state-format", type=int, default=2, choices=(2, 3, 4),
+                        help="the worker's state_format (default 2)")
     parser.add_argument("--scan-interval", type=float, default=0.0,
                         help="the worker's scan_interval (default 0: its own default, a third of the 600 s "
                         "close timeout; before session 15 the benches ran the tests' 0.5 s)")
