@@ -82,9 +82,9 @@ class UserState(msgspec.Struct, kw_only=True):
     # cost a sixth of a user's update: a user's keys are scattered in memory).
     pub_bound: int = PUB_UNBOUNDED
     # Not state: ``pub``'s msgpack as the encoder last wrote it, or None when ``pub`` changed since (every
-    # change of ``pub`` sets it to None). Most updates publish nothing closed, and reading a user's
-    # published keys, scattered in memory, cost a third of a write once the user's other parts were
-    # raw columns (format 4): the encoder reuses these bytes instead.
+    # change of ``pub`` sets it to None). Most updates publish nothing closed, and encoding a user's
+    # published keys, scattered in memory, took about a third of a format-2 write and half of a format-4
+    # one (``bench/bench_user_update.py``): the encoder reuses these bytes instead.
     pub_raw: bytes | None = None
 
 
@@ -253,6 +253,8 @@ def _unraw(data: memoryview) -> array[int]:
     if not _LITTLE:
         col.byteswap()
     return col
+
+
 #: zlib level of the parts of a version-2 value that every write encodes again (the light part here, the
 #: record in ``stream.state``) up to :data:`STORE_UP_TO` bytes: 0, stored blocks. Any zlib reader (every
 #: release that reads version 2) inflates them, and they cost about 5 us instead of 40-60 us at level 1,
@@ -297,12 +299,17 @@ def encode_state(state: UserState, version: int = 2) -> bytes:
     state.edit_ts, state.edit_pts = len(state.ts), len(state.pts)
     a, b = ts_cache.sealed, pts_cache.sealed
     if version == 4:
-        columns = _Columns(
-            state.latest, state.latest_eb, state.floor, state.open_from, state.n_open, state.hosts,
-            state.tzs, _raw(state.ts, a), _raw(state.code, a), _raw(state.pts, b), _raw(state.sc),
-            _raw(state.comps), _raw(state.cks), _pub(state), state.seen,
-        )
-        light_bytes = _encoder.encode(columns)
+        # Views of the columns' memory; released at once, since an array that exports a view cannot grow.
+        views = (_raw(state.ts, a), _raw(state.code, a), _raw(state.pts, b), _raw(state.sc),
+                 _raw(state.comps), _raw(state.cks))
+        try:
+            light_bytes = _encoder.encode(_Columns(
+                state.latest, state.latest_eb, state.floor, state.open_from, state.n_open, state.hosts,
+                state.tzs, *views, _pub(state), state.seen,
+            ))
+        finally:
+            for view in views:
+                view.release()
         return _encoder.encode(_WireV2(4, light_bytes, list(ts_cache.blobs), list(pts_cache.blobs)))
     light = _Light(
         state.latest,
