@@ -318,15 +318,17 @@ def _flood(n: int, user: str = "zed") -> list[E.Envelope]:
     ]
 
 
-def test_no_value_written_is_larger_than_the_limit_and_normal_users_are_untouched() -> None:
+@pytest.mark.parametrize("state_format", [2, 4])
+def test_no_value_written_is_larger_than_the_limit_and_normal_users_are_untouched(state_format: int) -> None:
     """A flooding user's value is made to fit ``max_value_bytes`` before it is written (its oldest facts go,
     the newest stay), so the changelog never refuses it; a normal user in the same flush is written whole,
-    and the flooding user's state goes on taking events afterwards."""
+    and the flooding user's state goes on taking events afterwards. In format 4 too, whose values are
+    larger."""
     from stream import fleet
 
     store: dict[bytes, bytes] = {}
     limit = 40_000
-    states = LiveStates(store, max_value_bytes=limit, shed=CORE.shed)
+    states = LiveStates(store, max_value_bytes=limit, shed=CORE.shed, state_format=state_format)
     flood = _flood(20_000)
     for i in range(0, len(flood), 2_000):
         key = b"corp\\zed"
@@ -348,8 +350,9 @@ def test_no_value_written_is_larger_than_the_limit_and_normal_users_are_untouche
     whole, _ = CORE.apply("corp\\ann", None, all_ann)
     assert (ann.ts.tolist(), ann.code.tolist(), ann.floor) == (whole.ts.tolist(), whole.code.tolist(),
                                                                whole.floor)
+    assert store[b"corp\\zed"][:2] == bytes([0x93, state_format])
     unlimited: dict[bytes, bytes] = {}
-    plain = LiveStates(unlimited)  # without the limit the same flood is written whole: the limit did it
+    plain = LiveStates(unlimited, state_format=state_format)  # without the limit: written whole
     live = LiveUser(UserRecord(core=b"", partition=0, last_seen=0.0), CORE.apply("corp\\zed", None, flood)[0])
     fleet.observe(live.record.agents, flood, 10**13)
     plain.put(b"corp\\zed", live)
