@@ -143,18 +143,25 @@ def _print_time_split(
     before: dict[str, float], after: dict[str, float], elapsed: float, cpu: float, main_cpu: float
 ) -> None:
     """Where the worker's wall time went while measured: handling batches, committing, and the rest (waiting
-    for fetches, Faust), with the batch count and mean size."""
+    for fetches, Faust), with the batch count and mean size; then the same per record handled, which tells
+    the per-record work (handling) from the per-user work of each commit (settling the users changed since
+    the last one, writing their state) when user counts are compared."""
     d = {k: after[k] - before[k] for k in after}
     batches = d["batch_size_count"]
+    records = max(d["batch_size_sum"], 1)
     size = d["batch_size_sum"] / max(batches, 1)
     handle, commit = d["batch_processing_seconds_sum"], d["commit_seconds_sum"]
+    settle = d["settle_seconds_sum"]
     commits = d["commit_seconds_count"]
     print(f"    worker: {batches:.0f} batches of {size:,.0f} records, {commits:.0f} commits; "
           f"of {elapsed:.1f} s wall (CPU {cpu:.1f} s, main thread {main_cpu:.1f} s): "
           f"handling {handle:.1f} s, committing {commit:.1f} s, "
           f"the rest (fetching, Faust) {elapsed - handle - commit:.1f} s, of which "
           f"{d['scan_seconds_count']:.0f} silence scans {d['scan_seconds_sum']:.1f} s; settling (part of "
-          f"committing) {d['settle_seconds_sum']:.1f} s", flush=True)
+          f"committing) {settle:.1f} s", flush=True)
+    us = 1e6 / records
+    print(f"    per record: handling {handle * us:.1f} us, committing {commit * us:.1f} us (settling "
+          f"{settle * us:.1f} us, the rest {(commit - settle) * us:.1f} us)", flush=True)
 
 
 async def _cleanup(bootstrap: str, prefix: str) -> None:

@@ -14,20 +14,25 @@ format, on the same users one after the other (the ``state_format`` setting; the
 the writes' ratios). Last, for each format, ``encode_state`` of every user alone, with the caches a write
 leaves (the published keys' msgpack reused, ``UserState.pub_raw``) against the same with the published
 keys encoded again (the baseline: what a write cost before that reuse), the processor's caches evicted
-before each pass as between two commits.
+before each pass as between two commits. With ``--split``, more rounds of one heartbeat per user with a
+timer around each step of the update (:data:`SPLIT_STEPS`; the timers add a fraction of a microsecond per
+call): where a user's fixed cost goes.
 Prints the minimum and median over rounds (this machine's speed varies by the minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,8 +41,10 @@ import msgspec
 from bench_offline import disorder
 from prometheus_client import CollectorRegistry
 
+import stream.core.sessionizer as sessionizer_module
 from proto.events import Envelope, Heartbeat
 from proto.topics import Topics
+from stream import fleet
 from stream.core import Sessionizer, encode_state
 from stream.live import LiveStates
 from stream.metrics import StreamMetrics
@@ -46,6 +53,20 @@ from tests.support.events import generate_events
 from tests.support.kafka import event_records
 
 TOPICS = Topics("")
+
+#: The steps of one user's update that ``--split`` times: (where the name is looked up, name, label);
+#: indented labels are parts of the step above them.
+SPLIT_STEPS: tuple[tuple[object, str, str], ...] = (
+    (Processor, "_take_user", "take the user's events"),
+    (Processor, "_settle_user", "settle the user"),
+    (Sessionizer, "_recompute", "  recompute its sessions"),
+    (sessionizer_module, "compute", "    compute (rules 1-5, from a checkpoint or a cut)"),
+    (sessionizer_module, "_older_checkpoints", "    keep the older checkpoints"),
+    (Sessionizer, "_checkpoint_for", "    choose the checkpoint to start from"),
+    (Sessionizer, "_prune", "  prune past the horizon"),
+    (fleet, "prune", "  prune the fleet view"),
+    (Processor, "_emit", "  the output"),
+)
 
 
 def records(events: list[Envelope], first_offset: int) -> list[Incoming]:
@@ -72,6 +93,8 @@ def main() -> None:
     parser.add_argument("--per-user", type=int, default=20, help="events per user in the baseline's batches")
     parser.add_argument("--state-formats", type=int, nargs="+", default=[2], choices=(2, 3, 4),
                         help="state formats the writes are timed in (the first is the baseline)")
+    parser.add_argument("--split", action="store_true",
+                        help="then time each step of a one-event update (more rounds, with timers)")
     args = parser.parse_args()
     formats: list[int] = args.state_formats
 
@@ -140,6 +163,48 @@ def main() -> None:
         print(f"  in format {f}: {min(one_write[f]):.1f} us per user after one event each "
               f"(median {med:.1f}), ratio {med / base:.2f} of format {formats[0]}'s median")
     encode_alone(live, formats, args.rounds)
+    if args.split:
+        split(proc, live, last, seqs, minute, args.rounds)
+
+
+def split(
+    proc: Processor, live: LiveStates, last: dict[str, Heartbeat], seqs: dict[str, int], minute: int,
+    rounds: int,
+) -> None:
+    """Prints what each of :data:`SPLIT_STEPS` takes per user over ``rounds`` batches of one heartbeat per
+    user (a timer around each; the first of the states' formats)."""
+    spent = {name: 0.0 for _, name, _ in SPLIT_STEPS}
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in SPLIT_STEPS]
+
+    def timed(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t
+        return run
+
+    for owner, name, f in originals:
+        setattr(owner, name, timed(name, f))
+    users = 0
+    total = 0.0
+    try:
+        for _ in range(rounds):
+            minute += 1
+            batch = records(heartbeats(last, seqs, minute), 10_000_000 * minute)
+            t = time.perf_counter()
+            proc.handle_batch(batch, live, 2000.0 + minute)
+            total += time.perf_counter() - t
+            live.flush()
+            users += len(batch)
+    finally:
+        for owner, name, f in originals:
+            setattr(owner, name, f)
+    print(f"one event per user, timed step by step: {total / users * 1e6:.1f} us per user in all")
+    for _, name, label in SPLIT_STEPS:
+        print(f"  {label:<52} {spent[name] / users * 1e6:6.1f} us")
 
 
 def encode_alone(live: LiveStates, formats: list[int], rounds: int) -> None:
