@@ -55,7 +55,8 @@ from tests.support.kafka import event_records
 TOPICS = Topics("")
 
 #: The steps of one user's update that ``--split`` times: (where the name is looked up, name, label);
-#: indented labels are parts of the step above them.
+#: indented labels are parts of the step above them. Functions and instance methods only: a static method
+#: wrapped this way would be called with the instance as its first argument.
 SPLIT_STEPS: tuple[tuple[object, str, str], ...] = (
     (Processor, "_take_user", "take the user's events"),
     (Processor, "_settle_user", "settle the user"),
