@@ -59,9 +59,8 @@ _ZLIB_HEAD: Final = 0x78
 class _Split(msgspec.Struct, array_like=True):
     """A table value since version 2: ``[2, zlib(msgpack(record without core)), core]``; versions 3 and 4
     are the same with the record's msgpack not compressed (about 120 bytes that zlib hardly shrinks); the
-    version is the core's (``stream.core.encode_state``). The core's
-    bytes (``stream.core.encode_state``) are compressed by chunk already: compressing them again would cost
-    more than the rest of the encoding."""
+    version is the core's (``stream.core.encode_state``). The core's bytes are compressed by chunk already:
+    compressing them again would cost more than the rest of the encoding."""
 
     v: int
     rest: bytes
