@@ -105,7 +105,8 @@ class Spool:
         self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        # One transaction: a reader (or a crash) never sees half a schema.
+        self._db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
         self._count = self._bytes = 0
         self._meta: dict[str, str] = {}
         self._load()

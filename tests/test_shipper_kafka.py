@@ -88,11 +88,19 @@ def start_agent(k: object, state: Path, topics: Topics, log: Path) -> subprocess
 
 
 def spool_rows(state: Path) -> tuple[int, int]:
-    """(events waiting, next_seq) read without taking any lock the agent needs."""
+    """(events waiting, next_seq) read without taking any lock the agent needs; (0, 0) while the agent
+    has not yet created the spool's tables (the file appears before its schema)."""
+    if not (state / "spool.db").exists():
+        return 0, 0
     db = sqlite3.connect(f"file:{state / 'spool.db'}?mode=ro", uri=True, timeout=10)
     try:
-        n = db.execute("SELECT count(*) FROM events").fetchone()[0]
-        row = db.execute("SELECT v FROM meta WHERE k = 'next_seq'").fetchone()
+        try:
+            n = db.execute("SELECT count(*) FROM events").fetchone()[0]
+            row = db.execute("SELECT v FROM meta WHERE k = 'next_seq'").fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise
+            return 0, 0
         return int(n), int(row[0]) if row else 0
     finally:
         db.close()
