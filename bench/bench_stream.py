@@ -121,9 +121,11 @@ def worker_rate(
 
 
 #: The worker's totals: batches handled, their records and seconds; commits, their seconds; the seconds of the
-#: commits spent settling users; the silence scans and their seconds.
+#: commits spent settling users; the settles forced within batches (too many records waiting) and their
+#: seconds; the silence scans and their seconds.
 WORKER_TOTALS = ("batch_size_count", "batch_size_sum", "batch_processing_seconds_sum", "commit_seconds_count",
-                 "commit_seconds_sum", "settle_seconds_sum", "scan_seconds_count", "scan_seconds_sum")
+                 "commit_seconds_sum", "settle_seconds_sum", "forced_settle_seconds_count",
+                 "forced_settle_seconds_sum", "scan_seconds_count", "scan_seconds_sum")
 
 
 def worker_totals(metrics_text: str) -> dict[str, float]:
@@ -142,26 +144,30 @@ def _time_split(worker: ServiceHandle) -> dict[str, float]:
 def _print_time_split(
     before: dict[str, float], after: dict[str, float], elapsed: float, cpu: float, main_cpu: float
 ) -> None:
-    """Where the worker's wall time went while measured: handling batches, committing, and the rest (waiting
-    for fetches, Faust), with the batch count and mean size; then the same per record handled, which tells
-    the per-record work (handling) from the per-user work of each commit (settling the users changed since
-    the last one, writing their state) when user counts are compared."""
+    """Where the worker's wall time went while measured: handling batches, settles forced within them (more
+    records waiting than ``Processor.max_taken_records``), committing, and the rest (waiting for fetches,
+    Faust), with the batch count and mean size; then the same per record handled, which tells the
+    per-record work (handling) from the per-user work of settling the users changed since the last settle
+    and of each commit (writing their state) when user counts are compared."""
     d = {k: after[k] - before[k] for k in after}
     batches = d["batch_size_count"]
     records = max(d["batch_size_sum"], 1)
     size = d["batch_size_sum"] / max(batches, 1)
-    handle, commit = d["batch_processing_seconds_sum"], d["commit_seconds_sum"]
+    forced = d["forced_settle_seconds_sum"]
+    handle, commit = d["batch_processing_seconds_sum"] - forced, d["commit_seconds_sum"]
     settle = d["settle_seconds_sum"]
     commits = d["commit_seconds_count"]
     print(f"    worker: {batches:.0f} batches of {size:,.0f} records, {commits:.0f} commits; "
           f"of {elapsed:.1f} s wall (CPU {cpu:.1f} s, main thread {main_cpu:.1f} s): "
-          f"handling {handle:.1f} s, committing {commit:.1f} s, "
-          f"the rest (fetching, Faust) {elapsed - handle - commit:.1f} s, of which "
+          f"handling {handle:.1f} s, {d['forced_settle_seconds_count']:.0f} settles forced by records "
+          f"waiting {forced:.1f} s, committing {commit:.1f} s, "
+          f"the rest (fetching, Faust) {elapsed - handle - forced - commit:.1f} s, of which "
           f"{d['scan_seconds_count']:.0f} silence scans {d['scan_seconds_sum']:.1f} s; settling (part of "
           f"committing) {settle:.1f} s", flush=True)
     us = 1e6 / records
-    print(f"    per record: handling {handle * us:.1f} us, committing {commit * us:.1f} us (settling "
-          f"{settle * us:.1f} us, the rest {(commit - settle) * us:.1f} us)", flush=True)
+    print(f"    per record: handling {handle * us:.1f} us, settling {(forced + settle) * us:.1f} us ("
+          f"forced {forced * us:.1f}, in commits {settle * us:.1f}), committing the rest "
+          f"{(commit - settle) * us:.1f} us", flush=True)
 
 
 async def _cleanup(bootstrap: str, prefix: str) -> None:

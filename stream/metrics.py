@@ -93,7 +93,13 @@ class StreamMetrics:
             f"{p}_settle_seconds",
             "Time to recompute the sessions of the users changed since the last commit (once per commit, "
             "part of the commit's time; a settle forced by too many records waiting for one is part of the "
-            "batch's)", buckets=_SECONDS_BUCKETS, registry=registry,
+            "batch's, in forced_settle_seconds)", buckets=_SECONDS_BUCKETS, registry=registry,
+        )
+        self.forced_settle_seconds = Histogram(
+            f"{p}_forced_settle_seconds",
+            "Time of a settle forced within a batch because too many records waited for one (part of that "
+            "batch's time): commits further apart than the waiting records allow",
+            buckets=_SECONDS_BUCKETS, registry=registry,
         )
         self.scan_seconds = Histogram(
             f"{p}_scan_seconds", "Time of one scan for silent users", buckets=_SECONDS_BUCKETS,

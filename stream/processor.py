@@ -15,6 +15,7 @@ with events in every batch pays it once per commit instead of once per batch.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -210,8 +211,12 @@ class Processor:
         now_ms = int(now * 1000)
         for ukey, group in groups.items():
             self._take_user(out, ukey, group, states, now, now_ms)
-        if settle or self._taken_records >= self.max_taken_records:
+        if settle:
             self._settle_into(out, states, now)
+        elif self._taken_records >= self.max_taken_records:
+            started = time.perf_counter()
+            self._settle_into(out, states, now)
+            m.forced_settle_seconds.observe(time.perf_counter() - started)
         return out
 
     def settle(self, states: LiveStates, now: float) -> Result:

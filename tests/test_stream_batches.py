@@ -149,13 +149,16 @@ def test_the_scan_settles_the_users_it_closes_and_only_those() -> None:
 
 
 def test_taken_records_past_the_limit_are_settled_with_the_batch() -> None:
-    proc, _ = processor()
+    proc, registry = processor()
     proc.max_taken_records = 5
     states = LiveStates({})
     proc.handle_batch(clicks("ann", range(0, 3)), states, now=1000.0, settle=False)
     assert proc.unsettled == 1
+    forced = "desktrace_stream_forced_settle_seconds_count"
+    assert registry.get_sample_value(forced) == 0
     proc.handle_batch(clicks("ann", range(30, 33), seq0=3), states, now=1000.0, settle=False)
     assert proc.unsettled == 0  # 6 records waited: settled
+    assert registry.get_sample_value(forced) == 1  # and counted apart from the commits' settles
     live = states.get(b"corp\\ann")
     assert live is not None and live.record.open_sessions == 1 and live.core is not None
     assert live.core.open_from is not None  # the 09:30 session is open, the 09:00 one was published
