@@ -26,4 +26,4 @@ def epoch_ms(ts: datetime) -> int:
 
 def from_epoch_ms(ms: int) -> datetime:
     """The aware UTC datetime ``ms`` milliseconds after the epoch."""
-    return EPOCH + timedelta(milliseconds=ms)
+    return EPOCH + timedelta(0, 0, 0, ms)  # (days, seconds, microseconds, milliseconds): positional is faster

@@ -231,3 +231,19 @@ def test_session_ids_and_records_from_milliseconds_equal_the_datetime_ones() -> 
         reason: InactiveReason | None = rng.choice([None, "idle", "locked"])
         old = make_session(user, kind, from_epoch_ms(start), from_epoch_ms(end), hosts, reason, "Asia/Tokyo")
         assert session_from_ms(user, kind, start, end, hosts, reason, "Asia/Tokyo") == old
+
+
+def test_epoch_milliseconds_round_trip_exactly() -> None:
+    """The core counts in epoch milliseconds and turns them back into the records' datetimes: both ways
+    exact, before the epoch too, equal to the plain ``timedelta(milliseconds=...)`` arithmetic."""
+    import random
+    from datetime import timedelta
+
+    from proto.clock import EPOCH, epoch_ms, from_epoch_ms
+
+    rng = random.Random(3)
+    edges = [0, -1, 1, 999, 1000, -1001, 253402300799999]  # the last: 9999-12-31T23:59:59.999Z
+    for ms in edges + [rng.randint(-10**12, 4 * 10**12) for _ in range(5000)]:
+        t = from_epoch_ms(ms)
+        assert t == EPOCH + timedelta(milliseconds=ms) and t.tzinfo is EPOCH.tzinfo
+        assert epoch_ms(t) == ms
