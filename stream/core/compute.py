@@ -15,16 +15,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from itertools import compress
-from operator import sub
 from typing import NamedTuple
 
 from stream.core.state import BRK, HOST_MASK, HOST_SHIFT, HW, LOCK, NO_TIME, PEND, TZ_SHIFT, UserState
 
 ACTIVE = 0
 INACTIVE = 1
-_BRK_OF = BRK.__and__  #: a fact code's break flag, as ``map`` calls it
-_HW_OF = HW.__and__  #: a fact code's hardware-input flag
 
 
 class Checkpoint(NamedTuple):
@@ -94,13 +90,12 @@ def compute(
     ts, code = st.ts, st.code
     lo = bisect_left(ts, c)
     n = len(ts)
-    bidx = list(compress(range(lo, n), map(_BRK_OF, code[lo:n])))  # the breaks' positions
-    breaks = [ts[i] for i in bidx]
+    breaks = [ts[i] for i in range(lo, n) if code[i] & BRK]
     nb = len(breaks)
 
     # Rule 1: evidence items.
     pts = st.pts
-    points = list(compress(ts[lo:n], map(_HW_OF, code[lo:n])))
+    points = [ts[i] for i in range(lo, n) if code[i] & HW]
     k0 = bisect_left(pts, c)
     if k0 < len(pts):
         points.extend(pts[k0:])
@@ -146,7 +141,12 @@ def compute(
     if have:
         actives.append((cs, ce))
 
-    # Rule 4: presence periods over the facts from the cut, the chains and the legacy non-working spans.
+    # Rule 4: presence items (start, rank, end); rank 1 = break, 2 = presence-ending (last at one time).
+    pitems: list[tuple[int, int, int]] = []
+    for i in range(lo, n):
+        f = code[i]
+        t = ts[i]
+        pitems.append((t, 2 if f & PEND else 1 if f & BRK else 0, t))
     first_active = 0
     if carry is not None:
         region = carry.region_start
@@ -155,18 +155,32 @@ def compute(
             first_active = 1
             if actives[0][1] > p1 and actives[0][0] >= p0:
                 p1 = actives[0][1]
-        start: tuple[int, int] | None = (p0, p1)
     else:
         region = c
-        start = None
-    spans = actives[first_active:]
-    if has_sc:
-        first_sc = bisect_left(sc, 2 * c)
-        spans = spans + [
-            (sc[j] >> 1, span_end(sc, j, gap, cap)) for j in range(first_sc, len(sc)) if not sc[j] & 1
-        ]
-        spans.sort()
-    periods, last_pe = presence_periods(ts, code, lo, bidx, spans, presence, start)
+    pitems.extend((s, 0, e) for s, e in actives[first_active:])
+    for j in range(bisect_left(sc, 2 * c), len(sc)):
+        if not sc[j] & 1:
+            pitems.append((sc[j] >> 1, 0, span_end(sc, j, gap, cap)))
+    pitems.sort()
+    periods: list[tuple[int, int]] = []
+    last_pe = False
+    started = carry is not None
+    closed = False
+    if not started and pitems:
+        p0, _, p1 = pitems[0]
+        closed = pitems[0][1] == 2
+        pitems = pitems[1:]
+        started = True
+    if started:
+        for a, rank, b in pitems:
+            if closed or a - p1 > presence:
+                periods.append((p0, p1))
+                p0, p1 = a, b
+            elif b > p1:
+                p1 = b
+            closed = rank == 2
+        periods.append((p0, p1))
+        last_pe = closed
     # Merge periods that overlap (only possible when a StateChange interval spans a presence-ending break).
     comps: list[tuple[int, int]] = []
     if has_sc:
@@ -243,126 +257,6 @@ def compute(
             if ck is not None:
                 cks.extend(ck)
     return Result(sessions, region, flat, cks)
-
-
-def presence_periods(
-    ts: Sequence[int],
-    code: Sequence[int],
-    lo: int,
-    bidx: Sequence[int],
-    spans: Sequence[tuple[int, int]],
-    presence: int,
-    start: tuple[int, int] | None,
-) -> tuple[list[tuple[int, int]], bool]:
-    """Rule 4's walk: the presence periods ``[(p0, p1), ...]`` of the facts ``ts[lo:]`` (``code``: their
-    flags; ``bidx``: the positions of the breaks among them, in order) and of ``spans`` (sorted ``(start,
-    end)``: the chains and legacy non-working spans), and whether the last one was ended by a
-    presence-ending break. ``start``: the period open before ``lo`` (a checkpoint's), None when the first
-    item starts the first period.
-
-    The items are walked in ``(start, rank, end)`` order, rank 0 for a span or a plain fact, 1 for a break,
-    2 for a presence-ending one: an item starts a new period when the one before was presence-ending or
-    it starts more than ``presence`` after the period's end; else it extends the period to its end. Facts
-    are points (start = end) and sorted already, so runs of plain facts are walked without building an
-    item each: within a run, only where two facts are more than ``presence`` apart can a period start. The
-    result equals the walk over every item sorted (``tests/test_compute_presence.py`` checks that)."""
-    periods: list[tuple[int, int]] = []
-    if start is None:
-        started = False
-        p0 = p1 = 0
-    else:
-        started = True
-        p0, p1 = start
-    closed = False
-    n = len(ts)
-    ns = len(spans)
-    si = 0  # the next span
-
-    def step(a: int, rank: int, b: int) -> None:
-        nonlocal started, p0, p1, closed
-        if not started:
-            p0, p1, started = a, b, True
-        elif closed or a - p1 > presence:
-            periods.append((p0, p1))
-            p0, p1 = a, b
-        elif b > p1:
-            p1 = b
-        closed = rank == 2
-
-    def plain(i: int, j: int) -> None:
-        """The plain facts ``ts[i:j]`` (no span starts among them, at or before the last)."""
-        nonlocal started, p0, p1, closed
-        t = ts[i]
-        if not started:
-            p0, p1, started = t, t, True
-        elif closed or t - p1 > presence:
-            periods.append((p0, p1))
-            p0 = p1 = t
-        elif t > p1:
-            p1 = t
-        closed = False
-        k = bisect_right(ts, p1, i + 1, j)  # facts up to the period's end change nothing
-        if k == j:
-            return
-        t = ts[k]
-        if t - p1 > presence:
-            periods.append((p0, p1))
-            p0 = t
-        if k + 1 < j:
-            run = ts[k:j]
-            if max(map(sub, run[1:], run)) > presence:  # rarely: a period ends within the run
-                prev = run[0]
-                for t in run[1:]:
-                    if t - prev > presence:
-                        periods.append((p0, prev))
-                        p0 = t
-                    prev = t
-            t = run[-1]
-        p1 = t
-
-    def facts_and_spans(i: int, j: int) -> None:
-        """The plain facts ``ts[i:j]`` and the spans starting at or before the last of them, in order."""
-        nonlocal si
-        if i >= j:
-            return
-        last = ts[j - 1]
-        while si < ns and spans[si][0] <= last:
-            a, b = spans[si]
-            m = bisect_left(ts, a, i, j)  # facts before the span; a fact at its start comes after it
-            if m > i:
-                plain(i, m)
-                i = m
-            step(a, 0, b)
-            si += 1
-        if i < j:
-            plain(i, j)
-
-    i = lo
-    nbx = len(bidx)
-    x = 0
-    while x < nbx:
-        t = ts[bidx[x]]
-        g0 = bisect_left(ts, t, i)
-        g1 = bisect_right(ts, t, g0)
-        facts_and_spans(i, g0)
-        while si < ns and spans[si][0] <= t:  # spans starting up to the breaks' time come first
-            a, b = spans[si]
-            step(a, 0, b)
-            si += 1
-        ranks = sorted(2 if code[k] & PEND else 1 if code[k] & BRK else 0 for k in range(g0, g1))
-        for rank in ranks:
-            step(t, rank, t)
-        i = g1
-        while x < nbx and bidx[x] < g1:
-            x += 1
-    facts_and_spans(i, n)
-    while si < ns:
-        a, b = spans[si]
-        step(a, 0, b)
-        si += 1
-    if started:
-        periods.append((p0, p1))
-    return periods, closed
 
 
 def _checkpoint(
