@@ -3,7 +3,8 @@
 :class:`Processor` turns consumed batches (bytes as received) into per-user state updates, session
 upserts/retractions and dead letters, and scans the stored states for users silent for ``close_timeout``
 of wall-clock time. The Faust wiring (``stream.app``) feeds it and writes what it returns; the clock is
-passed in, so everything here is testable without a broker.
+passed in, so everything here is testable without a broker (a forced settle's duration is timed here for
+its metric only: nothing depends on it).
 
 A batch's events are taken into their users' states at once; the sessions they change are recomputed when
 the processor *settles* (:meth:`Processor.settle`): at the end of the batch, or, for a caller that holds
