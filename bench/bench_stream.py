@@ -12,8 +12,10 @@ For each user count, the same ~``--events`` events (or ``--hours`` of events per
 published once to fresh raw topics (``--partitions``, 6); then every subject consumes them all from the
 start, in rounds (each round runs every subject once, alternating, so that all see the same machine load);
 the best round of each is kept. Every subject is its own process
-with its own consumer group, timed from its first consumed event to the last; for the worker, the time
-split (handling, committing, the rest) and its main thread's CPU are printed too. Needs a broker
+with its own consumer group, timed from its first consumed event to the last (the worker: from the end of
+its first batch to the commit of its last, when every raw partition's offsets are committed to their end:
+until then its last sessions are not published); for the worker, the time split (handling, committing, the
+rest) and its main thread's CPU are printed too. Needs a broker
 (``DESKTRACE_KAFKA_BOOTSTRAP``); creates and deletes its own topics. """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -38,7 +41,7 @@ from bench.bench_offline import disorder
 from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 from tests.support.events import generate_events
-from tests.support.kafka import publish_events
+from tests.support.kafka import publish_events, wait_committed
 from tests.support.metrics import metric_sum
 from tests.support.process import ServiceHandle, worker_process
 from tests.support.stream import worker_env
@@ -82,7 +85,8 @@ def worker_rate(
     fetch_wait_s: float, state_format: int = 2, align_wait_s: float = 1.0, catchup_s: float = 5.0,
     scan_s: float = 0.0,
 ) -> tuple[float, float]:
-    """Events/s of one worker (from its first counted event to the n-th) and its CPU us/event meanwhile."""
+    """Events/s of one worker (from its first counted event to the commit of the n-th) and its CPU us/event
+    meanwhile."""
     env = worker_env(bootstrap, topics, workdir / "data", DESKTRACE_BATCH_SIZE=str(batch_size),
                      DESKTRACE_CLOSE_TIMEOUT="600", DESKTRACE_STREAM_APP_ID=app_id,
                      DESKTRACE_SCAN_INTERVAL=str(scan_s),  # 0: the default, a third of the close timeout
@@ -100,6 +104,7 @@ def worker_rate(
         first = cpu0 = 0.0
         count = first_count = 0.0
         deadline = time.monotonic() + 900
+        committed = _CommitWatch(bootstrap, app_id, topics.raw, 900)
         while count < n and time.monotonic() < deadline:
             count = worker.metric("desktrace_stream_events_total")
             if count and not first:
@@ -112,12 +117,38 @@ def worker_rate(
         if first_count >= n:
             raise RuntimeError(f"the worker handled all {n:,} events in its first batch, which is not timed: "
                                "raise --events (or lower --batch-size)")
-        elapsed = time.perf_counter() - first
+        # The events are processed once their commit is done (their sessions published, their users' state
+        # written): the window ends there, not at the last event handled.
+        end = committed.wait(max(1.0, deadline - time.monotonic()))
+        if end is None:
+            raise RuntimeError(f"the worker handled all {n:,} events but did not commit them:\n"
+                               f"{worker.tail()}")
+        elapsed = end - first
         cpu = _cpu_of(pid) - cpu0
         _print_time_split(split0, _time_split(worker), elapsed, cpu, _main_thread_cpu(pid) - main0)
         return (n - first_count) / elapsed, cpu / (n - first_count) * 1e6
     finally:
         worker.stop()
+
+
+class _CommitWatch:
+    """When consumer group ``group`` has committed every partition of ``topics`` to its end offset
+    (``time.perf_counter()``), watched from a thread started at once (the broker is asked every 0.1 s)."""
+
+    def __init__(self, bootstrap: str, group: str, topics: tuple[str, ...], within: float) -> None:
+        self._at: float | None = None
+        self._thread = threading.Thread(target=self._watch, args=(bootstrap, group, topics, within),
+                                        daemon=True)
+        self._thread.start()
+
+    def _watch(self, bootstrap: str, group: str, topics: tuple[str, ...], within: float) -> None:
+        if asyncio.run(wait_committed(bootstrap, group, topics, within)):
+            self._at = time.perf_counter()
+
+    def wait(self, timeout: float) -> float | None:
+        """The time of the full commit, None if it did not come within ``timeout`` seconds from now."""
+        self._thread.join(timeout)
+        return self._at
 
 
 #: The worker's totals: batches handled, their records and seconds; commits, their seconds; the seconds of the
