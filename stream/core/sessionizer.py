@@ -165,13 +165,14 @@ class Intake:
     """One user's events taken into its state since :meth:`Sessionizer.intake`, not yet settled: the late
     ones (not applied), how many were duplicates, and the earliest time the new facts can change."""
 
-    __slots__ = ("dups", "late", "state", "t_aff")
+    __slots__ = ("dups", "last", "late", "state", "t_aff")
 
     def __init__(self, state: UserState) -> None:
         self.state = state
         self.late: list[Envelope] = []
         self.dups = 0
         self.t_aff = _NEVER  #: the earliest time the taken facts can change (``_NEVER``: none taken)
+        self.last = state.ts[-1] if state.ts else NO_TIME  #: the latest fact before the intake
 
 
 class Sessionizer:
@@ -183,8 +184,11 @@ class Sessionizer:
     ``docs/sessions.md`` for when a session closes). Pure: no clock, no I/O; state is a :class:`UserState`.
     """
 
-    def __init__(self, config: SessionizerConfig = SessionizerConfig()) -> None:
+    def __init__(self, config: SessionizerConfig = SessionizerConfig(), *, extend_fast: bool = True) -> None:
         self.config = config
+        #: Settle a user whose new facts only extend its open chain without recomputing (:meth:`_extend`);
+        #: False computes every settle (the tests compare both).
+        self.extend_fast = extend_fast
         self._gap = config.gap_ms
         self._presence = config.presence_ms
         self._margin = max(self._gap, self._presence)
@@ -263,6 +267,11 @@ class Sessionizer:
         """Recompute the sessions the taken events changed: what :meth:`apply` returns for them."""
         st = intake.state
         if intake.t_aff == _NEVER:
+            return st, Update([], [], intake.late, intake.dups)
+        if (st.tip is not None and intake.t_aff > intake.last and self.extend_fast
+                and self._extend(st, intake.last)):
+            self._prune(st, st.latest - self._retention)
+            _bound_seen(st.seen)
             return st, Update([], [], intake.late, intake.dups)
         upserts, retractions, corrected = self._recompute(user_key, st, intake.t_aff, False)
         self._prune(st, st.latest - self._retention)
@@ -408,6 +417,54 @@ class Sessionizer:
             k -= 2
         return NO_TIME
 
+    def _extend(self, st: UserState, last: int) -> bool:
+        """Settle facts that all came after ``last`` (the latest fact before them) without a computation, if
+        they only extend the open chain ``st.tip``: then rules 1 to 5 close nothing, correct nothing and
+        start nothing (no output), and all a computation would change is the chain's end, the last
+        period's end and whether an open inactive session follows the chain. False (nothing changed) when
+        they may do more: a break, a legacy report, a chain that starts after ``last``, a piece of evidence
+        the gap or more after the one before it (a new chain), a fact more than the presence timeout after
+        the period's end (a new period), or the latest fact so far past the chain's end that it closes
+        (rule 3).
+
+        The checkpoints stay as they were: all are before these facts, so the next computation starts at
+        one of them (or at a cut) and walks these facts too."""
+        tip = st.tip
+        assert tip is not None
+        start, end, period_end = tip
+        if st.sc or last < start:
+            return False  # (a chain that starts after the latest fact: a heartbeat's last input ahead of it)
+        gap = self._gap
+        ts, code, pts = st.ts, st.code, st.pts
+        lo, n = bisect_right(ts, last), len(ts)
+        evidence = [ts[i] for i in range(lo, n) if code[i] & HW]
+        k = bisect_right(pts, last)
+        if k < len(pts):
+            evidence.extend(pts[k:])
+            evidence.sort()
+        for t in evidence:  # rule 3: each within the gap of the chain's end
+            if t - end >= gap:
+                return False
+            if t > end:
+                end = t
+        if st.latest_eb >= end + gap or st.latest >= end + gap + self._presence:
+            return False  # the chain closes
+        # Rule 4: the chain's item (it starts before these facts) extends the period first, then the facts.
+        p1 = period_end if period_end > end else end
+        presence = self._presence
+        for i in range(lo, n):
+            if code[i] & BRK:
+                return False
+            t = ts[i]
+            if t - p1 > presence:
+                return False
+            if t > p1:
+                p1 = t
+        st.tip = (start, end, p1)
+        st.comps[-1] = p1
+        st.n_open = 2 if p1 > end else 1  # the chain, and the inactive rest of the period when there is one
+        return True
+
     def _recompute(
         self, user_key: str, st: UserState, t_aff: int, all_closed: bool
     ) -> tuple[list[Session], list[SessionRetraction], list[str]]:
@@ -449,6 +506,7 @@ class Sessionizer:
             st.pub_bound = max(pub) if pub else NO_TIME
         new_open: int | None = None
         n_open = 0
+        opened: list[Computed] = []  #: the first two sessions left open
         for s in res.sessions:
             old = pub.get(s.key)
             if old is not None and old[0] == s.end:
@@ -474,9 +532,30 @@ class Sessionizer:
                 n_open += 1
                 if new_open is None:
                     new_open = s.start
+                if n_open <= 2:
+                    opened.append(s)
         st.open_from = new_open
         st.n_open = n_open
+        st.tip = self._tip(st, opened, n_open)
         return upserts, retractions, corrected
+
+    @staticmethod
+    def _tip(st: UserState, opened: list[Computed], n_open: int) -> tuple[int, int, int] | None:
+        """``UserState.tip`` after a computation: the open chain when it is the first session left open and
+        the last chain of the last period, followed by nothing but that period's open inactive rest."""
+        comps = st.comps
+        if not opened or st.sc or not comps or n_open > 2:
+            return None
+        chain = opened[0]
+        period_start, period_end = comps[-2], comps[-1]
+        if chain.kind != ACTIVE or chain.start < period_start or chain.end > period_end:
+            return None
+        if n_open == 1:
+            return (chain.start, chain.end, period_end) if period_end == chain.end else None
+        rest = opened[1]
+        if rest.kind == ACTIVE or rest.start != chain.end or rest.end != period_end:
+            return None
+        return chain.start, chain.end, period_end
 
     def _checkpoint_for(self, st: UserState, t_aff: int, open_from: int | None) -> Checkpoint | None:
         # The latest checkpoint in (floor, t_aff] whose region starts at or before open_from; read in place
@@ -567,6 +646,7 @@ class Sessionizer:
             del st.pub[key]
             st.pub_raw = None
         st.floor = q
+        st.tip = None  # (a cut inside the period may change its start; the next settle computes)
         for agent in list(st.seen):
             r = st.seen[agent]
             keep = [x for i3 in range(0, len(r), 3) if r[i3 + 2] >= seen_cutoff for x in r[i3 : i3 + 3]]

@@ -87,6 +87,11 @@ class UserState(msgspec.Struct, kw_only=True):
     # published keys, scattered in memory, took about a third of a format-2 write and half of a format-4
     # one (``bench/bench_user_update.py``): the encoder reuses these bytes instead.
     pub_raw: bytes | None = None
+    # Not state: the open chain as the latest computation left it, when it is the first session not
+    # published and the last chain of the last presence period: ``(start, end, period end)``; None when not
+    # so or not known (a decoded state, a cut). Lets a settle whose new facts only extend that chain skip the
+    # computation (``Sessionizer._extend``).
+    tip: tuple[int, int, int] | None = None
 
 
 class _Wire(msgspec.Struct, array_like=True):
