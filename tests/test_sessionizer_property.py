@@ -320,10 +320,11 @@ def desk_streams(draw: Any) -> list[dict[str, Any]]:
     """One desk's events in time order, spaced around the gap and the presence timeout (both 60 s in the
     test below) so that each condition of the fast path is met, missed and met exactly: mostly input and
     heartbeats (their last input before, at or a little after them), some events that are not evidence, a
-    rare break."""
+    rare break, in some streams a rare legacy report."""
     busy = ["HardwareMouseClick"] * 5 + ["Heartbeat"] * 4 + ["WindowUpdate", "InjectedMouseClick", "Lock"]
     idle = ["HardwareMouseClick"] + ["Heartbeat"] * 3 + ["WindowUpdate"] * 3 + ["InjectedMouseClick"]
-    types = draw(st.sampled_from([busy, idle]))  # at the desk, or mostly away from it with the screen on
+    legacy = [*busy, "StateChange"]  # and a legacy client of the same user, now and then
+    types = draw(st.sampled_from([busy, idle, legacy]))  # at the desk, or mostly away from it, screen on
     lits = draw(st.sampled_from([[None, 0, 5, 30, 59, 60, 61], [None, None, 0, 30], [-5, -30, -60, 0, 10]]))
     t = T0
     specs = []
@@ -332,6 +333,8 @@ def desk_streams(draw: Any) -> list[dict[str, Any]]:
         type_ = draw(st.sampled_from(types))
         spec: dict[str, Any] = {"type": type_, "ts": t, "host": "pc1", "agent": "agent-pc1"}
         spec["input_"] = {"H": "hardware", "I": "injected"}.get(type_[0], "none")
+        if type_ == "StateChange":
+            spec["agent"], spec["state"] = "gateway", draw(st.sampled_from(["working", "stopped"]))
         if type_ == "Heartbeat":
             lit = draw(st.sampled_from(lits))
             spec["last_input_ts"] = None if lit is None else t - timedelta(seconds=lit)
