@@ -17,7 +17,7 @@ from stream.core import Sessionizer, SessionizerConfig, decode_state, encode_sta
 from stream.core import sessionizer as core_module
 from stream.core.state import NO_TIME
 from tests.reference_sessions import reference_sessions
-from tests.sessionizer_helpers import USER, Builder, Consumer, at
+from tests.sessionizer_helpers import USER, Builder, Consumer, assert_same_but_checkpoints, at
 
 T0 = at(9, 0)
 
@@ -229,14 +229,6 @@ def test_taking_events_one_by_one_then_settling_is_applying_the_batch(
         assert encode_state(parts) == encode_state(whole)
 
 
-def _same_but_checkpoints(fast: Any, full: Any) -> None:
-    """Two states equal in everything the rules read: facts, periods, published keys, what is open (and
-    the open chain each keeps); only the checkpoints may differ."""
-    for name in ("latest", "latest_eb", "floor", "open_from", "n_open", "hosts", "tzs", "ts", "code", "pts",
-                 "sc", "comps", "pub", "seen", "tip"):
-        assert getattr(fast, name) == getattr(full, name), name
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     specs=st.one_of(event_specs(DESK_TYPES, (2, 5, 10)), event_specs(DESK_TYPES, (2, 5, 10), 600),
@@ -272,14 +264,14 @@ def test_settling_a_chain_extension_without_a_computation_changes_no_update(
         a, got = fast.apply(USER, a, batch)
         b, want = full.apply(USER, b, batch)
         assert got == want
-        _same_but_checkpoints(a, b)
+        assert_same_but_checkpoints(a, b)
         if roundtrip:
             a, b = decode_state(encode_state(a)), decode_state(encode_state(b))
     if a is not None and b is not None:
         a, got = fast.close(USER, a)
         b, want = full.close(USER, b)
         assert got == want
-        _same_but_checkpoints(a, b)
+        assert_same_but_checkpoints(a, b)
 
 
 def test_a_desk_in_use_is_mostly_settled_without_a_computation() -> None:
@@ -362,7 +354,7 @@ def test_a_desk_settled_a_few_events_at_a_time_is_the_same_with_and_without_the_
         a, got = fast.apply(USER, a, batch)
         b, want = full.apply(USER, b, batch)
         assert got == want
-        _same_but_checkpoints(a, b)
+        assert_same_but_checkpoints(a, b)
         consumer.apply(got.upserts, got.retractions)
     assert a is not None and b is not None
     a, got = fast.close(USER, a)

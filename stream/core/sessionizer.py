@@ -268,12 +268,12 @@ class Sessionizer:
         st = intake.state
         if intake.t_aff == _NEVER:
             return st, Update([], [], intake.late, intake.dups)
-        if (st.tip is not None and intake.t_aff > intake.last and self.extend_fast
-                and self._extend(st, intake.last)):
-            self._prune(st, st.latest - self._retention)
-            _bound_seen(st.seen)
-            return st, Update([], [], intake.late, intake.dups)
-        upserts, retractions, corrected = self._recompute(user_key, st, intake.t_aff, False)
+        upserts: list[Session] = []
+        retractions: list[SessionRetraction] = []
+        corrected: list[str] = []
+        if not (st.tip is not None and intake.t_aff > intake.last and self.extend_fast
+                and self._extend(st, intake.last)):  # (else the open chain grew and nothing else changed)
+            upserts, retractions, corrected = self._recompute(user_key, st, intake.t_aff, False)
         self._prune(st, st.latest - self._retention)
         _bound_seen(st.seen)
         return st, Update(upserts, retractions, intake.late, intake.dups, corrected)
