@@ -165,6 +165,17 @@ CELLS_JS = """sel => Array.from(document.querySelectorAll(sel)).map(td => ({
   seconds: +td.dataset.seconds}))"""
 
 
+def follow(page: Any, selector: str) -> None:
+    """Click a link or button that loads a new page and wait for that page's load event.
+
+    A one-shot read (``page.evaluate``) right after a bare click can run in the new document while it
+    is still being parsed (CI saw an empty chart that way); the auto-retrying ``expect`` calls do not
+    need this, the reads do.
+    """
+    with page.expect_navigation(wait_until="load"):
+        page.click(selector)
+
+
 def check_bars_against_table(page: Any, bars_sel: str, cells_sel: str, length: str) -> int:
     """Each bar's seconds equal its table cell's; bar lengths are proportional to their seconds."""
     bars = page.evaluate(SEGMENTS_JS, bars_sel)
@@ -259,7 +270,7 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
     sales = sum(r["active_s"] for r in day if r["user_key"] in (ALICE, BOB))
     expect(page.locator('#team-totals tr[data-team="sales"] td.active')).to_have_text(hms(sales))
     expect(page.locator('#team-totals tr[data-team="support"] td.users')).to_have_text("1")
-    page.click("#report thead th:nth-child(2) a")  # Active: largest first
+    follow(page, "#report thead th:nth-child(2) a")  # Active: largest first
     expect(page.locator("#report thead th:nth-child(2)")).to_have_attribute("aria-sort", "descending")
     by_active = [r["user_key"] for r in sorted(day, key=lambda r: -r["active_s"])]
     assert page.locator("#report tbody tr").evaluate_all("rs => rs.map(r => r.dataset.user)") == by_active
@@ -274,11 +285,11 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
     }
 
     # 3. Tuesday: dave worked until midnight, shown as 24:00
-    page.click("#next")
+    follow(page, "#next")
     expect(page.locator(row_of(DAVE) + " td.last_activity")).to_have_text("24:00")
     # a team: its members and a team total
     page.select_option("select[name=team]", "support")
-    page.click("form.teams button")
+    follow(page, "form.teams button")
     expect(page.locator("#report tbody tr")).to_have_count(2)
     expect(page.locator("#total th")).to_contain_text("Team support total")
     shot(page, width, 3, "day-team")
@@ -295,7 +306,7 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
     shot(page, width, 4, "week")
 
     # 5. the month: a heat map per user, checked against its table
-    page.click("#view-month")
+    follow(page, "#view-month")
     expect(page.locator("#period")).to_contain_text("March 2025")
     cells = page.evaluate(SEGMENTS_JS, "#month-chart rect.heat")
     table = {
@@ -317,7 +328,7 @@ def walk(page: Any, expect: Any, api: httpx.Client, base: str, width: int) -> No
     assert len(cal) == 31
     assert {c["date"]: c["seconds"] for c in cal if c["seconds"]} == days
     shot(page, width, 6, "user-month")
-    page.click("#view-week")
+    follow(page, "#view-week")
     n = check_bars_against_table(page, "#week-chart rect.bar", "#report tbody td[data-seconds]", "height")
     assert n == 5 * 3  # five days of active, idle and locked
     shot(page, width, 7, "user-week")
