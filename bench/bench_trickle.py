@@ -9,11 +9,15 @@ event depends on the checkpoint the core resumes from: without one at or before 
 recomputes from the start of the presence period, which for a desk that stays logged on (locked at night,
 heartbeats all day) is the whole retention horizon.
 
+Most such events need no computation at all: they only lengthen what is open, the activity chain of a
+desk in use or the idle or locked rest of a desk left logged on (``Sessionizer._extend``, the fast paths).
+
 For one user with ``--days`` of realistic events (``bench_sessionizer.user_day``; all but the last day applied
-in batches first), prints the CPU per trickled event of the last day and the facts the computations
-scanned, with the older checkpoints kept (``stream.core.sessionizer._older_checkpoints``, the current
-core) and, as the baseline in the same run, without them (only the checkpoints of the latest
-computation, as before session 8), and their ratio. Best of ``--repeat`` interleaved rounds.
+in batches first), prints the CPU per trickled event of the last day, the computations and the facts they
+scanned: the current core (older checkpoints kept, ``stream.core.sessionizer._older_checkpoints``, and the
+fast paths), the same with a computation at every settle (``Sessionizer(extend_fast=False)``), and as the
+baseline in the same run neither (only the checkpoints of the latest computation, as before session 8),
+with their ratios to it. Best of ``--repeat`` interleaved rounds.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 from bisect import bisect_left
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,20 +54,23 @@ def trickled(days: int, lag_s: float, seed: int) -> tuple[list[Envelope], list[E
     return history, [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
 
 
-def run(history: list[Envelope], last: list[Envelope], days: int) -> tuple[float, int, int]:
+def run(
+    history: list[Envelope], last: list[Envelope], days: int, extend_fast: bool = True
+) -> tuple[float, int, int, int]:
     """CPU seconds of trickling ``last`` one event per call, facts scanned, computations without a
-    checkpoint."""
-    core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * (days + 1)))
+    checkpoint, computations."""
+    core = Sessionizer(SessionizerConfig(retention_s=86_400.0 * (days + 1)), extend_fast=extend_fast)
     st: UserState | None = None
     for i in range(0, len(history), 200):
         st, _ = core.apply("corp\\user1", st, history[i : i + 200])
-    scanned = [0, 0]
+    scanned = [0, 0, 0]
     real = compute_module.compute
 
     def counting(state: UserState, c: int, *args: object, **kwargs: object) -> compute_module.Result:
         scanned[0] += len(state.ts) - bisect_left(state.ts, c)
         if args[3] is None:  # no checkpoint to resume from
             scanned[1] += 1
+        scanned[2] += 1
         return real(state, c, *args, **kwargs)  # type: ignore[arg-type]
 
     with mock.patch.object(core_module, "compute", counting):
@@ -70,7 +78,7 @@ def run(history: list[Envelope], last: list[Envelope], days: int) -> tuple[float
         for e in last:
             st, _ = core.apply("corp\\user1", st, [e])
         spent = time.process_time() - t
-    return spent, scanned[0], scanned[1]
+    return spent, scanned[0], scanned[1], scanned[2]
 
 
 def main() -> None:
@@ -83,25 +91,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     history, last = trickled(args.days, args.lag, args.seed)
-    variants = {
-        "latest computation's checkpoints only (baseline)": lambda: mock.patch.object(
-            core_module, "_older_checkpoints", lambda *a: []),
-        "older checkpoints kept (current)": lambda: mock.patch.object(
-            core_module, "_older_checkpoints", core_module._older_checkpoints),
+    def older(keep: bool) -> Any:
+        return mock.patch.object(
+            core_module, "_older_checkpoints", core_module._older_checkpoints if keep else lambda *a: []
+        )
+
+    variants: dict[str, tuple[bool, bool]] = {  # name: (older checkpoints kept, fast paths)
+        "latest checkpoints only, every settle computes (baseline)": (False, False),
+        "older checkpoints kept, every settle computes": (True, False),
+        "older checkpoints kept, fast paths (current)": (True, True),
     }
-    best: dict[str, tuple[float, int, int]] = {}
+    best: dict[str, tuple[float, int, int, int]] = {}
     for _ in range(args.repeat):
-        for name, patch in variants.items():
-            with patch():
-                result = run(history, last, args.days)
+        for name, (keep, fast) in variants.items():
+            with older(keep):
+                result = run(history, last, args.days, fast)
             if name not in best or result[0] < best[name][0]:
                 best[name] = result
     print(f"{len(history):,} events of history, {len(last):,} trickled one per call "
           f"(presence up to {args.lag:g} s late); best of {args.repeat}")
     base = next(iter(best.values()))[0]
-    for name, (spent, facts, hard) in best.items():
-        print(f"{name:50s} {spent / len(last) * 1e6:8.1f} us/event  {facts / len(last):8.1f} facts "
-              f"scanned/event  {hard:5d} computations from a cut  ratio {spent / base:.2f}")
+    for name, (spent, facts, hard, computed) in best.items():
+        print(f"{name:58s} {spent / len(last) * 1e6:7.1f} us/event  {computed:5d} computations, "
+              f"{facts / len(last):6.1f} facts scanned/event, {hard:4d} from a cut  ratio {spent / base:.2f}")
 
 
 if __name__ == "__main__":

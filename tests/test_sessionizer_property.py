@@ -3,7 +3,8 @@ sessions of the straightforward reference implementation (tests/reference_sessio
 
 from __future__ import annotations
 
-from datetime import timedelta
+import random
+from datetime import datetime, timedelta
 from typing import Any
 from unittest import mock
 
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proto.clock import epoch_ms
-from proto.events import Envelope, StateChange
+from proto.events import Envelope, Heartbeat, StateChange
 from stream.core import Sessionizer, SessionizerConfig, decode_state, encode_state
 from stream.core import sessionizer as core_module
 from stream.core.state import NO_TIME
@@ -274,17 +275,9 @@ def test_settling_a_chain_extension_without_a_computation_changes_no_update(
         assert_same_but_checkpoints(a, b)
 
 
-def test_a_desk_in_use_is_mostly_settled_without_a_computation() -> None:
-    """What the fast path is for: a desk in use sends input and heartbeats every few seconds to minutes, and
-    most settles (one or a few events each, as a live worker settles once per commit) only extend the open
-    chain. A working day, in order, two events per settle: most settles skip the computation, and the
-    sessions are the reference's."""
-    from proto.keys import event_user_key
-    from tests.support.events import generate_events
-
-    day = generate_events(seed=4, users=3, hours=8)
-    events = sorted((e for e in day if event_user_key(e) == "corp\\user1"), key=lambda e: e.ts)
-    assert events and not any(isinstance(e, StateChange) for e in events)  # a desktop agent's user
+def settled_counting_computations(events: list[Envelope], per_settle: int = 1) -> tuple[Consumer, int]:
+    """``events`` settled ``per_settle`` at a time (one: as a live worker at ordinary load settles them),
+    then closed: what a consumer ends with, and how many settles ran the computation."""
     computed = [0]
     real = core_module.compute
 
@@ -296,42 +289,142 @@ def test_a_desk_in_use_is_mostly_settled_without_a_computation() -> None:
     core = Sessionizer()
     state = None
     with mock.patch.object(core_module, "compute", counting):
-        for i in range(0, len(events), 2):
-            state, update = core.apply(USER, state, events[i : i + 2])
+        for i in range(0, len(events), per_settle):
+            state, update = core.apply(USER, state, events[i : i + per_settle])
             consumer.apply(update.upserts, update.retractions)
         assert state is not None
         state, update = core.close(USER, state)
         consumer.apply(update.upserts, update.retractions)
+    return consumer, computed[0]
+
+
+def test_a_desk_in_use_is_mostly_settled_without_a_computation() -> None:
+    """What the fast path is for: a desk in use sends input and heartbeats every few seconds to minutes, and
+    most settles (one or a few events each, as a live worker settles once per commit) only extend the open
+    chain. A working day, in order, two events per settle: most settles skip the computation, and the
+    sessions are the reference's."""
+    from proto.keys import event_user_key
+    from tests.support.events import generate_events
+
+    day = generate_events(seed=4, users=3, hours=8)
+    events = sorted((e for e in day if event_user_key(e) == "corp\\user1"), key=lambda e: e.ts)
+    assert events and not any(isinstance(e, StateChange) for e in events)  # a desktop agent's user
+    consumer, computed = settled_counting_computations(events, per_settle=2)
     settles = (len(events) + 1) // 2
-    assert computed[0] < settles / 2, (computed[0], settles)
+    assert computed < settles / 2, (computed, settles)
     assert consumer.final() == reference_sessions(USER, events)
+
+
+def test_a_late_event_at_the_open_parts_first_instant_corrects_the_session_published_before_it() -> None:
+    """The fast paths take only facts after the start of what is open: a session published before it ends
+    at that instant, so a fact there (from a second machine, late) changes that session's hosts, and only
+    the computation publishes the correction. Both cases: the open part is a chain (the idle time before
+    it was published) or the inactive rest after a published chain."""
+    config = SessionizerConfig(gap_s=60.0, presence_timeout_s=60.0)
+    for open_part in ("chain", "inactive rest"):
+        b = Builder()
+        b.add("HardwareMouseClick", at(9, 0), input_="hardware", agent="agent-pc1")
+        for k in range(1, 7):  # the chain at 9:00 closes at 9:02 (G + P after it)
+            b.add("Heartbeat", at(9, 0) + timedelta(seconds=30 * k), agent="agent-pc1")
+        if open_part == "chain":
+            b.add("HardwareMouseClick", at(9, 3), input_="hardware", agent="agent-pc1")
+            b.add("HardwareMouseClick", at(9, 3, 30), input_="hardware", agent="agent-pc1")
+        first_instant = at(9, 3) if open_part == "chain" else at(9, 0)
+        late = b.add("WindowUpdate", first_instant, agent="agent-pc2", host="pc2")
+        fast, full = Sessionizer(config), Sessionizer(config, extend_fast=False)
+        a = c = None
+        for e in b.events:
+            a, got = fast.apply(USER, a, [e])
+            c, want = full.apply(USER, c, [e])
+            assert got == want
+        corrected = got.upserts
+        assert [(s.start, s.end, s.hosts) for s in corrected] == [
+            (at(9, 0), first_instant, ["pc1", "pc2"])
+        ], (open_part, late, corrected)
+
+
+def test_a_desk_left_locked_overnight_is_mostly_settled_without_a_computation() -> None:
+    """What the idle fast path is for: a desk left logged on sends a heartbeat a minute and nothing else,
+    for hours (locked overnight, or idle with the screen on). Half an hour of work, a lock, ten hours of
+    heartbeats, an unlock and another half hour; each event settled alone, the heartbeats arriving in time
+    or up to 20 s after the input around them (raw topics read at slightly different paces): of the 842
+    settles, a handful compute (every one without the fast paths), and the sessions are the reference's."""
+    b = Builder()
+
+    def work(start: datetime, minutes: int) -> None:  # input three times a minute, a heartbeat a minute
+        for k in range(minutes):
+            m = start + timedelta(minutes=k)
+            for s in (5, 25, 45):
+                b.add("HardwareKeyboardEvent", m + timedelta(seconds=s), input_="hardware")
+            b.add("Heartbeat", m + timedelta(seconds=59), last_input_ts=m + timedelta(seconds=45))
+
+    work(at(18, 0), 30)
+    b.add("Lock", at(18, 30))
+    for k in range(600):  # the agent's last input stays the one before the lock
+        b.add("Heartbeat", at(18, 30) + timedelta(minutes=k, seconds=59), last_input_ts=at(18, 29, 45))
+    morning = at(18, 30) + timedelta(hours=10)
+    b.add("Unlock", morning, input_="hardware")
+    work(morning, 30)
+    for late_s in (0, 20):
+        rng = random.Random(late_s)
+        late = [rng.uniform(0, late_s) if isinstance(e, Heartbeat) else 0.0 for e in b.events]
+        order = sorted(range(len(b.events)), key=lambda i: b.events[i].ts + timedelta(seconds=late[i]))
+        events = [b.events[i] for i in order]
+        consumer, computed = settled_counting_computations(events)
+        assert computed < 20, (late_s, computed, len(events))
+        assert consumer.final() == reference_sessions(USER, events)
 
 
 @st.composite
 def desk_streams(draw: Any) -> list[dict[str, Any]]:
     """One desk's events in time order, spaced around the gap and the presence timeout (both 60 s in the
-    test below) so that each condition of the fast path is met, missed and met exactly: mostly input and
+    test below) so that each condition of the fast paths is met, missed and met exactly: mostly input and
     heartbeats (their last input before, at or a little after them), some events that are not evidence, a
-    rare break, in some streams a rare legacy report."""
+    rare break, in some streams a rare legacy report; or a desk left alone (heartbeats for long stretches,
+    locked or not, now and then a break that ends presence); one machine or two."""
     busy = ["HardwareMouseClick"] * 5 + ["Heartbeat"] * 4 + ["WindowUpdate", "InjectedMouseClick", "Lock"]
     idle = ["HardwareMouseClick"] + ["Heartbeat"] * 3 + ["WindowUpdate"] * 3 + ["InjectedMouseClick"]
+    away = ["Heartbeat"] * 12 + ["WindowUpdate", "HardwareMouseClick", "Lock", "Unlock", "Suspend", "Resume"]
     legacy = [*busy, "StateChange"]  # and a legacy client of the same user, now and then
-    types = draw(st.sampled_from([busy, idle, legacy]))  # at the desk, or mostly away from it, screen on
-    lits = draw(st.sampled_from([[None, 0, 5, 30, 59, 60, 61], [None, None, 0, 30], [-5, -30, -60, 0, 10]]))
+    types = draw(st.sampled_from([busy, idle, away, legacy]))  # at the desk, mostly away, gone; legacy
+    # A heartbeat's last input: some seconds before it (or after: an input clock ahead), or what a real
+    # agent sends, the time of the desk's latest hardware input so far ("latest"; None before the first).
+    lits = draw(st.sampled_from([
+        [None, 0, 5, 30, 59, 60, 61], [None, None, 0, 30], [-5, -30, -60, 0, 10], ["latest"], ["latest", 0]
+    ]))
+    hosts = draw(st.sampled_from([["pc1"], ["pc1", "pc1", "pc2"]]))
     t = T0
+    latest_input = None
     specs = []
+    steps = [0, 1, 10, 30, 59, 60, 61, 90, 119, 120, 121, 200]
+    if types is away:  # heartbeats a minute apart, now and then one missed or late
+        steps = [0, 10, 30, 59, 60, 60, 60, 60, 61, 90, 121]
     for _ in range(draw(st.integers(1, 60))):
-        t += timedelta(seconds=draw(st.sampled_from([0, 1, 10, 30, 59, 60, 61, 90, 119, 120, 121, 200])))
+        t += timedelta(seconds=draw(st.sampled_from(steps)))
         type_ = draw(st.sampled_from(types))
-        spec: dict[str, Any] = {"type": type_, "ts": t, "host": "pc1", "agent": "agent-pc1"}
-        spec["input_"] = {"H": "hardware", "I": "injected"}.get(type_[0], "none")
+        host = draw(st.sampled_from(hosts))
+        spec: dict[str, Any] = {"type": type_, "ts": t, "host": host, "agent": f"agent-{host}"}
+        spec["input_"] = next((c for c in ("hardware", "injected") if type_.lower().startswith(c)), "none")
         if type_ == "StateChange":
             spec["agent"], spec["state"] = "gateway", draw(st.sampled_from(["working", "stopped"]))
         if type_ == "Heartbeat":
             lit = draw(st.sampled_from(lits))
-            spec["last_input_ts"] = None if lit is None else t - timedelta(seconds=lit)
+            spec["last_input_ts"] = (
+                latest_input if lit == "latest" else None if lit is None else t - timedelta(seconds=lit)
+            )
+        if spec["input_"] == "hardware":
+            latest_input = t
         specs.append(spec)
     return specs
+
+
+def arrival(specs: list[dict[str, Any]], data: Any) -> list[int]:
+    """The order a worker takes a desk's events in: in time order, or with the events that are not input
+    (heartbeats, presence, window events) up to some seconds late, as when the raw topics are read at
+    slightly different paces (then a settle brings facts before the latest one)."""
+    late = data.draw(st.sampled_from([0, 0, 5, 30, 90]))
+    delays = [0 if s["input_"] == "hardware" else data.draw(st.integers(0, late)) for s in specs]
+    return sorted(range(len(specs)), key=lambda i: (specs[i]["ts"] + timedelta(seconds=delays[i]), i))
 
 
 @settings(max_examples=400, deadline=None)
@@ -339,10 +432,11 @@ def desk_streams(draw: Any) -> list[dict[str, Any]]:
 def test_a_desk_settled_a_few_events_at_a_time_is_the_same_with_and_without_the_fast_path(
     specs: list[dict[str, Any]], data: Any
 ) -> None:
-    """Where the fast path runs most: one desk, in order, one to three events per settle, times on the gap
-    and the presence timeout and either side of them. Every update and every state (but the checkpoints)
-    is the computation's."""
-    events = build(specs)
+    """Where the fast paths run most: one desk, one to three events per settle, in order or a little out
+    of it, times on the gap and the presence timeout and either side of them. Every update and every
+    state (but the checkpoints) is the computation's, and what is published is the reference's."""
+    built = build(specs)
+    events = [built[i] for i in arrival(specs, data)]
     config = SessionizerConfig(gap_s=60.0, presence_timeout_s=60.0)
     fast, full = Sessionizer(config), Sessionizer(config, extend_fast=False)
     consumer = Consumer()

@@ -21,7 +21,7 @@ from proto.events import (
     StateChange,
 )
 from proto.sessions import InactiveReason, Session, SessionRetraction, session_from_ms, session_id_ms
-from stream.core.compute import ACTIVE, Checkpoint, Computed, compute, details
+from stream.core.compute import ACTIVE, INACTIVE, Checkpoint, Computed, compute, details
 from stream.core.config import SessionizerConfig
 from stream.core.state import (
     BRK,
@@ -271,8 +271,8 @@ class Sessionizer:
         upserts: list[Session] = []
         retractions: list[SessionRetraction] = []
         corrected: list[str] = []
-        if not (st.tip is not None and intake.t_aff > intake.last and self.extend_fast
-                and self._extend(st, intake.last)):  # (else the open chain grew and nothing else changed)
+        if not (st.tip is not None and self.extend_fast and self._extend(st, intake.t_aff, intake.last)):
+            # (else only the open chain or the open inactive rest grew)
             upserts, retractions, corrected = self._recompute(user_key, st, intake.t_aff, False)
         self._prune(st, st.latest - self._retention)
         _bound_seen(st.seen)
@@ -417,28 +417,47 @@ class Sessionizer:
             k -= 2
         return NO_TIME
 
-    def _extend(self, st: UserState, last: int) -> bool:
-        """Settle facts that all came after ``last`` (the latest fact before them) without a computation, if
-        they only extend the open chain ``st.tip``: then rules 1 to 5 close nothing, correct nothing and
-        start nothing (no output), and all a computation would change is the chain's end, the last
-        period's end and whether an open inactive session follows the chain. False (nothing changed) when
-        they may do more: a break, a legacy report, a chain that starts after ``last``, a piece of evidence
-        the gap or more after the one before it (a new chain), a fact more than the presence timeout after
-        the period's end (a new period), or the latest fact so far past the chain's end that it closes
-        (rule 3).
+    def _extend(self, st: UserState, t_aff: int, last: int) -> bool:
+        """Settle the new facts without a computation when they only extend what the last computation left
+        open (``st.tip``): the open chain (this method) or, with no chain open, the inactive rest of the
+        last period (:meth:`_extend_idle`). False (nothing changed) when they may do more.
 
-        The checkpoints stay as they were: all are before these facts, so the next computation starts at
+        Common to both: every new fact is after the open part's start (``t_aff``, the earliest time the new
+        facts can change, is past it), so none falls in a published session (whose hosts or time zone it
+        could change), and the user has no legacy report. The facts from ``t_aff`` on are walked, old ones
+        among them: each is inside the open part already and changes nothing.
+
+        For the chain: no break (the open chain has none after its start), each piece of evidence (input, a
+        heartbeat's last input) less than the gap after the chain's end so far (rule 3), no fact more than
+        the presence timeout after the period's end so far (rule 4), and the latest fact and evidence not so
+        far past the chain's new end that it closes. Then rules 1 to 5 close, correct and start nothing: the
+        chain's end, the period's end and the open count move as the computation would move them, and
+        nothing is published.
+
+        Checkpoints: those after ``t_aff`` held walks over facts before the new ones and are dropped (a
+        computation from a checkpoint drops them too); the others stay, so the next computation starts at
         one of them (or at a cut) and walks these facts too."""
         tip = st.tip
         assert tip is not None
         start, end, period_end = tip
-        if st.sc or last < start:
-            return False  # (a chain that starts after the latest fact: a heartbeat's last input ahead of it)
+        if st.sc or t_aff <= start:
+            return False
+        if end == NO_TIME:
+            done = self._extend_idle(st, t_aff, start, period_end)
+        else:
+            done = self._extend_chain(st, t_aff, start, end, period_end)
+        if done and t_aff <= last:
+            cks = st.cks
+            if any(cks[i] > t_aff for i in range(0, len(cks), 6)):
+                st.cks = column([v for i in range(0, len(cks), 6) if cks[i] <= t_aff for v in cks[i : i + 6]])
+        return done
+
+    def _extend_chain(self, st: UserState, t_aff: int, start: int, end: int, period_end: int) -> bool:
         gap = self._gap
         ts, code, pts = st.ts, st.code, st.pts
-        lo, n = bisect_right(ts, last), len(ts)
+        lo, n = bisect_left(ts, t_aff), len(ts)
         evidence = [ts[i] for i in range(lo, n) if code[i] & HW]
-        k = bisect_right(pts, last)
+        k = bisect_left(pts, t_aff)
         if k < len(pts):
             evidence.extend(pts[k:])
             evidence.sort()
@@ -450,20 +469,46 @@ class Sessionizer:
         if st.latest_eb >= end + gap or st.latest >= end + gap + self._presence:
             return False  # the chain closes
         # Rule 4: the chain's item (it starts before these facts) extends the period first, then the facts.
-        p1 = period_end if period_end > end else end
-        presence = self._presence
-        for i in range(lo, n):
-            if code[i] & BRK:
-                return False
-            t = ts[i]
-            if t - p1 > presence:
-                return False
-            if t > p1:
-                p1 = t
+        p1 = self._lengthen_period(ts, code, lo, period_end if period_end > end else end, BRK)
+        if p1 is None:
+            return False
         st.tip = (start, end, p1)
         st.comps[-1] = p1
         st.n_open = 2 if p1 > end else 1  # the chain, and the inactive rest of the period when there is one
         return True
+
+    def _extend_idle(self, st: UserState, t_aff: int, start: int, period_end: int) -> bool:
+        """The only open session is the inactive rest ``[start, period_end]`` of the last presence period:
+        the new facts only lengthen it when none is evidence (hardware input, a heartbeat's last input at
+        or after ``t_aff``) or a break (every presence-ending event is one), and each is at most the
+        presence timeout after the period's end so far (rule 4). Then the chains are the last
+        computation's, every period but the last is as it was, and the last one (and the open inactive
+        session) ends at the latest of them. A desk that is logged on and idle or locked (heartbeats only,
+        for hours: overnight) is settled this way."""
+        if bisect_left(st.pts, t_aff) < len(st.pts):
+            return False
+        p1 = self._lengthen_period(st.ts, st.code, bisect_left(st.ts, t_aff), period_end, HW | BRK)
+        if p1 is None:
+            return False
+        st.tip = (start, NO_TIME, p1)
+        st.comps[-1] = p1
+        return True
+
+    def _lengthen_period(
+        self, ts: Sequence[int], code: Sequence[int], lo: int, p1: int, refused: int
+    ) -> int | None:
+        """Rule 4 over the facts from ``lo`` on, joining the period that ends at ``p1``: its new end; None
+        when a fact has a flag in ``refused`` or starts a new period (more than P after the end so far)."""
+        presence = self._presence
+        for i in range(lo, len(ts)):
+            if code[i] & refused:
+                return None
+            t = ts[i]
+            if t - p1 > presence:
+                return None
+            if t > p1:
+                p1 = t
+        return p1
 
     def _recompute(
         self, user_key: str, st: UserState, t_aff: int, all_closed: bool
@@ -542,12 +587,17 @@ class Sessionizer:
     @staticmethod
     def _tip(st: UserState, opened: list[Computed], n_open: int) -> tuple[int, int, int] | None:
         """``UserState.tip`` after a computation: the open chain when it is the first session left open and
-        the last chain of the last period, followed by nothing but that period's open inactive rest."""
+        the last chain of the last period, followed by nothing but that period's open inactive rest; or,
+        with no chain open, that inactive rest when it is the only session left open (``end`` NO_TIME)."""
         comps = st.comps
         if not opened or st.sc or not comps or n_open > 2:
             return None
         chain = opened[0]
         period_start, period_end = comps[-2], comps[-1]
+        if n_open == 1 and chain.kind == INACTIVE:
+            if chain.start < period_start or chain.end != period_end:
+                return None
+            return chain.start, NO_TIME, period_end
         if chain.kind != ACTIVE or chain.start < period_start or chain.end > period_end:
             return None
         if n_open == 1:

@@ -88,9 +88,10 @@ class UserState(msgspec.Struct, kw_only=True):
     # one (``bench/bench_user_update.py``): the encoder reuses these bytes instead.
     pub_raw: bytes | None = None
     # Not state: the open chain as the latest computation left it, when it is the first session not
-    # published and the last chain of the last presence period: ``(start, end, period end)``; None when not
-    # so or not known (a decoded state, a cut). Lets a settle whose new facts only extend that chain skip the
-    # computation (``Sessionizer._extend``).
+    # published and the last chain of the last presence period: ``(start, end, period end)``; or, when the
+    # only session not published is the inactive rest of the last period, ``(its start, NO_TIME, period
+    # end)``; None when neither or not known (a decoded state, a cut). Lets a settle whose new facts only
+    # extend that chain, or only lengthen that inactive rest, skip the computation (``Sessionizer._extend``).
     tip: tuple[int, int, int] | None = None
 
 
