@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.bench_sessionizer import user_day
 from proto import events as E
@@ -172,6 +174,50 @@ def test_state_writes_reuse_old_chunks_and_always_read_back_the_whole_state(vers
         st = decode_state(data) if i % (97 * 11) == 0 else st  # sometimes continue from the stored bytes
     assert st is not None and len(st.cache[0].blobs) >= 1 and reused > 30, (len(st.ts), reused)
     assert st.floor > 0  # the horizon pruned the first day
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["append", "append", "append", "insert", "cut", "v4"]), st.integers(1, 60),
+                  st.integers(0, 10**6), st.booleans(), st.booleans()),
+        max_size=60,
+    ),
+    version=st.sampled_from([2, 3]),
+)
+def test_writes_that_extend_the_kept_tail_deltas_read_back_the_columns(
+    ops: list[tuple[str, int, int, bool, bool]], version: int
+) -> None:
+    """Versions 2 and 3 delta-encode the unsealed tail of ``ts`` and ``pts`` and keep those deltas for the
+    next write, which only adds the new facts' (``_ChunkCache.tail_deltas``). Driven as the core drives
+    it (facts appended, inserted among old ones with the lowest changed index noted, cut from the front,
+    now and then a version 4 write, not every change written), every write decodes to exactly the
+    columns, across sealing."""
+    state = UserState()
+    t = 1_714_986_000_000
+    for op, k, where, on_pts, write in ops:
+        col = state.pts if on_pts else state.ts
+        if op == "append":
+            for _ in range(k):
+                t += 1 + where % 5_000
+                col.append(t)
+                if not on_pts:
+                    state.code.append(where % 7)
+        elif op == "insert" and col:
+            j = where % len(col)
+            col.insert(j, col[j])  # the same time again: sorted still
+            if on_pts:
+                state.edit_pts = min(state.edit_pts, j)
+            else:
+                state.code.insert(j, 8)
+                state.edit_ts = min(state.edit_ts, j)
+        elif op == "cut":
+            k = min(k, len(state.ts))
+            del state.ts[:k], state.code[:k], state.pts[: min(k, len(state.pts))]
+            state.edit_ts = state.edit_pts = 0
+        if op == "v4" or write:
+            back = decode_state(encode_state(state, 4 if op == "v4" else version))
+            assert (back.ts, back.code, back.pts) == (state.ts, state.code, state.pts)
 
 
 def test_a_state_written_in_version_1_still_reads() -> None:
