@@ -20,8 +20,8 @@ from tests.sessionizer_helpers import Consumer
 def _trickle(keep_older: bool, extend_fast: bool = False) -> tuple[int, int, Consumer]:
     """Two days of history, then the third day one event per call with presence events up to 20 s late:
     the computations made from a cut, the facts they scanned, and the consumer's view. ``extend_fast``:
-    events that only extend the open chain are settled without a computation (the default of the core;
-    off here unless asked, so that every settle shows where it resumes from)."""
+    events that only extend the open chain or the open inactive rest are settled without a computation
+    (the default of the core; off here unless asked, so that every settle shows where it resumes from)."""
     history, last = trickled(3, 20.0, seed=2)
     core = Sessionizer(SessionizerConfig(retention_s=4 * 86_400), extend_fast=extend_fast)
     consumer = Consumer()
@@ -56,8 +56,8 @@ def test_a_slightly_late_event_resumes_from_a_checkpoint_not_from_the_period_sta
     old_cuts, old_scanned, dropped = _trickle(keep_older=False)
     assert old_cuts > 50 and old_scanned > 100 * max(scanned, 1)
     assert kept.final() == dropped.final()  # the same sessions either way
-    # Settling the events that only extend the open chain without a computation leaves the checkpoints as
-    # they were: the late events still resume from one of them.
+    # Settling the events that only extend what is open without a computation keeps the checkpoints before
+    # them: the late events still resume from one of them.
     fast_cuts, _, fast = _trickle(keep_older=True, extend_fast=True)
     assert fast_cuts <= 3, fast_cuts
     assert fast.final() == kept.final()

@@ -63,9 +63,9 @@ def test_many_batches_one_write_per_changed_user_and_the_same_sessions_as_per_ba
             store[w.key] = w.value
         ref_msgs += result.messages
     assert [m.value for m in live_msgs] == [m.value for m in ref_msgs]
-    # The same states, but for the checkpoints: a state kept decoded knows its open chain and settles the
-    # clicks that only extend it without a computation, which leaves its checkpoints as they were; one
-    # decoded for every batch computes each time (``Sessionizer._extend``).
+    # The same states, but for the checkpoints: a state kept decoded knows what is open and settles the
+    # events that only extend it without a computation, which makes no checkpoints; one decoded for every
+    # batch computes each time (``Sessionizer._extend``).
     assert {w.key for w in written} == set(store)
     for flushed in written:
         assert_same_but_checkpoints(decode_state(decode_record(flushed.value).core),

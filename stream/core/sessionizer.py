@@ -165,14 +165,13 @@ class Intake:
     """One user's events taken into its state since :meth:`Sessionizer.intake`, not yet settled: the late
     ones (not applied), how many were duplicates, and the earliest time the new facts can change."""
 
-    __slots__ = ("dups", "last", "late", "state", "t_aff")
+    __slots__ = ("dups", "late", "state", "t_aff")
 
     def __init__(self, state: UserState) -> None:
         self.state = state
         self.late: list[Envelope] = []
         self.dups = 0
         self.t_aff = _NEVER  #: the earliest time the taken facts can change (``_NEVER``: none taken)
-        self.last = state.ts[-1] if state.ts else NO_TIME  #: the latest fact before the intake
 
 
 class Sessionizer:
@@ -271,7 +270,7 @@ class Sessionizer:
         upserts: list[Session] = []
         retractions: list[SessionRetraction] = []
         corrected: list[str] = []
-        if not (st.tip is not None and self.extend_fast and self._extend(st, intake.t_aff, intake.last)):
+        if not (st.tip is not None and self.extend_fast and self._extend(st, intake.t_aff)):
             # (else only the open chain or the open inactive rest grew)
             upserts, retractions, corrected = self._recompute(user_key, st, intake.t_aff, False)
         self._prune(st, st.latest - self._retention)
@@ -417,26 +416,21 @@ class Sessionizer:
             k -= 2
         return NO_TIME
 
-    def _extend(self, st: UserState, t_aff: int, last: int) -> bool:
+    def _extend(self, st: UserState, t_aff: int) -> bool:
         """Settle the new facts without a computation when they only extend what the last computation left
-        open (``st.tip``): the open chain (this method) or, with no chain open, the inactive rest of the
-        last period (:meth:`_extend_idle`). False (nothing changed) when they may do more.
+        open (``st.tip``): the open chain (:meth:`_extend_chain`) or, with no chain open, the inactive rest
+        of the last period (:meth:`_extend_idle`). False (nothing changed) when they may do more.
 
         Common to both: every new fact is after the open part's start (``t_aff``, the earliest time the new
         facts can change, is past it), so none falls in a published session (whose hosts or time zone it
         could change), and the user has no legacy report. The facts from ``t_aff`` on are walked, old ones
-        among them: each is inside the open part already and changes nothing.
+        among them (when a new fact comes before the latest): each is inside the open part already and
+        changes nothing.
 
-        For the chain: no break (the open chain has none after its start), each piece of evidence (input, a
-        heartbeat's last input) less than the gap after the chain's end so far (rule 3), no fact more than
-        the presence timeout after the period's end so far (rule 4), and the latest fact and evidence not so
-        far past the chain's new end that it closes. Then rules 1 to 5 close, correct and start nothing: the
-        chain's end, the period's end and the open count move as the computation would move them, and
-        nothing is published.
-
-        Checkpoints: those after ``t_aff`` held walks over facts before the new ones and are dropped (a
-        computation from a checkpoint drops them too); the others stay, so the next computation starts at
-        one of them (or at a cut) and walks these facts too."""
+        Checkpoints: those after ``t_aff`` (only when a new fact comes before the latest: every checkpoint
+        is at a fact time) held walks over facts before the new ones and are dropped (a computation from a
+        checkpoint drops them too); the others stay, so the next computation starts at one of them (or at a
+        cut) and walks these facts too."""
         tip = st.tip
         assert tip is not None
         start, end, period_end = tip
@@ -446,13 +440,19 @@ class Sessionizer:
             done = self._extend_idle(st, t_aff, start, period_end)
         else:
             done = self._extend_chain(st, t_aff, start, end, period_end)
-        if done and t_aff <= last:
-            cks = st.cks
-            if any(cks[i] > t_aff for i in range(0, len(cks), 6)):
-                st.cks = column([v for i in range(0, len(cks), 6) if cks[i] <= t_aff for v in cks[i : i + 6]])
+        cks = st.cks
+        if done and any(cks[i] > t_aff for i in range(0, len(cks), 6)):
+            st.cks = column([v for i in range(0, len(cks), 6) if cks[i] <= t_aff for v in cks[i : i + 6]])
         return done
 
     def _extend_chain(self, st: UserState, t_aff: int, start: int, end: int, period_end: int) -> bool:
+        """The open chain ``[start, end]``, the last of the period that ends at ``period_end``: the new facts
+        only extend it when none is a break (the open chain has none after its start), each piece of
+        evidence (input, a heartbeat's last input) is less than the gap after the chain's end so far (rule
+        3), none is more than the presence timeout after the period's end so far (rule 4), and the latest
+        fact and evidence are not so far past the chain's new end that it closes. Then rules 1 to 5 close,
+        correct and start nothing: the chain's end, the period's end and the open count move as the
+        computation would move them."""
         gap = self._gap
         ts, code, pts = st.ts, st.code, st.pts
         lo, n = bisect_left(ts, t_aff), len(ts)
@@ -592,12 +592,13 @@ class Sessionizer:
         comps = st.comps
         if not opened or st.sc or not comps or n_open > 2:
             return None
-        chain = opened[0]
+        first = opened[0]
         period_start, period_end = comps[-2], comps[-1]
-        if n_open == 1 and chain.kind == INACTIVE:
-            if chain.start < period_start or chain.end != period_end:
+        if n_open == 1 and first.kind == INACTIVE:
+            if first.start < period_start or first.end != period_end:
                 return None
-            return chain.start, NO_TIME, period_end
+            return first.start, NO_TIME, period_end
+        chain = first
         if chain.kind != ACTIVE or chain.start < period_start or chain.end > period_end:
             return None
         if n_open == 1:
