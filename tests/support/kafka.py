@@ -92,6 +92,7 @@ async def wait_committed(bootstrap: str, group: str, topics: Sequence[str], with
     within ``within`` seconds (partitions with no records need no commit)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
 
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -104,7 +105,12 @@ async def wait_committed(bootstrap: str, group: str, topics: Sequence[str], with
         ends = {tp: end for tp, end in (await consumer.end_offsets(partitions)).items() if end > 0}
         deadline = asyncio.get_running_loop().time() + within
         while True:
-            committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
+            try:
+                committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
+            except KafkaError as err:  # a fresh broker has no group coordinator for a moment
+                if not err.retriable:
+                    raise
+                committed = {}
             if all(tp in committed and committed[tp].offset >= end for tp, end in ends.items()):
                 return True
             if asyncio.get_running_loop().time() >= deadline:
