@@ -33,7 +33,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -57,7 +57,7 @@ from stream.group import GroupWatch
 from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
 from stream.output import OutputFailed, OutputWriter, Pending
-from stream.periodic import Periodic
+from stream.periodic import Periodic, guarded
 from stream.processor import Incoming, Outgoing, Processor, Result
 from stream.record_batches import BATCH_BYTES
 from stream.recovery import RecoveryWatch
@@ -81,6 +81,29 @@ GROUP_INTERVAL_S = 2.0
 #: How often a table recovery's progress is looked at (at most; a quarter of ``recovery_stall_s`` if less).
 RECOVERY_INTERVAL_S = 5.0
 
+
+def consumer_lags(
+    partitions: Iterable[Any],
+    highwater: Callable[[Any], int | None],
+    read: Mapping[Any, int],
+    committed: Mapping[Any, int | None],
+) -> dict[Any, int]:
+    """Per partition, its highwater minus the next offset the worker reads (after the last record read,
+    else the committed offset, else 0), never below 0. A partition whose highwater is not known is left
+    out (not fetched yet, or its fetch state reset: aiokafka's ``highwater`` then gives None, as it does
+    while a partition's leader moves to another broker)."""
+    out: dict[Any, int] = {}
+    for tp in partitions:
+        try:
+            high = highwater(tp)
+        except Exception:  # noqa: S112 - no fetch for this partition yet: no lag to report
+            continue
+        if high is None:
+            continue
+        last = read.get(tp)
+        position = last + 1 if last is not None else (committed.get(tp) or 0)
+        out[tp] = max(0, high - position)
+    return out
 
 class ClusterInfo:
     """What the worker must know about the cluster before Faust starts: the raw topics' common partition
@@ -235,9 +258,9 @@ class StreamApp:
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)
         self.app.timer(settings.effective_scan_interval, name="silence-scan")(self._scan)
-        self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(self._report_lag)
+        self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(guarded(self._report_lag, "consumer-lag"))
         self.group = GroupWatch(settings, settings.app_id, self.topics.raw, cluster.partitions)
-        self.app.timer(GROUP_INTERVAL_S, name="group-watch")(self._watch_group)
+        self.app.timer(GROUP_INTERVAL_S, name="group-watch")(guarded(self._watch_group, "group-watch"))
         self.recovery_watch = RecoveryWatch(settings.recovery_stall_s)
         #: Services the Faust worker runs beside the app (:meth:`services`).
         self._services: list[Service] = []
@@ -438,18 +461,11 @@ class StreamApp:
         if not self.ready():
             return
         consumer = self.app.consumer
-        read: Any = getattr(consumer, "_read_offset", {})
-        committed: Any = getattr(consumer, "_committed_offset", {})
-        for tp in self.app.assignor.assigned_actives():
-            if tp.topic not in self.topics.raw:
-                continue
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # noqa: S112 - no fetch for this partition yet: no lag to report
-                continue
-            last = read.get(tp)
-            position = last + 1 if last is not None else (committed.get(tp) or 0)
-            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+        raw = [tp for tp in self.app.assignor.assigned_actives() if tp.topic in self.topics.raw]
+        lags = consumer_lags(raw, consumer.highwater, getattr(consumer, "_read_offset", {}),
+                             getattr(consumer, "_committed_offset", {}))
+        for tp, lag in lags.items():
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     async def _write(self, result: Result) -> Pending:
         """Write the state changes (changelog first, then the local store) and enqueue the output."""

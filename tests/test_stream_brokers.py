@@ -63,14 +63,20 @@ def pipeline(cluster: KafkaCluster, fresh_pg_dsn: str, tmp_path: Path) -> Iterat
         started.stop()
 
 
-async def _replicas(bootstrap: str, topic: str) -> set[int]:
+async def _replicas(bootstrap: str, topic: str, within: float = 15.0) -> set[int]:
+    """The replica counts of ``topic``'s partitions. A broker answers from its own metadata cache, which
+    can lag a topic just created on another one (no partitions yet): asked again until some are known."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    deadline = asyncio.get_running_loop().time() + within
     try:
-        (described,) = await admin.describe_topics([topic])
+        while True:
+            (described,) = await admin.describe_topics([topic])
+            if described["partitions"] or asyncio.get_running_loop().time() >= deadline:
+                return {len(p["replicas"]) for p in described["partitions"]}
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
-    return {len(p["replicas"]) for p in described["partitions"]}
 
 
 async def test_the_active_controller_lost_halfway_loses_no_session_and_no_row(
