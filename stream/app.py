@@ -105,6 +105,7 @@ def consumer_lags(
         out[tp] = max(0, high - position)
     return out
 
+
 class ClusterInfo:
     """What the worker must know about the cluster before Faust starts: the raw topics' common partition
     count (the state table must match it) and the changelog replication factor to use."""
