@@ -259,16 +259,23 @@ class StreamApp:
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)
         self.app.timer(settings.effective_scan_interval, name="silence-scan")(self._scan)
-        self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(guarded(self._report_lag, "consumer-lag"))
+        self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(
+            guarded(self._report_lag, "consumer-lag", self._task_failed("consumer-lag")))
         self.group = GroupWatch(settings, settings.app_id, self.topics.raw, cluster.partitions)
-        self.app.timer(GROUP_INTERVAL_S, name="group-watch")(guarded(self._watch_group, "group-watch"))
+        self.app.timer(GROUP_INTERVAL_S, name="group-watch")(
+            guarded(self._watch_group, "group-watch", self._task_failed("group-watch")))
         self.recovery_watch = RecoveryWatch(settings.recovery_stall_s)
         #: Services the Faust worker runs beside the app (:meth:`services`).
         self._services: list[Service] = []
         if settings.recovery_stall_s > 0:
             # Not an app timer: Faust starts those only after the first recovery, the one most worth watching.
             interval = min(RECOVERY_INTERVAL_S, max(0.1, settings.recovery_stall_s / 4))
-            self._services.append(Periodic(interval, self._watch_recovery, name="recovery-watch"))
+            self._services.append(Periodic(interval, self._watch_recovery, name="recovery-watch",
+                                          failed=self._task_failed("recovery-watch")))
+
+    def _task_failed(self, task: str) -> Callable[[], None]:
+        """What counts one failed run of the periodic task ``task`` (``..._task_failures_total{task}``)."""
+        return self.metrics.task_failures.labels(task).inc
 
     def services(self) -> list[Service]:
         """The services to run beside the app in the Faust worker (from its start, not after recovery)."""
@@ -454,6 +461,7 @@ class StreamApp:
                 self._stage(result)
         except Exception:
             log.exception("silence scan failed")
+            self.metrics.task_failures.labels("silence-scan").inc()
             return
         self.metrics.scan_seconds.observe(time.perf_counter() - started)
 

@@ -62,6 +62,14 @@ class StreamMetrics:
         self.users = Gauge(
             f"{p}_users", "Users with state on this worker's partitions", registry=registry,
         )
+        self.task_failures = Counter(
+            f"{p}_task_failures_total",
+            "Failed runs of the worker's periodic tasks (silence-scan, consumer-lag, group-watch, "
+            "recovery-watch); each runs again at its next interval",
+            ["task"], registry=registry,
+        )
+        for task in ("silence-scan", "consumer-lag", "group-watch", "recovery-watch"):
+            self.task_failures.labels(task)  # at 0 from the start: increase() sees the first failure
         self.consumer_lag = Gauge(
             f"{p}_consumer_lag", "Records on the raw topics not yet read by this worker, by partition",
             ["topic", "partition"], registry=registry,

@@ -13,11 +13,13 @@ from mode import Service
 log = logging.getLogger(__name__)
 
 
-def guarded(tick: Callable[[], Awaitable[None]], name: str) -> Callable[[], Awaitable[None]]:
+def guarded(
+    tick: Callable[[], Awaitable[None]], name: str, failed: Callable[[], None] | None = None
+) -> Callable[[], Awaitable[None]]:
     """``tick`` made safe to run at intervals: an exception is logged (its type only, values stay out of
-    the log) instead of raised. For Faust's ``app.timer`` too, where an exception crashes the worker: a
-    task that only observes (the consumer lag gauge) must not stop the sessions. Takes no argument, so
-    Faust passes it none."""
+    the log) and counted (``failed()``, e.g. a metric's ``inc``) instead of raised. For Faust's
+    ``app.timer`` too, where an exception crashes the worker: a task that only observes (the consumer lag
+    gauge) must not stop the sessions. Takes no argument, so Faust passes it none."""
 
     async def run() -> None:
         try:
@@ -25,7 +27,10 @@ def guarded(tick: Callable[[], Awaitable[None]], name: str) -> Callable[[], Awai
         except Exception as exc:
             log.warning("a periodic task failed; it runs again at its next interval", extra={"kv": {
                 "task": name, "exception": type(exc).__name__}})
+            if failed is not None:
+                failed()
 
+    run.__name__ = run.__qualname__ = name  # what Faust's traces and a reader of its tasks see
     return run
 
 
@@ -34,13 +39,18 @@ class Periodic(Service):
     time. Guarantees: an exception in ``tick`` is logged (its type only) and the next tick still comes."""
 
     def __init__(
-        self, interval_s: float, tick: Callable[[], Awaitable[None]], name: str, **kwargs: Any
+        self,
+        interval_s: float,
+        tick: Callable[[], Awaitable[None]],
+        name: str,
+        failed: Callable[[], None] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.interval_s = interval_s
         self.tick = tick
         self.tick_name = name
-        self._guarded = guarded(tick, name)
+        self._guarded = guarded(tick, name, failed)
 
     async def on_started(self) -> None:
         self.add_future(self._run())

@@ -93,17 +93,51 @@ async def test_a_guarded_tick_that_fails_is_logged_by_its_type_and_does_not_rais
         calls += 1
         raise TypeError("unsupported operand: secret-window-title")
 
-    run = guarded(tick, "consumer-lag")
+    failures = 0
+
+    def failed() -> None:
+        nonlocal failures
+        failures += 1
+
+    run = guarded(tick, "consumer-lag", failed)
     # Faust's app.task passes the app to a function that takes parameters: this one takes none.
     assert not inspect.signature(run).parameters
     with caplog.at_level(logging.WARNING, logger="stream.periodic"):
         await run()
         await run()
     assert calls == 2
+    assert failures == 2
     records = [r for r in caplog.records if r.name == "stream.periodic"]
     assert len(records) == 2
     assert all(r.kv == {"task": "consumer-lag", "exception": "TypeError"} for r in records)  # type: ignore[attr-defined]
     assert "secret-window-title" not in caplog.text
+
+
+class _BrokenAssignor:
+    def assigned_actives(self) -> set[TP]:
+        raise RuntimeError("the assignor is gone")
+
+
+async def test_the_worker_counts_a_failing_timer_and_goes_on(tmp_path: Any) -> None:
+    """The lag timer as Faust runs it (its task, unwrapped to the guarded tick) and the silence scan: a
+    failure is counted by task (``desktrace_stream_task_failures_total``, which an alert watches), and
+    nothing is raised into Faust."""
+    registry = CollectorRegistry()
+    worker = _worker(tmp_path, registry)
+    worker.app.assignor = _BrokenAssignor()  # type: ignore[assignment]
+    worker.ready = lambda: True  # type: ignore[method-assign]
+    failures = "desktrace_stream_task_failures_total"
+    assert metric_sum(_exposition(registry), failures, task="consumer-lag") == 0  # there from the start
+    (lag_timer,) = [f for f in map(inspect.unwrap, worker.app._app_tasks) if f.__qualname__ == "consumer-lag"]
+
+    await lag_timer()
+    await lag_timer()
+    await worker._scan()
+
+    text = _exposition(registry)
+    assert metric_sum(text, failures, task="consumer-lag") == 2
+    assert metric_sum(text, failures, task="silence-scan") == 1
+    assert metric_sum(text, failures, task="group-watch") == 0
 
 
 def _exposition(registry: CollectorRegistry) -> str:
