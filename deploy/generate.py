@@ -222,7 +222,14 @@ SESSIONS: list[list[Panel]] = [
                 ),
             ],
         ),
+    ],
+    [
         ("Late events /min", "short", [("sum(rate(desktrace_stream_late_events_total[5m])) * 60", "late")]),
+        (
+            "Failed periodic task runs /h (each runs again at its next interval)",
+            "short",
+            [("sum by (task) (increase(desktrace_stream_task_failures_total[1h]))", "{{task}}")],
+        ),
     ],
 ]
 
