@@ -259,6 +259,7 @@ class StreamApp:
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.agent(self.raw_topic, name="sessionize", concurrency=1)(self._agent)
         self.app.timer(settings.effective_scan_interval, name="silence-scan")(self._scan)
+        self._scan_failed = self._task_failed("silence-scan")  # (the scan catches its own failures)
         self.app.timer(LAG_INTERVAL_S, name="consumer-lag")(
             guarded(self._report_lag, "consumer-lag", self._task_failed("consumer-lag")))
         self.group = GroupWatch(settings, settings.app_id, self.topics.raw, cluster.partitions)
@@ -274,7 +275,8 @@ class StreamApp:
                                           failed=self._task_failed("recovery-watch")))
 
     def _task_failed(self, task: str) -> Callable[[], None]:
-        """What counts one failed run of the periodic task ``task`` (``..._task_failures_total{task}``)."""
+        """What counts one failed run of the periodic task ``task`` (``..._task_failures_total{task}``). The
+        task's series exists from here on, at 0, so that ``increase()`` sees its first failure."""
         return self.metrics.task_failures.labels(task).inc
 
     def services(self) -> list[Service]:
@@ -461,7 +463,7 @@ class StreamApp:
                 self._stage(result)
         except Exception:
             log.exception("silence scan failed")
-            self.metrics.task_failures.labels("silence-scan").inc()
+            self._scan_failed()
             return
         self.metrics.scan_seconds.observe(time.perf_counter() - started)
 

@@ -68,8 +68,6 @@ class StreamMetrics:
             "recovery-watch); each runs again at its next interval",
             ["task"], registry=registry,
         )
-        for task in ("silence-scan", "consumer-lag", "group-watch", "recovery-watch"):
-            self.task_failures.labels(task)  # at 0 from the start: increase() sees the first failure
         self.consumer_lag = Gauge(
             f"{p}_consumer_lag", "Records on the raw topics not yet read by this worker, by partition",
             ["topic", "partition"], registry=registry,

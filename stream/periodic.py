@@ -48,8 +48,6 @@ class Periodic(Service):
     ) -> None:
         super().__init__(**kwargs)
         self.interval_s = interval_s
-        self.tick = tick
-        self.tick_name = name
         self._guarded = guarded(tick, name, failed)
 
     async def on_started(self) -> None:

@@ -127,7 +127,9 @@ async def test_the_worker_counts_a_failing_timer_and_goes_on(tmp_path: Any) -> N
     worker.app.assignor = _BrokenAssignor()  # type: ignore[assignment]
     worker.ready = lambda: True  # type: ignore[method-assign]
     failures = "desktrace_stream_task_failures_total"
-    assert metric_sum(_exposition(registry), failures, task="consumer-lag") == 0  # there from the start
+    before = _exposition(registry)
+    for task in ("consumer-lag", "silence-scan", "group-watch", "recovery-watch"):
+        assert samples(before, failures, task=task) == [0.0], task  # there from the start, at 0
     (lag_timer,) = [f for f in map(inspect.unwrap, worker.app._app_tasks) if f.__qualname__ == "consumer-lag"]
 
     await lag_timer()
