@@ -84,6 +84,7 @@ class SinkRunner(BatchLoop):
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._failing = False
         self._ahead: asyncio.Task[Fetched] | None = None  #: the next batch, fetched while one is written
+        self._committing: asyncio.Task[None] | None = None  #: the last batch's offsets, on their way
         self._migrated = False
         #: Why Kafka refuses us (from common.kafka.connection_problem), "" when it does not.
         self.kafka_problem = ""
@@ -160,6 +161,7 @@ class SinkRunner(BatchLoop):
             session_timeout_ms=self.settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(self.settings.kafka_session_timeout_ms // 4, 500),
             max_poll_records=self.settings.batch_size,
+            max_partition_fetch_bytes=self.settings.kafka_fetch_partition_bytes,
             **opts,
         )
         self._producer = AIOKafkaProducer(
@@ -194,8 +196,9 @@ class SinkRunner(BatchLoop):
 
     async def run(self) -> None:
         """Start, loop until :meth:`stop`, close. The next batch is fetched and decoded while the current one
-        is written (the database works in its own process meanwhile); offsets are still committed one batch
-        after the other, each only after its batch was written."""
+        is written (the database works in its own process meanwhile), and a batch's offsets travel to
+        Kafka while the next one is written; offsets are still committed one batch after the other, each
+        only after its batch was written, and the last ones before the consumer closes."""
         try:
             await self.start()
             while not self.stopping:
@@ -212,6 +215,10 @@ class SinkRunner(BatchLoop):
                 ahead.cancel()
                 with contextlib.suppress(BaseException):
                     await ahead  # its records are not committed: they will be redelivered
+            try:
+                await self._commit_sent()
+            except Exception as exc:  # _commit logs the failures it expects; close all the same
+                log.warning("last offset commit failed", extra={"kv": {"error": type(exc).__name__}})
             await self.close()
 
 

@@ -36,6 +36,7 @@ class SinkSettings(CommonSettings, kw_only=True):
     retry_max_s: PositiveFloat = 30.0
     pg_command_timeout_s: PositiveFloat = 60.0
     kafka_session_timeout_ms: Positive = 10000
+    kafka_fetch_partition_bytes: Positive = 4 * 1024 * 1024
 
 
 SINK_HELP: dict[str, str] = {
@@ -54,4 +55,7 @@ SINK_HELP: dict[str, str] = {
     "retry_max_s": "longest retry delay",
     "pg_command_timeout_s": "timeout of one database statement (a timeout is retried)",
     "kafka_session_timeout_ms": "Kafka consumer group session timeout",
+    "kafka_fetch_partition_bytes": "most bytes fetched from one partition in one request (the records "
+    "waiting in memory are about this times the partitions assigned); smaller ones leave the sink "
+    "waiting on Kafka between batches",
 }

@@ -3,8 +3,10 @@
 A writer's :meth:`write` runs inside a transaction the caller opened and is idempotent: writing the same
 items again (a redelivery after a crash) leaves the table as writing them once.
 
-- :class:`RawWriter`: COPY into a temporary staging table, then ``INSERT INTO raw_events SELECT ... ON
-  CONFLICT (agent_id, seq, ts) DO NOTHING``; partitions of the batch's days are ensured first.
+- :class:`RawWriter`: COPY straight into ``raw_events`` inside a savepoint; when a row of the batch is
+  already there (a redelivery), the savepoint is rolled back and the batch goes through a temporary
+  staging table, ``INSERT INTO raw_events SELECT ... ON CONFLICT (agent_id, seq, ts) DO NOTHING``.
+  Partitions of the batch's days are ensured first.
 - :class:`SessionWriter`: reduces the batch to the last write per ``session_id`` (topic order), then one
   ``DELETE`` for the retracted ids and ``INSERT ... ON CONFLICT (session_id) DO UPDATE`` (via COPY into a
   staging table) for the rest.
@@ -93,6 +95,13 @@ _RAW_INSERT = (
 class RawWriter:
     """Writes raw events to ``raw_events``; duplicates of ``(agent_id, seq, ts)`` are skipped.
 
+    A batch is first COPYed straight into the table: the staging path's ``INSERT ... ON CONFLICT`` costs
+    the database about a quarter more CPU per row (measured in ``bench/bench_sink_process.py``, its WAL
+    included). When the unique key refuses a row, that attempt is rolled back to its savepoint and the
+    batch is written through the staging table, which skips the duplicates; the staging path is then
+    kept until a batch meets no duplicate, so a redelivery of many batches (a restart, a rebalance) does
+    not pay a failed COPY for each. Either path writes the same rows.
+
     Events older than ``retention_days`` (when > 0) are rejected as ``late``: their partition would be
     dropped by the next retention run anyway, and creating it would only churn DDL.
     """
@@ -105,6 +114,8 @@ class RawWriter:
         self.retention_days = retention_days
         self.partitions = PartitionCache()
         self._oldest_day: date | None = None
+        #: True while batches go through the staging table (since a batch met a duplicate).
+        self.staging = False
 
     def topics(self, topics: Topics) -> list[str]:
         return list(topics.raw)
@@ -130,7 +141,15 @@ class RawWriter:
         await self.partitions.ensure(conn, days_of(items))
 
     async def write(self, conn: asyncpg.Connection, items: Sequence[RawRow]) -> tuple[int, int]:
+        if not self.staging:
+            try:
+                async with conn.transaction():  # a savepoint in the caller's transaction
+                    await conn.copy_records_to_table(self.table, records=items, columns=RAW_COLUMNS)
+                return len(items), 0
+            except asyncpg.UniqueViolationError:
+                self.staging = True
         inserted = await _copy_and_apply(conn, _RAW_STAGE, items, RAW_COLUMNS, _RAW_INSERT)
+        self.staging = inserted < len(items)
         return inserted, len(items) - inserted
 
     def on_partition_missing(self) -> None:

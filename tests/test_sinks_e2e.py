@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import msgspec
 import pytest
+from aiokafka import ConsumerRecord
 
 from common.health import HealthServer
 from proto.codec import encode_event, encode_session
@@ -23,7 +25,7 @@ from proto.topics import Topics
 from sinks.runner import SinkRunner
 from sinks.writers import RawWriter, SessionWriter
 from tests.support.events import event_mix
-from tests.support.kafka import event_records, publish
+from tests.support.kafka import event_records, publish, wait_committed
 from tests.support.metrics import sample, scrape
 from tests.support.process import free_port, sink_process
 from tests.support.sinks import (
@@ -144,6 +146,36 @@ async def test_raw_events_with_duplicates_and_poison_end_as_exact_rows(
     assert by_class[encode_event(nul)] == "constraint"
     assert by_class[encode_event(huge_seq)] == "constraint"
     assert by_class[msgspec.msgpack.encode({"type": "FutureEvent", "agent_id": "x"})] == "unknown_type"
+
+
+async def test_a_stop_waits_for_the_offsets_still_on_their_way(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """A batch's offsets travel to Kafka while the next batch is written. A stop (SIGTERM) must wait for
+    them before the consumer closes, or a restart would write the last batch again. The coordinator here
+    answers slowly (each commit starts 1 s late), so the stop comes while the last commit is on its way."""
+    events = event_mix(300, agents=2)
+    await publish(kafka_bootstrap, event_records(topics, events))
+    runner = SinkRunner(RawWriter(), settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=100))
+    commit = runner._commit
+
+    async def slow_commit(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        await asyncio.sleep(1.0)
+        await commit(records)
+
+    runner._commit = slow_commit  # type: ignore[method-assign]
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def all_rows() -> bool:
+            return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+        assert await wait_until(all_rows, 60, interval=0.05), "raw sink did not write every event"
+        assert not await wait_committed(kafka_bootstrap, runner.group_id, topics.raw, within=0.0)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 30)
+    assert await wait_committed(kafka_bootstrap, runner.group_id, topics.raw, within=0.1)
 
 
 async def test_sessions_upserts_and_retractions_leave_the_unretracted(

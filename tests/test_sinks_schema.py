@@ -19,6 +19,7 @@ from proto.topics import Topics
 from sinks.migrations import apply_migrations, discover
 from sinks.partitions import PartitionCache, list_partitions, partition_name
 from sinks.writers import RawWriter
+from tests.support.events import event_mix
 from tests.support.kafka import publish
 from tests.support.sinks import dead_letters, fetchval, running, settings_for, wait_until
 
@@ -157,6 +158,42 @@ async def test_partitions_on_demand_for_far_days_and_retention(fresh_pg_dsn: str
 
 
 @pytest.mark.kafka
+async def test_the_direct_copy_and_the_staging_path_write_each_event_once(fresh_pg_dsn: str) -> None:
+    """A batch is COPYed straight into ``raw_events``; one holding a row already there (a redelivery) or
+    the same event twice (an agent re-sending) goes through the staging table instead, which skips
+    them, and the next batch without a duplicate goes straight again. Every event ends as one row."""
+    await apply_migrations(fresh_pg_dsn)
+    writer = RawWriter(retention_days=0)
+    events = event_mix(400, agents=3)
+    rows = [writer.decode(encode_event(e)) for e in events]
+    a, b, c, d = rows[:100], rows[100:200], rows[200:300], rows[300:]
+    conn = await asyncpg.connect(fresh_pg_dsn)
+
+    async def write(batch: list[tuple[object, ...]]) -> tuple[tuple[int, int], bool]:
+        await writer.before_write(conn, batch)
+        async with conn.transaction():
+            counts = await writer.write(conn, batch)
+        return counts, writer.staging
+
+    try:
+        await writer.prepare(conn)
+        assert await write(a) == ((100, 0), False)  # straight in
+        assert await write(a[50:] + b) == ((100, 50), True)  # a redelivery: staged, duplicates skipped
+        assert await write(c[:10] + b[:5]) == ((10, 5), True)  # still staged: it met duplicates
+        assert await write(c[10:]) == ((90, 0), False)  # staged, none met: the next goes straight
+        assert await write(d[:50] + d[:1]) == ((50, 1), True)  # one event twice in one batch
+        assert await write(d[50:]) == ((50, 0), False)
+        stored = await conn.fetch("SELECT agent_id, seq, ts, details::text AS details FROM raw_events")
+        assert sorted((r["agent_id"], r["seq"], r["ts"]) for r in stored) == sorted(
+            (r[0], r[1], r[2]) for r in rows
+        )
+        by_key = {(r[0], r[1], r[2]): r[17] for r in rows}
+        assert all(json.loads(r["details"]) == json.loads(by_key[(r["agent_id"], r["seq"], r["ts"])])
+                   for r in stored)
+    finally:
+        await conn.close()
+
+
 async def test_event_older_than_retention_is_dead_lettered_late(
     kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
 ) -> None:

@@ -16,14 +16,15 @@ from hypothesis import strategies as st
 from common.health import HealthServer, parse_addr
 from common.urls import url_host
 from proto.codec import encode_event
-from proto.events import Heartbeat, Lock, WindowSwitch
+from proto.events import EVENT_TYPES, Envelope, Heartbeat, Lock, WindowSwitch
 from proto.sessions import Session, SessionRetraction, make_session
 from sinks.errors import ErrorKind, Reject, classify
 from sinks.partitions import expired, partition_day, partition_name, window
-from sinks.rows import RAW_COLUMNS, raw_row, reduce_sessions, url_domain
+from sinks.rows import _COLUMN_FIELDS, RAW_COLUMNS, raw_row, reduce_sessions, url_domain
 from sinks.runner import Backoff, SinkRunner, Stopped, group_id_for
 from sinks.settings import SinkSettings
 from sinks.writers import RawWriter
+from tests.support.events import sample_fields
 
 T0 = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
 
@@ -94,6 +95,81 @@ def test_a_scheme_less_url_reaches_the_domains_report_column() -> None:
     event = msgspec.structs.replace(sample_event("WindowSwitch"), url="docs.example.org/page")
     row = dict(zip(RAW_COLUMNS, raw_row(event), strict=True))
     assert row["url_domain"] == "docs.example.org"
+
+
+def _reference_details(event: Envelope) -> dict[str, object]:
+    """What ``details`` means (migration 0001): every field of the event, as it is encoded (defaults
+    left out), but those stored as columns."""
+    return {k: v for k, v in msgspec.to_builtins(event).items() if k not in _COLUMN_FIELDS}
+
+
+_texts = st.text(st.characters(codec="utf-8"), max_size=12)
+_nodes = st.lists(st.fixed_dictionaries({}, optional={"name": _texts, "control_type": _texts}), max_size=3)
+_values = st.one_of(
+    st.none(),
+    st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "name": _texts,
+                "control_type": _texts,
+                "value": st.none() | _texts,
+                "edited": st.booleans(),
+                "password": st.booleans(),
+            },
+        ),
+        max_size=3,
+    ),
+)
+#: A value for each non-column field any event type has (each is left out at random: its default).
+_DETAIL_VALUES = {
+    "app_version": _texts,
+    "exe_path": _texts,
+    "file_path": _texts,
+    "sheet": _texts,
+    "tab": _texts,
+    "title": _texts,
+    "url": _texts | st.sampled_from(["", "https://Mail.Example/x?y=1", "alice:pw@bank.example/a"]),
+    "session_type": _texts,
+    "pid": st.integers(-(2**40), 2**40),
+    "idle_ms": st.integers(0, 2**40),
+    "spool_bytes": st.integers(0, 2**40),
+    "spool_dropped": st.integers(0, 2**20),
+    "spool_events": st.integers(0, 2**20),
+    "state": st.sampled_from(["working", "stopped"]),
+    "hierarchy": _nodes,
+    "fields": _values,
+}
+
+
+@given(st.sampled_from(sorted(EVENT_TYPES)), st.fixed_dictionaries({}, optional=_DETAIL_VALUES))
+def test_details_hold_every_field_but_the_columns(type_name: str, extra: dict[str, object]) -> None:
+    """The sink builds ``details`` through a per-type Struct (cheaper than ``to_builtins``): on events of
+    every type, with any subset of their fields set (defaults, empty and None lists, any text), it is
+    the same JSON as the reference, key order included."""
+    cls = EVENT_TYPES[type_name]
+    names = {f.name for f in msgspec.structs.fields(cls)}
+    fields = {**sample_fields(type_name), **{k: v for k, v in extra.items() if k in names}}
+    event = msgspec.convert(fields, cls, strict=False)
+    row = dict(zip(RAW_COLUMNS, raw_row(event), strict=True))
+    assert row["details"] == msgspec.json.encode(_reference_details(event)).decode()
+    assert list(json.loads(row["details"])) == list(_reference_details(event))
+    assert row["url_domain"] == (url_host(getattr(event, "url", "")) or None)
+
+
+def test_url_domain_caches_short_urls_only() -> None:
+    """The cache of recent URLs stays bounded: a URL over 2 KiB is read each time, never kept."""
+    from sinks import rows
+
+    before = rows._cached_host.cache_info()
+    assert before.maxsize == 4096
+    long_url = "https://Long.Example/" + "x" * 5000
+    assert url_domain(long_url) == "long.example" == url_domain(long_url)
+    assert rows._cached_host.cache_info().currsize == before.currsize
+    short = f"https://Short{before.currsize}.Example/p"
+    assert url_domain(short) == url_domain(short) == f"short{before.currsize}.example"
+    after = rows._cached_host.cache_info()
+    assert (after.currsize, after.hits) == (before.currsize + 1, before.hits + 1)
 
 
 def _apply(messages: list[Session | SessionRetraction]) -> dict[str, Session]:
