@@ -97,10 +97,12 @@ class RawWriter:
 
     A batch is first COPYed straight into the table: the staging path's ``INSERT ... ON CONFLICT`` takes
     about 40% more time per row (``bench/bench_sinks.py``), and PostgreSQL's CPU per row, its WAL
-    included, was a third higher in the whole sink process (``bench/bench_sink_process.py``). When the unique key refuses a row, that attempt is rolled back to its savepoint and the
-    batch is written through the staging table, which skips the duplicates; the staging path is then
-    kept until a batch meets no duplicate, so a redelivery of many batches (a restart, a rebalance) does
-    not pay a failed COPY for each. Either path writes the same rows.
+    included, was a third higher in the whole sink process (``bench/bench_sink_process.py``).
+
+    When the unique key refuses a row, that attempt is rolled back to its savepoint and the batch is
+    written through the staging table, which skips the duplicates; the staging path is then kept until
+    a batch meets no duplicate, so a redelivery of many batches (a restart, a rebalance) does not pay a
+    failed COPY for each. Either path writes the same rows.
 
     Events older than ``retention_days`` (when > 0) are rejected as ``late``: their partition would be
     dropped by the next retention run anyway, and creating it would only churn DDL.
