@@ -12,8 +12,9 @@ then alternates, ``--rounds`` times each:
 - subject: the ``desktrace-sink raw`` console script (``--processes`` of them, in one consumer group of
   their own), until every row is in ``raw_events``.
 
-Each is timed from its first row in the table to the last (the table is emptied between runs) and the
-ratio subject/baseline is printed (target >= 0.7). Over the same span the CPU of each part is read from
+Each is timed from its first row in the table until every row is in (watched through the last event of
+each user on each topic, one index lookup per poll; the table is emptied between runs), and the ratio
+subject/baseline is printed (target >= 0.7). Over the same span the CPU of each part is read from
 ``/proc`` and printed per row: the process under test, the PostgreSQL server (its backends, the WAL
 writer, the checkpointer...), the broker (the ``java`` processes), this script (its row count polls) and
 the machine as a whole, so a rate can be set against what the machine's cores allow.
