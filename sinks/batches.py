@@ -269,11 +269,11 @@ class BatchLoop(DeadLettering):
 
     async def _commit(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         assert self._consumer is not None
-        offsets: dict[TopicPartition, int] = {}
-        for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
+        # A batch holds each partition's records in fetch order, so the last one of a partition is its
+        # highest offset (one dict store per record; a TopicPartition per partition, not per record).
+        last = {(rec.topic, rec.partition): rec.offset for rec in records}
         assigned = self._consumer.assignment()
+        offsets = {TopicPartition(topic, part): off + 1 for (topic, part), off in last.items()}
         owned = {tp: off for tp, off in offsets.items() if tp in assigned}
         if not owned:
             return
