@@ -27,13 +27,15 @@ from sinks.writers import Writer
 
 #: Records decoded between two yields to the event loop while a batch is fetched ahead (about 2 ms of work).
 DECODE_SLICE = 200
+#: Batches fetched and decoded ahead of the one being written, one after the other.
+AHEAD_BATCHES = 2
 
 
 class BatchLoop(DeadLettering):
     """Consume -> write -> dead-letter -> commit for one batch (part of :class:`sinks.runner.SinkRunner`,
     which owns the clients, the lifecycle and the retry helpers declared here)."""
 
-    _ahead: asyncio.Task[Fetched] | None
+    _ahead: list[asyncio.Task[Fetched]]
     _committing: asyncio.Task[None] | None
     _backoff: Backoff
     _conn: asyncpg.Connection | None
@@ -55,6 +57,18 @@ class BatchLoop(DeadLettering):
         handled = await self._handle(await self._fetch())
         await self._commit_sent()
         return handled
+
+    def _fetch_ahead(self) -> None:
+        """Keep :data:`AHEAD_BATCHES` batches coming while one is written: each is fetched once the one
+        before it was, so their records follow each other as the consumer returns them."""
+        while len(self._ahead) < AHEAD_BATCHES:
+            before = self._ahead[-1] if self._ahead else None
+            self._ahead.append(asyncio.create_task(self._fetch_after(before)))
+
+    async def _fetch_after(self, before: asyncio.Task[Fetched] | None) -> Fetched:
+        if before is not None:
+            await asyncio.wait([before])
+        return await self._fetch()
 
     async def _fetch(self) -> Fetched:
         """Collect one batch and decode it."""
@@ -288,18 +302,22 @@ class BatchLoop(DeadLettering):
             )
 
     async def _rewind_ahead(self) -> None:
-        """A write failed: give back the batch fetched ahead (seek its partitions to its first offsets), so
-        that nothing more is consumed while the database is unavailable and the lag shows it."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None or self._consumer is None:
-            return
-        try:
-            records, _, _ = await ahead
-        except Exception:
+        """A write failed: give back the batches fetched ahead (seek their partitions to the first offsets
+        they hold), so that nothing more is consumed while the database is unavailable and the lag shows
+        it. Each is awaited, not cancelled: one cancelled while it decodes would have moved the consumer
+        past records this could no longer seek back to."""
+        ahead, self._ahead = self._ahead, []
+        if not ahead or self._consumer is None:
             return
         first: dict[TopicPartition, int] = {}
-        for rec in records:
-            first.setdefault(TopicPartition(rec.topic, rec.partition), rec.offset)
+        for task in ahead:
+            try:
+                records, _, _ = await task
+            except Exception as exc:
+                log.warning("a batch fetched ahead failed", extra={"kv": {"error": type(exc).__name__}})
+                continue
+            for rec in records:
+                first.setdefault(TopicPartition(rec.topic, rec.partition), rec.offset)
         assigned = self._consumer.assignment()
         for tp, offset in first.items():
             if tp in assigned:

@@ -83,7 +83,7 @@ class SinkRunner(BatchLoop):
         self._stopping = asyncio.Event()
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._failing = False
-        self._ahead: asyncio.Task[Fetched] | None = None  #: the next batch, fetched while one is written
+        self._ahead: list[asyncio.Task[Fetched]] = []  #: the next batches, fetched while one is written
         self._committing: asyncio.Task[None] | None = None  #: the last batch's offsets, on their way
         self._migrated = False
         #: Why Kafka refuses us (from common.kafka.connection_problem), "" when it does not.
@@ -195,26 +195,27 @@ class SinkRunner(BatchLoop):
         await self._close_conn()
 
     async def run(self) -> None:
-        """Start, loop until :meth:`stop`, close. The next batch is fetched and decoded while the current one
-        is written (the database works in its own process meanwhile), and a batch's offsets travel to
-        Kafka while the next one is written; offsets are still committed one batch after the other, each
-        only after its batch was written, and the last ones before the consumer closes."""
+        """Start, loop until :meth:`stop`, close. The next batches (:data:`sinks.batches.AHEAD_BATCHES`) are
+        fetched and decoded while the current one is written (the database works in its own process
+        meanwhile), and a batch's offsets travel to Kafka while the next one is written; offsets are still
+        committed one batch after the other, each only after its batch was written, and the last ones
+        before the consumer closes."""
         try:
             await self.start()
             while not self.stopping:
-                ahead, self._ahead = self._ahead, None
-                fetched = await (ahead if ahead is not None else self._fetch())
+                fetched = await (self._ahead.pop(0) if self._ahead else self._fetch())
                 if not self.stopping:
-                    self._ahead = asyncio.create_task(self._fetch())
+                    self._fetch_ahead()
                 await self._handle(fetched)
         except Stopped:
             log.info("stopped while retrying; uncommitted records will be redelivered")
         finally:
-            ahead, self._ahead = self._ahead, None
-            if ahead is not None:
-                ahead.cancel()
+            ahead, self._ahead = self._ahead, []
+            for task in ahead:
+                task.cancel()
+            for task in ahead:
                 with contextlib.suppress(BaseException):
-                    await ahead  # its records are not committed: they will be redelivered
+                    await task  # their records are not committed: they will be redelivered
             try:
                 await self._commit_sent()
             except Exception as exc:  # _commit logs the failures it expects; close all the same

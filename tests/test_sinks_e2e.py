@@ -10,11 +10,12 @@ import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from common.health import HealthServer
 from proto.codec import encode_event, encode_session
@@ -176,6 +177,80 @@ async def test_a_stop_waits_for_the_offsets_still_on_their_way(
         runner.stop()
         await asyncio.wait_for(task, 30)
     assert await wait_committed(kafka_bootstrap, runner.group_id, topics.raw, within=0.1)
+
+
+class _DropsTheThirdWrite(RawWriter):
+    """The real writer, but the third write loses its connection, after a second: long enough for the
+    batches fetched ahead to be in memory, decoded, their records past the consumer's position."""
+
+    writes = 0
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        self.writes += 1
+        if self.writes == 3:
+            await asyncio.sleep(1.0)
+            raise ConnectionResetError("injected: the connection dropped mid-batch")
+        return await super().write(conn, items)
+
+
+async def test_a_failed_write_gives_back_every_batch_fetched_ahead(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """While one batch is written the next ones are fetched and decoded. When that write fails, the
+    batches fetched ahead are given back before the retry, and the whole path (retry, rewind, paused
+    wait, the rest of the stream) ends with every event as one row, none of them written twice. The
+    rewind's exact positions are checked by the next test, which does not depend on how the consumer
+    happened to split the partitions between batches."""
+    events = event_mix(600, agents=6)  # about 70 records per partition: batches span partitions
+    await publish(kafka_bootstrap, event_records(topics, events))
+    writer = _DropsTheThirdWrite()
+    settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=50)
+    async with running(writer, settings) as runner:
+
+        async def all_rows() -> bool:
+            return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+        assert await wait_until(all_rows, 60), "events were lost after the failed write"
+        assert writer.writes > 3
+        retries = {"table": "raw_events", "target": "postgres"}
+        assert metric(runner, "desktrace_sink_retries_total", retries) == 1
+        assert metric(runner, "desktrace_sink_rows_written_total", {"table": "raw_events"}) == len(events)
+        assert metric(runner, "desktrace_sink_rows_duplicate_total", {"table": "raw_events"}) == 0
+
+
+async def test_the_rewind_seeks_back_each_partition_the_batches_ahead_read(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """The rewind itself, on the real consumer: two batches fetched ahead, each holding a partition the
+    other does not (one user's 50 UI events, then its 50 input events, batches of 50); after the rewind
+    the consumer's position in each partition is the first offset those batches held."""
+    mix = event_mix(2000, agents=1)
+    ui, hid = ([e for e in mix if type(e).category == c][:50] for c in ("ui", "hid"))
+    one_user = ui + hid
+    await publish(kafka_bootstrap, event_records(topics, one_user))
+    runner = SinkRunner(RawWriter(), settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=50))
+    await runner.start()
+    consumer = runner._consumer
+    assert consumer is not None
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:  # a fetch that found nothing yet consumed nothing: fetch again
+            runner._fetch_ahead()
+            await asyncio.wait(runner._ahead)
+            runner._ahead = [t for t in runner._ahead if t.result()[0]]
+            if len(runner._ahead) == 2 or asyncio.get_running_loop().time() > deadline:
+                break
+        held = [[TopicPartition(r.topic, r.partition) for r in t.result()[0]] for t in runner._ahead]
+        assert len(held) == 2 and set(held[1]) - set(held[0]), "the second batch needs a partition of its own"
+        first: dict[TopicPartition, int] = {}
+        for t in runner._ahead:
+            for r in t.result()[0]:
+                first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+        await runner._rewind_ahead()
+        assert runner._ahead == []
+        assert {tp: await consumer.position(tp) for tp in first} == first
+    finally:
+        await runner.close()
 
 
 async def test_sessions_upserts_and_retractions_leave_the_unretracted(
