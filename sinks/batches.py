@@ -31,12 +31,18 @@ DECODE_SLICE = 200
 AHEAD_BATCHES = 2
 
 
+class HandedOver(Exception):
+    """The partitions of the batch being retried were handed over to other consumers: give it up."""
+
+
 class BatchLoop(DeadLettering):
     """Consume -> write -> dead-letter -> commit for one batch (part of :class:`sinks.runner.SinkRunner`,
     which owns the clients, the lifecycle and the retry helpers declared here)."""
 
-    _ahead: list[asyncio.Task[Fetched]]
+    _ahead: list[tuple[int, asyncio.Task[Fetched]]]  #: (generation when fetched, the batch)
     _committing: asyncio.Task[None] | None
+    _generation: int  #: counts the revocations: a batch fetched in an older one is not written
+    _writing: asyncio.Lock  #: held while a batch is written and its offsets handed to Kafka
     _backoff: Backoff
     _conn: asyncpg.Connection | None
     _consumer: AIOKafkaConsumer | None
@@ -54,7 +60,8 @@ class BatchLoop(DeadLettering):
     async def step(self) -> int:
         """Collect one batch (bounded by size and time), write it, dead-letter its poison, commit its
         offsets; returns the number of records handled (0 when idle)."""
-        handled = await self._handle(await self._fetch())
+        generation = self._generation
+        handled = await self._handle(await self._fetch(), generation)
         await self._commit_sent()
         return handled
 
@@ -62,8 +69,36 @@ class BatchLoop(DeadLettering):
         """Keep :data:`AHEAD_BATCHES` batches coming while one is written: each is fetched once the one
         before it was, so their records follow each other as the consumer returns them."""
         while len(self._ahead) < AHEAD_BATCHES:
-            before = self._ahead[-1] if self._ahead else None
-            self._ahead.append(asyncio.create_task(self._fetch_after(before)))
+            before = self._ahead[-1][1] if self._ahead else None
+            self._ahead.append((self._generation, asyncio.create_task(self._fetch_after(before))))
+
+    async def _next_batch(self) -> tuple[Fetched, int]:
+        """The oldest batch fetched ahead (or one fetched now) and the generation it was fetched in; a
+        batch cancelled by a revocation comes back empty."""
+        if not self._ahead:
+            generation = self._generation
+            return await self._fetch(), generation
+        generation, task = self._ahead.pop(0)
+        await asyncio.wait([task])
+        if task.cancelled():
+            return ([], [], []), generation
+        return task.result(), generation
+
+    async def hand_over(self) -> None:
+        """Partitions are about to move to other consumers (a rebalance; aiokafka awaits this before the
+        group hands them out again). The batches fetched ahead are dropped: every partition's next owner,
+        this one included, reads on from the committed offsets. The batch being written is finished (or,
+        while the database is down, given up at its next retry) and its offsets committed, so the new
+        owner starts after it. Written later, it could overwrite what the new owner wrote meanwhile: a
+        session's newer version with an older one."""
+        self._generation += 1
+        ahead, self._ahead = self._ahead, []
+        for _, task in ahead:
+            task.cancel()
+        if ahead:
+            await asyncio.wait([task for _, task in ahead])
+        async with self._writing:
+            await self._commit_sent()
 
     async def _fetch_after(self, before: asyncio.Task[Fetched] | None) -> Fetched:
         if before is not None:
@@ -92,8 +127,17 @@ class BatchLoop(DeadLettering):
                     rejected.append(Rejected(rec, exc.error_class, str(exc)))
         return records, items, rejected
 
-    async def _handle(self, fetched: Fetched) -> int:
-        """Write a fetched batch, dead-letter its poison, commit its offsets."""
+    async def _handle(self, fetched: Fetched, generation: int) -> int:
+        """Write a batch fetched in ``generation``, dead-letter its poison, commit its offsets. A batch
+        fetched before partitions were handed over is dropped (its records are read again from the
+        committed offsets, by whoever owns their partitions now)."""
+        async with self._writing:
+            if generation != self._generation:
+                self._seek_back(fetched[0])
+                return 0
+            return await self._write_batch(fetched, generation)
+
+    async def _write_batch(self, fetched: Fetched, generation: int) -> int:
         records, items, rejected = fetched
         if not records:
             return 0
@@ -102,7 +146,11 @@ class BatchLoop(DeadLettering):
         # commit.
         letters = await self._send_dead_letters(rejected)
         if items:
-            refused = await self._write_with_retry(items)
+            try:
+                refused = await self._write_with_retry(items, generation)
+            except HandedOver:
+                self._seek_back(records)
+                return 0
             rejected += refused
             letters += await self._send_dead_letters(refused)
         if rejected:
@@ -213,10 +261,14 @@ class BatchLoop(DeadLettering):
         return first + await self._write_isolating(items[mid:])
 
     async def _write_with_retry(
-        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]
+        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]], generation: int
     ) -> list[Rejected]:
+        """Write ``items`` until it succeeds; raises :class:`HandedOver` when the partitions were handed
+        over since the batch was fetched (``generation``), instead of retrying."""
         partition_retries = 0
         while True:
+            if generation != self._generation:
+                raise HandedOver
             try:
                 rejected = await self._write_isolating(items)
                 if self._failing:
@@ -250,17 +302,18 @@ class BatchLoop(DeadLettering):
                     },
                 )
                 await self._rewind_ahead()
-                await self._paused_wait(delay)
+                await self._paused_wait(delay, generation)
                 if self.stopping:
                     raise Stopped from exc
 
-    async def _paused_wait(self, delay: float) -> None:
+    async def _paused_wait(self, delay: float, generation: int) -> None:
         """Wait ``delay`` seconds with every partition paused, polling so the group keeps us; anything
-        fetched anyway (partitions newly assigned by a rebalance) is rewound, not processed."""
+        fetched anyway (partitions newly assigned by a rebalance) is rewound, not processed. Returns early
+        once the partitions of the batch waiting (fetched in ``generation``) are handed over."""
         assert self._consumer is not None
         loop = asyncio.get_running_loop()
         end = loop.time() + delay
-        while not self.stopping:
+        while not self.stopping and generation == self._generation:
             self._consumer.pause(*self._consumer.assignment())
             remaining = end - loop.time()
             if remaining <= 0:
@@ -309,15 +362,26 @@ class BatchLoop(DeadLettering):
         ahead, self._ahead = self._ahead, []
         if not ahead or self._consumer is None:
             return
-        first: dict[TopicPartition, int] = {}
-        for task in ahead:
-            try:
-                records, _, _ = await task
-            except Exception as exc:
-                log.warning("a batch fetched ahead failed", extra={"kv": {"error": type(exc).__name__}})
+        held: list[ConsumerRecord[bytes, bytes]] = []
+        for _, task in ahead:
+            await asyncio.wait([task])
+            if task.cancelled():
+                continue  # cancelled by a hand-over: the next owner reads from the committed offsets
+            if task.exception() is not None:
+                log.warning("a batch fetched ahead failed", extra={"kv": {
+                    "error": type(task.exception()).__name__}})
                 continue
-            for rec in records:
-                first.setdefault(TopicPartition(rec.topic, rec.partition), rec.offset)
+            held += task.result()[0]
+        self._seek_back(held)
+
+    def _seek_back(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Seek each still assigned partition of ``records`` (in fetch order) back to its first offset
+        among them, so that they are read again."""
+        if self._consumer is None or not records:
+            return
+        first: dict[TopicPartition, int] = {}
+        for rec in records:
+            first.setdefault(TopicPartition(rec.topic, rec.partition), rec.offset)
         assigned = self._consumer.assignment()
         for tp, offset in first.items():
             if tp in assigned:

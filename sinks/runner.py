@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
 from common.backoff import Backoff
 from common.kafka import (
@@ -53,6 +53,19 @@ from sinks.writers import Writer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class _HandOver(ConsumerRebalanceListener):
+    """Tells the runner when the group is about to move partitions (aiokafka awaits it first)."""
+
+    def __init__(self, runner: SinkRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._runner.hand_over()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        """Nothing to do: a partition assigned starts from its committed offset."""
 
 
 def group_id_for(settings: SinkSettings, writer_name: str) -> str:
@@ -83,7 +96,9 @@ class SinkRunner(BatchLoop):
         self._stopping = asyncio.Event()
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._failing = False
-        self._ahead: list[asyncio.Task[Fetched]] = []  #: the next batches, fetched while one is written
+        self._ahead: list[tuple[int, asyncio.Task[Fetched]]] = []  #: the next batches, fetched ahead
+        self._generation = 0
+        self._writing = asyncio.Lock()
         self._committing: asyncio.Task[None] | None = None  #: the last batch's offsets, on their way
         self._migrated = False
         #: Why Kafka refuses us (from common.kafka.connection_problem), "" when it does not.
@@ -153,7 +168,6 @@ class SinkRunner(BatchLoop):
             log.info("migrations applied", extra={"kv": {"versions": applied}})
         opts = client_options(self.settings)
         self._consumer = AIOKafkaConsumer(
-            *self.writer.topics(self.topics),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -172,6 +186,7 @@ class SinkRunner(BatchLoop):
             max_request_size=MAX_REQUEST_SIZE,
             **opts,
         )
+        self._consumer.subscribe(self.writer.topics(self.topics), listener=_HandOver(self))
         await self._retry_kafka(self._consumer.start, "consumer start")
         await self._retry_kafka(self._producer.start, "producer start")
         log.info(
@@ -203,17 +218,17 @@ class SinkRunner(BatchLoop):
         try:
             await self.start()
             while not self.stopping:
-                fetched = await (self._ahead.pop(0) if self._ahead else self._fetch())
+                fetched, generation = await self._next_batch()
                 if not self.stopping:
                     self._fetch_ahead()
-                await self._handle(fetched)
+                await self._handle(fetched, generation)
         except Stopped:
             log.info("stopped while retrying; uncommitted records will be redelivered")
         finally:
             ahead, self._ahead = self._ahead, []
-            for task in ahead:
+            for _, task in ahead:
                 task.cancel()
-            for task in ahead:
+            for _, task in ahead:
                 with contextlib.suppress(BaseException):
                     await task  # their records are not committed: they will be redelivered
             try:

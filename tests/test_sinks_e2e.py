@@ -236,21 +236,153 @@ async def test_the_rewind_seeks_back_each_partition_the_batches_ahead_read(
         deadline = asyncio.get_running_loop().time() + 30
         while True:  # a fetch that found nothing yet consumed nothing: fetch again
             runner._fetch_ahead()
-            await asyncio.wait(runner._ahead)
-            runner._ahead = [t for t in runner._ahead if t.result()[0]]
+            await asyncio.wait([t for _, t in runner._ahead])
+            runner._ahead = [(g, t) for g, t in runner._ahead if t.result()[0]]
             if len(runner._ahead) == 2 or asyncio.get_running_loop().time() > deadline:
                 break
-        held = [[TopicPartition(r.topic, r.partition) for r in t.result()[0]] for t in runner._ahead]
+        batches = [t.result()[0] for _, t in runner._ahead]
+        held = [[TopicPartition(r.topic, r.partition) for r in b] for b in batches]
         assert len(held) == 2 and set(held[1]) - set(held[0]), "the second batch needs a partition of its own"
         first: dict[TopicPartition, int] = {}
-        for t in runner._ahead:
-            for r in t.result()[0]:
+        for b in batches:
+            for r in b:
                 first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
         await runner._rewind_ahead()
         assert runner._ahead == []
         assert {tp: await consumer.position(tp) for tp in first} == first
     finally:
         await runner.close()
+
+
+class _SlowFirstWrite(SessionWriter):
+    """The real writer, but its first write takes 4 s (a slow database): time enough for a second sink
+    to join the group and take partitions meanwhile."""
+
+    writes = 0
+    slow_done = False
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        self.writes += 1
+        if self.writes == 1:
+            await asyncio.sleep(4.0)
+            try:
+                return await super().write(conn, items)
+            finally:
+                self.slow_done = True
+        return await super().write(conn, items)
+
+
+async def test_a_batch_written_during_a_rebalance_never_lands_on_newer_sessions(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """The deployment runs two sessions sinks in one group, so every rolling update moves partitions. The
+    first sink is writing a batch of every session's first version, slowly, when the second joins; once
+    the second has partitions, the sessions' newer versions are published. The first's batch must not
+    land on top of what the second writes for its partitions: the rebalance waits until the batch being
+    written is written and its offsets committed. The table ends as the messages applied in topic
+    order: every session at its last version."""
+    t0 = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+    keys = [f"corp\\user{i}" for i in range(60)]
+    first = [make_session(k, "active", t0, t0 + timedelta(minutes=5)) for k in keys]
+    newer = [make_session(k, "active", t0, t0 + timedelta(minutes=50)) for k in keys]
+    await publish(kafka_bootstrap, session_records(topics, first))
+    settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics)
+    slow = _SlowFirstWrite()
+    # The first sink's first batch is every first version (of every partition), whatever the fetches.
+    first_settings = msgspec.structs.replace(settings, batch_size=len(keys), batch_wait_ms=5000)
+    async with running(slow, first_settings):
+
+        async def writing() -> bool:
+            return slow.writes == 1
+
+        assert await wait_until(writing, 30, interval=0.05)
+        async with running(SessionWriter(), settings) as second:
+
+            async def second_has_partitions() -> bool:
+                return second._consumer is not None and bool(second._consumer.assignment())
+
+            assert await wait_until(second_has_partitions, 30, interval=0.05)
+            await publish(kafka_bootstrap, session_records(topics, newer))
+
+            async def slow_write_done() -> bool:
+                return slow.slow_done
+
+            assert await wait_until(slow_write_done, 30, interval=0.05)
+
+            async def all_newer() -> bool:
+                ends = await fetchval(fresh_pg_dsn, "SELECT count(*) FROM sessions WHERE duration_s = 3000")
+                return ends == len(keys)
+
+            assert await wait_until(all_newer, 10), "the newer versions were not all written"
+            await asyncio.sleep(1.0)
+            rows = await fetchval(fresh_pg_dsn, "SELECT count(*) FROM sessions WHERE duration_s = 3000")
+            assert rows == len(keys), f"{rows} of {len(keys)} sessions at their last version"
+
+
+class _DatabaseDown(RawWriter):
+    """The real writer while ``down`` is False; while it is True each write loses its connection, as
+    during a database outage."""
+
+    down = True
+    failed = 0
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        if self.down:
+            self.failed += 1
+            raise ConnectionResetError("injected: the database is down")
+        return await super().write(conn, items)
+
+
+async def test_a_rebalance_during_a_database_outage_does_not_wait_for_the_database(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """A sink retrying a batch while the database is down gives it up when its partitions are handed
+    over, instead of holding up the group until the database is back: the second sink gets its
+    partitions within seconds. Once the database is back, every event is written once."""
+    events = event_mix(900, agents=6)
+    await publish(kafka_bootstrap, event_records(topics, events))
+    # Long waits between retries (5 s and more), as in production (up to 30 s): the hand-over must not
+    # wait for the next retry either.
+    settings = msgspec.structs.replace(
+        settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=100),
+        retry_initial_s=5.0,
+        retry_max_s=10.0,
+    )
+    down = _DatabaseDown()
+    async with running(down, settings) as first:
+        hand_over, handed = first.hand_over, []
+
+        async def timed_hand_over() -> None:
+            started = asyncio.get_running_loop().time()
+            await hand_over()
+            handed.append(asyncio.get_running_loop().time() - started)
+
+        first.hand_over = timed_hand_over  # type: ignore[method-assign]
+
+        async def retrying() -> bool:
+            return down.failed >= 1
+
+        assert await wait_until(retrying, 30, interval=0.05)
+        await asyncio.sleep(0.5)  # waiting for its next retry, partitions paused
+        handed.clear()  # the hand-overs of the first sink's own joining
+        second_writer = _DatabaseDown()
+        async with running(second_writer, settings) as second:
+
+            async def second_has_partitions() -> bool:
+                return second._consumer is not None and bool(second._consumer.assignment())
+
+            assert await wait_until(second_has_partitions, 20, interval=0.05)
+            # The group waits for the first sink's hand-over: about a second (its paused wait's poll),
+            # not until the database is back nor until the group gives up on it (the 6 s session).
+            assert handed and max(handed) < 3.0, f"hand-overs done when the second got partitions: {handed}"
+            down.down = second_writer.down = False
+
+            async def all_rows() -> bool:
+                return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+            assert await wait_until(all_rows, 60), "events were lost"
+            await asyncio.sleep(1.0)
+            assert await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
 
 
 async def test_sessions_upserts_and_retractions_leave_the_unretracted(
