@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -84,13 +84,16 @@ class BatchLoop(DeadLettering):
             return ([], [], []), generation
         return task.result(), generation
 
-    async def hand_over(self) -> None:
-        """Partitions are about to move to other consumers (a rebalance; aiokafka awaits this before the
-        group hands them out again). The batches fetched ahead are dropped: every partition's next owner,
-        this one included, reads on from the committed offsets. The batch being written is finished (or,
-        while the database is down, given up at its next retry) and its offsets committed, so the new
-        owner starts after it. Written later, it could overwrite what the new owner wrote meanwhile: a
-        session's newer version with an older one."""
+    async def hand_over(self, revoked: Collection[TopicPartition]) -> None:
+        """Partitions (``revoked``) are about to move to other consumers (a rebalance; aiokafka awaits this
+        before the group hands them out again). The batches fetched ahead are dropped: every partition's
+        next owner, this one included, reads on from the committed offsets. The batch being written is
+        finished (or, while the database is down, given up at its next retry) and its offsets committed,
+        so the new owner starts after it. Written later, it could overwrite what the new owner wrote
+        meanwhile: a session's newer version with an older one. Joining with nothing assigned yet (the
+        first join) hands nothing over."""
+        if not revoked:
+            return
         self._generation += 1
         ahead, self._ahead = self._ahead, []
         for _, task in ahead:

@@ -62,7 +62,7 @@ class _HandOver(ConsumerRebalanceListener):
         self._runner = runner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._runner.hand_over()
+        await self._runner.hand_over(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Nothing to do: a partition assigned starts from its committed offset."""

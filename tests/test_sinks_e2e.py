@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -352,9 +352,9 @@ async def test_a_rebalance_during_a_database_outage_does_not_wait_for_the_databa
     async with running(down, settings) as first:
         hand_over, handed = first.hand_over, []
 
-        async def timed_hand_over() -> None:
+        async def timed_hand_over(revoked: Collection[TopicPartition]) -> None:
             started = asyncio.get_running_loop().time()
-            await hand_over()
+            await hand_over(revoked)
             handed.append(asyncio.get_running_loop().time() - started)
 
         first.hand_over = timed_hand_over  # type: ignore[method-assign]
