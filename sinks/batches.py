@@ -40,6 +40,7 @@ class BatchLoop(DeadLettering):
     which owns the clients, the lifecycle and the retry helpers declared here)."""
 
     _ahead: list[tuple[int, asyncio.Task[Fetched]]]  #: (generation when fetched, the batch)
+    _taking: asyncio.Task[Fetched] | None  #: the batch fetched ahead that the loop waits for
     _committing: asyncio.Task[None] | None
     _generation: int  #: counts the revocations: a batch fetched in an older one is not written
     _writing: asyncio.Lock  #: held while a batch is written and its offsets handed to Kafka
@@ -73,13 +74,17 @@ class BatchLoop(DeadLettering):
             self._ahead.append((self._generation, asyncio.create_task(self._fetch_after(before))))
 
     async def _next_batch(self) -> tuple[Fetched, int]:
-        """The oldest batch fetched ahead (or one fetched now) and the generation it was fetched in; a
-        batch cancelled by a revocation comes back empty."""
+        """The oldest batch fetched ahead and the generation it was fetched in; a batch cancelled by a
+        hand-over comes back empty. Every fetch is a task a hand-over can cancel, so that none returns
+        records of the next assignment under the generation of the one before."""
         if not self._ahead:
-            generation = self._generation
-            return await self._fetch(), generation
+            self._fetch_ahead()
         generation, task = self._ahead.pop(0)
-        await asyncio.wait([task])
+        self._taking = task
+        try:
+            await asyncio.wait([task])
+        finally:
+            self._taking = None
         if task.cancelled():
             return ([], [], []), generation
         return task.result(), generation
@@ -95,11 +100,16 @@ class BatchLoop(DeadLettering):
         if not revoked:
             return
         self._generation += 1
-        ahead, self._ahead = self._ahead, []
-        for _, task in ahead:
+        # aiokafka gives no records while the group reassigns, then only the next assignment's, which
+        # starts every partition at its committed offset. A fetch of this generation, cancelled now,
+        # gives none of those; a batch it fetched before is not written (its partitions start again from
+        # the committed offsets), so nothing needs seeking back.
+        fetching = [task for _, task in self._ahead] + ([self._taking] if self._taking else [])
+        self._ahead = []
+        for task in fetching:
             task.cancel()
-        if ahead:
-            await asyncio.wait([task for _, task in ahead])
+        if fetching:
+            await asyncio.wait(fetching)
         async with self._writing:
             await self._commit_sent()
 
@@ -136,7 +146,6 @@ class BatchLoop(DeadLettering):
         committed offsets, by whoever owns their partitions now)."""
         async with self._writing:
             if generation != self._generation:
-                self._seek_back(fetched[0])
                 return 0
             return await self._write_batch(fetched, generation)
 
@@ -152,8 +161,7 @@ class BatchLoop(DeadLettering):
             try:
                 refused = await self._write_with_retry(items, generation)
             except HandedOver:
-                self._seek_back(records)
-                return 0
+                return 0  # read again from the committed offsets by the partitions' next owners
             rejected += refused
             letters += await self._send_dead_letters(refused)
         if rejected:

@@ -97,6 +97,7 @@ class SinkRunner(BatchLoop):
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._failing = False
         self._ahead: list[tuple[int, asyncio.Task[Fetched]]] = []  #: the next batches, fetched ahead
+        self._taking: asyncio.Task[Fetched] | None = None
         self._generation = 0
         self._writing = asyncio.Lock()
         self._committing: asyncio.Task[None] | None = None  #: the last batch's offsets, on their way
