@@ -1,6 +1,7 @@
 """The sinks end to end on the real Kafka and PostgreSQL, run as in-process tasks: exact row counts with
-duplicates, sessions with retractions, poison records dead-lettered beside written neighbours, metrics and
-health endpoints."""
+duplicates, sessions with retractions, poison records dead-lettered beside written neighbours, the offsets
+committed behind the writes and the batches fetched ahead given back, partitions handed over between two
+sinks (a rebalance, also during a database outage), metrics and health endpoints."""
 
 from __future__ import annotations
 
