@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_offline import disorder
-from bench.bench_stream import WORKER_TOTALS, _cpu_of, worker_totals
+from bench.bench_stream import WORKER_TOTALS, worker_totals
+from bench.procstat import cpu_seconds
 from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 from tests.support.events import generate_events
@@ -145,13 +146,13 @@ async def run(args: argparse.Namespace) -> None:
                     sender = asyncio.create_task(offer(args.bootstrap, records, args.rate, args.seconds, 6))
                 await asyncio.sleep(args.warmup)
                 first = await scrape(worker)
-                before, cpu0, t0 = buckets(first), _cpu_of(pid), time.perf_counter()
+                before, cpu0, t0 = buckets(first), cpu_seconds(pid), time.perf_counter()
                 achieved = await sender
                 last = await scrape(worker)
                 t_first, t_last = worker_totals(first), worker_totals(last)
                 totals = {n: t_last[n] - t_first[n] for n in WORKER_TOTALS}
                 lag = metric_sum(last, "desktrace_stream_consumer_lag")
-                cpu = (_cpu_of(pid) - cpu0) / (time.perf_counter() - t0)
+                cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
                 deadline = time.monotonic() + 120
                 while worker.metric("desktrace_stream_consumer_lag") > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls another process
                     await asyncio.sleep(0.5)

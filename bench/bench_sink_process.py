@@ -36,6 +36,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procstat import busy_seconds, cpu_seconds, parent
 from devstack.postgres import with_database
 from devstack.topics import delete_topics, ensure_topics
 from proto.events import Envelope
@@ -85,26 +86,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sy
 ROOT = Path(__file__).resolve().parents[1]
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _ticks(pid: int, children: bool = False) -> int:
-    """User + system clock ticks of a live process (0 once it is gone); with ``children``, also those of
-    its reaped children (how a PostgreSQL backend that has exited stays counted, in the postmaster's)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    return sum(int(f) for f in fields[11:15 if children else 13])
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-
-
 def _pids(comm: str) -> list[int]:
     """The live processes whose command name is ``comm``."""
     found = []
@@ -120,17 +101,16 @@ def _pids(comm: str) -> list[int]:
 
 def cpu_snapshot(procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
     """CPU seconds used so far by each part of the run (see the module docstring); ``machine`` is the busy
-    time of all cores (``/proc/stat``)."""
+    time of all cores."""
     pg = _pids("postgres")
-    postmaster = next((p for p in pg if _parent(p) not in pg), 0)
-    busy = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    idle = int(busy[3]) + int(busy[4])
+    postmaster = next((p for p in pg if parent(p) not in pg), 0)
     return {
-        "under test": sum(_ticks(p.pid) for p in procs) / CLK_TCK,
-        "postgres": sum(_ticks(p, children=p == postmaster) for p in pg) / CLK_TCK,
-        "broker": sum(_ticks(p) for p in _pids("java")) / CLK_TCK,
-        "this script": _ticks(os.getpid()) / CLK_TCK,
-        "machine": (sum(int(x) for x in busy[:8]) - idle) / CLK_TCK,
+        "under test": sum(cpu_seconds(p.pid, gone=0.0) for p in procs),
+        # A backend that has exited stays counted in its postmaster's reaped children's time.
+        "postgres": sum(cpu_seconds(p, children=p == postmaster, gone=0.0) for p in pg),
+        "broker": sum(cpu_seconds(p, gone=0.0) for p in _pids("java")),
+        "this script": cpu_seconds(os.getpid()),
+        "machine": busy_seconds(),
     }
 
 

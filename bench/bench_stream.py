@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_offline import disorder
+from bench.procstat import cpu_seconds
 from devstack.topics import delete_topics, ensure_topics
 from proto.topics import Topics
 from tests.support.events import generate_events
@@ -47,20 +48,12 @@ from tests.support.process import ServiceHandle, worker_process
 from tests.support.stream import worker_env
 
 PEERS = Path(__file__).resolve().parent / "stream_peers.py"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_of(pid: int, task: int | None = None) -> float:
-    """User + system CPU seconds of a live process (or of one of its threads, ``task``)."""
-    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _main_thread_cpu(pid: int) -> float:
     """CPU seconds of the process's main thread (the event loop; the rest is Faust's consumer thread and
     the client libraries' threads)."""
-    return _cpu_of(pid, pid)
+    return cpu_seconds(pid, pid)
 
 
 def peer_rate(peer: str, bootstrap: str, prefix: str, n: int, batch: int) -> tuple[float, float]:
@@ -108,7 +101,7 @@ def worker_rate(
         while count < n and time.monotonic() < deadline:
             count = worker.metric("desktrace_stream_events_total")
             if count and not first:
-                first, first_count, cpu0 = time.perf_counter(), count, _cpu_of(pid)
+                first, first_count, cpu0 = time.perf_counter(), count, cpu_seconds(pid)
                 split0 = _time_split(worker)
                 main0 = _main_thread_cpu(pid)
             time.sleep(0.2)
@@ -124,7 +117,7 @@ def worker_rate(
             raise RuntimeError(f"the worker handled all {n:,} events but did not commit them:\n"
                                f"{worker.tail()}")
         elapsed = end - first
-        cpu = _cpu_of(pid) - cpu0
+        cpu = cpu_seconds(pid) - cpu0
         _print_time_split(split0, _time_split(worker), elapsed, cpu, _main_thread_cpu(pid) - main0)
         return (n - first_count) / elapsed, cpu / (n - first_count) * 1e6
     finally:
