@@ -9,15 +9,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from functools import cache, lru_cache
-from typing import Any, Final
+from operator import itemgetter
+from typing import Any, Final, NamedTuple
 
 import msgspec
+from msgspec.structs import astuple
 
 from common.urls import url_host
-from proto.events import Envelope, Heartbeat
+from proto.events import Envelope
 from proto.keys import user_key
 from proto.sessions import Session, SessionMessage, fold_sessions
 
@@ -70,53 +72,119 @@ def url_domain(url: str) -> str | None:
     return _cached_host(url)
 
 
+#: The fields every event starts with (:class:`proto.events.Envelope`'s, in declaration order): the first
+#: values of ``msgspec.structs.astuple(event)`` for every type, which :func:`row_plan` checks.
+_ENVELOPE_FIELDS: Final = (
+    "agent_id",
+    "seq",
+    "ts",
+    "input",
+    "user",
+    "domain",
+    "host",
+    "host_domain",
+    "tz",
+    "utc_offset_min",
+    "agent_version",
+)
+
+
+class RowPlan(NamedTuple):
+    """How :func:`raw_row` turns one event type's values (``msgspec.structs.astuple`` order) into a row.
+
+    ``details`` is a positional Struct of the non-column fields (their types, defaults and order), which
+    encodes exactly as the event encodes those fields (defaults left out); ``pick_details`` takes their
+    values out of the tuple. ``app``, ``url`` and ``last_input_ts`` are the positions of those fields, or
+    None when the type has none."""
+
+    type_name: str
+    category: str
+    details: type[msgspec.Struct]
+    pick_details: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    app: int | None
+    url: int | None
+    last_input_ts: int | None
+
+
+def _picker(positions: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A function returning the values at ``positions`` as a tuple (``itemgetter`` returns a bare value
+    for one position)."""
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda values: (values[only],)
+    if not positions:
+        return lambda values: ()
+    return itemgetter(*positions)
+
+
 @cache
-def details_type(cls: type[Envelope]) -> type[msgspec.Struct]:
-    """A Struct with the fields of ``cls`` that are not columns (their types, defaults and order), encoded
-    as ``cls`` encodes them (defaults left out): what ``details`` holds. Made once per event type.
-    Converting an event to it and encoding that is the same JSON as dropping the columns from
-    ``msgspec.to_builtins(event)``, at about two thirds of the cost (``tests/test_sinks_units.py``
-    checks the equality on generated events of every type)."""
+def row_plan(cls: type[Envelope]) -> RowPlan:
+    """The :class:`RowPlan` of an event type, made once per type. Raises ``TypeError`` if ``cls`` does not
+    start with the envelope's fields (a subclass that redeclared one would move it)."""
+    fields = msgspec.structs.fields(cls)
+    names = [f.name for f in fields]
+    if tuple(names[: len(_ENVELOPE_FIELDS)]) != _ENVELOPE_FIELDS:
+        raise TypeError(f"{cls.__name__} does not start with the envelope's fields")
     spec: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    for f in msgspec.structs.fields(cls):
+    positions: list[int] = []
+    for i, f in enumerate(fields):
         if f.name in _COLUMN_FIELDS:
             continue
+        positions.append(i)
         if f.default is not msgspec.NODEFAULT:
             spec.append((f.name, f.type, f.default))
         elif f.default_factory is not msgspec.NODEFAULT:
             spec.append((f.name, f.type, msgspec.field(default_factory=f.default_factory)))
         else:
             spec.append((f.name, f.type))
-    return msgspec.defstruct(
-        f"{cls.__name__}Details", spec, kw_only=True, omit_defaults=True, gc=False, module=__name__
+    details = msgspec.defstruct(
+        f"{cls.__name__}Details", spec, omit_defaults=True, gc=False, module=__name__
+    )
+
+    def position(name: str) -> int | None:
+        return names.index(name) if name in names else None
+
+    return RowPlan(
+        cls.__name__,
+        cls.category,
+        details,
+        _picker(positions),
+        position("app"),
+        position("url"),
+        position("last_input_ts"),
     )
 
 
 def raw_row(event: Envelope) -> RawRow:
-    """The ``raw_events`` row of ``event`` in :data:`RAW_COLUMNS` order."""
-    details = msgspec.convert(event, details_type(type(event)), from_attributes=True)
-    app = getattr(event, "app", "") or None
-    url = getattr(event, "url", "")
-    last_input = event.last_input_ts if isinstance(event, Heartbeat) else None
+    """The ``raw_events`` row of ``event`` in :data:`RAW_COLUMNS` order.
+
+    The event's values are read in one call (``astuple``) and ``details`` is encoded from a Struct of
+    the non-column fields: about half the cost of reading each attribute and converting the event
+    (``docs/stream-performance.md``)."""
+    plan = row_plan(type(event))
+    v = astuple(event)
+    app = plan.app
+    url = plan.url
+    last = plan.last_input_ts
     return (
-        event.agent_id,
-        event.seq,
-        event.ts,
-        event.type,
-        type(event).category,
-        event.input,
-        user_key(event.domain, event.user),
-        event.user,
-        event.domain,
-        event.host,
-        event.host_domain,
-        event.tz,
-        event.utc_offset_min,
-        event.agent_version,
-        app,
-        url_domain(url),
-        last_input,
-        _json.encode(details).decode("utf-8"),
+        v[0],  # agent_id
+        v[1],  # seq
+        v[2],  # ts
+        plan.type_name,
+        plan.category,
+        v[3],  # input
+        user_key(v[5], v[4]),
+        v[4],  # user
+        v[5],  # domain
+        v[6],  # host
+        v[7],  # host_domain
+        v[8],  # tz
+        v[9],  # utc_offset_min
+        v[10],  # agent_version
+        None if app is None else (v[app] or None),
+        None if url is None else url_domain(v[url]),
+        None if last is None else v[last],
+        _json.encode(plan.details(*plan.pick_details(v))).decode("utf-8"),
     )
 
 

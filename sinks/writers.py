@@ -15,7 +15,7 @@ items again (a redelivery after a crash) leaves the table as writing them once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Protocol
 
 import asyncpg
@@ -115,7 +115,8 @@ class RawWriter:
     def __init__(self, retention_days: int = 400) -> None:
         self.retention_days = retention_days
         self.partitions = PartitionCache()
-        self._oldest_day: date | None = None
+        #: Midnight (UTC) of the oldest day kept; events before it are ``late``.
+        self._oldest_start: datetime | None = None
         #: True while batches go through the staging table (since a batch met a duplicate).
         self.staging = False
 
@@ -124,15 +125,16 @@ class RawWriter:
 
     def refresh(self, now: datetime) -> None:
         if self.retention_days > 0:
-            self._oldest_day = (now.astimezone(UTC) - timedelta(days=self.retention_days)).date()
+            oldest_day = (now.astimezone(UTC) - timedelta(days=self.retention_days)).date()
+            self._oldest_start = datetime.combine(oldest_day, time(0), UTC)
         else:
-            self._oldest_day = None
+            self._oldest_start = None
 
     def decode(self, value: bytes | None) -> RawRow:
         if value is None:
             raise Reject("record has no value (tombstone)", "invalid")
         row = raw_row(decode_event(value))
-        if self._oldest_day is not None and row[2].date() < self._oldest_day:
+        if self._oldest_start is not None and row[2] < self._oldest_start:
             raise Reject(f"event older than the raw retention of {self.retention_days} days", "late")
         return row
 

@@ -144,17 +144,26 @@ _DETAIL_VALUES = {
 
 @given(st.sampled_from(sorted(EVENT_TYPES)), st.fixed_dictionaries({}, optional=_DETAIL_VALUES))
 def test_details_hold_every_field_but_the_columns(type_name: str, extra: dict[str, object]) -> None:
-    """The sink builds ``details`` through a per-type Struct (cheaper than ``to_builtins``): on events of
-    every type, with any subset of their fields set (defaults, empty and None lists, any text), it is
-    the same JSON as the reference, key order included."""
+    """The sink builds a row from the event's values by position and ``details`` through a per-type
+    Struct (cheaper than reading attributes and ``to_builtins``): on events of every type, with any
+    subset of their fields set (defaults, empty and None lists, any text), every column is the one its
+    name says, and ``details`` is the same JSON as the reference, key order included."""
     cls = EVENT_TYPES[type_name]
     names = {f.name for f in msgspec.structs.fields(cls)}
     fields = {**sample_fields(type_name), **{k: v for k, v in extra.items() if k in names}}
+    fields |= {"agent_id": "agent-7", "seq": 7, "user": "Bob", "domain": "Sales", "host": "PC-9"}
+    fields |= {"host_domain": "sales.example", "tz": "Asia/Tokyo", "utc_offset_min": 540}
+    fields["agent_version"] = "9.1"
     event = msgspec.convert(fields, cls, strict=False)
     row = dict(zip(RAW_COLUMNS, raw_row(event), strict=True))
     assert row["details"] == msgspec.json.encode(_reference_details(event)).decode()
     assert list(json.loads(row["details"])) == list(_reference_details(event))
     assert row["url_domain"] == (url_host(getattr(event, "url", "")) or None)
+    by_name = {c: getattr(event, c) for c in _COLUMN_FIELDS if c not in ("app", "last_input_ts")}
+    by_name |= {"category": cls.category, "user_key": "sales\\bob"}
+    by_name["app"] = getattr(event, "app", "") or None
+    by_name["last_input_ts"] = getattr(event, "last_input_ts", None)
+    assert {c: row[c] for c in by_name} == by_name
 
 
 def test_url_domain_caches_short_urls_only() -> None:
@@ -261,6 +270,11 @@ def test_raw_writer_decode_rejects_late_and_tombstones() -> None:
     with pytest.raises(Reject) as info:
         w.decode(encode_event(late))
     assert info.value.error_class == "late"
+    # The oldest day kept is whole (UTC): its midnight is kept, the millisecond before it is late.
+    midnight = datetime(2026, 2, 21, tzinfo=UTC)
+    assert w.decode(encode_event(msgspec.structs.replace(ok, ts=midnight)))[2] == midnight
+    with pytest.raises(Reject):
+        w.decode(encode_event(msgspec.structs.replace(ok, ts=midnight - timedelta(milliseconds=1))))
     with pytest.raises(Reject):
         w.decode(None)
     forever = RawWriter(retention_days=0)
