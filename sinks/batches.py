@@ -1,7 +1,13 @@
-"""One batch of the sink runner: fetch (the next one while this one is written), decode, write in one
+"""One batch of the sink runner: fetch (the next ones while this one is written), decode, write in one
 transaction (bisecting a failing batch down to its poison records), back off with the partitions paused
 while the database or Kafka is down, dead-letter the rejected, then commit the offsets.
-:class:`BatchLoop` is a part of :class:`sinks.runner.SinkRunner`."""
+:class:`BatchLoop` is a part of :class:`sinks.runner.SinkRunner`.
+
+A writer whose batches may land in any order (``Writer.ordered`` False: the raw sink, whose rows are
+keyed and written idempotently) has up to ``raw_concurrent_writes`` batches written at once, each in
+its own transaction on its own connection (a :class:`WriteSlot`), so that the database works on one
+batch while it commits another. Offsets are still committed in batch order, each only once its batch
+and every batch before it were written."""
 
 from __future__ import annotations
 
@@ -35,6 +41,14 @@ class HandedOver(Exception):
     """The partitions of the batch being retried were handed over to other consumers: give it up."""
 
 
+class WriteSlot:
+    """One of the batches a sink may write at once: the database connection it is written on (opened
+    when first needed, closed after a failure)."""
+
+    def __init__(self) -> None:
+        self.conn: asyncpg.Connection | None = None
+
+
 class BatchLoop(DeadLettering):
     """Consume -> write -> dead-letter -> commit for one batch (part of :class:`sinks.runner.SinkRunner`,
     which owns the clients, the lifecycle and the retry helpers declared here)."""
@@ -43,11 +57,18 @@ class BatchLoop(DeadLettering):
     _taking: asyncio.Task[Fetched] | None  #: the batch fetched ahead that the loop waits for
     _committing: asyncio.Task[None] | None
     _generation: int  #: counts the revocations: a batch fetched in an older one is not written
-    _writing: asyncio.Lock  #: held while a batch is written and its offsets handed to Kafka
+    _slots: asyncio.Queue[WriteSlot]  #: the slots no batch is being written in
+    _all_slots: list[WriteSlot]
+    #: The batches being written (or waiting to commit), in batch order, with the generation each was
+    #: fetched in; True once written and its offsets handed to Kafka.
+    _handling: list[tuple[int, asyncio.Task[bool]]]
     _backoff: Backoff
-    _conn: asyncpg.Connection | None
     _consumer: AIOKafkaConsumer | None
     _failing: bool
+    _batches_retrying: int  #: batches being retried (the database failed them)
+    _writable: asyncio.Event  #: set while no batch is being retried
+    _rewinding: asyncio.Lock  #: one give-back at a time, so that none seeks past another's records
+    _stopping: asyncio.Event
     clock: Callable[[], float]
     metrics: SinkMetrics
     settings: SinkSettings
@@ -62,9 +83,68 @@ class BatchLoop(DeadLettering):
         """Collect one batch (bounded by size and time), write it, dead-letter its poison, commit its
         offsets; returns the number of records handled (0 when idle)."""
         generation = self._generation
-        handled = await self._handle(await self._fetch(), generation)
+        fetched = await self._fetch()
+        slot = await self._slots.get()
+        try:
+            done = await self._handle(fetched, generation, slot, None)
+        finally:
+            self._slots.put_nowait(slot)
         await self._commit_sent()
-        return handled
+        return len(fetched[0]) if done else 0
+
+    async def _start_handle(self, fetched: Fetched, generation: int) -> None:
+        """Write ``fetched`` in the next free slot, in a task of its own (waiting first for a slot when
+        every one is busy). It commits after the batch before it, when that one is of the same
+        generation (a batch of an older one was finished or given up by the hand-over)."""
+        slot = await self._slots.get()
+        if self._batches_retrying:
+            # The database failed a batch: nothing more is taken until it is written. This batch goes
+            # back to Kafka with those fetched ahead, so that the lag shows them.
+            self._slots.put_nowait(slot)
+            if generation == self._generation:
+                await self._rewind_ahead(fetched[0])
+            await self._until_writable()
+            return
+        self._reap()
+        previous = None
+        if self._handling and self._handling[-1][0] == generation:
+            previous = self._handling[-1][1]
+
+        async def handle() -> bool:
+            try:
+                return await self._handle(fetched, generation, slot, previous)
+            finally:
+                self._slots.put_nowait(slot)
+
+        self._handling.append((generation, asyncio.create_task(handle())))
+
+    async def _until_writable(self) -> None:
+        """Wait until no batch is being retried, or the sink stops."""
+        waits = [asyncio.ensure_future(self._writable.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    def _reap(self) -> None:
+        """Forget the batches finished, raising what one of them raised (:class:`Stopped` included); the
+        last one is kept, for the next batch to wait for."""
+        while len(self._handling) > 1 and self._handling[0][1].done():
+            _, task = self._handling.pop(0)
+            if not task.cancelled():
+                task.result()
+
+    async def _finish_handling(self) -> None:
+        """Wait for every batch being written; raise what the first one that failed raised."""
+        handling, self._handling = self._handling, []
+        if not handling:
+            return
+        tasks = [task for _, task in handling]
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled():
+                task.result()
 
     def _fetch_ahead(self) -> None:
         """Keep :data:`AHEAD_BATCHES` batches coming while one is written: each is fetched once the one
@@ -92,11 +172,11 @@ class BatchLoop(DeadLettering):
     async def hand_over(self, revoked: Collection[TopicPartition]) -> None:
         """Partitions (``revoked``) are about to move to other consumers (a rebalance; aiokafka awaits this
         before the group hands them out again). The batches fetched ahead are dropped: every partition's
-        next owner, this one included, reads on from the committed offsets. The batch being written is
-        finished (or, while the database is down, given up at its next retry) and its offsets committed,
-        so the new owner starts after it. Written later, it could overwrite what the new owner wrote
-        meanwhile: a session's newer version with an older one. Joining with nothing assigned yet (the
-        first join) hands nothing over."""
+        next owner, this one included, reads on from the committed offsets. The batches being written are
+        finished (or, while the database is down, given up at their next retry) and their offsets
+        committed (in order, up to the first one given up), so the new owner starts after them. Written
+        later, one could overwrite what the new owner wrote meanwhile: a session's newer version with an
+        older one. Joining with nothing assigned yet (the first join) hands nothing over."""
         if not revoked:
             return
         self._generation += 1
@@ -110,8 +190,10 @@ class BatchLoop(DeadLettering):
             task.cancel()
         if fetching:
             await asyncio.wait(fetching)
-        async with self._writing:
-            await self._commit_sent()
+        handling = [task for _, task in self._handling]
+        if handling:
+            await asyncio.wait(handling)  # each batch written (or given up) and its offsets handed over
+        await self._commit_sent()
 
     async def _fetch_after(self, before: asyncio.Task[Fetched] | None) -> Fetched:
         if before is not None:
@@ -140,37 +222,49 @@ class BatchLoop(DeadLettering):
                     rejected.append(Rejected(rec, exc.error_class, str(exc)))
         return records, items, rejected
 
-    async def _handle(self, fetched: Fetched, generation: int) -> int:
-        """Write a batch fetched in ``generation``, dead-letter its poison, commit its offsets. A batch
-        fetched before partitions were handed over is dropped (its records are read again from the
-        committed offsets, by whoever owns their partitions now)."""
-        async with self._writing:
-            if generation != self._generation:
-                return 0
-            return await self._write_batch(fetched, generation)
+    async def _handle(
+        self, fetched: Fetched, generation: int, slot: WriteSlot, previous: asyncio.Task[bool] | None
+    ) -> bool:
+        """Write a batch fetched in ``generation`` in ``slot`` and dead-letter its poison; once
+        ``previous`` (the batch before it) is done, commit its offsets. Returns True when it was written
+        and committed, and so was every batch before it. A batch fetched before partitions were handed
+        over is dropped (its records are read again from the committed offsets, by whoever owns their
+        partitions now), and so are the offsets of a batch written after one that was not: committing
+        them would skip that one's records."""
+        written = generation == self._generation and await self._write_batch(fetched, generation, slot)
+        if previous is not None:
+            await asyncio.wait([previous])
+            if previous.cancelled() or previous.exception() is not None or not previous.result():
+                return False
+        if not written:
+            return False
+        records = fetched[0]
+        if records:
+            # The offsets go to Kafka while the next batch is written (about a tenth of a batch's time,
+            # measured in bench/bench_sink_process.py); commits stay in batch order.
+            await self._commit_sent()
+            self._committing = asyncio.create_task(self._commit(records))
+        return True
 
-    async def _write_batch(self, fetched: Fetched, generation: int) -> int:
+    async def _write_batch(self, fetched: Fetched, generation: int, slot: WriteSlot) -> bool:
+        """Write the batch and dead-letter its poison; False when its partitions were handed over first."""
         records, items, rejected = fetched
         if not records:
-            return 0
+            return True
         self.metrics.records.labels(self.writer.table).inc(len(records))
         # The decoder's dead letters travel while the rows are written; all are acknowledged before the
         # commit.
         letters = await self._send_dead_letters(rejected)
         if items:
             try:
-                refused = await self._write_with_retry(items, generation)
+                refused = await self._write_with_retry(items, generation, slot)
             except HandedOver:
-                return 0  # read again from the committed offsets by the partitions' next owners
+                return False  # read again from the committed offsets by the partitions' next owners
             rejected += refused
             letters += await self._send_dead_letters(refused)
         if rejected:
             await self._settle_dead_letters(letters)
-        # The offsets go to Kafka while the next batch is written (about a tenth of a batch's time,
-        # measured in bench/bench_sink_process.py); commits stay in batch order.
-        await self._commit_sent()
-        self._committing = asyncio.create_task(self._commit(records))
-        return len(records)
+        return True
 
     async def _commit_sent(self) -> None:
         """Wait until the offsets handed to Kafka last are committed (or their failure logged)."""
@@ -217,25 +311,29 @@ class BatchLoop(DeadLettering):
                 continue
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - pos, 0))
 
-    async def _connection(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(
+    async def _connection(self, slot: WriteSlot) -> asyncpg.Connection:
+        if slot.conn is None or slot.conn.is_closed():
+            slot.conn = await asyncpg.connect(
                 self.settings.pg_dsn, timeout=10, command_timeout=self.settings.pg_command_timeout_s
             )
-            await self.writer.prepare(self._conn)
-        return self._conn
+            await self.writer.prepare(slot.conn)
+        return slot.conn
 
-    async def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
+    async def _close_connections(self) -> None:
+        for slot in self._all_slots:
+            await self._close_conn(slot)
+
+    async def _close_conn(self, slot: WriteSlot) -> None:
+        conn, slot.conn = slot.conn, None
         if conn is not None and not conn.is_closed():
             try:
                 await asyncio.wait_for(conn.close(), 2.0)
             except Exception:
                 conn.terminate()
 
-    async def _write_once(self, items: Sequence[Any]) -> None:
+    async def _write_once(self, items: Sequence[Any], slot: WriteSlot) -> None:
         """One attempt: ensure DDL, then the writer's statements in one transaction."""
-        conn = await self._connection()
+        conn = await self._connection(slot)
         await self.writer.before_write(conn, items)
         started = time.perf_counter()
         async with conn.transaction():
@@ -249,11 +347,13 @@ class BatchLoop(DeadLettering):
         self.metrics.last_write.labels(table).set(self.clock())
         self.metrics.db_up.labels(table).set(1)
 
-    async def _write_isolating(self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]]) -> list[Rejected]:
+    async def _write_isolating(
+        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]], slot: WriteSlot
+    ) -> list[Rejected]:
         """Write ``items``; on a data error bisect until the poison records are found. Connection errors
         propagate (the caller retries everything: the writes are idempotent)."""
         try:
-            await self._write_once([item for _, item in items])
+            await self._write_once([item for _, item in items], slot)
             return []
         except Exception as exc:
             kind = classify(exc)
@@ -262,60 +362,74 @@ class BatchLoop(DeadLettering):
                 raise
             if kind is not ErrorKind.DATA:
                 raise
-            if self._conn is not None and not self._conn.is_closed() and self._conn.is_in_transaction():
-                await self._close_conn()  # a client-side failure mid-COPY may leave the session unusable
+            conn = slot.conn
+            if conn is not None and not conn.is_closed() and conn.is_in_transaction():
+                await self._close_conn(slot)  # a client-side failure mid-COPY may leave the session unusable
             if len(items) == 1:
                 rec = items[0][0]
                 return [Rejected(rec, "constraint", reason_of(exc))]
         mid = len(items) // 2
-        first = await self._write_isolating(items[:mid])
-        return first + await self._write_isolating(items[mid:])
+        first = await self._write_isolating(items[:mid], slot)
+        return first + await self._write_isolating(items[mid:], slot)
 
     async def _write_with_retry(
-        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]], generation: int
+        self, items: list[tuple[ConsumerRecord[bytes, bytes], Any]], generation: int, slot: WriteSlot
     ) -> list[Rejected]:
         """Write ``items`` until it succeeds; raises :class:`HandedOver` when the partitions were handed
-        over since the batch was fetched (``generation``), instead of retrying."""
+        over since the batch was fetched (``generation``), instead of retrying. While it retries, no
+        other batch is taken (:attr:`_writable`)."""
         partition_retries = 0
-        while True:
-            if generation != self._generation:
-                raise HandedOver
-            try:
-                rejected = await self._write_isolating(items)
-                if self._failing:
-                    log.info("database writes recovered", extra={"kv": {"table": self.writer.table}})
-                    self._failing = False
-                self._backoff.reset()
-                self._resume()
-                return rejected
-            except Exception as exc:
-                kind = classify(exc)
-                await self._close_conn()
-                self._failing = True
-                self.metrics.db_up.labels(self.writer.table).set(0)
-                if kind is ErrorKind.PARTITION and partition_retries < 3:
-                    partition_retries += 1
-                    continue
-                self.metrics.retries.labels(self.writer.table, "postgres").inc()
-                delay = self._backoff.next()
-                expected = kind is not ErrorKind.RETRY or is_expected_failure(exc)
-                level = logging.WARNING if expected else logging.ERROR
-                log.log(
-                    level,
-                    "database write failed; pausing consumption and retrying",
-                    extra={
-                        "kv": {
-                            "table": self.writer.table,
-                            "error": type(exc).__name__,
-                            "retry_in_s": delay,
-                            "rows": len(items),
-                        }
-                    },
-                )
-                await self._rewind_ahead()
-                await self._paused_wait(delay, generation)
-                if self.stopping:
-                    raise Stopped from exc
+        retrying = False
+        try:
+            while True:
+                if generation != self._generation:
+                    raise HandedOver
+                try:
+                    rejected = await self._write_isolating(items, slot)
+                    if self._failing and self._batches_retrying <= retrying:
+                        log.info("database writes recovered", extra={"kv": {"table": self.writer.table}})
+                        self._failing = False
+                    self._backoff.reset()
+                    if self._batches_retrying <= retrying:  # no other batch waits for the database
+                        self._resume()
+                    return rejected
+                except Exception as exc:
+                    kind = classify(exc)
+                    await self._close_conn(slot)
+                    self._failing = True
+                    self.metrics.db_up.labels(self.writer.table).set(0)
+                    if kind is ErrorKind.PARTITION and partition_retries < 3:
+                        partition_retries += 1
+                        continue
+                    self.metrics.retries.labels(self.writer.table, "postgres").inc()
+                    delay = self._backoff.next()
+                    expected = kind is not ErrorKind.RETRY or is_expected_failure(exc)
+                    level = logging.WARNING if expected else logging.ERROR
+                    log.log(
+                        level,
+                        "database write failed; pausing consumption and retrying",
+                        extra={
+                            "kv": {
+                                "table": self.writer.table,
+                                "error": type(exc).__name__,
+                                "retry_in_s": delay,
+                                "rows": len(items),
+                            }
+                        },
+                    )
+                    if not retrying:
+                        retrying = True
+                        self._batches_retrying += 1
+                        self._writable.clear()
+                    await self._rewind_ahead()
+                    await self._paused_wait(delay, generation)
+                    if self.stopping:
+                        raise Stopped from exc
+        finally:
+            if retrying:
+                self._batches_retrying -= 1
+                if not self._batches_retrying:
+                    self._writable.set()
 
     async def _paused_wait(self, delay: float, generation: int) -> None:
         """Wait ``delay`` seconds with every partition paused, polling so the group keeps us; anything
@@ -365,25 +479,28 @@ class BatchLoop(DeadLettering):
                 extra={"kv": {"error": type(exc).__name__}},
             )
 
-    async def _rewind_ahead(self) -> None:
-        """A write failed: give back the batches fetched ahead (seek their partitions to the first offsets
-        they hold), so that nothing more is consumed while the database is unavailable and the lag shows
-        it. Each is awaited, not cancelled: one cancelled while it decodes would have moved the consumer
-        past records this could no longer seek back to."""
-        ahead, self._ahead = self._ahead, []
-        if not ahead or self._consumer is None:
-            return
-        held: list[ConsumerRecord[bytes, bytes]] = []
-        for _, task in ahead:
-            await asyncio.wait([task])
-            if task.cancelled():
-                continue  # cancelled by a hand-over: the next owner reads from the committed offsets
-            if task.exception() is not None:
-                log.warning("a batch fetched ahead failed", extra={"kv": {
-                    "error": type(task.exception()).__name__}})
-                continue
-            held += task.result()[0]
-        self._seek_back(held)
+    async def _rewind_ahead(self, taken: Sequence[ConsumerRecord[bytes, bytes]] = ()) -> None:
+        """A write failed: give back the batches fetched ahead, and ``taken`` (a batch fetched before them
+        and not written), seeking their partitions to the first offsets they hold, so that nothing more
+        is consumed while the database is unavailable and the lag shows it. Each batch ahead is awaited,
+        not cancelled: one cancelled while it decodes would have moved the consumer past records this
+        could no longer seek back to. One give-back at a time: a later one, seeking to later offsets, must
+        not run between another's taking its batches and its seeking."""
+        async with self._rewinding:
+            ahead, self._ahead = self._ahead, []
+            if (not ahead and not taken) or self._consumer is None:
+                return
+            held: list[ConsumerRecord[bytes, bytes]] = list(taken)
+            for _, task in ahead:
+                await asyncio.wait([task])
+                if task.cancelled():
+                    continue  # cancelled by a hand-over: the next owner reads from the committed offsets
+                if task.exception() is not None:
+                    log.warning("a batch fetched ahead failed", extra={"kv": {
+                        "error": type(task.exception()).__name__}})
+                    continue
+                held += task.result()[0]
+            self._seek_back(held)
 
     def _seek_back(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Seek each still assigned partition of ``records`` (in fetch order) back to its first offset

@@ -41,7 +41,7 @@ from common.kafka import (
     is_authentication_problem,
 )
 from proto.topics import Topics
-from sinks.batches import BatchLoop
+from sinks.batches import BatchLoop, WriteSlot
 from sinks.deadletters import DEADLETTER_BATCH_BYTES, Fetched
 from sinks.errors import ErrorKind, classify
 from sinks.metrics import SinkMetrics
@@ -90,16 +90,25 @@ class SinkRunner(BatchLoop):
         self.metrics = metrics or SinkMetrics(writer.table)
         self.clock = clock
         self.group_id = group_id_for(settings, writer.name)
-        self._conn: asyncpg.Connection | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._failing = False
+        self._batches_retrying = 0
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._rewinding = asyncio.Lock()
         self._ahead: list[tuple[int, asyncio.Task[Fetched]]] = []  #: the next batches, fetched ahead
         self._taking: asyncio.Task[Fetched] | None = None
         self._generation = 0
-        self._writing = asyncio.Lock()
+        #: Batches written at once: one at a time, in order, for a writer that needs it (sessions).
+        self.concurrent_writes = 1 if writer.ordered else settings.raw_concurrent_writes
+        self._all_slots = [WriteSlot() for _ in range(self.concurrent_writes)]
+        self._slots: asyncio.Queue[WriteSlot] = asyncio.Queue()
+        for slot in self._all_slots:
+            self._slots.put_nowait(slot)
+        self._handling: list[tuple[int, asyncio.Task[bool]]] = []
         self._committing: asyncio.Task[None] | None = None  #: the last batch's offsets, on their way
         self._migrated = False
         #: Why Kafka refuses us (from common.kafka.connection_problem), "" when it does not.
@@ -208,21 +217,22 @@ class SinkRunner(BatchLoop):
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
-        await self._close_conn()
+        await self._close_connections()
 
     async def run(self) -> None:
         """Start, loop until :meth:`stop`, close. The next batches (:data:`sinks.batches.AHEAD_BATCHES`) are
-        fetched and decoded while the current one is written (the database works in its own process
-        meanwhile), and a batch's offsets travel to Kafka while the next one is written; offsets are still
-        committed one batch after the other, each only after its batch was written, and the last ones
-        before the consumer closes."""
+        fetched and decoded while the current ones are written (the database works in its own process
+        meanwhile; :attr:`concurrent_writes` batches at once), and a batch's offsets travel to Kafka while
+        the next one is written; offsets are still committed one batch after the other, each only after
+        its batch and every one before it were written, and the last ones before the consumer closes."""
         try:
             await self.start()
             while not self.stopping:
                 fetched, generation = await self._next_batch()
                 if not self.stopping:
                     self._fetch_ahead()
-                await self._handle(fetched, generation)
+                await self._start_handle(fetched, generation)
+            await self._finish_handling()
         except Stopped:
             log.info("stopped while retrying; uncommitted records will be redelivered")
         finally:
@@ -232,6 +242,10 @@ class SinkRunner(BatchLoop):
             for _, task in ahead:
                 with contextlib.suppress(BaseException):
                     await task  # their records are not committed: they will be redelivered
+            handling, self._handling = self._handling, []
+            for _, handle in handling:
+                with contextlib.suppress(BaseException):
+                    await handle  # ends at its next retry once stopping
             try:
                 await self._commit_sent()
             except Exception as exc:  # _commit logs the failures it expects; close all the same

@@ -37,6 +37,7 @@ class SinkSettings(CommonSettings, kw_only=True):
     pg_command_timeout_s: PositiveFloat = 60.0
     kafka_session_timeout_ms: Positive = 10000
     kafka_fetch_partition_bytes: Positive = 4 * 1024 * 1024
+    raw_concurrent_writes: Positive = 2
 
 
 SINK_HELP: dict[str, str] = {
@@ -58,4 +59,7 @@ SINK_HELP: dict[str, str] = {
     "kafka_fetch_partition_bytes": "most bytes fetched from one partition in one request (the records "
     "waiting in memory are about this times the partitions assigned); smaller ones leave the sink "
     "waiting on Kafka between batches",
+    "raw_concurrent_writes": "batches the raw sink writes at once, each in its own transaction on its own "
+    "database connection (offsets are still committed in batch order); the sessions sink writes one at "
+    "a time, in order",
 }

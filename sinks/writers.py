@@ -34,6 +34,9 @@ class Writer(Protocol):
     name: str  # "raw" | "sessions"
     table: str
     service: str  # dead-letter service name
+    #: True when batches must be written one after the other, in topic order; False when they may be
+    #: written at once, in any order (every write idempotent and independent of the others).
+    ordered: bool
 
     def topics(self, topics: Topics) -> list[str]: ...
 
@@ -111,6 +114,7 @@ class RawWriter:
     name = "raw"
     table = "raw_events"
     service = "sink-raw"
+    ordered = False  # rows keyed by (agent_id, seq, ts), each written once whatever the order
 
     def __init__(self, retention_days: int = 400) -> None:
         self.retention_days = retention_days
@@ -177,6 +181,7 @@ class SessionWriter:
     name = "sessions"
     table = "sessions"
     service = "sink-sessions"
+    ordered = True  # a session's last message in topic order must be the one that stays
 
     def topics(self, topics: Topics) -> list[str]:
         return [topics.sessions]

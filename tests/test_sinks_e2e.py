@@ -255,6 +255,95 @@ async def test_the_rewind_seeks_back_each_partition_the_batches_ahead_read(
         await runner.close()
 
 
+class _HoldsTheFirstBatch(RawWriter):
+    """The real writer, but the write of the runner's first batch waits (its transaction open) until
+    released; counts the writes finished meanwhile (before or while it is held) and the most in the
+    database at once. Which batch a write
+    belongs to is told by the runner's ``_write_batch``, which runs in each batch's own task in batch
+    order (two writes may reach the database in the other order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.batch_of: dict[asyncio.Task[Any] | None, int] = {}
+        self.writes = self.in_flight = self.most = self.done_while_held = 0
+
+    def number_batches(self, runner: SinkRunner) -> None:
+        write_batch = runner._write_batch
+
+        async def numbered(fetched: Any, generation: int, slot: Any) -> bool:
+            if fetched[0]:
+                self.batch_of[asyncio.current_task()] = len(self.batch_of) + 1
+            return await write_batch(fetched, generation, slot)
+
+        runner._write_batch = numbered  # type: ignore[method-assign]
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        self.writes += 1
+        first = self.batch_of.get(asyncio.current_task()) == 1
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            if first:
+                await asyncio.wait_for(self.release.wait(), 60)
+            result = await super().write(conn, items)
+            if not first and not self.release.is_set():
+                self.done_while_held += 1
+            return result
+        finally:
+            self.in_flight -= 1
+
+
+async def test_the_raw_sink_writes_two_batches_at_once_and_commits_them_in_order(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """On the real broker and database: while the first batch is held (its transaction open), the second
+    batch is written on the other connection, but no offset is committed (committing the second's would
+    skip the first's records after a crash), and no third batch starts (both slots are taken until
+    their batches commit). Released, every event ends as one row and every partition is committed."""
+    events = event_mix(600, agents=3)
+    await publish(kafka_bootstrap, event_records(topics, events))
+    writer = _HoldsTheFirstBatch()
+    runner = SinkRunner(writer, settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=100))
+    assert runner.concurrent_writes == 2
+    writer.number_batches(runner)
+    task = asyncio.create_task(runner.run())
+    try:
+        assert await wait_until(lambda: _true(writer.done_while_held >= 1), 30), "no second write at once"
+        await asyncio.sleep(1.0)  # time for a wrong commit, or a third write, to happen
+        assert (writer.writes, writer.done_while_held) == (2, 1) and writer.most <= 2
+        assert await _committed(kafka_bootstrap, runner.group_id, topics) == {}
+        writer.release.set()
+
+        async def all_rows() -> bool:
+            return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+        assert await wait_until(all_rows, 60), "the raw sink did not write every event"
+        assert await wait_committed(kafka_bootstrap, runner.group_id, topics.raw, within=15)
+        assert metric(runner, "desktrace_sink_rows_duplicate_total", {"table": "raw_events"}) == 0
+    finally:
+        writer.release.set()
+        runner.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _committed(bootstrap: str, group: str, topics: Topics) -> dict[TopicPartition, int]:
+    """The offsets ``group`` has committed on the raw topics (none: an empty dict)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if tp.topic in topics.raw and meta.offset >= 0}
+
+
 class _SlowFirstWrite(SessionWriter):
     """The real writer, but its first write takes 4 s (a slow database): time enough for a second sink
     to join the group and take partitions meanwhile."""

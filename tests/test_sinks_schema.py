@@ -83,6 +83,30 @@ async def test_migrate_command_via_cli(fresh_pg_dsn: str) -> None:
     assert await asyncio.to_thread(run) == []
 
 
+async def test_callers_meeting_a_new_day_at_once_all_find_its_partition(fresh_pg_dsn: str) -> None:
+    """Two raw sinks (or two batches of one written at once) meeting the same new day create its partition
+    together: one creates it, the others find it, none fails. Before migration 0003 the callers that
+    waited for the advisory lock still missed the new partition and failed with duplicate_table (3 of 4
+    here, on every day)."""
+    await apply_migrations(fresh_pg_dsn)
+    conns = [await asyncpg.connect(fresh_pg_dsn) for _ in range(4)]
+    try:
+        for offset in range(5):
+            day = datetime(2031, 1, 1, tzinfo=UTC).date() + timedelta(days=offset)
+
+            async def ensure(conn: asyncpg.Connection, day: object = day) -> bool:
+                async with conn.transaction():
+                    return bool(await conn.fetchval("SELECT raw_events_ensure_partition($1)", day))
+
+            made = await asyncio.gather(*(ensure(c) for c in conns))
+            assert sorted(made) == [False, False, False, True]
+        partitions = await list_partitions(conns[0])
+        assert {f"raw_events_p203101{d:02d}" for d in range(1, 6)} <= set(partitions)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 async def test_partitions_on_demand_for_far_days_and_retention(fresh_pg_dsn: str) -> None:
     await apply_migrations(fresh_pg_dsn)
     today = datetime.now(UTC).date()

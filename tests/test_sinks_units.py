@@ -383,3 +383,108 @@ def test_common_backoff_doubles_caps_resets_and_jitters_within_its_ceiling() -> 
     ceilings = [min(30.0, 0.5 * 2**n) for n in range(12)]
     assert all(0.25 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     assert len(set(delays)) == len(delays)  # not in step
+
+
+class _Batches:
+    """Stands in for the database side of a raw sink's writes (the ordering logic is under test, not the
+    write): each batch's write ends when the test says, with the outcome it says, and each commit is
+    recorded. ``_write_batch`` and ``_commit`` are the seams; the slots and tasks are the runner's own."""
+
+    def __init__(self, runner: SinkRunner) -> None:
+        self.outcomes: dict[int, asyncio.Future[bool]] = {}
+        self.committed: list[int] = []
+        self.writing: set[int] = set()
+
+        async def write_batch(fetched: tuple[list[int], list[object], list[object]], generation: int,
+                              slot: object) -> bool:
+            (batch,) = fetched[0]
+            self.writing.add(batch)
+            try:
+                return await self.outcome(batch)
+            finally:
+                self.writing.discard(batch)
+
+        async def commit(records: list[int]) -> None:
+            self.committed += records
+
+        runner._write_batch = write_batch  # type: ignore[method-assign,assignment]
+        runner._commit = commit  # type: ignore[method-assign,assignment]
+
+    def outcome(self, batch: int) -> asyncio.Future[bool]:
+        return self.outcomes.setdefault(batch, asyncio.get_running_loop().create_future())
+
+
+async def _settle_tasks() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_raw_batches_written_at_once_commit_in_batch_order() -> None:
+    """The raw sink writes two batches at once (``raw_concurrent_writes``); the second one finishing first
+    waits for the first before its offsets are committed, and a third batch waits for a free slot."""
+    runner = SinkRunner(RawWriter(), SinkSettings())
+    assert runner.concurrent_writes == 2
+    batches = _Batches(runner)
+    await runner._start_handle(([1], [], []), 0)
+    await runner._start_handle(([2], [], []), 0)
+    await _settle_tasks()
+    assert batches.writing == {1, 2}
+    third = asyncio.create_task(runner._start_handle(([3], [], []), 0))
+    batches.outcome(2).set_result(True)
+    await _settle_tasks()
+    assert batches.committed == [] and not third.done(), "batch 2 committed, or its slot freed, before 1"
+    batches.outcome(1).set_result(True)
+    await third
+    await _settle_tasks()
+    assert batches.committed == [1, 2] and batches.writing == {3}
+    batches.outcome(3).set_result(True)
+    await runner._finish_handling()
+    await runner._commit_sent()
+    assert batches.committed == [1, 2, 3]
+
+
+async def test_a_batch_after_one_not_written_is_not_committed() -> None:
+    """A batch given up (handed over, or stopped while retrying) leaves its records uncommitted; the batch
+    written at the same time after it must not commit either, or its offsets would skip those records
+    (they share partitions). Batches of the next assignment do not wait on the old ones."""
+    runner = SinkRunner(RawWriter(), SinkSettings())
+    batches = _Batches(runner)
+    await runner._start_handle(([1], [], []), 0)
+    await runner._start_handle(([2], [], []), 0)
+    batches.outcome(2).set_result(True)
+    batches.outcome(1).set_result(False)  # given up: its partitions were handed over
+    runner._generation = 1  # what the hand-over did
+    await runner._start_handle(([3], [], []), 0)  # fetched before the hand-over: dropped, not written
+    await runner._start_handle(([4], [], []), 1)  # fetched after it
+    batches.outcome(4).set_result(True)
+    await runner._finish_handling()
+    await runner._commit_sent()
+    assert batches.committed == [4]
+
+    await runner._start_handle(([5], [], []), 1)
+    await runner._start_handle(([6], [], []), 1)
+    batches.outcome(6).set_result(True)
+    batches.outcome(5).set_exception(Stopped())
+    with pytest.raises(Stopped):
+        await runner._finish_handling()
+    await runner._commit_sent()
+    assert batches.committed == [4], "a batch written after one stopped while retrying was committed"
+
+
+async def test_the_sessions_sink_writes_one_batch_at_a_time() -> None:
+    """Session messages must land in topic order: whatever ``raw_concurrent_writes`` says, one at a time."""
+    from sinks.writers import SessionWriter
+
+    runner = SinkRunner(SessionWriter(), SinkSettings(raw_concurrent_writes=4))
+    assert runner.concurrent_writes == 1
+    batches = _Batches(runner)
+    await runner._start_handle(([1], [], []), 0)
+    second = asyncio.create_task(runner._start_handle(([2], [], []), 0))
+    await _settle_tasks()
+    assert batches.writing == {1} and not second.done()
+    batches.outcome(1).set_result(True)
+    await second
+    batches.outcome(2).set_result(True)
+    await runner._finish_handling()
+    await runner._commit_sent()
+    assert batches.committed == [1, 2]
