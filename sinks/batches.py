@@ -92,11 +92,11 @@ class BatchLoop(DeadLettering):
         await self._commit_sent()
         return len(fetched[0]) if done else 0
 
-    async def _start_handle(self, fetched: Fetched, generation: int) -> None:
-        """Write ``fetched`` in the next free slot, in a task of its own (waiting first for a slot when
-        every one is busy). It commits after the batch before it, when that one is of the same
-        generation (a batch of an older one was finished or given up by the hand-over)."""
-        slot = await self._slots.get()
+    async def _start_handle(self, slot: WriteSlot, fetched: Fetched, generation: int) -> None:
+        """Write ``fetched`` in ``slot`` (taken by the caller before it took the batch, so that no batch
+        waits in hand for a slot), in a task of its own, which gives the slot back. It commits after the
+        batch before it, when that one is of the same generation (a batch of an older one was finished
+        or given up by the hand-over)."""
         if self._batches_retrying:
             # The database failed a batch: nothing more is taken until it is written. This batch goes
             # back to Kafka with those fetched ahead, so that the lag shows them.

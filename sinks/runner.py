@@ -228,10 +228,15 @@ class SinkRunner(BatchLoop):
         try:
             await self.start()
             while not self.stopping:
-                fetched, generation = await self._next_batch()
+                slot = await self._slots.get()  # a free slot first: no batch waits in hand for one
+                try:
+                    fetched, generation = await self._next_batch()
+                except BaseException:
+                    self._slots.put_nowait(slot)
+                    raise
                 if not self.stopping:
                     self._fetch_ahead()
-                await self._start_handle(fetched, generation)
+                await self._start_handle(slot, fetched, generation)
             await self._finish_handling()
         except Stopped:
             log.info("stopped while retrying; uncommitted records will be redelivered")

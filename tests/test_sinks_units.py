@@ -414,6 +414,12 @@ class _Batches:
         return self.outcomes.setdefault(batch, asyncio.get_running_loop().create_future())
 
 
+async def _start(runner: SinkRunner, batch: int, generation: int) -> None:
+    """What the runner's loop does with a batch: take a free slot (waiting for one), then hand it over."""
+    slot = await runner._slots.get()
+    await runner._start_handle(slot, ([batch], [], []), generation)
+
+
 async def _settle_tasks() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
@@ -425,11 +431,11 @@ async def test_raw_batches_written_at_once_commit_in_batch_order() -> None:
     runner = SinkRunner(RawWriter(), SinkSettings())
     assert runner.concurrent_writes == 2
     batches = _Batches(runner)
-    await runner._start_handle(([1], [], []), 0)
-    await runner._start_handle(([2], [], []), 0)
+    await _start(runner, 1, 0)
+    await _start(runner, 2, 0)
     await _settle_tasks()
     assert batches.writing == {1, 2}
-    third = asyncio.create_task(runner._start_handle(([3], [], []), 0))
+    third = asyncio.create_task(_start(runner, 3, 0))
     batches.outcome(2).set_result(True)
     await _settle_tasks()
     assert batches.committed == [] and not third.done(), "batch 2 committed, or its slot freed, before 1"
@@ -449,20 +455,20 @@ async def test_a_batch_after_one_not_written_is_not_committed() -> None:
     (they share partitions). Batches of the next assignment do not wait on the old ones."""
     runner = SinkRunner(RawWriter(), SinkSettings())
     batches = _Batches(runner)
-    await runner._start_handle(([1], [], []), 0)
-    await runner._start_handle(([2], [], []), 0)
+    await _start(runner, 1, 0)
+    await _start(runner, 2, 0)
     batches.outcome(2).set_result(True)
     batches.outcome(1).set_result(False)  # given up: its partitions were handed over
     runner._generation = 1  # what the hand-over did
-    await runner._start_handle(([3], [], []), 0)  # fetched before the hand-over: dropped, not written
-    await runner._start_handle(([4], [], []), 1)  # fetched after it
+    await _start(runner, 3, 0)  # fetched before the hand-over: dropped, not written
+    await _start(runner, 4, 1)  # fetched after it
     batches.outcome(4).set_result(True)
     await runner._finish_handling()
     await runner._commit_sent()
     assert batches.committed == [4]
 
-    await runner._start_handle(([5], [], []), 1)
-    await runner._start_handle(([6], [], []), 1)
+    await _start(runner, 5, 1)
+    await _start(runner, 6, 1)
     batches.outcome(6).set_result(True)
     batches.outcome(5).set_exception(Stopped())
     with pytest.raises(Stopped):
@@ -478,8 +484,8 @@ async def test_the_sessions_sink_writes_one_batch_at_a_time() -> None:
     runner = SinkRunner(SessionWriter(), SinkSettings(raw_concurrent_writes=4))
     assert runner.concurrent_writes == 1
     batches = _Batches(runner)
-    await runner._start_handle(([1], [], []), 0)
-    second = asyncio.create_task(runner._start_handle(([2], [], []), 0))
+    await _start(runner, 1, 0)
+    second = asyncio.create_task(_start(runner, 2, 0))
     await _settle_tasks()
     assert batches.writing == {1} and not second.done()
     batches.outcome(1).set_result(True)
