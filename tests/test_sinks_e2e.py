@@ -423,6 +423,52 @@ class _DatabaseDown(RawWriter):
         return await super().write(conn, items)
 
 
+class _SlowWrites(RawWriter):
+    """The real writer, each write taking a second longer (a loaded database): two batches are in flight
+    most of the time."""
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        await asyncio.sleep(1.0)
+        return await super().write(conn, items)
+
+
+async def test_a_rebalance_while_two_raw_batches_are_written_loses_nothing(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """A second raw sink joins while the first has two batches in flight: the first's hand-over waits for
+    both and commits them in order, the second reads on from there, and every event ends as one row,
+    with every partition committed by the group."""
+    events = event_mix(3000, agents=6)
+    await publish(kafka_bootstrap, event_records(topics, events))
+    settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=100)
+    async with running(_SlowWrites(), settings) as first:
+        hand_over, in_flight = first.hand_over, []
+
+        async def counted_hand_over(revoked: Collection[TopicPartition]) -> None:
+            in_flight.append(sum(not task.done() for _, task in first._handling))
+            await hand_over(revoked)
+
+        first.hand_over = counted_hand_over  # type: ignore[method-assign]
+
+        async def two_in_flight() -> bool:
+            return sum(not task.done() for _, task in first._handling) == 2
+
+        assert await wait_until(two_in_flight, 30, interval=0.05)
+        async with running(RawWriter(), settings) as second:
+
+            async def second_has_partitions() -> bool:
+                return second._consumer is not None and bool(second._consumer.assignment())
+
+            assert await wait_until(second_has_partitions, 30, interval=0.05)
+            assert in_flight and max(in_flight) == 2, f"batches in flight at the hand-overs: {in_flight}"
+
+            async def all_rows() -> bool:
+                return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+            assert await wait_until(all_rows, 90), "events were lost in the rebalance"
+            assert await wait_committed(kafka_bootstrap, settings.group_id or first.group_id, topics.raw, 30)
+
+
 async def test_a_rebalance_during_a_database_outage_does_not_wait_for_the_database(
     kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
 ) -> None:
