@@ -68,7 +68,6 @@ class BatchLoop(DeadLettering):
     _batches_retrying: int  #: batches being retried (the database failed them)
     _writable: asyncio.Event  #: set while no batch is being retried
     _rewinding: asyncio.Lock  #: one give-back at a time, so that none seeks past another's records
-    _stopping: asyncio.Event
     clock: Callable[[], float]
     metrics: SinkMetrics
     settings: SinkSettings
@@ -103,7 +102,9 @@ class BatchLoop(DeadLettering):
             self._slots.put_nowait(slot)
             if generation == self._generation:
                 await self._rewind_ahead(fetched[0])
-            await self._until_writable()
+            # Set once that batch is written, given up at a hand-over, or stopped (its paused wait ends
+            # at a stop): never waits for longer than the retry itself.
+            await self._writable.wait()
             return
         self._reap()
         previous = None
@@ -117,15 +118,6 @@ class BatchLoop(DeadLettering):
                 self._slots.put_nowait(slot)
 
         self._handling.append((generation, asyncio.create_task(handle())))
-
-    async def _until_writable(self) -> None:
-        """Wait until no batch is being retried, or the sink stops."""
-        waits = [asyncio.ensure_future(self._writable.wait()), asyncio.ensure_future(self._stopping.wait())]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
 
     def _reap(self) -> None:
         """Forget the batches finished, raising what one of them raised (:class:`Stopped` included); the

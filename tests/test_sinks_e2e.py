@@ -27,7 +27,7 @@ from proto.topics import Topics
 from sinks.runner import SinkRunner
 from sinks.writers import RawWriter, SessionWriter
 from tests.support.events import event_mix
-from tests.support.kafka import event_records, publish, wait_committed
+from tests.support.kafka import committed_offsets, event_records, publish, wait_committed
 from tests.support.metrics import sample, scrape
 from tests.support.process import free_port, sink_process
 from tests.support.sinks import (
@@ -309,10 +309,14 @@ async def test_the_raw_sink_writes_two_batches_at_once_and_commits_them_in_order
     writer.number_batches(runner)
     task = asyncio.create_task(runner.run())
     try:
-        assert await wait_until(lambda: _true(writer.done_while_held >= 1), 30), "no second write at once"
+
+        async def second_written() -> bool:
+            return writer.done_while_held >= 1
+
+        assert await wait_until(second_written, 30), "no second write at once"
         await asyncio.sleep(1.0)  # time for a wrong commit, or a third write, to happen
         assert (writer.writes, writer.done_while_held) == (2, 1) and writer.most <= 2
-        assert await _committed(kafka_bootstrap, runner.group_id, topics) == {}
+        assert await committed_offsets(kafka_bootstrap, runner.group_id, topics.raw) == {}
         writer.release.set()
 
         async def all_rows() -> bool:
@@ -325,23 +329,6 @@ async def test_the_raw_sink_writes_two_batches_at_once_and_commits_them_in_order
         writer.release.set()
         runner.stop()
         await asyncio.wait_for(task, 30)
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def _committed(bootstrap: str, group: str, topics: Topics) -> dict[TopicPartition, int]:
-    """The offsets ``group`` has committed on the raw topics (none: an empty dict)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp: meta.offset for tp, meta in offsets.items() if tp.topic in topics.raw and meta.offset >= 0}
 
 
 class _SlowFirstWrite(SessionWriter):
@@ -466,7 +453,7 @@ async def test_a_rebalance_while_two_raw_batches_are_written_loses_nothing(
                 return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
 
             assert await wait_until(all_rows, 90), "events were lost in the rebalance"
-            assert await wait_committed(kafka_bootstrap, settings.group_id or first.group_id, topics.raw, 30)
+            assert await wait_committed(kafka_bootstrap, first.group_id, topics.raw, 30)
 
 
 async def test_a_rebalance_during_a_database_outage_does_not_wait_for_the_database(

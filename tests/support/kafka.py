@@ -87,6 +87,19 @@ def at_least(n: int) -> Callable[[Sequence[Any]], bool]:
     return lambda got: len(got) >= n
 
 
+async def committed_offsets(bootstrap: str, group: str, topics: Sequence[str]) -> dict[Any, int]:
+    """The offsets consumer group ``group`` has committed on ``topics`` now (none: an empty dict)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if tp.topic in topics and meta.offset >= 0}
+
+
 async def wait_committed(bootstrap: str, group: str, topics: Sequence[str], within: float = 15.0) -> bool:
     """Whether consumer group ``group`` has committed every partition of ``topics`` up to its end offset
     within ``within`` seconds (partitions with no records need no commit)."""
