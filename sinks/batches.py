@@ -97,8 +97,9 @@ class BatchLoop(DeadLettering):
         batch before it, when that one is of the same generation (a batch of an older one was finished
         or given up by the hand-over)."""
         if self._batches_retrying:
-            # The database failed a batch: nothing more is taken until it is written. This batch goes
-            # back to Kafka with those fetched ahead, so that the lag shows them.
+            # The database failed a batch while this one was being taken: nothing more is taken until
+            # that one is written. This batch goes back to Kafka, so that the lag shows it (the loop
+            # fetches nothing more meanwhile: ``SinkRunner.run``).
             self._slots.put_nowait(slot)
             if generation == self._generation:
                 await self._rewind_ahead(fetched[0])
@@ -495,13 +496,15 @@ class BatchLoop(DeadLettering):
             self._seek_back(held)
 
     def _seek_back(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """Seek each still assigned partition of ``records`` (in fetch order) back to its first offset
-        among them, so that they are read again."""
+        """Seek each still assigned partition of ``records`` back to its lowest offset among them, so
+        that they are read again (the lowest, not the first in fetch order: never past one of them)."""
         if self._consumer is None or not records:
             return
         first: dict[TopicPartition, int] = {}
         for rec in records:
-            first.setdefault(TopicPartition(rec.topic, rec.partition), rec.offset)
+            tp = TopicPartition(rec.topic, rec.partition)
+            if rec.offset < first.get(tp, rec.offset + 1):
+                first[tp] = rec.offset
         assigned = self._consumer.assignment()
         for tp, offset in first.items():
             if tp in assigned:

@@ -229,12 +229,19 @@ class SinkRunner(BatchLoop):
             await self.start()
             while not self.stopping:
                 slot = await self._slots.get()  # a free slot first: no batch waits in hand for one
+                if self._batches_retrying:
+                    # A batch is being retried and its give-back sought the partitions back: nothing is
+                    # fetched until it is written. A batch fetched now, past the records given back, and
+                    # given back in turn, would seek past them.
+                    self._slots.put_nowait(slot)
+                    await self._writable.wait()
+                    continue
                 try:
                     fetched, generation = await self._next_batch()
                 except BaseException:
                     self._slots.put_nowait(slot)
                     raise
-                if not self.stopping:
+                if not self.stopping and not self._batches_retrying:
                     self._fetch_ahead()
                 await self._start_handle(slot, fetched, generation)
             await self._finish_handling()

@@ -6,6 +6,7 @@ sinks (a rebalance, also during a database outage), metrics and health endpoints
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.request
 from collections.abc import Collection, Sequence
@@ -327,6 +328,89 @@ async def test_the_raw_sink_writes_two_batches_at_once_and_commits_them_in_order
         assert metric(runner, "desktrace_sink_rows_duplicate_total", {"table": "raw_events"}) == 0
     finally:
         writer.release.set()
+        runner.stop()
+        await asyncio.wait_for(task, 30)
+
+
+class _FailsTheSecondBatchOnce(RawWriter):
+    """The real writer, with two batches in flight: the second batch's first write loses its connection,
+    and the first batch's write finishes only once that failure's give-back is under way (its slot then
+    frees while the second batch is retried). Batches are numbered as :class:`_HoldsTheFirstBatch` does."""
+
+    def __init__(self, runner_of: list[SinkRunner]) -> None:
+        super().__init__()
+        self.runner_of = runner_of
+        self.batch_of: dict[asyncio.Task[Any] | None, int] = {}
+        self.failed = 0
+        self.first_done_while_retried = False
+
+    def number_batches(self, runner: SinkRunner) -> None:
+        write_batch = runner._write_batch
+
+        async def numbered(fetched: Any, generation: int, slot: Any) -> bool:
+            if fetched[0]:
+                self.batch_of[asyncio.current_task()] = len(self.batch_of) + 1
+            return await write_batch(fetched, generation, slot)
+
+        runner._write_batch = numbered  # type: ignore[method-assign]
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        batch = self.batch_of.get(asyncio.current_task())
+        (runner,) = self.runner_of
+        if batch == 2 and not self.failed:
+            self.failed += 1
+            raise ConnectionResetError("injected: the connection dropped mid-batch")
+        if batch == 1:
+            deadline = asyncio.get_running_loop().time() + 30
+            while not (runner._batches_retrying and not runner._ahead):  # the give-back took them
+                assert asyncio.get_running_loop().time() < deadline, "the second batch never failed"
+                await asyncio.sleep(0.01)
+            self.first_done_while_retried = True
+        return await super().write(conn, items)
+
+
+async def test_a_batch_freed_during_a_retry_takes_nothing_past_the_records_given_back(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """Two batches in flight; the later one fails and is retried, and its give-back waits for the batches
+    fetched ahead (held here after they consumed their records, as a slow fetch would be) while the
+    earlier one finishes and frees its slot. Nothing may be fetched past the records given back while the
+    retry lasts: a batch fetched then, and given back in turn, would seek the partitions past them, and
+    their records would never be written. Every event ends as one row, every partition committed."""
+    events = event_mix(600, agents=6)
+    await publish(kafka_bootstrap, event_records(topics, events))
+    runners: list[SinkRunner] = []
+    writer = _FailsTheSecondBatchOnce(runners)
+    settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=50)
+    runner = SinkRunner(writer, settings)
+    runners.append(runner)
+    writer.number_batches(runner)
+    fetch, fetched, later_fetch = runner._fetch, [0], asyncio.Event()
+
+    async def slow_fetches_ahead() -> Any:
+        result = await fetch()
+        if result[0]:
+            fetched[0] += 1
+            if fetched[0] in (3, 4):  # the batches ahead when the second one fails
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(later_fetch.wait(), 3.0)
+            elif fetched[0] > 4:
+                later_fetch.set()
+        return result
+
+    runner._fetch = slow_fetches_ahead  # type: ignore[method-assign]
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def all_rows() -> bool:
+            return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+        assert await wait_until(all_rows, 60), "events were lost after the retried batch"
+        assert writer.failed == 1 and writer.first_done_while_retried
+        assert await wait_committed(kafka_bootstrap, runner.group_id, topics.raw, within=15)
+        retries = {"table": "raw_events", "target": "postgres"}
+        assert metric(runner, "desktrace_sink_retries_total", retries) == 1
+    finally:
         runner.stop()
         await asyncio.wait_for(task, 30)
 
