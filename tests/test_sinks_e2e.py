@@ -256,28 +256,30 @@ async def test_the_rewind_seeks_back_each_partition_the_batches_ahead_read(
         await runner.close()
 
 
+def _number_batches(runner: SinkRunner, batch_of: dict[asyncio.Task[Any] | None, int]) -> None:
+    """Record in ``batch_of`` which batch (1, 2, ... in the runner's batch order) each write task belongs
+    to, through the runner's ``_write_batch``, which runs in each batch's own task in batch order (two
+    writes may reach the database in the other order)."""
+    write_batch = runner._write_batch
+
+    async def numbered(fetched: Any, generation: int, slot: Any) -> bool:
+        if fetched[0]:
+            batch_of[asyncio.current_task()] = len(batch_of) + 1
+        return await write_batch(fetched, generation, slot)
+
+    runner._write_batch = numbered  # type: ignore[method-assign]
+
+
 class _HoldsTheFirstBatch(RawWriter):
     """The real writer, but the write of the runner's first batch waits (its transaction open) until
     released; counts the writes finished meanwhile (before or while it is held) and the most in the
-    database at once. Which batch a write
-    belongs to is told by the runner's ``_write_batch``, which runs in each batch's own task in batch
-    order (two writes may reach the database in the other order)."""
+    database at once. Its batches are numbered by :func:`_number_batches`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.release = asyncio.Event()
         self.batch_of: dict[asyncio.Task[Any] | None, int] = {}
         self.writes = self.in_flight = self.most = self.done_while_held = 0
-
-    def number_batches(self, runner: SinkRunner) -> None:
-        write_batch = runner._write_batch
-
-        async def numbered(fetched: Any, generation: int, slot: Any) -> bool:
-            if fetched[0]:
-                self.batch_of[asyncio.current_task()] = len(self.batch_of) + 1
-            return await write_batch(fetched, generation, slot)
-
-        runner._write_batch = numbered  # type: ignore[method-assign]
 
     async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
         self.writes += 1
@@ -307,7 +309,7 @@ async def test_the_raw_sink_writes_two_batches_at_once_and_commits_them_in_order
     writer = _HoldsTheFirstBatch()
     runner = SinkRunner(writer, settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=100))
     assert runner.concurrent_writes == 2
-    writer.number_batches(runner)
+    _number_batches(runner, writer.batch_of)
     task = asyncio.create_task(runner.run())
     try:
 
@@ -335,7 +337,7 @@ async def test_the_raw_sink_writes_two_batches_at_once_and_commits_them_in_order
 class _FailsTheSecondBatchOnce(RawWriter):
     """The real writer, with two batches in flight: the second batch's first write loses its connection,
     and the first batch's write finishes only once that failure's give-back is under way (its slot then
-    frees while the second batch is retried). Batches are numbered as :class:`_HoldsTheFirstBatch` does."""
+    frees while the second batch is retried). Its batches are numbered by :func:`_number_batches`."""
 
     def __init__(self, runner_of: list[SinkRunner]) -> None:
         super().__init__()
@@ -343,16 +345,6 @@ class _FailsTheSecondBatchOnce(RawWriter):
         self.batch_of: dict[asyncio.Task[Any] | None, int] = {}
         self.failed = 0
         self.first_done_while_retried = False
-
-    def number_batches(self, runner: SinkRunner) -> None:
-        write_batch = runner._write_batch
-
-        async def numbered(fetched: Any, generation: int, slot: Any) -> bool:
-            if fetched[0]:
-                self.batch_of[asyncio.current_task()] = len(self.batch_of) + 1
-            return await write_batch(fetched, generation, slot)
-
-        runner._write_batch = numbered  # type: ignore[method-assign]
 
     async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
         batch = self.batch_of.get(asyncio.current_task())
@@ -384,7 +376,7 @@ async def test_a_batch_freed_during_a_retry_takes_nothing_past_the_records_given
     settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=50)
     runner = SinkRunner(writer, settings)
     runners.append(runner)
-    writer.number_batches(runner)
+    _number_batches(runner, writer.batch_of)
     fetch, fetched, later_fetch = runner._fetch, [0], asyncio.Event()
 
     async def slow_fetches_ahead() -> Any:
