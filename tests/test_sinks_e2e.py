@@ -1,7 +1,8 @@
 """The sinks end to end on the real Kafka and PostgreSQL, run as in-process tasks: exact row counts with
 duplicates, sessions with retractions, poison records dead-lettered beside written neighbours, the offsets
-committed behind the writes and the batches fetched ahead given back, partitions handed over between two
-sinks (a rebalance, also during a database outage), metrics and health endpoints."""
+committed behind the writes and the batches fetched ahead given back, a backend terminated mid-batch,
+partitions handed over between two sinks (a rebalance, also during a database outage), metrics and health
+endpoints."""
 
 from __future__ import annotations
 
@@ -405,6 +406,55 @@ async def test_a_batch_freed_during_a_retry_takes_nothing_past_the_records_given
     finally:
         runner.stop()
         await asyncio.wait_for(task, 30)
+
+
+class _SlowInTheDatabase(RawWriter):
+    """The real writer, each write first waiting a second inside its transaction on the server
+    (``pg_sleep``): a loaded database, with both slots' transactions open most of the time."""
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        await conn.execute("SELECT pg_sleep(1)")
+        return await super().write(conn, items)
+
+
+async def test_a_backend_terminated_mid_batch_costs_a_retry_not_a_row(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """The failure a database gives one connection while the other goes on (an operator's
+    ``pg_terminate_backend``, an idle-in-transaction or statement timeout, a pooler's restart): the raw
+    sink's backends are terminated one at a time, each in the middle of a batch's transaction while the
+    other slot writes too. Each costs the batch a retry on a new connection, and every event ends as one
+    row, every partition committed."""
+    events = event_mix(3000, agents=6)
+    await publish(kafka_bootstrap, event_records(topics, events))
+    settings = settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=100)
+    sleeping = """SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+                  AND pid <> pg_backend_pid() AND query LIKE '%pg_sleep%' AND state = 'active'"""
+    async with running(_SlowInTheDatabase(), settings) as runner:
+        conn = await asyncpg.connect(fresh_pg_dsn, timeout=5)
+        terminated = 0
+        pids: list[int] = []
+
+        async def two_in_transactions() -> bool:
+            pids[:] = [r["pid"] for r in await conn.fetch(sleeping)]
+            return len(pids) == 2
+
+        try:
+            for _ in range(3):
+                assert await wait_until(two_in_transactions, 30, interval=0.05), "never two writes at once"
+                terminated += bool(await conn.fetchval("SELECT pg_terminate_backend($1)", pids[-1]))
+                await asyncio.sleep(1.5)
+        finally:
+            await conn.close()
+        assert terminated == 3
+
+        async def all_rows() -> bool:
+            return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+        assert await wait_until(all_rows, 90), "events were lost after a backend was terminated"
+        assert await wait_committed(kafka_bootstrap, runner.group_id, topics.raw, 30)
+        retries = {"table": "raw_events", "target": "postgres"}
+        assert metric(runner, "desktrace_sink_retries_total", retries) >= 3
 
 
 class _SlowFirstWrite(SessionWriter):
