@@ -408,6 +408,71 @@ async def test_a_batch_freed_during_a_retry_takes_nothing_past_the_records_given
         await asyncio.wait_for(task, 30)
 
 
+class _FailsTheFirstBatchOnce(RawWriter):
+    """The real writer; the runner's first batch's first write loses its connection once ``ready`` says
+    so. Its batches are numbered by :func:`_number_batches`."""
+
+    def __init__(self, ready: asyncio.Event) -> None:
+        super().__init__()
+        self.ready = ready
+        self.batch_of: dict[asyncio.Task[Any] | None, int] = {}
+        self.failed = 0
+
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Any]) -> tuple[int, int]:
+        if self.batch_of.get(asyncio.current_task()) == 1 and not self.failed:
+            await asyncio.wait_for(self.ready.wait(), 30)
+            self.failed += 1
+            raise ConnectionResetError("injected: the connection dropped mid-batch")
+        return await super().write(conn, items)
+
+
+async def test_a_batch_being_taken_when_another_fails_is_given_back_after_the_batches_ahead(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """The other order of the same race: the loop is waiting for the next batch (fetched, its records
+    consumed) when the batch being written fails. The failure's give-back takes the batches fetched
+    after it; the loop then gives its batch back too, and nothing else is fetched meanwhile: every
+    partition ends at the lowest offset any of them held, and every event ends as one row."""
+    events = event_mix(600, agents=6)
+    await publish(kafka_bootstrap, event_records(topics, events))
+    second_consumed = asyncio.Event()
+    writer = _FailsTheFirstBatchOnce(second_consumed)
+    runner = SinkRunner(writer, settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=50))
+    _number_batches(runner, writer.batch_of)
+    fetch, fetched, taken_while_retried = runner._fetch, [0], []
+
+    async def second_fetch_held() -> Any:
+        result = await fetch()
+        if result[0]:
+            fetched[0] += 1
+            if fetched[0] == 2:  # the batch the loop waits for: held until the first batch failed
+                second_consumed.set()
+                deadline = asyncio.get_running_loop().time() + 30
+                while not (runner._batches_retrying and not runner._ahead):
+                    assert asyncio.get_running_loop().time() < deadline, "the first batch never failed"
+                    await asyncio.sleep(0.01)
+            elif runner._batches_retrying:
+                taken_while_retried.append(fetched[0])
+        return result
+
+    runner._fetch = second_fetch_held  # type: ignore[method-assign]
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def all_rows() -> bool:
+            return await fetchval(fresh_pg_dsn, "SELECT count(*) FROM raw_events") == len(events)
+
+        assert await wait_until(all_rows, 60), "events were lost after the failed batch"
+        assert writer.failed == 1
+        # Only the batch fetched right after the loop's (the give-back awaits it) consumed records
+        # while the first batch was retried.
+        assert taken_while_retried in ([], [3]), f"fetched while retried: {taken_while_retried}"
+        assert await wait_committed(kafka_bootstrap, runner.group_id, topics.raw, within=15)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 30)
+
+
 class _SlowInTheDatabase(RawWriter):
     """The real writer, each write first waiting a second inside its transaction on the server
     (``pg_sleep``): a loaded database, with both slots' transactions open most of the time."""
