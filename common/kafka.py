@@ -1,15 +1,19 @@
 """Kafka helpers every service shares: aiokafka client options from :class:`common.settings.KafkaSettings`
 (TLS and SASL included), the one classifier of produce errors (permanent or transient), the producers'
-request limit, the isolation of names and ports by topic prefix, and :func:`connection_problem`."""
+request limit, the isolation of names and ports by topic prefix, :func:`connection_problem`, and a
+consumer's position read without waiting (:func:`position_now`)."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import zlib
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from common.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
 #: Every producer's ``max_request_size``: the broker's default ``message.max.bytes`` is 1,048,588 bytes
 #: (a record batch), so a single record of up to this estimated size (batch header included) is accepted.
@@ -159,3 +163,14 @@ async def connection_problem(settings: KafkaSettings, wait_s: float = 10.0) -> s
             conn.close()
             return ""
     return "; ".join(reasons)
+
+
+def position_now(consumer: AIOKafkaConsumer, partition: TopicPartition) -> int | None:
+    """The consumer's position of ``partition`` as it is now (aiokafka's ``position()`` waits for a valid
+    one, and awaits): None if not assigned or not valid (a reset is pending)."""
+    subscription = consumer._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    if assignment is None or partition not in assignment.tps:
+        return None
+    state = assignment.state_value(partition)
+    return int(state.position) if state is not None and state.has_valid_position else None

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from common.backoff import Backoff
+from common.kafka import position_now
 from proto.codec import EventDecodeError
 from sinks.deadletters import DeadLettering, Fetched, Rejected, log
 from sinks.errors import ErrorKind, Reject, classify, reason_of
@@ -441,9 +442,7 @@ class BatchLoop(DeadLettering):
             except KafkaError:
                 await asyncio.sleep(min(remaining, 1.0))
                 continue
-            for tp, recs in got.items():
-                if recs:
-                    self._consumer.seek(tp, recs[0].offset)
+            self._seek_back([rec for recs in got.values() for rec in recs])
             await self._update_lag()  # lag keeps growing while paused: show it
 
     def _resume(self) -> None:
@@ -497,15 +496,21 @@ class BatchLoop(DeadLettering):
 
     def _seek_back(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Seek each still assigned partition of ``records`` back to its lowest offset among them, so
-        that they are read again (the lowest, not the first in fetch order: never past one of them)."""
-        if self._consumer is None or not records:
+        that they are read again; never forward: a partition another give-back already sought further
+        back stays there (two retried batches' paused waits may each be handed records of a partition
+        a rebalance just assigned, and give them back in either order)."""
+        consumer = self._consumer
+        if consumer is None or not records:
             return
         first: dict[TopicPartition, int] = {}
         for rec in records:
             tp = TopicPartition(rec.topic, rec.partition)
             if rec.offset < first.get(tp, rec.offset + 1):
                 first[tp] = rec.offset
-        assigned = self._consumer.assignment()
+        assigned = consumer.assignment()
         for tp, offset in first.items():
-            if tp in assigned:
-                self._consumer.seek(tp, offset)
+            if tp not in assigned:
+                continue
+            position = position_now(consumer, tp)
+            if position is None or offset < position:
+                consumer.seek(tp, offset)

@@ -44,6 +44,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
 from mode import Service
 
+from common.kafka import position_now
 from stream.gather import BatchGather
 
 log = logging.getLogger(__name__)
@@ -411,17 +412,6 @@ def put_back_unmoved(consumer: AIOKafkaConsumer, undelivered: Mapping[TP, tuple[
 
 async def _put_back_in_thread(consumer: AIOKafkaConsumer, undelivered: Mapping[TP, tuple[int, int]]) -> int:
     return put_back_unmoved(consumer, undelivered)  # the consumer thread awaits what it is given
-
-
-def position_now(consumer: AIOKafkaConsumer, partition: TopicPartition) -> int | None:
-    """The consumer's position of ``partition`` as it is now (aiokafka's ``position()`` waits for a valid
-    one, and awaits): None if not assigned or not valid (a reset is pending)."""
-    subscription = consumer._subscription.subscription
-    assignment = None if subscription is None else subscription.assignment
-    if assignment is None or partition not in assignment.tps:
-        return None
-    state = assignment.state_value(partition)
-    return int(state.position) if state is not None and state.has_valid_position else None
 
 
 class _FetchWaitConsumerThread(AIOKafkaConsumerThread):

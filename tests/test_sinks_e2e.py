@@ -257,6 +257,44 @@ async def test_the_rewind_seeks_back_each_partition_the_batches_ahead_read(
         await runner.close()
 
 
+async def test_a_give_back_never_moves_a_partition_forward(
+    kafka_bootstrap: str, fresh_pg_dsn: str, topics: Topics
+) -> None:
+    """Two give-backs of the same partition, in either order, leave it at the lowest offset either held:
+    two batches retried at once each poll the paused consumer, and after a rebalance each may be handed
+    records of a newly assigned partition, one chunk after the other; whichever gives its chunk back last
+    must not seek past the other's. On the real consumer: one user's 60 UI events (one partition),
+    consumed in chunks of 20."""
+    ui = [e for e in event_mix(2000, agents=1) if type(e).category == "ui"][:60]
+    await publish(kafka_bootstrap, event_records(topics, ui))
+    runner = SinkRunner(RawWriter(), settings_for(kafka_bootstrap, fresh_pg_dsn, topics, batch_size=50))
+    await runner.start()
+    consumer = runner._consumer
+    assert consumer is not None
+    try:
+        chunks: list[list[ConsumerRecord[bytes, bytes]]] = []
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(chunks) < 3 and asyncio.get_running_loop().time() < deadline:
+            got = await consumer.getmany(timeout_ms=1000, max_records=20)
+            chunks += [recs for recs in got.values() if recs]
+        assert [len(c) for c in chunks] == [20, 20, 20]
+        first, second, third = chunks
+        tp = TopicPartition(first[0].topic, first[0].partition)
+        assert {TopicPartition(r.topic, r.partition) for c in chunks for r in c} == {tp}
+        assert await consumer.position(tp) == third[-1].offset + 1
+        runner._seek_back(first)
+        runner._seek_back(second)  # given back after the earlier chunk: stays at the earlier chunk's start
+        assert await consumer.position(tp) == first[0].offset
+        runner._seek_back(second + first)  # one give-back, out of order: its lowest offset
+        assert await consumer.position(tp) == first[0].offset
+        again = await consumer.getmany(tp, timeout_ms=5000, max_records=20)
+        assert [r.offset for r in again[tp]] == [r.offset for r in first]
+        runner._seek_back(third)  # behind the position now: nothing was read past it, nothing to move
+        assert await consumer.position(tp) == second[0].offset
+    finally:
+        await runner.close()
+
+
 def _number_batches(runner: SinkRunner, batch_of: dict[asyncio.Task[Any] | None, int]) -> None:
     """Record in ``batch_of`` which batch (1, 2, ... in the runner's batch order) each write task belongs
     to, through the runner's ``_write_batch``, which runs in each batch's own task in batch order (two

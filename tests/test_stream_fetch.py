@@ -13,9 +13,10 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from common.kafka import position_now
 from proto.topics import Topics
 from stream.app import ClusterInfo, StreamApp
-from stream.batching import BatchConsumer, _FetchWaitConsumerThread, position_now, put_back_unmoved
+from stream.batching import BatchConsumer, _FetchWaitConsumerThread, put_back_unmoved
 from stream.gather import BatchGather
 from stream.settings import load_settings
 
