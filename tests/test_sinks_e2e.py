@@ -373,6 +373,15 @@ async def test_the_raw_sink_writes_two_batches_at_once_and_commits_them_in_order
         await asyncio.wait_for(task, 30)
 
 
+async def _giving_back(runner: SinkRunner, never: str) -> None:
+    """Wait until a failed batch is retried and its give-back has taken the batches fetched ahead (fail
+    with ``never`` after 30 s)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while not (runner._batches_retrying and not runner._ahead):
+        assert asyncio.get_running_loop().time() < deadline, never
+        await asyncio.sleep(0.01)
+
+
 class _FailsTheSecondBatchOnce(RawWriter):
     """The real writer, with two batches in flight: the second batch's first write loses its connection,
     and the first batch's write finishes only once that failure's give-back is under way (its slot then
@@ -392,10 +401,7 @@ class _FailsTheSecondBatchOnce(RawWriter):
             self.failed += 1
             raise ConnectionResetError("injected: the connection dropped mid-batch")
         if batch == 1:
-            deadline = asyncio.get_running_loop().time() + 30
-            while not (runner._batches_retrying and not runner._ahead):  # the give-back took them
-                assert asyncio.get_running_loop().time() < deadline, "the second batch never failed"
-                await asyncio.sleep(0.01)
+            await _giving_back(runner, "the second batch never failed")
             self.first_done_while_retried = True
         return await super().write(conn, items)
 
@@ -485,10 +491,7 @@ async def test_a_batch_being_taken_when_another_fails_is_given_back_after_the_ba
             fetched[0] += 1
             if fetched[0] == 2:  # the batch the loop waits for: held until the first batch failed
                 second_consumed.set()
-                deadline = asyncio.get_running_loop().time() + 30
-                while not (runner._batches_retrying and not runner._ahead):
-                    assert asyncio.get_running_loop().time() < deadline, "the first batch never failed"
-                    await asyncio.sleep(0.01)
+                await _giving_back(runner, "the first batch never failed")
             elif runner._batches_retrying:
                 taken_while_retried.append(fetched[0])
         return result
