@@ -68,7 +68,6 @@ class BatchLoop(DeadLettering):
     _failing: bool
     _batches_retrying: int  #: batches being retried (the database failed them)
     _writable: asyncio.Event  #: set while no batch is being retried
-    _rewinding: asyncio.Lock  #: one give-back at a time, so that none seeks past another's records
     clock: Callable[[], float]
     metrics: SinkMetrics
     settings: SinkSettings
@@ -476,23 +475,23 @@ class BatchLoop(DeadLettering):
         and not written), seeking their partitions to the first offsets they hold, so that nothing more
         is consumed while the database is unavailable and the lag shows it. Each batch ahead is awaited,
         not cancelled: one cancelled while it decodes would have moved the consumer past records this
-        could no longer seek back to. One give-back at a time: a later one, seeking to later offsets, must
-        not run between another's taking its batches and its seeking."""
-        async with self._rewinding:
-            ahead, self._ahead = self._ahead, []
-            if (not ahead and not taken) or self._consumer is None:
-                return
-            held: list[ConsumerRecord[bytes, bytes]] = list(taken)
-            for _, task in ahead:
-                await asyncio.wait([task])
-                if task.cancelled():
-                    continue  # cancelled by a hand-over: the next owner reads from the committed offsets
-                if task.exception() is not None:
-                    log.warning("a batch fetched ahead failed", extra={"kv": {
-                        "error": type(task.exception()).__name__}})
-                    continue
-                held += task.result()[0]
-            self._seek_back(held)
+        could no longer seek back to. Give-backs may interleave (two failed batches, or one and the batch
+        the loop took meanwhile): each only ever seeks a partition back (:meth:`_seek_back`), so the lowest
+        offset any of them holds is where the partition ends, whatever their order."""
+        ahead, self._ahead = self._ahead, []
+        if (not ahead and not taken) or self._consumer is None:
+            return
+        held: list[ConsumerRecord[bytes, bytes]] = list(taken)
+        for _, task in ahead:
+            await asyncio.wait([task])
+            if task.cancelled():
+                continue  # cancelled by a hand-over: the next owner reads from the committed offsets
+            if task.exception() is not None:
+                log.warning("a batch fetched ahead failed", extra={"kv": {
+                    "error": type(task.exception()).__name__}})
+                continue
+            held += task.result()[0]
+        self._seek_back(held)
 
     def _seek_back(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Seek each still assigned partition of ``records`` back to its lowest offset among them, so

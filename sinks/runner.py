@@ -98,7 +98,6 @@ class SinkRunner(BatchLoop):
         self._batches_retrying = 0
         self._writable = asyncio.Event()
         self._writable.set()
-        self._rewinding = asyncio.Lock()
         self._ahead: list[tuple[int, asyncio.Task[Fetched]]] = []  #: the next batches, fetched ahead
         self._taking: asyncio.Task[Fetched] | None = None
         self._generation = 0
