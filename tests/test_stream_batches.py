@@ -3,10 +3,12 @@ the Faust wiring relies on when it writes state once per commit instead of once 
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
+from bench.bench_offline import disorder
 from proto import events as E
 from proto.codec import decode_session_message, encode_event
 from proto.deadletter import HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC
@@ -19,6 +21,7 @@ from stream.metrics import StreamMetrics
 from stream.processor import Incoming, Processor
 from stream.state import decode_record
 from tests.sessionizer_helpers import assert_same_but_checkpoints
+from tests.support.events import generate_events
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 TOPICS = Topics("b.")
@@ -103,6 +106,47 @@ def _published(messages: list) -> dict[str, object]:
         else:
             held.pop(s.session_id, None)
     return held
+
+
+def _keyed_run(records: list[Incoming], batch_of: int) -> tuple[dict[str, object], set[bytes], dict]:
+    """``records`` through one processor in batches of ``batch_of``, settled per batch, then every user
+    closed by a silence scan: the sessions held in the end, the users with a state and the events counted
+    by topic and type."""
+    proc, registry = processor()
+    states = LiveStates({})
+    msgs = [m for i in range(0, len(records), batch_of)
+            for m in proc.handle_batch(records[i : i + batch_of], states, now=1000.0).messages]
+    msgs += proc.scan(states, {0}, now=10.0**9).messages
+    written: list[Flushed] = []
+    states.flush(written.append)
+    counted = {tuple(s.labels.values()): s.value for metric in registry.collect() for s in metric.samples
+               if s.name == "desktrace_stream_events_total"}
+    return _published(msgs), {w.key for w in written}, counted
+
+
+def test_records_keyed_as_another_user_or_not_at_all_reach_their_own_users() -> None:
+    """The processor decodes and takes one record key's records at a time (its events still in the CPU's
+    caches): the key only groups them. An event keyed as another user, or not keyed, still goes to its own
+    user, with the same sessions and counts as when every record carries its user's key. (The states may
+    differ in the order of facts with the same time, which arrive in another order: that order changes no
+    session, which the closing scan shows.)"""
+    rng = random.Random(5)
+    events = disorder(generate_events(seed=3, users=5, hours=2.0), rng)
+    right = [Incoming(TOPICS.for_event(e), 0, i, event_user_key(e).encode(), encode_event(e))
+             for i, e in enumerate(events)]
+    keys: list[bytes] = sorted({r.key for r in right if r.key is not None})
+    assert len(keys) == 6  # five users and a legacy client's
+    variants = {
+        "not keyed": [r._replace(key=None) for r in right],
+        "keyed as the next user": [r._replace(key=keys[(keys.index(r.key or b"") + 1) % 6]) for r in right],
+        "one key for everyone": [r._replace(key=keys[0]) for r in right],
+        "keys that are no user's": [r._replace(key=b"\xff" + (r.key or b"")) for r in right],
+        "a third keyed wrong": [r._replace(key=rng.choice(keys)) if rng.random() < 0.3 else r for r in right],
+    }
+    expected = _keyed_run(right, 400)
+    assert len(expected[0]) > 20 and len(expected[1]) == 6
+    for name, records in variants.items():
+        assert _keyed_run(records, 400) == expected, name
 
 
 def test_settled_once_per_commit_the_same_sessions_as_settled_per_batch() -> None:
