@@ -33,6 +33,13 @@ class StreamMetrics:
             f"{p}_late_events_total", "Events older than the retention horizon (dead-lettered as late)",
             registry=registry,
         )
+        self.miskeyed = Counter(
+            f"{p}_records_miskeyed_total",
+            "Raw records whose Kafka key is not their event's user key (a producer keying by something else, "
+            "or not at all): taken into their own user all the same, at more cost, and with several workers "
+            "such a user's events can reach another worker's partitions (events.md keys every raw record by "
+            "its user)", registry=registry,
+        )
         self.resent = Counter(
             f"{p}_resent_total", "Session messages sent again by a new owner of their user (after a crash or "
             "a rebalance) because the stored state did not know they were delivered",

@@ -246,6 +246,7 @@ class Processor:
         or not at all), grouped by user in the order they came; the spec keys every raw record by its
         user, so these are rare. Taken after the batch's well-keyed events, so a user's strays come after
         its other events of the batch."""
+        self.metrics.miskeyed.inc(len(strays))
         groups: dict[str, _UserBatch] = {}
         ukeys = self._user_keys
         for rec, ev in strays:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from prometheus_client import CollectorRegistry
 
 from bench.bench_offline import disorder
 from proto import events as E
 from proto.codec import decode_session_message, encode_event
 from proto.deadletter import HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC
-from proto.keys import event_user_key
+from proto.keys import event_user_key, user_key
 from proto.sessions import Session
 from proto.topics import Topics
 from stream.core import Intake, Sessionizer, SessionizerConfig, decode_state
@@ -108,10 +109,13 @@ def _published(messages: list) -> dict[str, object]:
     return held
 
 
-def _keyed_run(records: list[Incoming], batch_of: int) -> tuple[dict[str, object], set[bytes], dict]:
+_Run = tuple[dict[str, object], set[bytes], dict]
+
+
+def _keyed_run(records: list[Incoming], batch_of: int) -> tuple[_Run, float]:
     """``records`` through one processor in batches of ``batch_of``, settled per batch, then every user
     closed by a silence scan: the sessions held in the end, the users with a state and the events counted
-    by topic and type."""
+    by topic and type; and the records counted as keyed otherwise than by their event's user."""
     proc, registry = processor()
     states = LiveStates({})
     msgs = [m for i in range(0, len(records), batch_of)
@@ -121,21 +125,26 @@ def _keyed_run(records: list[Incoming], batch_of: int) -> tuple[dict[str, object
     states.flush(written.append)
     counted = {tuple(s.labels.values()): s.value for metric in registry.collect() for s in metric.samples
                if s.name == "desktrace_stream_events_total"}
-    return _published(msgs), {w.key for w in written}, counted
+    miskeyed = registry.get_sample_value("desktrace_stream_records_miskeyed_total")
+    assert miskeyed is not None
+    return (_published(msgs), {w.key for w in written}, counted), miskeyed
 
 
 def test_records_keyed_as_another_user_or_not_at_all_reach_their_own_users() -> None:
     """The processor decodes and takes one record key's records at a time (its events still in the CPU's
     caches): the key only groups them. An event keyed as another user, or not keyed, still goes to its own
-    user, with the same sessions and counts as when every record carries its user's key. (The states may
-    differ in the order of facts with the same time, which arrive in another order: that order changes no
-    session, which the closing scan shows.)"""
+    user, with the same sessions and counts as when every record carries its user's key, and is counted as
+    miskeyed; a record keyed as the agents and the gateway key it (one user here has upper-case and
+    non-ASCII names) is not. (The states may differ in the order of facts with the same time, which arrive
+    in another order: that order changes no session, which the closing scan shows.)"""
     rng = random.Random(5)
-    events = disorder(generate_events(seed=3, users=5, hours=2.0), rng)
-    right = [Incoming(TOPICS.for_event(e), 0, i, event_user_key(e).encode(), encode_event(e))
-             for i, e in enumerate(events)]
+    name = "J\u00fcrgen.\u00d6zt\u00fcrk"
+    events = [msgspec.structs.replace(e, user=name, domain="CORP") if e.user == "user1" else e
+              for e in disorder(generate_events(seed=3, users=5, hours=2.0), rng)]
+    right = [Incoming(TOPICS.for_event(e), 0, i, user_key(e.domain, e.user).encode(), encode_event(e))
+             for i, e in enumerate(events)]  # as agent.runner keys them
     keys: list[bytes] = sorted({r.key for r in right if r.key is not None})
-    assert len(keys) == 6  # five users and a legacy client's
+    assert len(keys) == 6 and "corp\\j\u00fcrgen.\u00f6zt\u00fcrk".encode() in keys  # and a legacy client
     variants = {
         "not keyed": [r._replace(key=None) for r in right],
         "keyed as the next user": [r._replace(key=keys[(keys.index(r.key or b"") + 1) % 6]) for r in right],
@@ -143,10 +152,13 @@ def test_records_keyed_as_another_user_or_not_at_all_reach_their_own_users() -> 
         "keys that are no user's": [r._replace(key=b"\xff" + (r.key or b"")) for r in right],
         "a third keyed wrong": [r._replace(key=rng.choice(keys)) if rng.random() < 0.3 else r for r in right],
     }
-    expected = _keyed_run(right, 400)
+    expected, miskeyed = _keyed_run(right, 400)
     assert len(expected[0]) > 20 and len(expected[1]) == 6
-    for name, records in variants.items():
-        assert _keyed_run(records, 400) == expected, name
+    assert miskeyed == 0
+    for variant, records in variants.items():
+        wrong = sum(v.key != r.key for v, r in zip(records, right, strict=True))
+        assert wrong > 0
+        assert _keyed_run(records, 400) == (expected, wrong), variant
 
 
 def test_settled_once_per_commit_the_same_sessions_as_settled_per_batch() -> None:
