@@ -283,6 +283,38 @@ def test_a_user_failing_while_taken_loses_nothing_taken_before() -> None:
     assert proc.unsettled == 0 and states.get(b"corp\\ann") is None  # nothing stored yet: starts afresh
 
 
+def test_a_user_failing_with_miskeyed_records_in_the_batch_loses_none_of_them() -> None:
+    """The user's well-keyed records are taken first and fail; its records keyed as another user come
+    after them in the batch's order of work. Every record of the user is then either dead-lettered (for a
+    replay) or in its state, none twice, and the other user is not touched."""
+    proc, registry = processor()
+    states = LiveStates({})
+    proc.handle_batch(clicks("ann", range(0, 2)) + clicks("bob", range(0, 2)), states, now=1000.0)
+    states.flush()
+    real_take = proc.sessionizer.take
+
+    def take(intake: Intake, events: list, times: list | None = None) -> None:
+        if any(e.user == "ann" and e.seq == 3 for e in events):
+            raise RuntimeError("bug")
+        real_take(intake, events, times)
+
+    proc.sessionizer.take = take  # type: ignore[method-assign,assignment]
+    keyed = clicks("ann", range(2, 4), seq0=2)
+    strays = [r._replace(key=b"corp\\bob") for r in clicks("ann", range(4, 6), 1, seq0=4)]
+    result = proc.handle_batch(strays[:1] + keyed + clicks("bob", range(2, 4), seq0=2) + strays[1:], states,
+                               now=1001.0)
+    dead = [m for m in result.messages if m.topic == TOPICS.deadletter]
+    assert [m.value for m in dead] == [r.value for r in keyed]
+    assert registry.get_sample_value("desktrace_stream_sessionizer_errors_total") == 1
+    assert registry.get_sample_value("desktrace_stream_records_miskeyed_total") == 2
+    ann, bob = states.get(b"corp\\ann"), states.get(b"corp\\bob")
+    assert ann is not None and ann.core is not None and bob is not None and bob.core is not None
+    minute = 60_000
+    t0 = int(T0.timestamp() * 1000)
+    assert list(ann.core.ts) == [t0, t0 + minute, t0 + 4 * minute, t0 + 5 * minute]  # stored + the strays
+    assert list(bob.core.ts) == [t0 + m * minute for m in range(4)]
+
+
 async def test_records_go_in_order_in_as_few_record_batches_as_the_batch_size_allows() -> None:
     """``send_in_batches`` with aiokafka's own record batch builder (what the worker's producer creates):
     a batch is sent when the next record does not fit, every record lands once and in order, and a record
