@@ -84,6 +84,7 @@ class LiveStates:
         self._cache: OrderedDict[bytes, LiveUser] = OrderedDict()
         self._dirty: set[bytes] = set()
         self._records: set[bytes] = set()  #: users whose record changed and core did not (:meth:`put_record`)
+        self._held: dict[bytes, Flushed] = {}  #: values stored by :meth:`checkpoint`, for the next flush
         self.unreadable = 0  #: stored values that could not be decoded (the user starts afresh)
         self.shed_users = 0  #: values made to fit ``max_value_bytes`` (one per user and flush)
         self.oversized = 0  #: values still larger after all that could go went (written as they are)
@@ -93,8 +94,8 @@ class LiveStates:
 
     @property
     def changed(self) -> int:
-        """Users changed since the last flush."""
-        return len(self._dirty | self._records)
+        """Users changed since the last flush (stored by a :meth:`checkpoint` or not)."""
+        return len(self._dirty | self._records | self._held.keys())
 
     def get(self, key: bytes) -> LiveUser | None:
         """The decoded state of ``key`` (None for a user never seen, or whose stored bytes are unreadable)."""
@@ -133,12 +134,45 @@ class LiveStates:
             self._records.add(key)
 
     def flush(self, write: Callable[[Flushed], None] | None = None) -> int:
-        """Encode every changed user, store it and pass it to ``write`` (the changelog send); then drop the
-        least recently used unchanged users beyond ``max_users``. Returns the number of users written."""
+        """Encode every changed user, store it and pass it to ``write`` (the changelog send), after the
+        values a :meth:`checkpoint` stored since the last flush (those of users not changed since); then drop
+        the least recently used unchanged users beyond ``max_users``. Returns the number of users written."""
+        held, self._held = self._held, {}
+        n = 0
+        if held:
+            changed = self._dirty | self._records
+            for key, f in held.items():
+                if key not in changed:
+                    if write is not None:
+                        write(f)
+                    n += 1
+        n += self._store_changed(write)
+        cache = self._cache
+        while len(cache) > self.max_users:
+            cache.popitem(last=False)
+        return n
+
+    def checkpoint(self, keys: Iterable[bytes] | None = None) -> int:
+        """Store every changed user (or those of ``keys``) now, as :meth:`flush` does, and hold the values for
+        the next flush's ``write``: a user :meth:`forget` drops after this goes back to this state, not to
+        the one of the last flush. The processor calls it when it lets go of the records taken since then
+        (which it would dead-letter if the user failed), for users whose taken events are all settled.
+        Returns the number of users stored."""
+        return self._store_changed(lambda f: self._held.__setitem__(f.key, f), keys)
+
+    def _store_changed(
+        self, write: Callable[[Flushed], None] | None, only: Iterable[bytes] | None = None
+    ) -> int:
         cache, store = self._cache, self.store
         n = 0
-        records, self._records = self._records, set()
-        for keys, core_changed in ((self._dirty, True), (records - self._dirty, False)):
+        if only is None:
+            dirty, records = self._dirty, self._records - self._dirty
+            self._records = set()
+        else:
+            wanted = set(only)
+            dirty, records = self._dirty & wanted, (self._records & wanted) - self._dirty
+            self._records -= wanted
+        for keys, core_changed in ((dirty, True), (records, False)):
             for key in keys:
                 live = cache.get(key)
                 if live is None:
@@ -153,9 +187,10 @@ class LiveStates:
                 if write is not None:
                     write(Flushed(key, record.partition, value))
                 n += 1
-        self._dirty.clear()
-        while len(cache) > self.max_users:
-            cache.popitem(last=False)
+        if only is None:
+            self._dirty.clear()
+        else:
+            self._dirty -= dirty
         return n
 
     def _fit(self, live: LiveUser, value: bytes) -> bytes:
@@ -202,6 +237,8 @@ class LiveStates:
     def drop_partitions(self, partitions: Container[int]) -> int:
         """Forget the cached users of ``partitions`` (changed or not); returns how many."""
         doomed = [k for k, live in self._cache.items() if live.record.partition in partitions]
+        for key in [k for k, f in self._held.items() if f.partition in partitions]:
+            del self._held[key]  # its new owner may have written a newer value since
         for key in doomed:
             del self._cache[key]
             self._dirty.discard(key)
@@ -212,6 +249,7 @@ class LiveStates:
         self._cache.clear()
         self._dirty.clear()
         self._records.clear()
+        self._held.clear()
 
     def users(self) -> Iterator[tuple[bytes, LiveUser | None, bytes | None]]:
         """Every user, cached or stored: ``(key, live or None, stored bytes or None)``; a cached user is

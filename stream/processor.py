@@ -223,6 +223,7 @@ class Processor:
         elif self._taken_records >= self.max_taken_records:
             started = time.perf_counter()
             self._settle_into(out, states, now)
+            states.checkpoint()  # the records let go of are in the state a failing user goes back to
             m.forced_settle_seconds.observe(time.perf_counter() - started)
         return out
 
@@ -474,6 +475,7 @@ class Processor:
         now_ms = int(now * 1000)
         summary = fleet.FleetSummary(now_ms)
         users = open_total = 0
+        settled: list[bytes] = []
         for key, live, raw in states.users():
             record = live.record if live is not None else self._load(key, raw)
             if record is None or record.partition not in partitions:
@@ -489,12 +491,15 @@ class Processor:
                 if taken is not None:  # taken since the last commit (a close_timeout below it): settle
                     self._taken_records -= len(taken.records)
                     self._settle_user(out, states, key, taken, now, now_ms)
+                    settled.append(key)
                     live = states.get(key)  # as stored if the sessionizer failed on it
                 if live is not None:
                     self._close(out, key, live, now)
                     states.put(key, live)
                     record = live.record
             open_total += record.open_sessions
+        if settled:  # as after a forced settle: the records let go of are in the state a failure goes back to
+            states.checkpoint(settled)
         m.users.set(users)
         m.open_sessions.set(open_total)
         m.agents_recent.set(summary.recent)

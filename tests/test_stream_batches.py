@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.bench_offline import disorder
@@ -313,6 +314,57 @@ def test_a_user_failing_with_miskeyed_records_in_the_batch_loses_none_of_them() 
     t0 = int(T0.timestamp() * 1000)
     assert list(ann.core.ts) == [t0, t0 + minute, t0 + 4 * minute, t0 + 5 * minute]  # stored + the strays
     assert list(bob.core.ts) == [t0 + m * minute for m in range(4)]
+
+
+@pytest.mark.parametrize("let_go_by", ["a forced settle", "the silence scan"])
+def test_records_let_go_of_before_the_commit_are_not_lost_when_the_user_fails_after(let_go_by: str) -> None:
+    """Records taken are held for the dead-letter topic until their user is settled. A settle before the
+    commit (forced by too many records waiting, or the silence scan closing the user) lets go of them; a
+    failure afterwards sends the user back to a state that still has their events (before, to the last
+    commit's state: their events were in neither the state nor the dead letters). The commit's flush then
+    writes that state once."""
+    proc, registry = processor()
+    states = LiveStates({})
+    proc.handle_batch(clicks("ann", range(0, 2)), states, now=1000.0)
+    states.flush()
+
+    def take(intake: Intake, events: list, times: list | None = None) -> None:
+        if events[0].seq > (2 if events[0].user == "bob" else 5):
+            raise RuntimeError("bug")
+        real_take(intake, events, times)
+
+    real_take = proc.sessionizer.take
+    proc.sessionizer.take = take  # type: ignore[method-assign,assignment]
+    if let_go_by == "a forced settle":
+        proc.max_taken_records = 3
+        proc.handle_batch(clicks("ann", range(2, 5), seq0=2), states, now=1001.0, settle=False)
+    else:
+        proc.handle_batch(clicks("ann", range(2, 5), seq0=2), states, now=1001.0, settle=False)
+        now = 1001.0 + proc.close_timeout_s
+        bob = clicks("bob", range(0, 2), seq0=0)  # taken just before the scan: not silent, not settled
+        proc.handle_batch(bob, states, now=now, settle=False)
+        assert proc.unsettled == 2  # (users)
+        proc.scan(states, {0}, now=now)
+        assert proc.unsettled == 1
+        # bob's state as of the scan has facts not settled yet: it is not stored, and a failure of his
+        # goes back to his state before them and dead-letters them.
+        result = proc.handle_batch(clicks("bob", range(2, 3), seq0=2), states, now=now, settle=False)
+        assert [m.value for m in result.messages if m.key == b"corp\\bob"] == [r.value for r in bob] + [
+            clicks("bob", range(2, 3), seq0=2)[0].value]
+        assert states.get(b"corp\\bob") is None
+    assert proc.unsettled == 0
+    late = clicks("ann", range(5, 7), seq0=5)
+    result = proc.handle_batch(late, states, now=1200.0, settle=False)
+    dead = [m for m in result.messages if m.topic == TOPICS.deadletter]
+    assert [m.value for m in dead] == [r.value for r in late]
+    assert registry.get_sample_value("desktrace_stream_sessionizer_errors_total") == (
+        1 if let_go_by == "a forced settle" else 2)
+    ann = states.get(b"corp\\ann")
+    assert ann is not None and ann.core is not None and len(ann.core.ts) == 5
+    written: list[Flushed] = []
+    assert states.flush(written.append) == 1
+    stored = decode_record(written[0].value)
+    assert written[0].key == b"corp\\ann" and len(decode_state(stored.core).ts) == 5
 
 
 async def test_records_go_in_order_in_as_few_record_batches_as_the_batch_size_allows() -> None:

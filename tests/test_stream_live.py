@@ -88,6 +88,38 @@ def test_revoked_partitions_are_forgotten_without_writing() -> None:
     assert ann is not None and ann.core is not None and len(ann.core.ts) == 2  # the committed state
 
 
+def test_a_checkpoint_is_what_a_forgotten_user_goes_back_to_and_the_next_flush_writes_it_once() -> None:
+    """What the processor relies on when it lets go of a user's taken records before a commit: forgetting
+    the user (it failed) goes back to the checkpoint, not to the last flush; the checkpoint's values reach
+    the next flush's write (the changelog) once, the newer one only for a user changed since, and those of
+    revoked partitions not at all (their next owner may have written since)."""
+    store: dict[bytes, bytes] = {}
+    states = LiveStates(store)
+    apply(states, "ann", clicks("ann", 2))
+    apply(states, "bob", clicks("bob", 2), partition=1)
+    apply(states, "cid", clicks("cid", 2), partition=2)
+    states.flush()
+    for user, p in (("ann", 0), ("bob", 1), ("cid", 2)):
+        apply(states, user, clicks(user, 3, 2), partition=p)
+    apply(states, "dan", clicks("dan", 1), partition=3)
+    assert states.checkpoint([b"corp\\ann", b"corp\\bob", b"corp\\cid"]) == 3  # not dan (unsettled)
+    assert states.changed == 4
+    apply(states, "ann", clicks("ann", 4, 5))  # changed again after the checkpoint, then failing:
+    states.forget(b"corp\\ann")
+    ann = states.get(b"corp\\ann")
+    assert ann is not None and ann.core is not None and len(ann.core.ts) == 5  # the checkpoint's state
+    apply(states, "bob", clicks("bob", 1, 5), partition=1)  # changed since: its newer value only
+    assert states.drop_partitions({2}) == 1  # cid's partition revoked
+    written: list[Flushed] = []
+    assert states.flush(written.append) == 3
+    values = {w.key: decode_record(w.value) for w in written}
+    assert sorted(values) == [b"corp\\ann", b"corp\\bob", b"corp\\dan"]
+    assert len(written) == 3
+    assert len(decode_state(values[b"corp\\ann"].core).ts) == 5
+    assert len(decode_state(values[b"corp\\bob"].core).ts) == 6
+    assert states.flush(written.append) == 0 and len(written) == 3  # held values go once
+
+
 def test_users_lists_cached_and_stored_users_once() -> None:
     store: dict[bytes, bytes] = {}
     states = LiveStates(store, max_users=1)
