@@ -187,6 +187,7 @@ class StreamApp:
             close_timeout_s=settings.close_timeout,
             versions_max=settings.agent_versions_max,
             keep_unsent=True,
+            max_taken_records=settings.taken_records_max,
         )
         heartbeat = max(0.5, min(3.0, settings.session_timeout / 3))
         self.app = faust.App(

@@ -112,6 +112,7 @@ class StreamSettings(KafkaSettings, kw_only=True):
     state_format: Annotated[int, Meta(ge=2, le=4)] = 2
     state_max_bytes: Annotated[int, Meta(ge=16_384, le=STATE_MAX_BYTES_LIMIT)] = 1_000_000
     recovery_stall_s: Annotated[float, Meta(ge=0, le=3600)] = 120.0
+    taken_records_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 200_000
 
     def __post_init__(self) -> None:
         metrics_host_port(self.metrics_address)  # not expressible as a constraint
@@ -196,6 +197,10 @@ STREAM_HELP: dict[str, str] = {
     "recovery_stall_s": "seconds a state recovery may go without reading a changelog record while it still "
     "has some to read; then the worker exits (status 70) so that its supervisor restarts it and the group "
     "recovers those partitions afresh (0: wait for ever)",
+    "taken_records_max": "raw records a worker holds between its settles for the dead-letter topic (a user "
+    "the sessionizer fails on has its events since its stored state dead-lettered); past it, a batch settles "
+    "every user taken so far and stores their states. About 600 bytes each (more: less memory bounded, "
+    "fewer settles of each user while catching up)",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
     "state_max_bytes": "largest state table value this worker writes: a user whose state would be larger "

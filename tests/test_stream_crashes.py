@@ -28,9 +28,9 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.mark.parametrize(
-    ("killed_format", "restarted_format"),
-    [(None, None), (None, "4"), ("4", None), ("3", "4")],
-    ids=["default", "format-2-then-4", "format-4-then-2", "format-3-then-4"],
+    ("killed_format", "restarted_format", "taken_max"),
+    [(None, None, None), (None, "4", None), ("4", None, None), ("3", "4", None), (None, None, "30")],
+    ids=["default", "format-2-then-4", "format-4-then-2", "format-3-then-4", "settles-within-batches"],
 )
 async def test_sigkill_halfway_and_restart_gives_the_same_result(
     kafka_bootstrap: str,
@@ -39,14 +39,20 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     stream_workers: WorkerPool,
     killed_format: str | None,
     restarted_format: str | None,
+    taken_max: str | None,
 ) -> None:
     """Also across state formats (``state_format``): the restarted worker recovers the state the killed
-    one wrote in the other format, as during a rolling change of the setting."""
+    one wrote in the other format, as during a rolling change of the setting. And with settles forced
+    within batches (``taken_records_max`` below a batch): the states those settles store reach the
+    changelog at the next commit, even for a user with no event after them."""
     events = generate_events(seed=8, users=4, hours=12)
     expected = offline_sessions(events, tmp_path)
     sent = shuffled_with_duplicates(events, seed=9)
     first, second = sent[: len(sent) // 2], sent[len(sent) // 2 :]
     small_batches = {"DESKTRACE_BATCH_SIZE": "20", "DESKTRACE_BATCH_WITHIN": "0.05"}
+    if taken_max is not None:
+        small_batches = {"DESKTRACE_BATCH_SIZE": "50", "DESKTRACE_BATCH_WITHIN": "0.05",
+                         "DESKTRACE_TAKEN_RECORDS_MAX": taken_max}
 
     def settings(state_format: str | None) -> dict[str, str]:
         if state_format is None:
@@ -65,6 +71,8 @@ async def test_sigkill_halfway_and_restart_gives_the_same_result(
     before_kill, after_kill = second[: len(second) // 2], second[len(second) // 2 :]
     await publish_events(kafka_bootstrap, topics, before_kill)
     assert await wait_metric(worker, "desktrace_stream_events_total", len(first) + 60, 30)
+    if taken_max is not None:
+        assert worker.metric("desktrace_stream_forced_settle_seconds_count") > 0
     worker.kill()
     await publish_events(kafka_bootstrap, topics, after_kill)
 
