@@ -139,7 +139,8 @@ class Processor:
         self.close_timeout_s = close_timeout_s
         self.versions_max = versions_max
         #: ``handle_batch(settle=False)`` settles all the same once this many records wait (their records
-        #: are kept until then, for the dead-letter topic should the sessionizer fail on their user).
+        #: are kept until then, for the dead-letter topic should the sessionizer fail on their user), and
+        #: stores the settled states (``LiveStates.checkpoint``): the state a failing user goes back to.
         self.max_taken_records = max_taken_records
         #: Keep each user's session output in its record (``UserRecord.unsent``) until :meth:`confirm`, and
         #: re-send what a stored record holds when a user is loaded with some: for a caller that writes the
