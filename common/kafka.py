@@ -1,7 +1,8 @@
 """Kafka helpers every service shares: aiokafka client options from :class:`common.settings.KafkaSettings`
 (TLS and SASL included), the one classifier of produce errors (permanent or transient), the producers'
-request limit, the isolation of names and ports by topic prefix, :func:`connection_problem`, and a
-consumer's position read without waiting (:func:`position_now`)."""
+request limit, the isolation of names and ports by topic prefix, :func:`connection_problem`, a
+consumer's position read without waiting (:func:`position_now`), and topics' partition counts read without
+creating any (:func:`partition_counts`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from common.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
 #: Every producer's ``max_request_size``: the broker's default ``message.max.bytes`` is 1,048,588 bytes
 #: (a record batch), so a single record of up to this estimated size (batch header included) is accepted.
@@ -174,3 +176,15 @@ def position_now(consumer: AIOKafkaConsumer, partition: TopicPartition) -> int |
         return None
     state = assignment.state_value(partition)
     return int(state.position) if state is not None and state.has_valid_position else None
+
+
+async def partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """The partition count of each of ``names`` that exists (with its partitions known to the broker). Only
+    topics listed are described: aiokafka's metadata request naming a missing topic asks the broker to
+    create it, which one with ``auto.create.topics.enable`` (Kafka's default) does, with the broker's
+    settings instead of the contract's."""
+    listed = set(await admin.list_topics())
+    present = [name for name in names if name in listed]
+    described = await admin.describe_topics(present) if present else []
+    return {t["topic"]: len(t["partitions"]) for t in described
+            if t.get("error_code", 0) == 0 and t.get("partitions")}

@@ -8,12 +8,15 @@ topic keeps 14 days; raw topics keep the broker's default (7 days).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from common.kafka import partition_counts
 from proto.topics import Topics
 
 DAY_MS: Final = 24 * 3600 * 1000
@@ -44,11 +47,13 @@ async def ensure_topics(
     partitions: int = 6,
     replication_factor: int = 1,
     raw_configs: Mapping[str, str] | None = None,
+    visible_within_s: float = 30.0,
     **client_options: Any,
 ) -> list[str]:
     """Create whichever of ``topics.all`` is missing, every one with ``partitions`` partitions; return the
-    names created. Existing topics are left as they are (idempotent). ``raw_configs``: settings added to the
-    raw topics' (a bench's ``message.timestamp.type``, say)."""
+    names created once the broker's metadata has them all (within ``visible_within_s``, else an error).
+    Existing topics are left as they are (idempotent). ``raw_configs``: settings added to the raw topics' (a
+    bench's ``message.timestamp.type``, say)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:
@@ -79,9 +84,27 @@ async def ensure_topics(
             elif code != TopicAlreadyExistsError.errno:
                 message = rest[0] if rest and rest[0] else f"error code {code}"
                 raise RuntimeError(f"could not create topic {name}: {message}")
+        await _wait_visible(admin, [t.name for t in new], visible_within_s)
         return created
     finally:
         await admin.close()
+
+
+async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], within_s: float) -> None:
+    """Wait until the broker's metadata lists each of ``names`` with its partitions. The controller answers
+    a creation before the brokers' metadata has the topics (KRaft applies it a moment later, longer on a
+    broker that just started): a client started right after would find them missing (the stream worker
+    refuses to start then)."""
+    deadline = time.monotonic() + within_s
+    missing = names
+    while True:
+        missing = [name for name in missing if name not in await partition_counts(admin, missing)]
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"topic(s) {', '.join(missing)} created but not in the broker's metadata "
+                               f"after {within_s:g} s; is the broker healthy?")
+        await asyncio.sleep(0.1)
 
 
 async def delete_topics(bootstrap: str, topics: Topics, **client_options: Any) -> None:

@@ -46,6 +46,7 @@ from common.kafka import (
     MAX_REQUEST_SIZE,
     ProduceErrorKind,
     client_options,
+    partition_counts,
     produce_error_kind,
     produce_error_name,
 )
@@ -126,14 +127,10 @@ async def inspect_cluster(settings: StreamSettings, topics: Topics) -> ClusterIn
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=15000)
     await admin.start()
     try:
-        described = await admin.describe_topics(list(topics.raw))
+        counts = await partition_counts(admin, list(topics.raw))
         cluster = await admin.describe_cluster()
     finally:
         await admin.close()
-    counts: dict[str, int] = {}
-    for t in described:
-        if t.get("error_code", 0) == 0 and t.get("partitions"):
-            counts[t["topic"]] = len(t["partitions"])
     missing = [name for name in topics.raw if name not in counts]
     if missing:
         raise ClusterError(f"raw topic(s) {', '.join(missing)} do not exist; create the topics first")

@@ -35,3 +35,101 @@ def test_the_raw_topics_share_one_partition_count() -> None:
     manifest = _kafka_topics()
     counts = {manifest[name]["partitions"] for name in Topics("").raw}
     assert len(counts) == 1
+
+
+class _Broker:
+    """A stand-in for what ``ensure_topics`` and the stream's start-up check meet on a real cluster: KRaft
+    answers a creation before the broker's metadata has the topics (``lag`` metadata requests later here),
+    and a metadata request naming a missing topic creates it, with the broker's default partition count, as
+    a broker with ``auto.create.topics.enable`` (Kafka's default) does."""
+
+    def __init__(self, lag: int) -> None:
+        self.lag = lag
+        self.created: dict[str, int] = {}  # name -> partitions, as the controller has it
+        self.visible_after: dict[str, int] = {}  # name -> metadata requests until the broker lists it
+        self.requests = 0
+        self.auto_created: list[str] = []
+
+    def _tick(self) -> None:
+        self.requests += 1
+
+    def _visible(self, name: str) -> bool:
+        return name in self.created and self.requests >= self.visible_after[name]
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def list_topics(self) -> list[str]:
+        self._tick()
+        return [name for name in self.created if self._visible(name)]
+
+    async def create_topics(self, new: list[Any]) -> Any:
+        for t in new:
+            self.created[t.name] = t.num_partitions
+            self.visible_after[t.name] = self.requests + self.lag
+
+        class Response:
+            topic_errors = [(t.name, 0, None) for t in new]
+
+        return Response()
+
+    async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        self._tick()
+        out = []
+        for name in names:
+            if name not in self.created:
+                self.auto_created.append(name)
+                self.created[name] = 1
+                self.visible_after[name] = self.requests
+            if self._visible(name):
+                partitions = [{"partition": p} for p in range(self.created[name])]
+                out.append({"topic": name, "error_code": 0, "partitions": partitions})
+            else:
+                out.append({"topic": name, "error_code": 5, "partitions": []})  # LEADER_NOT_AVAILABLE
+        return out
+
+
+def _with_broker(monkeypatch: Any, broker: _Broker) -> None:
+    import devstack.topics
+
+    monkeypatch.setattr(devstack.topics, "AIOKafkaAdminClient", lambda **_: broker)
+
+
+async def test_topics_are_created_only_once_the_broker_lists_them(monkeypatch: Any) -> None:
+    """The demo's stream worker refused to start on a just-started broker: the topics it had just created
+    were not in the broker's metadata yet (found on a fresh clone, session 30)."""
+    from common.kafka import partition_counts
+    from devstack.topics import ensure_topics
+
+    topics = Topics("t.")
+    broker = _Broker(lag=5)
+    _with_broker(monkeypatch, broker)
+    created = await ensure_topics("b:9092", topics, partitions=3)
+    assert sorted(created) == sorted(topics.all)
+    assert await partition_counts(broker, list(topics.all)) == dict.fromkeys(topics.all, 3)
+    assert broker.auto_created == []
+
+
+async def test_a_topic_the_broker_never_lists_is_a_clear_error(monkeypatch: Any) -> None:
+    import pytest
+
+    from devstack.topics import ensure_topics
+
+    broker = _Broker(lag=10**9)
+    _with_broker(monkeypatch, broker)
+    with pytest.raises(RuntimeError, match=r"not in the broker's metadata after 0\.3 s; is the broker"):
+        await ensure_topics("b:9092", Topics("t."), visible_within_s=0.3)
+
+
+async def test_reading_partition_counts_creates_no_topic() -> None:
+    """The stream worker's start-up check reads the raw topics' partition counts: a missing raw topic must be
+    reported missing, not created by the check with the broker's defaults."""
+    from common.kafka import partition_counts
+
+    broker = _Broker(lag=0)
+    broker.created["t.desktrace.events.ui.v1"] = 6
+    broker.visible_after["t.desktrace.events.ui.v1"] = 0
+    raw = list(Topics("t.").raw)
+    assert await partition_counts(broker, raw) == {"t.desktrace.events.ui.v1": 6}
+    assert broker.auto_created == []
