@@ -199,7 +199,7 @@ STREAM_HELP: dict[str, str] = {
     "recovers those partitions afresh (0: wait for ever)",
     "taken_records_max": "raw records a worker holds between its settles for the dead-letter topic (a user "
     "the sessionizer fails on has its events since its stored state dead-lettered); past it, a batch settles "
-    "every user taken so far and stores their states. About 600 bytes each (more: less memory bounded, "
+    "every user taken so far and stores their states. About 555 bytes each (more: less memory bounded, "
     "fewer settles of each user while catching up)",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
