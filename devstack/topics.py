@@ -98,7 +98,8 @@ async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], within_s: 
     deadline = time.monotonic() + within_s
     missing = names
     while True:
-        missing = [name for name in missing if name not in await partition_counts(admin, missing)]
+        listed = await partition_counts(admin, missing)
+        missing = [name for name in missing if name not in listed]
         if not missing:
             return
         if time.monotonic() >= deadline:
