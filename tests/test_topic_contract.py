@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from devstack.topics import topic_configs
@@ -112,8 +113,6 @@ async def test_topics_are_created_only_once_the_broker_lists_them(monkeypatch: A
 
 
 async def test_a_topic_the_broker_never_lists_is_a_clear_error(monkeypatch: Any) -> None:
-    import pytest
-
     from devstack.topics import ensure_topics
 
     broker = _Broker(lag=10**9)
@@ -133,3 +132,45 @@ async def test_reading_partition_counts_creates_no_topic() -> None:
     raw = list(Topics("t.").raw)
     assert await partition_counts(broker, raw) == {"t.desktrace.events.ui.v1": 6}
     assert broker.auto_created == []
+
+
+@pytest.mark.kafka
+def test_a_broker_that_creates_topics_on_demand_gets_none_from_the_checks(tmp_path: Path) -> None:
+    """The real counterpart of the stand-in above: a just-started KRaft broker with
+    ``auto.create.topics.enable=true`` (Kafka's default). The stream worker's start-up check reports missing
+    raw topics as missing and leaves the cluster without them (naming them in a metadata request, as it
+    did, made this broker create them with its own defaults); ``ensure_topics`` returns with every topic
+    listed, so that check finds them right away, co-partitioned."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from devstack.kafka import KafkaInstance
+    from devstack.pipeline import free_port
+    from devstack.topics import ensure_topics
+    from stream.app import ClusterError, inspect_cluster
+    from stream.settings import StreamSettings
+
+    kafka = KafkaInstance(tmp_path / "kafka", free_port(), free_port(), partitions=2,
+                          heap=("-Xms128m", "-Xmx384m"), progress=lambda _: None,
+                          extra_properties={"auto.create.topics.enable": "true"})
+    kafka.start(timeout=120)
+    try:
+        topics = Topics("auto.")
+        settings = StreamSettings(kafka_bootstrap=kafka.bootstrap, topic_prefix="auto.")
+
+        async def listed() -> set[str]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+            await admin.start()
+            try:
+                return set(await admin.list_topics())
+            finally:
+                await admin.close()
+
+        with pytest.raises(ClusterError, match="do not exist; create the topics first"):
+            asyncio.run(inspect_cluster(settings, topics))
+        assert not set(topics.all) & asyncio.run(listed())
+        asyncio.run(ensure_topics(kafka.bootstrap, topics, partitions=3))
+        assert asyncio.run(inspect_cluster(settings, topics)).partitions == 3
+    finally:
+        kafka.stop()
