@@ -53,7 +53,7 @@ from common.kafka import (
 from proto.topics import Topics
 from stream.batching import BatchConsumer
 from stream.changelog import ChangelogWriter
-from stream.core import Sessionizer
+from stream.failpoints import FAIL_SETTLE_ENV, sessionizer_from_env
 from stream.group import GroupWatch
 from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
@@ -177,9 +177,13 @@ class StreamApp:
         self.topics = Topics(settings.topic_prefix)
         self.metrics = StreamMetrics(registry)
         config = settings.to_config()
+        sessionizer = sessionizer_from_env(config)  # the plain one unless a test sets its failpoint
+        if os.environ.get(FAIL_SETTLE_ENV):
+            log.warning("test failpoint set: the sessionizer will fail on one user", extra={"kv": {
+                "variable": FAIL_SETTLE_ENV}})
         self.processor = Processor(
             self.topics,
-            Sessionizer(config),
+            sessionizer,
             self.metrics,
             close_timeout_s=settings.close_timeout,
             versions_max=settings.agent_versions_max,

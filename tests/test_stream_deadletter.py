@@ -13,15 +13,18 @@ import msgspec
 import pytest
 
 from proto import events as E
-from proto.codec import encode_event
+from proto.codec import decode_event, encode_event
 from proto.deadletter import header_map
+from proto.keys import event_user_key
 from proto.topics import Topics
-from tests.support.events import generate_events
-from tests.support.kafka import at_least, consume_until, publish_events
+from tests.support.events import generate_events, shuffled_with_duplicates
+from tests.support.kafka import at_least, consume_until, publish, publish_events, wait_committed
 from tests.support.process import ServiceHandle
 from tests.support.stream import (
+    OUTPUT_WAIT_S,
     SessionView,
     WorkerPool,
+    app_id_for,
     describe_difference,
     offline_sessions,
 )
@@ -113,3 +116,54 @@ def test_http_endpoint_serves_metrics_and_health_but_no_table_views(worker: Serv
     assert "desktrace_stream_faust_messages_received_total" in text  # Faust's own Prometheus sensors
     for path in ("/table", "/table/user-state", "/table/user-state/corp%5Cuser0", "/graph", "/router", "/"):
         assert worker.get(path)[0] == 404, path
+
+
+async def test_a_user_the_sessionizer_fails_on_has_every_event_in_its_state_or_dead_lettered(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, stream_workers: WorkerPool
+) -> None:
+    """The failpoint ``DESKTRACE_TEST_FAIL_SETTLE`` makes the sessionizer raise on one user's 4th settle, in
+    a worker whose batches settle several times between commits (``taken_records_max`` below a batch).
+    The worker keeps going: the other users end as the offline result, and the failing user's events since
+    its stored state are dead-lettered (class ``other``), nobody else's. Every event of that user is in its
+    state or among those dead letters: publishing the dead letters again, as an operator would once the
+    bug is fixed, makes the sessions equal the offline result. With the records of the earlier settles let
+    go of and not stored (session 30's loss), they would be in neither, and this ends short."""
+    events = generate_events(seed=31, users=4, hours=6)
+    expected = offline_sessions(events, tmp_path)
+    sent = shuffled_with_duplicates(events, seed=32)
+    victim = sorted({event_user_key(e) for e in events})[1]
+    # A backlog first: the worker commits at the catch-up interval, so several settles come between two
+    # commits, and the failing one comes after three that let go of the user's records.
+    await publish_events(kafka_bootstrap, topics, sent)
+    worker = stream_workers.start(
+        "worker", 60.0, DESKTRACE_BATCH_SIZE="50", DESKTRACE_BATCH_WITHIN="0.05",
+        DESKTRACE_TAKEN_RECORDS_MAX="30", DESKTRACE_TEST_FAIL_SETTLE=f"{victim}:4",
+    )
+    assert await wait_committed(kafka_bootstrap, app_id_for(topics), topics.raw, 60), worker.tail()
+    assert worker.metric("desktrace_stream_sessionizer_errors_total") == 1, worker.tail()
+    assert worker.metric("desktrace_stream_forced_settle_seconds_count") > 0
+
+    # the output of a commit is acknowledged before its offsets are: every dead letter is there by now
+    dead = await consume_until(kafka_bootstrap, topics.deadletter, lambda _: False, within=3.0)
+    assert dead, "the failing user's events since its stored state must be dead-lettered"
+    for r in dead:
+        headers = header_map(r.headers)
+        assert headers["desktrace-error-class"] == "other"
+        assert headers["desktrace-error"] == "sessionizer failed: FailpointError"
+        assert event_user_key(decode_event(r.value)) == victim
+        assert r.key == victim.encode()
+    victims_events = sum(event_user_key(e) == victim for e in events)
+    assert len(dead) < victims_events, "only the events since the stored state: earlier ones are in it"
+    assert worker.metric("desktrace_stream_deadlettered_total", error_class="other") == len(dead)
+
+    others = {sid: s for sid, s in expected.items() if s.user_key != victim}
+    async with SessionView(kafka_bootstrap, topics) as view:
+        ok = await view.wait_equal(others, OUTPUT_WAIT_S, keep=lambda s: s.user_key != victim)
+        assert ok, describe_difference(view.sessions, others) + "\n" + worker.tail()
+
+    await publish(kafka_bootstrap, [(header_map(r.headers)["desktrace-source-topic"], r.key, r.value)
+                                    for r in dead])
+    async with SessionView(kafka_bootstrap, topics) as view:
+        ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
+        assert ok, describe_difference(view.sessions, expected) + "\n" + worker.tail()
+    assert worker.proc is not None and worker.proc.poll() is None, worker.tail()

@@ -7,7 +7,7 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +83,22 @@ class SessionView:
         self.messages += len(messages)
         return len(messages)
 
-    async def wait_equal(self, expected: Mapping[str, Session], within_s: float) -> bool:
-        """Poll until the applied view equals ``expected`` (bounded by ``within_s``)."""
+    async def wait_equal(
+        self, expected: Mapping[str, Session], within_s: float, keep: Callable[[Session], bool] | None = None
+    ) -> bool:
+        """Poll until the applied view (its sessions ``keep`` accepts, if given) equals ``expected``
+        (bounded by ``within_s``)."""
+
+        def seen() -> dict[str, Session]:
+            return self.sessions if keep is None else {k: s for k, s in self.sessions.items() if keep(s)}
+
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             await self.poll(0.5)
-            if self.sessions == expected:
+            if seen() == expected:
                 return True
         await self.poll(0.2)
-        return self.sessions == expected
+        return seen() == expected
 
 
 def describe_difference(got: Mapping[str, Session], expected: Mapping[str, Session]) -> str:
