@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,7 +40,9 @@ from common.kafka import (
 )
 from common.logs import setup_logging
 from common.settings import KafkaSettings, SettingsError, add_arguments, load
+from proto.clock import epoch_ms
 from proto.codec import EventDecodeError, encode_event, read_jsonl
+from proto.deadletter import ERROR_CLASSES
 from proto.keys import event_user_key
 from proto.topics import Topics
 
@@ -137,7 +140,7 @@ async def replay(
     longer than ``max_wait_s`` in all (or a send fails otherwise), with the line to resume from."""
     stats = ReplayStats()
     chunk: list[tuple[int, str, bytes, bytes]] = []
-    budget = _RetryBudget(max_wait_s, retry_initial_s, retry_max_s)
+    budget = RetryBudget(max_wait_s, retry_initial_s, retry_max_s)
     for name, lines in sources:
         for lineno, item in read_jsonl(lines):
             stats.line += 1
@@ -150,17 +153,17 @@ async def replay(
             topic = topics.for_event(item)
             chunk.append((stats.line, topic, event_user_key(item).encode("utf-8"), encode_event(item)))
             if len(chunk) >= CHUNK:
-                await _publish_chunk(chunk, producer, stats, err, budget)
+                await publish_chunk(chunk, producer, stats, err, budget)
                 chunk = []
                 if progress:
                     progress.update(stats)
-    await _publish_chunk(chunk, producer, stats, err, budget)
+    await publish_chunk(chunk, producer, stats, err, budget)
     if progress:
         progress.update(stats, force=True)
     return stats
 
 
-class _RetryBudget:
+class RetryBudget:
     """Backoff delays within a bounded total wait, counted from the first failure; :meth:`reset` after a
     success.
 
@@ -204,11 +207,17 @@ class _RetryBudget:
         return 0.0 if self.since is None else self.clock() - self.since
 
 
-async def _publish_chunk(
+def _line(n: int) -> str:
+    return f"line {n}"
+
+
+async def publish_chunk(
     chunk: list[tuple[int, str, bytes, bytes]], producer: Any, stats: ReplayStats, err: IO[str],
-    budget: _RetryBudget,
+    budget: RetryBudget, describe: Callable[[int], str] = _line,
 ) -> None:
-    """Send every event of ``chunk``, await them together, re-send the transient failures with backoff."""
+    """Send every event of ``chunk`` (``(position, topic, key, value)``), await them together, re-send the
+    transient failures with backoff. A permanent refusal is reported on ``err`` with ``describe(position)``
+    and counted; :class:`PublishFailed` names the first position not published when retrying is over."""
     todo = chunk
     while todo:
         futures: list[Any] = []
@@ -239,7 +248,7 @@ async def _publish_chunk(
                 stats.per_topic[item[1]] = stats.per_topic.get(item[1], 0) + 1
             elif produce_error_kind(result) is ProduceErrorKind.PERMANENT:
                 stats.rejected += 1
-                err.write(f"line {item[0]}: rejected by Kafka ({produce_error_name(result)})\n")
+                err.write(f"{describe(item[0])}: rejected by Kafka ({produce_error_name(result)})\n")
             else:
                 again.append(item)
                 last_error = result
@@ -278,14 +287,60 @@ def _result(fut: Any) -> BaseException | None:
     return exc
 
 
+def _instant(text: str) -> int:
+    """An RFC 3339 time with its UTC offset as epoch milliseconds (argparse type)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an RFC 3339 time: {text!r} (e.g. 2026-11-30T08:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or +01:00")
+    return epoch_ms(when)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="desktrace-replay",
         description="Publish JSON Lines events (one event per line, RFC 3339 times) to the raw Kafka topics "
-        "with the agents' encoding and keys. Exit 0: all lines valid; 1: some lines rejected (reported on "
+        "with the agents' encoding and keys. With --dead-letters instead of files: publish dead letters "
+        "again, bytes and key unchanged, to the raw topic each came from, once their cause is fixed "
+        "(events the pipeline already has are dropped as duplicates, so running it twice is harmless). "
+        "Exit 0: all lines valid (all selected dead letters published); 1: some lines rejected (reported on "
         "stderr with file:line; the valid ones were published); 2: usage or connection error.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines files; - reads standard input")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="JSON Lines files; - reads standard input")
+    redrive = parser.add_argument_group(
+        "dead letters", "publish the dead-letter topic's events again (its end as of the start of the run)"
+    )
+    redrive.add_argument(
+        "--dead-letters", action="store_true",
+        help="read the dead-letter topic instead of files: every whole dead letter of a raw topic whose "
+        "error class is selected goes back to that raw topic",
+    )
+    redrive.add_argument(
+        "--error-class", action="append", choices=ERROR_CLASSES, metavar="CLASS",
+        help="an error class to publish again (repeat for several; default: other, the class of a "
+        "sessionizer failure; the classes of a bad record would fail the same way again). One of: "
+        + ", ".join(ERROR_CLASSES),
+    )
+    redrive.add_argument(
+        "--service", action="append", metavar="NAME",
+        help="only the dead letters of this service (the desktrace-service header: stream, or a sink's; "
+        "repeat for several; default: any)",
+    )
+    redrive.add_argument(
+        "--since", type=_instant, metavar="TIME",
+        help="only dead letters written at or after TIME (RFC 3339 with its UTC offset, e.g. "
+        "2026-11-30T08:00:00Z)",
+    )
+    redrive.add_argument(
+        "--until", type=_instant, metavar="TIME", help="only dead letters written at or before TIME"
+    )
+    redrive.add_argument(
+        "--dry-run", action="store_true", help="read and count what would be published; publish nothing"
+    )
     parser.add_argument("--linger-ms", type=int, default=20, help="producer batching delay (default 20)")
     parser.add_argument(
         "--from-line", type=int, default=1, metavar="N",
@@ -316,7 +371,7 @@ async def _run(args: argparse.Namespace, settings: KafkaSettings) -> int:
         )
 
     producer = new_producer()
-    budget = _RetryBudget(args.max_wait, 0.5, 10.0)
+    budget = RetryBudget(args.max_wait, 0.5, 10.0)
     while True:
         try:
             await asyncio.wait_for(producer.start(), 30)
@@ -344,17 +399,27 @@ async def _run(args: argparse.Namespace, settings: KafkaSettings) -> int:
             f"desktrace-replay: error: no metadata from Kafka: {type(exc).__name__}: {exc}", file=sys.stderr
         )
         return EXIT_ERROR
-    missing = [t for t in topics.raw if t not in metadata.topics()]
+    needed = [*topics.raw, topics.deadletter] if args.dead_letters else list(topics.raw)
+    missing = [t for t in needed if t not in metadata.topics()]
     if missing:
         await producer.stop()
+        if missing == [topics.deadletter]:  # Kafka lists only the topics a user may describe
+            problem = (
+                f"{topics.deadletter} is not visible on {settings.kafka_bootstrap}: dead letters hold user "
+                "data and only operators read them, so run --dead-letters as a user allowed to (the admin of "
+                "docs/security.md); if it does not exist, create the topics"
+            )
+        else:
+            problem = f"topic(s) {', '.join(missing)} do not exist on {settings.kafka_bootstrap}: create them"
         print(
-            f"desktrace-replay: error: topic(s) {', '.join(missing)} do not exist on "
-            f"{settings.kafka_bootstrap}: create them (desktrace-local up, with the same "
-            "DESKTRACE_TOPIC_PREFIX)",
+            f"desktrace-replay: error: {problem} (desktrace-local up, with the same DESKTRACE_TOPIC_PREFIX)",
             file=sys.stderr,
         )
         return EXIT_ERROR
     progress = Progress(sys.stderr, sys.stderr.isatty())
+    if args.dead_letters:
+        partitions = metadata.partitions_for_topic(topics.deadletter) or set()
+        return await _redrive(args, settings, topics, partitions, producer, progress)
     t0 = time.monotonic()
     stats = ReplayStats()
     try:
@@ -383,6 +448,79 @@ async def _run(args: argparse.Namespace, settings: KafkaSettings) -> int:
     return EXIT_REJECTED if stats.rejected else EXIT_OK
 
 
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with how files and the dead-letter options are combined, if anything."""
+    only_redrive = [name for name, value in (
+        ("--error-class", args.error_class), ("--service", args.service), ("--since", args.since),
+        ("--until", args.until), ("--dry-run", args.dry_run)) if value]
+    if args.dead_letters:
+        if args.files:
+            return "give FILE arguments or --dead-letters, not both"
+        if args.from_line != 1:
+            return ("--from-line is for files; run a redrive again instead: the pipeline drops the events it "
+                    "already has")
+        return None
+    if only_redrive:
+        return f"{', '.join(only_redrive)} only go with --dead-letters"
+    if not args.files:
+        return "give one or more JSON Lines FILE arguments (- for standard input), or --dead-letters"
+    return None
+
+
+async def _redrive(
+    args: argparse.Namespace, settings: KafkaSettings, topics: Topics, partitions: Iterable[int],
+    producer: Any, progress: Progress,
+) -> int:
+    """``--dead-letters``: :func:`stream.redrive.redrive` with the producer :func:`_run` started."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    from stream.redrive import DeadLetterSelection, redrive
+
+    selection = DeadLetterSelection(
+        raw_topics=frozenset(topics.raw),
+        classes=frozenset(args.error_class or ("other",)),
+        services=frozenset(args.service) if args.service else None,
+        until_ms=args.until,
+    )
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(consumer.start(), 30)
+        stats = await redrive(
+            consumer, None if args.dry_run else producer, topics.deadletter, partitions, selection,
+            sys.stderr, progress, since_ms=args.since, max_wait_s=args.max_wait,
+        )
+    except (KafkaError, OSError, TimeoutError) as exc:  # the dead-letter topic cannot be read
+        progress.done()
+        print(
+            f"desktrace-replay: error: cannot read {topics.deadletter}: {produce_error_name(exc)}. "
+            "Dead letters hold user data and only operators read them: run this as a user allowed to (the "
+            "admin of docs/security.md)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except PublishFailed as exc:
+        progress.done()
+        print(
+            f"desktrace-replay: error: publishing failed: {exc}. {exc.stats.published} dead letters were "
+            "published again; run the same command again once Kafka is back (the pipeline drops the events "
+            "it already has)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    finally:
+        progress.done()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 10)
+    print(f"desktrace-replay: {stats.summary()} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    return EXIT_REJECTED if stats.rejected else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -393,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     setup_logging("replay", settings.log_level, settings.log_format)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its errors are reported as ours, once
+    problem = _usage_problem(args)
+    if problem:
+        parser.print_usage(sys.stderr)
+        print(f"desktrace-replay: error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
     missing = [f for f in args.files if f != "-" and not Path(f).is_file()]
     if missing:
         print(f"desktrace-replay: error: no such file: {', '.join(missing)}", file=sys.stderr)

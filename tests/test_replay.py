@@ -210,12 +210,12 @@ def test_replay_broker_outage_says_where_to_resume_and_resuming_completes(tmp_pa
 def test_retry_budget_bounds_each_attempt_and_the_retries_by_max_wait() -> None:
     """``--max-wait`` 3: the first attempt waits at most 3 s for acknowledgements; after it failed, the
     retries (each at least ``MIN_ATTEMPT_S``) and their backoff end 3 s later; a success starts afresh."""
-    from stream.replay import MIN_ATTEMPT_S, _RetryBudget
+    from stream.replay import MIN_ATTEMPT_S, RetryBudget
 
     now = [100.0]
-    budget = _RetryBudget(3.0, 0.5, 10.0, clock=lambda: now[0])
+    budget = RetryBudget(3.0, 0.5, 10.0, clock=lambda: now[0])
     assert budget.wait_bound(20.0) == 3.0  # the first attempt
-    assert _RetryBudget(60.0, 0.5, 10.0).wait_bound(20.0) == 20.0  # the client's own cap when shorter
+    assert RetryBudget(60.0, 0.5, 10.0).wait_bound(20.0) == 20.0  # the client's own cap when shorter
     now[0] += 3.0  # it failed
     assert budget.next_delay() == 0.5
     now[0] += 0.5
@@ -226,3 +226,89 @@ def test_retry_budget_bounds_each_attempt_and_the_retries_by_max_wait() -> None:
     budget.reset()
     assert budget.wait_bound(20.0) == 3.0
     assert budget.next_delay() == 0.5
+
+
+Letter = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def publish_with_headers(bootstrap: str, records: list[Letter]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2**20)
+        await producer.start()
+        try:
+            for topic, key, value, headers in records:
+                await (await producer.send(topic, value, key=key, headers=headers))
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def test_dead_letters_go_back_to_their_raw_topic_whole_and_as_selected(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """``desktrace-replay --dead-letters`` publishes the dead letters of the selected error classes (and
+    services) to the raw topic each names, key and bytes unchanged, and skips, counting them, the ones of
+    other classes or services, the truncated ones (only their head is left) and those of another topic (a
+    session record the broker refused). ``--dry-run`` publishes nothing."""
+    from proto.codec import encode_event
+    from proto.deadletter import deadletter_headers, deadletter_record
+
+    def letter(event_seq: int, type_name: str, error_class: str, service: str, source: str | None = None,
+               pad: int = 0) -> Letter:
+        ev = sample_event(type_name, event_seq)
+        value = encode_event(ev) + b"\0" * pad
+        dl = deadletter_record(b"corp\\alice", value, deadletter_headers(
+            "sessionizer failed: X", error_class, service, source or topics.for_event(ev), 0, event_seq))
+        return topics.deadletter, dl.key, dl.value, dl.headers
+
+    again = [letter(1, "Logon", "other", "stream"), letter(2, "WindowOpen", "other", "stream")]
+    invalid = letter(3, "Logon", "invalid", "stream")
+    by_sink = letter(4, "WindowOpen", "other", "sink-raw")
+    truncated = letter(5, "Logon", "other", "stream", pad=1_100_000)
+    session = letter(6, "Logon", "other", "stream", source=topics.sessions)
+    assert len(truncated[2]) < 100_000  # deadletter_record kept its head only
+    publish_with_headers(kafka_bootstrap, [*again, invalid, by_sink, truncated, session])
+
+    dry = run_replay(["--dead-letters", "--dry-run"], kafka_bootstrap, topics.prefix)
+    assert dry.returncode == 0, dry.stderr
+    assert "read 6 dead letters: would publish 3 events again" in dry.stderr, dry.stderr
+    assert consume_all(kafka_bootstrap, topics, 0) == {}
+
+    stream_only = run_replay(["--dead-letters", "--service", "stream"], kafka_bootstrap, topics.prefix)
+    assert stream_only.returncode == 0, stream_only.stderr
+    summary = stream_only.stderr
+    assert "read 6 dead letters: published 2 events again" in summary, summary
+    for reason, n in (("error class not selected", 1), ("service not selected", 1),
+                      ("truncated (only its head was kept)", 1), ("not from a raw topic", 1)):
+        assert f"{reason}: {n}" in summary, summary
+    got = consume_all(kafka_bootstrap, topics, 2)
+    assert sorted(v for recs in got.values() for v in recs) == sorted((k, v) for _, k, v, _ in again)
+    assert {t: len(v) for t, v in got.items()} == {topics.presence: 1, topics.ui: 1}
+
+    both = run_replay(["--dead-letters", "--error-class", "invalid", "--error-class", "other"],
+                      kafka_bootstrap, topics.prefix)
+    assert both.returncode == 0 and "published 4 events again" in both.stderr, both.stderr
+    got = consume_all(kafka_bootstrap, topics, 6)
+    assert sorted(v for recs in got.values() for v in recs) == sorted(
+        (k, v) for _, k, v, _ in [*again, *again, invalid, by_sink])
+
+    none = run_replay(["--dead-letters", "--until", "2000-01-01T00:00:00Z"], kafka_bootstrap, topics.prefix)
+    assert none.returncode == 0 and "published 0 events again" in none.stderr, none.stderr
+    later = run_replay(["--dead-letters", "--since", "2999-01-01T00:00:00+01:00"], kafka_bootstrap,
+                       topics.prefix)
+    assert later.returncode == 0 and "read 0 dead letters" in later.stderr, later.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--dead-letters", "events.jsonl"], "not both"),
+    (["--since", "2026-11-30T08:00:00Z", "events.jsonl"], "only go with --dead-letters"),
+    (["--dead-letters", "--since", "2026-11-30T08:00:00"], "has no UTC offset"),
+    (["--dead-letters", "--error-class", "bogus"], "invalid choice"),
+    (["--dead-letters", "--from-line", "3"], "run a redrive again instead"),
+])
+def test_dead_letter_options_used_wrongly_exit_2_saying_why(args: list[str], message: str) -> None:
+    proc = run_replay(args, "127.0.0.1:1", "x.")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

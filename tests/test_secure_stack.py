@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -308,6 +309,26 @@ def test_replay_with_a_wrong_password_exits_naming_authentication(
     assert "authentication failed" in bad.stderr and AGENT in bad.stderr, bad.stderr
     assert "not-the-password" not in bad.stderr
     assert time.monotonic() - t0 < 20
+
+
+@pytest.mark.kafka
+def test_only_the_operator_publishes_dead_letters_again(secure: SecureKafka) -> None:
+    """Dead letters hold user data: no service user reads them. ``desktrace-replay --dead-letters`` run
+    with the replay's usual user (the agent's) exits 2 saying to run it as the operator; as the admin it
+    reads them (those the module's other tests left) and exits 0."""
+    def redrive(user: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **secure.client_env(user), "DESKTRACE_TOPIC_PREFIX": PREFIX}
+        return subprocess.run(
+            [sys.executable, "-m", "stream.replay", "--dead-letters", "--dry-run"], env=env,
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    agent = redrive(AGENT)
+    assert agent.returncode == 2, agent.stderr
+    assert "only operators read them" in agent.stderr, agent.stderr
+    admin = redrive(ADMIN)
+    assert admin.returncode == 0, admin.stderr
+    assert re.search(r"read \d+ dead letters: would publish \d+ events again", admin.stderr), admin.stderr
 
 
 @pytest.mark.kafka

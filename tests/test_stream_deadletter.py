@@ -4,7 +4,11 @@ serves /metrics, /healthz and /readyz and no Faust /table view (which would expo
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from proto.deadletter import header_map
 from proto.keys import event_user_key
 from proto.topics import Topics
 from tests.support.events import generate_events, shuffled_with_duplicates
-from tests.support.kafka import at_least, consume_until, publish, publish_events, wait_committed
+from tests.support.kafka import at_least, consume_until, publish_events, wait_committed
 from tests.support.process import ServiceHandle
 from tests.support.stream import (
     OUTPUT_WAIT_S,
@@ -125,8 +129,9 @@ async def test_a_user_the_sessionizer_fails_on_has_every_event_in_its_state_or_d
     a worker whose batches settle several times between commits (``taken_records_max`` below a batch).
     The worker keeps going: the other users end as the offline result, and the failing user's events since
     its stored state are dead-lettered (class ``other``), nobody else's. Every event of that user is in its
-    state or among those dead letters: publishing the dead letters again, as an operator would once the
-    bug is fixed, makes the sessions equal the offline result. With the records of the earlier settles let
+    state or among those dead letters: publishing the dead letters again (``desktrace-replay
+    --dead-letters``, as an operator would once the bug is fixed) makes the sessions equal the offline
+    result. With the records of the earlier settles let
     go of and not stored (session 30's loss), they would be in neither, and this ends short."""
     events = generate_events(seed=31, users=4, hours=6)
     expected = offline_sessions(events, tmp_path)
@@ -161,8 +166,15 @@ async def test_a_user_the_sessionizer_fails_on_has_every_event_in_its_state_or_d
         ok = await view.wait_equal(others, OUTPUT_WAIT_S, keep=lambda s: s.user_key != victim)
         assert ok, describe_difference(view.sessions, others) + "\n" + worker.tail()
 
-    await publish(kafka_bootstrap, [(header_map(r.headers)["desktrace-source-topic"], r.key, r.value)
-                                    for r in dead])
+    # what an operator runs once the cause is fixed
+    env = {**os.environ, "DESKTRACE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "DESKTRACE_TOPIC_PREFIX": topics.prefix}
+    redrive = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "stream.replay", "--dead-letters"], env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert redrive.returncode == 0, redrive.stderr
+    assert f"read {len(dead)} dead letters: published {len(dead)} events again" in redrive.stderr
     async with SessionView(kafka_bootstrap, topics) as view:
         ok = await view.wait_equal(expected, OUTPUT_WAIT_S)
         assert ok, describe_difference(view.sessions, expected) + "\n" + worker.tail()
