@@ -17,8 +17,9 @@ kept).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -43,6 +44,10 @@ SKIP_SERVICE = "service not selected"
 SKIP_SOURCE = "not from a raw topic"
 SKIP_TRUNCATED = "truncated (only its head was kept)"
 SKIP_TIME = "dead-lettered after --until"
+
+
+class ReadStalled(Exception):
+    """The dead-letter topic delivered nothing for ``max_wait_s`` before its end was reached."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,13 @@ async def redrive(
     *,
     since_ms: int | None = None,
     max_wait_s: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> RedriveStats:
     """Read ``deadletter_topic`` (its ``partitions``) with ``consumer`` (started, aiokafka-like, no group,
     no subscription) from its start, or from the first dead letter at ``since_ms`` or later, up to its end
     offsets as of now, and publish the dead letters ``selection`` selects with ``producer`` (None: count
-    only, publish nothing). Raises :class:`stream.replay.PublishFailed` like the replay of a file."""
+    only, publish nothing). Raises :class:`stream.replay.PublishFailed` like the replay of a file, and
+    :class:`ReadStalled` when nothing can be read for ``max_wait_s`` before the end."""
     from aiokafka import TopicPartition
 
     stats = RedriveStats(dry_run=producer is None)
@@ -130,8 +137,14 @@ async def redrive(
         return where.get(n, f"dead letter {n}")
 
     pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+    last_read = clock()
     while pending:
         batch = await consumer.getmany(*pending, timeout_ms=1000)
+        if batch:
+            last_read = clock()
+        elif clock() - last_read > max_wait_s:
+            raise ReadStalled(f"no dead letter read for {max_wait_s:.0f}s with {len(pending)} partition(s) "
+                              "still to read")
         for tp, records in batch.items():
             for rec in records:
                 if rec.offset >= ends[tp]:

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     redrive.add_argument(
         "--service", action="append", metavar="NAME",
-        help="only the dead letters of this service (the desktrace-service header: stream, or a sink's; "
+        help="only the dead letters of this service (the desktrace-service header: stream or sink-raw; "
         "repeat for several; default: any)",
     )
     redrive.add_argument(
@@ -475,7 +475,7 @@ async def _redrive(
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
-    from stream.redrive import DeadLetterSelection, redrive
+    from stream.redrive import DeadLetterSelection, ReadStalled, redrive
 
     selection = DeadLetterSelection(
         raw_topics=frozenset(topics.raw),
@@ -493,6 +493,11 @@ async def _redrive(
             consumer, None if args.dry_run else producer, topics.deadletter, partitions, selection,
             sys.stderr, progress, since_ms=args.since, max_wait_s=args.max_wait,
         )
+    except ReadStalled as exc:
+        progress.done()
+        print(f"desktrace-replay: error: {exc}: is the broker up? Run the same command again (the pipeline "
+              "drops the events it already has)", file=sys.stderr)
+        return EXIT_ERROR
     except (KafkaError, OSError, TimeoutError) as exc:  # the dead-letter topic cannot be read
         progress.done()
         print(
