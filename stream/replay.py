@@ -433,17 +433,12 @@ async def _run(args: argparse.Namespace, settings: KafkaSettings) -> int:
         return EXIT_ERROR
     except PublishFailed as exc:
         progress.done()
-        reason = await connection_problem(settings, wait_s=5.0)
-        print(
-            f"desktrace-replay: error: publishing failed: {exc}{f' ({reason})' if reason else ''}. "
-            f"{exc.progress()}; resume with --from-line {exc.resume_line}",
-            file=sys.stderr,
+        return await _publish_failed(
+            exc, settings, f"{exc.progress()}; resume with --from-line {exc.resume_line}"
         )
-        return EXIT_ERROR
     finally:
         progress.done()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), 10)
+        await _stop_quietly(producer)
     print(f"desktrace-replay: {stats.summary()} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     return EXIT_REJECTED if stats.rejected else EXIT_OK
 
@@ -465,6 +460,21 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if not args.files:
         return "give one or more JSON Lines FILE arguments (- for standard input), or --dead-letters"
     return None
+
+
+async def _publish_failed(exc: PublishFailed, settings: KafkaSettings, advice: str) -> int:
+    """Say that publishing failed for good, why when the broker tells (a refused login...), and ``advice``."""
+    reason = await connection_problem(settings, wait_s=5.0)
+    print(f"desktrace-replay: error: publishing failed: {exc}{f' ({reason})' if reason else ''}. {advice}",
+          file=sys.stderr)
+    return EXIT_ERROR
+
+
+async def _stop_quietly(*clients: Any) -> None:
+    """Stop Kafka clients, each given at most 10 s; their errors are not ours to report any more."""
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.stop(), 10)
 
 
 async def _redrive(
@@ -509,19 +519,13 @@ async def _redrive(
         return EXIT_ERROR
     except PublishFailed as exc:
         progress.done()
-        print(
-            f"desktrace-replay: error: publishing failed: {exc}. {exc.stats.published} dead letters were "
-            "published again; run the same command again once Kafka is back (the pipeline drops the events "
-            "it already has)",
-            file=sys.stderr,
+        return await _publish_failed(
+            exc, settings, f"{exc.stats.published} dead letters were published again; run the same command "
+            "again once Kafka is back (the pipeline drops the events it already has)",
         )
-        return EXIT_ERROR
     finally:
         progress.done()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(consumer.stop(), 10)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), 10)
+        await _stop_quietly(consumer, producer)
     print(f"desktrace-replay: {stats.summary()} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     return EXIT_REJECTED if stats.rejected else EXIT_OK
 
