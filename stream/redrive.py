@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from proto.deadletter import (
     HEADER_ERROR_CLASS,
@@ -85,6 +85,7 @@ class RedriveStats(ReplayStats):
 
     skipped: Counter[str] = field(default_factory=Counter)
     dry_run: bool = False  #: nothing was published: ``published`` counts what would have been
+    position_label: ClassVar[str] = "dead letters read:"
 
     def summary(self) -> str:
         topics = ", ".join(f"{t}={n}" for t, n in sorted(self.per_topic.items())) or "none"

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from common.kafka import (
     MAX_REQUEST_SIZE,
@@ -79,6 +79,7 @@ class ReplayStats:
     per_topic: dict[str, int] = field(default_factory=dict)
     line: int = 0  # the last line read (counted across the inputs)
     retries: int = 0
+    position_label: ClassVar[str] = "line"  #: what ``line`` counts, in the progress lines
 
     def summary(self) -> str:
         topics = ", ".join(f"{t}={n}" for t, n in sorted(self.per_topic.items())) or "none"
@@ -105,7 +106,7 @@ class Progress:
             self.last = now
             self.stream.write(
                 f"desktrace-replay: {stats.published} published, {stats.rejected} rejected, "
-                f"line {stats.line}\n"
+                f"{stats.position_label} {stats.line}\n"
             )
             self.stream.flush()
 
