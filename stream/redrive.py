@@ -131,11 +131,12 @@ async def redrive(
             else:
                 consumer.seek(tp, at.offset)
     budget = RetryBudget(max_wait_s, 0.5, 10.0)
-    where: dict[int, str] = {}
+    where: dict[int, tuple[int, int]] = {}  #: the chunk's dead letters: position -> (partition, offset)
     chunk: list[tuple[int, str, bytes, bytes]] = []
 
     def describe(n: int) -> str:
-        return where.get(n, f"dead letter {n}")
+        partition, offset = where[n]
+        return f"dead letter at partition {partition} offset {offset}"
 
     pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
     last_read = clock()
@@ -161,7 +162,7 @@ async def redrive(
                     topic = headers[HEADER_SOURCE_TOPIC]
                     stats.per_topic[topic] = stats.per_topic.get(topic, 0) + 1
                     continue
-                where[stats.line] = f"dead letter at partition {tp.partition} offset {rec.offset}"
+                where[stats.line] = (tp.partition, rec.offset)
                 chunk.append((stats.line, headers[HEADER_SOURCE_TOPIC], rec.key, rec.value))
                 if len(chunk) >= CHUNK:
                     await publish_chunk(chunk, producer, stats, err, budget, describe)

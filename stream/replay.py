@@ -484,7 +484,7 @@ async def _redrive(
 ) -> int:
     """``--dead-letters``: :func:`stream.redrive.redrive` with the producer :func:`_run` started."""
     from aiokafka import AIOKafkaConsumer
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
     from stream.redrive import DeadLetterSelection, ReadStalled, redrive
 
@@ -504,19 +504,14 @@ async def _redrive(
             consumer, None if args.dry_run else producer, topics.deadletter, partitions, selection,
             sys.stderr, progress, since_ms=args.since, max_wait_s=args.max_wait,
         )
-    except ReadStalled as exc:
+    except (ReadStalled, KafkaError, OSError, TimeoutError) as exc:  # the dead-letter topic cannot be read
         progress.done()
-        print(f"desktrace-replay: error: {exc}: is the broker up? Run the same command again (the pipeline "
-              "drops the events it already has)", file=sys.stderr)
-        return EXIT_ERROR
-    except (KafkaError, OSError, TimeoutError) as exc:  # the dead-letter topic cannot be read
-        progress.done()
-        print(
-            f"desktrace-replay: error: cannot read {topics.deadletter}: {produce_error_name(exc)}. "
-            "Dead letters hold user data and only operators read them: run this as a user allowed to (the "
-            "admin of docs/security.md)",
-            file=sys.stderr,
-        )
+        advice = "is the broker up? Run the same command again (the pipeline drops the events it already has)"
+        if isinstance(exc, TopicAuthorizationFailedError):
+            advice = ("dead letters hold user data and only operators read them: run this as a user allowed "
+                      "to (the admin of docs/security.md)")
+        why = str(exc) if isinstance(exc, ReadStalled) else produce_error_name(exc)
+        print(f"desktrace-replay: error: cannot read {topics.deadletter}: {why}; {advice}", file=sys.stderr)
         return EXIT_ERROR
     except PublishFailed as exc:
         progress.done()
