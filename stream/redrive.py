@@ -87,6 +87,11 @@ class RedriveStats(ReplayStats):
     dry_run: bool = False  #: nothing was published: ``published`` counts what would have been
     position_label: ClassVar[str] = "dead letters read:"
 
+    def counts(self) -> str:
+        if self.dry_run:
+            return f"{self.published} to publish, {sum(self.skipped.values())} skipped"
+        return f"{self.published} published, {self.rejected} rejected, {sum(self.skipped.values())} skipped"
+
     def summary(self) -> str:
         topics = ", ".join(f"{t}={n}" for t, n in sorted(self.per_topic.items())) or "none"
         skipped = "; ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) or "none"

@@ -85,6 +85,10 @@ class ReplayStats:
         topics = ", ".join(f"{t}={n}" for t, n in sorted(self.per_topic.items())) or "none"
         return f"published {self.published} events, rejected {self.rejected} lines ({topics})"
 
+    def counts(self) -> str:
+        """The progress line's counts so far."""
+        return f"{self.published} published, {self.rejected} rejected"
+
 
 class Progress:
     """On a terminal, overwrites one status line at most every 0.2 s; otherwise prints a plain line at most
@@ -100,14 +104,11 @@ class Progress:
         now = time.monotonic()
         if self.tty and (force or now - self.last >= 0.2):
             self.last = now
-            self.stream.write(f"\rdesktrace-replay: {stats.published} published, {stats.rejected} rejected")
+            self.stream.write(f"\rdesktrace-replay: {stats.counts()}")
             self.stream.flush()
         elif not self.tty and not force and now - self.last >= self.every_s:
             self.last = now
-            self.stream.write(
-                f"desktrace-replay: {stats.published} published, {stats.rejected} rejected, "
-                f"{stats.position_label} {stats.line}\n"
-            )
+            self.stream.write(f"desktrace-replay: {stats.counts()}, {stats.position_label} {stats.line}\n")
             self.stream.flush()
 
     def done(self) -> None:

@@ -74,3 +74,19 @@ def test_a_redrive_that_reads_nothing_gives_up_after_max_wait() -> None:
     with pytest.raises(ReadStalled, match="no dead letter read for 5s"):
         asyncio.run(redrive(_SilentConsumer(), None, "dl", [0], DeadLetterSelection(RAW), io.StringIO(),
                             max_wait_s=5.0, clock=clock))
+
+
+@pytest.mark.parametrize(("dry_run", "line"), [
+    (True, "desktrace-replay: 3 to publish, 1 skipped, dead letters read: 4\n"),
+    (False, "desktrace-replay: 3 published, 0 rejected, 1 skipped, dead letters read: 4\n"),
+])
+def test_a_long_redrive_shows_its_progress_in_dead_letters(dry_run: bool, line: str) -> None:
+    """Off a terminal, a plain line every ``every_s``; what a dry run would publish is not "published"."""
+    from stream.redrive import RedriveStats
+    from stream.replay import Progress
+
+    out = io.StringIO()
+    stats = RedriveStats(published=3, line=4, dry_run=dry_run)
+    stats.skipped[SKIP_CLASS] += 1
+    Progress(out, enabled=False, every_s=0.0).update(stats)
+    assert out.getvalue() == line
