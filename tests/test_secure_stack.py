@@ -314,8 +314,9 @@ def test_replay_with_a_wrong_password_exits_naming_authentication(
 @pytest.mark.kafka
 def test_only_the_operator_publishes_dead_letters_again(secure: SecureKafka) -> None:
     """Dead letters hold user data: no service user reads them. ``desktrace-replay --dead-letters`` run
-    with the replay's usual user (the agent's) exits 2 saying to run it as the operator; as the admin it
-    reads them (those the module's other tests left) and exits 0."""
+    with the replay's usual user (the agent's, which Kafka does not even show the topic) or the sink's (which
+    may write dead letters, not read them) exits 2 saying to run it as the operator; as the admin it
+    reads them (the one written here, and any the module's other tests left) and exits 0."""
     def redrive(user: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **secure.client_env(user), "DESKTRACE_TOPIC_PREFIX": PREFIX}
         return subprocess.run(
@@ -323,12 +324,27 @@ def test_only_the_operator_publishes_dead_letters_again(secure: SecureKafka) -> 
             capture_output=True, text=True, timeout=60, check=False,
         )
 
+    async def dead_letter() -> None:  # one, as the stream writes them, so that there is something to read
+        from proto.deadletter import deadletter_headers, deadletter_record
+
+        event = every_event_type()[0]
+        dl = deadletter_record(event_user_key(event).encode(), encode_event(event), deadletter_headers(
+            "sessionizer failed: X", "other", "stream", TOPICS.for_event(event), 0, 1))
+        async with producer(secure, STREAM) as p:
+            await p.send_and_wait(TOPICS.deadletter, dl.value, key=dl.key, headers=dl.headers)
+
+    run_sync(dead_letter)
     agent = redrive(AGENT)
     assert agent.returncode == 2, agent.stderr
     assert "only operators read them" in agent.stderr, agent.stderr
+    # the sink's user may describe (and write) the dead-letter topic, not read it: refused at the first read
+    sink = redrive(SINK)
+    assert sink.returncode == 2, sink.stderr
+    assert "TopicAuthorizationFailedError; dead letters hold user data" in sink.stderr, sink.stderr
     admin = redrive(ADMIN)
     assert admin.returncode == 0, admin.stderr
-    assert re.search(r"read \d+ dead letters: would publish \d+ events again", admin.stderr), admin.stderr
+    read = re.search(r"read \d+ dead letters: would publish [1-9]\d* events again", admin.stderr)
+    assert read, admin.stderr
 
 
 @pytest.mark.kafka
