@@ -53,7 +53,7 @@ from common.kafka import (
 from proto.topics import Topics
 from stream.batching import BatchConsumer
 from stream.changelog import ChangelogWriter
-from stream.failpoints import FAIL_SETTLE_ENV, sessionizer_from_env
+from stream.failpoints import FAIL_SETTLE_ENV, FailingSettle, sessionizer_from_env
 from stream.group import GroupWatch
 from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
@@ -178,7 +178,7 @@ class StreamApp:
         self.metrics = StreamMetrics(registry)
         config = settings.to_config()
         sessionizer = sessionizer_from_env(config)  # the plain one unless a test sets its failpoint
-        if os.environ.get(FAIL_SETTLE_ENV):
+        if isinstance(sessionizer, FailingSettle):
             log.warning("test failpoint set: the sessionizer will fail on one user", extra={"kv": {
                 "variable": FAIL_SETTLE_ENV}})
         self.processor = Processor(

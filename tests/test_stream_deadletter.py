@@ -131,8 +131,8 @@ async def test_a_user_the_sessionizer_fails_on_has_every_event_in_its_state_or_d
     its stored state are dead-lettered (class ``other``), nobody else's. Every event of that user is in its
     state or among those dead letters: publishing the dead letters again (``desktrace-replay
     --dead-letters``, as an operator would once the bug is fixed) makes the sessions equal the offline
-    result. With the records of the earlier settles let
-    go of and not stored (session 30's loss), they would be in neither, and this ends short."""
+    result. With the records of the earlier settles let go of and not stored (session 30's loss), they would
+    be in neither, and this ends short."""
     events = generate_events(seed=31, users=4, hours=6)
     expected = offline_sessions(events, tmp_path)
     sent = shuffled_with_duplicates(events, seed=32)
