@@ -11,11 +11,12 @@ For each user count, the same ~``--events`` events (or ``--hours`` of events per
 ``tests.support.events.generate_events`` users, about 10% of them out of order, 5% duplicates) are
 published once to fresh raw topics (``--partitions``, 6); then every subject consumes them all from the
 start, in rounds (each round runs every subject once, alternating, so that all see the same machine load);
-the best round of each is kept. Every subject is its own process
-with its own consumer group, timed from its first consumed event to the last (the worker: from the end of
-its first batch to the commit of its last, when every raw partition's offsets are committed to their end:
-until then its last sessions are not published); for the worker, the time split (handling, committing, the
-rest) and its main thread's CPU are printed too. Needs a broker
+the best round of each is kept. Every subject is its own process with its own consumer group, timed from
+its first consumed event to the last (the worker: from the end of its first batch to the commit of its
+last, when every raw partition's offsets are committed to their end: until then its last sessions are not
+published; counting the events it takes in that window, which are all of them when the first batch's
+wait for the next settle); for the worker, the time split (handling, committing, the rest) and its main
+thread's CPU are printed too. Needs a broker
 (``DESKTRACE_KAFKA_BOOTSTRAP``); creates and deletes its own topics. """
 
 from __future__ import annotations
@@ -99,8 +100,11 @@ def worker_rate(
         deadline = time.monotonic() + 900
         committed = _CommitWatch(bootstrap, app_id, topics.raw, 900)
         while count < n and time.monotonic() < deadline:
+            # The window opens once the first batch has been handled; the events taken (counted) before
+            # that are left out of it. The worker takes a batch's events at the next settle, not when it
+            # handles the batch: those of its first batch are then taken, and counted, in the window.
             count = worker.metric("desktrace_stream_events_total")
-            if count and not first:
+            if not first and worker.metric("desktrace_stream_batch_processing_seconds_count"):
                 first, first_count, cpu0 = time.perf_counter(), count, cpu_seconds(pid)
                 split0 = _time_split(worker)
                 main0 = _main_thread_cpu(pid)

@@ -367,7 +367,9 @@ class StreamApp:
 
     async def handle_records(self, records: Sequence[Any]) -> None:
         """One fetch of raw records (anything with ``topic``, ``partition``, ``offset``, ``key``,
-        ``value``): applied to the decoded states; its output waits in the outbox for the next commit."""
+        ``value``): handed to the processor, where they wait for the next commit's settle (or one forced by
+        too many records waiting), which takes them into the decoded states; the output waits in the
+        outbox for the commit."""
         started = time.perf_counter()
         async with self.lock:
             result = self.processor.handle_batch(records, self.states, time.time(), settle=False)
@@ -383,10 +385,10 @@ class StreamApp:
 
     async def _before_commit(self) -> None:
         """Under the processing lock, before Faust takes the offsets to commit (and flushes its producer):
-        settle the users changed since the last commit (their sessions are recomputed once per commit, not
-        once per batch), send every user changed since then to the changelog and wait for it, then send the
-        output produced since the last commit and wait for its acknowledgements (Faust commits the offsets
-        after this).
+        settle (take the records handed over since the last commit into their users' states and recompute
+        the sessions they change, once per commit, not once per batch), send every user changed since then
+        to the changelog and wait for it, then send the output produced since the last commit and wait for
+        its acknowledgements (Faust commits the offsets after this).
 
         State first, holding the output it may not have delivered: the two topics are not written
         atomically. Written the other way round, a crash between them left the older state, which did not
@@ -430,8 +432,8 @@ class StreamApp:
         self.metrics.state_cached_users.set(len(self.states))
 
     def _settle(self) -> None:
-        """Under the processing lock: recompute the sessions of the users changed since the last settle; their
-        output joins the outbox."""
+        """Under the processing lock: take the records handed over since the last settle and recompute the
+        sessions of the users changed since then; their output joins the outbox."""
         if self.processor.unsettled:
             started = time.perf_counter()
             self._stage(self.processor.settle(self.states, time.time()))

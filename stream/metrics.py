@@ -18,7 +18,9 @@ class StreamMetrics:
         self.registry = registry
         p = "desktrace_stream"
         self.events = Counter(
-            f"{p}_events_total", "Raw events consumed and decoded, by topic and event type",
+            f"{p}_events_total",
+            "Raw events consumed and decoded, by topic and event type (counted when taken into their users' "
+            "states: at the settle after their batch, once per commit)",
             ["topic", "type"], registry=registry,
         )
         self.deadlettered = Counter(
@@ -93,7 +95,9 @@ class StreamMetrics:
             f"{p}_batch_size", "Records per handled batch", buckets=_BATCH_SIZE_BUCKETS, registry=registry,
         )
         self.batch_seconds = Histogram(
-            f"{p}_batch_processing_seconds", "Time to handle one batch, output sends included",
+            f"{p}_batch_processing_seconds",
+            "Time to handle one batch (its records wait for the next settle, which takes them; a settle "
+            "forced within the batch is part of it)",
             buckets=_SECONDS_BUCKETS, registry=registry,
         )
         self.commit_seconds = Histogram(
@@ -104,9 +108,10 @@ class StreamMetrics:
         )
         self.settle_seconds = Histogram(
             f"{p}_settle_seconds",
-            "Time to recompute the sessions of the users changed since the last commit (once per commit, "
-            "part of the commit's time; a settle forced by too many records waiting for one is part of the "
-            "batch's, in forced_settle_seconds)", buckets=_SECONDS_BUCKETS, registry=registry,
+            "Time to take the records handed over since the last commit into their users' states and "
+            "recompute the sessions they change (once per commit, part of the commit's time; a settle "
+            "forced by too many records waiting for one is part of the batch's, in forced_settle_seconds)",
+            buckets=_SECONDS_BUCKETS, registry=registry,
         )
         self.forced_settle_seconds = Histogram(
             f"{p}_forced_settle_seconds",

@@ -6,11 +6,12 @@ of wall-clock time. The Faust wiring (``stream.app``) feeds it and writes what i
 passed in, so everything here is testable without a broker (a forced settle's duration is timed here for
 its metric only: nothing depends on it).
 
-A batch's events are taken into their users' states at once; the sessions they change are recomputed when
-the processor *settles* (:meth:`Processor.settle`): at the end of the batch, or, for a caller that holds
-its output until the next commit anyway (the worker), once per commit for every user taken since the last
-one. A user's recomputation costs about as much as five of its events whatever their number, so a user
-with events in every batch pays it once per commit instead of once per batch.
+A batch's events are taken into their users' states, each user's at once; the sessions they change are
+recomputed when the processor *settles* (:meth:`Processor.settle`): at the end of the batch, or, for a
+caller that holds its output until the next commit anyway (the worker), once per commit for every user
+taken since the last one. That caller's batches wait, as received, until the settle, which takes every
+user's records of all of them at once: a user's take and its recomputation each have a fixed cost (about
+20 and 30 us), paid once per commit instead of once per batch for a user with events in every batch.
 """
 
 from __future__ import annotations
@@ -99,6 +100,17 @@ class _Taken:
         self.source_ms: int | None = None
 
 
+class _Waiting:
+    """One record key's records handed over and not taken yet, in the order received, and when the latest
+    of them was received (wall clock, s)."""
+
+    __slots__ = ("now", "records")
+
+    def __init__(self, records: list[Incoming], now: float) -> None:
+        self.records = records
+        self.now = now
+
+
 @dataclass
 class Result:
     """What one batch or one scan produced, in the order it must be written."""
@@ -138,9 +150,10 @@ class Processor:
         self.metrics = metrics
         self.close_timeout_s = close_timeout_s
         self.versions_max = versions_max
-        #: ``handle_batch(settle=False)`` settles all the same once this many records wait (their records
-        #: are kept until then, for the dead-letter topic should the sessionizer fail on their user), and
-        #: stores the settled states (``LiveStates.checkpoint``): the state a failing user goes back to.
+        #: ``handle_batch(settle=False)`` takes and settles all the same once this many records wait or are
+        #: taken (a taken record is kept until its user's settle, for the dead-letter topic should the
+        #: sessionizer fail on the user), and stores the settled states (``LiveStates.checkpoint``): the
+        #: state a failing user goes back to.
         self.max_taken_records = max_taken_records
         #: Keep each user's session output in its record (``UserRecord.unsent``) until :meth:`confirm`, and
         #: re-send what a stored record holds when a user is loaded with some: for a caller that writes the
@@ -150,6 +163,10 @@ class Processor:
         self._user_keys: dict[tuple[str, str], str] = {}  #: (domain, user) -> user key, a cache
         self._taken: dict[bytes, _Taken] = {}  #: users taken since the last settle, in the order taken
         self._taken_records = 0
+        #: records handed over with ``settle=False`` and not taken yet, by record key (each key's in the order
+        #: received), with the wall-clock time the latest of them was received (the user's ``last_seen``)
+        self._waiting: dict[bytes | None, _Waiting] = {}
+        self._waiting_records = 0
         kinds = ("active", "inactive")
         self._published_by_kind = {k: metrics.sessions_published.labels(k) for k in kinds}
         self._corrections_by_kind = {k: metrics.corrections.labels(k) for k in kinds}
@@ -158,8 +175,8 @@ class Processor:
 
     @property
     def unsettled(self) -> int:
-        """Users whose events were taken since the last settle."""
-        return len(self._taken)
+        """Users (record keys) whose records were handed over or taken since the last settle."""
+        return len(self._taken.keys() | self._waiting.keys())
 
     def handle_batch(
         self,
@@ -175,25 +192,67 @@ class Processor:
         flush; ``Result.writes`` is empty), or a lookup of stored table values (then every changed user's
         new value is in ``Result.writes``, one per user, and the batch is settled).
 
-        ``settle``: recompute the changed users' sessions now (their output is in the result). False: take
-        the events only (dead letters are in the result, sessions come with a later :meth:`settle`), unless
-        more than ``max_taken_records`` records are waiting.
+        ``settle``: take the batch's events into their users' states and recompute the sessions they change
+        now (the output is in the result). False: the records wait, as received, for the next :meth:`settle`
+        (or :meth:`scan`), which takes them with those of the batches handed over before it, each user's at
+        once, and returns their output and dead letters; unless more than ``max_taken_records`` records are
+        then waiting or taken, in which case they are taken and settled now. Each user's ``last_seen`` is
+        the ``now`` of the latest batch that had a record of it.
         """
         if not isinstance(states, LiveStates):
             stored = LiveStates(_LookupStore(states))
             return _with_writes(stored, lambda live: self.handle_batch(batch, live, now))
-        m = self.metrics
-        m.batch_size.observe(len(batch))
+        self.metrics.batch_size.observe(len(batch))
+        self._wait(batch, now)
         out = Result()
+        if settle:
+            self._take_waiting(out, states)
+            self._settle_into(out, states, now)
+        elif self._taken_records + self._waiting_records >= self.max_taken_records:
+            started = time.perf_counter()
+            self._take_waiting(out, states)
+            self._settle_into(out, states, now)
+            states.checkpoint()  # the records let go of are in the state a failing user goes back to
+            self.metrics.forced_settle_seconds.observe(time.perf_counter() - started)
+        return out
+
+    def settle(self, states: LiveStates, now: float) -> Result:
+        """Take the records waiting, then recompute the sessions of every user whose events were taken since
+        the last settle: their upserts and retractions (and the dead letters of the records that cannot be
+        sessionized, or of a user the sessionizer fails on)."""
+        out = Result()
+        self._take_waiting(out, states)
+        self._settle_into(out, states, now)
+        return out
+
+    def _wait(self, batch: Sequence[Incoming], now: float) -> None:
+        """Add ``batch``'s records to those waiting, by record key."""
+        waiting = self._waiting
+        for key, recs in _by_key(batch).items():
+            w = waiting.get(key)
+            if w is None:
+                waiting[key] = _Waiting(recs, now)
+            else:
+                w.records += recs
+                w.now = now
+        self._waiting_records += len(batch)
+
+    def _take_waiting(self, out: Result, states: LiveStates) -> None:
+        """Take every waiting record into its user's state, each record key's at once (their dead letters go
+        to ``out``): one user's fixed cost of a take is paid once per settle, not once per batch."""
+        if not self._waiting:
+            return
+        waiting, self._waiting, self._waiting_records = self._waiting, {}, 0
+        m = self.metrics
         ukeys = self._user_keys
         if len(ukeys) > 100_000:
             ukeys.clear()
-        now_ms = int(now * 1000)
         counts: Counter[tuple[str, type]] = Counter()
-        strays: list[tuple[Incoming, Envelope]] = []
+        strays: list[tuple[Incoming, Envelope, float]] = []
         # One key's records at a time, decoded and taken at once: their events are still in the CPU's
         # caches when they are taken (decoding the whole batch first made taking them 1.5x as costly).
-        for key, recs in _by_key(batch).items():
+        for key, w in waiting.items():
+            recs, now = w.records, w.now
             expected = _key_text(key)
             group = _UserBatch([], [], [])
             user = domain = None  # of the latest event found to be ``expected``'s
@@ -206,7 +265,7 @@ class Processor:
                     if ukey is None:
                         ukey = ukeys[(ev.domain, ev.user)] = event_user_key(ev)
                     if ukey != expected:
-                        strays.append((rec, ev))  # keyed as another user (or not at all): taken below
+                        strays.append((rec, ev, now))  # keyed as another user (or not at all): taken below
                         continue
                     user, domain = ev.user, ev.domain
                 group.records.append(rec)
@@ -214,56 +273,41 @@ class Processor:
                 group.times.append(epoch_ms(ev.ts))
             if group.records and expected is not None:  # (no record is in the group without one)
                 counts.update(zip(map(_topic, group.records), map(type, group.events), strict=True))
-                self._take_user(out, expected, group, states, now, now_ms)
+                self._take_user(out, expected, group, states, now)
         if strays:
-            self._take_strays(out, strays, states, now, now_ms, counts)
+            self._take_strays(out, strays, states, counts)
         for (topic, cls), n in counts.items():
             m.events.labels(topic, cls.__name__).inc(n)
-        if settle:
-            self._settle_into(out, states, now)
-        elif self._taken_records >= self.max_taken_records:
-            started = time.perf_counter()
-            self._settle_into(out, states, now)
-            states.checkpoint()  # the records let go of are in the state a failing user goes back to
-            m.forced_settle_seconds.observe(time.perf_counter() - started)
-        return out
-
-    def settle(self, states: LiveStates, now: float) -> Result:
-        """Recompute the sessions of every user whose events were taken since the last settle: their
-        upserts and retractions (and the dead letters of a user the sessionizer fails on)."""
-        out = Result()
-        self._settle_into(out, states, now)
-        return out
 
     def _take_strays(
         self,
         out: Result,
-        strays: list[tuple[Incoming, Envelope]],
+        strays: list[tuple[Incoming, Envelope, float]],
         states: LiveStates,
-        now: float,
-        now_ms: int,
         counts: Counter[tuple[str, type]],
     ) -> None:
         """Take the events whose record key is not their user's key (a producer keying by something else,
         or not at all), grouped by user in the order they came; the spec keys every raw record by its
-        user, so these are rare. Taken after the batch's well-keyed events, so a user's strays come after
-        its other events of the batch."""
+        user, so these are rare. Taken after the well-keyed events waiting, so a user's strays come after
+        its other events of the same settle. (``strays``: record, event, time received.)"""
         self.metrics.miskeyed.inc(len(strays))
-        groups: dict[str, _UserBatch] = {}
+        groups: dict[str, tuple[_UserBatch, list[float]]] = {}
         ukeys = self._user_keys
-        for rec, ev in strays:
+        for rec, ev, now in strays:
             ukey = ukeys.get((ev.domain, ev.user))
             if ukey is None:
                 ukey = ukeys[(ev.domain, ev.user)] = event_user_key(ev)
-            group = groups.get(ukey)
-            if group is None:
-                group = groups[ukey] = _UserBatch([], [], [])
+            entry = groups.get(ukey)
+            if entry is None:
+                entry = groups[ukey] = (_UserBatch([], [], []), [now])
+            group = entry[0]
             group.records.append(rec)
             group.events.append(ev)
             group.times.append(epoch_ms(ev.ts))
-        for ukey, group in groups.items():
+            entry[1][0] = max(entry[1][0], now)
+        for ukey, (group, latest) in groups.items():
             counts.update(zip(map(_topic, group.records), map(type, group.events), strict=True))
-            self._take_user(out, ukey, group, states, now, now_ms)
+            self._take_user(out, ukey, group, states, latest[0])
 
     def _take_user(
         self,
@@ -272,8 +316,8 @@ class Processor:
         group: _UserBatch,
         states: LiveStates,
         now: float,
-        now_ms: int,
     ) -> None:
+        """Take ``group`` (``ukey``'s events, the latest received at ``now``) into the user's state."""
         key = ukey.encode()
         taken = self._taken.get(key)
         records = group.records
@@ -304,7 +348,7 @@ class Processor:
         live = taken.live
         record = live.record
         record.partition, record.last_seen, record.closed = records[-1].partition, now, False
-        dropped = fleet.observe(record.agents, group.events, now_ms, group.times)
+        dropped = fleet.observe(record.agents, group.events, int(now * 1000), group.times)
         if dropped:
             self.metrics.spool_dropped.inc(dropped)
         if intake.late:
@@ -463,9 +507,10 @@ class Processor:
         partitions: Container[int],
         now: float,
     ) -> Result:
-        """Close users silent for ``close_timeout`` (wall clock) among the users of ``partitions`` (one whose
-        events were taken and not settled is settled first), and refresh the gauges (open sessions, users,
-        fleet) from them (the open sessions as of each user's latest settle).
+        """Close users silent for ``close_timeout`` (wall clock) among the users of ``partitions`` (the
+        records waiting are taken first; a user whose events were taken and not settled is settled first),
+        and refresh the gauges (open sessions, users, fleet) from them (the open sessions as of each user's
+        latest settle).
 
         ``states``: the worker's :class:`stream.live.LiveStates` (closed users are changed there), or the
         stored table items (then the closed users' new values are in ``Result.writes``)."""
@@ -473,6 +518,7 @@ class Processor:
             return _with_writes(LiveStates(dict(states)), lambda live: self.scan(live, partitions, now))
         m = self.metrics
         out = Result()
+        self._take_waiting(out, states)  # (their users' last_seen is when they were received)
         now_ms = int(now * 1000)
         summary = fleet.FleetSummary(now_ms)
         users = open_total = 0

@@ -197,10 +197,10 @@ STREAM_HELP: dict[str, str] = {
     "recovery_stall_s": "seconds a state recovery may go without reading a changelog record while it still "
     "has some to read; then the worker exits (status 70) so that its supervisor restarts it and the group "
     "recovers those partitions afresh (0: wait for ever)",
-    "taken_records_max": "raw records a worker holds between its settles for the dead-letter topic (a user "
-    "the sessionizer fails on has its events since its stored state dead-lettered); past it, a batch settles "
-    "every user taken so far and stores their states. About 555 bytes each (more: less memory bounded, "
-    "fewer settles of each user while catching up)",
+    "taken_records_max": "raw records a worker holds between its settles: waiting to be taken, then for the "
+    "dead-letter topic (a user the sessionizer fails on has its events since its stored state "
+    "dead-lettered); past it, a batch takes and settles every user so far and stores their states. About "
+    "555 bytes each (more: less memory bounded, fewer settles of each user while catching up)",
     "state_cache_users": "users whose state stays decoded in memory between batches (least recently "
     "active beyond it are dropped after each commit and decoded again on their next event)",
     "state_max_bytes": "largest state table value this worker writes: a user whose state would be larger "

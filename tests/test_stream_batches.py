@@ -20,7 +20,7 @@ from proto.topics import Topics
 from stream.core import Intake, Sessionizer, SessionizerConfig, decode_state
 from stream.live import Flushed, LiveStates
 from stream.metrics import StreamMetrics
-from stream.processor import Incoming, Processor
+from stream.processor import Incoming, Processor, Result
 from stream.state import decode_record
 from tests.sessionizer_helpers import assert_same_but_checkpoints
 from tests.support.events import generate_events
@@ -195,6 +195,34 @@ def test_settled_once_per_commit_the_same_sessions_as_settled_per_batch() -> Non
     assert _published(once_msgs) == _published(each_msgs)
 
 
+def test_a_user_in_every_batch_is_taken_once_per_settle_with_its_records_in_order() -> None:
+    """Batches handed over between two settles wait as received: the settle takes each user's records of
+    all of them in one take (a take's fixed cost once per commit), in the order they came, and the batches
+    return nothing until then (their dead letters included)."""
+    proc, _ = processor()
+    states = LiveStates({})
+    takes: list[tuple[str, list[int]]] = []
+    real_take = proc.sessionizer.take
+
+    def take(intake: Intake, events: list, times: list | None = None) -> None:
+        takes.append((events[0].user, [e.seq for e in events]))
+        real_take(intake, events, times)
+
+    proc.sessionizer.take = take  # type: ignore[method-assign,assignment]
+    garbage = Incoming(TOPICS.hid, 0, 99, b"corp\\ann", b"not msgpack")
+    for b in range(4):
+        anns = clicks("ann", range(b * 3, b * 3 + 3), seq0=b * 3)[::-1]
+        batch = anns + clicks("bob", range(b, b + 1), 1, b) + [garbage] * (b == 1)
+        assert proc.handle_batch(batch, states, now=1000.0 + b, settle=False) == Result()
+    assert takes == [] and proc.unsettled == 2
+    out = proc.settle(states, now=1010.0)
+    assert takes == [("ann", [s for b in range(4) for s in (b * 3 + 3, b * 3 + 2, b * 3 + 1)]),
+                     ("bob", [1, 2, 3, 4])]
+    assert [m.topic for m in out.messages].count(TOPICS.deadletter) == 1
+    ann = states.get(b"corp\\ann")
+    assert ann is not None and ann.record.last_seen == 1003.0  # when its latest records came, not the settle
+
+
 def test_the_scan_settles_the_users_it_closes_and_only_those() -> None:
     """A silence close needs the user's taken events settled first; the other users wait for the commit
     (the scan runs often: settling everyone there would settle once per scan instead of once per commit)."""
@@ -266,18 +294,23 @@ def test_a_failing_user_goes_back_to_its_stored_state_and_the_others_go_on() -> 
 
 
 def test_a_user_failing_while_taken_loses_nothing_taken_before() -> None:
+    """Records waiting are taken at the next settle, each user's at once; the silence scan takes them too
+    (without settling a user still active). A user taken at a scan and failing when taken again at the
+    commit's settle has the records of both takes dead-lettered, and starts again from its stored state."""
     proc, registry = processor()
     states = LiveStates({})
     proc.handle_batch(clicks("ann", range(0, 2)), states, now=1000.0, settle=False)
+    assert proc.scan(states, {0}, now=1001.0).messages == [] and proc.unsettled == 1  # taken, not settled
     real_take = proc.sessionizer.take
 
     def take(intake: Intake, events: list, times: list | None = None) -> None:
-        if events[0].seq == 3:
+        if any(e.seq == 3 for e in events):
             raise RuntimeError("bug")
         real_take(intake, events, times)
 
     proc.sessionizer.take = take  # type: ignore[method-assign,assignment]
-    result = proc.handle_batch(clicks("ann", range(2, 4), seq0=2), states, now=1001.0, settle=False)
+    assert proc.handle_batch(clicks("ann", range(2, 4), seq0=2), states, now=1001.0, settle=False) == Result()
+    result = proc.settle(states, now=1002.0)
     dead = [m for m in result.messages if m.topic == TOPICS.deadletter]
     assert sorted(int(dict(m.headers or [])[HEADER_SOURCE_OFFSET]) for m in dead) == [0, 1, 2, 3]
     assert registry.get_sample_value("desktrace_stream_sessionizer_errors_total") == 1
@@ -348,14 +381,17 @@ def test_records_let_go_of_before_the_commit_are_not_lost_when_the_user_fails_af
         assert proc.unsettled == 1
         # bob's state as of the scan has facts not settled yet: it is not stored, and a failure of his
         # goes back to his state before them and dead-letters them.
-        result = proc.handle_batch(clicks("bob", range(2, 3), seq0=2), states, now=now, settle=False)
+        waits = proc.handle_batch(clicks("bob", range(2, 3), seq0=2), states, now=now, settle=False)
+        assert waits.messages == []  # (records wait for the settle, which takes them)
+        result = proc.settle(states, now=now)
         assert [m.value for m in result.messages if m.key == b"corp\\bob"] == [r.value for r in bob] + [
             clicks("bob", range(2, 3), seq0=2)[0].value]
         assert states.get(b"corp\\bob") is None
     assert proc.unsettled == 0
     late = clicks("ann", range(5, 7), seq0=5)
     result = proc.handle_batch(late, states, now=1200.0, settle=False)
-    dead = [m for m in result.messages if m.topic == TOPICS.deadletter]
+    assert result.messages == []
+    dead = [m for m in proc.settle(states, now=1200.0).messages if m.topic == TOPICS.deadletter]
     assert [m.value for m in dead] == [r.value for r in late]
     assert registry.get_sample_value("desktrace_stream_sessionizer_errors_total") == (
         1 if let_go_by == "a forced settle" else 2)
