@@ -126,8 +126,9 @@ class Processor:
     as received (undecodable, invalid, unknown type, late, or a sessionizer failure for that user); one bad
     record or one failing user never stops the others; every event goes to its own user whatever its record's
     key (the key only groups the records decoded together). The output of a state change is returned together
-    with the state write, so the caller can make both durable before committing offsets. A user's events taken
-    and not yet settled (``handle_batch(..., settle=False)``) are in its decoded state only: the caller
+    with the state write, so the caller can make both durable before committing offsets. The records of a
+    batch handed over with ``handle_batch(..., settle=False)`` wait here as received, then (taken by the
+    next :meth:`settle` or :meth:`scan`) are in their users' decoded states only until settled: the caller
     settles (:meth:`settle`; :meth:`scan` settles the users it closes) before it writes any state, and the
     published sessions are the same whether it settles after every batch or after several. With
     ``keep_unsent``, a user's record holds the values of its session messages until :meth:`confirm`, and a
@@ -339,7 +340,8 @@ class Processor:
             return
         if taken.live.core is None:
             taken.live.core = intake.state
-        if key not in self._taken:
+        again = key in self._taken  # (taken before in this settle: its strays come after its other records)
+        if not again:
             self._taken[key] = taken
         for r in records:
             ts = getattr(r, "timestamp", None)
@@ -347,7 +349,9 @@ class Processor:
                 taken.source_ms = ts
         live = taken.live
         record = live.record
-        record.partition, record.last_seen, record.closed = records[-1].partition, now, False
+        record.partition, record.closed = records[-1].partition, False
+        if not again or now > record.last_seen:
+            record.last_seen = now
         dropped = fleet.observe(record.agents, group.events, int(now * 1000), group.times)
         if dropped:
             self.metrics.spool_dropped.inc(dropped)

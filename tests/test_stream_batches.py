@@ -210,17 +210,19 @@ def test_a_user_in_every_batch_is_taken_once_per_settle_with_its_records_in_orde
 
     proc.sessionizer.take = take  # type: ignore[method-assign,assignment]
     garbage = Incoming(TOPICS.hid, 0, 99, b"corp\\ann", b"not msgpack")
+    stray = clicks("ann", range(50, 51), seq0=50)[0]._replace(key=b"corp\\eve")  # ann's, keyed as eve
     for b in range(4):
         anns = clicks("ann", range(b * 3, b * 3 + 3), seq0=b * 3)[::-1]
-        batch = anns + clicks("bob", range(b, b + 1), 1, b) + [garbage] * (b == 1)
+        batch = anns + clicks("bob", range(b, b + 1), 1, b) + [garbage] * (b == 1) + [stray] * (b == 0)
         assert proc.handle_batch(batch, states, now=1000.0 + b, settle=False) == Result()
-    assert takes == [] and proc.unsettled == 2
+    assert takes == [] and proc.unsettled == 3  # (record keys)
     out = proc.settle(states, now=1010.0)
     assert takes == [("ann", [s for b in range(4) for s in (b * 3 + 3, b * 3 + 2, b * 3 + 1)]),
-                     ("bob", [1, 2, 3, 4])]
+                     ("bob", [1, 2, 3, 4]), ("ann", [51])]  # the stray after the well-keyed records
     assert [m.topic for m in out.messages].count(TOPICS.deadletter) == 1
     ann = states.get(b"corp\\ann")
-    assert ann is not None and ann.record.last_seen == 1003.0  # when its latest records came, not the settle
+    # When its latest records came (not the settle; not the earlier batch of the stray taken after them).
+    assert ann is not None and ann.record.last_seen == 1003.0
 
 
 def test_the_scan_settles_the_users_it_closes_and_only_those() -> None:
