@@ -169,8 +169,8 @@ STREAM_HELP: dict[str, str] = {
     "stream_data_dir": "directory for Faust's local files ('' = ./<app id>-data)",
     "metrics_addr": "host:port of the /metrics, /healthz and /readyz HTTP endpoint (port 0: any free port; "
     "'' = 0.0.0.0:6066, or a port derived from the topic prefix with one)",
-    "batch_size": "maximum events handled as one batch (the events gathered until the next commit; one "
-    "state update per user per batch)",
+    "batch_size": "maximum events handled as one batch (the events gathered until the next commit; each "
+    "user's events of every batch since the last commit are taken and settled together at the commit)",
     "batch_within": "seconds Faust's per-record path (not used for the raw topics, which are gathered until "
     "each commit) waits for a batch to fill",
     "scan_interval": "seconds between scans for silent users (0: a third of close_timeout, 0.5..30 s)",
