@@ -292,23 +292,24 @@ class Processor:
         user, so these are rare. Taken after the well-keyed events waiting, so a user's strays come after
         its other events of the same settle. (``strays``: record, event, time received.)"""
         self.metrics.miskeyed.inc(len(strays))
-        groups: dict[str, tuple[_UserBatch, list[float]]] = {}
+        groups: dict[str, _UserBatch] = {}
+        received: dict[str, float] = {}  #: user key -> when the latest of its strays came
         ukeys = self._user_keys
         for rec, ev, now in strays:
             ukey = ukeys.get((ev.domain, ev.user))
             if ukey is None:
                 ukey = ukeys[(ev.domain, ev.user)] = event_user_key(ev)
-            entry = groups.get(ukey)
-            if entry is None:
-                entry = groups[ukey] = (_UserBatch([], [], []), [now])
-            group = entry[0]
+            group = groups.get(ukey)
+            if group is None:
+                group = groups[ukey] = _UserBatch([], [], [])
             group.records.append(rec)
             group.events.append(ev)
             group.times.append(epoch_ms(ev.ts))
-            entry[1][0] = max(entry[1][0], now)
-        for ukey, (group, latest) in groups.items():
+            if now > received.get(ukey, now - 1):
+                received[ukey] = now
+        for ukey, group in groups.items():
             counts.update(zip(map(_topic, group.records), map(type, group.events), strict=True))
-            self._take_user(out, ukey, group, states, latest[0])
+            self._take_user(out, ukey, group, states, received[ukey])
 
     def _take_user(
         self,
