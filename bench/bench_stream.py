@@ -14,7 +14,7 @@ start, in rounds (each round runs every subject once, alternating, so that all s
 the best round of each is kept. Every subject is its own process with its own consumer group, timed from
 its first consumed event to the last (the worker: from the end of its first batch to the commit of its
 last, when every raw partition's offsets are committed to their end: until then its last sessions are not
-published; counting the events it takes in that window, which are all of them when the first batch's
+published; counting the events it takes in that window: all of them, since the first batch's records
 wait for the next settle); for the worker, the time split (handling, committing, the rest) and its main
 thread's CPU are printed too. Needs a broker
 (``DESKTRACE_KAFKA_BOOTSTRAP``); creates and deletes its own topics. """
