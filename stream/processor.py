@@ -229,12 +229,12 @@ class Processor:
     def _wait(self, batch: Sequence[Incoming], now: float) -> None:
         """Add ``batch``'s records to those waiting, by record key."""
         waiting = self._waiting
-        for key, recs in _by_key(batch).items():
-            w = waiting.get(key)
+        for rec in batch:
+            w = waiting.get(rec.key)
             if w is None:
-                waiting[key] = _Waiting(recs, now)
+                waiting[rec.key] = _Waiting([rec], now)
             else:
-                w.records += recs
+                w.records.append(rec)
                 w.now = now
         self._waiting_records += len(batch)
 
@@ -305,8 +305,7 @@ class Processor:
             group.records.append(rec)
             group.events.append(ev)
             group.times.append(epoch_ms(ev.ts))
-            if now > received.get(ukey, now - 1):
-                received[ukey] = now
+            received[ukey] = max(received.get(ukey, now), now)
         for ukey, group in groups.items():
             counts.update(zip(map(_topic, group.records), map(type, group.events), strict=True))
             self._take_user(out, ukey, group, states, received[ukey])
@@ -599,18 +598,6 @@ class _LookupStore(dict[bytes, bytes]):
         if value is None:
             value = self._lookup(key)
         return default if value is None else value
-
-
-def _by_key(batch: Sequence[Incoming]) -> dict[bytes | None, list[Incoming]]:
-    """The records of ``batch`` by record key, each key's in batch order, keys in order of first record."""
-    by_key: dict[bytes | None, list[Incoming]] = {}
-    for rec in batch:
-        recs = by_key.get(rec.key)
-        if recs is None:
-            by_key[rec.key] = [rec]
-        else:
-            recs.append(rec)
-    return by_key
 
 
 def _key_text(key: bytes | None) -> str | None:
